@@ -1,0 +1,51 @@
+"""Install the WorldScape stack (ROS 2 ament_python package ``worldscape``).
+
+``sim/`` installs as ``ws_sim`` and ``distill/`` as ``ws_distill`` (DESIGN.md), so nothing
+installs a top-level module called ``sim``.
+"""
+
+from glob import glob
+
+from setuptools import setup
+
+PACKAGE = "worldscape"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="WorldScape: learned world models for robot control (MPPI, policies, distillation)",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["ws_worldmodel", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli"],
+    package_dir={"ws_sim": "sim", "ws_distill": "distill"},
+    package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_mppi": ["configs/*.yaml"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "torch==2.13.0",
+        "mujoco==3.17.0",
+        "dm-control==1.0.50",
+        "gymnasium[mujoco]>=1.0,<2",
+        "numpy>=1.26",
+        "h5py>=3.10",
+        "minari>=0.5,<0.6",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "imageio>=2.34",
+        "imageio-ffmpeg>=0.5",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ws = ws_cli.main:main",
+        ],
+    },
+    zip_safe=False,
+)

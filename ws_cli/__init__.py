@@ -1,0 +1,1 @@
+"""Entry points: the ``ws`` command line (outer layer; imports the core libraries)."""
