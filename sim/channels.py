@@ -1,0 +1,163 @@
+"""Per-channel metadata of a MuJoCo system's state and action vectors.
+
+The planner and the world models see the full MuJoCo state ``[qpos, qvel]`` (root
+coordinates included) and the actuator controls. Every scalar of those vectors is a
+*channel*; :class:`Channel` says which body and joint it belongs to, what kind of
+quantity it is and in which unit, and (once data has been seen) its range. The list
+travels with every dataset and checkpoint so that a model can refuse data that does not
+belong to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Sequence
+
+import mujoco
+import numpy as np
+
+__all__ = ["Channel", "channels_from_model", "channels_to_records", "channels_from_records",
+           "check_channels_match", "ChannelMismatchError"]
+
+
+class ChannelMismatchError(ValueError):
+    """Raised when a dataset's or checkpoint's channels do not match the environment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Channel:
+    """One scalar channel of a state or action vector.
+
+    Attributes:
+        name: unique name, e.g. ``"qpos/rootz"``, ``"qvel/thigh_joint"``, ``"act/thigh_joint"``.
+        body: name of the MuJoCo body the channel belongs to.
+        joint: name of the joint (or actuator target) it belongs to.
+        kind: ``"qpos"``, ``"qvel"`` or ``"action"``.
+        unit: SI unit: ``"m"``, ``"rad"``, ``"m/s"``, ``"rad/s"``, ``"1"`` (quaternion or
+            normalised control).
+        min: lower bound (joint or control range, or data minimum; ``-inf`` if unbounded).
+        max: upper bound.
+    """
+
+    name: str
+    body: str
+    joint: str
+    kind: str
+    unit: str
+    min: float = -math.inf
+    max: float = math.inf
+
+
+_QPOS_UNITS = {
+    mujoco.mjtJoint.mjJNT_FREE: ["m", "m", "m", "1", "1", "1", "1"],
+    mujoco.mjtJoint.mjJNT_BALL: ["1", "1", "1", "1"],
+    mujoco.mjtJoint.mjJNT_SLIDE: ["m"],
+    mujoco.mjtJoint.mjJNT_HINGE: ["rad"],
+}
+_QVEL_UNITS = {
+    mujoco.mjtJoint.mjJNT_FREE: ["m/s", "m/s", "m/s", "rad/s", "rad/s", "rad/s"],
+    mujoco.mjtJoint.mjJNT_BALL: ["rad/s", "rad/s", "rad/s"],
+    mujoco.mjtJoint.mjJNT_SLIDE: ["m/s"],
+    mujoco.mjtJoint.mjJNT_HINGE: ["rad/s"],
+}
+_FREE_SUFFIX_QPOS = ["x", "y", "z", "qw", "qx", "qy", "qz"]
+_FREE_SUFFIX_QVEL = ["vx", "vy", "vz", "wx", "wy", "wz"]
+
+
+def _name(model: mujoco.MjModel, obj: mujoco.mjtObj, i: int, fallback: str) -> str:
+    name = mujoco.mj_id2name(model, obj, i)
+    return name if name else f"{fallback}{i}"
+
+
+def channels_from_model(model: mujoco.MjModel) -> tuple[list[Channel], list[Channel]]:
+    """Read the state and action channels of a MuJoCo model.
+
+    Args:
+        model: a compiled ``mujoco.MjModel``.
+
+    Returns:
+        ``(state_channels, action_channels)``: ``nq + nv`` state channels in the order of
+        ``[qpos, qvel]``, and ``nu`` action channels in actuator order. Joint ranges are
+        used as bounds of limited joints, control ranges as bounds of limited actuators.
+    """
+    qpos: list[Channel] = []
+    qvel: list[Channel] = []
+    for j in range(model.njnt):
+        jtype = mujoco.mjtJoint(model.jnt_type[j])
+        jname = _name(model, mujoco.mjtObj.mjOBJ_JOINT, j, "joint")
+        body = _name(model, mujoco.mjtObj.mjOBJ_BODY, int(model.jnt_bodyid[j]), "body")
+        limited = bool(model.jnt_limited[j]) and jtype in (mujoco.mjtJoint.mjJNT_SLIDE,
+                                                           mujoco.mjtJoint.mjJNT_HINGE)
+        lo, hi = (float(model.jnt_range[j, 0]), float(model.jnt_range[j, 1])) if limited else (-math.inf, math.inf)
+        for k, unit in enumerate(_QPOS_UNITS[jtype]):
+            suffix = f"/{_FREE_SUFFIX_QPOS[k]}" if jtype == mujoco.mjtJoint.mjJNT_FREE else (
+                f"/{k}" if jtype == mujoco.mjtJoint.mjJNT_BALL else "")
+            qpos.append(Channel(f"qpos/{jname}{suffix}", body, jname, "qpos", unit, lo, hi))
+        for k, unit in enumerate(_QVEL_UNITS[jtype]):
+            suffix = f"/{_FREE_SUFFIX_QVEL[k]}" if jtype == mujoco.mjtJoint.mjJNT_FREE else (
+                f"/{k}" if jtype == mujoco.mjtJoint.mjJNT_BALL else "")
+            qvel.append(Channel(f"qvel/{jname}{suffix}", body, jname, "qvel", unit))
+    if len(qpos) != model.nq or len(qvel) != model.nv:
+        raise AssertionError("joint walk did not cover qpos/qvel")  # pragma: no cover
+    actions: list[Channel] = []
+    for a in range(model.nu):
+        target = int(model.actuator_trnid[a, 0])
+        if model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT and target >= 0:
+            jname = _name(model, mujoco.mjtObj.mjOBJ_JOINT, target, "joint")
+            body = _name(model, mujoco.mjtObj.mjOBJ_BODY, int(model.jnt_bodyid[target]), "body")
+        else:
+            jname, body = "", "world"
+        aname = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, a) or jname or f"actuator{a}"
+        lo, hi = ((float(model.actuator_ctrlrange[a, 0]), float(model.actuator_ctrlrange[a, 1]))
+                  if model.actuator_ctrllimited[a] else (-math.inf, math.inf))
+        actions.append(Channel(f"act/{aname}", body, jname, "action", "1", lo, hi))
+    return qpos + qvel, actions
+
+
+def channels_to_records(channels: Sequence[Channel]) -> list[dict]:
+    """Plain dicts (JSON/YAML/HDF5-attribute friendly) of a channel list."""
+    return [dataclasses.asdict(c) for c in channels]
+
+
+def channels_from_records(records: Iterable[dict]) -> list[Channel]:
+    """Inverse of :func:`channels_to_records`.
+
+    Raises:
+        ValueError: a record misses a field.
+    """
+    out = []
+    for r in records:
+        try:
+            out.append(Channel(name=str(r["name"]), body=str(r["body"]), joint=str(r["joint"]),
+                               kind=str(r["kind"]), unit=str(r["unit"]),
+                               min=float(r.get("min", -math.inf)), max=float(r.get("max", math.inf))))
+        except KeyError as e:
+            raise ValueError(f"channel record {r!r} has no field {e}") from None
+    return out
+
+
+def check_channels_match(expected: Sequence[Channel], got: Sequence[Channel], what: str) -> None:
+    """Check that two channel lists describe the same vector (names, kinds and units).
+
+    Ranges may differ (data ranges vs. model ranges).
+
+    Raises:
+        ChannelMismatchError: naming ``what`` and the first differing channel.
+    """
+    if len(expected) != len(got):
+        raise ChannelMismatchError(
+            f"{what} has {len(got)} channels but the environment has {len(expected)} "
+            f"(expected {[c.name for c in expected]}, got {[c.name for c in got]})")
+    for i, (e, g) in enumerate(zip(expected, got)):
+        if (e.name, e.kind, e.unit) != (g.name, g.kind, g.unit):
+            raise ChannelMismatchError(
+                f"{what} channel {i} is {g.name!r} ({g.kind}, {g.unit}) but the environment "
+                f"expects {e.name!r} ({e.kind}, {e.unit})")
+
+
+def data_ranges(channels: Sequence[Channel], values: np.ndarray) -> list[Channel]:
+    """Channels with ``min``/``max`` replaced by the data's range along the last axis."""
+    flat = np.asarray(values).reshape(-1, len(channels))
+    lo, hi = flat.min(axis=0), flat.max(axis=0)
+    return [dataclasses.replace(c, min=float(a), max=float(b)) for c, a, b in zip(channels, lo, hi)]
