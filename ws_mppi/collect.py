@@ -1,0 +1,141 @@
+"""Offline dynamics data from oracle MPPI rollouts (seed 003, Appendix C.5).
+
+Oracle MPPI runs closed loop. At every control step the K sampled rollouts are ranked by
+their MPPI cost and:
+
+* training episodes keep the lowest-cost ``keep_train`` fraction (10% in the seed);
+* a few extra episodes keep *all* sampled rollouts (diversity augmentation);
+* validation episodes (other seeds) keep the lowest ``keep_val`` fraction (30%).
+
+Each kept rollout becomes one segment ``s_0, a_0, s_1, ..., a_{H-1}, s_H`` of the dataset,
+cut after its first unhealthy state (marked terminal), with Gymnasium rewards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ws_sim.dataset import TrajectoryDataset
+from ws_sim.envs import StateEnv
+
+from .config import ControllerConfig
+from .runner import make_controller
+
+__all__ = ["CollectConfig", "collect"]
+
+
+@dataclasses.dataclass
+class CollectConfig:
+    """How many episodes of which kind, and what to keep of them."""
+
+    train_episodes: int = 10
+    full_episodes: int = 2
+    val_episodes: int = 3
+    keep_train: float = 0.1
+    keep_val: float = 0.3
+    max_steps: int = 1000
+    seed: int = 0
+
+
+def _segments_from_plan(env: StateEnv, state: np.ndarray, actions: np.ndarray, states: np.ndarray,
+                        keep: np.ndarray) -> dict[str, list[np.ndarray]]:
+    task = env.task
+    out = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
+    for k in keep:
+        nxt = states[k]
+        obs = np.concatenate([state[None], nxt[:-1]])
+        act = actions[k]
+        healthy = np.array([task.is_healthy(s) for s in nxt])
+        fall = np.flatnonzero(~healthy)
+        n = int(fall[0]) + 1 if fall.size else len(nxt)
+        rew = (task.forward_reward_weight * (nxt[:n, task.x_index] - obs[:n, task.x_index]) / task.dt
+               + task.healthy_reward * healthy[:n] - task.ctrl_cost_weight * np.square(act[:n]).sum(-1))
+        term = np.zeros(n, bool)
+        tout = np.zeros(n, bool)
+        if fall.size:
+            term[-1] = True
+        else:
+            tout[-1] = True
+        for key, val in zip(("obs", "act", "rew", "nxt", "term", "tout"), (obs[:n], act[:n], rew, nxt[:n], term, tout)):
+            out[key].append(val)
+    return out
+
+
+def _run(env: StateEnv, controller, seeds: list[int], keep_frac: float, max_steps: int, desc: str):
+    parts = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
+    returns = []
+    bar = tqdm(total=len(seeds) * max_steps, desc=desc, unit="step", leave=False)
+    for seed in seeds:
+        state, _ = env.reset(seed=seed)
+        controller.reset(seed)
+        ret = 0.0
+        for t in range(max_steps):
+            action = controller.plan(state, t)
+            res = controller.last
+            kcount = res.costs.shape[0]
+            nkeep = kcount if keep_frac >= 1 else max(1, math.ceil(keep_frac * kcount))
+            order = np.argsort(res.costs.numpy(), kind="stable")[:nkeep]
+            seg = _segments_from_plan(env, state, res.actions.numpy().astype(np.float64),
+                                      res.states.numpy().astype(np.float64), order)
+            for k in parts:
+                parts[k].extend(seg[k])
+            state, reward, terminated, truncated, _ = env.step(action)
+            ret += reward
+            bar.update(1)
+            if terminated or truncated:
+                bar.update(max_steps - t - 1)
+                break
+        returns.append(ret)
+    bar.close()
+    return parts, returns
+
+
+def _to_dataset(env: StateEnv, parts: dict, attrs: dict) -> TrajectoryDataset:
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    return TrajectoryDataset(cat["obs"].astype(np.float32), cat["act"].astype(np.float32), cat["rew"].astype(np.float32),
+                             cat["nxt"].astype(np.float32), cat["term"], cat["tout"],
+                             list(env.state_channels), list(env.action_channels), env.name, attrs)
+
+
+def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerConfig,
+            nthread: int | None = None) -> tuple[TrajectoryDataset, TrajectoryDataset, dict]:
+    """Collect training and validation datasets with oracle MPPI.
+
+    Args:
+        env: the environment.
+        config: episode counts, kept fractions, step limit and seed. Episode ``i`` resets
+            with seed ``config.seed + i``: training first, then the full-sample episodes,
+            then validation, so the three never share a seed.
+        controller_config: the oracle MPPI settings.
+        nthread: oracle rollout threads.
+
+    Returns:
+        ``(train, val, stats)``; ``stats`` holds the oracle's episode returns.
+    """
+    if not (0 < config.keep_train <= 1 and 0 < config.keep_val <= 1):
+        raise ValueError("keep_train and keep_val must be fractions in (0, 1]")
+    if config.train_episodes + config.full_episodes < 1 or config.val_episodes < 1:
+        raise ValueError("need at least one training and one validation episode")
+    ctrl = make_controller(env, "oracle", controller_config, seed=config.seed, nthread=nthread)
+    s0 = config.seed
+    train_seeds = list(range(s0, s0 + config.train_episodes))
+    full_seeds = list(range(train_seeds[-1] + 1 if train_seeds else s0, (train_seeds[-1] + 1 if train_seeds else s0) + config.full_episodes))
+    nxt_seed = (full_seeds[-1] + 1) if full_seeds else (train_seeds[-1] + 1)
+    val_seeds = list(range(nxt_seed, nxt_seed + config.val_episodes))
+    try:
+        tr, r1 = _run(env, ctrl, train_seeds, config.keep_train, config.max_steps, "collect train")
+        fu, r2 = _run(env, ctrl, full_seeds, 1.0, config.max_steps, "collect all-samples")
+        va, r3 = _run(env, ctrl, val_seeds, config.keep_val, config.max_steps, "collect val")
+    finally:
+        ctrl.close()
+    for k in tr:
+        tr[k].extend(fu[k])
+    attrs = {"collect": dataclasses.asdict(config), "controller": controller_config.to_dict()}
+    train = _to_dataset(env, tr, {**attrs, "split": "train", "seeds": train_seeds + full_seeds})
+    val = _to_dataset(env, va, {**attrs, "split": "val", "seeds": val_seeds})
+    stats = {"oracle_returns_train": r1, "oracle_returns_full": r2, "oracle_returns_val": r3}
+    return train, val, stats

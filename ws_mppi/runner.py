@@ -1,0 +1,166 @@
+"""Closed-loop episodes: a controller drives a :class:`ws_sim.envs.StateEnv`.
+
+Controllers share one method, ``plan(state, t) -> action``; MPPI (oracle or learned
+dynamics) and the zero-action baseline are built by :func:`make_controller`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ws_sim.envs import StateEnv, check_state
+from ws_sim.oracle import MuJoCoOracle
+
+from .config import ControllerConfig
+from .costs import LocomotionCost
+from .dynamics import LearnedDynamics, OracleDynamics
+from .mppi import MPPI
+
+__all__ = ["ZeroController", "MPPIController", "make_controller", "run_episode", "EpisodeResult"]
+
+
+class ZeroController:
+    """The zero-action baseline (actions at the middle of the range)."""
+
+    name = "zero"
+
+    def __init__(self, env: StateEnv):
+        self.action = ((env.action_space.low + env.action_space.high) / 2).astype(np.float64)
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def plan(self, state: np.ndarray, t: int = 0) -> np.ndarray:
+        return self.action.copy()
+
+    def close(self) -> None:
+        pass
+
+
+class MPPIController:
+    """MPPI on a dynamics model; ``plan`` returns the action to execute now."""
+
+    def __init__(self, name: str, mppi: MPPI, closer=None):
+        self.name = name
+        self.mppi = mppi
+        self._closer = closer
+        self.last = None
+
+    def reset(self, seed: int | None = None) -> None:
+        self.mppi.reset(seed)
+
+    def plan(self, state: np.ndarray, t: int = 0) -> np.ndarray:
+        self.last = self.mppi.plan(state, t)
+        return self.last.action.astype(np.float64)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+
+
+def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed: int = 0,
+                    nthread: int | None = None):
+    """Build a controller for ``env``.
+
+    Args:
+        env: the environment (its model seeds the oracle, its task the cost).
+        dynamics: ``"oracle"``, ``"zero"``, or the path of a learned-model checkpoint.
+        config: MPPI and cost settings.
+        seed: the planner's noise seed.
+        nthread: oracle rollout threads.
+
+    Raises:
+        ws_worldmodel.checkpoint.CheckpointError: unreadable checkpoint.
+        ChannelMismatchError: the checkpoint was trained on other channels than ``env``'s.
+    """
+    if dynamics == "zero":
+        return ZeroController(env)
+    cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty)
+    low, high = env.action_space.low, env.action_space.high
+    if dynamics == "oracle":
+        oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
+        dyn = OracleDynamics(oracle, env.physics_state)
+        return MPPIController("oracle", MPPI(dyn, cost, low, high, config.mppi, seed=seed), oracle.close)
+    from ws_worldmodel.checkpoint import load_checkpoint
+
+    model = load_checkpoint(dynamics)
+    model.check_matches(env.state_channels, env.action_channels, f"checkpoint {dynamics}")
+    dyn = LearnedDynamics(model)
+    return MPPIController(f"learned:{Path(dynamics).name}", MPPI(dyn, cost, low, high, config.mppi, seed=seed))
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    """One closed-loop episode.
+
+    Attributes:
+        controller: controller name.
+        seed: environment reset seed.
+        reward: accumulated Gymnasium reward.
+        length: steps until termination or truncation.
+        terminated: the robot fell (unhealthy) before the step limit.
+        forward_distance: root x displacement in metres.
+        latencies_s: planner latency of each step, seconds.
+        rewards: per-step rewards.
+        frames: rendered RGB frames (when rendering).
+    """
+
+    controller: str
+    seed: int
+    reward: float
+    length: int
+    terminated: bool
+    forward_distance: float
+    latencies_s: list[float]
+    rewards: list[float]
+    frames: list = dataclasses.field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        lat = np.asarray(self.latencies_s) * 1e3
+        return {"controller": self.controller, "seed": self.seed, "reward": round(self.reward, 3),
+                "length": self.length, "terminated": self.terminated,
+                "forward_distance_m": round(self.forward_distance, 4),
+                "latency_ms_median": round(float(np.median(lat)), 3) if lat.size else None,
+                "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None}
+
+
+def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, progress=None) -> EpisodeResult:
+    """Run one episode closed loop.
+
+    Args:
+        env: the environment (created with ``render=True`` if ``render_every > 0``).
+        controller: object with ``reset(seed)`` and ``plan(state, t) -> action``.
+        seed: the reset seed (also reseeds the planner's noise).
+        render_every: keep one frame every this many steps (0: no frames).
+        progress: optional tqdm bar advanced once per step.
+
+    Raises:
+        NonFiniteStateError: the environment returned a NaN state (never planned on).
+    """
+    state, _ = env.reset(seed=seed)
+    controller.reset(seed)
+    nstate = env.nq + env.nv
+    x0 = float(state[env.task.x_index])
+    rewards, lat, frames = [], [], []
+    terminated = False
+    t = 0
+    while True:
+        state = check_state(state, nstate)
+        tic = time.perf_counter()
+        action = controller.plan(state, t)
+        lat.append(time.perf_counter() - tic)
+        state, reward, terminated, truncated, _ = env.step(action)
+        rewards.append(reward)
+        if render_every and t % render_every == 0:
+            frames.append(env.render())
+        t += 1
+        if progress is not None:
+            progress.update(1)
+        if terminated or truncated:
+            break
+    return EpisodeResult(controller.name, int(seed), float(np.sum(rewards)), t, bool(terminated),
+                         float(state[env.task.x_index]) - x0, lat, [float(r) for r in rewards], frames)
