@@ -1,0 +1,118 @@
+"""Checkpoints that load without the training script.
+
+A checkpoint is one ``torch.save`` file holding a plain dict: the format tag, the model
+type, its config, the state and action channel metadata, the weights (normalisation
+statistics are buffers among them), the code version and free-form training info. It is
+written to a temporary sibling and renamed, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ws_sim.channels import channels_from_records, channels_to_records
+
+from .mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "code_version", "DEFAULT_CHECKPOINTS"]
+
+FORMAT_TAG = "worldscape-checkpoint"
+FORMAT_VERSION = 1
+
+_MODELS = {"mlp_ensemble": (MLPEnsemble, MLPEnsembleConfig)}
+
+#: checkpoints shipped with the package (made by ``ws collect`` + ``ws train``, see README)
+DEFAULT_CHECKPOINTS = {
+    "hopper": Path(__file__).parent / "checkpoints" / "hopper_mlp_ensemble.pt",
+}
+
+
+class CheckpointError(ValueError):
+    """Raised for a missing, corrupt or foreign checkpoint file (the message names the path)."""
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("worldscape")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare tree
+        v = "0+unknown"
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            v += "+g" + rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return v
+
+
+def save_checkpoint(model: MLPEnsemble, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write ``model`` atomically to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_TAG, "version": FORMAT_VERSION, "model_type": model.name,
+        "config": dataclasses.asdict(model.config),
+        "state_channels": channels_to_records(model.state_channels),
+        "action_channels": channels_to_records(model.action_channels),
+        "state_dict": model.state_dict(), "code_version": code_version(), "info": info or {},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, with_payload: bool = False):
+    """Load a model checkpoint.
+
+    Args:
+        path: the ``.pt`` file.
+        with_payload: also return the raw dict (info, code version).
+
+    Returns:
+        the model in eval mode (and the payload when asked).
+
+    Raises:
+        CheckpointError: missing file, not a torch file, not a WorldScape checkpoint, an
+            unknown model type, or weights that do not fit the stored config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file: {type(e).__name__}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
+        raise CheckpointError(f"checkpoint {path} is not a WorldScape checkpoint")
+    kind = payload.get("model_type")
+    if kind not in _MODELS:
+        raise CheckpointError(f"checkpoint {path} holds an unknown model type {kind!r}")
+    cls, cfg_cls = _MODELS[kind]
+    try:
+        cfg = cfg_cls(**payload["config"])
+        model = cls(channels_from_records(payload["state_channels"]),
+                    channels_from_records(payload["action_channels"]), cfg)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit its own config: {e}") from e
+    model.eval()
+    return (model, payload) if with_payload else model

@@ -1,0 +1,170 @@
+"""MLPEnsemble: the probabilistic-ensemble baseline dynamics model of seed 003 (Appendix D.1).
+
+An ensemble of ``E`` MLPs, each a diagonal Gaussian over the next state given the current
+state and action, trained by Gaussian negative log-likelihood on bootstrapped data; the
+``elites`` members with the lowest validation error are used for prediction (PETS-style,
+Chua et al. 2018). Inputs are normalised with training-split statistics; the output is the
+normalised state *difference* ``s_{t+1} - s_t``. Channels that the dynamics is invariant to
+(the root x position of a planar walker) are left out of the input.
+
+Shapes: ``state (B, nx)``, ``action (B, nu)``, ``next_state (B, nx)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ws_sim.channels import Channel, check_channels_match
+
+__all__ = ["MLPEnsembleConfig", "MLPEnsemble", "invariant_input_channels"]
+
+
+@dataclasses.dataclass
+class MLPEnsembleConfig:
+    """Architecture and training settings.
+
+    Attributes:
+        ensemble_size: members ``E``.
+        elites: members used at prediction (lowest validation MSE).
+        hidden: width of each hidden layer.
+        layers: number of hidden layers (four in the seed).
+        lr, weight_decay, batch_size: Adam settings.
+        epochs: maximum passes over the training data.
+        patience: epochs without validation improvement before stopping early.
+        max_steps_per_epoch: cap on gradient steps per epoch (0: a full pass).
+    """
+
+    ensemble_size: int = 5
+    elites: int = 3
+    hidden: int = 200
+    layers: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 256
+    epochs: int = 50
+    patience: int = 5
+    max_steps_per_epoch: int = 400
+
+    def __post_init__(self):
+        if not (1 <= self.elites <= self.ensemble_size):
+            raise ValueError(f"elites ({self.elites}) must be in 1..ensemble_size ({self.ensemble_size})")
+
+
+def invariant_input_channels(channels: Sequence[Channel]) -> list[int]:
+    """Indices of state channels the dynamics does not depend on (horizontal root position)."""
+    out = []
+    for i, c in enumerate(channels):
+        if c.kind == "qpos" and (c.joint == "rootx" or c.name.endswith("/x") or c.name.endswith("/y")) and c.unit == "m":
+            out.append(i)
+    return out
+
+
+class _EnsembleLinear(nn.Module):
+    def __init__(self, e: int, fan_in: int, fan_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(e, fan_in, fan_out))
+        self.bias = nn.Parameter(torch.zeros(e, 1, fan_out))
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.trunc_normal_(self.weight, std=bound, a=-2 * bound, b=2 * bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (E, B, in)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class MLPEnsemble(nn.Module):
+    """Probabilistic MLP ensemble over next states.
+
+    Args:
+        state_channels, action_channels: the system's channel metadata.
+        config: :class:`MLPEnsembleConfig`.
+        stats: normalisation statistics ``{"in_mean", "in_std", "out_mean", "out_std"}``
+            (arrays), usually from :meth:`fit_normalisation`.
+    """
+
+    def __init__(self, state_channels: Sequence[Channel], action_channels: Sequence[Channel],
+                 config: MLPEnsembleConfig | None = None, stats: dict | None = None):
+        super().__init__()
+        self.config = config or MLPEnsembleConfig()
+        self.state_channels = list(state_channels)
+        self.action_channels = list(action_channels)
+        self.state_dim = len(self.state_channels)
+        self.action_dim = len(self.action_channels)
+        drop = set(invariant_input_channels(self.state_channels))
+        self.register_buffer("input_state_idx", torch.tensor([i for i in range(self.state_dim) if i not in drop]))
+        n_in = len(self.input_state_idx) + self.action_dim
+        e, h = self.config.ensemble_size, self.config.hidden
+        dims = [n_in] + [h] * self.config.layers
+        self.hidden_layers = nn.ModuleList(_EnsembleLinear(e, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = _EnsembleLinear(e, h, 2 * self.state_dim)
+        self.max_logvar = nn.Parameter(torch.full((1, 1, self.state_dim), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((1, 1, self.state_dim), -10.0))
+        for k, n in (("in_mean", n_in), ("in_std", n_in), ("out_mean", self.state_dim), ("out_std", self.state_dim)):
+            self.register_buffer(k, torch.zeros(n) if k.endswith("mean") else torch.ones(n))
+        self.register_buffer("elite_idx", torch.arange(self.config.elites))
+        if stats is not None:
+            self.set_normalisation(stats)
+        self.name = "mlp_ensemble"
+
+    # --- normalisation -------------------------------------------------------------
+    def model_inputs(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return torch.cat([state[..., self.input_state_idx], action], dim=-1)
+
+    @staticmethod
+    def fit_normalisation(model_in: np.ndarray, delta: np.ndarray) -> dict:
+        """Mean/std of inputs and state differences on the training split (std floored at 1e-6)."""
+        return {"in_mean": model_in.mean(0), "in_std": np.maximum(model_in.std(0), 1e-6),
+                "out_mean": delta.mean(0), "out_std": np.maximum(delta.std(0), 1e-6)}
+
+    def set_normalisation(self, stats: dict) -> None:
+        for k in ("in_mean", "in_std", "out_mean", "out_std"):
+            getattr(self, k).copy_(torch.as_tensor(np.asarray(stats[k]), dtype=torch.float32))
+
+    # --- forward -------------------------------------------------------------------
+    def forward(self, x_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_norm (E, B, n_in)`` -> normalised delta mean and log-variance ``(E, B, nx)``."""
+        h = x_norm
+        for layer in self.hidden_layers:
+            h = F.silu(layer(h))
+        mean, logvar = self.head(h).chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def nll_loss(self, x_norm: torch.Tensor, y_norm: torch.Tensor) -> torch.Tensor:
+        """Gaussian NLL per member, summed over members (plus the log-variance bound penalty)."""
+        mean, logvar = self(x_norm)
+        nll = (((mean - y_norm) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2)).sum()
+        return nll + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+
+    @torch.no_grad()
+    def member_mse(self, state: torch.Tensor, action: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
+        """Per-member MSE of the normalised delta prediction, shape ``(E,)``."""
+        x = (self.model_inputs(state, action) - self.in_mean) / self.in_std
+        y = (next_state - state - self.out_mean) / self.out_std
+        mean, _ = self(x.expand(self.config.ensemble_size, -1, -1))
+        return ((mean - y) ** 2).mean(dim=(1, 2))
+
+    @torch.no_grad()
+    def predict(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Next state: the elites' mean prediction. ``(B, nx), (B, nu) -> (B, nx)``."""
+        x = (self.model_inputs(state, action) - self.in_mean) / self.in_std
+        w = [layer.weight[self.elite_idx] for layer in self.hidden_layers]
+        b = [layer.bias[self.elite_idx] for layer in self.hidden_layers]
+        h = x.expand(len(self.elite_idx), -1, -1)
+        for wi, bi in zip(w, b):
+            h = F.silu(torch.baddbmm(bi, h, wi))
+        out = torch.baddbmm(self.head.bias[self.elite_idx], h, self.head.weight[self.elite_idx])
+        mean = out[..., : self.state_dim].mean(0)
+        return state + mean * self.out_std + self.out_mean
+
+    def check_matches(self, state_channels: Sequence[Channel], action_channels: Sequence[Channel],
+                      what: str = "model") -> None:
+        check_channels_match(state_channels, self.state_channels, f"{what} state")
+        check_channels_match(action_channels, self.action_channels, f"{what} action")

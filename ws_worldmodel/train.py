@@ -1,0 +1,120 @@
+"""Training of the MLPEnsemble dynamics model (seed 003, Appendix D.1-D.2).
+
+Each member sees its own bootstrap resample of the training transitions; after every epoch
+the members are scored on the validation split, the best ``elites`` are kept, and training
+stops when the elites' validation error has not improved for ``patience`` epochs (the best
+weights are restored).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ws_sim.dataset import TrajectoryDataset
+
+from .mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
+
+__all__ = ["train_mlp_ensemble", "one_step_errors"]
+
+log = logging.getLogger(__name__)
+
+
+def _tensors(ds: TrajectoryDataset):
+    return (torch.as_tensor(ds.observations, dtype=torch.float32),
+            torch.as_tensor(ds.actions, dtype=torch.float32),
+            torch.as_tensor(ds.next_observations, dtype=torch.float32))
+
+
+def one_step_errors(model: MLPEnsemble, ds: TrajectoryDataset) -> dict:
+    """One-step prediction MSE of the model and of the 'unchanged state' baseline.
+
+    Both are computed in the model's normalised delta space (per-channel standardised), so
+    every channel counts alike; the baseline predicts ``s_{t+1} = s_t``.
+
+    Returns:
+        ``{"model_mse": float, "unchanged_mse": float}``.
+    """
+    s, a, s2 = _tensors(ds)
+    with torch.no_grad():
+        pred = model.predict(s, a)
+        err = ((pred - s2) / model.out_std) ** 2
+        base = ((s - s2) / model.out_std) ** 2
+    return {"model_mse": float(err.mean()), "unchanged_mse": float(base.mean())}
+
+
+@torch.enable_grad()
+def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config: MLPEnsembleConfig,
+                       seed: int = 0, progress: bool = True) -> tuple[MLPEnsemble, dict]:
+    """Train an :class:`MLPEnsemble` on full-state transitions.
+
+    Args:
+        train, val: datasets of the same channels (checked).
+        config: architecture and optimiser settings.
+        seed: seeds torch and the bootstrap.
+        progress: show a tqdm bar over epochs.
+
+    Returns:
+        ``(model, history)`` with per-epoch validation MSE of the elites and the final
+        one-step errors on the validation split.
+
+    Raises:
+        ChannelMismatchError: the two splits have different channels.
+        ValueError: an empty split.
+    """
+    val.check_matches(train.state_channels, train.action_channels, "validation dataset")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"empty split: {len(train)} training and {len(val)} validation transitions")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = MLPEnsemble(train.state_channels, train.action_channels, config)
+    s, a, s2 = _tensors(train)
+    x = model.model_inputs(s, a)
+    y = s2 - s
+    model.set_normalisation(MLPEnsemble.fit_normalisation(x.numpy(), y.numpy()))
+    xn = (x - model.in_mean) / model.in_std
+    yn = (y - model.out_mean) / model.out_std
+    vs, va, vs2 = _tensors(val)
+    n = len(xn)
+    e = config.ensemble_size
+    boot = torch.as_tensor(rng.integers(0, n, size=(e, n)))
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = max(1, n // config.batch_size)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    best, best_state, since, history = float("inf"), None, 0, []
+    bar = tqdm(range(config.epochs), desc="train mlp_ensemble", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        perm = torch.as_tensor(rng.permuted(np.tile(np.arange(n), (e, 1)), axis=1))
+        for k in range(steps):
+            cols = perm[:, k * config.batch_size:(k + 1) * config.batch_size]
+            idx = torch.gather(boot, 1, cols)
+            loss = model.nll_loss(xn[idx], yn[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        mse = model.member_mse(vs, va, vs2)
+        elites = torch.argsort(mse)[: config.elites]
+        score = float(mse[elites].mean())
+        history.append({"epoch": epoch, "train_nll": float(loss.detach()), "val_mse_elites": score})
+        bar.set_postfix(val_mse=f"{score:.4f}")
+        if score < best - 1e-6:
+            best, since = score, 0
+            model.elite_idx.copy_(elites)
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since += 1
+            if since >= config.patience:
+                log.info("early stop at epoch %d (best val mse %.5f)", epoch, best)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    errors = one_step_errors(model, val)
+    return model, {"epochs": history, "best_val_mse_elites": best, "val_one_step": errors,
+                   "train_transitions": n, "val_transitions": len(val)}
