@@ -1,0 +1,225 @@
+"""The ``ws`` command line: data, training and closed-loop evaluation.
+
+    ws collect   oracle-MPPI datasets (seed 003, Appendix C.5)
+    ws train     fit a dynamics model (MLPEnsemble) on a dataset
+    ws mppi run  MPPI closed loop in Gymnasium with oracle, learned or zero dynamics
+
+Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("ws")
+
+
+def _headless_gl() -> None:
+    """Offscreen MuJoCo rendering on a machine without a display (OSMesa on CPU)."""
+    if not os.environ.get("DISPLAY") and "MUJOCO_GL" not in os.environ:
+        os.environ["MUJOCO_GL"] = "osmesa"
+    if os.environ.get("MUJOCO_GL") == "osmesa":
+        os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+
+def _add_controller_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None,
+                   help="controller YAML (MPPI horizon/samples/temperature/noise_sigma, termination_penalty); "
+                        "default: the environment's built-in config (see config/mppi_<env>.yaml)")
+    p.add_argument("--horizon", type=int, default=None, help="override MPPI horizon H (steps)")
+    p.add_argument("--samples", type=int, default=None, help="override MPPI samples K")
+    p.add_argument("--temperature", type=float, default=None, help="override MPPI temperature lambda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and oracle rollouts (default: all)")
+
+
+def _controller_config(args):
+    from ws_mppi.config import default_config, load_config
+
+    cfg = load_config(args.config) if args.config else default_config(args.env)
+    if args.horizon is not None:
+        cfg.mppi.horizon = args.horizon
+    if args.samples is not None:
+        cfg.mppi.samples = args.samples
+    if args.temperature is not None:
+        cfg.mppi.temperature = args.temperature
+    cfg.mppi.__post_init__()
+    return cfg
+
+
+def _set_threads(n: int | None) -> int:
+    import torch
+
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def cmd_collect(args) -> int:
+    from ws_mppi.collect import CollectConfig, collect
+    from ws_sim.dataset import write_dataset
+    from ws_sim.envs import make_env
+
+    env = make_env(args.env)
+    nthread = _set_threads(args.threads)
+    ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
+                         val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,
+                         max_steps=args.max_steps, seed=args.seed)
+    train, val, stats = collect(env, ccfg, _controller_config(args), nthread=nthread)
+    suffix = ".hdf5" if args.format == "hdf5" else ""
+    out = Path(args.out)
+    tp = write_dataset(train, out / f"train{suffix}", args.format)
+    vp = write_dataset(val, out / f"val{suffix}", args.format)
+    print(f"wrote {tp} ({len(train)} transitions in {train.num_segments} segments)")
+    print(f"wrote {vp} ({len(val)} transitions in {val.num_segments} segments)")
+    print(f"oracle episode returns: {[round(r, 1) for r in stats['oracle_returns_train'] + stats['oracle_returns_full']]}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from ws_sim.dataset import read_dataset
+    from ws_sim.envs import make_env
+    from ws_worldmodel.checkpoint import save_checkpoint
+    from ws_worldmodel.mlp_ensemble import MLPEnsembleConfig
+    from ws_worldmodel.train import train_mlp_ensemble
+
+    _set_threads(args.threads)
+    train = read_dataset(args.train)
+    val = read_dataset(args.val)
+    if args.env:
+        env = make_env(args.env)
+        train.check_matches(env.state_channels, env.action_channels, f"dataset {args.train}")
+        val.check_matches(env.state_channels, env.action_channels, f"dataset {args.val}")
+    cfg = MLPEnsembleConfig(ensemble_size=args.ensemble_size, elites=args.elites, hidden=args.hidden,
+                            layers=args.layers, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                            patience=args.patience, max_steps_per_epoch=args.steps_per_epoch)
+    model, hist = train_mlp_ensemble(train, val, cfg, seed=args.seed)
+    info = {"train": str(args.train), "val": str(args.val), "seed": args.seed, "env": train.env, **hist}
+    save_checkpoint(model, args.out, info)
+    err = hist["val_one_step"]
+    print(json.dumps({"checkpoint": str(args.out), "val_one_step_mse": round(err["model_mse"], 5),
+                      "unchanged_state_mse": round(err["unchanged_mse"], 5), "epochs": len(hist["epochs"])}))
+    return 0
+
+
+def cmd_mppi_run(args) -> int:
+    from ws_mppi.report import run_comparison
+
+    _headless_gl()
+    nthread = _set_threads(args.threads)
+    cfg = _controller_config(args)
+    primary = args.dynamics
+    compare = [c for c in (args.compare.split(",") if args.compare else []) if c and c != primary]
+    run_comparison(env_name=args.env, controllers=[primary] + compare, config=cfg, episodes=args.episodes,
+                   seed=args.seed, max_steps=args.max_steps, out_dir=args.out, video=not args.no_video,
+                   nthread=nthread)
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by what the user asked for: reported in one line, no traceback."""
+    from ws_mppi.config import ConfigError
+    from ws_sim.channels import ChannelMismatchError
+    from ws_sim.dataset import DatasetError
+    from ws_sim.envs import NonFiniteStateError, UnknownEnvironmentError
+    from ws_worldmodel.checkpoint import CheckpointError
+
+    return (ConfigError, ChannelMismatchError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
+            CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ws_sim.envs import ENVIRONMENTS
+
+    envs = sorted(ENVIRONMENTS)
+    p = argparse.ArgumentParser(prog="ws", description="WorldScape: learned world models for robot control.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("collect", help="collect an oracle-MPPI dynamics dataset (seed 003, App. C.5)",
+                       description="Run oracle MPPI (MuJoCo as the model) and keep the lowest-cost sampled rollouts "
+                                   "of every step as training segments (plus all samples of a few extra episodes); "
+                                   "validation from other seeds. Writes OUT/train and OUT/val.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--env", default="hopper", help=f"environment: {envs}")
+    c.add_argument("--out", type=Path, required=True, help="output directory")
+    c.add_argument("--format", choices=["hdf5", "minari"], default="hdf5", help="D4RL-style HDF5 or Minari")
+    c.add_argument("--train-episodes", type=int, default=10, help="episodes keeping the lowest-cost fraction")
+    c.add_argument("--full-episodes", type=int, default=2, help="extra episodes keeping every sampled rollout")
+    c.add_argument("--val-episodes", type=int, default=3, help="validation episodes (other seeds)")
+    c.add_argument("--keep-train", type=float, default=0.1, help="fraction of rollouts kept per step (train)")
+    c.add_argument("--keep-val", type=float, default=0.3, help="fraction of rollouts kept per step (val)")
+    c.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
+    c.add_argument("--seed", type=int, default=0, help="first episode seed (episodes use seed, seed+1, ...)")
+    _add_controller_args(c)
+    c.set_defaults(func=cmd_collect)
+
+    t = sub.add_parser("train", help="train an MLPEnsemble dynamics model",
+                       description="Fit a probabilistic MLP ensemble (seed 003 App. D.1) on a dataset from ws collect "
+                                   "(HDF5 or Minari) and write a self-contained checkpoint.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--train", type=Path, required=True, help="training dataset (file or Minari directory)")
+    t.add_argument("--val", type=Path, required=True, help="validation dataset")
+    t.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
+    t.add_argument("--env", default=None, help="check the datasets' channels against this environment")
+    t.add_argument("--ensemble-size", type=int, default=5)
+    t.add_argument("--elites", type=int, default=3)
+    t.add_argument("--hidden", type=int, default=200)
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    t.add_argument("--steps-per-epoch", type=int, default=400, help="gradient steps per epoch (0: full pass)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
+    msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")
+    r = msub.add_parser("run", help="run MPPI closed loop and write a report",
+                        description="Run MPPI closed loop in a Gymnasium environment. Prints per-episode accumulated "
+                                    "reward, length and planner latency (median, p99) for each controller on the "
+                                    "same seeds, and writes report.json, report.png and an mp4 of the first "
+                                    "episode of the first controller to --out.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--env", default="hopper", help=f"environment: {envs}")
+    r.add_argument("--dynamics", default="default",
+                   help="'default' (the checkpoint shipped for this env), a checkpoint path, 'oracle' or 'zero'")
+    r.add_argument("--compare", default="oracle,zero",
+                   help="comma-separated controllers run on the same seeds after --dynamics ('' for none)")
+    r.add_argument("--episodes", type=int, default=1)
+    r.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
+    r.add_argument("--seed", type=int, default=0, help="episode i resets with seed+i")
+    r.add_argument("--out", type=Path, default=None, help="report directory (default runs/mppi-<env>-<time>)")
+    r.add_argument("--no-video", action="store_true", help="skip rendering the mp4")
+    _add_controller_args(r)
+    r.set_defaults(func=cmd_mppi_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for name in ("ws", "ws_mppi", "ws_worldmodel", "ws_sim"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        print(f"ws: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ws: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
