@@ -1,0 +1,100 @@
+"""The ws command line end to end: collect -> train -> mppi run, --help, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ws_cli.main import build_parser, main
+
+
+def _subcommands():
+    return [["collect"], ["train"], ["mppi"], ["mppi", "run"]]
+
+
+@pytest.mark.parametrize("argv", _subcommands())
+def test_every_subcommand_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--help"])
+    assert e.value.code == 0
+    assert "usage: ws" in capsys.readouterr().out
+
+
+def test_seed_is_accepted_where_randomness_enters():
+    p = build_parser()
+    for argv in (["collect", "--out", "x"], ["train", "--train", "a", "--val", "b", "--out", "c"], ["mppi", "run"]):
+        assert p.parse_args(argv + ["--seed", "3"]).seed == 3
+
+
+def test_collect_train_run_pipeline(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["collect", "--env", "hopper", "--out", str(data), "--train-episodes", "1", "--full-episodes", "0",
+                 "--val-episodes", "1", "--max-steps", "25", "--horizon", "8", "--samples", "20",
+                 "--format", "minari", "--seed", "1"]) == 0
+    assert (data / "train").is_dir() and (data / "val").is_dir()
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", "--env", "hopper", "--train", str(data / "train"), "--val", str(data / "val"),
+                 "--out", str(ckpt), "--ensemble-size", "2", "--elites", "1", "--hidden", "32", "--layers", "2",
+                 "--epochs", "3", "--steps-per-epoch", "10", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    line = json.loads(out.strip().splitlines()[-1])
+    assert line["checkpoint"] == str(ckpt) and ckpt.is_file()
+    run = tmp_path / "run"
+    assert main(["mppi", "run", "--env", "hopper", "--dynamics", str(ckpt), "--compare", "zero", "--episodes", "1",
+                 "--max-steps", "12", "--horizon", "6", "--samples", "16", "--out", str(run), "--seed", "2"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert list(report["controllers"]) == ["learned:m.pt", "zero"]
+    assert (run / "report.png").stat().st_size > 10_000
+    mp4 = report["video"]
+    assert mp4.endswith(".mp4") and (run / mp4.split("/")[-1]).stat().st_size > 1_000
+
+
+@pytest.mark.slow
+def test_main_job_default_prints_learned_oracle_and_zero(tmp_path):
+    """README command (1) in small: the shipped checkpoint against oracle and zero action."""
+    proc = subprocess.run([sys.executable, "-m", "ws_cli.main", "mppi", "run", "--max-steps", "40", "--no-video",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("learned (hopper_mlp_ensemble.pt)", "oracle", "zero"):
+        assert name in proc.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["controllers"]) == {"learned (hopper_mlp_ensemble.pt)", "oracle", "zero"}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["mppi", "run", "--env", "cheetah"], "unknown environment 'cheetah'"),
+    (["mppi", "run", "--dynamics", "/nonexistent/model.pt"], "checkpoint /nonexistent/model.pt does not exist"),
+    (["mppi", "run", "--env", "walker2d"], "no default checkpoint ships for 'walker2d'"),
+    (["train", "--train", "/nonexistent/t.hdf5", "--val", "/nonexistent/v.hdf5", "--out", "/tmp/x.pt"],
+     "dataset /nonexistent/t.hdf5 does not exist"),
+])
+def test_bad_input_gives_one_clear_line(argv, message, capsys):
+    assert main(argv + ["--no-video"] if argv[0] == "mppi" else argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_and_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    assert main(["mppi", "run", "--dynamics", str(bad), "--no-video", "--out", str(tmp_path / "r")]) == 2
+    assert "bad.pt is corrupt" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mppi:\n  horizn: 3\n")
+    assert main(["mppi", "run", "--config", str(cfg), "--no-video", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown MPPI config keys ['horizn']" in capsys.readouterr().err
+
+
+def test_dataset_of_wrong_environment_is_refused_by_train(tmp_path, small_datasets, capsys):
+    from ws_sim.dataset import write_dataset
+
+    train, val = small_datasets
+    write_dataset(train, tmp_path / "t.hdf5")
+    write_dataset(val, tmp_path / "v.hdf5")
+    assert main(["train", "--env", "walker2d", "--train", str(tmp_path / "t.hdf5"), "--val", str(tmp_path / "v.hdf5"),
+                 "--out", str(tmp_path / "m.pt")]) == 2
+    assert "has 12 channels but the environment has 18" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

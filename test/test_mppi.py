@@ -1,0 +1,153 @@
+"""MPPI (seed 003, App. D.3) and its costs, closed loop in real MuJoCo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ws_mppi.costs import LocomotionCost, ReferenceTracking
+from ws_mppi.mppi import MPPI, MPPIConfig
+from ws_mppi.runner import ZeroController, make_controller, run_episode
+from ws_sim.envs import NonFiniteStateError
+from ws_sim.oracle import MuJoCoOracle
+
+
+class DoubleIntegrator:
+    """A real (analytic) dynamics: position and velocity driven by an acceleration."""
+
+    state_dim, action_dim, dt = 2, 1, 0.1
+
+    def rollout(self, state, actions):
+        k, h, _ = actions.shape
+        s = state.expand(k, 2).clone()
+        out = torch.empty(k, h, 2)
+        for t in range(h):
+            s = torch.stack([s[:, 0] + self.dt * s[:, 1], s[:, 1] + self.dt * actions[:, t, 0]], 1)
+            out[:, t] = s
+        return out
+
+
+def _quadratic_cost(state, actions, states, t0=0):
+    return (states[..., 0] - 1.0).square().sum(1) + 0.1 * states[..., 1].square().sum(1)
+
+
+def test_mppi_drives_a_double_integrator_to_its_target():
+    mppi = MPPI(DoubleIntegrator(), _quadratic_cost, [-2.0], [2.0],
+                MPPIConfig(horizon=20, samples=128, temperature=0.5, noise_sigma=1.0), seed=0)
+    s = np.zeros(2)
+    for _ in range(60):
+        a = mppi.plan(s).action
+        assert -2.0 <= a[0] <= 2.0
+        s = np.array([s[0] + 0.1 * s[1], s[1] + 0.1 * a[0]])
+    assert abs(s[0] - 1.0) < 0.1 and abs(s[1]) < 0.3
+
+
+def test_mppi_update_is_the_importance_weighted_average():
+    """Eqs. (15)-(16): with the nominal kept as sample 0 the new plan is sum_k w_k V_k."""
+    mppi = MPPI(DoubleIntegrator(), _quadratic_cost, [-2.0], [2.0],
+                MPPIConfig(horizon=5, samples=16, temperature=0.3, noise_sigma=0.5), seed=1)
+    res = mppi.plan(np.zeros(2))
+    w = torch.exp(-(res.costs - res.costs.min()) / 0.3)
+    w = w / w.sum()
+    torch.testing.assert_close(res.weights, w)
+    expected = (w[:, None, None] * res.actions).sum(0)
+    np.testing.assert_allclose(res.nominal, expected.numpy(), atol=1e-6)
+    # warm start: the next nominal is the shifted plan
+    np.testing.assert_allclose(mppi.nominal[:-1].numpy(), res.nominal[1:], atol=1e-7)
+
+
+def test_locomotion_cost_is_the_negative_gymnasium_return(hopper_env):
+    oracle = MuJoCoOracle(hopper_env.model, hopper_env.frame_skip, nthread=1)
+    s0, _ = hopper_env.reset(seed=4)
+    acts = np.random.default_rng(2).uniform(-0.3, 0.3, (1, 12, 3))
+    states = oracle.rollout(s0, acts, physics_state=hopper_env.physics_state())
+    rewards = []
+    for t in range(12):
+        _, r, term, _, _ = hopper_env.step(acts[0, t])
+        rewards.append(r)
+        assert not term
+    cost = LocomotionCost(hopper_env.task)(torch.tensor(s0), torch.tensor(acts), torch.tensor(states))
+    assert cost.item() == pytest.approx(-sum(rewards), rel=1e-9)
+
+
+def test_cost_stops_accruing_after_a_fall_and_adds_the_penalty(hopper_env):
+    task = hopper_env.task
+    s0 = torch.zeros(12, dtype=torch.float64)
+    s0[1] = 1.25
+    states = s0.repeat(1, 4, 1)
+    states[0, 1:, 1] = 0.5  # z below 0.7 from step 1 on: unhealthy
+    states[0, :, 0] = torch.arange(1, 5) * 0.01
+    acts = torch.zeros(1, 4, 3, dtype=torch.float64)
+    c = LocomotionCost(task, termination_penalty=7.0)
+    rewards, alive = c.step_rewards(s0, acts, states)
+    assert alive[0].tolist() == [True, True, False, False]
+    expected = -(rewards[0, 0] + rewards[0, 1]) + 7.0
+    assert c(s0, acts, states).item() == pytest.approx(expected.item())
+
+
+def test_reference_tracking_term_prefers_the_reference():
+    from ws_sim.envs import make_env
+
+    env = make_env("hopper")
+    ref = np.tile(np.r_[0, 1.25, np.zeros(10)], (50, 1))
+    w = np.r_[0, 1.0, np.ones(4), np.zeros(6)]
+    c = LocomotionCost(env.task, reference=ReferenceTracking(ref, w, scale=10.0))
+    s0 = torch.tensor(ref[0])
+    near = torch.tensor(ref[None, 1:6])
+    far = near.clone()
+    far[..., 3] = 0.5
+    acts = torch.zeros(1, 5, 3, dtype=torch.float64)
+    assert c(s0, acts, far).item() - c(s0, acts, near).item() == pytest.approx(10.0 * 5 * 0.25)
+    with pytest.raises(ValueError, match="reference"):
+        ReferenceTracking(ref, w[:5])
+
+
+def test_oracle_mppi_beats_zero_action_on_hopper(hopper_env, small_controller_config):
+    """A short episode (80 steps): MPPI on MuJoCo itself must out-earn doing nothing."""
+    from ws_sim.envs import make_env
+
+    env = make_env("hopper", max_episode_steps=80)
+    oracle = make_controller(env, "oracle", small_controller_config, seed=0, nthread=2)
+    mppi = [run_episode(env, oracle, seed) for seed in (10, 11)]
+    zero = [run_episode(env, ZeroController(env), seed) for seed in (10, 11)]
+    oracle.close()
+    for m, z in zip(mppi, zero):
+        assert m.reward > z.reward + 20, (m.summary(), z.summary())
+        assert m.forward_distance > z.forward_distance + 0.3
+        assert len(m.latencies_s) == m.length
+
+
+def test_nan_state_never_reaches_the_planner():
+    """A sensor fault (NaN in the state at step 3) stops the episode before planning on it."""
+    import gymnasium as gym
+
+    from ws_sim.envs import StateEnv
+
+    class FaultyHopper(StateEnv):
+        def step(self, action):
+            state, *rest = super().step(action)
+            if self.unwrapped._elapsed_steps_ws == 3:
+                state = state.copy()
+                state[7] = np.nan
+            return (state, *rest)
+
+    env = FaultyHopper(gym.make("Hopper-v5"), "hopper")
+    calls = []
+
+    class Recorder(ZeroController):
+        def plan(self, state, t=0):
+            calls.append(t)
+            env.unwrapped._elapsed_steps_ws = t + 1
+            return super().plan(state, t)
+
+    with pytest.raises(NonFiniteStateError, match=r"channels \[7\]"):
+        run_episode(env, Recorder(env), seed=0)
+    assert calls == [0, 1, 2]
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="horizon"):
+        MPPIConfig(horizon=0)
+    with pytest.raises(ValueError, match="temperature"):
+        MPPIConfig(temperature=0.0)

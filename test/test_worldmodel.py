@@ -1,0 +1,100 @@
+"""The MLPEnsemble dynamics model: learning, checkpoints and their failure modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ws_sim.channels import ChannelMismatchError
+from ws_worldmodel.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ws_worldmodel.mlp_ensemble import MLPEnsembleConfig, invariant_input_channels
+from ws_worldmodel.train import one_step_errors, train_mlp_ensemble
+
+TINY = MLPEnsembleConfig(ensemble_size=3, elites=2, hidden=64, layers=2, epochs=15, patience=4,
+                         batch_size=256, max_steps_per_epoch=60)
+
+
+@pytest.fixture(scope="module")
+def trained(small_datasets):
+    train, val = small_datasets
+    return train_mlp_ensemble(train, val, TINY, seed=0, progress=False)
+
+
+def test_validation_error_beats_an_unchanged_state(trained, small_datasets):
+    model, hist = trained
+    err = hist["val_one_step"]
+    assert err["model_mse"] < 0.25 * err["unchanged_mse"], err
+    assert hist["epochs"][-1]["val_mse_elites"] < hist["epochs"][0]["val_mse_elites"]
+    assert len(model.elite_idx) == 2
+
+
+def test_root_x_is_not_an_input(trained):
+    model, _ = trained
+    assert invariant_input_channels(model.state_channels) == [0]
+    s = torch.zeros(1, 12)
+    s[0, 1] = 1.25
+    a = torch.zeros(1, 3)
+    shifted = s.clone()
+    shifted[0, 0] = 5.0
+    d0 = model.predict(s, a) - s
+    d1 = model.predict(shifted, a) - shifted
+    torch.testing.assert_close(d0, d1)
+
+
+def test_checkpoint_round_trip_loads_without_training_code(tmp_path, trained, small_datasets):
+    model, hist = trained
+    path = save_checkpoint(model, tmp_path / "m.pt", {"note": "test"})
+    back, payload = load_checkpoint(path, with_payload=True)
+    _, val = small_datasets
+    s = torch.as_tensor(val.observations[:50])
+    a = torch.as_tensor(val.actions[:50])
+    torch.testing.assert_close(back.predict(s, a), model.predict(s, a))
+    assert payload["info"]["note"] == "test" and payload["code_version"]
+    assert back.state_channels == model.state_channels
+    np.testing.assert_allclose(one_step_errors(back, val)["model_mse"], one_step_errors(model, val)["model_mse"])
+
+
+def test_bad_checkpoints_are_named(tmp_path, trained):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a WorldScape checkpoint"):
+        load_checkpoint(foreign)
+    model, _ = trained
+    path = save_checkpoint(model, tmp_path / "ok.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(truncated)
+
+
+def test_checkpoint_for_another_environment_is_refused(tmp_path, trained):
+    from ws_mppi.config import default_config
+    from ws_mppi.runner import make_controller
+    from ws_sim.envs import make_env
+
+    model, _ = trained
+    path = save_checkpoint(model, tmp_path / "hopper.pt")
+    with pytest.raises(ChannelMismatchError, match="checkpoint .*hopper.pt state"):
+        make_controller(make_env("walker2d"), str(path), default_config("walker2d"))
+
+
+def test_learned_mppi_runs_closed_loop(tmp_path, trained):
+    from ws_mppi.config import ControllerConfig
+    from ws_mppi.mppi import MPPIConfig
+    from ws_mppi.runner import make_controller, run_episode
+    from ws_sim.envs import make_env
+
+    model, _ = trained
+    path = save_checkpoint(model, tmp_path / "hopper.pt")
+    env = make_env("hopper", max_episode_steps=30)
+    ctrl = make_controller(env, str(path), ControllerConfig(MPPIConfig(horizon=8, samples=16)), seed=0)
+    res = run_episode(env, ctrl, seed=5)
+    assert res.length >= 1 and np.isfinite(res.reward)
+    assert ctrl.last.states.shape == (16, 8, 12)
