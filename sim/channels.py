@@ -18,7 +18,7 @@ import mujoco
 import numpy as np
 
 __all__ = ["Channel", "channels_from_model", "channels_to_records", "channels_from_records",
-           "check_channels_match", "ChannelMismatchError"]
+           "check_channels_match", "ChannelMismatchError", "data_ranges"]
 
 
 class ChannelMismatchError(ValueError):
@@ -157,7 +157,12 @@ def check_channels_match(expected: Sequence[Channel], got: Sequence[Channel], wh
 
 
 def data_ranges(channels: Sequence[Channel], values: np.ndarray) -> list[Channel]:
-    """Channels with ``min``/``max`` replaced by the data's range along the last axis."""
+    """Channels with ``min``/``max`` replaced by the data's range.
+
+    Args:
+        channels: ``C`` channels.
+        values: ``(..., C)`` samples.
+    """
     flat = np.asarray(values).reshape(-1, len(channels))
     lo, hi = flat.min(axis=0), flat.max(axis=0)
     return [dataclasses.replace(c, min=float(a), max=float(b)) for c, a, b in zip(channels, lo, hi)]

@@ -113,3 +113,11 @@ def test_inconsistent_arrays_are_refused(small_datasets):
     train, _ = small_datasets
     with pytest.raises(DatasetError, match="actions has shape"):
         dataclasses.replace(train, actions=train.actions[:, :2])
+
+
+def test_dataset_channels_carry_the_data_ranges(small_datasets):
+    train, _ = small_datasets
+    z = [c for c in train.state_channels if c.name == "qpos/rootz"][0]
+    both = np.concatenate([train.observations[:, 1], train.next_observations[:, 1]])
+    assert z.min == pytest.approx(both.min(), abs=1e-6) and z.max == pytest.approx(both.max(), abs=1e-6)
+    assert all(-1.0 <= c.min <= c.max <= 1.0 for c in train.action_channels)

@@ -8,7 +8,8 @@ their MPPI cost and:
 * validation episodes (other seeds) keep the lowest ``keep_val`` fraction (30%).
 
 Each kept rollout becomes one segment ``s_0, a_0, s_1, ..., a_{H-1}, s_H`` of the dataset,
-cut after its first unhealthy state (marked terminal), with Gymnasium rewards.
+cut after its first unhealthy state (marked terminal), with Gymnasium rewards. The
+dataset's channel metadata carries the value ranges seen in its data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
+from ws_sim.channels import data_ranges
 from ws_sim.dataset import TrajectoryDataset
 from ws_sim.envs import StateEnv
 
@@ -95,10 +97,14 @@ def _run(env: StateEnv, controller, seeds: list[int], keep_frac: float, max_step
 
 
 def _to_dataset(env: StateEnv, parts: dict, attrs: dict) -> TrajectoryDataset:
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    """Concatenate segments; channel ``min``/``max`` become the ranges seen in the data."""
+    if not parts["obs"]:
+        raise RuntimeError("collection kept no rollout")
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    states = data_ranges(env.state_channels, np.concatenate([cat["obs"], cat["nxt"]]))
+    actions = data_ranges(env.action_channels, cat["act"])
     return TrajectoryDataset(cat["obs"].astype(np.float32), cat["act"].astype(np.float32), cat["rew"].astype(np.float32),
-                             cat["nxt"].astype(np.float32), cat["term"], cat["tout"],
-                             list(env.state_channels), list(env.action_channels), env.name, attrs)
+                             cat["nxt"].astype(np.float32), cat["term"], cat["tout"], states, actions, env.name, attrs)
 
 
 def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerConfig,
