@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ws_cli.main import build_parser, main
@@ -47,6 +48,8 @@ def test_collect_train_run_pipeline(tmp_path, capsys):
                  "--max-steps", "12", "--horizon", "6", "--samples", "16", "--out", str(run), "--seed", "2"]) == 0
     report = json.loads((run / "report.json").read_text())
     assert list(report["controllers"]) == ["learned:m.pt", "zero"]
+    rec = np.load(run / "states_learned_m.pt_seed2.npz")
+    assert rec["states"].shape == (len(rec["actions"]) + 1, 12)
     assert (run / "report.png").stat().st_size > 10_000
     mp4 = report["video"]
     assert mp4.endswith(".mp4") and (run / mp4.split("/")[-1]).stat().st_size > 1_000

@@ -151,3 +151,25 @@ def test_config_validation_names_the_problem():
         MPPIConfig(horizon=0)
     with pytest.raises(ValueError, match="temperature"):
         MPPIConfig(temperature=0.0)
+
+
+def test_reference_from_a_recorded_episode_is_tracked(tmp_path, hopper_env, small_controller_config):
+    import dataclasses
+
+    from ws_mppi.config import ConfigError
+    from ws_mppi.runner import load_reference
+
+    s, _ = hopper_env.reset(seed=0)
+    states = np.tile(s, (30, 1))
+    np.savez(tmp_path / "ref.npz", states=states)
+    cfg = dataclasses.replace(small_controller_config, reference=str(tmp_path / "ref.npz"), reference_scale=2.0)
+    ref = load_reference(hopper_env, cfg)
+    assert ref.weights[0] == 0.0 and ref.weights[1] == 1.0 and ref.weights[-1] == pytest.approx(0.1)
+    ctrl = make_controller(hopper_env, "oracle", cfg, seed=0, nthread=1)
+    assert ctrl.mppi.cost.reference is not None
+    ctrl.close()
+    np.savez(tmp_path / "bad.npz", states=states[:, :5])
+    with pytest.raises(ConfigError, match=r"expected finite \(T, 12\)"):
+        load_reference(hopper_env, dataclasses.replace(cfg, reference=str(tmp_path / "bad.npz")))
+    with pytest.raises(FileNotFoundError, match="reference trajectory"):
+        load_reference(hopper_env, dataclasses.replace(cfg, reference=str(tmp_path / "none.npz")))

@@ -33,11 +33,14 @@ def _add_controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizon", type=int, default=None, help="override MPPI horizon H (steps)")
     p.add_argument("--samples", type=int, default=None, help="override MPPI samples K")
     p.add_argument("--temperature", type=float, default=None, help="override MPPI temperature lambda")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="track this reference trajectory (.npz with 'states', e.g. a states_*.npz that ws mppi run "
+                        "wrote) with the expert-reference cost term of seed 003 eqs. (21)/(28)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and oracle rollouts (default: all)")
 
 
 def _controller_config(args):
-    from ws_mppi.config import default_config, load_config
+    from ws_mppi.config import ConfigError, default_config, load_config
 
     cfg = load_config(args.config) if args.config else default_config(args.env)
     if args.horizon is not None:
@@ -46,7 +49,12 @@ def _controller_config(args):
         cfg.mppi.samples = args.samples
     if args.temperature is not None:
         cfg.mppi.temperature = args.temperature
-    cfg.mppi.__post_init__()
+    if args.reference is not None:
+        cfg.reference = str(args.reference)
+    try:
+        cfg.mppi.__post_init__()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     return cfg
 
 
@@ -194,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'default' (the checkpoint shipped for this env), a checkpoint path, 'oracle' or 'zero'")
     r.add_argument("--compare", default="oracle,zero",
                    help="comma-separated controllers run on the same seeds after --dynamics ('' for none)")
-    r.add_argument("--episodes", type=int, default=1)
+    r.add_argument("--episodes", type=int, default=3, help="episodes per controller")
     r.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
     r.add_argument("--seed", type=int, default=0, help="episode i resets with seed+i")
     r.add_argument("--out", type=Path, default=None, help="report directory (default runs/mppi-<env>-<time>)")

@@ -32,10 +32,25 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ControllerConfig:
-    """Everything that shapes the closed-loop controller of one environment."""
+    """Everything that shapes the closed-loop controller of one environment.
+
+    Attributes:
+        mppi: the planner's hyperparameters.
+        termination_penalty: cost paid once by a rollout that becomes unhealthy.
+        reference: optional ``.npz`` with ``states (T, nq + nv)``, e.g. one written by
+            ``ws mppi run`` (``states_<controller>_seed<S>.npz``), tracked by the
+            expert-reference term of seed 003 eqs. (21)/(28); ``None`` disables it.
+        reference_scale: ``w_ref`` of that term.
+        reference_pos_weight, reference_vel_weight: the diagonal weights of position and
+            velocity channels (root x always 0). The seed's own values are lost in its text.
+    """
 
     mppi: MPPIConfig = dataclasses.field(default_factory=MPPIConfig)
     termination_penalty: float = 50.0
+    reference: str | None = None
+    reference_scale: float = 0.1
+    reference_pos_weight: float = 1.0
+    reference_vel_weight: float = 0.1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -45,7 +60,8 @@ class ControllerConfig:
         if d is not None and not isinstance(d, dict):
             raise ConfigError(f"controller config must be a mapping, got {type(d).__name__}")
         d = dict(d or {})
-        unknown = set(d) - {"mppi", "termination_penalty"}
+        top = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - top
         if unknown:
             raise ConfigError(f"unknown controller config keys {sorted(unknown)}")
         mppi = dict(d.get("mppi") or {})
@@ -54,7 +70,10 @@ class ControllerConfig:
         if bad:
             raise ConfigError(f"unknown MPPI config keys {sorted(bad)}; valid: {sorted(names)}")
         try:
-            return cls(mppi=MPPIConfig(**mppi), termination_penalty=float(d.get("termination_penalty", 50.0)))
+            rest = {k: v for k, v in d.items() if k != "mppi"}
+            cfg = cls(mppi=MPPIConfig(**mppi), **rest)
+            cfg.termination_penalty = float(cfg.termination_penalty)
+            return cfg
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid controller config: {e}") from e
 

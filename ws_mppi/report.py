@@ -55,6 +55,17 @@ def write_json_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label.split(" (")[0])
+
+
+def _save_states(path: Path, res: EpisodeResult) -> None:
+    """Visited states and executed actions of one episode (usable as an MPPI reference)."""
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, states=res.states, actions=res.actions, rewards=np.asarray(res.rewards))
+    os.replace(tmp, path)
+
+
 def _aggregate(results: list[EpisodeResult]) -> dict:
     rewards = np.array([r.reward for r in results])
     lat = np.concatenate([np.asarray(r.latencies_s) for r in results]) * 1e3
@@ -166,6 +177,7 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
                     frames = res.frames
                     res.frames = []
                 results.append(res)
+                _save_states(out_dir / f"states_{_safe(label)}_seed{res.seed}.npz", res)
                 s = res.summary()
                 printer(f"  {label:<34} seed {s['seed']:>4}  reward {s['reward']:9.2f}  length {s['length']:5d}  "
                         f"latency median {s['latency_ms_median']:.2f} ms  p99 {s['latency_ms_p99']:.2f} ms")
@@ -184,7 +196,7 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
         printer(f"  {k:<34} {v['reward_mean']:9.2f} ± {v['reward_std']:.2f}   planner p50 {v['latency_ms_median']:.2f} ms"
                 f"  p99 {v['latency_ms_p99']:.2f} ms")
     if frames:
-        vpath = out_dir / f"{env_name}_{next(iter(per)).split(' ')[0].replace(':', '_')}_seed{seed}.mp4"
+        vpath = out_dir / f"{env_name}_{_safe(next(iter(per)))}_seed{seed}.mp4"
         _write_video(frames, vpath, fps=1.0 / (env.dt * VIDEO_EVERY))
         report["video"] = str(vpath)
     _plot(per, out_dir / "report.png", f"MPPI on {env_name}")

@@ -16,7 +16,7 @@ from ws_sim.envs import StateEnv, check_state
 from ws_sim.oracle import MuJoCoOracle
 
 from .config import ControllerConfig
-from .costs import LocomotionCost
+from .costs import LocomotionCost, ReferenceTracking
 from .dynamics import LearnedDynamics, OracleDynamics
 from .mppi import MPPI
 
@@ -62,6 +62,33 @@ class MPPIController:
             self._closer()
 
 
+def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking | None:
+    """The expert-reference term of ``config`` (None when ``config.reference`` is unset).
+
+    Raises:
+        FileNotFoundError: the reference file is missing.
+        ConfigError: it holds no ``states`` array of ``(T, nq + nv)``.
+    """
+    if not config.reference:
+        return None
+    from .config import ConfigError
+
+    path = Path(config.reference)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference trajectory {path} does not exist")
+    try:
+        with np.load(path) as f:
+            states = np.asarray(f["states"], dtype=np.float64)
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"reference {path} is not an .npz with a 'states' array: {e}") from e
+    nx = env.nq + env.nv
+    if states.ndim != 2 or states.shape[1] != nx or not np.all(np.isfinite(states)):
+        raise ConfigError(f"reference {path} states have shape {states.shape}; expected finite (T, {nx})")
+    w = np.r_[np.full(env.nq, config.reference_pos_weight), np.full(env.nv, config.reference_vel_weight)]
+    w[env.task.x_index] = 0.0
+    return ReferenceTracking(states, w, config.reference_scale)
+
+
 def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed: int = 0,
                     nthread: int | None = None):
     """Build a controller for ``env``.
@@ -79,7 +106,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     """
     if dynamics == "zero":
         return ZeroController(env)
-    cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty)
+    cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty,
+                          reference=load_reference(env, config))
     low, high = env.action_space.low, env.action_space.high
     if dynamics == "oracle":
         oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
@@ -106,6 +134,8 @@ class EpisodeResult:
         forward_distance: root x displacement in metres.
         latencies_s: planner latency of each step, seconds.
         rewards: per-step rewards.
+        states: ``(length + 1, nx)`` visited states.
+        actions: ``(length, nu)`` executed actions.
         frames: rendered RGB frames (when rendering).
     """
 
@@ -117,6 +147,8 @@ class EpisodeResult:
     forward_distance: float
     latencies_s: list[float]
     rewards: list[float]
+    states: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    actions: np.ndarray | None = dataclasses.field(default=None, repr=False)
     frames: list = dataclasses.field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
@@ -145,7 +177,7 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
     controller.reset(seed)
     nstate = env.nq + env.nv
     x0 = float(state[env.task.x_index])
-    rewards, lat, frames = [], [], []
+    rewards, lat, frames, states, actions = [], [], [], [state], []
     terminated = False
     t = 0
     while True:
@@ -155,6 +187,8 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
         lat.append(time.perf_counter() - tic)
         state, reward, terminated, truncated, _ = env.step(action)
         rewards.append(reward)
+        states.append(state)
+        actions.append(np.asarray(action, dtype=np.float64))
         if render_every and t % render_every == 0:
             frames.append(env.render())
         t += 1
@@ -163,4 +197,5 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
         if terminated or truncated:
             break
     return EpisodeResult(controller.name, int(seed), float(np.sum(rewards)), t, bool(terminated),
-                         float(state[env.task.x_index]) - x0, lat, [float(r) for r in rewards], frames)
+                         float(state[env.task.x_index]) - x0, lat, [float(r) for r in rewards],
+                         np.asarray(states), np.asarray(actions), frames)
