@@ -103,7 +103,7 @@ def channels_from_model(model: mujoco.MjModel) -> tuple[list[Channel], list[Chan
     actions: list[Channel] = []
     for a in range(model.nu):
         target = int(model.actuator_trnid[a, 0])
-        if model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT and target >= 0:
+        if int(model.actuator_trntype[a]) in (int(mujoco.mjtTrn.mjTRN_JOINT), int(mujoco.mjtTrn.mjTRN_JOINTINPARENT)) and target >= 0:
             jname = _name(model, mujoco.mjtObj.mjOBJ_JOINT, target, "joint")
             body = _name(model, mujoco.mjtObj.mjOBJ_BODY, int(model.jnt_bodyid[target]), "body")
         else:

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--epochs", type=int, default=100, help="maximum epochs (early stopping may end sooner)")
     t.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     t.add_argument("--steps-per-epoch", type=int, default=400, help="gradient steps per epoch (0: full pass)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")

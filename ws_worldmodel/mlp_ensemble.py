@@ -48,7 +48,7 @@ class MLPEnsembleConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     batch_size: int = 256
-    epochs: int = 50
+    epochs: int = 100
     patience: int = 5
     max_steps_per_epoch: int = 400
 
