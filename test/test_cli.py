@@ -55,7 +55,6 @@ def test_collect_train_run_pipeline(tmp_path, capsys):
     assert mp4.endswith(".mp4") and (run / mp4.split("/")[-1]).stat().st_size > 1_000
 
 
-@pytest.mark.slow
 def test_main_job_default_prints_learned_oracle_and_zero(tmp_path):
     """README command (1) in small: the shipped checkpoint against oracle and zero action."""
     proc = subprocess.run([sys.executable, "-m", "ws_cli.main", "mppi", "run", "--max-steps", "40", "--no-video",

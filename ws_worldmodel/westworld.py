@@ -1,0 +1,296 @@
+"""WestWorld: the knowledge-encoded, system-aware MoE trajectory world model (seed 003, sec. 4).
+
+One forward pass maps a history of ``Th`` states, the actions of history and future, and
+``H`` learnable queries to categorical predictions of the ``H`` future states.
+
+Tokens (sec. 4.2). Every scalar channel at every step is a token. Values are min-max
+normalised per channel to [0, 1] (training-split ranges, carried by the channel metadata)
+and encoded as **HL-Gauss soft labels** over ``bins`` uniform bins (Farebrother et al.,
+2024, "Stop regressing"; TrajWorld [46] uses the same encoding): a Gaussian of width
+``hl_gauss_sigma`` bins integrated over each bin. Unlike a one-hot bin it keeps the order of
+the bins and the position inside a bin, and the same soft labels are the cross-entropy
+targets (eq. 11). A learned projection maps the ``bins``-vector to ``d_model``; timestep,
+channel-index and modality (state/action) embeddings are added, and so is the structural
+embedding of eq. (3): the concatenation of four encoders of the channel's
+``(object, pre, in, post)`` body index (:mod:`ws_worldmodel.structure`). Timestep, channel
+and structural indices are encoded sinusoidally and then projected, so no table bounds the
+number of steps, channels or bodies: the model is never told a maximum size.
+
+Sys-MoE block (sec. 4.3, eqs. 4-9):
+
+1. self-attention across the state channels of each step (eq. 4);
+2. cross-attention from each state token at step ``t`` to the action tokens of step
+   ``t - 1`` (the action that led to it) plus one learned null token (eq. 5);
+3. per channel, a Mamba-style selective SSM along time (eq. 7, :mod:`ws_worldmodel.ssm`);
+4. a learnable system embedding appended after the **history** tokens and carried through
+   the same SSM; its output feeds a softmax router over ``n_experts`` MLP experts (eq. 8),
+   whose weighted sum transforms every token of that channel (eq. 9).
+
+Deviation from the text, on purpose: the seed appends the system embedding after all
+tokens (history and queries). Queries carry future actions, so routing from there would
+let a change of a late action alter the prediction of an earlier step; appending it after
+the history keeps the one-pass prediction causal in the actions (tested).
+
+A linear head gives ``bins`` logits per state channel at every query position (eq. 10).
+Systems of different sizes share a batch: channels are padded to the batch's largest
+system and masked out of attention keys, routing and the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .ssm import SelectiveSSM
+
+__all__ = ["WestWorldConfig", "WestWorld", "TrajectoryBatch", "hl_gauss", "sinusoidal"]
+
+
+@dataclasses.dataclass
+class WestWorldConfig:
+    """Model size. The seed's App. D.1 values are lost in its text; defaults are CPU-sized.
+
+    Attributes:
+        d_model, n_heads, n_blocks: width, attention heads, Sys-MoE blocks.
+        n_experts: experts per block (the seed picks 4 by validation, Table 10).
+        expert_hidden: hidden width of each expert MLP.
+        bins: categorical bins per scalar.
+        hl_gauss_sigma: HL-Gauss width in bins.
+        d_state, d_conv, expand: the SSM's state size, conv width and expansion.
+        dropout: dropout in attention and experts.
+        use_structure: add the structural embedding (ablation: False).
+        use_moe: Sys-MoE layer; False gives the dense ablation (one MLP of ``n_experts *
+            expert_hidden`` hidden units, no system embedding, no router).
+    """
+
+    d_model: int = 64
+    n_heads: int = 4
+    n_blocks: int = 2
+    n_experts: int = 4
+    expert_hidden: int = 128
+    bins: int = 64
+    hl_gauss_sigma: float = 0.75
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dropout: float = 0.0
+    use_structure: bool = True
+    use_moe: bool = True
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads or self.d_model % 4:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) and 4")
+
+
+@dataclasses.dataclass
+class TrajectoryBatch:
+    """A batch of normalised segments from one or several systems.
+
+    Attributes:
+        states: ``(B, T, Cs)`` in [0, 1]; only the first ``history`` steps are read as input,
+            the rest are targets.
+        actions: ``(B, T, Ca)`` in [0, 1]; ``actions[:, t]`` leads from ``s_t`` to ``s_{t+1}``.
+        state_mask, action_mask: ``(B, Cs)``, ``(B, Ca)`` bool, true for real channels.
+        state_struct, action_struct: ``(B, Cs, 4)``, ``(B, Ca, 4)`` int64 structural indices
+            ``(object + 1, pre, in, post)`` (object -1, the static world, becomes 0).
+        history: ``Th``, the number of observed steps; ``H = T - Th`` are predicted.
+    """
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    state_mask: torch.Tensor
+    action_mask: torch.Tensor
+    state_struct: torch.Tensor
+    action_struct: torch.Tensor
+    history: int
+
+    def __post_init__(self):
+        b, t, cs = self.states.shape
+        ca = self.actions.shape[2]
+        if self.actions.shape[:2] != (b, t):
+            raise ValueError(f"actions {tuple(self.actions.shape)} do not match states {tuple(self.states.shape)}")
+        if self.state_mask.shape != (b, cs) or self.action_mask.shape != (b, ca):
+            raise ValueError("masks must be (B, Cs) and (B, Ca)")
+        if self.state_struct.shape != (b, cs, 4) or self.action_struct.shape != (b, ca, 4):
+            raise ValueError("structural indices must be (B, Cs, 4) and (B, Ca, 4)")
+        if not 1 <= self.history < t:
+            raise ValueError(f"history must be in 1..{t - 1}, got {self.history}")
+
+    def to(self, device) -> "TrajectoryBatch":
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self) if f.name != "history"})
+
+
+def sinusoidal(index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal encoding of integer indices: ``(...) -> (..., dim)`` (Vaswani et al. 2017)."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=index.device, dtype=torch.float32) / max(half, 1))
+    ang = index.to(torch.float32).unsqueeze(-1) * freq
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
+def hl_gauss(values: torch.Tensor, bins: int, sigma_bins: float) -> torch.Tensor:
+    """HL-Gauss soft labels of values in [0, 1] over ``bins`` uniform bins: ``(...) -> (..., bins)``.
+
+    Each label is a Gaussian ``N(value, (sigma_bins / bins)^2)`` integrated over the bins of
+    [0, 1] and renormalised (Farebrother et al. 2024, sec. 3). Values are clamped to [0, 1].
+    """
+    edges = torch.linspace(0.0, 1.0, bins + 1, device=values.device)
+    sigma = sigma_bins / bins
+    z = (edges - values.clamp(0, 1).unsqueeze(-1)) / (sigma * math.sqrt(2))
+    cdf = 0.5 * (1 + torch.erf(z))
+    p = cdf[..., 1:] - cdf[..., :-1]
+    return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+class _StructEmbedding(nn.Module):
+    """Eq. (3): four encoders (object, pre, in, post), concatenated to ``d_model``."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.part = d_model // 4
+        self.enc = nn.ModuleList(nn.Linear(self.part, self.part) for _ in range(4))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (..., 4) -> (..., d)
+        return torch.cat([enc(sinusoidal(idx[..., k], self.part)) for k, enc in enumerate(self.enc)], dim=-1)
+
+
+class _Expert(nn.Module):
+    def __init__(self, d: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SysMoEBlock(nn.Module):
+    """One Sys-MoE block (eqs. 4-9); see the module docstring."""
+
+    def __init__(self, cfg: WestWorldConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.cfg = cfg
+        self.ln_self = nn.LayerNorm(d)
+        self.self_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        self.ln_cross = nn.LayerNorm(d)
+        self.cross_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        self.null_action = nn.Parameter(torch.zeros(1, 1, d))
+        self.ln_ssm = nn.LayerNorm(d)
+        self.ssm = SelectiveSSM(d, cfg.d_state, cfg.d_conv, cfg.expand)
+        self.ln_moe = nn.LayerNorm(d)
+        if cfg.use_moe:
+            self.system = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.router = nn.Linear(d, cfg.n_experts)
+            self.experts = nn.ModuleList(_Expert(d, cfg.expert_hidden, cfg.dropout) for _ in range(cfg.n_experts))
+        else:
+            self.dense = _Expert(d, cfg.expert_hidden * cfg.n_experts, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, act: torch.Tensor, state_mask: torch.Tensor, action_mask: torch.Tensor,
+                history: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x (B, T, Cs, d)``, ``act (B, T, Ca, d)`` -> ``(x', routing (B, Cs, E) or None)``."""
+        b, t, cs, d = x.shape
+        ca = act.shape[2]
+        # eq. (4): self-attention across the state channels of each step
+        h = x.reshape(b * t, cs, d)
+        pad = (~state_mask).repeat_interleave(t, dim=0)
+        q = self.ln_self(h)
+        h = h + self.self_attn(q, q, q, key_padding_mask=pad, need_weights=False)[0]
+        # eq. (5): cross-attention to the previous step's actions (+ a null token, never masked)
+        prev = torch.cat([act.new_zeros(b, 1, ca, d), act[:, :-1]], dim=1).reshape(b * t, ca, d)
+        keys = torch.cat([self.null_action.expand(b * t, 1, d), prev], dim=1)
+        amask = (~action_mask).unsqueeze(1).expand(b, t, ca).clone()
+        amask[:, 0] = True  # no action precedes the first step
+        kpad = torch.cat([torch.zeros(b * t, 1, dtype=torch.bool, device=x.device), amask.reshape(b * t, ca)], dim=1)
+        h = h + self.cross_attn(self.ln_cross(h), keys, keys, key_padding_mask=kpad, need_weights=False)[0]
+        # eqs. (6)-(7): per channel, a selective SSM along time
+        y = h.reshape(b, t, cs, d).permute(0, 2, 1, 3).reshape(b * cs, t, d)
+        u = self.ln_ssm(y)
+        y = y + self.ssm(u)
+        routing = None
+        z = self.ln_moe(y)
+        if self.cfg.use_moe:
+            # eq. (8): route from the system embedding's SSM output, appended after the history
+            sys_seq = torch.cat([u[:, :history], self.system.expand(b * cs, 1, d)], dim=1)
+            g = torch.softmax(self.router(self.ssm(sys_seq)[:, -1]), dim=-1)  # (B*Cs, E)
+            # eq. (9): system-conditioned mixture of experts
+            out = torch.stack([e(z) for e in self.experts], dim=-1)  # (B*Cs, T, d, E)
+            y = y + (out * g[:, None, None, :]).sum(-1)
+            routing = g.reshape(b, cs, -1)
+        else:
+            y = y + self.dense(z)
+        return y.reshape(b, cs, t, d).permute(0, 2, 1, 3), routing
+
+
+class WestWorld(nn.Module):
+    """The WestWorld trajectory world model (seed 003).
+
+    ``forward(batch)`` returns logits ``(B, H, Cs, bins)`` for the ``H = T - Th`` future
+    states of every channel and the routing weights of each block. ``loss(batch)`` is the
+    soft-label cross-entropy of eq. (11) on real state channels; ``predict(batch)`` decodes
+    the expected normalised value ``(B, H, Cs)``.
+    """
+
+    def __init__(self, cfg: WestWorldConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or WestWorldConfig()
+        d = cfg.d_model
+        self.value_proj = nn.Linear(cfg.bins, d)
+        self.time_proj = nn.Linear(d, d)
+        self.chan_proj = nn.Linear(d, d)
+        self.modality = nn.Embedding(2, d)
+        self.query = nn.Parameter(torch.randn(d) * 0.02)
+        self.struct = _StructEmbedding(d) if cfg.use_structure else None
+        self.blocks = nn.ModuleList(SysMoEBlock(cfg) for _ in range(cfg.n_blocks))
+        self.ln_out = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.bins)
+        self.register_buffer("bin_centers", (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins)
+        self.name = "westworld"
+
+    def _embed(self, values: torch.Tensor | None, struct: torch.Tensor, steps: torch.Tensor, modality: int,
+               n_chan: int) -> torch.Tensor:
+        """Token embeddings ``(B, len(steps), C, d)``; ``values`` None means query tokens."""
+        d = self.cfg.d_model
+        dev = struct.device
+        time = self.time_proj(sinusoidal(steps, d))[None, :, None]
+        chan = self.chan_proj(sinusoidal(torch.arange(n_chan, device=dev), d))[None, None]
+        base = time + chan + self.modality.weight[modality]
+        if self.struct is not None:
+            base = base + self.struct(struct)[:, None]
+        if values is None:
+            return base + self.query
+        return base + self.value_proj(hl_gauss(values, self.cfg.bins, self.cfg.hl_gauss_sigma))
+
+    def forward(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        th = batch.history
+        b, t, cs = batch.states.shape
+        steps = torch.arange(t, device=batch.states.device)
+        hist = self._embed(batch.states[:, :th], batch.state_struct, steps[:th], 0, cs)
+        queries = self._embed(None, batch.state_struct, steps[th:], 0, cs).expand(b, -1, -1, -1)
+        x = torch.cat([hist, queries], dim=1)
+        act = self._embed(batch.actions, batch.action_struct, steps, 1, batch.actions.shape[2])
+        routing = []
+        for blk in self.blocks:
+            x, g = blk(x, act, batch.state_mask, batch.action_mask, th)
+            if g is not None:
+                routing.append(g)
+        return self.head(self.ln_out(x[:, th:])), routing
+
+    def loss(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """Eq. (11): soft cross-entropy over bins on the real state channels of future steps."""
+        logits, _ = self(batch)
+        target = hl_gauss(batch.states[:, batch.history:], self.cfg.bins, self.cfg.hl_gauss_sigma)
+        ce = -(target * F.log_softmax(logits, dim=-1)).sum(-1)  # (B, H, Cs)
+        m = batch.state_mask[:, None, :].to(ce.dtype)
+        return (ce * m).sum() / (m.sum() * ce.shape[1]).clamp_min(1)
+
+    @torch.no_grad()
+    def predict(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """Expected normalised future states ``(B, H, Cs)`` (padding channels are zero)."""
+        logits, _ = self(batch)
+        pred = torch.softmax(logits, dim=-1) @ self.bin_centers
+        return pred * batch.state_mask[:, None, :]
