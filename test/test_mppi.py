@@ -173,3 +173,31 @@ def test_reference_from_a_recorded_episode_is_tracked(tmp_path, hopper_env, smal
         load_reference(hopper_env, dataclasses.replace(cfg, reference=str(tmp_path / "bad.npz")))
     with pytest.raises(FileNotFoundError, match="reference trajectory"):
         load_reference(hopper_env, dataclasses.replace(cfg, reference=str(tmp_path / "none.npz")))
+
+
+def test_filmed_oracle_episode_equals_the_unfilmed_one(tmp_path, small_controller_config):
+    """The filmed controller plans from the physics of the environment it drives."""
+    from ws_mppi.report import run_comparison
+
+    runs = [run_comparison("hopper", ["oracle"], small_controller_config, episodes=1, seed=3, max_steps=25,
+                           out_dir=tmp_path / f"v{video}", video=video, nthread=1, printer=lambda *_: None)
+            for video in (True, False)]
+    filmed, plain = (r["controllers"]["oracle"]["episodes_detail"][0] for r in runs)
+    assert filmed["reward"] == plain["reward"] and filmed["length"] == plain["length"]
+    assert "video" in runs[0] and "video" not in runs[1]
+
+
+def test_oracle_plans_from_the_given_state_not_a_stale_environment(hopper_env):
+    """Planning from a state other than the environment's must use that state."""
+    from ws_mppi.dynamics import OracleDynamics
+
+    oracle = MuJoCoOracle(hopper_env.model, hopper_env.frame_skip, nthread=1)
+    hopper_env.reset(seed=0)
+    dyn = OracleDynamics(oracle, hopper_env.physics_state)
+    other = hopper_env.state.copy()
+    other[1] += 0.3  # the torso 30 cm higher
+    acts = torch.zeros(2, 3, 3)
+    out = dyn.rollout(torch.tensor(other, dtype=torch.float32), acts)
+    ref = oracle.rollout(other, acts.double().numpy())
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
+    oracle.close()

@@ -39,7 +39,9 @@ class OracleDynamics:
     Args:
         oracle: a ``ws_sim.oracle.MuJoCoOracle``.
         physics_state_fn: optional callable returning the environment's exact
-            ``mjSTATE_FULLPHYSICS`` vector; used instead of rebuilding it from ``state``.
+            ``mjSTATE_FULLPHYSICS`` vector; used instead of rebuilding it from ``state``
+            when its ``[qpos, qvel]`` equal ``state`` (float32 planner states are
+            rounded, so only a mismatch beyond 1e-4 falls back to ``state``).
     """
 
     name = "oracle"
@@ -51,9 +53,11 @@ class OracleDynamics:
         self.action_dim = oracle.action_dim
 
     def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        s = state.detach().cpu().double().numpy()
         phys = self.physics_state_fn() if self.physics_state_fn is not None else None
-        out = self.oracle.rollout(state.detach().cpu().double().numpy(),
-                                  actions.detach().cpu().double().numpy(), physics_state=phys)
+        if phys is not None and not np.allclose(phys[1:1 + s.size], s, rtol=1e-6, atol=1e-4):
+            phys = None  # planning from another state than the environment's: rebuild from it
+        out = self.oracle.rollout(s, actions.detach().cpu().double().numpy(), physics_state=phys)
         return torch.from_numpy(np.ascontiguousarray(out)).to(actions.dtype)
 
 

@@ -160,7 +160,11 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
     printer(f"{env_name}: {episodes} episode(s) per controller, seeds {seed}..{seed + episodes - 1}, "
             f"MPPI H={config.mppi.horizon} K={config.mppi.samples} lambda={config.mppi.temperature}")
     for ci, spec in enumerate(resolved):
-        ctrl = make_controller(env, spec, config, seed=seed, nthread=nthread)
+        # the filmed controller runs every episode in the rendering environment, so that an
+        # oracle reads the physics state of the very environment it controls
+        film_ctrl = ci == 0 and render_env is not None
+        run_env = render_env if film_ctrl else env
+        ctrl = make_controller(run_env, spec, config, seed=seed, nthread=nthread)
         label = controllers[ci] if controllers[ci] in ("oracle", "zero") else ctrl.name
         if controllers[ci] == "default":
             label = f"learned ({ctrl.name.split(':', 1)[-1]})"
@@ -169,9 +173,8 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
         try:
             bar = tqdm(total=episodes * max_steps, desc=label, unit="step", leave=False)
             for e in range(episodes):
-                film = ci == 0 and e == 0 and render_env is not None
-                res = run_episode(render_env if film else env, ctrl, seed + e,
-                                  render_every=VIDEO_EVERY if film else 0, progress=bar)
+                film = film_ctrl and e == 0
+                res = run_episode(run_env, ctrl, seed + e, render_every=VIDEO_EVERY if film else 0, progress=bar)
                 bar.update(max_steps - res.length)
                 if film:
                     frames = res.frames
