@@ -3,6 +3,7 @@
     ws collect   oracle-MPPI datasets (seed 003, Appendix C.5)
     ws train     fit a dynamics model (MLPEnsemble) on a dataset
     ws mppi run  MPPI closed loop in Gymnasium with oracle, learned or zero dynamics
+    ws corpus build  the multi-system pretraining corpus (dm_control + Gymnasium)
 
 Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
 """
@@ -115,6 +116,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_corpus_build(args) -> int:
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, SYSTEMS, build_corpus
+
+    _headless_gl()
+    systems = list(SYSTEMS) if args.systems == "all" else [s for s in args.systems.split(",") if s]
+    manifest = build_corpus(args.out, systems, args.episodes, seed=args.seed, episodes_per_shard=args.episodes_per_shard,
+                            workers=args.workers, behaviours=tuple(args.behaviours.split(",")), steps=args.steps,
+                            mppi_factory="ws_mppi.collect:corpus_mppi_policy")
+    print(f"corpus {args.out}: {len(manifest['systems'])} systems; held out of pretraining: "
+          f"zero-shot {list(HELD_OUT_ZERO_SHOT)}, few-shot {list(HELD_OUT_FEW_SHOT)}")
+    return 0
+
+
 def cmd_mppi_run(args) -> int:
     from ws_mppi.report import run_comparison
 
@@ -133,11 +147,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by what the user asked for: reported in one line, no traceback."""
     from ws_mppi.config import ConfigError
     from ws_sim.channels import ChannelMismatchError
+    from ws_sim.corpus import CorpusError
     from ws_sim.dataset import DatasetError
     from ws_sim.envs import NonFiniteStateError, UnknownEnvironmentError
     from ws_worldmodel.checkpoint import CheckpointError
 
-    return (ConfigError, ChannelMismatchError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
+    return (ConfigError, ChannelMismatchError, CorpusError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
             CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
@@ -188,6 +203,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
+
+    cp = sub.add_parser("corpus", help="multi-system pretraining corpus", description="Pretraining corpus commands.")
+    csub = cp.add_subparsers(dest="corpus_command", required=True, metavar="SUBCOMMAND")
+    cb = csub.add_parser("build", help="generate trajectories from dm_control and Gymnasium systems (resumable)",
+                         description="Roll out dm_control suite domains and Gymnasium MuJoCo environments with a mix of "
+                                     "random, coloured-noise (pink, red) and oracle-MPPI behaviours, storing the full "
+                                     "MuJoCo state. Work is cut into shards written atomically as OUT/<system>/shard_NNN.hdf5; "
+                                     "run the same command again to resume after an interruption. gym-hopper and "
+                                     "gym-walker2d (zero-shot) and gym-pusher (few-shot) are built too but held out of "
+                                     "pretraining.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cb.add_argument("--out", type=Path, required=True, help="corpus directory")
+    cb.add_argument("--systems", default="all", help="comma-separated system names, or 'all' (see ws_sim.corpus.SYSTEMS)")
+    cb.add_argument("--episodes", type=int, default=20, help="episodes per system")
+    cb.add_argument("--episodes-per-shard", type=int, default=5, help="episodes per shard (resume/parallel unit)")
+    cb.add_argument("--steps", type=int, default=None, help="episode length (default: each system's, 500 or 1000)")
+    cb.add_argument("--behaviours", default="random,pink,red,mppi", help="behaviour mix drawn per episode")
+    cb.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="worker processes")
+    cb.add_argument("--seed", type=int, default=0)
+    cb.set_defaults(func=cmd_corpus_build)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

@@ -27,7 +27,7 @@ from ws_sim.envs import StateEnv
 from .config import ControllerConfig
 from .runner import make_controller
 
-__all__ = ["CollectConfig", "collect"]
+__all__ = ["CollectConfig", "collect", "corpus_mppi_policy"]
 
 
 @dataclasses.dataclass
@@ -145,3 +145,26 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
     val = _to_dataset(env, va, {**attrs, "split": "val", "seeds": val_seeds})
     stats = {"oracle_returns_train": r1, "oracle_returns_full": r2, "oracle_returns_val": r3}
     return train, val, stats
+
+
+def corpus_mppi_policy(system):
+    """The ``mppi`` behaviour of ``ws corpus build``: oracle MPPI for Gymnasium systems with a cost.
+
+    Args:
+        system: a corpus system (``ws_sim.corpus.make_system``).
+
+    Returns:
+        a policy ``(state, t) -> action`` or None where no MPPI cost exists here.
+    """
+    from ws_sim.envs import ENVIRONMENTS, StateEnv
+
+    from .config import default_config
+
+    if system.kind != "gym":
+        return None
+    short = {v: k for k, v in ENVIRONMENTS.items()}.get(system.spec.source.split(":", 1)[1])
+    if short is None:
+        return None
+    env = StateEnv(system.env, short)
+    ctrl = make_controller(env, "oracle", default_config(short), seed=0, nthread=1)
+    return lambda state, t: ctrl.plan(state, t)
