@@ -20,7 +20,8 @@ from ws_sim.channels import channels_from_records, channels_to_records
 
 from .mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "code_version", "DEFAULT_CHECKPOINTS"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "code_version", "DEFAULT_CHECKPOINTS",
+           "atomic_torch_save", "read_payload"]
 
 FORMAT_TAG = "worldscape-checkpoint"
 FORMAT_VERSION = 1
@@ -55,17 +56,10 @@ def code_version() -> str:
     return v
 
 
-def save_checkpoint(model: MLPEnsemble, path: str | os.PathLike, info: dict | None = None) -> Path:
-    """Write ``model`` atomically to ``path``; returns the path."""
+def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary sibling and a rename (never a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT_TAG, "version": FORMAT_VERSION, "model_type": model.name,
-        "config": dataclasses.asdict(model.config),
-        "state_channels": channels_to_records(model.state_channels),
-        "action_channels": channels_to_records(model.action_channels),
-        "state_dict": model.state_dict(), "code_version": code_version(), "info": info or {},
-    }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -80,19 +74,11 @@ def save_checkpoint(model: MLPEnsemble, path: str | os.PathLike, info: dict | No
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, with_payload: bool = False):
-    """Load a model checkpoint.
-
-    Args:
-        path: the ``.pt`` file.
-        with_payload: also return the raw dict (info, code version).
-
-    Returns:
-        the model in eval mode (and the payload when asked).
+def read_payload(path: str | os.PathLike) -> dict:
+    """Read and check a checkpoint's dict.
 
     Raises:
-        CheckpointError: missing file, not a torch file, not a WorldScape checkpoint, an
-            unknown model type, or weights that do not fit the stored config.
+        CheckpointError: missing file, not a torch file, not a WorldScape checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,7 +89,47 @@ def load_checkpoint(path: str | os.PathLike, with_payload: bool = False):
         raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file: {type(e).__name__}: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
         raise CheckpointError(f"checkpoint {path} is not a WorldScape checkpoint")
+    return payload
+
+
+def save_checkpoint(model: MLPEnsemble, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write an MLPEnsemble atomically to ``path``; returns the path."""
+    payload = {
+        "format": FORMAT_TAG, "version": FORMAT_VERSION, "model_type": model.name,
+        "config": dataclasses.asdict(model.config),
+        "state_channels": channels_to_records(model.state_channels),
+        "action_channels": channels_to_records(model.action_channels),
+        "state_dict": model.state_dict(), "code_version": code_version(), "info": info or {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | os.PathLike, with_payload: bool = False):
+    """Load a model checkpoint.
+
+    Args:
+        path: the ``.pt`` file.
+        with_payload: also return the raw dict (info, code version).
+
+    Returns:
+        the model in eval mode (and the payload when asked): an ``MLPEnsemble``, or a
+        ``ws_worldmodel.pretrain.WestWorldModel`` for WestWorld checkpoints.
+
+    Raises:
+        CheckpointError: missing file, not a torch file, not a WorldScape checkpoint, an
+            unknown model type, or weights that do not fit the stored config.
+    """
+    path = Path(path)
+    payload = read_payload(path)
     kind = payload.get("model_type")
+    if kind == "westworld":
+        from .pretrain import WestWorldModel
+
+        try:
+            model = WestWorldModel.from_payload(payload)
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit its own config: {e}") from e
+        return (model, payload) if with_payload else model
     if kind not in _MODELS:
         raise CheckpointError(f"checkpoint {path} holds an unknown model type {kind!r}")
     cls, cfg_cls = _MODELS[kind]
