@@ -4,6 +4,7 @@
     ws train     fit a dynamics model (MLPEnsemble) on a dataset
     ws mppi run  MPPI closed loop in Gymnasium with oracle, learned or zero dynamics
     ws corpus build  the multi-system pretraining corpus (dm_control + Gymnasium)
+    ws pretrain  pretrain WestWorld on a corpus
 
 Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
 """
@@ -129,6 +130,44 @@ def cmd_corpus_build(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    import json
+
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, load_system, make_system
+    from ws_worldmodel.pretrain import PretrainConfig, pretrain, system_windows
+    from ws_worldmodel.westworld import WestWorldConfig
+
+    _headless_gl()
+    _set_threads(args.threads)
+    corpus = Path(args.corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"corpus directory {corpus} does not exist (make one with 'ws corpus build')")
+    if args.systems:
+        names = [s for s in args.systems.split(",") if s]
+    else:
+        held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
+        names = sorted(p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
+    if not names:
+        raise FileNotFoundError(f"corpus {corpus} holds no system to pretrain on")
+    cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, steps=args.steps,
+                         lr=args.lr, eval_every=args.eval_every, stride=args.stride, patience=args.patience)
+    mcfg = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
+                           expert_hidden=args.expert_hidden, bins=args.bins, use_moe=not args.no_moe,
+                           use_structure=not args.no_structure)
+    train, val = [], []
+    for name in names:
+        tr, va = system_windows(load_system(corpus, name), make_system(name).model,
+                                cfg.history + cfg.horizon, cfg.stride, cfg.val_fraction)
+        train.append(tr)
+        val.append(va)
+    hist = pretrain(train, val, mcfg, cfg, args.out, seed=args.seed, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"checkpoint": str(args.out), "systems": names, "steps": hist["steps"],
+                          "first_loss": hist["losses"][0] if hist["losses"] else None,
+                          "best_val_loss": hist["best_val_loss"]}))
+    return 0
+
+
 def cmd_mppi_run(args) -> int:
     from ws_mppi.report import run_comparison
 
@@ -223,6 +262,36 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="worker processes")
     cb.add_argument("--seed", type=int, default=0)
     cb.set_defaults(func=cmd_corpus_build)
+
+    pt = sub.add_parser("pretrain", help="pretrain WestWorld on a corpus (one process or torchrun/DDP)",
+                        description="Pretrain the WestWorld trajectory world model (seed 003) on the systems of a corpus, "
+                                    "held-out systems excluded. Runs on one process, or data-parallel under "
+                                    "'torchrun --nproc_per_node N $(which ws) pretrain ...' (gloo on CPU, NCCL on CUDA). "
+                                    "Writes the best checkpoint to --out and the training state to OUT.state (--resume).",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pt.add_argument("--corpus", type=Path, required=True, help="corpus directory from ws corpus build")
+    pt.add_argument("--systems", default="", help="comma-separated systems (default: all but the held-out ones)")
+    pt.add_argument("--out", type=Path, required=True, help="checkpoint path")
+    pt.add_argument("--history", type=int, default=50, help="observed steps Th")
+    pt.add_argument("--horizon", type=int, default=100, help="predicted steps H")
+    pt.add_argument("--stride", type=int, default=10, help="step between window starts")
+    pt.add_argument("--steps", type=int, default=2000)
+    pt.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP ranks)")
+    pt.add_argument("--lr", type=float, default=3e-4)
+    pt.add_argument("--eval-every", type=int, default=200)
+    pt.add_argument("--patience", type=int, default=5, help="evaluations without improvement before stopping")
+    pt.add_argument("--d-model", type=int, default=64)
+    pt.add_argument("--heads", type=int, default=4)
+    pt.add_argument("--blocks", type=int, default=2)
+    pt.add_argument("--experts", type=int, default=4)
+    pt.add_argument("--expert-hidden", type=int, default=128)
+    pt.add_argument("--bins", type=int, default=64)
+    pt.add_argument("--no-moe", action="store_true", help="ablation: dense SSM block of comparable size")
+    pt.add_argument("--no-structure", action="store_true", help="ablation: no structural embedding")
+    pt.add_argument("--resume", action="store_true", help="continue from OUT.state")
+    pt.add_argument("--threads", type=int, default=None)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.set_defaults(func=cmd_pretrain)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

@@ -240,6 +240,9 @@ class WestWorld(nn.Module):
         self.cfg = cfg = cfg or WestWorldConfig()
         d = cfg.d_model
         self.value_proj = nn.Linear(cfg.bins, d)
+        # a soft label mixes bin embeddings: give them an embedding table's unit scale, so the
+        # value is not drowned by the positional encodings at initialisation (learns faster)
+        nn.init.normal_(self.value_proj.weight, std=1.0)
         self.time_proj = nn.Linear(d, d)
         self.chan_proj = nn.Linear(d, d)
         self.modality = nn.Embedding(2, d)
@@ -282,11 +285,17 @@ class WestWorld(nn.Module):
 
     def loss(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Eq. (11): soft cross-entropy over bins on the real state channels of future steps."""
-        logits, _ = self(batch)
+        return self.loss_from_logits(self(batch)[0], batch)
+
+    def loss_from_logits(self, logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
+        """The loss of eq. (11) from ``forward``'s logits: the mean over samples of each
+        sample's mean over its future steps and real state channels (so the mean of equal
+        shards of a batch equals the loss of the whole batch, as data parallelism needs)."""
         target = hl_gauss(batch.states[:, batch.history:], self.cfg.bins, self.cfg.hl_gauss_sigma)
-        ce = -(target * F.log_softmax(logits, dim=-1)).sum(-1)  # (B, H, Cs)
+        ce = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)  # (B, H, Cs)
         m = batch.state_mask[:, None, :].to(ce.dtype)
-        return (ce * m).sum() / (m.sum() * ce.shape[1]).clamp_min(1)
+        per_sample = (ce * m).sum((1, 2)) / (m[:, 0].sum(-1) * ce.shape[1]).clamp_min(1)
+        return per_sample.mean()
 
     @torch.no_grad()
     def predict(self, batch: TrajectoryBatch) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""WestWorld pretraining: learning, checkpoints, resumption and DDP (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ws_sim.corpus import build_corpus, load_system, make_system
+from ws_worldmodel.checkpoint import load_checkpoint
+from ws_worldmodel.pretrain import PretrainConfig, pretrain, system_windows
+from ws_worldmodel.westworld import WestWorldConfig
+
+SYSTEMS = ["dmc-cartpole-swingup", "dmc-reacher-easy"]
+TINY = WestWorldConfig(d_model=32, n_heads=4, n_blocks=1, n_experts=2, expert_hidden=32, bins=32, d_state=8)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus")
+    build_corpus(path, SYSTEMS, episodes=4, episodes_per_shard=2, steps=40, behaviours=("random", "pink"),
+                 progress=False)
+    return path
+
+
+def _windows(corpus, cfg):
+    pairs = [system_windows(load_system(corpus, n), make_system(n).model, cfg.history + cfg.horizon, cfg.stride, 0.25)
+             for n in SYSTEMS]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def test_pretraining_learns_and_its_checkpoint_serves_physical_units(corpus, tmp_path):
+    cfg = PretrainConfig(history=6, horizon=6, batch_size=8, steps=150, lr=1e-2, warmup=5, eval_every=75, stride=2)
+    train, val = _windows(corpus, cfg)
+    hist = pretrain(train, val, TINY, cfg, tmp_path / "ww.pt", progress=False)
+    assert np.mean(hist["losses"][-10:]) < 0.85 * np.mean(hist["losses"][:3])
+    model = load_checkpoint(tmp_path / "ww.pt")
+    assert set(model.systems) == set(SYSTEMS)
+    ds = load_system(corpus, "dmc-cartpole-swingup")
+    s = ds.observations[None, :6].astype(np.float64)
+    a = ds.actions[None, :12].astype(np.float64)
+    pred = model.predict("dmc-cartpole-swingup", s, a)
+    assert pred.shape == (1, 6, 4) and np.all(np.isfinite(pred))
+    # in physical units: the predicted cart position stays within the data's range
+    lo, hi = ds.observations[:, 0].min(), ds.observations[:, 0].max()
+    assert lo - 0.1 <= pred[..., 0].min() and pred[..., 0].max() <= hi + 0.1
+
+
+def test_resume_continues_where_it_stopped(corpus, tmp_path):
+    cfg = PretrainConfig(history=4, horizon=4, batch_size=4, steps=6, warmup=2, eval_every=3, stride=4)
+    train, val = _windows(corpus, cfg)
+    full = pretrain(train, val, TINY, cfg, tmp_path / "a.pt", progress=False)
+    part = pretrain(train, val, TINY, dataclasses_replace(cfg, steps=3), tmp_path / "b.pt", progress=False)
+    assert part["steps"] == 3
+    resumed = pretrain(train, val, TINY, cfg, tmp_path / "b.pt", resume=True, progress=False)
+    assert resumed["steps"] == 6
+    np.testing.assert_allclose(resumed["losses"], full["losses"], rtol=1e-5)
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process_first_loss(corpus, tmp_path):
+    args = ["pretrain", "--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--history", "4", "--horizon", "4",
+            "--stride", "4", "--steps", "1", "--batch-size", "4", "--d-model", "32", "--blocks", "1", "--experts", "2",
+            "--expert-hidden", "32", "--bins", "32", "--threads", "1", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "ws_cli.main", *args, "--out", str(tmp_path / "one.pt")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "ws_cli.main", *args, "--out", str(tmp_path / "two.pt")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    two = json.loads(ddp.stdout.strip().splitlines()[-1])
+    assert one["first_loss"] == pytest.approx(two["first_loss"], rel=1e-5)
+    assert torch.load(tmp_path / "two.pt", weights_only=True)["model_type"] == "westworld"

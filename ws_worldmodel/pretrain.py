@@ -1,0 +1,316 @@
+"""Multi-system pretraining of WestWorld (seed 003, App. D.2), on one process or with DDP.
+
+``ws pretrain`` reads a corpus (``ws corpus build``), splits every system's episodes into
+training and validation (the last ``val_fraction`` of episodes), cuts windows of
+``history + horizon`` steps, normalises each system by its training split's channel
+ranges, and trains with AdamW, warmup-cosine learning rate, gradient clipping and early
+stopping on the validation loss. Batches mix systems uniformly.
+
+Data parallelism: run under ``torchrun --nproc_per_node N`` and every rank takes its share
+of the *same* global batch (drawn from a generator seeded by the step), gradients are
+averaged by ``DistributedDataParallel`` (gloo on CPU, NCCL on CUDA). Because the loss is a
+mean of per-sample means, N ranks see exactly the loss of one process on the global batch.
+
+Checkpoints: ``--out`` receives the best model (a :class:`WestWorldModel` payload: config,
+weights and every system's channel metadata and structural indices, loadable with
+``ws_worldmodel.checkpoint.load_checkpoint``), and ``--out`` + ``.state`` the training state
+(optimiser, scheduler, step, RNG) for ``--resume``. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ws_sim.channels import channels_from_records, channels_to_records, data_ranges
+from ws_sim.dataset import TrajectoryDataset
+
+from .checkpoint import FORMAT_TAG, FORMAT_VERSION, atomic_torch_save, code_version, read_payload
+from .data import SystemData, collate, denormalise, normalise
+from .westworld import TrajectoryBatch, WestWorld, WestWorldConfig
+
+__all__ = ["PretrainConfig", "WestWorldModel", "split_episodes", "system_windows", "pretrain", "GlobalSampler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Training settings (the seed's values for lr, weight decay, batch size and warmup are
+    blank in its text; these defaults are CPU-sized).
+
+    Attributes:
+        history, horizon: ``Th`` observed and ``H`` predicted steps (the seed: 50 and 100).
+        batch_size: global batch (split evenly over DDP ranks).
+        steps: maximum optimiser steps.
+        lr, weight_decay, warmup, grad_clip: AdamW with linear warmup then cosine decay.
+        eval_every: steps between validations (and checkpoints).
+        patience: validations without improvement before stopping.
+        val_fraction: share of each system's episodes kept for validation.
+        stride: step between window starts.
+        amp: bfloat16 autocast on CUDA.
+    """
+
+    history: int = 50
+    horizon: int = 100
+    batch_size: int = 16
+    steps: int = 2000
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    patience: int = 5
+    val_fraction: float = 0.1
+    stride: int = 10
+    amp: bool = True
+
+
+def split_episodes(ds: TrajectoryDataset, val_fraction: float) -> tuple[TrajectoryDataset, TrajectoryDataset]:
+    """Split by whole segments: the last ``ceil(val_fraction * n)`` (at least one) go to validation."""
+    bounds = ds.segment_bounds()
+    if len(bounds) < 2:
+        raise ValueError(f"system {ds.env!r} needs at least 2 episodes to split, has {len(bounds)}")
+    n_val = min(len(bounds) - 1, max(1, math.ceil(val_fraction * len(bounds))))
+    cut = bounds[-n_val][0]
+
+    def part(sl: slice) -> TrajectoryDataset:
+        return TrajectoryDataset(ds.observations[sl], ds.actions[sl], ds.rewards[sl], ds.next_observations[sl],
+                                 ds.terminals[sl], ds.timeouts[sl], list(ds.state_channels), list(ds.action_channels),
+                                 ds.env, dict(ds.attrs))
+
+    return part(slice(0, cut)), part(slice(cut, len(ds)))
+
+
+def system_windows(ds: TrajectoryDataset, model, length: int, stride: int,
+                   val_fraction: float) -> tuple[SystemData, SystemData]:
+    """Train/validation windows of one system, both normalised by the training split's ranges."""
+    train, val = split_episodes(ds, val_fraction)
+    both = np.concatenate([train.observations, train.next_observations])
+    train.state_channels = data_ranges(train.state_channels, both)
+    train.action_channels = data_ranges(train.action_channels, train.actions)
+    return (SystemData.from_dataset(train, model, length, stride),
+            SystemData.from_dataset(val, model, length, stride, ranges_from=train))
+
+
+class GlobalSampler:
+    """The same global batch on every rank: ``(system, window)`` pairs drawn from ``(seed, step)``."""
+
+    def __init__(self, systems: Sequence[SystemData], batch_size: int, seed: int):
+        self.systems = list(systems)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def items(self, step: int) -> list[tuple[SystemData, int]]:
+        rng = np.random.default_rng([self.seed, step])
+        which = rng.integers(len(self.systems), size=self.batch_size)
+        return [(self.systems[k], int(rng.integers(len(self.systems[k])))) for k in which]
+
+
+class WestWorldModel:
+    """A trained WestWorld with what it needs to serve known systems in physical units.
+
+    Attributes:
+        net: the :class:`WestWorld` network.
+        systems: name -> ``{"state_channels", "action_channels", "state_struct", "action_struct"}``.
+        history, horizon: the window it was trained on.
+    """
+
+    name = "westworld"
+
+    def __init__(self, net: WestWorld, systems: dict, history: int, horizon: int):
+        self.net = net.eval()
+        self.systems = systems
+        self.history = history
+        self.horizon = horizon
+
+    def payload(self, info: dict | None = None) -> dict:
+        return {"format": FORMAT_TAG, "version": FORMAT_VERSION, "model_type": self.name,
+                "config": dataclasses.asdict(self.net.cfg), "state_dict": self.net.state_dict(),
+                "systems": {k: {"state_channels": channels_to_records(v["state_channels"]),
+                                "action_channels": channels_to_records(v["action_channels"]),
+                                "state_struct": np.asarray(v["state_struct"]).tolist(),
+                                "action_struct": np.asarray(v["action_struct"]).tolist()}
+                            for k, v in self.systems.items()},
+                "history": self.history, "horizon": self.horizon, "code_version": code_version(),
+                "info": info or {}}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "WestWorldModel":
+        net = WestWorld(WestWorldConfig(**payload["config"]))
+        net.load_state_dict(payload["state_dict"])
+        systems = {k: {"state_channels": channels_from_records(v["state_channels"]),
+                       "action_channels": channels_from_records(v["action_channels"]),
+                       "state_struct": np.asarray(v["state_struct"], dtype=np.int64),
+                       "action_struct": np.asarray(v["action_struct"], dtype=np.int64)}
+                   for k, v in payload["systems"].items()}
+        return cls(net, systems, int(payload["history"]), int(payload["horizon"]))
+
+    @torch.no_grad()
+    def predict(self, system: str, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Predict the future of a known system in physical units.
+
+        Args:
+            system: a system name the model was trained on.
+            states: ``(B, Th, Cs)`` observed states.
+            actions: ``(B, Th + H, Ca)`` actions of history and future.
+
+        Returns:
+            ``(B, H, Cs)`` predicted states.
+
+        Raises:
+            KeyError: unknown system.
+        """
+        meta = self.systems[system]
+        b, th, cs = states.shape
+        t = actions.shape[1]
+        s = torch.zeros(b, t, cs)
+        s[:, :th] = torch.as_tensor(normalise(states, meta["state_channels"]), dtype=torch.float32)
+        a = torch.as_tensor(normalise(actions, meta["action_channels"]), dtype=torch.float32)
+        batch = TrajectoryBatch(s, a, torch.ones(b, cs, dtype=torch.bool), torch.ones(b, a.shape[2], dtype=torch.bool),
+                                torch.as_tensor(meta["state_struct"]).expand(b, -1, -1),
+                                torch.as_tensor(meta["action_struct"]).expand(b, -1, -1), th)
+        return denormalise(self.net.predict(batch), meta["state_channels"]).numpy()
+
+
+def _ddp() -> tuple[int, int, bool]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world, world > 1
+
+
+@torch.no_grad()
+def evaluate(net: WestWorld, systems: Sequence[SystemData], history: int, max_windows: int = 64,
+             device: str = "cpu") -> dict:
+    """Validation loss and normalised MAE/MSE over up to ``max_windows`` windows per system."""
+    net.eval()
+    out = {}
+    for sysd in systems:
+        idx = np.linspace(0, len(sysd) - 1, min(len(sysd), max_windows)).astype(int)
+        batch = collate([(sysd, int(i)) for i in idx], history).to(device)
+        logits, _ = net(batch)
+        loss = float(net.loss_from_logits(logits, batch))
+        pred = torch.softmax(logits.float(), -1) @ net.bin_centers
+        err = pred - batch.states[:, history:]
+        out[sysd.name] = {"loss": loss, "mae": float(err.abs().mean()), "mse": float(err.square().mean())}
+    net.train()
+    return out
+
+
+def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg: WestWorldConfig,
+             cfg: PretrainConfig, out: str | os.PathLike | None, seed: int = 0, resume: bool = False,
+             progress: bool = True, device: str | None = None) -> dict:
+    """Train WestWorld on mixed systems.
+
+    Args:
+        train, val: windows per system (from :func:`system_windows`), all of length
+            ``cfg.history + cfg.horizon``.
+        model_cfg: the network.
+        cfg: the optimisation.
+        out: checkpoint path (None: no files).
+        seed: seeds the initial weights and the batch stream.
+        resume: continue from ``out + ".state"`` if it exists.
+        progress: tqdm bar (rank 0).
+        device: ``"cuda"`` or ``"cpu"`` (default: CUDA when present).
+
+    Returns:
+        history: ``{"losses": [...], "evals": [...], "best_val_loss", "steps"}`` where
+        ``losses[0]`` is the first step's global-batch loss (averaged over ranks).
+    """
+    rank, world, ddp = _ddp()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} must divide evenly over {world} ranks")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and ddp:
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    torch.manual_seed(seed)
+    net = WestWorld(model_cfg).to(device)
+    model = torch.nn.parallel.DistributedDataParallel(net) if ddp else net
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sampler = GlobalSampler(train, cfg.batch_size, seed)
+    systems_meta = {s.name: {"state_channels": s.state_channels, "action_channels": s.action_channels,
+                             "state_struct": s.state_struct, "action_struct": s.action_struct} for s in train}
+    history = {"losses": [], "evals": [], "best_val_loss": float("inf"), "steps": 0}
+    start, since = 0, 0
+    state_path = Path(f"{out}.state") if out else None
+    if resume and state_path is not None and state_path.is_file():
+        st = torch.load(state_path, map_location=device, weights_only=True)
+        net.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start, history, since = st["step"], st["history"], st["since"]
+        # the schedule follows this run's cfg.steps (resuming may extend training)
+        for group, base in zip(opt.param_groups, sched.base_lrs):
+            group["lr"] = base * lr_at(start)
+        if rank == 0:
+            log.info("resumed from %s at step %d", state_path, start)
+    use_amp = cfg.amp and device == "cuda"
+    bar = tqdm(range(start, cfg.steps), desc="pretrain westworld", unit="step", disable=not progress or rank != 0,
+               initial=start, total=cfg.steps)
+    net.train()
+    for step in bar:
+        items = sampler.items(step)[rank::world]
+        batch = collate(items, cfg.history).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits, _ = model(batch)
+        loss = net.loss_from_logits(logits, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        logged = loss.detach()
+        if ddp:
+            torch.distributed.all_reduce(logged)
+            logged = logged / world
+        history["losses"].append(float(logged))
+        history["steps"] = step + 1
+        bar.set_postfix(loss=f"{float(logged):.3f}")
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.eval_every == 0 or last:
+            ev = evaluate(net, val, cfg.history, device=device)
+            vloss = float(np.mean([v["loss"] for v in ev.values()]))
+            history["evals"].append({"step": step + 1, "val_loss": vloss, "systems": ev})
+            improved = vloss < history["best_val_loss"] - 1e-6
+            if improved:
+                history["best_val_loss"], since = vloss, 0
+            else:
+                since += 1
+            if rank == 0 and out is not None:
+                if improved:
+                    info = {"pretrain": dataclasses.asdict(cfg), "step": step + 1, "val": ev, "seed": seed}
+                    atomic_torch_save(WestWorldModel(net, systems_meta, cfg.history, cfg.horizon).payload(info), out)
+                    net.train()
+                atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "step": step + 1, "history": history,
+                                   "since": since}, state_path)
+            if since >= cfg.patience:
+                if rank == 0:
+                    log.info("early stop at step %d (best val loss %.4f)", step + 1, history["best_val_loss"])
+                break
+    bar.close()
+    return history
+
+
+def load_pretrained(path: str | os.PathLike) -> WestWorldModel:
+    """Load a WestWorld checkpoint written by :func:`pretrain`."""
+    return WestWorldModel.from_payload(read_payload(path))
