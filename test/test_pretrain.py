@@ -84,3 +84,32 @@ def test_ddp_with_two_gloo_processes_matches_one_process_first_loss(corpus, tmp_
     two = json.loads(ddp.stdout.strip().splitlines()[-1])
     assert one["first_loss"] == pytest.approx(two["first_loss"], rel=1e-5)
     assert torch.load(tmp_path / "two.pt", weights_only=True)["model_type"] == "westworld"
+
+
+def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, capsys):
+    from ws_cli.main import main
+
+    build_corpus(corpus, ["gym-walker2d"], episodes=2, episodes_per_shard=2, steps=30, behaviours=("pink",),
+                 progress=False)
+    common = ["--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--history", "4", "--horizon", "4",
+              "--stride", "4", "--steps", "3", "--batch-size", "4", "--d-model", "32", "--blocks", "1",
+              "--bins", "32", "--expert-hidden", "32", "--eval-every", "3", "--threads", "1"]
+    for kind in ("westworld", "trajworld", "tdm"):
+        assert main(["pretrain", "--model", kind, "--out", str(tmp_path / f"{kind}.pt"), *common]) == 0
+    capsys.readouterr()
+    ckpts = ",".join(f"{k}={tmp_path / k}.pt" for k in ("westworld", "trajworld", "tdm"))
+    assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", ckpts, "--systems", "gym-walker2d",
+                 "--history", "5", "--horizon", "5", "--stride", "10", "--out", str(tmp_path / "zs")]) == 0
+    table = capsys.readouterr().out
+    assert "| westworld |" in table and "| trajworld |" in table and "| tdm |" in table
+    res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())["results"]
+    for kind in ("westworld", "trajworld", "tdm"):
+        r = res[kind]["gym-walker2d"]
+        assert r["segments"] >= 2 and 0 < r["mae"] < 1 and r["mse"] <= r["mae"]
+    assert (tmp_path / "zs" / "zero_shot_gym-walker2d.png").stat().st_size > 10_000
+    # an MLPEnsemble checkpoint is not a trajectory world model
+    from ws_worldmodel.checkpoint import DEFAULT_CHECKPOINTS
+
+    assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", str(DEFAULT_CHECKPOINTS["hopper"]),
+                 "--systems", "gym-walker2d", "--out", str(tmp_path / "x")]) == 2
+    assert "is not a trajectory world model" in capsys.readouterr().err

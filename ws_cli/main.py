@@ -4,7 +4,8 @@
     ws train     fit a dynamics model (MLPEnsemble) on a dataset
     ws mppi run  MPPI closed loop in Gymnasium with oracle, learned or zero dynamics
     ws corpus build  the multi-system pretraining corpus (dm_control + Gymnasium)
-    ws pretrain  pretrain WestWorld on a corpus
+    ws pretrain  pretrain WestWorld (or the TrajWorld/TDM baselines) on a corpus
+    ws eval zero-shot  seed 003's Table 1 protocol on held-out systems
 
 Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
 """
@@ -135,6 +136,8 @@ def cmd_pretrain(args) -> int:
 
     from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, load_system, make_system
     from ws_worldmodel.pretrain import PretrainConfig, pretrain, system_windows
+    from ws_worldmodel.tdm import TDMConfig
+    from ws_worldmodel.trajworld import TrajWorldConfig
     from ws_worldmodel.westworld import WestWorldConfig
 
     _headless_gl()
@@ -151,9 +154,14 @@ def cmd_pretrain(args) -> int:
         raise FileNotFoundError(f"corpus {corpus} holds no system to pretrain on")
     cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, steps=args.steps,
                          lr=args.lr, eval_every=args.eval_every, stride=args.stride, patience=args.patience)
-    mcfg = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
-                           expert_hidden=args.expert_hidden, bins=args.bins, use_moe=not args.no_moe,
-                           use_structure=not args.no_structure)
+    if args.model == "westworld":
+        mcfg = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
+                               expert_hidden=args.expert_hidden, bins=args.bins, use_moe=not args.no_moe,
+                               use_structure=not args.no_structure)
+    else:
+        cls = TrajWorldConfig if args.model == "trajworld" else TDMConfig
+        mcfg = cls(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, bins=args.bins,
+                   mlp_hidden=args.expert_hidden)
     train, val = [], []
     for name in names:
         tr, va = system_windows(load_system(corpus, name), make_system(name).model,
@@ -162,9 +170,33 @@ def cmd_pretrain(args) -> int:
         val.append(va)
     hist = pretrain(train, val, mcfg, cfg, args.out, seed=args.seed, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"checkpoint": str(args.out), "systems": names, "steps": hist["steps"],
+        print(json.dumps({"checkpoint": str(args.out), "model": args.model, "systems": names, "steps": hist["steps"],
                           "first_loss": hist["losses"][0] if hist["losses"] else None,
                           "best_val_loss": hist["best_val_loss"]}))
+    return 0
+
+
+def cmd_eval_zero_shot(args) -> int:
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import HELD_OUT_ZERO_SHOT, load_system, make_system
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.protocols import format_table, zero_shot
+
+    _headless_gl()
+    _set_threads(args.threads)
+    systems = [s for s in (args.systems or ",".join(HELD_OUT_ZERO_SHOT)).split(",") if s]
+    models = {}
+    for spec in args.checkpoints.split(","):
+        name, _, path = spec.rpartition("=")
+        model = load_checkpoint(path)
+        if not hasattr(model, "net"):
+            raise ConfigError(f"checkpoint {path} is not a trajectory world model (WestWorld, TrajWorld or TDM)")
+        models[name or Path(path).stem] = model
+    datasets = {s: load_system(args.corpus, s) for s in systems}
+    results = zero_shot(models, datasets, {s: make_system(s).model for s in systems}, args.out,
+                        history=args.history, horizon=args.horizon, stride=args.stride, max_windows=args.max_windows)
+    print(format_table(results))
+    print(f"wrote {Path(args.out) / 'zero_shot.md'}, zero_shot.json and zero_shot_<system>.png")
     return 0
 
 
@@ -269,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'torchrun --nproc_per_node N $(which ws) pretrain ...' (gloo on CPU, NCCL on CUDA). "
                                     "Writes the best checkpoint to --out and the training state to OUT.state (--resume).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pt.add_argument("--model", choices=["westworld", "trajworld", "tdm"], default="westworld",
+                    help="WestWorld, or a baseline trained on the same data and protocol")
     pt.add_argument("--corpus", type=Path, required=True, help="corpus directory from ws corpus build")
     pt.add_argument("--systems", default="", help="comma-separated systems (default: all but the held-out ones)")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint path")
@@ -284,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--heads", type=int, default=4)
     pt.add_argument("--blocks", type=int, default=2)
     pt.add_argument("--experts", type=int, default=4)
-    pt.add_argument("--expert-hidden", type=int, default=128)
+    pt.add_argument("--expert-hidden", type=int, default=128, help="MLP hidden width (WestWorld: per expert)")
     pt.add_argument("--bins", type=int, default=64)
     pt.add_argument("--no-moe", action="store_true", help="ablation: dense SSM block of comparable size")
     pt.add_argument("--no-structure", action="store_true", help="ablation: no structural embedding")
@@ -292,6 +326,27 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--threads", type=int, default=None)
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("eval", help="world-model evaluation protocols (seed 003)",
+                        description="Evaluation protocols of seed 003 that write tables and plots.")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="PROTOCOL")
+    zs = esub.add_parser("zero-shot", help="Table 1: predict 100 steps from 50 on systems unseen in pretraining",
+                         description="Zero-shot long-horizon prediction (seed 003 Table 1, App. D.2): every episode of "
+                                     "each held-out system is cut into history+horizon segments; each model predicts "
+                                     "the horizon from the history and the actions; MAE/MSE in normalised units. "
+                                     "Writes zero_shot.md, zero_shot.json and a plot per system.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    zs.add_argument("--corpus", type=Path, required=True, help="corpus holding the held-out systems")
+    zs.add_argument("--checkpoints", required=True,
+                    help="comma-separated [name=]path of WestWorld/TrajWorld/TDM checkpoints from ws pretrain")
+    zs.add_argument("--systems", default="", help="systems to evaluate (default: gym-hopper,gym-walker2d)")
+    zs.add_argument("--history", type=int, default=50)
+    zs.add_argument("--horizon", type=int, default=100)
+    zs.add_argument("--stride", type=int, default=150, help="step between segment starts")
+    zs.add_argument("--max-windows", type=int, default=64, help="segments per system at most")
+    zs.add_argument("--out", type=Path, required=True, help="report directory")
+    zs.add_argument("--threads", type=int, default=None)
+    zs.set_defaults(func=cmd_eval_zero_shot)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

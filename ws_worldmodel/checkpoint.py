@@ -113,7 +113,7 @@ def load_checkpoint(path: str | os.PathLike, with_payload: bool = False):
 
     Returns:
         the model in eval mode (and the payload when asked): an ``MLPEnsemble``, or a
-        ``ws_worldmodel.pretrain.WestWorldModel`` for WestWorld checkpoints.
+        ``ws_worldmodel.pretrain.TrajectoryWorldModel`` for WestWorld, TrajWorld and TDM.
 
     Raises:
         CheckpointError: missing file, not a torch file, not a WorldScape checkpoint, an
@@ -122,11 +122,11 @@ def load_checkpoint(path: str | os.PathLike, with_payload: bool = False):
     path = Path(path)
     payload = read_payload(path)
     kind = payload.get("model_type")
-    if kind == "westworld":
-        from .pretrain import WestWorldModel
+    if kind in ("westworld", "trajworld", "tdm"):
+        from .pretrain import TrajectoryWorldModel
 
         try:
-            model = WestWorldModel.from_payload(payload)
+            model = TrajectoryWorldModel.from_payload(payload)
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path} does not fit its own config: {e}") from e
         return (model, payload) if with_payload else model

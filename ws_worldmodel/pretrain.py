@@ -1,4 +1,4 @@
-"""Multi-system pretraining of WestWorld (seed 003, App. D.2), on one process or with DDP.
+"""Multi-system pretraining of WestWorld and its baselines (seed 003, App. D.2), on one process or with DDP.
 
 ``ws pretrain`` reads a corpus (``ws corpus build``), splits every system's episodes into
 training and validation (the last ``val_fraction`` of episodes), cuts windows of
@@ -11,7 +11,7 @@ of the *same* global batch (drawn from a generator seeded by the step), gradient
 averaged by ``DistributedDataParallel`` (gloo on CPU, NCCL on CUDA). Because the loss is a
 mean of per-sample means, N ranks see exactly the loss of one process on the global batch.
 
-Checkpoints: ``--out`` receives the best model (a :class:`WestWorldModel` payload: config,
+Checkpoints: ``--out`` receives the best model (a :class:`TrajectoryWorldModel` payload: kind, config,
 weights and every system's channel metadata and structural indices, loadable with
 ``ws_worldmodel.checkpoint.load_checkpoint``), and ``--out`` + ``.state`` the training state
 (optimiser, scheduler, step, RNG) for ``--resume``. Both are written atomically.
@@ -35,9 +35,35 @@ from ws_sim.dataset import TrajectoryDataset
 
 from .checkpoint import FORMAT_TAG, FORMAT_VERSION, atomic_torch_save, code_version, read_payload
 from .data import SystemData, collate, denormalise, normalise
+from .tdm import TDM, TDMConfig
+from .trajworld import TrajWorld, TrajWorldConfig
 from .westworld import TrajectoryBatch, WestWorld, WestWorldConfig
 
-__all__ = ["PretrainConfig", "WestWorldModel", "split_episodes", "system_windows", "pretrain", "GlobalSampler"]
+__all__ = ["PretrainConfig", "TrajectoryWorldModel", "MODEL_KINDS", "split_episodes", "system_windows", "pretrain",
+           "GlobalSampler", "evaluate"]
+
+#: trajectory world models trained and evaluated on the same data and protocol
+MODEL_KINDS = {"westworld": (WestWorld, WestWorldConfig), "trajworld": (TrajWorld, TrajWorldConfig),
+               "tdm": (TDM, TDMConfig)}
+
+
+def kind_of(cfg) -> str:
+    """The model kind of a config instance."""
+    for kind, (_, cfg_cls) in MODEL_KINDS.items():
+        if type(cfg) is cfg_cls:
+            return kind
+    raise TypeError(f"unknown model config {type(cfg).__name__}")
+
+
+class _LossModule(torch.nn.Module):
+    """``forward(batch) -> loss``, so DistributedDataParallel sees the whole computation."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: TrajectoryBatch) -> torch.Tensor:
+        return self.net.loss(batch)
 
 log = logging.getLogger(__name__)
 
@@ -115,25 +141,27 @@ class GlobalSampler:
         return [(self.systems[k], int(rng.integers(len(self.systems[k])))) for k in which]
 
 
-class WestWorldModel:
-    """A trained WestWorld with what it needs to serve known systems in physical units.
+class TrajectoryWorldModel:
+    """A trained trajectory world model (WestWorld, TrajWorld or TDM) with what it needs to
+    serve the systems it was trained on in physical units.
 
     Attributes:
-        net: the :class:`WestWorld` network.
+        net: the network (``loss(batch)``, ``predict(batch) -> (B, H, Cs)`` normalised).
+        kind: ``"westworld"``, ``"trajworld"`` or ``"tdm"``.
         systems: name -> ``{"state_channels", "action_channels", "state_struct", "action_struct"}``.
         history, horizon: the window it was trained on.
     """
 
-    name = "westworld"
-
-    def __init__(self, net: WestWorld, systems: dict, history: int, horizon: int):
+    def __init__(self, net: torch.nn.Module, systems: dict, history: int, horizon: int):
         self.net = net.eval()
+        self.kind = kind_of(net.cfg)
+        self.name = self.kind
         self.systems = systems
         self.history = history
         self.horizon = horizon
 
     def payload(self, info: dict | None = None) -> dict:
-        return {"format": FORMAT_TAG, "version": FORMAT_VERSION, "model_type": self.name,
+        return {"format": FORMAT_TAG, "version": FORMAT_VERSION, "model_type": self.kind,
                 "config": dataclasses.asdict(self.net.cfg), "state_dict": self.net.state_dict(),
                 "systems": {k: {"state_channels": channels_to_records(v["state_channels"]),
                                 "action_channels": channels_to_records(v["action_channels"]),
@@ -144,8 +172,9 @@ class WestWorldModel:
                 "info": info or {}}
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "WestWorldModel":
-        net = WestWorld(WestWorldConfig(**payload["config"]))
+    def from_payload(cls, payload: dict) -> "TrajectoryWorldModel":
+        net_cls, cfg_cls = MODEL_KINDS[payload["model_type"]]
+        net = net_cls(cfg_cls(**payload["config"]))
         net.load_state_dict(payload["state_dict"])
         systems = {k: {"state_channels": channels_from_records(v["state_channels"]),
                        "action_channels": channels_from_records(v["action_channels"]),
@@ -191,32 +220,32 @@ def _ddp() -> tuple[int, int, bool]:
 
 
 @torch.no_grad()
-def evaluate(net: WestWorld, systems: Sequence[SystemData], history: int, max_windows: int = 64,
+def evaluate(net: torch.nn.Module, systems: Sequence[SystemData], history: int, max_windows: int = 64,
              device: str = "cpu") -> dict:
-    """Validation loss and normalised MAE/MSE over up to ``max_windows`` windows per system."""
+    """Loss and normalised MAE/MSE of the ``H``-step prediction (autoregressive for the
+    baselines, one pass for WestWorld) over up to ``max_windows`` windows per system."""
+    was_training = net.training
     net.eval()
     out = {}
     for sysd in systems:
         idx = np.linspace(0, len(sysd) - 1, min(len(sysd), max_windows)).astype(int)
         batch = collate([(sysd, int(i)) for i in idx], history).to(device)
-        logits, _ = net(batch)
-        loss = float(net.loss_from_logits(logits, batch))
-        pred = torch.softmax(logits.float(), -1) @ net.bin_centers
-        err = pred - batch.states[:, history:]
+        loss = float(net.loss(batch))
+        err = net.predict(batch) - batch.states[:, history:]
         out[sysd.name] = {"loss": loss, "mae": float(err.abs().mean()), "mse": float(err.square().mean())}
-    net.train()
+    net.train(was_training)
     return out
 
 
-def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg: WestWorldConfig,
+def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
              cfg: PretrainConfig, out: str | os.PathLike | None, seed: int = 0, resume: bool = False,
              progress: bool = True, device: str | None = None) -> dict:
-    """Train WestWorld on mixed systems.
+    """Train a trajectory world model on mixed systems.
 
     Args:
         train, val: windows per system (from :func:`system_windows`), all of length
             ``cfg.history + cfg.horizon``.
-        model_cfg: the network.
+        model_cfg: the network: a ``WestWorldConfig``, ``TrajWorldConfig`` or ``TDMConfig``.
         cfg: the optimisation.
         out: checkpoint path (None: no files).
         seed: seeds the initial weights and the batch stream.
@@ -235,8 +264,11 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg: 
     if device == "cuda" and ddp:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     torch.manual_seed(seed)
-    net = WestWorld(model_cfg).to(device)
-    model = torch.nn.parallel.DistributedDataParallel(net) if ddp else net
+    net_cls, _ = MODEL_KINDS[kind_of(model_cfg)]
+    net = net_cls(model_cfg).to(device)
+    model = _LossModule(net)
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -264,15 +296,14 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg: 
         if rank == 0:
             log.info("resumed from %s at step %d", state_path, start)
     use_amp = cfg.amp and device == "cuda"
-    bar = tqdm(range(start, cfg.steps), desc="pretrain westworld", unit="step", disable=not progress or rank != 0,
+    bar = tqdm(range(start, cfg.steps), desc=f"pretrain {kind_of(model_cfg)}", unit="step", disable=not progress or rank != 0,
                initial=start, total=cfg.steps)
     net.train()
     for step in bar:
         items = sampler.items(step)[rank::world]
         batch = collate(items, cfg.history).to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            logits, _ = model(batch)
-        loss = net.loss_from_logits(logits, batch)
+            loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -298,7 +329,7 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg: 
             if rank == 0 and out is not None:
                 if improved:
                     info = {"pretrain": dataclasses.asdict(cfg), "step": step + 1, "val": ev, "seed": seed}
-                    atomic_torch_save(WestWorldModel(net, systems_meta, cfg.history, cfg.horizon).payload(info), out)
+                    atomic_torch_save(TrajectoryWorldModel(net, systems_meta, cfg.history, cfg.horizon).payload(info), out)
                     net.train()
                 atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "step": step + 1, "history": history,
@@ -311,6 +342,6 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg: 
     return history
 
 
-def load_pretrained(path: str | os.PathLike) -> WestWorldModel:
-    """Load a WestWorld checkpoint written by :func:`pretrain`."""
-    return WestWorldModel.from_payload(read_payload(path))
+def load_pretrained(path: str | os.PathLike) -> TrajectoryWorldModel:
+    """Load a checkpoint written by :func:`pretrain`."""
+    return TrajectoryWorldModel.from_payload(read_payload(path))

@@ -30,8 +30,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from .trajworld import CachedSelfAttention, _mlp, soft_cross_entropy
-from .westworld import TrajectoryBatch, hl_gauss, sinusoidal
+from .trajworld import CachedSelfAttention, _mlp
+from .westworld import TrajectoryBatch, hl_gauss, sinusoidal, soft_cross_entropy
 
 __all__ = ["TDMConfig", "TDM"]
 

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .westworld import TrajectoryBatch, hl_gauss, sinusoidal
+from .westworld import TrajectoryBatch, hl_gauss, sinusoidal, soft_cross_entropy
 
-__all__ = ["TrajWorldConfig", "TrajWorld", "CachedSelfAttention", "soft_cross_entropy"]
+__all__ = ["TrajWorldConfig", "TrajWorld", "CachedSelfAttention"]
 
 
 @dataclasses.dataclass
@@ -61,18 +61,6 @@ class TrajWorldConfig:
     def __post_init__(self):
         if self.d_model % self.n_heads or self.d_model % 2:
             raise ValueError(f"d_model ({self.d_model}) must be even and divisible by n_heads ({self.n_heads})")
-
-
-def soft_cross_entropy(logits: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, bins: int,
-                       sigma: float) -> torch.Tensor:
-    """Mean HL-Gauss cross-entropy: ``logits (B, H, C, bins)``, ``values (B, H, C)``, ``mask (B, C)``.
-
-    Averaged over steps and real channels (padding channels are left out), as WestWorld's
-    eq. (11).
-    """
-    ce = -(hl_gauss(values, bins, sigma) * F.log_softmax(logits, dim=-1)).sum(-1)
-    m = mask[:, None, :].to(ce.dtype)
-    return (ce * m).sum() / (m.sum() * ce.shape[1]).clamp_min(1)
 
 
 class CachedSelfAttention(nn.Module):

@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 from .ssm import SelectiveSSM
 
-__all__ = ["WestWorldConfig", "WestWorld", "TrajectoryBatch", "hl_gauss", "sinusoidal"]
+__all__ = ["WestWorldConfig", "WestWorld", "TrajectoryBatch", "hl_gauss", "sinusoidal", "soft_cross_entropy"]
 
 
 @dataclasses.dataclass
@@ -145,6 +145,21 @@ def hl_gauss(values: torch.Tensor, bins: int, sigma_bins: float) -> torch.Tensor
     cdf = 0.5 * (1 + torch.erf(z))
     p = cdf[..., 1:] - cdf[..., :-1]
     return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def soft_cross_entropy(logits: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, bins: int,
+                       sigma: float) -> torch.Tensor:
+    """HL-Gauss cross-entropy (seed 003 eq. 11): ``logits (B, H, C, bins)``, ``values (B, H, C)``
+    in [0, 1], ``mask (B, C)``.
+
+    The mean over samples of each sample's mean over its steps and real channels, so the
+    mean over equal shards of a batch equals the loss of the whole batch (what data-parallel
+    training needs), whatever the systems in each shard.
+    """
+    ce = -(hl_gauss(values, bins, sigma) * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    m = mask[:, None, :].to(ce.dtype)
+    per_sample = (ce * m).sum((1, 2)) / (m[:, 0].sum(-1) * ce.shape[1]).clamp_min(1)
+    return per_sample.mean()
 
 
 class _StructEmbedding(nn.Module):
@@ -288,14 +303,9 @@ class WestWorld(nn.Module):
         return self.loss_from_logits(self(batch)[0], batch)
 
     def loss_from_logits(self, logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
-        """The loss of eq. (11) from ``forward``'s logits: the mean over samples of each
-        sample's mean over its future steps and real state channels (so the mean of equal
-        shards of a batch equals the loss of the whole batch, as data parallelism needs)."""
-        target = hl_gauss(batch.states[:, batch.history:], self.cfg.bins, self.cfg.hl_gauss_sigma)
-        ce = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)  # (B, H, Cs)
-        m = batch.state_mask[:, None, :].to(ce.dtype)
-        per_sample = (ce * m).sum((1, 2)) / (m[:, 0].sum(-1) * ce.shape[1]).clamp_min(1)
-        return per_sample.mean()
+        """The loss of eq. (11) from ``forward``'s logits (see :func:`soft_cross_entropy`)."""
+        return soft_cross_entropy(logits, batch.states[:, batch.history:], batch.state_mask, self.cfg.bins,
+                                  self.cfg.hl_gauss_sigma)
 
     @torch.no_grad()
     def predict(self, batch: TrajectoryBatch) -> torch.Tensor:
