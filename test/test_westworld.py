@@ -25,11 +25,14 @@ def test_parallel_scan_equals_the_sequential_recurrence(length):
 def test_selective_ssm_parallel_and_sequential_agree_and_are_causal():
     torch.manual_seed(0)
     par = SelectiveSSM(16, d_state=4, scan="parallel")
+    loop = SelectiveSSM(16, d_state=4, scan="loop")
     seq = SelectiveSSM(16, d_state=4, scan="sequential")
     seq.load_state_dict(par.state_dict())
+    loop.load_state_dict(par.state_dict())
     x = torch.randn(2, 19, 16)
     y = par(x)
     torch.testing.assert_close(y, seq(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loop(x), y, rtol=1e-5, atol=1e-5)
     x2 = x.clone()
     x2[:, 11:] += 1.0
     y2 = par(x2)
@@ -154,3 +157,35 @@ def test_normalisation_round_trips_and_needs_ranges(small_datasets):
     env = make_env("hopper")
     with pytest.raises(ValueError, match="no finite range"):
         normalise(x, env.state_channels)  # the model's channels have unbounded root coordinates
+
+
+@pytest.mark.parametrize("after", [1, 2, 5, 12])
+def test_ssm_extra_token_equals_running_it_after_the_prefix(after):
+    """The system-embedding branch equals the SSM run on [x_1..x_k, extra] (last output)."""
+    torch.manual_seed(after)
+    ssm = SelectiveSSM(16, d_state=4, d_conv=4)
+    x = torch.randn(3, 12, 16)
+    extra = torch.randn(3, 1, 16)
+    out, extra_out = ssm(x, extra=extra, extra_after=after)
+    torch.testing.assert_close(out, ssm(x))
+    torch.testing.assert_close(extra_out, ssm(torch.cat([x[:, :after], extra], 1))[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="extra_after"):
+        ssm(x, extra=extra, extra_after=0)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "loop"])
+def test_linear_recurrence_gradients_equal_autograd_through_the_loop(mode):
+    from ws_worldmodel.ssm import linear_recurrence
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 9, 3, 2, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(2, 9, 3, 2, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(2, 9, 3, 2, generator=g, dtype=torch.float64)
+    (linear_recurrence(a, b, mode) * w).sum().backward()
+    ga, gb = a.grad.clone(), b.grad.clone()
+    a.grad = b.grad = None
+    (sequential_scan(a, b) * w).sum().backward()
+    torch.testing.assert_close(ga, a.grad)
+    torch.testing.assert_close(gb, b.grad)
+    assert torch.autograd.gradcheck(lambda x, y: linear_recurrence(x, y, mode), (a.detach().requires_grad_(),
+                                                                                 b.detach().requires_grad_()))

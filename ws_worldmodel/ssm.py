@@ -8,7 +8,10 @@ with input-dependent (selective) ``dt_t``, ``B_t``, ``C_t``. It is linear in ``h
 whole sequence is computed with an associative scan over pairs ``(a, b)`` combined as
 ``(a1, b1) o (a2, b2) = (a1 * a2, a2 * b1 + b2)``: :func:`parallel_scan` does it in
 ``ceil(log2 L)`` vectorised steps (Hillis-Steele), on CPU or CUDA alike, without custom
-kernels; :func:`sequential_scan` is the plain loop it must equal.
+kernels; :func:`sequential_scan` is the plain loop it must equal. :func:`linear_recurrence`
+wraps either in an autograd function whose backward is the reverse recurrence (no graph of
+L small operations); on CPU a fused loop beats the log-depth scan, which does
+``O(L log L)`` work, so ``"auto"`` picks the loop there and the parallel scan on CUDA.
 
 Shapes: ``x (N, L, d_model) -> (N, L, d_model)``; causal along ``L``.
 """
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["parallel_scan", "sequential_scan", "SelectiveSSM"]
+__all__ = ["parallel_scan", "sequential_scan", "linear_recurrence", "SelectiveSSM"]
 
 
 def parallel_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -52,6 +55,56 @@ def sequential_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
+def _loop_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sequential scan without autograd bookkeeping (time-major copy, fused multiply-add)."""
+    at, bt = a.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous()
+    out = torch.empty_like(bt)
+    out[0] = bt[0]
+    for t in range(1, at.shape[0]):
+        torch.addcmul(bt[t], at[t], out[t - 1], out=out[t])
+    return out.transpose(0, 1)
+
+
+def _scan_for(x: torch.Tensor, mode: str):
+    if mode == "auto":
+        mode = "parallel" if x.is_cuda else "loop"
+    return {"parallel": parallel_scan, "loop": _loop_scan, "sequential": sequential_scan}[mode]
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """``h_t = a_t h_{t-1} + b_t`` with an analytic backward: the gradient is the same
+    recurrence run backwards, ``g_b[t] = g_h[t] + a[t+1] g_b[t+1]`` and ``g_a[t] = g_b[t] h[t-1]``,
+    so neither direction records a graph of L small operations."""
+
+    @staticmethod
+    def forward(ctx, a, b, mode):
+        scan = _scan_for(a, mode)
+        with torch.no_grad():
+            h = scan(a, b)
+        ctx.save_for_backward(a, h)
+        ctx.mode = mode
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        a, h = ctx.saved_tensors
+        scan = _scan_for(a, ctx.mode)
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
+        grad_b = scan(a_next.flip(1), grad_h.flip(1)).flip(1)
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        return grad_b * h_prev, grad_b, None
+
+
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor, mode: str = "auto") -> torch.Tensor:
+    """Differentiable ``h_t = a_t h_{t-1} + b_t`` along dim 1 (``h_{-1} = 0``), shapes ``(N, L, ...)``.
+
+    ``mode``: ``"parallel"`` (log-depth associative scan, the default on CUDA), ``"loop"`` (a
+    fused sequential loop, the default on CPU, where it is several times faster) or ``"auto"``.
+    Both directions use the same scan; the result equals :func:`sequential_scan` (tested).
+    """
+    return _LinearRecurrence.apply(a, b, mode)
+
+
 class SelectiveSSM(nn.Module):
     """Mamba block: in-projection, causal depthwise conv, selective scan, gated output.
 
@@ -60,10 +113,11 @@ class SelectiveSSM(nn.Module):
         d_state: SSM state size ``N`` per channel.
         d_conv: causal convolution width.
         expand: inner width factor (``d_inner = expand * d_model``).
-        scan: ``"parallel"`` or ``"sequential"`` (identical results; the latter is for tests).
+        scan: ``"auto"`` (parallel scan on CUDA, fused loop on CPU), ``"parallel"``, ``"loop"``, or
+            ``"sequential"`` (plain autograd through the loop; the reference for tests).
     """
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, scan: str = "parallel"):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, scan: str = "auto"):
         super().__init__()
         self.d_inner = expand * d_model
         self.d_state = d_state
@@ -80,18 +134,51 @@ class SelectiveSSM(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        self.scan = parallel_scan if scan == "parallel" else sequential_scan
+        if scan not in ("auto", "parallel", "loop", "sequential"):
+            raise ValueError(f"unknown scan {scan!r}")
+        self.scan_mode = scan
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, _ = x.shape
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = self.conv(u.transpose(1, 2))[..., :length].transpose(1, 2)  # causal: drop the right padding
-        u = F.silu(u)
+    def _selective(self, u: torch.Tensor):
         dt, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt))  # (n, L, d_inner)
-        a = -torch.exp(self.A_log)  # (d_inner, N)
-        decay = torch.exp(dt.unsqueeze(-1) * a)  # (n, L, d_inner, N), in (0, 1)
-        inp = (dt * u).unsqueeze(-1) * b.unsqueeze(2)  # (n, L, d_inner, N)
-        h = self.scan(decay, inp)
+        dt = F.softplus(self.dt_proj(dt))  # (..., d_inner)
+        decay = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log))  # (..., d_inner, N), in (0, 1)
+        inp = (dt * u).unsqueeze(-1) * b.unsqueeze(-2)  # (..., d_inner, N)
+        return decay, inp, c
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None, extra_after: int = 0):
+        """Run the layer along the sequence.
+
+        Args:
+            x: ``(N, L, d_model)``.
+            extra: optional ``(N, 1, d_model)`` token to read out as if it followed the first
+                ``extra_after`` tokens of ``x`` (a branch off the recurrence: the main
+                sequence is not affected). WestWorld's system embedding uses this.
+            extra_after: how many tokens of ``x`` the extra token follows (1..L).
+
+        Returns:
+            ``(N, L, d_model)``; with ``extra``, also its output ``(N, d_model)``.
+        """
+        n, length, _ = x.shape
+        u_pre, z = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv(u_pre.transpose(1, 2))[..., :length].transpose(1, 2))  # causal: drop right padding
+        decay, inp, c = self._selective(u)
+        if self.scan_mode == "sequential":
+            h = sequential_scan(decay, inp)
+        else:
+            h = linear_recurrence(decay, inp, self.scan_mode)  # (n, L, d_inner, N)
         y = (h * c.unsqueeze(2)).sum(-1) + self.D * u
-        return self.out_proj(y * F.silu(z))
+        out = self.out_proj(y * F.silu(z))
+        if extra is None:
+            return out
+        k = int(extra_after)
+        if not 1 <= k <= length:
+            raise ValueError(f"extra_after must be in 1..{length}, got {k}")
+        ue_pre, ze = self.in_proj(extra[:, 0]).chunk(2, dim=-1)  # (n, d_inner)
+        width = self.conv.kernel_size[0]
+        window = torch.cat([u_pre[:, max(0, k - width + 1):k], ue_pre[:, None]], dim=1)  # (n, <=width, d_inner)
+        weight = self.conv.weight[:, 0, width - window.shape[1]:].T  # the taps that reach real inputs
+        ue = F.silu((window * weight).sum(1) + self.conv.bias)
+        decay_e, inp_e, c_e = self._selective(ue)
+        h_e = decay_e * h[:, k - 1] + inp_e
+        y_e = (h_e * c_e.unsqueeze(-2)).sum(-1) + self.D * ue
+        return out, self.out_proj(y_e * F.silu(ze))

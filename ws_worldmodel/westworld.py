@@ -225,13 +225,16 @@ class SysMoEBlock(nn.Module):
         # eqs. (6)-(7): per channel, a selective SSM along time
         y = h.reshape(b, t, cs, d).permute(0, 2, 1, 3).reshape(b * cs, t, d)
         u = self.ln_ssm(y)
-        y = y + self.ssm(u)
         routing = None
+        if self.cfg.use_moe:
+            # eq. (8): the system embedding, appended after the history, read out of the same SSM
+            ssm_out, sys_out = self.ssm(u, extra=self.system.expand(b * cs, 1, d), extra_after=history)
+            y = y + ssm_out
+            g = torch.softmax(self.router(sys_out), dim=-1)  # (B*Cs, E)
+        else:
+            y = y + self.ssm(u)
         z = self.ln_moe(y)
         if self.cfg.use_moe:
-            # eq. (8): route from the system embedding's SSM output, appended after the history
-            sys_seq = torch.cat([u[:, :history], self.system.expand(b * cs, 1, d)], dim=1)
-            g = torch.softmax(self.router(self.ssm(sys_seq)[:, -1]), dim=-1)  # (B*Cs, E)
             # eq. (9): system-conditioned mixture of experts
             out = torch.stack([e(z) for e in self.experts], dim=-1)  # (B*Cs, T, d, E)
             y = y + (out * g[:, None, None, :]).sum(-1)
