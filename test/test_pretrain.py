@@ -113,3 +113,41 @@ def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, 
     assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", str(DEFAULT_CHECKPOINTS["hopper"]),
                  "--systems", "gym-walker2d", "--out", str(tmp_path / "x")]) == 2
     assert "is not a trajectory world model" in capsys.readouterr().err
+
+
+def test_pretrain_names_systems_too_short_for_a_window(corpus, tmp_path, capsys):
+    from ws_cli.main import main
+
+    assert main(["pretrain", "--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--history", "30",
+                 "--horizon", "30", "--out", str(tmp_path / "x.pt"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no system of ['dmc-cartpole-swingup', 'dmc-reacher-easy'] has episodes of 60 steps" in err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_few_shot_fine_tunes_from_pretrained_and_from_scratch(corpus, tmp_path, capsys):
+    from ws_cli.main import main
+
+    build_corpus(corpus, ["dmc-acrobot-swingup"], episodes=5, episodes_per_shard=5, steps=30, behaviours=("pink",),
+                 progress=False)
+    assert main(["pretrain", "--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--history", "4", "--horizon",
+                 "4", "--stride", "4", "--steps", "4", "--batch-size", "4", "--d-model", "32", "--blocks", "1",
+                 "--experts", "2", "--expert-hidden", "32", "--bins", "32", "--eval-every", "2",
+                 "--out", str(tmp_path / "ww.pt"), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "few-shot", "--corpus", str(corpus), "--checkpoint", str(tmp_path / "ww.pt"), "--system",
+                 "dmc-acrobot-swingup", "--train-episodes", "1,2", "--val-episodes", "1", "--test-episodes", "1",
+                 "--history", "4", "--horizon", "4", "--stride", "4", "--steps", "6", "--eval-every", "3",
+                 "--batch-size", "4", "--out", str(tmp_path / "fs"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| episodes | pretrained MAE" in out
+    res = json.loads((tmp_path / "fs" / "few_shot.json").read_text())["results"]
+    assert set(res) == {"1", "2"}
+    for r in res.values():
+        assert 0 < r["pretrained"]["mse"] < 1 and 0 < r["scratch"]["mse"] < 1
+        assert r["pretrained"] != r["scratch"]
+    assert (tmp_path / "fs" / "few_shot_curve.png").is_file()
+    # not enough episodes: one clear line
+    assert main(["eval", "few-shot", "--corpus", str(corpus), "--checkpoint", str(tmp_path / "ww.pt"), "--system",
+                 "dmc-acrobot-swingup", "--train-episodes", "10", "--out", str(tmp_path / "fs2"), "--threads", "1"]) == 2
+    assert "has 5 episodes; need 10 + 5 + 5" in capsys.readouterr().err

@@ -6,6 +6,7 @@
     ws corpus build  the multi-system pretraining corpus (dm_control + Gymnasium)
     ws pretrain  pretrain WestWorld (or the TrajWorld/TDM baselines) on a corpus
     ws eval zero-shot  seed 003's Table 1 protocol on held-out systems
+    ws eval few-shot   seed 003's Table 2 / Fig. 6 protocol on an unseen system
 
 Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
 """
@@ -134,6 +135,7 @@ def cmd_corpus_build(args) -> int:
 def cmd_pretrain(args) -> int:
     import json
 
+    from ws_mppi.config import ConfigError
     from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, load_system, make_system
     from ws_worldmodel.pretrain import PretrainConfig, pretrain, system_windows
     from ws_worldmodel.tdm import TDMConfig
@@ -164,10 +166,17 @@ def cmd_pretrain(args) -> int:
                    mlp_hidden=args.expert_hidden)
     train, val = [], []
     for name in names:
-        tr, va = system_windows(load_system(corpus, name), make_system(name).model,
-                                cfg.history + cfg.horizon, cfg.stride, cfg.val_fraction)
+        try:
+            tr, va = system_windows(load_system(corpus, name), make_system(name).model,
+                                    cfg.history + cfg.horizon, cfg.stride, cfg.val_fraction)
+        except ValueError as e:  # episodes shorter than a window (e.g. falls under random actions)
+            log.warning("skipping %s: %s", name, e)
+            continue
         train.append(tr)
         val.append(va)
+    if not train:
+        raise ConfigError(f"no system of {names} has episodes of {cfg.history + cfg.horizon} steps in both splits")
+    names = [t.name for t in train]
     hist = pretrain(train, val, mcfg, cfg, args.out, seed=args.seed, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"checkpoint": str(args.out), "model": args.model, "systems": names, "steps": hist["steps"],
@@ -197,6 +206,35 @@ def cmd_eval_zero_shot(args) -> int:
                         history=args.history, horizon=args.horizon, stride=args.stride, max_windows=args.max_windows)
     print(format_table(results))
     print(f"wrote {Path(args.out) / 'zero_shot.md'}, zero_shot.json and zero_shot_<system>.png")
+    return 0
+
+
+def cmd_eval_few_shot(args) -> int:
+    import json
+
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import load_system, make_system
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.pretrain import PretrainConfig
+    from ws_worldmodel.protocols import few_shot
+
+    _headless_gl()
+    _set_threads(args.threads)
+    model = load_checkpoint(args.checkpoint)
+    if not hasattr(model, "net"):
+        raise ConfigError(f"checkpoint {args.checkpoint} is not a trajectory world model (WestWorld, TrajWorld or TDM)")
+    cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, steps=args.steps,
+                         lr=args.lr, warmup=min(100, max(1, args.steps // 10)), eval_every=args.eval_every,
+                         stride=args.stride, patience=args.patience)
+    curve = [int(n) for n in args.train_episodes.split(",") if n]
+    try:
+        res = few_shot(model, load_system(args.corpus, args.system), make_system(args.system).model, cfg, args.out,
+                       train_episodes=curve, val_episodes=args.val_episodes, test_episodes=args.test_episodes,
+                       seed=args.seed, progress=True)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    print((Path(args.out) / "few_shot.md").read_text(), end="")
+    print(json.dumps({str(k): v for k, v in res.items()}))
     return 0
 
 
@@ -347,6 +385,31 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--out", type=Path, required=True, help="report directory")
     zs.add_argument("--threads", type=int, default=None)
     zs.set_defaults(func=cmd_eval_zero_shot)
+
+    fs = esub.add_parser("few-shot", help="Table 2 / Fig. 6: fine-tune on a few episodes of an unseen system",
+                         description="Few-shot adaptation (seed 003 Table 2, App. C.3, E): fine-tune the checkpoint on "
+                                     "N episodes of an unseen system (early stopping on validation episodes), test on "
+                                     "held-back episodes, and do the same from random weights. Writes few_shot.md, "
+                                     "few_shot.json and few_shot_curve.png.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fs.add_argument("--corpus", type=Path, required=True)
+    fs.add_argument("--checkpoint", type=Path, required=True, help="pretrained checkpoint from ws pretrain")
+    fs.add_argument("--system", default="gym-pusher", help="the unseen system")
+    fs.add_argument("--train-episodes", default="10", help="comma-separated fine-tuning set sizes (a curve)")
+    fs.add_argument("--val-episodes", type=int, default=5)
+    fs.add_argument("--test-episodes", type=int, default=5)
+    fs.add_argument("--history", type=int, default=50)
+    fs.add_argument("--horizon", type=int, default=100)
+    fs.add_argument("--stride", type=int, default=10)
+    fs.add_argument("--steps", type=int, default=500, help="fine-tuning steps at most")
+    fs.add_argument("--batch-size", type=int, default=16)
+    fs.add_argument("--lr", type=float, default=1e-4)
+    fs.add_argument("--eval-every", type=int, default=50)
+    fs.add_argument("--patience", type=int, default=5)
+    fs.add_argument("--out", type=Path, required=True)
+    fs.add_argument("--threads", type=int, default=None)
+    fs.add_argument("--seed", type=int, default=0)
+    fs.set_defaults(func=cmd_eval_few_shot)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

@@ -39,7 +39,7 @@ from .tdm import TDM, TDMConfig
 from .trajworld import TrajWorld, TrajWorldConfig
 from .westworld import TrajectoryBatch, WestWorld, WestWorldConfig
 
-__all__ = ["PretrainConfig", "TrajectoryWorldModel", "MODEL_KINDS", "split_episodes", "system_windows", "pretrain",
+__all__ = ["PretrainConfig", "TrajectoryWorldModel", "MODEL_KINDS", "split_episodes", "episode_subset", "system_windows", "pretrain",
            "GlobalSampler", "evaluate"]
 
 #: trajectory world models trained and evaluated on the same data and protocol
@@ -100,31 +100,48 @@ class PretrainConfig:
     amp: bool = True
 
 
+def episode_subset(ds: TrajectoryDataset, start: int, stop: int) -> TrajectoryDataset:
+    """Episodes ``start .. stop-1`` (by segment order) of a dataset.
+
+    Raises:
+        ValueError: the dataset has fewer than ``stop`` episodes.
+    """
+    bounds = ds.segment_bounds()
+    if stop > len(bounds) or start >= stop:
+        raise ValueError(f"system {ds.env!r} has {len(bounds)} episodes; asked for episodes {start}..{stop - 1}")
+    sl = slice(bounds[start][0], bounds[stop - 1][1])
+    return TrajectoryDataset(ds.observations[sl], ds.actions[sl], ds.rewards[sl], ds.next_observations[sl],
+                             ds.terminals[sl], ds.timeouts[sl], list(ds.state_channels), list(ds.action_channels),
+                             ds.env, dict(ds.attrs))
+
+
 def split_episodes(ds: TrajectoryDataset, val_fraction: float) -> tuple[TrajectoryDataset, TrajectoryDataset]:
     """Split by whole segments: the last ``ceil(val_fraction * n)`` (at least one) go to validation."""
     bounds = ds.segment_bounds()
     if len(bounds) < 2:
         raise ValueError(f"system {ds.env!r} needs at least 2 episodes to split, has {len(bounds)}")
     n_val = min(len(bounds) - 1, max(1, math.ceil(val_fraction * len(bounds))))
-    cut = bounds[-n_val][0]
-
-    def part(sl: slice) -> TrajectoryDataset:
-        return TrajectoryDataset(ds.observations[sl], ds.actions[sl], ds.rewards[sl], ds.next_observations[sl],
-                                 ds.terminals[sl], ds.timeouts[sl], list(ds.state_channels), list(ds.action_channels),
-                                 ds.env, dict(ds.attrs))
-
-    return part(slice(0, cut)), part(slice(cut, len(ds)))
+    return episode_subset(ds, 0, len(bounds) - n_val), episode_subset(ds, len(bounds) - n_val, len(bounds))
 
 
 def system_windows(ds: TrajectoryDataset, model, length: int, stride: int,
                    val_fraction: float) -> tuple[SystemData, SystemData]:
     """Train/validation windows of one system, both normalised by the training split's ranges."""
     train, val = split_episodes(ds, val_fraction)
-    both = np.concatenate([train.observations, train.next_observations])
+    return windows_from_splits(train, [val], model, length, stride)
+
+
+def windows_from_splits(train: TrajectoryDataset, others: Sequence[TrajectoryDataset], model, length: int,
+                        stride: int, ranges_from: Sequence[TrajectoryDataset] | None = None) -> tuple[SystemData, ...]:
+    """Windows of a training split and of other splits, all normalised by the channel ranges
+    of the training split (or of the union of ``ranges_from``)."""
+    train = dataclasses.replace(train)
+    src = list(ranges_from) if ranges_from else [train]
+    both = np.concatenate([np.concatenate([d.observations, d.next_observations]) for d in src])
     train.state_channels = data_ranges(train.state_channels, both)
-    train.action_channels = data_ranges(train.action_channels, train.actions)
+    train.action_channels = data_ranges(train.action_channels, np.concatenate([d.actions for d in src]))
     return (SystemData.from_dataset(train, model, length, stride),
-            SystemData.from_dataset(val, model, length, stride, ranges_from=train))
+            *[SystemData.from_dataset(o, model, length, stride, ranges_from=train) for o in others])
 
 
 class GlobalSampler:
@@ -239,7 +256,8 @@ def evaluate(net: torch.nn.Module, systems: Sequence[SystemData], history: int, 
 
 def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
              cfg: PretrainConfig, out: str | os.PathLike | None, seed: int = 0, resume: bool = False,
-             progress: bool = True, device: str | None = None) -> dict:
+             progress: bool = True, device: str | None = None,
+             init_from: "TrajectoryWorldModel | None" = None) -> dict:
     """Train a trajectory world model on mixed systems.
 
     Args:
@@ -252,6 +270,7 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         resume: continue from ``out + ".state"`` if it exists.
         progress: tqdm bar (rank 0).
         device: ``"cuda"`` or ``"cpu"`` (default: CUDA when present).
+        init_from: start from these weights (fine-tuning); its kind and config must match.
 
     Returns:
         history: ``{"losses": [...], "evals": [...], "best_val_loss", "steps"}`` where
@@ -265,7 +284,13 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         torch.cuda.set_device(rank % torch.cuda.device_count())
     torch.manual_seed(seed)
     net_cls, _ = MODEL_KINDS[kind_of(model_cfg)]
-    net = net_cls(model_cfg).to(device)
+    net = net_cls(model_cfg)
+    if init_from is not None:
+        if init_from.kind != kind_of(model_cfg) or dataclasses.asdict(init_from.net.cfg) != dataclasses.asdict(model_cfg):
+            raise ValueError(f"cannot fine-tune a {init_from.kind} with config {dataclasses.asdict(init_from.net.cfg)} "
+                             f"as a {kind_of(model_cfg)} with {dataclasses.asdict(model_cfg)}")
+        net.load_state_dict(init_from.net.state_dict())
+    net = net.to(device)
     model = _LossModule(net)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model)

@@ -5,6 +5,10 @@ into 150-step segments; each model sees the first 50 steps (states and actions) 
 actions of the next 100, and predicts those 100 states. MAE and MSE are averaged over
 steps and channels in min-max normalised units (each system normalised by its own data's
 ranges, as the seed normalises every dataset), so systems and channels weigh alike.
+
+Few-shot (Table 2, App. C.3, E): fine-tune on a few episodes of an unseen system with early
+stopping on validation episodes, test on held-back episodes, against the same training
+from random weights.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +28,7 @@ from ws_sim.dataset import TrajectoryDataset
 
 from .data import SystemData, collate
 
-__all__ = ["zero_shot", "format_table"]
+__all__ = ["zero_shot", "few_shot", "format_table"]
 
 
 def _eval_windows(ds: TrajectoryDataset, model, length: int, stride: int) -> SystemData:
@@ -114,4 +119,82 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
     (out_dir / "zero_shot.json").write_text(json.dumps({"history": history, "horizon": horizon, "results": results},
                                                        indent=2))
     (out_dir / "zero_shot.md").write_text(format_table(results) + "\n")
+    return results
+
+
+def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os.PathLike,
+             train_episodes: Sequence[int] = (10,), val_episodes: int = 5, test_episodes: int = 5,
+             seed: int = 0, progress: bool = False) -> dict:
+    """Few-shot adaptation (seed 003 Table 2, App. C.3 and E): fine-tune on ``n`` episodes of an
+    unseen system, early-stopped on validation episodes, and test on others; the same from
+    random weights. Writes ``few_shot.json``, ``few_shot.md`` and ``few_shot_curve.png``
+    (test MSE against ``n``, pretrained vs from scratch, the seed's Fig. 6).
+
+    Args:
+        model: a pretrained :class:`~ws_worldmodel.pretrain.TrajectoryWorldModel`.
+        dataset: the unseen system's episodes: the first ``max(train_episodes)`` train, the
+            next ``val_episodes`` validate, the last ``test_episodes`` test. Channels are
+            normalised by the ranges of the fine-tuning and validation episodes.
+        mj_model: its ``MjModel``.
+        cfg: a :class:`~ws_worldmodel.pretrain.PretrainConfig` for fine-tuning (steps, lr,
+            history, horizon, ...).
+        train_episodes: the fine-tuning set sizes of the curve.
+
+    Returns:
+        ``{n: {"pretrained": {"mae", "mse"}, "scratch": {...}}}``.
+
+    Raises:
+        ValueError: too few episodes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .pretrain import episode_subset, pretrain, windows_from_splits
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_max = max(train_episodes)
+    total = len(dataset.segment_bounds())
+    if n_max + val_episodes + test_episodes > total:
+        raise ValueError(f"{dataset.env!r} has {total} episodes; need {n_max} + {val_episodes} + {test_episodes}")
+    val_ds = episode_subset(dataset, n_max, n_max + val_episodes)
+    test_ds = episode_subset(dataset, total - test_episodes, total)
+    length = cfg.history + cfg.horizon
+    results: dict = {}
+    for n in sorted(train_episodes):
+        train_ds = episode_subset(dataset, 0, n)
+        # ranges from all the data adaptation may look at (fine-tuning and validation
+        # episodes): a single short episode can span a sliver of a channel's range
+        train_w, val_w, test_w = windows_from_splits(train_ds, [val_ds, test_ds], mj_model, length, cfg.stride,
+                                                     ranges_from=[train_ds, val_ds])
+        results[n] = {}
+        for label, init in (("pretrained", model), ("scratch", None)):
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = Path(tmp) / "ft.pt"
+                pretrain([train_w], [val_w], model.net.cfg, cfg, ckpt, seed=seed, progress=progress, init_from=init)
+                from .checkpoint import load_checkpoint
+
+                best = load_checkpoint(ckpt) if ckpt.is_file() else None
+            net = best.net if best is not None else model.net
+            pred, true, _ = _predict_all(net, test_w, cfg.history, max_windows=256)
+            err = pred - true
+            results[n][label] = {"mae": float(np.abs(err).mean()), "mse": float(np.square(err).mean())}
+    ns = sorted(results)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, color in (("pretrained", "C0"), ("scratch", "C1")):
+        ax.plot(ns, [results[n][label]["mse"] for n in ns], "o-", color=color, label=label)
+    ax.set_xlabel("fine-tuning episodes")
+    ax.set_ylabel("test MSE (normalised)")
+    ax.set_title(f"few-shot on {dataset.env}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "few_shot_curve.png", dpi=100)
+    plt.close(fig)
+    (out_dir / "few_shot.json").write_text(json.dumps({"system": dataset.env, "results": results}, indent=2))
+    lines = ["| episodes | pretrained MAE | pretrained MSE | scratch MAE | scratch MSE |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {r['pretrained']['mae']:.4f} | {r['pretrained']['mse']:.4f} | {r['scratch']['mae']:.4f} | "
+              f"{r['scratch']['mse']:.4f} |" for n, r in sorted(results.items())]
+    (out_dir / "few_shot.md").write_text("\n".join(lines) + "\n")
     return results

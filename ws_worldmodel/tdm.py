@@ -30,35 +30,16 @@ import dataclasses
 import torch
 from torch import nn
 
-from .trajworld import CachedSelfAttention, _mlp
+from .trajworld import CachedSelfAttention, TrajWorldConfig, _mlp
 from .westworld import TrajectoryBatch, hl_gauss, sinusoidal, soft_cross_entropy
 
 __all__ = ["TDMConfig", "TDM"]
 
 
 @dataclasses.dataclass
-class TDMConfig:
-    """Model size. The seed's App. D.1 values are lost in its text; defaults are CPU-sized.
-
-    Attributes:
-        d_model, n_heads, n_blocks: width, attention heads, Transformer blocks.
-        bins: categorical bins per scalar.
-        hl_gauss_sigma: HL-Gauss width in bins.
-        mlp_hidden: hidden width of each block's GELU MLP.
-        dropout: dropout in attention and MLPs.
-    """
-
-    d_model: int = 64
-    n_heads: int = 4
-    n_blocks: int = 2
-    bins: int = 64
-    hl_gauss_sigma: float = 0.75
-    mlp_hidden: int = 128
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        if self.d_model % self.n_heads or self.d_model % 2:
-            raise ValueError(f"d_model ({self.d_model}) must be even and divisible by n_heads ({self.n_heads})")
+class TDMConfig(TrajWorldConfig):
+    """Model size of TDM: the fields of :class:`~ws_worldmodel.trajworld.TrajWorldConfig`
+    (``n_blocks`` counts Transformer blocks over the flattened sequence)."""
 
 
 class _Block(nn.Module):
