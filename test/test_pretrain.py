@@ -151,3 +151,35 @@ def test_few_shot_fine_tunes_from_pretrained_and_from_scratch(corpus, tmp_path, 
     assert main(["eval", "few-shot", "--corpus", str(corpus), "--checkpoint", str(tmp_path / "ww.pt"), "--system",
                  "dmc-acrobot-swingup", "--train-episodes", "10", "--out", str(tmp_path / "fs2"), "--threads", "1"]) == 2
     assert "has 5 episodes; need 10 + 5 + 5" in capsys.readouterr().err
+
+
+def test_peft_trains_only_the_last_blocks_queries_and_head(corpus, tmp_path):
+    from ws_worldmodel.pretrain import is_peft_parameter
+
+    cfg = PretrainConfig(history=4, horizon=4, batch_size=4, steps=3, warmup=1, eval_every=3, stride=4)
+    train, val = _windows(corpus, cfg)
+    two = WestWorldConfig(**{**TINY.__dict__, "n_blocks": 2})
+    pretrain(train, val, two, cfg, tmp_path / "base.pt", progress=False)
+    base = load_checkpoint(tmp_path / "base.pt")
+    before = {k: v.clone() for k, v in base.net.state_dict().items()}
+    pretrain(train, val, two, cfg, tmp_path / "peft.pt", progress=False, init_from=base, peft_blocks=1)
+    after = load_checkpoint(tmp_path / "peft.pt").net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(is_peft_parameter(k, 2, 1) for k in changed)
+    assert any(k.startswith("blocks.1.") for k in changed) and not any(k.startswith("blocks.0.") for k in changed)
+
+
+def test_routing_plot_per_system(corpus, tmp_path, capsys):
+    from ws_cli.main import main
+
+    assert main(["pretrain", "--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--history", "4", "--horizon",
+                 "4", "--stride", "4", "--steps", "2", "--batch-size", "4", "--d-model", "32", "--blocks", "2",
+                 "--experts", "3", "--expert-hidden", "32", "--bins", "32", "--eval-every", "2",
+                 "--out", str(tmp_path / "ww.pt"), "--threads", "1"]) == 0
+    assert main(["eval", "routing", "--corpus", str(corpus), "--checkpoint", str(tmp_path / "ww.pt"), "--stride", "4",
+                 "--out", str(tmp_path / "r")]) == 0
+    res = json.loads((tmp_path / "r" / "routing.json").read_text())
+    assert set(res) == set(SYSTEMS)
+    for blocks in res.values():
+        assert len(blocks) == 2 and all(abs(sum(b) - 1) < 1e-5 and len(b) == 3 for b in blocks)
+    assert (tmp_path / "r" / "routing.png").stat().st_size > 5_000

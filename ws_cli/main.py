@@ -230,11 +230,35 @@ def cmd_eval_few_shot(args) -> int:
     try:
         res = few_shot(model, load_system(args.corpus, args.system), make_system(args.system).model, cfg, args.out,
                        train_episodes=curve, val_episodes=args.val_episodes, test_episodes=args.test_episodes,
-                       seed=args.seed, progress=True)
+                       seed=args.seed, progress=True, peft_blocks=args.peft_blocks)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     print((Path(args.out) / "few_shot.md").read_text(), end="")
     print(json.dumps({str(k): v for k, v in res.items()}))
+    return 0
+
+
+def cmd_eval_routing(args) -> int:
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import load_system, make_system
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.pretrain import system_windows
+    from ws_worldmodel.protocols import routing
+
+    _headless_gl()
+    model = load_checkpoint(args.checkpoint)
+    if not hasattr(model, "net"):
+        raise ConfigError(f"checkpoint {args.checkpoint} is not a trajectory world model")
+    names = [s for s in args.systems.split(",") if s] or list(model.systems)
+    windows = {name: system_windows(load_system(args.corpus, name), make_system(name).model,
+                                    model.history + model.horizon, args.stride, 0.1)[1] for name in names}
+    try:
+        res = routing(model, windows, args.out, model.history)
+    except ValueError as e:
+        raise ConfigError(f"checkpoint {args.checkpoint}: {e}") from e
+    for name, blocks in res.items():
+        print(f"{name:<28} " + "  ".join("[" + " ".join(f"{w:.2f}" for w in b) + "]" for b in blocks))
+    print(f"wrote {Path(args.out) / 'routing.png'} and routing.json")
     return 0
 
 
@@ -406,10 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--lr", type=float, default=1e-4)
     fs.add_argument("--eval-every", type=int, default=50)
     fs.add_argument("--patience", type=int, default=5)
+    fs.add_argument("--peft-blocks", type=int, default=None,
+                    help="Table 11: fine-tune only the last K Sys-MoE blocks, the queries and the head")
     fs.add_argument("--out", type=Path, required=True)
     fs.add_argument("--threads", type=int, default=None)
     fs.add_argument("--seed", type=int, default=0)
     fs.set_defaults(func=cmd_eval_few_shot)
+
+    ro = esub.add_parser("routing", help="Fig. 4: mean Sys-MoE routing weights per system",
+                         description="Average WestWorld's routing weights over validation windows of each system and "
+                                     "plot them per block (seed 003 Fig. 4).",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ro.add_argument("--corpus", type=Path, required=True)
+    ro.add_argument("--checkpoint", type=Path, required=True)
+    ro.add_argument("--systems", default="", help="systems (default: those the checkpoint was trained on)")
+    ro.add_argument("--stride", type=int, default=50)
+    ro.add_argument("--out", type=Path, required=True)
+    ro.set_defaults(func=cmd_eval_routing)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

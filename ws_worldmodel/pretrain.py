@@ -144,6 +144,16 @@ def windows_from_splits(train: TrajectoryDataset, others: Sequence[TrajectoryDat
             *[SystemData.from_dataset(o, model, length, stride, ranges_from=train) for o in others])
 
 
+def is_peft_parameter(name: str, n_blocks: int, last_k: int) -> bool:
+    """Whether a WestWorld parameter trains under PEFT: the last ``last_k`` Sys-MoE blocks, the
+    learnable queries, the output norm and head (seed 003 Table 11)."""
+    if name == "query" or name.startswith(("head.", "ln_out.")):
+        return True
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) >= n_blocks - last_k
+    return False
+
+
 class GlobalSampler:
     """The same global batch on every rank: ``(system, window)`` pairs drawn from ``(seed, step)``."""
 
@@ -257,7 +267,7 @@ def evaluate(net: torch.nn.Module, systems: Sequence[SystemData], history: int, 
 def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
              cfg: PretrainConfig, out: str | os.PathLike | None, seed: int = 0, resume: bool = False,
              progress: bool = True, device: str | None = None,
-             init_from: "TrajectoryWorldModel | None" = None) -> dict:
+             init_from: "TrajectoryWorldModel | None" = None, peft_blocks: int | None = None) -> dict:
     """Train a trajectory world model on mixed systems.
 
     Args:
@@ -271,6 +281,8 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         progress: tqdm bar (rank 0).
         device: ``"cuda"`` or ``"cpu"`` (default: CUDA when present).
         init_from: start from these weights (fine-tuning); its kind and config must match.
+        peft_blocks: parameter-efficient fine-tuning (seed 003 Table 11): train only the last
+            ``peft_blocks`` blocks, the queries and the output head (WestWorld only).
 
     Returns:
         history: ``{"losses": [...], "evals": [...], "best_val_loss", "steps"}`` where
@@ -290,11 +302,17 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
             raise ValueError(f"cannot fine-tune a {init_from.kind} with config {dataclasses.asdict(init_from.net.cfg)} "
                              f"as a {kind_of(model_cfg)} with {dataclasses.asdict(model_cfg)}")
         net.load_state_dict(init_from.net.state_dict())
+    if peft_blocks is not None:
+        if kind_of(model_cfg) != "westworld":
+            raise ValueError("parameter-efficient fine-tuning is defined for WestWorld only")
+        for name, p in net.named_parameters():
+            p.requires_grad_(is_peft_parameter(name, model_cfg.n_blocks, peft_blocks))
     net = net.to(device)
     model = _LossModule(net)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -331,7 +349,7 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
             loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], cfg.grad_clip)
         opt.step()
         sched.step()
         logged = loss.detach()

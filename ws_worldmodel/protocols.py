@@ -28,7 +28,7 @@ from ws_sim.dataset import TrajectoryDataset
 
 from .data import SystemData, collate
 
-__all__ = ["zero_shot", "few_shot", "format_table"]
+__all__ = ["zero_shot", "few_shot", "routing", "format_table"]
 
 
 def _eval_windows(ds: TrajectoryDataset, model, length: int, stride: int) -> SystemData:
@@ -124,7 +124,7 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
 
 def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os.PathLike,
              train_episodes: Sequence[int] = (10,), val_episodes: int = 5, test_episodes: int = 5,
-             seed: int = 0, progress: bool = False) -> dict:
+             seed: int = 0, progress: bool = False, peft_blocks: int | None = None) -> dict:
     """Few-shot adaptation (seed 003 Table 2, App. C.3 and E): fine-tune on ``n`` episodes of an
     unseen system, early-stopped on validation episodes, and test on others; the same from
     random weights. Writes ``few_shot.json``, ``few_shot.md`` and ``few_shot_curve.png``
@@ -139,6 +139,8 @@ def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os
         cfg: a :class:`~ws_worldmodel.pretrain.PretrainConfig` for fine-tuning (steps, lr,
             history, horizon, ...).
         train_episodes: the fine-tuning set sizes of the curve.
+        peft_blocks: fine-tune the pretrained model parameter-efficiently (only the last
+            ``peft_blocks`` blocks, queries and head; Table 11); from scratch trains everything.
 
     Returns:
         ``{n: {"pretrained": {"mae", "mse"}, "scratch": {...}}}``.
@@ -173,7 +175,8 @@ def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os
         for label, init in (("pretrained", model), ("scratch", None)):
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = Path(tmp) / "ft.pt"
-                pretrain([train_w], [val_w], model.net.cfg, cfg, ckpt, seed=seed, progress=progress, init_from=init)
+                pretrain([train_w], [val_w], model.net.cfg, cfg, ckpt, seed=seed, progress=progress, init_from=init,
+                         peft_blocks=peft_blocks if init is not None else None)
                 from .checkpoint import load_checkpoint
 
                 best = load_checkpoint(ckpt) if ckpt.is_file() else None
@@ -192,9 +195,59 @@ def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os
     fig.tight_layout()
     fig.savefig(out_dir / "few_shot_curve.png", dpi=100)
     plt.close(fig)
-    (out_dir / "few_shot.json").write_text(json.dumps({"system": dataset.env, "results": results}, indent=2))
+    (out_dir / "few_shot.json").write_text(json.dumps({"system": dataset.env, "peft_blocks": peft_blocks,
+                                                       "results": results}, indent=2))
     lines = ["| episodes | pretrained MAE | pretrained MSE | scratch MAE | scratch MSE |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {r['pretrained']['mae']:.4f} | {r['pretrained']['mse']:.4f} | {r['scratch']['mae']:.4f} | "
               f"{r['scratch']['mse']:.4f} |" for n, r in sorted(results.items())]
     (out_dir / "few_shot.md").write_text("\n".join(lines) + "\n")
     return results
+
+
+@torch.no_grad()
+def routing(model, windows: dict, out_dir: str | os.PathLike, history: int, max_windows: int = 64) -> dict:
+    """Mean Sys-MoE routing weights per system and block (seed 003 Fig. 4): a heatmap of
+    systems x experts per block in ``routing.png`` and the numbers in ``routing.json``.
+
+    Args:
+        model: a WestWorld :class:`~ws_worldmodel.pretrain.TrajectoryWorldModel`.
+        windows: system name -> :class:`~ws_worldmodel.data.SystemData`.
+
+    Returns:
+        ``{system: [[weight per expert] per block]}`` averaged over windows and channels.
+
+    Raises:
+        ValueError: the model has no router (not WestWorld, or the dense ablation).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if getattr(model, "kind", None) != "westworld" or not model.net.cfg.use_moe:
+        raise ValueError("routing weights exist only for WestWorld with Sys-MoE")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = {}
+    for name, sysd in windows.items():
+        idx = np.linspace(0, len(sysd) - 1, min(len(sysd), max_windows)).astype(int)
+        batch = collate([(sysd, int(i)) for i in idx], history)
+        _, gates = model.net.eval()(batch)
+        res[name] = [g.mean((0, 1)).tolist() for g in gates]
+    names = list(res)
+    n_blocks = len(next(iter(res.values())))
+    fig, axes = plt.subplots(1, n_blocks, figsize=(3 + 2.2 * n_blocks, 0.6 + 0.35 * len(names)), squeeze=False)
+    for b, ax in enumerate(axes[0]):
+        mat = np.array([res[n][b] for n in names])
+        im = ax.imshow(mat, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, mat.max()))
+        ax.set_title(f"block {b}")
+        ax.set_xlabel("expert")
+        ax.set_xticks(range(mat.shape[1]))
+        ax.set_yticks(range(len(names)), names if b == 0 else [""] * len(names), fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.suptitle("Sys-MoE routing weights per system")
+    fig.tight_layout()
+    fig.savefig(out_dir / "routing.png", dpi=100)
+    plt.close(fig)
+    (out_dir / "routing.json").write_text(json.dumps(res, indent=2))
+    return res

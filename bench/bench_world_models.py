@@ -1,0 +1,86 @@
+"""Benchmark (seed 003 Table 12): inference latency of WestWorld against TrajWorld and TDM.
+
+All models get the same history (50 steps of states and actions) and predict H future
+steps for H in 10..100: WestWorld in one forward pass (learnable queries), the baselines
+autoregressively with KV-cache decoding. Untrained weights at the default configs (latency
+does not depend on the weights). Prints one JSON object: per H and model the mean and
+standard deviation of the wall-clock latency over repeated runs after warm-up, and each
+baseline's latency as a ratio to WestWorld's in the same run. Not a test: nothing is asserted.
+
+    .venv/bin/python bench/bench_world_models.py [--batch 8] [--state-dim 18] [--action-dim 6] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from ws_worldmodel.tdm import TDM, TDMConfig
+from ws_worldmodel.trajworld import TrajWorld, TrajWorldConfig
+from ws_worldmodel.westworld import TrajectoryBatch, WestWorld, WestWorldConfig
+
+
+def _batch(b: int, history: int, horizon: int, cs: int, ca: int, device: str) -> TrajectoryBatch:
+    g = torch.Generator().manual_seed(0)
+    t = history + horizon
+    return TrajectoryBatch(torch.rand(b, t, cs, generator=g), torch.rand(b, t, ca, generator=g),
+                           torch.ones(b, cs, dtype=torch.bool), torch.ones(b, ca, dtype=torch.bool),
+                           torch.randint(0, 8, (b, cs, 4), generator=g), torch.randint(0, 8, (b, ca, 4), generator=g),
+                           history).to(device)
+
+
+def _time(fn, repeats: int, device: str) -> tuple[float, float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out.append((time.perf_counter() - tic) * 1e3)
+    return float(np.mean(out)), float(np.std(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--history", type=int, default=50)
+    p.add_argument("--horizons", default="10,20,50,100")
+    p.add_argument("--state-dim", type=int, default=18)
+    p.add_argument("--action-dim", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {"westworld": WestWorld(WestWorldConfig()), "trajworld": TrajWorld(TrajWorldConfig()),
+              "tdm": TDM(TDMConfig())}
+    for m in models.values():
+        m.to(args.device).eval()
+    rows = {}
+    with torch.inference_mode():
+        for h in [int(x) for x in args.horizons.split(",")]:
+            batch = _batch(args.batch, args.history, h, args.state_dim, args.action_dim, args.device)
+            row = {}
+            for name, m in models.items():
+                mean, std = _time(lambda: m.predict(batch), args.repeats, args.device)
+                row[name] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
+            for name in ("trajworld", "tdm"):
+                row[f"{name}_over_westworld"] = round(row[name]["mean_ms"] / row["westworld"]["mean_ms"], 2)
+            rows[str(h)] = row
+    print(json.dumps({"benchmark": "world_model_inference_latency", "device": args.device,
+                      "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                      "batch": args.batch, "history": args.history, "state_dim": args.state_dim,
+                      "action_dim": args.action_dim, "kv_cache": True, "horizons": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
