@@ -13,7 +13,8 @@ from ws_cli.main import build_parser, main
 
 
 def _subcommands():
-    return [["collect"], ["train"], ["mppi"], ["mppi", "run"]]
+    return [["collect"], ["train"], ["mppi"], ["mppi", "run"], ["corpus"], ["corpus", "build"], ["pretrain"],
+            ["eval"], ["eval", "zero-shot"], ["eval", "few-shot"], ["eval", "routing"]]
 
 
 @pytest.mark.parametrize("argv", _subcommands())
@@ -26,7 +27,9 @@ def test_every_subcommand_has_help(argv, capsys):
 
 def test_seed_is_accepted_where_randomness_enters():
     p = build_parser()
-    for argv in (["collect", "--out", "x"], ["train", "--train", "a", "--val", "b", "--out", "c"], ["mppi", "run"]):
+    for argv in (["collect", "--out", "x"], ["train", "--train", "a", "--val", "b", "--out", "c"], ["mppi", "run"],
+                 ["corpus", "build", "--out", "x"], ["pretrain", "--corpus", "c", "--out", "o"],
+                 ["eval", "few-shot", "--corpus", "c", "--checkpoint", "k", "--out", "o"]):
         assert p.parse_args(argv + ["--seed", "3"]).seed == 3
 
 
