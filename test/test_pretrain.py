@@ -103,9 +103,10 @@ def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, 
     table = capsys.readouterr().out
     assert "| westworld |" in table and "| trajworld |" in table and "| tdm |" in table
     res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())["results"]
-    for kind in ("westworld", "trajworld", "tdm"):
+    for kind in ("westworld", "trajworld", "tdm", "hold-last-state"):
         r = res[kind]["gym-walker2d"]
         assert r["segments"] >= 2 and 0 < r["mae"] < 1 and r["mse"] <= r["mae"]
+    assert res["hold-last-state"]["gym-walker2d"]["segments"] == res["tdm"]["gym-walker2d"]["segments"]
     assert (tmp_path / "zs" / "zero_shot_gym-walker2d.png").stat().st_size > 10_000
     # an MLPEnsemble checkpoint is not a trajectory world model
     from ws_worldmodel.checkpoint import DEFAULT_CHECKPOINTS

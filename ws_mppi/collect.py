@@ -127,11 +127,10 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
     if config.train_episodes + config.full_episodes < 1 or config.val_episodes < 1:
         raise ValueError("need at least one training and one validation episode")
     ctrl = make_controller(env, "oracle", controller_config, seed=config.seed, nthread=nthread)
-    s0 = config.seed
-    train_seeds = list(range(s0, s0 + config.train_episodes))
-    full_seeds = list(range(train_seeds[-1] + 1 if train_seeds else s0, (train_seeds[-1] + 1 if train_seeds else s0) + config.full_episodes))
-    nxt_seed = (full_seeds[-1] + 1) if full_seeds else (train_seeds[-1] + 1)
-    val_seeds = list(range(nxt_seed, nxt_seed + config.val_episodes))
+    s0, n_tr, n_full = config.seed, config.train_episodes, config.full_episodes
+    train_seeds = list(range(s0, s0 + n_tr))
+    full_seeds = list(range(s0 + n_tr, s0 + n_tr + n_full))
+    val_seeds = list(range(s0 + n_tr + n_full, s0 + n_tr + n_full + config.val_episodes))
     try:
         tr, r1 = _run(env, ctrl, train_seeds, config.keep_train, config.max_steps, "collect train")
         fu, r2 = _run(env, ctrl, full_seeds, 1.0, config.max_steps, "collect all-samples")

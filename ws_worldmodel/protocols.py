@@ -74,7 +74,8 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
         max_windows: segments per system at most (evenly spread).
 
     Returns:
-        ``{model: {system: {"mae", "mse", "segments"}}}``.
+        ``{model: {system: {"mae", "mse", "segments"}}}``, plus the model-free reference row
+        ``"hold-last-state"`` (the last observed state held for the whole horizon).
 
     Raises:
         ValueError: a system has no episode of ``history + horizon`` steps.
@@ -97,6 +98,14 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
             results[name][s] = {"mae": float(np.abs(err).mean()), "mse": float(np.square(err).mean()),
                                 "segments": int(len(pred))}
             examples.setdefault(s, {"true": true[0]})[name] = pred[0]
+    # a model-free reference row: hold the last observed state for the whole horizon
+    results["hold-last-state"] = {}
+    for s, sysd in windows.items():
+        idx = np.linspace(0, len(sysd) - 1, min(len(sysd), max_windows)).astype(int)
+        true = sysd.states[idx, history:]
+        err = sysd.states[idx, history - 1:history] - true
+        results["hold-last-state"][s] = {"mae": float(np.abs(err).mean()), "mse": float(np.square(err).mean()),
+                                         "segments": int(len(idx))}
     for s, ex in examples.items():
         sysd = windows[s]
         chans = list(range(min(4, sysd.states.shape[2])))
