@@ -184,3 +184,35 @@ def test_routing_plot_per_system(corpus, tmp_path, capsys):
     for blocks in res.values():
         assert len(blocks) == 2 and all(abs(sum(b) - 1) < 1e-5 and len(b) == 3 for b in blocks)
     assert (tmp_path / "r" / "routing.png").stat().st_size > 5_000
+
+
+def test_scalability_sweep_writes_error_against_n(corpus, tmp_path, capsys):
+    from ws_cli.main import main
+
+    assert main(["eval", "scalability", "--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--ns", "1,2",
+                 "--steps-per-env", "2", "--history", "4", "--horizon", "4", "--stride", "4", "--batch-size", "4",
+                 "--d-model", "32", "--blocks", "1", "--expert-hidden", "32", "--bins", "32", "--threads", "1",
+                 "--out", str(tmp_path / "sc")]) == 0
+    res = json.loads((tmp_path / "sc" / "scalability.json").read_text())["results"]
+    assert set(res) == {"westworld", "trajworld"} and set(res["westworld"]) == {"1", "2"}
+    assert all(0 < v["mae"] < 1 for m in res.values() for v in m.values())
+    assert (tmp_path / "sc" / "scalability.png").is_file()
+    assert main(["eval", "scalability", "--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--ns", "5",
+                 "--history", "4", "--horizon", "4", "--stride", "4", "--out", str(tmp_path / "x"), "--threads", "1"]) == 2
+    assert "N = 5 asked for, but only 2 environments" in capsys.readouterr().err
+
+
+def test_ablation_table_compares_full_dense_and_structureless(corpus, tmp_path, capsys):
+    from ws_cli.main import main
+
+    build_corpus(corpus, ["gym-walker2d"], episodes=2, episodes_per_shard=2, steps=30, behaviours=("pink",),
+                 progress=False)
+    assert main(["eval", "ablation", "--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--eval-systems",
+                 "gym-walker2d", "--steps", "2", "--eval-every", "2", "--history", "4", "--horizon", "4", "--stride",
+                 "4", "--batch-size", "4", "--d-model", "32", "--blocks", "1", "--experts", "2", "--expert-hidden",
+                 "32", "--bins", "32", "--threads", "1", "--out", str(tmp_path / "ab")]) == 0
+    out = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert set(out["results"]) == {"WestWorld", "w/o Sys-MoE", "w/o structure", "hold-last-state"}
+    p = out["parameters"]
+    assert p["w/o structure"] < p["WestWorld"] and 0.8 < p["w/o Sys-MoE"] / p["WestWorld"] < 1.2
+    assert "| w/o Sys-MoE |" in capsys.readouterr().out

@@ -7,6 +7,9 @@
     ws pretrain  pretrain WestWorld (or the TrajWorld/TDM baselines) on a corpus
     ws eval zero-shot  seed 003's Table 1 protocol on held-out systems
     ws eval few-shot   seed 003's Table 2 / Fig. 6 protocol on an unseen system
+    ws eval scalability  seed 003's Fig. 3: error against the number of pretraining environments
+    ws eval routing    seed 003's Fig. 4: routing weights per system
+    ws eval ablation   seed 003's Table 4: without Sys-MoE, without the structural embedding
 
 Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
 """
@@ -262,6 +265,100 @@ def cmd_eval_routing(args) -> int:
     return 0
 
 
+def cmd_eval_scalability(args) -> int:
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, SYSTEMS, load_system, make_system
+    from ws_worldmodel.pretrain import PretrainConfig, system_windows
+    from ws_worldmodel.protocols import scalability
+    from ws_worldmodel.trajworld import TrajWorldConfig
+    from ws_worldmodel.westworld import WestWorldConfig
+
+    _headless_gl()
+    _set_threads(args.threads)
+    held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
+    order = [s for s in (args.systems.split(",") if args.systems else SYSTEMS) if s and s not in held]
+    cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, lr=args.lr,
+                         stride=args.stride)
+    train, val = [], []
+    for name in order:
+        if not (Path(args.corpus) / name).is_dir():
+            continue
+        try:
+            tr, va = system_windows(load_system(args.corpus, name), make_system(name).model,
+                                    cfg.history + cfg.horizon, cfg.stride, cfg.val_fraction)
+        except ValueError as e:
+            log.warning("skipping %s: %s", name, e)
+            continue
+        train.append(tr)
+        val.append(va)
+    common = dict(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, bins=args.bins)
+    cfgs = {"westworld": WestWorldConfig(**common, expert_hidden=args.expert_hidden),
+            "trajworld": TrajWorldConfig(**common, mlp_hidden=args.expert_hidden)}
+    ns = [int(n) for n in args.ns.split(",") if n]
+    try:
+        scalability(train, val, cfgs, cfg, ns, args.steps_per_env, args.out, seed=args.seed, progress=True)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    print((Path(args.out) / "scalability.md").read_text(), end="")
+    print(f"environments in order: {[t.name for t in train][:max(ns)]}")
+    return 0
+
+
+def cmd_eval_ablation(args) -> int:
+    import dataclasses
+    import json
+    import tempfile
+
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, load_system, make_system
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.pretrain import PretrainConfig, pretrain, system_windows
+    from ws_worldmodel.protocols import format_table, zero_shot
+    from ws_worldmodel.westworld import WestWorldConfig
+
+    _headless_gl()
+    _set_threads(args.threads)
+    held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
+    corpus = Path(args.corpus)
+    names = [s for s in args.systems.split(",") if s] if args.systems else sorted(
+        p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
+    cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, steps=args.steps,
+                         lr=args.lr, eval_every=args.eval_every, stride=args.stride)
+    train, val = [], []
+    for name in names:
+        try:
+            tr, va = system_windows(load_system(corpus, name), make_system(name).model, cfg.history + cfg.horizon,
+                                    cfg.stride, cfg.val_fraction)
+        except ValueError as e:
+            log.warning("skipping %s: %s", name, e)
+            continue
+        train.append(tr)
+        val.append(va)
+    if not train:
+        raise ConfigError(f"no system of {names} has episodes of {cfg.history + cfg.horizon} steps")
+    full = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
+                           expert_hidden=args.expert_hidden, bins=args.bins)
+    variants = {"WestWorld": full, "w/o Sys-MoE": dataclasses.replace(full, use_moe=False),
+                "w/o structure": dataclasses.replace(full, use_structure=False)}
+    eval_systems = [s for s in (args.eval_systems or ",".join(HELD_OUT_ZERO_SHOT)).split(",") if s]
+    models, params = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, mcfg in variants.items():
+            path = Path(tmp) / f"{len(models)}.pt"
+            pretrain(train, val, mcfg, cfg, path, seed=args.seed)
+            models[label] = load_checkpoint(path)
+            params[label] = sum(p.numel() for p in models[label].net.parameters())
+    res = zero_shot(models, {s: load_system(corpus, s) for s in eval_systems},
+                    {s: make_system(s).model for s in eval_systems}, args.out, history=cfg.history,
+                    horizon=cfg.horizon, stride=cfg.history + cfg.horizon)
+    (Path(args.out) / "ablation.json").write_text(json.dumps({"parameters": params, "results": res}, indent=2))
+    table = format_table(res)
+    (Path(args.out) / "ablation.md").write_text(table + "\n")
+    print(table)
+    print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
+    return 0
+
+
 def cmd_mppi_run(args) -> int:
     from ws_mppi.report import run_comparison
 
@@ -447,6 +544,57 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--stride", type=int, default=50)
     ro.add_argument("--out", type=Path, required=True)
     ro.set_defaults(func=cmd_eval_routing)
+
+    sc = esub.add_parser("scalability", help="Fig. 3: error against the number of pretraining environments",
+                         description="Pretrain WestWorld and TrajWorld on the first N environments of the corpus "
+                                     "(in ws_sim.corpus.SYSTEMS order, or --systems) with a fixed step budget per "
+                                     "environment; report validation MAE/MSE averaged over those environments.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sc.add_argument("--corpus", type=Path, required=True)
+    sc.add_argument("--ns", default="1,2,5,10,20", help="environment counts N")
+    sc.add_argument("--systems", default="", help="environment order (default: the corpus order of SYSTEMS)")
+    sc.add_argument("--steps-per-env", type=int, default=200, help="optimiser steps per environment")
+    sc.add_argument("--history", type=int, default=50)
+    sc.add_argument("--horizon", type=int, default=100)
+    sc.add_argument("--stride", type=int, default=10)
+    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--lr", type=float, default=3e-4)
+    sc.add_argument("--d-model", type=int, default=64)
+    sc.add_argument("--heads", type=int, default=4)
+    sc.add_argument("--blocks", type=int, default=2)
+    sc.add_argument("--expert-hidden", type=int, default=128)
+    sc.add_argument("--bins", type=int, default=64)
+    sc.add_argument("--out", type=Path, required=True)
+    sc.add_argument("--threads", type=int, default=None)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.set_defaults(func=cmd_eval_scalability)
+
+    ab = esub.add_parser("ablation", help="Table 4: WestWorld without Sys-MoE / without the structural embedding",
+                         description="Pretrain WestWorld, its dense ablation (one MLP of n_experts x expert_hidden "
+                                     "units instead of the routed experts: a comparable parameter count) and the "
+                                     "ablation without structural embedding on the same data, then run the zero-shot "
+                                     "protocol on the held-out systems. Writes ablation.md/json and the zero-shot plots.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ab.add_argument("--corpus", type=Path, required=True)
+    ab.add_argument("--systems", default="", help="pretraining systems (default: all but the held-out ones)")
+    ab.add_argument("--eval-systems", default="", help="zero-shot systems (default: gym-hopper,gym-walker2d)")
+    ab.add_argument("--steps", type=int, default=2000)
+    ab.add_argument("--history", type=int, default=50)
+    ab.add_argument("--horizon", type=int, default=100)
+    ab.add_argument("--stride", type=int, default=10)
+    ab.add_argument("--batch-size", type=int, default=16)
+    ab.add_argument("--lr", type=float, default=3e-4)
+    ab.add_argument("--eval-every", type=int, default=200)
+    ab.add_argument("--d-model", type=int, default=64)
+    ab.add_argument("--heads", type=int, default=4)
+    ab.add_argument("--blocks", type=int, default=2)
+    ab.add_argument("--experts", type=int, default=4)
+    ab.add_argument("--expert-hidden", type=int, default=128)
+    ab.add_argument("--bins", type=int, default=64)
+    ab.add_argument("--out", type=Path, required=True)
+    ab.add_argument("--threads", type=int, default=None)
+    ab.add_argument("--seed", type=int, default=0)
+    ab.set_defaults(func=cmd_eval_ablation)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

@@ -6,6 +6,9 @@ actions of the next 100, and predicts those 100 states. MAE and MSE are averaged
 steps and channels in min-max normalised units (each system normalised by its own data's
 ranges, as the seed normalises every dataset), so systems and channels weigh alike.
 
+Scalability (Fig. 3, App. C.4): pretrain on N = 1, 2, 5, ... environments with a fixed
+budget per environment and report the validation error against N.
+
 Few-shot (Table 2, App. C.3, E): fine-tune on a few episodes of an unseen system with early
 stopping on validation episodes, test on held-back episodes, against the same training
 from random weights.
@@ -28,7 +31,7 @@ from ws_sim.dataset import TrajectoryDataset
 
 from .data import SystemData, collate
 
-__all__ = ["zero_shot", "few_shot", "routing", "format_table"]
+__all__ = ["zero_shot", "few_shot", "routing", "scalability", "format_table"]
 
 
 def _eval_windows(ds: TrajectoryDataset, model, length: int, stride: int) -> SystemData:
@@ -260,3 +263,63 @@ def routing(model, windows: dict, out_dir: str | os.PathLike, history: int, max_
     plt.close(fig)
     (out_dir / "routing.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def scalability(train: Sequence[SystemData], val: Sequence[SystemData], model_cfgs: dict, cfg, ns: Sequence[int],
+                steps_per_env: int, out_dir: str | os.PathLike, seed: int = 0, progress: bool = False) -> dict:
+    """Scalability (seed 003 Fig. 3, App. C.4): pretrain on the first N environments with a
+    fixed budget of ``steps_per_env`` optimiser steps per environment, and report the
+    validation MAE/MSE of the H-step prediction averaged over those N environments. Writes
+    ``scalability.json``, ``scalability.md`` and ``scalability.png`` (error against N).
+
+    Args:
+        train, val: windows per environment, in the order environments are added.
+        model_cfgs: model name -> config (``WestWorldConfig``, ``TrajWorldConfig`` ...).
+        cfg: a :class:`~ws_worldmodel.pretrain.PretrainConfig`; its ``steps`` is replaced by
+            ``N * steps_per_env``.
+        ns: the environment counts.
+
+    Returns:
+        ``{model: {N: {"mae", "mse"}}}``.
+
+    Raises:
+        ValueError: an N larger than the number of environments.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .pretrain import pretrain
+
+    if max(ns) > len(train):
+        raise ValueError(f"N = {max(ns)} asked for, but only {len(train)} environments have windows")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    for name, mcfg in model_cfgs.items():
+        results[name] = {}
+        for n in ns:
+            steps = n * steps_per_env  # one validation, at the end of the fixed budget
+            run = dataclasses.replace(cfg, steps=steps, eval_every=steps, patience=10**9)
+            ev = pretrain(train[:n], val[:n], mcfg, run, None, seed=seed, progress=progress)["evals"][-1]["systems"]
+            results[name][n] = {"mae": float(np.mean([v["mae"] for v in ev.values()])),
+                                "mse": float(np.mean([v["mse"] for v in ev.values()]))}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, name in enumerate(model_cfgs):
+        ax.plot(list(ns), [results[name][n]["mae"] for n in ns], "o-", color=f"C{i}", label=name)
+    ax.set_xlabel("pretraining environments N")
+    ax.set_ylabel("validation MAE (normalised)")
+    ax.set_xscale("log")
+    ax.set_title("scalability")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "scalability.png", dpi=100)
+    plt.close(fig)
+    (out_dir / "scalability.json").write_text(json.dumps({"steps_per_env": steps_per_env, "results": results}, indent=2))
+    lines = ["| N | " + " | ".join(f"{m} MAE | {m} MSE" for m in model_cfgs) + " |",
+             "|---|" + "---|---|" * len(model_cfgs)]
+    lines += [f"| {n} | " + " | ".join(f"{results[m][n]['mae']:.4f} | {results[m][n]['mse']:.4f}" for m in model_cfgs)
+              + " |" for n in ns]
+    (out_dir / "scalability.md").write_text("\n".join(lines) + "\n")
+    return results
