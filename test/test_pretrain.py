@@ -96,14 +96,21 @@ def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, 
               "--bins", "32", "--expert-hidden", "32", "--eval-every", "3", "--threads", "1"]
     for kind in ("westworld", "trajworld", "tdm"):
         assert main(["pretrain", "--model", kind, "--out", str(tmp_path / f"{kind}.pt"), *common]) == 0
+    # the padded MLPEnsemble is sized from the pretraining systems (4 channels): too small for walker2d
+    assert main(["pretrain", "--model", "mlp_ensemble", "--out", str(tmp_path / "small_mlp.pt"), *common]) == 0
+    assert main(["pretrain", "--model", "mlp_ensemble", "--max-state-dim", "18", "--max-action-dim", "6",
+                 "--out", str(tmp_path / "mlp_ensemble.pt"), *common]) == 0
     capsys.readouterr()
-    ckpts = ",".join(f"{k}={tmp_path / k}.pt" for k in ("westworld", "trajworld", "tdm"))
+    assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", str(tmp_path / "small_mlp.pt"),
+                 "--systems", "gym-walker2d", "--history", "5", "--horizon", "5", "--out", str(tmp_path / "bad")]) == 2
+    assert "exceeds the padded sizes 4 / 2" in capsys.readouterr().err
+    ckpts = ",".join(f"{k}={tmp_path / k}.pt" for k in ("westworld", "trajworld", "tdm", "mlp_ensemble"))
     assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", ckpts, "--systems", "gym-walker2d",
                  "--history", "5", "--horizon", "5", "--stride", "10", "--out", str(tmp_path / "zs")]) == 0
     table = capsys.readouterr().out
     assert "| westworld |" in table and "| trajworld |" in table and "| tdm |" in table
     res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())["results"]
-    for kind in ("westworld", "trajworld", "tdm", "hold-last-state"):
+    for kind in ("westworld", "trajworld", "tdm", "mlp_ensemble", "hold-last-state"):
         r = res[kind]["gym-walker2d"]
         assert r["segments"] >= 2 and 0 < r["mae"] < 1 and r["mse"] <= r["mae"]
     assert res["hold-last-state"]["gym-walker2d"]["segments"] == res["tdm"]["gym-walker2d"]["segments"]

@@ -163,6 +163,8 @@ def cmd_pretrain(args) -> int:
         mcfg = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
                                expert_hidden=args.expert_hidden, bins=args.bins, use_moe=not args.no_moe,
                                use_structure=not args.no_structure)
+    elif args.model == "mlp_ensemble":
+        mcfg = None  # sized from the data below
     else:
         cls = TrajWorldConfig if args.model == "trajworld" else TDMConfig
         mcfg = cls(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, bins=args.bins,
@@ -180,6 +182,11 @@ def cmd_pretrain(args) -> int:
     if not train:
         raise ConfigError(f"no system of {names} has episodes of {cfg.history + cfg.horizon} steps in both splits")
     names = [t.name for t in train]
+    if mcfg is None:
+        from ws_worldmodel.mlp_ensemble import PaddedMLPEnsembleConfig
+
+        mcfg = PaddedMLPEnsembleConfig(max_state_dim=args.max_state_dim or max(t.states.shape[2] for t in train),
+                                       max_action_dim=args.max_action_dim or max(t.actions.shape[2] for t in train))
     hist = pretrain(train, val, mcfg, cfg, args.out, seed=args.seed, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"checkpoint": str(args.out), "model": args.model, "systems": names, "steps": hist["steps"],
@@ -205,8 +212,12 @@ def cmd_eval_zero_shot(args) -> int:
             raise ConfigError(f"checkpoint {path} is not a trajectory world model (WestWorld, TrajWorld or TDM)")
         models[name or Path(path).stem] = model
     datasets = {s: load_system(args.corpus, s) for s in systems}
-    results = zero_shot(models, datasets, {s: make_system(s).model for s in systems}, args.out,
-                        history=args.history, horizon=args.horizon, stride=args.stride, max_windows=args.max_windows)
+    try:
+        results = zero_shot(models, datasets, {s: make_system(s).model for s in systems}, args.out,
+                            history=args.history, horizon=args.horizon, stride=args.stride,
+                            max_windows=args.max_windows)
+    except ValueError as e:  # a system too large for a padded baseline, or without a full segment
+        raise ConfigError(str(e)) from e
     print(format_table(results))
     print(f"wrote {Path(args.out) / 'zero_shot.md'}, zero_shot.json and zero_shot_<system>.png")
     return 0
@@ -460,8 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'torchrun --nproc_per_node N $(which ws) pretrain ...' (gloo on CPU, NCCL on CUDA). "
                                     "Writes the best checkpoint to --out and the training state to OUT.state (--resume).",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    pt.add_argument("--model", choices=["westworld", "trajworld", "tdm"], default="westworld",
-                    help="WestWorld, or a baseline trained on the same data and protocol")
+    pt.add_argument("--model", choices=["westworld", "trajworld", "tdm", "mlp_ensemble"], default="westworld",
+                    help="WestWorld, or a baseline trained on the same data and protocol (mlp_ensemble: the padded "
+                         "multi-system MLPEnsemble of seed 003 App. D.1)")
+    pt.add_argument("--max-state-dim", type=int, default=None,
+                    help="mlp_ensemble: padded state size (default: the largest pretraining system)")
+    pt.add_argument("--max-action-dim", type=int, default=None,
+                    help="mlp_ensemble: padded action size (default: the largest pretraining system)")
     pt.add_argument("--corpus", type=Path, required=True, help="corpus directory from ws corpus build")
     pt.add_argument("--systems", default="", help="comma-separated systems (default: all but the held-out ones)")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint path")

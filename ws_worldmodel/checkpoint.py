@@ -122,7 +122,7 @@ def load_checkpoint(path: str | os.PathLike, with_payload: bool = False):
     path = Path(path)
     payload = read_payload(path)
     kind = payload.get("model_type")
-    if kind in ("westworld", "trajworld", "tdm"):
+    if kind in ("westworld", "trajworld", "tdm", "padded_mlp_ensemble"):
         from .pretrain import TrajectoryWorldModel
 
         try:

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from ws_sim.channels import Channel, check_channels_match
 
-__all__ = ["MLPEnsembleConfig", "MLPEnsemble", "invariant_input_channels"]
+__all__ = ["MLPEnsembleConfig", "MLPEnsemble", "invariant_input_channels", "PaddedMLPEnsembleConfig",
+           "PaddedMLPEnsemble"]
 
 
 @dataclasses.dataclass
@@ -168,3 +169,97 @@ class MLPEnsemble(nn.Module):
                       what: str = "model") -> None:
         check_channels_match(state_channels, self.state_channels, f"{what} state")
         check_channels_match(action_channels, self.action_channels, f"{what} action")
+
+
+@dataclasses.dataclass
+class PaddedMLPEnsembleConfig:
+    """The multi-system MLPEnsemble baseline of seed 003 (App. D.1): states and actions are
+    zero-padded to fixed sizes before concatenation.
+
+    Attributes:
+        max_state_dim, max_action_dim: the fixed padded sizes (a system may not exceed them).
+        ensemble_size, hidden, layers: as :class:`MLPEnsembleConfig`.
+    """
+
+    max_state_dim: int = 32
+    max_action_dim: int = 8
+    ensemble_size: int = 5
+    hidden: int = 200
+    layers: int = 4
+
+
+class PaddedMLPEnsemble(nn.Module):
+    """MLPEnsemble over padded, min-max normalised vectors, trained on mixed systems.
+
+    Input: ``[s_t, a_t, state mask, action mask]`` padded to the fixed sizes (the masks tell
+    the network which entries are real; a small addition to plain padding). Output: a
+    diagonal Gaussian over ``s_{t+1} - s_t``. Training: Gaussian NLL on real channels of every
+    consecutive pair of a window, with an online bootstrap (Poisson(1) weight per member and
+    sample, Oza & Russell 2001). Prediction: autoregressive from the last history state,
+    the mean over members at each step. Same ``loss(batch)`` / ``predict(batch)`` interface
+    as WestWorld (:class:`~ws_worldmodel.westworld.TrajectoryBatch`).
+    """
+
+    def __init__(self, cfg: PaddedMLPEnsembleConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or PaddedMLPEnsembleConfig()
+        s, a, e, h = cfg.max_state_dim, cfg.max_action_dim, cfg.ensemble_size, cfg.hidden
+        dims = [2 * s + 2 * a] + [h] * cfg.layers
+        self.hidden_layers = nn.ModuleList(_EnsembleLinear(e, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.head = _EnsembleLinear(e, h, 2 * s)
+        self.max_logvar = nn.Parameter(torch.full((1, 1, s), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((1, 1, s), -10.0))
+
+    def _pad(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, cs = batch.states.shape
+        ca = batch.actions.shape[2]
+        if cs > self.cfg.max_state_dim or ca > self.cfg.max_action_dim:
+            raise ValueError(f"a system with {cs} state / {ca} action channels exceeds the padded sizes "
+                             f"{self.cfg.max_state_dim} / {self.cfg.max_action_dim}")
+        s = F.pad(batch.states * batch.state_mask[:, None], (0, self.cfg.max_state_dim - cs))
+        a = F.pad(batch.actions * batch.action_mask[:, None], (0, self.cfg.max_action_dim - ca))
+        sm = F.pad(batch.state_mask.float(), (0, self.cfg.max_state_dim - cs))
+        am = F.pad(batch.action_mask.float(), (0, self.cfg.max_action_dim - ca))
+        return s, a, sm, am
+
+    def _forward(self, s: torch.Tensor, a: torch.Tensor, sm: torch.Tensor, am: torch.Tensor):
+        """``s (N, S)``, ``a (N, A)`` -> delta mean and log-variance ``(E, N, S)``."""
+        x = torch.cat([s, a, sm, am], dim=-1).expand(self.cfg.ensemble_size, -1, -1)
+        for layer in self.hidden_layers:
+            x = F.silu(layer(x))
+        mean, logvar = self.head(x).chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def loss(self, batch) -> torch.Tensor:
+        """Gaussian NLL of one-step transitions on real channels: mean over samples of each
+        sample's mean (like WestWorld's loss), members summed, online bootstrap weights."""
+        s, a, sm, am = self._pad(batch)
+        b, t, d = s.shape
+        cur, nxt = s[:, :-1].reshape(-1, d), s[:, 1:].reshape(-1, d)
+        act = a[:, :-1].reshape(b * (t - 1), -1)
+        m_s = sm[:, None].expand(b, t - 1, d).reshape(-1, d)
+        m_a = am[:, None].expand(b, t - 1, -1).reshape(b * (t - 1), -1)
+        mean, logvar = self._forward(cur, act, m_s, m_a)
+        nll = ((mean - (nxt - cur)) ** 2 * torch.exp(-logvar) + logvar) * m_s  # (E, N, S)
+        per_pair = nll.sum(-1) / m_s.sum(-1).clamp_min(1)  # (E, N)
+        per_sample = per_pair.reshape(-1, b, t - 1).mean(-1)  # (E, B)
+        if self.training:
+            w = torch.poisson(torch.ones_like(per_sample))
+            per_sample = per_sample * w
+        return per_sample.mean(-1).sum() + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+
+    @torch.no_grad()
+    def predict(self, batch) -> torch.Tensor:
+        """Autoregressive ``H``-step prediction ``(B, H, Cs)`` from the last history state."""
+        s, a, sm, am = self._pad(batch)
+        th, t = batch.history, s.shape[1]
+        cur = s[:, th - 1]
+        out = []
+        for k in range(th - 1, t - 1):
+            mean, _ = self._forward(cur, a[:, k], sm, am)
+            cur = (cur + mean.mean(0)) * sm
+            out.append(cur)
+        cs = batch.states.shape[2]
+        return torch.stack(out, dim=1)[..., :cs]

@@ -35,6 +35,7 @@ from ws_sim.dataset import TrajectoryDataset
 
 from .checkpoint import FORMAT_TAG, FORMAT_VERSION, atomic_torch_save, code_version, read_payload
 from .data import SystemData, collate, denormalise, normalise
+from .mlp_ensemble import PaddedMLPEnsemble, PaddedMLPEnsembleConfig
 from .tdm import TDM, TDMConfig
 from .trajworld import TrajWorld, TrajWorldConfig
 from .westworld import TrajectoryBatch, WestWorld, WestWorldConfig
@@ -44,7 +45,7 @@ __all__ = ["PretrainConfig", "TrajectoryWorldModel", "MODEL_KINDS", "split_episo
 
 #: trajectory world models trained and evaluated on the same data and protocol
 MODEL_KINDS = {"westworld": (WestWorld, WestWorldConfig), "trajworld": (TrajWorld, TrajWorldConfig),
-               "tdm": (TDM, TDMConfig)}
+               "tdm": (TDM, TDMConfig), "padded_mlp_ensemble": (PaddedMLPEnsemble, PaddedMLPEnsembleConfig)}
 
 
 def kind_of(cfg) -> str:
