@@ -223,3 +223,29 @@ def test_ablation_table_compares_full_dense_and_structureless(corpus, tmp_path, 
     p = out["parameters"]
     assert p["w/o structure"] < p["WestWorld"] and 0.8 < p["w/o Sys-MoE"] / p["WestWorld"] < 1.2
     assert "| w/o Sys-MoE |" in capsys.readouterr().out
+
+
+def test_trajectory_world_model_drives_mppi_with_its_history(small_datasets, tmp_path):
+    """A WestWorld checkpoint trained on `ws collect` data runs as MPPI dynamics on Hopper."""
+    from ws_mppi.config import ControllerConfig
+    from ws_mppi.mppi import MPPIConfig
+    from ws_mppi.runner import make_controller, run_episode
+    from ws_sim.channels import ChannelMismatchError
+    from ws_sim.envs import make_env
+
+    train_ds, val_ds = small_datasets
+    env = make_env("hopper", max_episode_steps=12)
+    cfg = PretrainConfig(history=4, horizon=4, batch_size=4, steps=2, warmup=1, eval_every=2, stride=2)
+    from ws_worldmodel.pretrain import windows_from_splits
+
+    tr, va = windows_from_splits(train_ds, [val_ds], env.model, 8, 2)
+    pretrain([tr], [va], TINY, cfg, tmp_path / "ww.pt", progress=False)
+    ctrl = make_controller(env, str(tmp_path / "ww.pt"), ControllerConfig(MPPIConfig(horizon=4, samples=8)), seed=0)
+    res = run_episode(env, ctrl, seed=1)
+    dyn = ctrl.mppi.dynamics
+    assert res.length >= 2 and np.isfinite(res.reward)
+    assert len(dyn._states) == min(4, res.length) and ctrl.last.states.shape == (8, 4, 12)
+    # the planned rollouts are in physical units: heights near the hopper's ~1.2 m
+    assert 0.3 < float(ctrl.last.states[..., 1].mean()) < 2.5
+    with pytest.raises(ChannelMismatchError, match="was not trained on 'walker2d'"):
+        make_controller(make_env("walker2d"), str(tmp_path / "ww.pt"), ControllerConfig())

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ws_sim.channels import ChannelMismatchError, check_channels_match
 from ws_sim.envs import StateEnv, check_state
 from ws_sim.oracle import MuJoCoOracle
 
 from .config import ControllerConfig
 from .costs import LocomotionCost, ReferenceTracking
-from .dynamics import LearnedDynamics, OracleDynamics
+from .dynamics import LearnedDynamics, OracleDynamics, SequenceDynamics
 from .mppi import MPPI
 
 __all__ = ["ZeroController", "MPPIController", "make_controller", "run_episode", "EpisodeResult"]
@@ -52,10 +53,17 @@ class MPPIController:
 
     def reset(self, seed: int | None = None) -> None:
         self.mppi.reset(seed)
+        if hasattr(self.mppi.dynamics, "reset"):
+            self.mppi.dynamics.reset()
 
     def plan(self, state: np.ndarray, t: int = 0) -> np.ndarray:
         self.last = self.mppi.plan(state, t)
         return self.last.action.astype(np.float64)
+
+    def observe(self, state: np.ndarray, action: np.ndarray) -> None:
+        """Report an executed transition (history-conditioned dynamics keep it)."""
+        if hasattr(self.mppi.dynamics, "observe"):
+            self.mppi.dynamics.observe(state, action)
 
     def close(self) -> None:
         if self._closer is not None:
@@ -116,6 +124,16 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     from ws_worldmodel.checkpoint import load_checkpoint
 
     model = load_checkpoint(dynamics)
+    if hasattr(model, "systems"):  # a trajectory world model: history-conditioned, whole horizon at once
+        if env.name not in model.systems:
+            raise ChannelMismatchError(f"checkpoint {dynamics} ({model.kind}) was not trained on {env.name!r} "
+                                       f"(it knows {sorted(model.systems)})")
+        meta = model.systems[env.name]
+        check_channels_match(env.state_channels, meta["state_channels"], f"checkpoint {dynamics} state")
+        check_channels_match(env.action_channels, meta["action_channels"], f"checkpoint {dynamics} action")
+        dyn = SequenceDynamics(model, env.name)
+        return MPPIController(f"{model.kind}:{Path(dynamics).name}",
+                              MPPI(dyn, cost, low, high, config.mppi, seed=seed))
     model.check_matches(env.state_channels, env.action_channels, f"checkpoint {dynamics}")
     dyn = LearnedDynamics(model)
     return MPPIController(f"learned:{Path(dynamics).name}", MPPI(dyn, cost, low, high, config.mppi, seed=seed))
@@ -185,6 +203,8 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
         tic = time.perf_counter()
         action = controller.plan(state, t)
         lat.append(time.perf_counter() - tic)
+        if hasattr(controller, "observe"):
+            controller.observe(state, action)
         state, reward, terminated, truncated, _ = env.step(action)
         rewards.append(reward)
         states.append(state)
