@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.10",
     packages=["ws_worldmodel", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli"],
     package_dir={"ws_sim": "sim", "ws_distill": "distill"},
-    package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_mppi": ["configs/*.yaml"]},
+    package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_sim": ["assets/*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
