@@ -80,3 +80,82 @@ def test_oracle_rollouts_of_go1_match_stepping():
             mujoco.mj_step(m, d)
         np.testing.assert_allclose(pred[1, t], np.concatenate([d.qpos, d.qvel]), atol=1e-8)
     oracle.close()
+
+
+def test_trot_gait_pairs_diagonals_in_antiphase():
+    from ws_sim.go1 import TrotGait
+
+    gait = TrotGait(period=0.4, stride=0.15)
+    t = np.linspace(0, 0.8, 81)
+    sw = gait.swing(t)
+    np.testing.assert_array_equal(sw[:, 0], sw[:, 3])  # FR with RL
+    np.testing.assert_array_equal(sw[:, 1], sw[:, 2])  # FL with RR
+    np.testing.assert_array_equal(sw[:, 0], ~sw[:, 1])  # the pairs alternate
+    ref = gait.reference(t)
+    np.testing.assert_allclose(gait.reference(t + 0.4), ref, atol=1e-12)  # periodic
+    lifting = ref[:, 2] < HOME_JOINTS[2] - 1e-6  # the FR knee bends further only in swing
+    np.testing.assert_array_equal(lifting & ~sw[:, 0], np.zeros_like(lifting))
+    assert lifting.sum() > 10
+    np.testing.assert_allclose(ref[:, 0::3], 0.0)  # no abduction in a straight trot
+
+
+def test_progress_reward_is_displacement_toward_the_goal():
+    from ws_sim.go1 import progress_reward
+
+    g = np.array([1.0, 0.0])
+    assert progress_reward([0, 0], [0.1, 0], g) == pytest.approx(0.1)
+    assert progress_reward([0, 0], [-0.1, 0], g) == pytest.approx(-0.1)
+    assert progress_reward([0, 0], [0, 0.1], g) == pytest.approx(0.0)
+    assert progress_reward([0.95, 0], [1.2, 0], g) == 0.0  # within eps of the goal
+
+
+def test_go1_walk_env_stands_falls_and_advances_waypoints():
+    import gymnasium as gym
+
+    import ws_sim  # noqa: F401  (registers ws/Go1Walk-v0)
+    from ws_sim.go1 import TrotGait
+    from ws_sim.go1_env import Go1WalkEnv
+
+    env = gym.make("ws/Go1Walk-v0")
+    s, info = env.reset(seed=0)
+    assert s.shape == (37,) and env.unwrapped.dt == pytest.approx(0.02) and info["gait_reference"].shape == (12,)
+    env.close()
+    env = Go1WalkEnv(gait=TrotGait(stride=0.0))  # trot in place on the gait reference: stays up
+    s, info = env.reset(seed=1)
+    for _ in range(50):  # 1 s
+        s, r, term, trunc, info = env.step(info["gait_reference"])
+        assert not term and abs(r) < 0.05
+    assert s[2] > 0.2
+    with pytest.raises(ValueError, match="12 finite joint targets"):
+        env.step(np.full(12, np.nan))
+    env.data.qpos[:2] = [0.9, 0.0]  # near the first waypoint
+    mujoco.mj_forward(env.model, env.data)
+    _, _, _, _, info = env.step(HOME_JOINTS)
+    assert info["goal_index"] == 1 and info["goal"][0] == pytest.approx(2.0)
+    env.data.qpos[3:7] = [0.5, 0.5, 0.5, 0.5]  # on its side
+    assert env.fallen()
+
+
+def test_go1_walk_cost_prefers_tracking_the_references():
+    import torch
+
+    from ws_mppi.costs import Go1WalkCost
+    from ws_sim.go1 import TrotGait
+
+    gait = TrotGait()
+    cost = Go1WalkCost(gait, 0.02, lambda: np.array([5.0, 0.0]))
+    m, d = load_go1()
+    s0 = torch.tensor(np.concatenate([d.qpos, d.qvel]))
+    good = s0.repeat(1, 5, 1).clone()
+    good[..., 2] = 0.30
+    good[..., 19] = 0.4  # walking at v_des toward the goal
+    u = torch.tensor(gait.reference(np.arange(5) * 0.02)).unsqueeze(0)
+    base = cost(s0, u, good).item()
+    assert base == pytest.approx(0.0, abs=1e-9)
+    for idx, val in ((19, 0.0), (2, 0.2), (4, 0.3), (1, 0.3)):
+        worse = good.clone()
+        worse[..., idx] = val
+        assert cost(s0, u, worse).item() > base + 1e-3
+    fallen = good.clone()
+    fallen[:, 2:, 2] = 0.1
+    assert cost(s0, u, fallen).item() >= 100.0

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 import torch
 
-__all__ = ["LocomotionCost", "ReferenceTracking"]
+__all__ = ["LocomotionCost", "ReferenceTracking", "Go1WalkCost"]
 
 
 @dataclasses.dataclass
@@ -108,3 +108,58 @@ class LocomotionCost:
             track = ((states - r).square() * w).sum(-1) * alive.to(states.dtype)
             cost = cost + ref.scale * track.sum(1)
         return cost
+
+
+class Go1WalkCost:
+    """MPPI cost of Go1 straight walking (seed 003 eq. 31, after its reference [3]).
+
+    A quadratic tracking cost with diagonal weights on a state reference and on the gait
+    scheduler's joint reference:
+
+        c_t = w_v |v_xy - v_des d_hat|^2 + w_lat (lateral offset from the line to the goal)^2
+              + w_z (z - z_ref)^2 + w_tilt (q_x^2 + q_y^2) + w_yaw q_z^2 + w_w |omega|^2
+              + w_u |u_t - u_ref(t)|^2,
+
+    plus ``fall_penalty`` once for a rollout whose trunk drops below 0.15 m; after a fall
+    nothing more accrues. ``d_hat`` points from the start of the rollout to the current
+    goal. State layout as :mod:`ws_sim.go1` (``qpos[0:3]`` position, ``qpos[3:7]`` quaternion,
+    ``qvel[0:3]`` = state[19:22] linear velocity, state[22:25] angular velocity).
+
+    Args:
+        gait: the :class:`ws_sim.go1.TrotGait` giving ``u_ref``.
+        dt: control step in seconds.
+        goal_fn: callable returning the current planar goal ``(2,)``.
+        v_des: desired forward speed in m/s; other weights as named.
+    """
+
+    def __init__(self, gait, dt: float, goal_fn, v_des: float = 0.4, z_ref: float = 0.30, w_v: float = 4.0,
+                 w_lat: float = 2.0, w_z: float = 50.0, w_tilt: float = 20.0, w_yaw: float = 5.0, w_w: float = 0.05,
+                 w_u: float = 1.0, fall_penalty: float = 100.0):
+        self.gait, self.dt, self.goal_fn = gait, float(dt), goal_fn
+        self.v_des, self.z_ref = v_des, z_ref
+        self.w = dict(v=w_v, lat=w_lat, z=w_z, tilt=w_tilt, yaw=w_yaw, w=w_w, u=w_u)
+        self.fall_penalty = fall_penalty
+
+    def __call__(self, state: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, t0: int = 0) -> torch.Tensor:
+        k, h, _ = states.shape
+        dtype = states.dtype
+        p0 = state[:2].to(dtype)
+        goal = torch.as_tensor(np.asarray(self.goal_fn(), dtype=np.float64)[:2], dtype=dtype)
+        d = goal - p0
+        d_hat = d / d.norm().clamp_min(1e-6)
+        normal = torch.stack([-d_hat[1], d_hat[0]])
+        v = states[..., 19:21]
+        lateral = ((states[..., :2] - p0) * normal).sum(-1)
+        q = states[..., 3:7]
+        omega = states[..., 22:25]
+        times = (t0 + np.arange(h)) * self.dt
+        u_ref = torch.as_tensor(self.gait.reference(times), dtype=dtype)  # (H, 12)
+        w = self.w
+        c = (w["v"] * (v - self.v_des * d_hat).square().sum(-1) + w["lat"] * lateral.square()
+             + w["z"] * (states[..., 2] - self.z_ref).square() + w["tilt"] * (q[..., 1].square() + q[..., 2].square())
+             + w["yaw"] * q[..., 3].square() + w["w"] * omega.square().sum(-1)
+             + w["u"] * (actions - u_ref).square().sum(-1))
+        down = states[..., 2] < 0.15
+        alive = torch.ones_like(down)
+        alive[:, 1:] = torch.cumprod((~down[:, :-1]).to(torch.int8), dim=1).bool()
+        return (c * alive.to(dtype)).sum(1) + self.fall_penalty * down.any(1).to(dtype)
