@@ -91,10 +91,13 @@ class MPPI:
         action_low, action_high: ``(nu,)`` bounds.
         config: :class:`MPPIConfig`.
         seed: seed of the planner's own noise generator.
+        prior: optional callable ``prior(t0, horizon) -> (horizon, nu)`` giving the action
+            sequence to start from (on reset) and to append after each shift, e.g. a gait
+            scheduler's joint reference; default: the middle of the action bounds.
     """
 
     def __init__(self, dynamics, cost: CostFn, action_low, action_high,
-                 config: MPPIConfig | None = None, seed: int = 0):
+                 config: MPPIConfig | None = None, seed: int = 0, prior=None):
         self.dynamics = dynamics
         self.cost = cost
         self.config = config or MPPIConfig()
@@ -102,6 +105,8 @@ class MPPI:
         self.high = torch.as_tensor(np.asarray(action_high), dtype=torch.float32)
         self.nu = int(self.low.numel())
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.prior = prior
+        self._t = 0
         self.nominal = torch.zeros(self.config.horizon, self.nu)
         self.reset()
 
@@ -109,7 +114,14 @@ class MPPI:
         """Forget the warm start (new episode); optionally reseed the noise."""
         if seed is not None:
             self.generator.manual_seed(int(seed))
-        self.nominal = ((self.low + self.high) / 2).expand(self.config.horizon, -1).clone()
+        self._t = 0
+        self.nominal = self._prior(0, self.config.horizon)
+
+    def _prior(self, t0: int, n: int) -> torch.Tensor:
+        if self.prior is None:
+            return ((self.low + self.high) / 2).expand(n, -1).clone()
+        p = torch.as_tensor(np.asarray(self.prior(t0, n)), dtype=torch.float32).reshape(n, self.nu)
+        return torch.clamp(p, self.low, self.high)
 
     @torch.inference_mode()
     def plan(self, state, t0: int = 0) -> PlanResult:
@@ -123,6 +135,9 @@ class MPPI:
             a :class:`PlanResult`; the nominal is then shifted for the next cycle.
         """
         cfg = self.config
+        if self.prior is not None and t0 != self._t:  # the episode clock jumped: restart from the prior
+            self.nominal = self._prior(t0, cfg.horizon)
+        self._t = t0 + 1
         s = torch.as_tensor(np.asarray(state), dtype=torch.float32)
         for _ in range(cfg.iterations):
             eps = torch.randn(cfg.samples, cfg.horizon, self.nu, generator=self.generator) * cfg.noise_sigma
@@ -146,5 +161,10 @@ class MPPI:
         return result
 
     def _shift(self) -> None:
-        fill = self.nominal[-1].clone() if self.config.shift_fill == "last" else (self.low + self.high) / 2
+        if self.prior is not None:
+            fill = self._prior(self._t + self.config.horizon - 1, 1)[0]
+        elif self.config.shift_fill == "last":
+            fill = self.nominal[-1].clone()
+        else:
+            fill = (self.low + self.high) / 2
         self.nominal = torch.cat([self.nominal[1:], fill[None]], dim=0)
