@@ -178,8 +178,9 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
     """Create a WorldScape environment by short name.
 
     Args:
-        name: one of :data:`ENVIRONMENTS` (``"hopper"``, ``"walker2d"``); the Gymnasium id
-            (``"Hopper-v5"``) is accepted too.
+        name: one of :data:`ENVIRONMENTS` (``"hopper"``, ``"walker2d"``) or ``"go1"``
+            (:class:`ws_sim.go1_env.Go1WalkEnv`, 1000 steps of 0.02 s by default); the
+            Gymnasium id (``"Hopper-v5"``, ``"ws/Go1Walk-v0"``) is accepted too.
         render: create it with ``render_mode="rgb_array"`` (set ``MUJOCO_GL=osmesa`` on a
             machine without a display).
         width, height: rendered frame size in pixels.
@@ -189,11 +190,16 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
         UnknownEnvironmentError: the name is not a WorldScape environment.
     """
     key = name.lower()
+    if key in ("go1", "ws/go1walk-v0"):
+        from .go1_env import Go1WalkEnv
+
+        return Go1WalkEnv(render_mode="rgb_array" if render else None, width=width, height=height,
+                          max_episode_steps=1000 if max_episode_steps is None else int(max_episode_steps))
     by_id = {v.lower(): k for k, v in ENVIRONMENTS.items()}
     key = by_id.get(key, key)
     if key not in ENVIRONMENTS:
         raise UnknownEnvironmentError(
-            f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS)}")
+            f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS) + ['go1']}")
     kwargs: dict[str, Any] = {}
     if render:
         kwargs.update(render_mode="rgb_array", width=width, height=height)

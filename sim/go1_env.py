@@ -12,6 +12,8 @@ The episode terminates when the trunk falls below 0.15 m or tilts more than 60 d
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import mujoco
 import numpy as np
@@ -19,7 +21,16 @@ import numpy as np
 from .channels import channels_from_model
 from .go1 import HOME_JOINTS, TrotGait, load_go1, progress_reward
 
-__all__ = ["Go1WalkEnv"]
+__all__ = ["Go1WalkEnv", "Go1Task"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Go1Task:
+    """What planners and reports need to know of the task: the control step and where the
+    forward coordinate sits in the state."""
+
+    dt: float
+    x_index: int = 0
 
 
 class Go1WalkEnv(gym.Env):
@@ -29,8 +40,11 @@ class Go1WalkEnv(gym.Env):
 
     def __init__(self, frame_skip: int = 10, waypoint_spacing: float = 1.0, n_waypoints: int = 10,
                  goal_radius: float = 0.2, progress_eps: float = 0.1, gait: TrotGait | None = None,
-                 render_mode: str | None = None, width: int = 480, height: int = 360, reset_noise: float = 0.02):
+                 render_mode: str | None = None, width: int = 480, height: int = 360, reset_noise: float = 0.02,
+                 max_episode_steps: int | None = None):
         self.model, self.data = load_go1()
+        self.max_episode_steps = max_episode_steps
+        self._steps = 0
         self.frame_skip = int(frame_skip)
         self.dt = self.model.opt.timestep * self.frame_skip
         self.waypoints = np.stack([np.arange(1, n_waypoints + 1) * waypoint_spacing, np.zeros(n_waypoints)], axis=1)
@@ -45,6 +59,10 @@ class Go1WalkEnv(gym.Env):
         self._renderer = mujoco.Renderer(self.model, height, width) if render_mode == "rgb_array" else None
         self.goal_index = 0
         self.name = "go1"
+        self.nq, self.nv, self.nu = self.model.nq, self.model.nv, self.model.nu
+        self.task = Go1Task(dt=self.dt)
+        #: what "doing nothing" means for a position-controlled robot: hold the standing pose
+        self.neutral_action = HOME_JOINTS.copy()
 
     @property
     def state(self) -> np.ndarray:
@@ -65,7 +83,15 @@ class Go1WalkEnv(gym.Env):
         self.data.ctrl[:] = HOME_JOINTS
         mujoco.mj_forward(self.model, self.data)
         self.goal_index = 0
+        self._steps = 0
         return self.state, self._info()
+
+    def physics_state(self) -> np.ndarray:
+        """MuJoCo's full physics state (``mjSTATE_FULLPHYSICS``) for exact oracle rollouts."""
+        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+        out = np.empty(mujoco.mj_stateSize(self.model, spec))
+        mujoco.mj_getState(self.model, self.data, out, spec)
+        return out
 
     def fallen(self) -> bool:
         """Trunk below 0.15 m, or its up axis more than 60 degrees from vertical."""
@@ -85,7 +111,9 @@ class Go1WalkEnv(gym.Env):
         if np.linalg.norm(self.data.qpos[:2] - goal) < self.goal_radius and self.goal_index < len(self.waypoints):
             self.goal_index += 1
         terminated = self.fallen()
-        return self.state, reward, terminated, False, self._info()
+        self._steps += 1
+        truncated = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
+        return self.state, reward, terminated, bool(truncated), self._info()
 
     def render(self):
         if self._renderer is None:

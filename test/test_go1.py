@@ -185,3 +185,20 @@ def test_oracle_mppi_walks_go1_forward_on_the_gait_prior():
         assert not term
     oracle.close()
     assert progress > 0.4 and abs(s[1]) < 0.2 and s[2] > 0.22, (progress, s[:3])
+
+
+def test_ws_mppi_run_walks_go1_with_oracle_and_films_it(tmp_path, capsys):
+    import json
+
+    from ws_cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["mppi", "run", "--env", "go1", "--dynamics", "oracle", "--compare", "zero", "--episodes", "1",
+                 "--max-steps", "60", "--out", str(out), "--threads", "2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    oracle, zero = report["controllers"]["oracle"], report["controllers"]["zero"]
+    assert oracle["episodes_detail"][0]["forward_distance_m"] > 0.25 > abs(zero["episodes_detail"][0]["forward_distance_m"])
+    assert oracle["reward_mean"] > zero["reward_mean"] + 0.2  # eq. 36 progress, metres
+    assert report["video"].endswith(".mp4") and (out / report["video"].split("/")[-1]).stat().st_size > 1000
+    assert main(["collect", "--env", "go1", "--out", str(tmp_path / "d")]) == 2
+    assert "supports hopper and walker2d so far" in capsys.readouterr().err

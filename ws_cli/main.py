@@ -79,6 +79,10 @@ def cmd_collect(args) -> int:
     from ws_sim.envs import make_env
 
     env = make_env(args.env)
+    if env.name not in ("hopper", "walker2d"):
+        from ws_mppi.config import ConfigError
+
+        raise ConfigError(f"ws collect supports hopper and walker2d so far, not {env.name!r}")
     nthread = _set_threads(args.threads)
     ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
                          val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,
@@ -400,7 +404,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def build_parser() -> argparse.ArgumentParser:
     from ws_sim.envs import ENVIRONMENTS
 
-    envs = sorted(ENVIRONMENTS)
+    envs = sorted(ENVIRONMENTS) + ["go1"]
     p = argparse.ArgumentParser(prog="ws", description="WorldScape: learned world models for robot control.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -86,6 +86,8 @@ _LOCOMOTION = ControllerConfig(
 DEFAULTS: dict[str, ControllerConfig] = {
     "hopper": _LOCOMOTION,
     "walker2d": _LOCOMOTION,
+    # Go1 (issue 4): 0.3 s horizon of 0.02 s steps, noise around the trot reference (the prior)
+    "go1": ControllerConfig(mppi=MPPIConfig(horizon=15, samples=32, temperature=1.0, noise_sigma=0.1)),
 }
 
 

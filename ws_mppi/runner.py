@@ -30,7 +30,9 @@ class ZeroController:
     name = "zero"
 
     def __init__(self, env: StateEnv):
-        self.action = ((env.action_space.low + env.action_space.high) / 2).astype(np.float64)
+        neutral = getattr(env, "neutral_action", None)  # position-controlled robots hold their pose
+        mid = (env.action_space.low + env.action_space.high) / 2
+        self.action = np.asarray(mid if neutral is None else neutral, dtype=np.float64)
 
     def reset(self, seed: int | None = None) -> None:
         pass
@@ -114,13 +116,20 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     """
     if dynamics == "zero":
         return ZeroController(env)
-    cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty,
-                          reference=load_reference(env, config))
+    prior = None
+    if env.name == "go1":
+        from .costs import Go1WalkCost
+
+        cost = Go1WalkCost(env.gait, env.dt, lambda: env.goal)
+        prior = lambda t0, n: env.gait.reference((t0 + np.arange(n)) * env.dt)  # noqa: E731
+    else:
+        cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty,
+                              reference=load_reference(env, config))
     low, high = env.action_space.low, env.action_space.high
     if dynamics == "oracle":
         oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
         dyn = OracleDynamics(oracle, env.physics_state)
-        return MPPIController("oracle", MPPI(dyn, cost, low, high, config.mppi, seed=seed), oracle.close)
+        return MPPIController("oracle", MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior), oracle.close)
     from ws_worldmodel.checkpoint import load_checkpoint
 
     model = load_checkpoint(dynamics)
@@ -133,10 +142,11 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         check_channels_match(env.action_channels, meta["action_channels"], f"checkpoint {dynamics} action")
         dyn = SequenceDynamics(model, env.name)
         return MPPIController(f"{model.kind}:{Path(dynamics).name}",
-                              MPPI(dyn, cost, low, high, config.mppi, seed=seed))
+                              MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior))
     model.check_matches(env.state_channels, env.action_channels, f"checkpoint {dynamics}")
     dyn = LearnedDynamics(model)
-    return MPPIController(f"learned:{Path(dynamics).name}", MPPI(dyn, cost, low, high, config.mppi, seed=seed))
+    return MPPIController(f"learned:{Path(dynamics).name}",
+                          MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior))
 
 
 @dataclasses.dataclass
