@@ -1,0 +1,91 @@
+"""The real-time controller: plan shifting, continuity while planning, faults (no timing asserts)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ws_mppi.realtime import RealtimeController, plan_step_index
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_plan_step_index_follows_elapsed_time():
+    assert [plan_step_index(e, 0.02, 5) for e in (-1, 0, 0.019, 0.02, 0.05, 10)] == [0, 0, 0, 1, 2, 4]
+
+
+def test_ticks_emit_the_step_of_the_latest_plan_shifted_by_its_age():
+    clock, sent = Clock(), []
+    plan = np.arange(5)[:, None] * np.ones((5, 2))  # step i commands (i, i)
+    ctrl = RealtimeController(lambda s, t: plan, lambda: (np.zeros(3), 0), lambda c: sent.append(c.copy()),
+                              horizon=5, action_dim=2, plan_dt=0.02, hold_action=np.array([9.0, 9.0]), clock=clock)
+    ctrl.tick()
+    assert sent[-1].tolist() == [9.0, 9.0]  # before any plan: hold
+    clock.t = 1.0
+    assert ctrl.plan_once()
+    for dt, step in ((0.005, 0), (0.025, 1), (0.061, 3), (5.0, 4)):
+        clock.t = 1.0 + dt
+        ctrl.tick()
+        assert sent[-1].tolist() == [step, step]
+
+
+def test_bad_plans_are_never_published():
+    clock, sent = Clock(), []
+    plans = iter([np.zeros((3, 1)), np.full((3, 1), np.nan), np.zeros((2, 1))])
+    ctrl = RealtimeController(lambda s, t: next(plans), lambda: (np.zeros(1), 0), lambda c: sent.append(c.copy()),
+                              horizon=3, action_dim=1, plan_dt=0.1, clock=clock)
+    assert ctrl.plan_once()
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        ctrl.plan_once()
+    with pytest.raises(ValueError, match="shape"):
+        ctrl.plan_once()
+    ctrl.tick()
+    assert np.isfinite(sent[-1]).all() and ctrl._latest == 0
+    ctrl2 = RealtimeController(lambda s, t: None, lambda: None, lambda c: None, horizon=3, action_dim=1, plan_dt=0.1)
+    assert not ctrl2.plan_once()  # no valid state: nothing planned
+
+
+def test_commands_keep_flowing_along_the_plan_while_the_planner_works():
+    """Threads for real: while the second plan is blocked, the tick loop walks the first plan."""
+    sent, first_done, release = [], threading.Event(), threading.Event()
+    lock = threading.Lock()
+    plan = np.repeat(np.arange(40.0)[:, None], 2, axis=1)  # step i commands i; 40 steps of 10 ms
+
+    def planner(state, t):
+        if first_done.is_set():
+            release.wait(10)  # the second plan takes "forever"
+        first_done.set()
+        return plan
+
+    def send(c):
+        with lock:
+            sent.append(c.copy())
+
+    ctrl = RealtimeController(planner, lambda: (np.zeros(2), 0), send, horizon=40, action_dim=2, plan_dt=0.01,
+                              hold_action=np.array([-1.0, -1.0]))
+    ctrl.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with lock:
+            progressed = [c[0] for c in sent if c[0] >= 0]
+        if len(set(progressed)) >= 5:
+            break
+        time.sleep(0.01)
+    with lock:
+        before_release = [c[0] for c in sent]  # all sent while the second plan was blocked
+    release.set()
+    ctrl.stop()
+    assert all(np.isfinite([c[0] for c in sent]))
+    walked = [v for v in before_release if v >= 0]
+    assert len(set(walked)) >= 5 and walked == sorted(walked)  # advancing through the first plan
+    stats = ctrl.stats()
+    assert stats["ticks"] == len(sent) and stats["replans"] >= 1 and stats["planner_faults"] == 0

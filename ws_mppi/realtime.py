@@ -1,0 +1,164 @@
+"""The real-time MPPI controller: a fixed-rate command loop fed by a free-running planner.
+
+Seed 003 deploys MPPI at 90 Hz on the Go1 (App. G). Planning a full MPPI cycle can take
+longer than one 11.1 ms period, so the two are decoupled:
+
+* the **planner thread** reads the newest state, runs one MPPI cycle as fast as it can, and
+  publishes the plan (the nominal action sequence) with the time it was made;
+* the **tick loop** runs at ``rate_hz`` and always emits a command: the step of the latest
+  plan that corresponds to the time elapsed since that plan was made (the plan's step
+  ``i`` covers ``[t_made + i dt, t_made + (i + 1) dt)``), or the plan's last step once it
+  runs out. Before the first plan it emits ``hold_action``.
+
+The tick does no model work and no allocation: plans are copied into preallocated double
+buffers under a lock, and the command into a preallocated array. The controller counts
+ticks, missed ticks (a tick that started more than one period late), replans, planning
+latencies and tick periods; :meth:`RealtimeController.stats` reports percentiles.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["RealtimeController", "plan_step_index"]
+
+
+def plan_step_index(elapsed_s: float, plan_dt: float, horizon: int) -> int:
+    """Index of the plan step that covers ``elapsed_s`` seconds after the plan was made,
+    clamped to the last step (``0 <= index < horizon``)."""
+    if elapsed_s <= 0:
+        return 0
+    return min(int(elapsed_s // plan_dt), horizon - 1)
+
+
+class RealtimeController:
+    """A fixed-rate command loop over a free-running planner (see the module docstring).
+
+    Args:
+        plan: ``plan(state, t) -> (H, nu)`` nominal action sequence (e.g. an MPPI cycle's
+            ``PlanResult.nominal``); called on the planner thread.
+        get_state: returns the newest ``(state, t)`` (``t`` the step count the planner
+            should use for time-indexed costs), or ``None`` while no valid state exists.
+        send: receives each command ``(nu,)`` (a view of a reused buffer: copy it to keep it).
+        horizon, action_dim: the plan's shape.
+        plan_dt: seconds per plan step.
+        rate_hz: command rate (90 Hz by default, the seed's deployment rate).
+        hold_action: the command before the first plan, ``(nu,)``.
+        clock: a monotonic clock in seconds (``time.perf_counter`` by default).
+    """
+
+    def __init__(self, plan: Callable, get_state: Callable, send: Callable, horizon: int, action_dim: int,
+                 plan_dt: float, rate_hz: float = 90.0, hold_action: np.ndarray | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        if rate_hz <= 0 or plan_dt <= 0:
+            raise ValueError("rate_hz and plan_dt must be positive")
+        self._plan_fn, self._get_state, self._send = plan, get_state, send
+        self.horizon, self.action_dim = int(horizon), int(action_dim)
+        self.plan_dt, self.period = float(plan_dt), 1.0 / float(rate_hz)
+        self.clock = clock
+        self._plans = np.zeros((2, self.horizon, self.action_dim))
+        self._made = np.zeros(2)
+        self._latest = -1  # index of the newest plan buffer, -1 before the first plan
+        self._lock = threading.Lock()
+        self._command = np.zeros(self.action_dim) if hold_action is None else np.array(hold_action, dtype=np.float64)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        # statistics (appended from one thread each)
+        self.tick_times: list[float] = []
+        self.plan_latencies: list[float] = []
+        self.missed_ticks = 0
+        self.faults = 0
+        self.last_fault = ""
+
+    # --- the two halves, usable directly (tests, simulations with their own clock) -------
+    def tick(self) -> np.ndarray:
+        """Choose and send the command for now; returns it (the reused buffer)."""
+        now = self.clock()
+        with self._lock:
+            k = self._latest
+            if k >= 0:
+                i = plan_step_index(now - self._made[k], self.plan_dt, self.horizon)
+                np.copyto(self._command, self._plans[k, i])
+        self._send(self._command)
+        return self._command
+
+    def plan_once(self) -> bool:
+        """Run one planning cycle on the newest state and publish it; False if no state."""
+        got = self._get_state()
+        if got is None:
+            return False
+        state, t = got
+        t0 = self.clock()
+        nominal = np.asarray(self._plan_fn(state, t), dtype=np.float64)
+        if nominal.shape != (self.horizon, self.action_dim):
+            raise ValueError(f"planner returned shape {nominal.shape}, expected ({self.horizon}, {self.action_dim})")
+        if not np.all(np.isfinite(nominal)):
+            raise FloatingPointError("planner returned non-finite actions; the previous plan stays in force")
+        self.plan_latencies.append(self.clock() - t0)
+        with self._lock:
+            k = 1 - self._latest if self._latest >= 0 else 0
+            self._plans[k] = nominal
+            self._made[k] = t0  # the plan starts at the state it was made from
+            self._latest = k
+        return True
+
+    # --- threads ---------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        next_t = self.clock()
+        while not self._stop.is_set():
+            now = self.clock()
+            if now - next_t > self.period:
+                self.missed_ticks += 1
+                next_t = now  # do not try to catch up with a burst of ticks
+            self.tick()
+            self.tick_times.append(now)
+            next_t += self.period
+            delay = next_t - self.clock()
+            if delay > 0:
+                self._stop.wait(delay)
+
+    def _planner_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                planned = self.plan_once()
+            except (FloatingPointError, ValueError) as e:  # never publish a bad plan; count it
+                self.faults += 1
+                self.last_fault = str(e)
+                planned = False
+            if not planned:
+                self._stop.wait(0.001)
+
+    def start(self) -> None:
+        """Start the tick loop and the planner thread."""
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._tick_loop, name="ws-tick", daemon=True),
+                         threading.Thread(target=self._planner_loop, name="ws-planner", daemon=True)]
+        for th in self._threads:
+            th.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop both threads and wait for them."""
+        self._stop.set()
+        for th in self._threads:
+            th.join(timeout)
+        self._threads = []
+
+    def stats(self) -> dict:
+        """Achieved rates and percentiles (milliseconds), for logs, diagnostics and benchmarks."""
+        ticks = np.diff(np.asarray(self.tick_times)) * 1e3
+        lat = np.asarray(self.plan_latencies) * 1e3
+        span = (self.tick_times[-1] - self.tick_times[0]) if len(self.tick_times) > 1 else 0.0
+
+        def pct(x, q):
+            return round(float(np.percentile(x, q)), 3) if x.size else None
+
+        return {"ticks": len(self.tick_times), "missed_ticks": self.missed_ticks, "planner_faults": self.faults,
+                "tick_period_ms_p50": pct(ticks, 50), "tick_period_ms_p99": pct(ticks, 99),
+                "tick_jitter_ms_std": round(float(ticks.std()), 3) if ticks.size else None,
+                "replans": len(self.plan_latencies),
+                "replan_rate_hz": round(len(self.plan_latencies) / span, 2) if span > 0 else None,
+                "plan_latency_ms_p50": pct(lat, 50), "plan_latency_ms_p99": pct(lat, 99)}
