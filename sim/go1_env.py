@@ -24,13 +24,31 @@ from .go1 import HOME_JOINTS, TrotGait, load_go1, progress_reward
 __all__ = ["Go1WalkEnv", "Go1Task"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Go1Task:
-    """What planners and reports need to know of the task: the control step and where the
-    forward coordinate sits in the state."""
+    """What planners, collectors and reports need to know of the task.
+
+    Attributes:
+        dt: control step in seconds.
+        goal_fn: returns the current planar goal ``(2,)``.
+        progress_eps: the epsilon of eq. (33), metres.
+        x_index: where the forward coordinate sits in the state.
+    """
 
     dt: float
+    goal_fn: object = None
+    progress_eps: float = 0.1
     x_index: int = 0
+
+    @staticmethod
+    def is_healthy(state: np.ndarray) -> bool:
+        """Not fallen: trunk at least 0.15 m high and tilted less than 60 degrees."""
+        x, y = state[4], state[5]
+        return bool(state[2] >= 0.15 and 1.0 - 2.0 * (x * x + y * y) >= 0.5)
+
+    def reward(self, state: np.ndarray, action: np.ndarray, next_state: np.ndarray) -> float:
+        """Eq. (35) toward the current goal (labels collected transitions)."""
+        return progress_reward(state[:2], next_state[:2], self.goal_fn(), self.progress_eps)
 
 
 class Go1WalkEnv(gym.Env):
@@ -60,7 +78,7 @@ class Go1WalkEnv(gym.Env):
         self.goal_index = 0
         self.name = "go1"
         self.nq, self.nv, self.nu = self.model.nq, self.model.nv, self.model.nu
-        self.task = Go1Task(dt=self.dt)
+        self.task = Go1Task(dt=self.dt, goal_fn=lambda: self.goal, progress_eps=progress_eps)
         #: what "doing nothing" means for a position-controlled robot: hold the standing pose
         self.neutral_action = HOME_JOINTS.copy()
 
@@ -95,9 +113,7 @@ class Go1WalkEnv(gym.Env):
 
     def fallen(self) -> bool:
         """Trunk below 0.15 m, or its up axis more than 60 degrees from vertical."""
-        w, x, y, _ = self.data.qpos[3:7]
-        up_z = 1.0 - 2.0 * (x * x + y * y)
-        return bool(self.data.qpos[2] < 0.15 or up_z < 0.5)
+        return not Go1Task.is_healthy(self.state)
 
     def step(self, action):
         a = np.asarray(action, dtype=np.float64)

@@ -78,11 +78,7 @@ def cmd_collect(args) -> int:
     from ws_sim.dataset import write_dataset
     from ws_sim.envs import make_env
 
-    env = make_env(args.env)
-    if env.name not in ("hopper", "walker2d"):
-        from ws_mppi.config import ConfigError
-
-        raise ConfigError(f"ws collect supports hopper and walker2d so far, not {env.name!r}")
+    env = make_env(args.env, max_episode_steps=args.max_steps)
     nthread = _set_threads(args.threads)
     ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
                          val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,

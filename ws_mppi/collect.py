@@ -54,8 +54,7 @@ def _segments_from_plan(env: StateEnv, state: np.ndarray, actions: np.ndarray, s
         healthy = np.array([task.is_healthy(s) for s in nxt])
         fall = np.flatnonzero(~healthy)
         n = int(fall[0]) + 1 if fall.size else len(nxt)
-        rew = (task.forward_reward_weight * (nxt[:n, task.x_index] - obs[:n, task.x_index]) / task.dt
-               + task.healthy_reward * healthy[:n] - task.ctrl_cost_weight * np.square(act[:n]).sum(-1))
+        rew = np.array([task.reward(s, a, s2) for s, a, s2 in zip(obs[:n], act[:n], nxt[:n])])
         term = np.zeros(n, bool)
         tout = np.zeros(n, bool)
         if fall.size:
