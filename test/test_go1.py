@@ -212,3 +212,22 @@ def test_collect_go1_segments_are_labelled_with_progress(tmp_path):
     assert ds.env == "go1" and ds.observations.shape[1] == 37 and len(ds) > 0
     progress = ds.next_observations[:, 0] - ds.observations[:, 0]  # goal ahead along +x
     np.testing.assert_allclose(ds.rewards, progress, atol=1e-4)
+
+
+def test_ws_films_go1_without_mujoco_gl_in_the_environment(tmp_path):
+    """Regression: mujoco picks its GL backend at import; `ws` must set osmesa before that."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "ws_cli.main", "mppi", "run", "--env", "go1", "--compare", "",
+                           "--episodes", "1", "--max-steps", "20", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "video" in report, proc.stderr[-2000:]
+    # the default Go1 dynamics is the shipped learned model, and it walks forward
+    (name, ctrl), = report["controllers"].items()
+    assert name == "learned (go1_mlp_ensemble.pt)" and ctrl["episodes_detail"][0]["forward_distance_m"] > 0.05
