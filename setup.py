@@ -41,6 +41,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
+        "bench": ["pytorch-mppi==0.9.1"],
     },
     entry_points={
         "console_scripts": [
