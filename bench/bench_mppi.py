@@ -1,10 +1,11 @@
-"""Benchmark: one MPPI iteration (sample, roll out, weigh, update) on Hopper, oracle vs learned.
+"""Benchmark: one MPPI iteration (sample, roll out, weigh, update), oracle vs learned dynamics.
 
 Prints one JSON object: per dynamics the median / p90 / p99 latency of ``MPPI.plan`` in
 milliseconds at the default settings (or --horizon/--samples), and the learned/oracle ratio
 measured in the same run. Not a test: nothing is asserted.
 
     .venv/bin/python bench/bench_mppi.py [--iters 100] [--threads 2]
+    .venv/bin/python bench/bench_mppi.py --env go1 --sweep 32,64,128:10,15,30 --iters 20
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch and oracle threads (default: all CPUs)")
+    p.add_argument("--sweep", default="", help="grid 'K1,K2,...:H1,H2,...' of samples and horizons (issue 4)")
     args = p.parse_args()
     nthread = args.threads or os.cpu_count() or 1
     torch.set_num_threads(nthread)
@@ -57,6 +59,20 @@ def main() -> None:
         cfg.mppi.horizon = args.horizon
     if args.samples:
         cfg.mppi.samples = args.samples
+    if args.sweep:
+        ks, hs = ([int(v) for v in part.split(",")] for part in args.sweep.split(":"))
+        grid = []
+        for k in ks:
+            for h in hs:
+                cfg.mppi.samples, cfg.mppi.horizon = k, h
+                row = {"samples": k, "horizon": h}
+                for name in ("oracle", args.dynamics):
+                    r = bench(name, env, cfg, args.iters, args.warmup, nthread)
+                    row["oracle" if name == "oracle" else "learned"] = {"median_ms": r["median_ms"], "p99_ms": r["p99_ms"]}
+                grid.append(row)
+        print(json.dumps({"benchmark": "mppi_cycle_vs_samples_horizon", "env": args.env, "threads": nthread,
+                          "learned": args.dynamics, "grid": grid}, indent=2))
+        return
     oracle = bench("oracle", env, cfg, args.iters, args.warmup, nthread)
     learned = bench(args.dynamics, env, cfg, args.iters, args.warmup, nthread)
     print(json.dumps({
