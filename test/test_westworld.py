@@ -84,8 +84,6 @@ def test_mixed_dimensionality_batches_are_exact_under_padding():
     small = _batch(b=1, cs=12, ca=3, seed=1)
     big = _batch(b=1, cs=18, ca=6, seed=2)
     alone = model.predict(small)
-    from ws_worldmodel.data import SystemData as _SD  # noqa: F401  (collate is exercised below)
-
     b = 2
     states = torch.zeros(b, 12, 18)
     actions = torch.zeros(b, 12, 6)

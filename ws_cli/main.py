@@ -135,12 +135,40 @@ def cmd_corpus_build(args) -> int:
     return 0
 
 
+def _corpus_windows(corpus: Path, names: list[str], cfg) -> tuple[list, list]:
+    """Train/validation windows of each named corpus system; systems that are absent or whose
+    episodes are shorter than a window are skipped with a warning.
+
+    Raises:
+        ConfigError: no system is left.
+    """
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import load_system, make_system
+    from ws_worldmodel.pretrain import system_windows
+
+    train, val = [], []
+    for name in names:
+        if not (Path(corpus) / name).is_dir():
+            log.warning("skipping %s: not in corpus %s", name, corpus)
+            continue
+        try:
+            tr, va = system_windows(load_system(corpus, name), make_system(name).model, cfg.history + cfg.horizon,
+                                    cfg.stride, cfg.val_fraction)
+        except ValueError as e:  # episodes shorter than a window (e.g. falls under random actions)
+            log.warning("skipping %s: %s", name, e)
+            continue
+        train.append(tr)
+        val.append(va)
+    if not train:
+        raise ConfigError(f"no system of {names} has episodes of {cfg.history + cfg.horizon} steps in both splits")
+    return train, val
+
+
 def cmd_pretrain(args) -> int:
     import json
 
-    from ws_mppi.config import ConfigError
-    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, load_system, make_system
-    from ws_worldmodel.pretrain import PretrainConfig, pretrain, system_windows
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT
+    from ws_worldmodel.pretrain import PretrainConfig, pretrain
     from ws_worldmodel.tdm import TDMConfig
     from ws_worldmodel.trajworld import TrajWorldConfig
     from ws_worldmodel.westworld import WestWorldConfig
@@ -169,18 +197,7 @@ def cmd_pretrain(args) -> int:
         cls = TrajWorldConfig if args.model == "trajworld" else TDMConfig
         mcfg = cls(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, bins=args.bins,
                    mlp_hidden=args.expert_hidden)
-    train, val = [], []
-    for name in names:
-        try:
-            tr, va = system_windows(load_system(corpus, name), make_system(name).model,
-                                    cfg.history + cfg.horizon, cfg.stride, cfg.val_fraction)
-        except ValueError as e:  # episodes shorter than a window (e.g. falls under random actions)
-            log.warning("skipping %s: %s", name, e)
-            continue
-        train.append(tr)
-        val.append(va)
-    if not train:
-        raise ConfigError(f"no system of {names} has episodes of {cfg.history + cfg.horizon} steps in both splits")
+    train, val = _corpus_windows(corpus, names, cfg)
     names = [t.name for t in train]
     if mcfg is None:
         from ws_worldmodel.mlp_ensemble import PaddedMLPEnsembleConfig
@@ -278,8 +295,8 @@ def cmd_eval_routing(args) -> int:
 
 def cmd_eval_scalability(args) -> int:
     from ws_mppi.config import ConfigError
-    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, SYSTEMS, load_system, make_system
-    from ws_worldmodel.pretrain import PretrainConfig, system_windows
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, SYSTEMS
+    from ws_worldmodel.pretrain import PretrainConfig
     from ws_worldmodel.protocols import scalability
     from ws_worldmodel.trajworld import TrajWorldConfig
     from ws_worldmodel.westworld import WestWorldConfig
@@ -290,18 +307,8 @@ def cmd_eval_scalability(args) -> int:
     order = [s for s in (args.systems.split(",") if args.systems else SYSTEMS) if s and s not in held]
     cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, lr=args.lr,
                          stride=args.stride)
-    train, val = [], []
-    for name in order:
-        if not (Path(args.corpus) / name).is_dir():
-            continue
-        try:
-            tr, va = system_windows(load_system(args.corpus, name), make_system(name).model,
-                                    cfg.history + cfg.horizon, cfg.stride, cfg.val_fraction)
-        except ValueError as e:
-            log.warning("skipping %s: %s", name, e)
-            continue
-        train.append(tr)
-        val.append(va)
+    present = [n for n in order if (Path(args.corpus) / n).is_dir()]
+    train, val = _corpus_windows(Path(args.corpus), present, cfg)
     common = dict(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, bins=args.bins)
     cfgs = {"westworld": WestWorldConfig(**common, expert_hidden=args.expert_hidden),
             "trajworld": TrajWorldConfig(**common, mlp_hidden=args.expert_hidden)}
@@ -320,10 +327,9 @@ def cmd_eval_ablation(args) -> int:
     import json
     import tempfile
 
-    from ws_mppi.config import ConfigError
     from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, load_system, make_system
     from ws_worldmodel.checkpoint import load_checkpoint
-    from ws_worldmodel.pretrain import PretrainConfig, pretrain, system_windows
+    from ws_worldmodel.pretrain import PretrainConfig, pretrain
     from ws_worldmodel.protocols import format_table, zero_shot
     from ws_worldmodel.westworld import WestWorldConfig
 
@@ -335,18 +341,7 @@ def cmd_eval_ablation(args) -> int:
         p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
     cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, steps=args.steps,
                          lr=args.lr, eval_every=args.eval_every, stride=args.stride)
-    train, val = [], []
-    for name in names:
-        try:
-            tr, va = system_windows(load_system(corpus, name), make_system(name).model, cfg.history + cfg.horizon,
-                                    cfg.stride, cfg.val_fraction)
-        except ValueError as e:
-            log.warning("skipping %s: %s", name, e)
-            continue
-        train.append(tr)
-        val.append(va)
-    if not train:
-        raise ConfigError(f"no system of {names} has episodes of {cfg.history + cfg.horizon} steps")
+    train, val = _corpus_windows(corpus, names, cfg)
     full = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
                            expert_hidden=args.expert_hidden, bins=args.bins)
     variants = {"WestWorld": full, "w/o Sys-MoE": dataclasses.replace(full, use_moe=False),
