@@ -392,6 +392,35 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
+def _add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: float, eval_every: int | None,
+                       stride: int = 10, patience: bool = True) -> None:
+    """Window, optimisation and run options shared by pretraining and the protocols."""
+    p.add_argument("--history", type=int, default=50, help="observed steps Th")
+    p.add_argument("--horizon", type=int, default=100, help="predicted steps H")
+    p.add_argument("--stride", type=int, default=stride, help="step between window starts")
+    if steps is not None:
+        p.add_argument("--steps", type=int, default=steps, help="optimiser steps at most")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP ranks)")
+    p.add_argument("--lr", type=float, default=lr)
+    if eval_every is not None:
+        p.add_argument("--eval-every", type=int, default=eval_every, help="steps between validations")
+    if patience:
+        p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_net_args(p: argparse.ArgumentParser, experts: bool = True) -> None:
+    """Network size options (WestWorld's; the baselines use the shared ones)."""
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--blocks", type=int, default=2)
+    if experts:
+        p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--expert-hidden", type=int, default=128, help="MLP hidden width (WestWorld: per expert)")
+    p.add_argument("--bins", type=int, default=64)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ws_sim.envs import ENVIRONMENTS
 
@@ -476,25 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--corpus", type=Path, required=True, help="corpus directory from ws corpus build")
     pt.add_argument("--systems", default="", help="comma-separated systems (default: all but the held-out ones)")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint path")
-    pt.add_argument("--history", type=int, default=50, help="observed steps Th")
-    pt.add_argument("--horizon", type=int, default=100, help="predicted steps H")
-    pt.add_argument("--stride", type=int, default=10, help="step between window starts")
-    pt.add_argument("--steps", type=int, default=2000)
-    pt.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP ranks)")
-    pt.add_argument("--lr", type=float, default=3e-4)
-    pt.add_argument("--eval-every", type=int, default=200)
-    pt.add_argument("--patience", type=int, default=5, help="evaluations without improvement before stopping")
-    pt.add_argument("--d-model", type=int, default=64)
-    pt.add_argument("--heads", type=int, default=4)
-    pt.add_argument("--blocks", type=int, default=2)
-    pt.add_argument("--experts", type=int, default=4)
-    pt.add_argument("--expert-hidden", type=int, default=128, help="MLP hidden width (WestWorld: per expert)")
-    pt.add_argument("--bins", type=int, default=64)
+    _add_training_args(pt, steps=2000, lr=3e-4, eval_every=200)
+    _add_net_args(pt)
     pt.add_argument("--no-moe", action="store_true", help="ablation: dense SSM block of comparable size")
     pt.add_argument("--no-structure", action="store_true", help="ablation: no structural embedding")
     pt.add_argument("--resume", action="store_true", help="continue from OUT.state")
-    pt.add_argument("--threads", type=int, default=None)
-    pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("eval", help="world-model evaluation protocols (seed 003)",
@@ -530,19 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--train-episodes", default="10", help="comma-separated fine-tuning set sizes (a curve)")
     fs.add_argument("--val-episodes", type=int, default=5)
     fs.add_argument("--test-episodes", type=int, default=5)
-    fs.add_argument("--history", type=int, default=50)
-    fs.add_argument("--horizon", type=int, default=100)
-    fs.add_argument("--stride", type=int, default=10)
-    fs.add_argument("--steps", type=int, default=500, help="fine-tuning steps at most")
-    fs.add_argument("--batch-size", type=int, default=16)
-    fs.add_argument("--lr", type=float, default=1e-4)
-    fs.add_argument("--eval-every", type=int, default=50)
-    fs.add_argument("--patience", type=int, default=5)
+    _add_training_args(fs, steps=500, lr=1e-4, eval_every=50)
     fs.add_argument("--peft-blocks", type=int, default=None,
                     help="Table 11: fine-tune only the last K Sys-MoE blocks, the queries and the head")
     fs.add_argument("--out", type=Path, required=True)
-    fs.add_argument("--threads", type=int, default=None)
-    fs.add_argument("--seed", type=int, default=0)
     fs.set_defaults(func=cmd_eval_few_shot)
 
     ro = esub.add_parser("routing", help="Fig. 4: mean Sys-MoE routing weights per system",
@@ -565,19 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--ns", default="1,2,5,10,20", help="environment counts N")
     sc.add_argument("--systems", default="", help="environment order (default: the corpus order of SYSTEMS)")
     sc.add_argument("--steps-per-env", type=int, default=200, help="optimiser steps per environment")
-    sc.add_argument("--history", type=int, default=50)
-    sc.add_argument("--horizon", type=int, default=100)
-    sc.add_argument("--stride", type=int, default=10)
-    sc.add_argument("--batch-size", type=int, default=16)
-    sc.add_argument("--lr", type=float, default=3e-4)
-    sc.add_argument("--d-model", type=int, default=64)
-    sc.add_argument("--heads", type=int, default=4)
-    sc.add_argument("--blocks", type=int, default=2)
-    sc.add_argument("--expert-hidden", type=int, default=128)
-    sc.add_argument("--bins", type=int, default=64)
+    _add_training_args(sc, steps=None, lr=3e-4, eval_every=None, patience=False)
+    _add_net_args(sc, experts=False)
     sc.add_argument("--out", type=Path, required=True)
-    sc.add_argument("--threads", type=int, default=None)
-    sc.add_argument("--seed", type=int, default=0)
     sc.set_defaults(func=cmd_eval_scalability)
 
     ab = esub.add_parser("ablation", help="Table 4: WestWorld without Sys-MoE / without the structural embedding",
@@ -589,22 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--corpus", type=Path, required=True)
     ab.add_argument("--systems", default="", help="pretraining systems (default: all but the held-out ones)")
     ab.add_argument("--eval-systems", default="", help="zero-shot systems (default: gym-hopper,gym-walker2d)")
-    ab.add_argument("--steps", type=int, default=2000)
-    ab.add_argument("--history", type=int, default=50)
-    ab.add_argument("--horizon", type=int, default=100)
-    ab.add_argument("--stride", type=int, default=10)
-    ab.add_argument("--batch-size", type=int, default=16)
-    ab.add_argument("--lr", type=float, default=3e-4)
-    ab.add_argument("--eval-every", type=int, default=200)
-    ab.add_argument("--d-model", type=int, default=64)
-    ab.add_argument("--heads", type=int, default=4)
-    ab.add_argument("--blocks", type=int, default=2)
-    ab.add_argument("--experts", type=int, default=4)
-    ab.add_argument("--expert-hidden", type=int, default=128)
-    ab.add_argument("--bins", type=int, default=64)
+    _add_training_args(ab, steps=2000, lr=3e-4, eval_every=200, patience=False)
+    _add_net_args(ab)
     ab.add_argument("--out", type=Path, required=True)
-    ab.add_argument("--threads", type=int, default=None)
-    ab.add_argument("--seed", type=int, default=0)
     ab.set_defaults(func=cmd_eval_ablation)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")

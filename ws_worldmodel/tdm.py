@@ -30,7 +30,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .trajworld import CachedSelfAttention, TrajWorldConfig, _mlp
+from .trajworld import CachedSelfAttention, TrajWorldConfig, _mlp, add_token_layers
 from .westworld import TrajectoryBatch, hl_gauss, sinusoidal, soft_cross_entropy
 
 __all__ = ["TDMConfig", "TDM"]
@@ -71,15 +71,8 @@ class TDM(nn.Module):
     def __init__(self, cfg: TDMConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or TDMConfig()
-        d = cfg.d_model
-        self.value_proj = nn.Linear(cfg.bins, d)
-        self.time_proj = nn.Linear(d, d)
-        self.chan_proj = nn.Linear(d, d)
-        self.modality = nn.Embedding(2, d)
+        add_token_layers(self, cfg)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_blocks))
-        self.ln_out = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.bins)
-        self.register_buffer("bin_centers", (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins)
         self.name = "tdm"
 
     # ----------------------------------------------------------------- layout

@@ -63,6 +63,21 @@ class TrajWorldConfig:
             raise ValueError(f"d_model ({self.d_model}) must be even and divisible by n_heads ({self.n_heads})")
 
 
+def add_token_layers(module: nn.Module, cfg) -> None:
+    """Give a discretised trajectory model its token embedding and output layers: the value
+    projection of HL-Gauss labels, projected sinusoidal timestep and channel encodings, a
+    state/action modality embedding, the output norm, the ``bins``-logit head and the bin
+    centres used for decoding (shared by TrajWorld and TDM)."""
+    d = cfg.d_model
+    module.value_proj = nn.Linear(cfg.bins, d)
+    module.time_proj = nn.Linear(d, d)
+    module.chan_proj = nn.Linear(d, d)
+    module.modality = nn.Embedding(2, d)
+    module.ln_out = nn.LayerNorm(d)
+    module.head = nn.Linear(d, cfg.bins)
+    module.register_buffer("bin_centers", (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins)
+
+
 class CachedSelfAttention(nn.Module):
     """Multi-head self-attention over ``(N, L, d)`` with an optional key/value cache.
 
@@ -143,15 +158,8 @@ class TrajWorld(nn.Module):
     def __init__(self, cfg: TrajWorldConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or TrajWorldConfig()
-        d = cfg.d_model
-        self.value_proj = nn.Linear(cfg.bins, d)
-        self.time_proj = nn.Linear(d, d)
-        self.chan_proj = nn.Linear(d, d)
-        self.modality = nn.Embedding(2, d)
+        add_token_layers(self, cfg)
         self.blocks = nn.ModuleList(TemporalVariateBlock(cfg) for _ in range(cfg.n_blocks))
-        self.ln_out = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.bins)
-        self.register_buffer("bin_centers", (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins)
         self.name = "trajworld"
 
     def _embed(self, values: torch.Tensor, steps: torch.Tensor, modality: int) -> torch.Tensor:
