@@ -6,6 +6,11 @@ measured in the same run. Not a test: nothing is asserted.
 
     .venv/bin/python bench/bench_mppi.py [--iters 100] [--threads 2]
     .venv/bin/python bench/bench_mppi.py --env go1 --sweep 32,64,128:10,15,30 --iters 20
+    .venv/bin/python bench/bench_mppi.py --env go1 --sweep 32:10,15 --dynamics default,westworld=ww.pt
+
+``--dynamics`` takes comma-separated checkpoints, each optionally ``LABEL=PATH``; oracle
+MPPI is always measured beside them. A trajectory world model (WestWorld, TrajWorld, TDM)
+plans from a history of repeated current states here, which costs the same as a real one.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ def bench(dynamics: str, env, cfg, iters: int, warmup: int, nthread: int) -> dic
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="hopper")
-    p.add_argument("--dynamics", default="default", help="learned checkpoint ('default': the shipped one)")
+    p.add_argument("--dynamics", default="default",
+                   help="comma-separated learned checkpoints, LABEL=PATH or PATH ('default': the shipped one)")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--horizon", type=int, default=None)
@@ -59,6 +65,10 @@ def main() -> None:
         cfg.mppi.horizon = args.horizon
     if args.samples:
         cfg.mppi.samples = args.samples
+    learned = {}
+    for spec in (s for s in args.dynamics.split(",") if s):
+        label, _, path = spec.rpartition("=")
+        learned[label or ("learned" if path == "default" else os.path.basename(path))] = path
     if args.sweep:
         ks, hs = ([int(v) for v in part.split(",")] for part in args.sweep.split(":"))
         grid = []
@@ -66,20 +76,20 @@ def main() -> None:
             for h in hs:
                 cfg.mppi.samples, cfg.mppi.horizon = k, h
                 row = {"samples": k, "horizon": h}
-                for name in ("oracle", args.dynamics):
-                    r = bench(name, env, cfg, args.iters, args.warmup, nthread)
-                    row["oracle" if name == "oracle" else "learned"] = {"median_ms": r["median_ms"], "p99_ms": r["p99_ms"]}
+                for label, path in {"oracle": "oracle", **learned}.items():
+                    r = bench(path, env, cfg, args.iters, args.warmup, nthread)
+                    row[label] = {"median_ms": r["median_ms"], "p99_ms": r["p99_ms"]}
                 grid.append(row)
         print(json.dumps({"benchmark": "mppi_cycle_vs_samples_horizon", "env": args.env, "threads": nthread,
-                          "learned": args.dynamics, "grid": grid}, indent=2))
+                          "dynamics": learned, "grid": grid}, indent=2))
         return
     oracle = bench("oracle", env, cfg, args.iters, args.warmup, nthread)
-    learned = bench(args.dynamics, env, cfg, args.iters, args.warmup, nthread)
+    res = {label: bench(path, env, cfg, args.iters, args.warmup, nthread) for label, path in learned.items()}
     print(json.dumps({
         "benchmark": "mppi_iteration", "env": args.env, "horizon": cfg.mppi.horizon, "samples": cfg.mppi.samples,
         "threads": nthread, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "oracle": oracle, "learned_mlp_ensemble": learned,
-        "learned_over_oracle_median": round(learned["median_ms"] / oracle["median_ms"], 3),
+        "oracle": oracle, **res,
+        **{f"{label}_over_oracle_median": round(r["median_ms"] / oracle["median_ms"], 3) for label, r in res.items()},
     }, indent=2))
 
 

@@ -50,6 +50,26 @@ def test_collected_segments_are_oracle_consistent(small_datasets, hopper_env):
     assert val.attrs["collect"]["keep_val"] == 0.3
 
 
+def test_history_prefix_segments_are_executed_history_then_rollout(hopper_env, small_controller_config):
+    """With history Th, a segment is the last Th executed steps, then a sampled rollout: one
+    continuous MuJoCo trajectory (what a trajectory world model plans from)."""
+    from ws_mppi.collect import CollectConfig, collect
+    from ws_sim.oracle import MuJoCoOracle
+
+    th = 5
+    _, val, _ = collect(hopper_env, CollectConfig(train_episodes=1, full_episodes=0, val_episodes=1, max_steps=20,
+                                                  seed=3, history=th), small_controller_config, nthread=2)
+    h = small_controller_config.mppi.horizon
+    lengths = [len(s["actions"]) for s in val.segments()]
+    assert max(lengths) == th + h and min(lengths) <= h  # early steps have a shorter prefix
+    seg = next(s for s in val.segments() if len(s["actions"]) == th + h)
+    oracle = MuJoCoOracle(hopper_env.model, hopper_env.frame_skip, nthread=1)
+    pred = oracle.rollout(seg["observations"][0], seg["actions"][None])
+    np.testing.assert_allclose(pred[0], seg["observations"][1:], atol=1e-4)
+    with pytest.raises(ValueError, match="history"):
+        collect(hopper_env, CollectConfig(history=-1), small_controller_config)
+
+
 def test_plain_d4rl_file_loads_with_given_channels(tmp_path, small_datasets):
     """A D4RL file: consecutive steps, no next_observations, no WorldScape metadata."""
     _, val = small_datasets

@@ -82,7 +82,7 @@ def cmd_collect(args) -> int:
     nthread = _set_threads(args.threads)
     ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
                          val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,
-                         max_steps=args.max_steps, seed=args.seed)
+                         max_steps=args.max_steps, seed=args.seed, history=args.history)
     train, val, stats = collect(env, ccfg, _controller_config(args), nthread=nthread)
     suffix = ".hdf5" if args.format == "hdf5" else ""
     out = Path(args.out)
@@ -189,7 +189,8 @@ def cmd_pretrain(args) -> int:
                          lr=args.lr, eval_every=args.eval_every, stride=args.stride, patience=args.patience)
     if args.model == "westworld":
         mcfg = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
-                               expert_hidden=args.expert_hidden, bins=args.bins, use_moe=not args.no_moe,
+                               expert_hidden=args.expert_hidden, bins=args.bins, d_state=args.d_state,
+                               expand=args.expand, use_moe=not args.no_moe,
                                use_structure=not args.no_structure)
     elif args.model == "mlp_ensemble":
         mcfg = None  # sized from the data below
@@ -310,7 +311,8 @@ def cmd_eval_scalability(args) -> int:
     present = [n for n in order if (Path(args.corpus) / n).is_dir()]
     train, val = _corpus_windows(Path(args.corpus), present, cfg)
     common = dict(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, bins=args.bins)
-    cfgs = {"westworld": WestWorldConfig(**common, expert_hidden=args.expert_hidden),
+    cfgs = {"westworld": WestWorldConfig(**common, expert_hidden=args.expert_hidden, d_state=args.d_state,
+                                         expand=args.expand),
             "trajworld": TrajWorldConfig(**common, mlp_hidden=args.expert_hidden)}
     ns = [int(n) for n in args.ns.split(",") if n]
     try:
@@ -343,7 +345,7 @@ def cmd_eval_ablation(args) -> int:
                          lr=args.lr, eval_every=args.eval_every, stride=args.stride)
     train, val = _corpus_windows(corpus, names, cfg)
     full = WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, n_experts=args.experts,
-                           expert_hidden=args.expert_hidden, bins=args.bins)
+                           expert_hidden=args.expert_hidden, bins=args.bins, d_state=args.d_state, expand=args.expand)
     variants = {"WestWorld": full, "w/o Sys-MoE": dataclasses.replace(full, use_moe=False),
                 "w/o structure": dataclasses.replace(full, use_structure=False)}
     eval_systems = [s for s in (args.eval_systems or ",".join(HELD_OUT_ZERO_SHOT)).split(",") if s]
@@ -362,6 +364,53 @@ def cmd_eval_ablation(args) -> int:
     (Path(args.out) / "ablation.md").write_text(table + "\n")
     print(table)
     print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
+    return 0
+
+
+def cmd_eval_control(args) -> int:
+    from ws_mppi.config import ConfigError
+    from ws_mppi.control_table import run_control_table
+    from ws_sim.dataset import read_dataset
+    from ws_sim.envs import make_env
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.pretrain import PretrainConfig
+
+    _headless_gl()
+    nthread = _set_threads(args.threads)
+    ccfg = _controller_config(args)
+    pretrained = {}
+    for spec in (s for s in args.pretrained.split(",") if s):
+        kind, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--pretrained entries are KIND=PATH, got {spec!r}")
+        pretrained[kind] = path
+    extra = {}
+    for spec in (s for s in args.extra.split(",") if s):
+        label, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--extra entries are LABEL=PATH, got {spec!r}")
+        extra[label] = path
+    if not pretrained and not extra:
+        raise ConfigError("nothing to evaluate: give --pretrained and/or --extra")
+    history = args.history
+    if history is None:
+        history = load_checkpoint(next(iter(pretrained.values()))).history if pretrained else 10
+    env = make_env(args.env)
+    train, val = read_dataset(args.train), read_dataset(args.val)
+    for name, ds in (("train", train), ("val", val)):
+        ds.check_matches(env.state_channels, env.action_channels, f"--{name} dataset {getattr(args, name)}")
+    tcfg = PretrainConfig(history=history, horizon=ccfg.mppi.horizon, batch_size=args.batch_size, steps=args.steps,
+                          lr=args.lr, warmup=min(100, max(1, args.steps // 10)), eval_every=args.eval_every,
+                          patience=args.patience, stride=args.stride, val_fraction=0.0)
+    try:
+        run_control_table(args.env, train, val, pretrained, args.out, tcfg, ccfg,
+                          variants=[v for v in args.variants.split(",") if v],
+                          seeds=range(args.seed, args.seed + args.episodes), max_steps=args.max_steps,
+                          extra=extra, nthread=nthread, seed=args.train_seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    print((Path(args.out) / "table3.md").read_text(), end="")
+    print(f"wrote {Path(args.out) / 'table3.md'}, table3.json and table3.png")
     return 0
 
 
@@ -419,6 +468,8 @@ def _add_net_args(p: argparse.ArgumentParser, experts: bool = True) -> None:
         p.add_argument("--experts", type=int, default=4)
     p.add_argument("--expert-hidden", type=int, default=128, help="MLP hidden width (WestWorld: per expert)")
     p.add_argument("--bins", type=int, default=64)
+    p.add_argument("--d-state", type=int, default=16, help="WestWorld: selective-SSM state size")
+    p.add_argument("--expand", type=int, default=2, help="WestWorld: selective-SSM expansion factor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-val", type=float, default=0.3, help="fraction of rollouts kept per step (val)")
     c.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
     c.add_argument("--seed", type=int, default=0, help="first episode seed (episodes use seed, seed+1, ...)")
+    c.add_argument("--history", type=int, default=0,
+                   help="prefix each kept rollout with this many executed steps (for trajectory world models "
+                        "that plan from a history: WestWorld, TrajWorld, TDM)")
     _add_controller_args(c)
     c.set_defaults(func=cmd_collect)
 
@@ -589,6 +643,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net_args(ab)
     ab.add_argument("--out", type=Path, required=True)
     ab.set_defaults(func=cmd_eval_ablation)
+
+    ct = esub.add_parser("control", help="Table 3: MPPI with each world model, pretrained and from scratch",
+                         description="Seed 003 Table 3 analogue for one environment: fine-tune each pretrained "
+                                     "checkpoint on the control dataset and train the same model from scratch, run "
+                                     "MPPI with each (and oracle MPPI, the upper bound) on the same seeds, and "
+                                     "write OUT/table3.md, table3.json and table3.png combining every environment "
+                                     "run into OUT. Trained models and episodes are cached: rerunning resumes.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ct.add_argument("--env", default="hopper", help=f"environment: {envs}")
+    ct.add_argument("--train", type=Path, required=True, help="control dataset (ws collect --history TH)")
+    ct.add_argument("--val", type=Path, required=True, help="its validation split")
+    ct.add_argument("--pretrained", default="",
+                    help="comma-separated KIND=PATH of ws pretrain checkpoints (kinds: westworld, trajworld, tdm, "
+                         "mlp_ensemble)")
+    ct.add_argument("--variants", default="pretrained,scratch", help="pretrained (fine-tuned) and/or scratch")
+    ct.add_argument("--extra", default="", help="comma-separated LABEL=PATH of checkpoints run as they are")
+    ct.add_argument("--episodes", type=int, default=5, help="episodes (seeds) per controller")
+    ct.add_argument("--seed", type=int, default=100, help="first episode seed")
+    ct.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
+    ct.add_argument("--history", type=int, default=None, help="history steps Th (default: the checkpoints')")
+    ct.add_argument("--steps", type=int, default=500, help="training steps per model")
+    ct.add_argument("--batch-size", type=int, default=16)
+    ct.add_argument("--lr", type=float, default=5e-4)
+    ct.add_argument("--eval-every", type=int, default=100, help="steps between validations")
+    ct.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
+    ct.add_argument("--stride", type=int, default=5, help="step between window starts")
+    ct.add_argument("--train-seed", type=int, default=0, help="seed of weights and batches")
+    ct.add_argument("--out", type=Path, required=True, help="table directory (shared by environments)")
+    _add_controller_args(ct)
+    ct.set_defaults(func=cmd_eval_control)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

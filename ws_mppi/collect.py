@@ -10,6 +10,13 @@ their MPPI cost and:
 Each kept rollout becomes one segment ``s_0, a_0, s_1, ..., a_{H-1}, s_H`` of the dataset,
 cut after its first unhealthy state (marked terminal), with Gymnasium rewards. The
 dataset's channel metadata carries the value ranges seen in its data.
+
+History prefix (``history > 0``): a trajectory world model plans from the executed history
+(``ws_mppi.dynamics.SequenceDynamics``), so it should also learn from windows of *executed
+history, then sampled rollout*. With ``history = Th`` every kept segment is prefixed with
+the last ``Th`` executed transitions of its episode (fewer at the start of an episode), so
+the segment reads ``s_{t-Th}, a_{t-Th}, ..., s_t`` (executed) then the rollout from ``s_t``.
+The prefix transitions are real ones; a one-step model sees them as extra data.
 """
 
 from __future__ import annotations
@@ -41,17 +48,24 @@ class CollectConfig:
     keep_val: float = 0.3
     max_steps: int = 1000
     seed: int = 0
+    history: int = 0
 
 
 def _segments_from_plan(env: StateEnv, state: np.ndarray, actions: np.ndarray, states: np.ndarray,
-                        keep: np.ndarray) -> dict[str, list[np.ndarray]]:
+                        keep: np.ndarray, past_states: list | None = None,
+                        past_actions: list | None = None) -> dict[str, list[np.ndarray]]:
+    """Kept rollouts as segments, each after the executed ``past_states``/``past_actions``
+    (``past_states[i]`` is the state ``past_actions[i]`` was executed in; the last leads to ``state``)."""
     task = env.task
     out = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
+    ps = np.asarray(past_states if past_states else np.zeros((0, state.size)), dtype=np.float64)
+    pa = np.asarray(past_actions if past_actions else np.zeros((0, actions.shape[2])), dtype=np.float64)
     for k in keep:
-        nxt = states[k]
-        obs = np.concatenate([state[None], nxt[:-1]])
-        act = actions[k]
+        nxt = np.concatenate([ps[1:], state[None], states[k]]) if len(ps) else states[k]
+        obs = np.concatenate([ps, state[None], states[k][:-1]])
+        act = np.concatenate([pa, actions[k]])
         healthy = np.array([task.is_healthy(s) for s in nxt])
+        healthy[:len(ps)] = True  # the executed prefix led to the healthy state planned from
         fall = np.flatnonzero(~healthy)
         n = int(fall[0]) + 1 if fall.size else len(nxt)
         rew = np.array([task.reward(s, a, s2) for s, a, s2 in zip(obs[:n], act[:n], nxt[:n])])
@@ -66,7 +80,8 @@ def _segments_from_plan(env: StateEnv, state: np.ndarray, actions: np.ndarray, s
     return out
 
 
-def _run(env: StateEnv, controller, seeds: list[int], keep_frac: float, max_steps: int, desc: str):
+def _run(env: StateEnv, controller, seeds: list[int], keep_frac: float, max_steps: int, desc: str,
+         history: int = 0):
     parts = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
     returns = []
     bar = tqdm(total=len(seeds) * max_steps, desc=desc, unit="step", leave=False)
@@ -74,6 +89,7 @@ def _run(env: StateEnv, controller, seeds: list[int], keep_frac: float, max_step
         state, _ = env.reset(seed=seed)
         controller.reset(seed)
         ret = 0.0
+        past_s, past_a = [], []
         for t in range(max_steps):
             action = controller.plan(state, t)
             res = controller.last
@@ -81,9 +97,13 @@ def _run(env: StateEnv, controller, seeds: list[int], keep_frac: float, max_step
             nkeep = kcount if keep_frac >= 1 else max(1, math.ceil(keep_frac * kcount))
             order = np.argsort(res.costs.numpy(), kind="stable")[:nkeep]
             seg = _segments_from_plan(env, state, res.actions.numpy().astype(np.float64),
-                                      res.states.numpy().astype(np.float64), order)
+                                      res.states.numpy().astype(np.float64), order, past_s, past_a)
             for k in parts:
                 parts[k].extend(seg[k])
+            if history:
+                past_s.append(state)
+                past_a.append(np.asarray(action, dtype=np.float64))
+                del past_s[:-history], past_a[:-history]
             state, reward, terminated, truncated, _ = env.step(action)
             ret += reward
             bar.update(1)
@@ -123,6 +143,8 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
     """
     if not (0 < config.keep_train <= 1 and 0 < config.keep_val <= 1):
         raise ValueError("keep_train and keep_val must be fractions in (0, 1]")
+    if config.history < 0:
+        raise ValueError(f"history must be >= 0, got {config.history}")
     if config.train_episodes + config.full_episodes < 1 or config.val_episodes < 1:
         raise ValueError("need at least one training and one validation episode")
     ctrl = make_controller(env, "oracle", controller_config, seed=config.seed, nthread=nthread)
@@ -131,9 +153,10 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
     full_seeds = list(range(s0 + n_tr, s0 + n_tr + n_full))
     val_seeds = list(range(s0 + n_tr + n_full, s0 + n_tr + n_full + config.val_episodes))
     try:
-        tr, r1 = _run(env, ctrl, train_seeds, config.keep_train, config.max_steps, "collect train")
-        fu, r2 = _run(env, ctrl, full_seeds, 1.0, config.max_steps, "collect all-samples")
-        va, r3 = _run(env, ctrl, val_seeds, config.keep_val, config.max_steps, "collect val")
+        h = config.history
+        tr, r1 = _run(env, ctrl, train_seeds, config.keep_train, config.max_steps, "collect train", h)
+        fu, r2 = _run(env, ctrl, full_seeds, 1.0, config.max_steps, "collect all-samples", h)
+        va, r3 = _run(env, ctrl, val_seeds, config.keep_val, config.max_steps, "collect val", h)
     finally:
         ctrl.close()
     for k in tr:

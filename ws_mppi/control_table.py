@@ -1,0 +1,242 @@
+"""Seed 003's Table 3 analogue: MPPI with each learned world model, pretrained and from scratch.
+
+For one environment (``hopper``, ``walker2d`` or ``go1``) and its control dataset (App. C.5,
+``ws collect --history Th``, so that windows hold executed history and then a sampled
+rollout), every model kind is trained twice on the same windows, with the same steps and
+learning rate:
+
+* ``pretrained``: fine-tuned from its corpus-pretrained checkpoint (``ws pretrain``);
+* ``scratch``: the same configuration from random weights.
+
+The model's prediction horizon is the MPPI horizon. MPPI, with the environment's default
+settings, then runs with each model on the same episode seeds, beside oracle MPPI (the
+upper bound) and any extra checkpoints (e.g. the shipped per-system MLPEnsemble). The
+score is the accumulated reward (Hopper, Walker2d: Gymnasium's; Go1: the goal-directed
+progress of eq. 36), mean ± std over seeds.
+
+Everything is cached in the output directory, so an interrupted run resumes: trained
+models in ``<env>/models/<kind>-<variant>.pt`` and every episode in
+``<env>/episodes/<controller>-seed<N>.json``. After each environment, ``table3.md``,
+``table3.json`` and ``table3.png`` are rebuilt from every environment present under the
+output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import ControllerConfig
+from .report import write_json_atomic
+from .runner import make_controller, run_episode
+
+__all__ = ["VARIANTS", "train_variant", "run_control_table", "render_table"]
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("pretrained", "scratch")
+ORACLE = "oracle"
+
+
+def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cfg, out: Path, seed: int = 0,
+                  progress: bool = True) -> dict:
+    """Train one model on a control dataset, from the pretrained weights or from scratch.
+
+    Args:
+        pretrained: a ``TrajectoryWorldModel`` from ``ws pretrain``; its kind and network
+            configuration are used for both variants.
+        variant: ``"pretrained"`` (fine-tune its weights) or ``"scratch"`` (random weights).
+        train_ds, val_ds: the control dataset's splits (``ws_sim.dataset.TrajectoryDataset``).
+        mj_model: the environment's ``MjModel`` (kinematic structure).
+        train_cfg: a ``ws_worldmodel.pretrain.PretrainConfig``; ``history + horizon`` is the
+            window length.
+        out: checkpoint path (written atomically, best validation loss).
+        seed: weights and batch stream.
+
+    Returns:
+        the training history of ``ws_worldmodel.pretrain.pretrain``.
+
+    Raises:
+        ValueError: unknown variant, windows too long for the dataset's segments, or a padded
+            MLPEnsemble too small for the environment.
+    """
+    from ws_worldmodel.pretrain import pretrain, windows_from_splits
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    length = train_cfg.history + train_cfg.horizon
+    try:
+        train_w, val_w = windows_from_splits(train_ds, [val_ds], mj_model, length, train_cfg.stride)
+    except ValueError as e:
+        raise ValueError(f"{e}: collect the control dataset with 'ws collect --history {train_cfg.history}' "
+                         f"(windows are {train_cfg.history} history + {train_cfg.horizon} predicted steps)") from e
+    cfg = pretrained.net.cfg
+    if pretrained.kind == "padded_mlp_ensemble" and (cfg.max_state_dim < train_w.states.shape[2]
+                                                     or cfg.max_action_dim < train_w.actions.shape[2]):
+        raise ValueError(f"the padded MLPEnsemble takes {cfg.max_state_dim} state / {cfg.max_action_dim} action "
+                         f"channels; {train_ds.env} has {train_w.states.shape[2]} / {train_w.actions.shape[2]} "
+                         "(pretrain it with larger --max-state-dim / --max-action-dim)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return pretrain([train_w], [val_w], dataclasses.replace(cfg), train_cfg, out, seed=seed, progress=progress,
+                    device="cpu", init_from=pretrained if variant == "pretrained" else None)
+
+
+def _episode(env, spec: str, config: ControllerConfig, seed: int, nthread: int | None, bar) -> dict:
+    ctrl = make_controller(env, spec, config, seed=seed, nthread=nthread)
+    try:
+        res = run_episode(env, ctrl, seed, progress=bar)
+    finally:
+        ctrl.close()
+    return {**res.summary(), "rewards": [round(r, 5) for r in res.rewards]}
+
+
+def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str], out_dir: str | Path,
+                      train_cfg, controller_cfg: ControllerConfig, variants: Sequence[str] = VARIANTS,
+                      seeds: Sequence[int] = range(100, 105), max_steps: int = 1000,
+                      extra: dict[str, str] | None = None, nthread: int | None = None, seed: int = 0,
+                      printer=tqdm.write) -> dict:
+    """Train every model variant, run MPPI with each over ``seeds``, and write the table.
+
+    Args:
+        env_name: ``hopper``, ``walker2d`` or ``go1``.
+        train_ds, val_ds: the control dataset (``ws collect --history``).
+        pretrained: model kind -> pretrained checkpoint path.
+        out_dir: output directory (``<out_dir>/<env_name>/...`` and the combined table).
+        train_cfg: ``PretrainConfig``; its ``horizon`` must be at least the MPPI horizon.
+        controller_cfg: MPPI and cost settings.
+        variants: subset of ``("pretrained", "scratch")``.
+        seeds: episode reset seeds (the planner's noise uses the same seed).
+        max_steps: episode step limit.
+        extra: label -> checkpoint of further learned models run as they are.
+        nthread: oracle rollout threads.
+        seed: training seed.
+
+    Returns:
+        ``{controller: {"reward_mean", "reward_std", "episodes": [...], ...}}`` for this environment.
+
+    Raises:
+        ValueError: the model horizon is shorter than the MPPI horizon, or an unknown variant.
+    """
+    from ws_sim.envs import make_env
+    from ws_worldmodel.checkpoint import load_checkpoint
+
+    if train_cfg.horizon < controller_cfg.mppi.horizon:
+        raise ValueError(f"models predict {train_cfg.horizon} steps but MPPI plans {controller_cfg.mppi.horizon}")
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
+    root = Path(out_dir)
+    env_dir = root / env_name
+    (env_dir / "episodes").mkdir(parents=True, exist_ok=True)
+    env = make_env(env_name, max_episode_steps=max_steps)
+    controllers: dict[str, str] = {ORACLE: ORACLE}
+    for kind, path in pretrained.items():
+        base = load_checkpoint(path)
+        if not hasattr(base, "systems"):
+            raise ValueError(f"{path} is not a trajectory world model from 'ws pretrain'")
+        for variant in variants:
+            ckpt = env_dir / "models" / f"{kind}-{variant}.pt"
+            if not ckpt.is_file():
+                printer(f"{env_name}: training {kind} ({variant}) on the control dataset -> {ckpt}")
+                hist = train_variant(base, variant, train_ds, val_ds, env.model, train_cfg, ckpt, seed=seed)
+                write_json_atomic({"kind": base.kind, "variant": variant, "pretrained_from": str(path),
+                                   "steps": hist["steps"], "best_val_loss": hist["best_val_loss"],
+                                   "evals": hist["evals"]}, ckpt.with_suffix(".json"))
+            controllers[f"{kind} ({variant})"] = str(ckpt)
+    for label, path in (extra or {}).items():
+        controllers[label] = str(path)
+    results = {}
+    bar = tqdm(total=len(controllers) * len(seeds) * max_steps, desc=f"MPPI {env_name}", unit="step")
+    for label, spec in controllers.items():
+        eps = []
+        for s in seeds:
+            f = env_dir / "episodes" / f"{_safe(label)}-seed{s}.json"
+            if f.is_file():
+                ep = json.loads(f.read_text())
+                bar.update(max_steps)
+            else:
+                ep = _episode(env, spec, controller_cfg, int(s), nthread, bar)
+                bar.update(max_steps - ep["length"])
+                write_json_atomic(ep, f)
+            eps.append(ep)
+            printer(f"  {env_name} {label:<26} seed {s:>4}  reward {ep['reward']:9.2f}  length {ep['length']:5d}"
+                    f"  planner p50 {ep['latency_ms_median']:.1f} ms")
+        r = np.array([e["reward"] for e in eps])
+        results[label] = {"checkpoint": spec, "reward_mean": float(r.mean()), "reward_std": float(r.std()),
+                          "length_mean": float(np.mean([e["length"] for e in eps])),
+                          "fell": int(sum(e["terminated"] for e in eps)),
+                          "planner_ms_median": float(np.median([e["latency_ms_median"] for e in eps])),
+                          "episodes": [{k: v for k, v in e.items() if k != "rewards"} for e in eps]}
+    bar.close()
+    env.close()
+    write_json_atomic({"env": env_name, "seeds": list(map(int, seeds)), "max_steps": max_steps,
+                       "controller": controller_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
+                       "results": results}, env_dir / "results.json")
+    render_table(root)
+    return results
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+
+
+def render_table(root: str | Path) -> str:
+    """Rebuild ``table3.md``, ``table3.json`` and ``table3.png`` from every ``<env>/results.json``
+    under ``root``; returns the markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(root)
+    per_env = {}
+    for f in sorted(root.glob("*/results.json")):
+        per_env[f.parent.name] = json.loads(f.read_text())
+    if not per_env:
+        raise FileNotFoundError(f"no */results.json under {root}")
+    envs = list(per_env)
+    rows = []
+    for e in envs:
+        for label in per_env[e]["results"]:
+            if label not in rows:
+                rows.append(label)
+    rows.sort(key=lambda r: (r != ORACLE, r))
+    seeds = {e: len(per_env[e]["seeds"]) for e in envs}
+    head = "| model | " + " | ".join(f"{e} ({seeds[e]} seeds, {per_env[e]['max_steps']} steps)" for e in envs) + " |"
+    lines = [head, "|---|" + "---|" * len(envs)]
+    for label in rows:
+        cells = []
+        for e in envs:
+            r = per_env[e]["results"].get(label)
+            cells.append("-" if r is None else f"{r['reward_mean']:.1f} ± {r['reward_std']:.1f}"
+                         + (f" ({r['fell']} fell)" if r["fell"] else ""))
+        name = "oracle MPPI (upper bound)" if label == ORACLE else label
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    md = "\n".join(lines) + "\n"
+    (root / "table3.md").write_text(md)
+    write_json_atomic({e: per_env[e] for e in envs}, root / "table3.json")
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4.2), squeeze=False)
+    for ax, e in zip(axes[0], envs):
+        res = per_env[e]["results"]
+        labels = [r for r in rows if r in res and r != ORACLE]
+        means = [res[r]["reward_mean"] for r in labels]
+        stds = [res[r]["reward_std"] for r in labels]
+        colors = ["C0" if "(pretrained)" in r else "C1" if "(scratch)" in r else "C2" for r in labels]
+        ax.barh(range(len(labels)), means, xerr=stds, color=colors, alpha=0.8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.invert_yaxis()
+        if ORACLE in res:
+            ax.axvline(res[ORACLE]["reward_mean"], color="k", ls="--", label="oracle MPPI")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("accumulated reward" + (" (eq. 36 progress, m)" if e == "go1" else ""))
+        ax.set_title(f"{e}: MPPI with learned dynamics")
+    fig.tight_layout()
+    fig.savefig(root / "table3.png", dpi=110)
+    plt.close(fig)
+    return md
