@@ -1,0 +1,115 @@
+"""The safety layer (issue 5): validation, watchdog, latched e-stop, clamping; on the Go1 MJCF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ws_mppi.safety import (CommandLimiter, InvalidState, JointLimits, Mode, SafetySupervisor, StateValidator)
+from ws_sim.go1 import HOME_JOINTS, JOINTS, TORQUE_LIMITS, load_go1
+
+
+@pytest.fixture(scope="module")
+def limits():
+    model, _ = load_go1()
+    return JointLimits.from_model(model, JOINTS)
+
+
+def test_limits_come_from_the_mjcf(limits):
+    assert limits.names == JOINTS
+    np.testing.assert_allclose(limits.torque_max, TORQUE_LIMITS)
+    np.testing.assert_allclose(limits.position_min[:3], [-0.863, -0.686, -2.818])
+    np.testing.assert_allclose(limits.kp, 80.0)
+    np.testing.assert_allclose(limits.kd, 2.0)
+    model, _ = load_go1()
+    with pytest.raises(ValueError, match="no actuator"):
+        JointLimits.from_model(model, ["FR_hip_joint", "tail_joint"])
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("nan", "non_finite"), ("inf_vel", "non_finite"), ("short", "length_mismatch"), ("unknown", "unknown_joint"),
+    ("missing", "missing_joint"), ("duplicate", "duplicate_joint"), ("range", "out_of_range"),
+    ("future", "future_stamp"), ("old", "stale")])
+def test_bad_readings_are_rejected_and_counted(limits, case, reason):
+    v = StateValidator(limits, max_age_s=0.05, max_future_s=0.01)
+    names, q, qd, stamp = list(JOINTS), HOME_JOINTS.copy(), np.zeros(12), 10.0
+    if case == "nan":
+        q[3] = np.nan
+    elif case == "inf_vel":
+        qd[0] = np.inf
+    elif case == "short":
+        q = q[:11]
+    elif case == "unknown":
+        names[0] = "FR_wheel_joint"
+    elif case == "missing":
+        names, q, qd = names[:11], q[:11], qd[:11]
+    elif case == "duplicate":
+        names[1] = names[0]
+    elif case == "range":
+        q[2] = -0.2  # knee beyond -0.888 + margin
+    elif case == "future":
+        stamp = 10.5
+    elif case == "old":
+        stamp = 9.9
+    with pytest.raises(InvalidState) as e:
+        v.check(names, q, qd, stamp, now_s=10.0)
+    assert e.value.reason == reason
+    assert v.rejected[reason] == 1 and sum(v.rejected.values()) == 1 and v.accepted == 0
+
+
+def test_valid_reading_is_reordered_to_the_model_order(limits):
+    v = StateValidator(limits)
+    rev = list(reversed(JOINTS))
+    q, qd = v.check(rev, HOME_JOINTS[::-1], np.arange(12.0)[::-1], 1.0, 1.0)
+    np.testing.assert_allclose(q, HOME_JOINTS)
+    np.testing.assert_allclose(qd, np.arange(12.0))
+    assert v.accepted == 1
+
+
+def test_commands_are_clamped_to_range_and_torque(limits):
+    lim = CommandLimiter(limits)
+    q = HOME_JOINTS.copy()
+    cmd = lim(q + 10.0, q, np.zeros(12))
+    tau = limits.kp * (cmd - q)
+    assert np.all(np.abs(tau) <= limits.torque_max + 1e-9)
+    assert np.all(cmd <= limits.position_max) and np.all(cmd >= limits.position_min)
+    np.testing.assert_allclose(lim(q), q)  # inside everything: unchanged
+    with pytest.raises(ValueError, match="non-finite"):
+        lim(np.full(12, np.nan))
+    with pytest.raises(ValueError, match="shape"):
+        lim(np.zeros(3))
+
+
+def test_watchdog_holds_with_error_and_recovers(limits):
+    sup = SafetySupervisor(limits, state_timeout_s=0.1)
+    d = sup.decide(0.0, HOME_JOINTS)
+    assert d.mode == Mode.HOLD and d.command is None and d.level == 2  # never had a state: send nothing
+    assert sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 0.0, 0.0)
+    plan = HOME_JOINTS + 0.05
+    d = sup.decide(0.05, plan)
+    assert d.mode == Mode.RUN and d.level == 0
+    np.testing.assert_allclose(d.command, plan)
+    d = sup.decide(0.2, plan)  # 0.2 s without a valid state
+    assert d.mode == Mode.HOLD and d.level == 2 and "no valid state" in d.message
+    np.testing.assert_allclose(d.command, HOME_JOINTS)  # hold the last valid position
+    bad = HOME_JOINTS.copy()
+    bad[0] = np.nan
+    assert not sup.update_state(JOINTS, bad, np.zeros(12), 0.25, 0.25)  # NaN never becomes the state
+    assert sup.decide(0.25, plan).mode == Mode.HOLD and "non_finite" in sup.decide(0.25, plan).message
+    assert sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 0.3, 0.3)
+    assert sup.decide(0.3, plan).mode == Mode.RUN
+    d = sup.decide(0.3, np.full(12, np.nan))  # a NaN plan is never sent
+    assert d.mode == Mode.HOLD and np.all(np.isfinite(d.command))
+
+
+def test_estop_is_latched_until_released(limits):
+    sup = SafetySupervisor(limits)
+    sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 0.0, 0.0)
+    sup.engage_estop("operator")
+    for t in (0.01, 0.02):
+        sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), t, t)  # fresh states do not clear it
+        d = sup.decide(t, HOME_JOINTS + 0.1)
+        assert d.mode == Mode.ESTOP and d.level == 2
+        np.testing.assert_allclose(d.command, HOME_JOINTS)
+    sup.release_estop()
+    assert sup.decide(0.02, HOME_JOINTS + 0.1).mode == Mode.RUN

@@ -1,0 +1,314 @@
+"""The controller's safety layer: state validation, watchdog, latched e-stop, command limits.
+
+Safety is the controller's job (``../shared/DESIGN.md``): a stale or malformed state never
+reaches the planner; the controller then commands a safe hold and reports ERROR; commands
+are clamped to the joint and torque limits of the MJCF; nothing non-finite is ever sent.
+This module is plain NumPy and MuJoCo so that every rule is tested without ROS; the ROS 2
+nodes (``mppi_controller``, ``go1_bridge``, ``piper_bridge``) only convert messages and call it.
+
+* :class:`JointLimits`: position range, torque limit and PD gains of each actuated joint,
+  read from an ``MjModel`` (:meth:`JointLimits.from_model`).
+* :class:`StateValidator`: a joint-state reading (names, positions, velocities, stamp) ->
+  arrays in the model's joint order, or :class:`InvalidState` with a reason code; every
+  rejection is counted by reason.
+* :class:`CommandLimiter`: clamps a position command to the joint range and to the
+  positions whose PD torque ``kp (q_cmd - q) - kd qd`` stays within the torque limit.
+* :class:`SafetySupervisor`: the decision every control tick: run the plan's command, hold
+  (no valid state for longer than ``state_timeout_s``, or a non-finite plan), or e-stop
+  (latched until :meth:`SafetySupervisor.release_estop`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["JointLimits", "InvalidState", "StateValidator", "CommandLimiter", "Mode", "Decision",
+           "SafetySupervisor", "REJECT_REASONS"]
+
+#: reason codes of :class:`InvalidState`, the keys of :attr:`StateValidator.rejected`
+REJECT_REASONS = ("non_finite", "length_mismatch", "unknown_joint", "missing_joint", "duplicate_joint",
+                  "out_of_range", "future_stamp", "stale")
+
+
+@dataclasses.dataclass(frozen=True)
+class JointLimits:
+    """Per-joint limits of the actuated joints, in the order commands are sent.
+
+    Attributes:
+        names: joint names.
+        position_min, position_max: ``(n,)`` joint range, rad (or m for slides).
+        torque_max: ``(n,)`` actuator force limit, N·m (``inf`` where unlimited).
+        kp, kd: ``(n,)`` PD gains of the position servos, N·m/rad and N·m·s/rad.
+    """
+
+    names: tuple[str, ...]
+    position_min: np.ndarray
+    position_max: np.ndarray
+    torque_max: np.ndarray
+    kp: np.ndarray
+    kd: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.names)
+        for f in ("position_min", "position_max", "torque_max", "kp", "kd"):
+            v = np.asarray(getattr(self, f), dtype=np.float64)
+            if v.shape != (n,):
+                raise ValueError(f"{f} has shape {v.shape}; expected ({n},) for joints {self.names}")
+            object.__setattr__(self, f, v)
+        if np.any(self.position_min > self.position_max):
+            raise ValueError("position_min exceeds position_max")
+
+    @classmethod
+    def from_model(cls, model, joint_names: Sequence[str] | None = None) -> "JointLimits":
+        """Limits of the joints driven by position actuators of a ``mujoco.MjModel``.
+
+        Reads each actuator's joint range (``jnt_range``; unlimited joints get ``±inf``),
+        ``actuator_forcerange`` (unlimited: ``inf``) and its PD gains (``gainprm[0]`` = kp,
+        ``-biasprm[2]`` = kd, MuJoCo's position-actuator convention).
+
+        Args:
+            model: the ``MjModel``.
+            joint_names: the order to return (default: actuator order).
+
+        Raises:
+            ValueError: a named joint has no position actuator.
+        """
+        import mujoco
+
+        by_joint = {}
+        for a in range(model.nu):
+            if model.actuator_trntype[a] != mujoco.mjtTrn.mjTRN_JOINT:
+                continue
+            j = int(model.actuator_trnid[a, 0])
+            by_joint[mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)] = (a, j)
+        names = list(joint_names) if joint_names is not None else list(by_joint)
+        missing = [n for n in names if n not in by_joint]
+        if missing:
+            raise ValueError(f"joints {missing} have no actuator in the model (actuated: {sorted(by_joint)})")
+        lo, hi, tmax, kp, kd = [], [], [], [], []
+        for n in names:
+            a, j = by_joint[n]
+            limited = bool(model.jnt_limited[j])
+            lo.append(model.jnt_range[j, 0] if limited else -np.inf)
+            hi.append(model.jnt_range[j, 1] if limited else np.inf)
+            flimited = bool(model.actuator_forcelimited[a])
+            tmax.append(max(abs(model.actuator_forcerange[a, 0]), abs(model.actuator_forcerange[a, 1]))
+                        if flimited else np.inf)
+            kp.append(model.actuator_gainprm[a, 0])
+            kd.append(-model.actuator_biasprm[a, 2])
+        return cls(tuple(names), np.array(lo), np.array(hi), np.array(tmax), np.array(kp), np.array(kd))
+
+
+class InvalidState(ValueError):
+    """A joint-state reading was rejected; ``reason`` is one of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class StateValidator:
+    """Checks joint-state readings before they reach the planner.
+
+    Args:
+        limits: the expected joints and their ranges.
+        range_margin: tolerance beyond the joint range before a position counts as out of
+            range (encoders overshoot the soft limits a little), rad.
+        max_age_s: a reading older than this (``now - stamp``) is stale.
+        max_future_s: a stamp more than this ahead of ``now`` is rejected (clock fault).
+        max_velocity: ``|qd|`` above this is rejected as a sensor fault, rad/s.
+    """
+
+    def __init__(self, limits: JointLimits, range_margin: float = 0.1, max_age_s: float = 0.1,
+                 max_future_s: float = 0.01, max_velocity: float = 100.0):
+        self.limits = limits
+        self.range_margin = float(range_margin)
+        self.max_age_s = float(max_age_s)
+        self.max_future_s = float(max_future_s)
+        self.max_velocity = float(max_velocity)
+        self._index = {n: i for i, n in enumerate(limits.names)}
+        self.rejected = {r: 0 for r in REJECT_REASONS}
+        self.accepted = 0
+
+    def _reject(self, reason: str, message: str) -> InvalidState:
+        self.rejected[reason] += 1
+        return InvalidState(reason, message)
+
+    def check(self, names: Sequence[str], position: Sequence[float], velocity: Sequence[float], stamp_s: float,
+              now_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Validate one reading; return ``(q, qd)`` in the order of ``limits.names``.
+
+        Args:
+            names: joint names of the reading, any order; extra joints are rejected.
+            position, velocity: values in the order of ``names`` (rad, rad/s).
+            stamp_s: the reading's time stamp, s; ``now_s``: the controller's clock, s.
+
+        Raises:
+            InvalidState: with its reason code (also counted in :attr:`rejected`).
+        """
+        q = np.asarray(position, dtype=np.float64)
+        qd = np.asarray(velocity, dtype=np.float64)
+        if q.ndim != 1 or len(q) != len(names) or qd.shape != q.shape:
+            raise self._reject("length_mismatch", f"{len(names)} names, {q.size} positions, {qd.size} velocities")
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd)) and np.isfinite(stamp_s)):
+            raise self._reject("non_finite", "NaN or infinite position, velocity or stamp")
+        if len(set(names)) != len(names):
+            raise self._reject("duplicate_joint", f"joint names repeat: {list(names)}")
+        unknown = [n for n in names if n not in self._index]
+        if unknown:
+            raise self._reject("unknown_joint", f"unknown joints {unknown}")
+        missing = [n for n in self.limits.names if n not in set(names)]
+        if missing:
+            raise self._reject("missing_joint", f"missing joints {missing}")
+        if stamp_s - now_s > self.max_future_s:
+            raise self._reject("future_stamp", f"stamp {stamp_s - now_s:.3f} s in the future")
+        if now_s - stamp_s > self.max_age_s:
+            raise self._reject("stale", f"reading {now_s - stamp_s:.3f} s old (limit {self.max_age_s} s)")
+        where = {n: i for i, n in enumerate(names)}
+        order = np.array([where[n] for n in self.limits.names])
+        q, qd = q[order], qd[order]
+        lo, hi = self.limits.position_min - self.range_margin, self.limits.position_max + self.range_margin
+        bad = (q < lo) | (q > hi) | (np.abs(qd) > self.max_velocity)
+        if np.any(bad):
+            which = [self.limits.names[i] for i in np.flatnonzero(bad)]
+            raise self._reject("out_of_range", f"joints {which} outside their range or velocity limit")
+        self.accepted += 1
+        return q, qd
+
+
+class CommandLimiter:
+    """Clamp position commands to joint ranges and to the torque limits under PD control.
+
+    A position servo applies ``tau = kp (q_cmd - q) - kd qd``; keeping ``|tau| <= torque_max``
+    bounds ``q_cmd`` to ``q + (±torque_max + kd qd) / kp``. Both clamps are applied, the
+    joint range last, so the command is always inside the range.
+    """
+
+    def __init__(self, limits: JointLimits):
+        self.limits = limits
+        self.clamped = 0
+
+    def __call__(self, q_cmd: np.ndarray, q: np.ndarray | None = None, qd: np.ndarray | None = None) -> np.ndarray:
+        """The clamped command ``(n,)``.
+
+        Raises:
+            ValueError: a non-finite or wrongly sized command (never clamp NaN into a number).
+        """
+        lim = self.limits
+        cmd = np.asarray(q_cmd, dtype=np.float64)
+        if cmd.shape != (len(lim.names),):
+            raise ValueError(f"command has shape {cmd.shape}; expected ({len(lim.names)},)")
+        if not np.all(np.isfinite(cmd)):
+            raise ValueError("non-finite command")
+        out = cmd.copy()
+        if q is not None:
+            qd = np.zeros_like(out) if qd is None else np.asarray(qd, dtype=np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                span_lo = np.where(lim.kp > 0, (-lim.torque_max + lim.kd * qd) / lim.kp, -np.inf)
+                span_hi = np.where(lim.kp > 0, (lim.torque_max + lim.kd * qd) / lim.kp, np.inf)
+            out = np.clip(out, q + span_lo, q + span_hi)
+        out = np.clip(out, lim.position_min, lim.position_max)
+        if not np.array_equal(out, cmd):
+            self.clamped += 1
+        return out
+
+
+class Mode(str, enum.Enum):
+    RUN = "run"
+    HOLD = "hold"
+    ESTOP = "estop"
+
+
+@dataclasses.dataclass
+class Decision:
+    """What to send this tick.
+
+    Attributes:
+        mode: ``run`` (the plan's command), ``hold`` (hold the last valid position; the
+            servo's damping brakes) or ``estop`` (the same hold, latched).
+        command: ``(n,)`` position command, finite; None when no valid state was ever seen
+            (nothing safe to command: send nothing).
+        level: diagnostic level, 0 OK, 1 WARN, 2 ERROR (``diagnostic_msgs/DiagnosticStatus``).
+        message: why.
+    """
+
+    mode: Mode
+    command: np.ndarray | None
+    level: int
+    message: str
+
+
+class SafetySupervisor:
+    """Decide every tick between the plan's command, a safe hold and the latched e-stop.
+
+    Args:
+        limits: joint limits (validation and clamping).
+        state_timeout_s: no valid state for longer than this -> hold and ERROR (watchdog).
+        validator: optional :class:`StateValidator` (default: one over ``limits``).
+    """
+
+    def __init__(self, limits: JointLimits, state_timeout_s: float = 0.1, validator: StateValidator | None = None):
+        self.limits = limits
+        self.state_timeout_s = float(state_timeout_s)
+        self.validator = validator or StateValidator(limits)
+        self.limiter = CommandLimiter(limits)
+        self._q: np.ndarray | None = None
+        self._qd: np.ndarray | None = None
+        self._last_valid_s: float | None = None
+        self._estop = False
+        self._estop_reason = ""
+        self.last_rejection = ""
+
+    # --- inputs -------------------------------------------------------------------------------
+    def update_state(self, names, position, velocity, stamp_s: float, now_s: float) -> bool:
+        """Offer a reading; True if it was valid (it becomes the planner's state)."""
+        try:
+            self._q, self._qd = self.validator.check(names, position, velocity, stamp_s, now_s)
+        except InvalidState as e:
+            self.last_rejection = str(e)
+            return False
+        self._last_valid_s = now_s
+        return True
+
+    def engage_estop(self, reason: str = "estop") -> None:
+        """Latch the e-stop; only :meth:`release_estop` clears it."""
+        self._estop, self._estop_reason = True, reason
+
+    def release_estop(self) -> None:
+        """Explicitly release the latched e-stop."""
+        self._estop, self._estop_reason = False, ""
+
+    @property
+    def estopped(self) -> bool:
+        return self._estop
+
+    def state(self, now_s: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The state the planner may use now, or None (none yet, or older than the timeout)."""
+        if self._last_valid_s is None or now_s - self._last_valid_s > self.state_timeout_s:
+            return None
+        return self._q.copy(), self._qd.copy()
+
+    # --- the tick -------------------------------------------------------------------------------
+    def decide(self, now_s: float, planned_command: np.ndarray | None) -> Decision:
+        """The command for this tick.
+
+        ``planned_command`` is the plan's position command for now (None if no plan yet).
+        """
+        hold = None if self._q is None else self.limiter(self._q)
+        if self._estop:
+            return Decision(Mode.ESTOP, hold, 2, f"e-stop latched ({self._estop_reason}); release explicitly")
+        if self.state(now_s) is None:
+            age = "never" if self._last_valid_s is None else f"{now_s - self._last_valid_s:.3f} s ago"
+            why = f"; last rejection: {self.last_rejection}" if self.last_rejection else ""
+            return Decision(Mode.HOLD, hold, 2, f"no valid state (last valid {age}){why}: holding position")
+        if planned_command is None:
+            return Decision(Mode.HOLD, hold, 1, "no plan yet: holding position")
+        try:
+            cmd = self.limiter(planned_command, self._q, self._qd)
+        except ValueError as e:
+            return Decision(Mode.HOLD, hold, 2, f"rejected plan command ({e}): holding position")
+        return Decision(Mode.RUN, cmd, 0, "running")
