@@ -21,9 +21,31 @@ def test_limits_come_from_the_mjcf(limits):
     np.testing.assert_allclose(limits.position_min[:3], [-0.863, -0.686, -2.818])
     np.testing.assert_allclose(limits.kp, 80.0)
     np.testing.assert_allclose(limits.kd, 2.0)
+    assert limits.command == "position"
     model, _ = load_go1()
-    with pytest.raises(ValueError, match="no actuator"):
+    with pytest.raises(ValueError, match="do not exist"):
         JointLimits.from_model(model, ["FR_hip_joint", "tail_joint"])
+
+
+def test_effort_robot_limits_and_hold(hopper_env):
+    """Hopper: motors (effort commands in [-1, 1]); its root joints are validated, not commanded."""
+    model = hopper_env.model
+    cmd = JointLimits.from_model(model)
+    assert cmd.command == "effort" and cmd.names == ("thigh_joint", "leg_joint", "foot_joint")
+    with pytest.raises(ValueError, match="no actuator"):
+        JointLimits.from_model(model, ["rootz", "thigh_joint"])
+    state_names = ("rootx", "rootz", "rooty", "thigh_joint", "leg_joint", "foot_joint")
+    every = JointLimits.from_model(model, state_names, require_actuator=False)
+    assert np.isinf(every.position_min[0]) and every.kp[0] == 0
+    sup = SafetySupervisor(cmd, validator=StateValidator(every))
+    q = np.array([0.0, 1.25, 0.0, 0.0, 0.0, 0.0])
+    assert sup.update_state(state_names, q, np.zeros(6), 0.0, 0.0)
+    d = sup.decide(0.0, np.array([3.0, -0.5, 0.2]))
+    assert d.mode == Mode.RUN
+    np.testing.assert_allclose(d.command, [1.0, -0.5, 0.2])  # clipped to ctrlrange
+    np.testing.assert_allclose(sup.decide(1.0, None).command, 0.0)  # stale: zero effort
+    with pytest.raises(ValueError, match="not validated"):
+        SafetySupervisor(cmd, validator=StateValidator(JointLimits.from_model(model, ["thigh_joint"])))
 
 
 @pytest.mark.parametrize("case, reason", [
@@ -113,3 +135,17 @@ def test_estop_is_latched_until_released(limits):
         np.testing.assert_allclose(d.command, HOME_JOINTS)
     sup.release_estop()
     assert sup.decide(0.02, HOME_JOINTS + 0.1).mode == Mode.RUN
+
+
+def test_floating_base_needs_fresh_valid_odometry(limits):
+    sup = SafetySupervisor(limits, base_dim=13)
+    base = np.r_[0, 0, 0.3, 1, 0, 0, 0, np.zeros(6)]
+    assert not sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 0.0, 0.0)  # no odometry yet
+    assert sup.validator.rejected["missing_base"] == 1
+    bad = base.copy()
+    bad[3:7] = [2.0, 0, 0, 0]
+    assert not sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 0.0, 0.0, bad, 0.0)
+    assert not sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 1.0, 1.0, base, 0.5)  # stale odometry
+    assert sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 1.0, 1.0, base, 0.99)
+    q, qd, b = sup.state(1.0)
+    np.testing.assert_allclose(b, base)

@@ -31,18 +31,23 @@ __all__ = ["JointLimits", "InvalidState", "StateValidator", "CommandLimiter", "M
 
 #: reason codes of :class:`InvalidState`, the keys of :attr:`StateValidator.rejected`
 REJECT_REASONS = ("non_finite", "length_mismatch", "unknown_joint", "missing_joint", "duplicate_joint",
-                  "out_of_range", "future_stamp", "stale")
+                  "out_of_range", "future_stamp", "stale", "missing_base")
 
 
 @dataclasses.dataclass(frozen=True)
 class JointLimits:
-    """Per-joint limits of the actuated joints, in the order commands are sent.
+    """Per-joint limits, in the order states are read and commands are sent.
 
     Attributes:
         names: joint names.
-        position_min, position_max: ``(n,)`` joint range, rad (or m for slides).
-        torque_max: ``(n,)`` actuator force limit, N·m (``inf`` where unlimited).
-        kp, kd: ``(n,)`` PD gains of the position servos, N·m/rad and N·m·s/rad.
+        position_min, position_max: ``(n,)`` joint range, rad (or m for slides; ``±inf``
+            where unlimited).
+        torque_max: ``(n,)`` actuator force limit, N·m (``inf`` where unlimited or unactuated).
+        kp, kd: ``(n,)`` PD gains of position servos, N·m/rad and N·m·s/rad (0 for motors
+            and unactuated joints).
+        ctrl_min, ctrl_max: ``(n,)`` the actuator's control range (``±inf`` if none).
+        command: ``"position"`` (servo set-points, e.g. the Go1) or ``"effort"`` (motor
+            controls in the actuator's ``ctrlrange``, e.g. Gymnasium's Hopper).
     """
 
     names: tuple[str, ...]
@@ -51,31 +56,45 @@ class JointLimits:
     torque_max: np.ndarray
     kp: np.ndarray
     kd: np.ndarray
+    ctrl_min: np.ndarray | None = None
+    ctrl_max: np.ndarray | None = None
+    command: str = "position"
 
     def __post_init__(self):
         n = len(self.names)
-        for f in ("position_min", "position_max", "torque_max", "kp", "kd"):
+        if self.ctrl_min is None:
+            object.__setattr__(self, "ctrl_min", np.full(n, -np.inf))
+        if self.ctrl_max is None:
+            object.__setattr__(self, "ctrl_max", np.full(n, np.inf))
+        for f in ("position_min", "position_max", "torque_max", "kp", "kd", "ctrl_min", "ctrl_max"):
             v = np.asarray(getattr(self, f), dtype=np.float64)
             if v.shape != (n,):
                 raise ValueError(f"{f} has shape {v.shape}; expected ({n},) for joints {self.names}")
             object.__setattr__(self, f, v)
         if np.any(self.position_min > self.position_max):
             raise ValueError("position_min exceeds position_max")
+        if self.command not in ("position", "effort"):
+            raise ValueError(f"command must be 'position' or 'effort', got {self.command!r}")
 
     @classmethod
-    def from_model(cls, model, joint_names: Sequence[str] | None = None) -> "JointLimits":
-        """Limits of the joints driven by position actuators of a ``mujoco.MjModel``.
+    def from_model(cls, model, joint_names: Sequence[str] | None = None,
+                   require_actuator: bool = True) -> "JointLimits":
+        """Limits of a ``mujoco.MjModel``'s joints.
 
-        Reads each actuator's joint range (``jnt_range``; unlimited joints get ``±inf``),
-        ``actuator_forcerange`` (unlimited: ``inf``) and its PD gains (``gainprm[0]`` = kp,
-        ``-biasprm[2]`` = kd, MuJoCo's position-actuator convention).
+        Reads each joint's range (``jnt_range``; unlimited joints get ``±inf``) and, where an
+        actuator drives it, ``actuator_forcerange`` (unlimited: ``inf``), ``ctrlrange`` and the
+        PD gains of a position actuator (``gainprm[0]`` = kp, ``-biasprm[2]`` = kd, MuJoCo's
+        convention). A model whose actuators all have a position bias (``biasprm[1] < 0``)
+        takes position commands, otherwise effort.
 
         Args:
             model: the ``MjModel``.
-            joint_names: the order to return (default: actuator order).
+            joint_names: the order to return (default: the actuated joints, actuator order).
+            require_actuator: raise if a named joint has no actuator (command limits); False
+                for state validation over every joint.
 
         Raises:
-            ValueError: a named joint has no position actuator.
+            ValueError: a named joint does not exist, or has no actuator when required.
         """
         import mujoco
 
@@ -84,23 +103,37 @@ class JointLimits:
             if model.actuator_trntype[a] != mujoco.mjtTrn.mjTRN_JOINT:
                 continue
             j = int(model.actuator_trnid[a, 0])
-            by_joint[mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)] = (a, j)
+            by_joint[mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)] = a
         names = list(joint_names) if joint_names is not None else list(by_joint)
+        ids = {n: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in names}
+        unknown = [n for n, j in ids.items() if j < 0]
+        if unknown:
+            raise ValueError(f"joints {unknown} do not exist in the model")
         missing = [n for n in names if n not in by_joint]
-        if missing:
+        if require_actuator and missing:
             raise ValueError(f"joints {missing} have no actuator in the model (actuated: {sorted(by_joint)})")
-        lo, hi, tmax, kp, kd = [], [], [], [], []
+        cols = {k: [] for k in ("lo", "hi", "tmax", "kp", "kd", "cmin", "cmax")}
         for n in names:
-            a, j = by_joint[n]
+            j, a = ids[n], by_joint.get(n)
             limited = bool(model.jnt_limited[j])
-            lo.append(model.jnt_range[j, 0] if limited else -np.inf)
-            hi.append(model.jnt_range[j, 1] if limited else np.inf)
-            flimited = bool(model.actuator_forcelimited[a])
-            tmax.append(max(abs(model.actuator_forcerange[a, 0]), abs(model.actuator_forcerange[a, 1]))
-                        if flimited else np.inf)
-            kp.append(model.actuator_gainprm[a, 0])
-            kd.append(-model.actuator_biasprm[a, 2])
-        return cls(tuple(names), np.array(lo), np.array(hi), np.array(tmax), np.array(kp), np.array(kd))
+            cols["lo"].append(model.jnt_range[j, 0] if limited else -np.inf)
+            cols["hi"].append(model.jnt_range[j, 1] if limited else np.inf)
+            if a is None:
+                for k, v in (("tmax", np.inf), ("kp", 0.0), ("kd", 0.0), ("cmin", -np.inf), ("cmax", np.inf)):
+                    cols[k].append(v)
+                continue
+            cols["tmax"].append(max(abs(model.actuator_forcerange[a, 0]), abs(model.actuator_forcerange[a, 1]))
+                                if model.actuator_forcelimited[a] else np.inf)
+            servo = model.actuator_biasprm[a, 1] < 0
+            cols["kp"].append(model.actuator_gainprm[a, 0] if servo else 0.0)
+            cols["kd"].append(-model.actuator_biasprm[a, 2] if servo else 0.0)
+            ctrl_limited = bool(model.actuator_ctrllimited[a])
+            cols["cmin"].append(model.actuator_ctrlrange[a, 0] if ctrl_limited else -np.inf)
+            cols["cmax"].append(model.actuator_ctrlrange[a, 1] if ctrl_limited else np.inf)
+        servo_all = model.nu > 0 and bool(np.all(model.actuator_biasprm[:, 1] < 0))
+        return cls(tuple(names), *(np.array(cols[k], dtype=np.float64) for k in ("lo", "hi", "tmax", "kp", "kd")),
+                   ctrl_min=np.array(cols["cmin"], dtype=np.float64), ctrl_max=np.array(cols["cmax"], dtype=np.float64),
+                   command="position" if servo_all else "effort")
 
 
 class InvalidState(ValueError):
@@ -181,11 +214,12 @@ class StateValidator:
 
 
 class CommandLimiter:
-    """Clamp position commands to joint ranges and to the torque limits under PD control.
+    """Clamp commands to what the joints and actuators allow.
 
-    A position servo applies ``tau = kp (q_cmd - q) - kd qd``; keeping ``|tau| <= torque_max``
-    bounds ``q_cmd`` to ``q + (±torque_max + kd qd) / kp``. Both clamps are applied, the
-    joint range last, so the command is always inside the range.
+    Position commands: a servo applies ``tau = kp (q_cmd - q) - kd qd``; keeping
+    ``|tau| <= torque_max`` bounds ``q_cmd`` to ``q + (±torque_max + kd qd) / kp``. Both
+    clamps are applied, the joint range last, so the command is always inside the range.
+    Effort commands are clipped to the actuator's control range.
     """
 
     def __init__(self, limits: JointLimits):
@@ -193,7 +227,7 @@ class CommandLimiter:
         self.clamped = 0
 
     def __call__(self, q_cmd: np.ndarray, q: np.ndarray | None = None, qd: np.ndarray | None = None) -> np.ndarray:
-        """The clamped command ``(n,)``.
+        """The clamped command ``(n,)`` (``q``, ``qd``: the measured joint state, for the torque bound).
 
         Raises:
             ValueError: a non-finite or wrongly sized command (never clamp NaN into a number).
@@ -205,6 +239,11 @@ class CommandLimiter:
         if not np.all(np.isfinite(cmd)):
             raise ValueError("non-finite command")
         out = cmd.copy()
+        if lim.command == "effort":
+            out = np.clip(out, lim.ctrl_min, lim.ctrl_max)
+            if not np.array_equal(out, cmd):
+                self.clamped += 1
+            return out
         if q is not None:
             qd = np.zeros_like(out) if qd is None else np.asarray(qd, dtype=np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -246,31 +285,72 @@ class SafetySupervisor:
     """Decide every tick between the plan's command, a safe hold and the latched e-stop.
 
     Args:
-        limits: joint limits (validation and clamping).
+        limits: limits of the commanded joints (clamping, hold).
         state_timeout_s: no valid state for longer than this -> hold and ERROR (watchdog).
-        validator: optional :class:`StateValidator` (default: one over ``limits``).
+        validator: the :class:`StateValidator` of incoming readings; it may cover more joints
+            than are commanded (e.g. Hopper's unactuated root joints). Default: one over
+            ``limits``.
+        base_dim: length of the floating-base vector each reading must come with (13 for a
+            MuJoCo free joint: position, quaternion ``(w, x, y, z)``, linear and angular
+            velocity), 0 for fixed or planar bases.
+
+    The safe hold: position-commanded joints hold the last valid position (the servo's
+    damping brakes them); effort-commanded joints get zero effort (clipped to the control range).
+
+    Raises:
+        ValueError: a commanded joint is not among the validated ones.
     """
 
-    def __init__(self, limits: JointLimits, state_timeout_s: float = 0.1, validator: StateValidator | None = None):
+    def __init__(self, limits: JointLimits, state_timeout_s: float = 0.1, validator: StateValidator | None = None,
+                 base_dim: int = 0):
         self.limits = limits
         self.state_timeout_s = float(state_timeout_s)
         self.validator = validator or StateValidator(limits)
+        names = self.validator.limits.names
+        missing = [n for n in limits.names if n not in names]
+        if missing:
+            raise ValueError(f"commanded joints {missing} are not validated (validator joints: {names})")
+        self._cmd_idx = np.array([names.index(n) for n in limits.names], dtype=int)
+        self.base_dim = int(base_dim)
         self.limiter = CommandLimiter(limits)
         self._q: np.ndarray | None = None
         self._qd: np.ndarray | None = None
+        self._base: np.ndarray | None = None
         self._last_valid_s: float | None = None
         self._estop = False
         self._estop_reason = ""
         self.last_rejection = ""
 
     # --- inputs -------------------------------------------------------------------------------
-    def update_state(self, names, position, velocity, stamp_s: float, now_s: float) -> bool:
-        """Offer a reading; True if it was valid (it becomes the planner's state)."""
+    def update_state(self, names, position, velocity, stamp_s: float, now_s: float,
+                     base: np.ndarray | None = None, base_stamp_s: float | None = None) -> bool:
+        """Offer a reading; True if it was valid (it becomes the planner's state).
+
+        ``base`` (``(base_dim,)``) and its stamp come from odometry for floating-base robots;
+        they pass the same finiteness and age checks, and the quaternion must be unit within 0.1.
+        """
         try:
-            self._q, self._qd = self.validator.check(names, position, velocity, stamp_s, now_s)
+            q, qd = self.validator.check(names, position, velocity, stamp_s, now_s)
+            if self.base_dim:
+                v = self.validator
+                if base is None or base_stamp_s is None:
+                    raise v._reject("missing_base", "no odometry received yet")
+                b = np.asarray(base, dtype=np.float64)
+                if b.shape != (self.base_dim,):
+                    raise v._reject("length_mismatch", f"base has {b.size} values, expected {self.base_dim}")
+                if not np.all(np.isfinite(b)):
+                    raise v._reject("non_finite", "NaN or infinite odometry")
+                if abs(np.linalg.norm(b[3:7]) - 1.0) > 0.1:
+                    raise v._reject("out_of_range", f"odometry quaternion norm {np.linalg.norm(b[3:7]):.3f}")
+                if now_s - base_stamp_s > v.max_age_s:
+                    raise v._reject("stale", f"odometry {now_s - base_stamp_s:.3f} s old")
+                if base_stamp_s - now_s > v.max_future_s:
+                    raise v._reject("future_stamp", f"odometry stamp {base_stamp_s - now_s:.3f} s in the future")
+                self._base = b.copy()
         except InvalidState as e:
             self.last_rejection = str(e)
             return False
+        self._q, self._qd = q, qd
         self._last_valid_s = now_s
         return True
 
@@ -286,29 +366,34 @@ class SafetySupervisor:
     def estopped(self) -> bool:
         return self._estop
 
-    def state(self, now_s: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """The state the planner may use now, or None (none yet, or older than the timeout)."""
+    def state(self, now_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """``(q, qd, base)`` the planner may use now (validator joint order), or None (no valid
+        state yet, or older than the timeout)."""
         if self._last_valid_s is None or now_s - self._last_valid_s > self.state_timeout_s:
             return None
-        return self._q.copy(), self._qd.copy()
+        return self._q.copy(), self._qd.copy(), None if self._base is None else self._base.copy()
+
+    def hold_command(self) -> np.ndarray | None:
+        """The safe-hold command, or None before any valid state (position joints)."""
+        if self.limits.command == "effort":
+            return self.limiter(np.zeros(len(self.limits.names)))
+        return None if self._q is None else self.limiter(self._q[self._cmd_idx])
 
     # --- the tick -------------------------------------------------------------------------------
     def decide(self, now_s: float, planned_command: np.ndarray | None) -> Decision:
-        """The command for this tick.
-
-        ``planned_command`` is the plan's position command for now (None if no plan yet).
-        """
-        hold = None if self._q is None else self.limiter(self._q)
+        """The command for this tick; ``planned_command`` is the plan's command for now (None
+        if no plan yet)."""
+        hold = self.hold_command()
         if self._estop:
             return Decision(Mode.ESTOP, hold, 2, f"e-stop latched ({self._estop_reason}); release explicitly")
         if self.state(now_s) is None:
             age = "never" if self._last_valid_s is None else f"{now_s - self._last_valid_s:.3f} s ago"
             why = f"; last rejection: {self.last_rejection}" if self.last_rejection else ""
-            return Decision(Mode.HOLD, hold, 2, f"no valid state (last valid {age}){why}: holding position")
+            return Decision(Mode.HOLD, hold, 2, f"no valid state (last valid {age}){why}: holding")
         if planned_command is None:
-            return Decision(Mode.HOLD, hold, 1, "no plan yet: holding position")
+            return Decision(Mode.HOLD, hold, 1, "no plan yet: holding")
         try:
-            cmd = self.limiter(planned_command, self._q, self._qd)
+            cmd = self.limiter(planned_command, self._q[self._cmd_idx], self._qd[self._cmd_idx])
         except ValueError as e:
-            return Decision(Mode.HOLD, hold, 2, f"rejected plan command ({e}): holding position")
+            return Decision(Mode.HOLD, hold, 2, f"rejected plan command ({e}): holding")
         return Decision(Mode.RUN, cmd, 0, "running")
