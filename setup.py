@@ -16,7 +16,7 @@ setup(
     description="WorldScape: learned world models for robot control (MPPI, policies, distillation)",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["ws_worldmodel", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli"],
+    packages=["ws_worldmodel", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli", "ws_ros", "ws_ros.nodes"],
     package_dir={"ws_sim": "sim", "ws_distill": "distill"},
     package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_sim": ["assets/*.xml"]},
     data_files=[
@@ -42,10 +42,17 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         "bench": ["pytorch-mppi==0.9.1"],
+        # ROS 2 Jazzy from PyPI wheels, for machines without a ROS 2 install (DESIGN.md);
+        # on a robot, rclpy and the messages come from the sourced ROS 2 install instead
+        "ros": ["ros-jazzy-rclpy", "ros-jazzy-rmw-fastrtps-cpp", "ros-jazzy-std-msgs", "ros-jazzy-sensor-msgs",
+                "ros-jazzy-nav-msgs", "ros-jazzy-geometry-msgs", "ros-jazzy-trajectory-msgs",
+                "ros-jazzy-diagnostic-msgs", "ros-jazzy-rosgraph-msgs"],
     },
     entry_points={
         "console_scripts": [
             "ws = ws_cli.main:main",
+            "sim_bridge = ws_ros.nodes.sim_bridge:main",
+            "mppi_controller = ws_ros.nodes.mppi_controller:main",
         ],
     },
     zip_safe=False,

@@ -4,12 +4,14 @@
 #   bash setup.sh          # the package
 #   bash setup.sh --test   # the package and the test tools
 # PYTHON=python3.11 bash setup.sh picks the interpreter (3.10 or newer).
+# ROS 2: with a sourced ROS 2 install (ROS_DISTRO set) the venv sees its rclpy; without one,
+# the ROS 2 Jazzy wheels from PyPI are installed (the '.[ros]' extra), so the nodes run here too.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras=""
+extras="ros"
 case "${1:-}" in
-  --test) extras="[test]" ;;
+  --test) extras="ros,test" ;;
   "") ;;
   *) echo "usage: bash setup.sh [--test]" >&2; exit 2 ;;
 esac
@@ -34,6 +36,12 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libOSMesa\.so'; then
   fi
 fi
 
-[ -x .venv/bin/python ] || "$py" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+if [ -n "${ROS_DISTRO:-}" ]; then
+  extras="${extras#ros}"; extras="${extras#,}"
+  echo "setup.sh: using the sourced ROS 2 ${ROS_DISTRO} (rclpy from its install)"
+  [ -x .venv/bin/python ] || "$py" -m venv --system-site-packages .venv
+else
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
 echo "setup.sh: ready: .venv/bin/ws --help"

@@ -90,6 +90,11 @@ class Go1WalkEnv(gym.Env):
     def goal(self) -> np.ndarray:
         return self.waypoints[min(self.goal_index, len(self.waypoints) - 1)]
 
+    def update_goal(self, base_xy: np.ndarray) -> None:
+        """Advance to the next waypoint once the base is within ``goal_radius`` of the current one."""
+        if np.linalg.norm(np.asarray(base_xy) - self.goal) < self.goal_radius and self.goal_index < len(self.waypoints):
+            self.goal_index += 1
+
     def _info(self) -> dict:
         return {"goal": self.goal.copy(), "goal_index": self.goal_index, "time": float(self.data.time),
                 "gait_reference": self.gait.reference(self.data.time + self.dt)}
@@ -124,8 +129,7 @@ class Go1WalkEnv(gym.Env):
         goal = self.goal.copy()
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         reward = progress_reward(p_before, self.data.qpos[:2], goal, self.progress_eps)
-        if np.linalg.norm(self.data.qpos[:2] - goal) < self.goal_radius and self.goal_index < len(self.waypoints):
-            self.goal_index += 1
+        self.update_goal(self.data.qpos[:2])
         terminated = self.fallen()
         self._steps += 1
         truncated = self.max_episode_steps is not None and self._steps >= self.max_episode_steps

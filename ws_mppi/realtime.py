@@ -18,6 +18,7 @@ latencies and tick periods; :meth:`RealtimeController.stats` reports percentiles
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Callable
@@ -49,11 +50,13 @@ class RealtimeController:
         rate_hz: command rate (90 Hz by default, the seed's deployment rate).
         hold_action: the command before the first plan, ``(nu,)``.
         clock: a monotonic clock in seconds (``time.perf_counter`` by default).
+        stats_window: the statistics keep the last this many ticks and plans (a long-running
+            node's memory stays bounded).
     """
 
     def __init__(self, plan: Callable, get_state: Callable, send: Callable, horizon: int, action_dim: int,
                  plan_dt: float, rate_hz: float = 90.0, hold_action: np.ndarray | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, stats_window: int = 100_000):
         if rate_hz <= 0 or plan_dt <= 0:
             raise ValueError("rate_hz and plan_dt must be positive")
         self._plan_fn, self._get_state, self._send = plan, get_state, send
@@ -68,8 +71,9 @@ class RealtimeController:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # statistics (appended from one thread each)
-        self.tick_times: list[float] = []
-        self.plan_latencies: list[float] = []
+        self.tick_times: collections.deque[float] = collections.deque(maxlen=stats_window)
+        self.plan_latencies: collections.deque[float] = collections.deque(maxlen=stats_window)
+        self.replans = 0
         self.missed_ticks = 0
         self.faults = 0
         self.last_fault = ""
@@ -99,12 +103,18 @@ class RealtimeController:
         if not np.all(np.isfinite(nominal)):
             raise FloatingPointError("planner returned non-finite actions; the previous plan stays in force")
         self.plan_latencies.append(self.clock() - t0)
+        self.replans += 1
         with self._lock:
             k = 1 - self._latest if self._latest >= 0 else 0
             self._plans[k] = nominal
             self._made[k] = t0  # the plan starts at the state it was made from
             self._latest = k
         return True
+
+    @property
+    def has_plan(self) -> bool:
+        """Whether a plan has been published (before that, ticks emit ``hold_action``)."""
+        return self._latest >= 0
 
     # --- threads ---------------------------------------------------------------------------
     def _tick_loop(self) -> None:
@@ -159,6 +169,6 @@ class RealtimeController:
         return {"ticks": len(self.tick_times), "missed_ticks": self.missed_ticks, "planner_faults": self.faults,
                 "tick_period_ms_p50": pct(ticks, 50), "tick_period_ms_p99": pct(ticks, 99),
                 "tick_jitter_ms_std": round(float(ticks.std()), 3) if ticks.size else None,
-                "replans": len(self.plan_latencies),
+                "replans": self.replans,
                 "replan_rate_hz": round(len(self.plan_latencies) / span, 2) if span > 0 else None,
                 "plan_latency_ms_p50": pct(lat, 50), "plan_latency_ms_p99": pct(lat, 99)}

@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["sensor_qos", "command_qos", "latched_qos", "quat_mj_to_ros", "quat_ros_to_mj", "quat_to_matrix",
            "free_base_to_odom_arrays", "odom_arrays_to_free_base", "stamp_to_s", "s_to_stamp",
-           "diagnostic_status"]
+           "diagnostic_status", "run_node"]
 
 
 # --- QoS (DESIGN.md: sensor data best effort, commands reliable keep-last 1, estop transient-local) ---
@@ -108,3 +108,39 @@ def diagnostic_status(name: str, level: int, message: str, values: dict, hardwar
 
     return DiagnosticStatus(level=bytes([int(level)]), name=name, message=message, hardware_id=hardware_id,
                             values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])
+
+
+# --- running a node -----------------------------------------------------------------------------
+def run_node(factory, args=None) -> None:
+    """``rclpy.init``, build the node, spin it on a multi-threaded executor until Ctrl-C, shut down.
+
+    A node that fails to start (bad parameter, missing model or SDK) logs one line naming the
+    problem and exits with status 2.
+    """
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = factory()
+        except (ValueError, FileNotFoundError, ImportError, KeyError, RuntimeError) as e:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            sys.exit(2)
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except Exception:  # a signal shut the context down under a waiting executor
+            if rclpy.ok():
+                raise
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()

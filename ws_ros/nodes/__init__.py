@@ -1,0 +1,1 @@
+"""The WorldScape ROS 2 nodes (executables of package ``worldscape``)."""

@@ -1,0 +1,200 @@
+"""``sim_bridge``: a MuJoCo robot behind the same ROS 2 topics as the real one.
+
+Steps a WorldScape environment's MuJoCo model (``go1``, ``hopper``, ``walker2d``) on its own
+thread, in real time (``real_time_factor`` 1) or in simulated time with ``/clock``
+(``publish_clock: true``, as fast as ``real_time_factor`` allows; 0 means unthrottled).
+Publishes ``joint_states`` (every hinge/slide joint; effort = actuator force) and, for a
+floating base, ``odom`` (pose in ``odom``, twist in ``base_link``) and ``imu`` (orientation,
+body angular velocity, proper acceleration). Applies ``joint_command``
+(``trajectory_msgs/JointTrajectory``, point 0): ``positions`` for position-servo robots
+(the MJCF's PD with its force limits does the rest), ``effort`` for motor-driven ones, each
+clipped to the actuator's ``ctrlrange``. A malformed command (unknown or missing joints,
+wrong length, NaN) is dropped and counted; the last good command stays in force.
+
+Parameters (``config/ros/*.yaml``): ``env``, ``seed``, ``real_time_factor``,
+``publish_clock``, ``publish_rate_hz``, ``frame_id``/``base_frame_id``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import mujoco
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Imu, JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from ws_mppi.safety import JointLimits
+from ws_ros.common import (command_qos, diagnostic_status, free_base_to_odom_arrays, quat_to_matrix, run_node,
+                           s_to_stamp, sensor_qos)
+from ws_sim.envs import make_env
+from ws_sim.robot_io import RobotIO
+
+__all__ = ["SimBridge", "main"]
+
+
+def _descriptor(text: str, read_only: bool = True) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, read_only=read_only)
+
+
+class SimBridge(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__("sim_bridge", **kwargs)
+        p = self.declare_parameter
+        self.env_name = p("env", "go1", _descriptor("environment: go1, hopper or walker2d")).value
+        seed = p("seed", 0, _descriptor("reset seed")).value
+        self.rtf = float(p("real_time_factor", 1.0,
+                           _descriptor("simulated seconds per wall second; 0 = as fast as possible")).value)
+        self.publish_clock = bool(p("publish_clock", False,
+                                    _descriptor("publish /clock with simulated time (use_sim_time)")).value)
+        rate = float(p("publish_rate_hz", 100.0, _descriptor("joint_states/odom/imu rate, Hz")).value)
+        self.frame_id = p("frame_id", "odom", _descriptor("odometry frame")).value
+        self.base_frame_id = p("base_frame_id", "base_link", _descriptor("robot base frame")).value
+        if self.rtf < 0:
+            raise ValueError(f"real_time_factor must be >= 0, got {self.rtf}")
+        if self.rtf == 0 and not self.publish_clock:
+            raise ValueError("real_time_factor 0 (unthrottled) needs publish_clock: true")
+        self.env = make_env(self.env_name)
+        self.env.reset(seed=int(seed))
+        self.model, self.data = self.env.model, self.env.data
+        self.io = RobotIO.from_model(self.model)
+        self.limits = JointLimits.from_model(self.model)
+        self._cmd_index = {n: i for i, n in enumerate(self.io.command_joints)}
+        self._ctrl = self.data.ctrl.copy()
+        self._lock = threading.Lock()
+        self.commands_applied = 0
+        self.commands_rejected = 0
+        self.last_rejection = ""
+        self._every = max(1, int(round(1.0 / (rate * self.model.opt.timestep))))
+        self.pub_js = self.create_publisher(JointState, "joint_states", sensor_qos())
+        self.pub_odom = self.create_publisher(Odometry, "odom", sensor_qos()) if self.io.floating_base else None
+        self.pub_imu = self.create_publisher(Imu, "imu", sensor_qos()) if self.io.floating_base else None
+        self.pub_clock = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(JointTrajectory, "joint_command", self._on_command, command_qos())
+        self.create_timer(1.0, self._publish_diagnostics)
+        self._stop = threading.Event()
+        self._steps = 0
+        self._t_start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="sim_bridge-physics", daemon=True)
+        self._thread.start()
+        self.get_logger().info(f"simulating {self.env_name} ({'position' if self.limits.command == 'position' else 'effort'}"
+                               f" commands for {list(self.io.command_joints)}), real-time factor {self.rtf}"
+                               f"{', publishing /clock' if self.publish_clock else ''}")
+
+    # --- commands ---------------------------------------------------------------------------
+    def _on_command(self, msg: JointTrajectory) -> None:
+        try:
+            if not msg.points:
+                raise ValueError("no trajectory point")
+            pt = msg.points[0]
+            values = np.asarray(pt.positions if self.limits.command == "position" else pt.effort, dtype=np.float64)
+            names = list(msg.joint_names)
+            if len(names) != len(values):
+                raise ValueError(f"{len(names)} joint names but {len(values)} "
+                                 f"{'positions' if self.limits.command == 'position' else 'efforts'}")
+            unknown = [n for n in names if n not in self._cmd_index]
+            missing = [n for n in self.io.command_joints if n not in names]
+            if unknown or missing:
+                raise ValueError(f"unknown joints {unknown}, missing joints {missing}")
+            if not np.all(np.isfinite(values)):
+                raise ValueError("non-finite command")
+            ctrl = np.empty(len(self.io.command_joints))
+            ctrl[[self._cmd_index[n] for n in names]] = values
+            lo, hi = self.model.actuator_ctrlrange.T
+            ctrl = np.where(self.model.actuator_ctrllimited.astype(bool), np.clip(ctrl, lo, hi), ctrl)
+        except ValueError as e:
+            self.commands_rejected += 1
+            self.last_rejection = str(e)
+            return
+        with self._lock:
+            self._ctrl[:] = ctrl
+        self.commands_applied += 1
+
+    # --- physics --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        sim0 = self.data.time
+        while not self._stop.is_set():
+            with self._lock:
+                self.data.ctrl[:] = self._ctrl
+            mujoco.mj_step(self.model, self.data)
+            self._steps += 1
+            if self._steps % self._every == 0:
+                self._publish_state()
+            if self.rtf > 0:
+                delay = t0 + (self.data.time - sim0) / self.rtf - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+
+    def _stamp(self):
+        return s_to_stamp(self.data.time) if self.publish_clock else self.get_clock().now().to_msg()
+
+    def _publish_state(self) -> None:
+        stamp = self._stamp()
+        if self.pub_clock is not None:
+            self.pub_clock.publish(Clock(clock=stamp))
+        q, qd, base = self.io.split(np.concatenate([self.data.qpos, self.data.qvel]))
+        js = JointState()
+        js.header.stamp = stamp
+        js.name = list(self.io.joint_names)
+        js.position = q.tolist()
+        js.velocity = qd.tolist()
+        force = np.zeros(len(self.io.joint_names))
+        force[[self.io.joint_names.index(n) for n in self.io.command_joints]] = self.data.actuator_force
+        js.effort = force.tolist()
+        self.pub_js.publish(js)
+        if base is None:
+            return
+        o = free_base_to_odom_arrays(base[:7], base[7:])
+        odom = Odometry()
+        odom.header.stamp, odom.header.frame_id, odom.child_frame_id = stamp, self.frame_id, self.base_frame_id
+        pose, tw = odom.pose.pose, odom.twist.twist
+        pose.position.x, pose.position.y, pose.position.z = o["position"].tolist()
+        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = o["orientation_xyzw"].tolist()
+        tw.linear.x, tw.linear.y, tw.linear.z = o["linear_body"].tolist()
+        tw.angular.x, tw.angular.y, tw.angular.z = o["angular_body"].tolist()
+        self.pub_odom.publish(odom)
+        imu = Imu()
+        imu.header.stamp, imu.header.frame_id = stamp, self.base_frame_id
+        imu.orientation = pose.orientation
+        imu.angular_velocity = tw.angular
+        acc = quat_to_matrix(base[3:7]).T @ (self.data.qacc[:3] - self.model.opt.gravity)  # proper acceleration
+        imu.linear_acceleration.x, imu.linear_acceleration.y, imu.linear_acceleration.z = acc.tolist()
+        self.pub_imu.publish(imu)
+
+    def _publish_diagnostics(self) -> None:
+        wall = time.perf_counter() - self._t_start
+        level = 1 if self.commands_rejected else 0
+        msg = DiagnosticArray()
+        msg.header.stamp = self._stamp()
+        msg.status = [diagnostic_status(
+            f"{self.get_name()}: {self.env_name} simulation", level,
+            f"rejected {self.commands_rejected} command(s): {self.last_rejection}" if level else "running",
+            {"sim_time_s": round(self.data.time, 3), "achieved_real_time_factor": round(self.data.time / wall, 3)
+             if wall > 0 else 0.0, "commands_applied": self.commands_applied,
+             "commands_rejected": self.commands_rejected}, hardware_id=self.env_name)]
+        self.pub_diag.publish(msg)
+
+    def destroy_node(self):
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.env.close()
+        return super().destroy_node()
+
+
+def main(args=None) -> None:
+    """``ros2 run worldscape sim_bridge --ros-args -p env:=go1``."""
+    run_node(SimBridge, args)
+
+
+if __name__ == "__main__":
+    main()
