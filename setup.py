@@ -53,6 +53,8 @@ setup(
             "ws = ws_cli.main:main",
             "sim_bridge = ws_ros.nodes.sim_bridge:main",
             "mppi_controller = ws_ros.nodes.mppi_controller:main",
+            "go1_bridge = ws_ros.nodes.hardware_bridge:main_go1",
+            "piper_bridge = ws_ros.nodes.hardware_bridge:main_piper",
         ],
     },
     zip_safe=False,

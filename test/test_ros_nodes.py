@@ -169,3 +169,13 @@ def test_controller_validates_states_holds_and_latches_estop(ros_context, contro
     estop.publish(Bool(data=False))
     assert fresh_mode(q, 1.0)[1] == "run", mode()
     ex.shutdown()
+
+
+@pytest.mark.parametrize("robot, needs", [("go1", "unitree_legged_sdk"), ("piper", "PiPER")])
+def test_hardware_bridges_fail_clearly_without_their_sdk(robot, needs):
+    """No vendor SDK here: the bridge exits with status 2 and says what is missing."""
+    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN)}
+    r = subprocess.run([sys.executable, "-c", f"from ws_ros.nodes.hardware_bridge import main_{robot}; main_{robot}()"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert needs in r.stderr and "Traceback" not in r.stderr
