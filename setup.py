@@ -24,6 +24,7 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
         ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+        ("share/" + PACKAGE + "/config/ros", glob("config/ros/*.yaml")),
     ],
     install_requires=[
         "torch==2.13.0",

@@ -67,12 +67,12 @@ def ros_context():
     rclpy.shutdown(context=ctx)
 
 
-def test_go1_walks_sim_in_the_loop_through_two_processes(ros_context):
-    """sim_bridge and mppi_controller as separate processes over Fast DDS, like ``ros2 launch``."""
+def test_ws_launch_go1_sim_walks_the_go1(ros_context):
+    """``ws launch go1_sim``: sim_bridge and mppi_controller as processes over Fast DDS, as a user starts them."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "osmesa"}
-    procs = [subprocess.Popen([sys.executable, "-m", f"ws_ros.nodes.{name}", "--ros-args", "-p", "env:=go1"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name in ("sim_bridge", "mppi_controller")]
+    ws = [sys.executable, "-c", "from ws_cli.main import main; raise SystemExit(main())"]
+    proc = subprocess.Popen(ws + ["launch", "go1_sim"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
         lst = Listener(context=ros_context)
         ex = MultiThreadedExecutor(context=ros_context)
@@ -87,10 +87,17 @@ def test_go1_walks_sim_in_the_loop_through_two_processes(ros_context):
         assert ctl[2]["mode"] == "run" and int(ctl[2]["replans"]) > 0
         ex.shutdown()
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        outs = [p.communicate(timeout=20)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    assert "[sim_bridge]" in output and "[mppi_controller]" in output
+
+
+def test_ws_launch_lists_graphs_and_rejects_unknown_ones():
+    from ws_cli.main import main
+
+    assert main(["launch", "--list"]) == 0
+    assert main(["launch", "go2_sim"]) == 2
 
 
 @pytest.fixture

@@ -414,6 +414,24 @@ def cmd_eval_control(args) -> int:
     return 0
 
 
+def cmd_launch(args) -> int:
+    from ws_mppi.config import ConfigError
+    from ws_ros.graphs import GRAPHS, run
+
+    if args.list or not args.graph:
+        for name, g in GRAPHS.items():
+            print(f"{name:<14} {g['description']}")
+        return 0
+    if args.graph not in GRAPHS:
+        raise ConfigError(f"unknown graph {args.graph!r}; choose one of {sorted(GRAPHS)}")
+    import importlib.util
+
+    if importlib.util.find_spec("rclpy") is None:
+        raise ConfigError("ws launch needs rclpy: source a ROS 2 install, or pip install -e '.[ros]'")
+    overrides = {"dynamics": args.dynamics} if args.dynamics else {}
+    return run(args.graph, overrides, duration=args.duration)
+
+
 def cmd_mppi_run(args) -> int:
     from ws_mppi.report import run_comparison
 
@@ -673,6 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--out", type=Path, required=True, help="table directory (shared by environments)")
     _add_controller_args(ct)
     ct.set_defaults(func=cmd_eval_control)
+
+    la = sub.add_parser("launch", help="start a ROS 2 node graph (go1_sim, hopper_sim, ...) without ros2 launch",
+                        description="Start the nodes of a graph defined in ws_ros/graphs.py with their parameter "
+                                    "files from config/ros/, as separate processes talking over DDS, like "
+                                    "'ros2 launch worldscape <graph>.launch.py'. Ctrl-C stops them all.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    la.add_argument("graph", nargs="?", default="", help="graph name (see --list)")
+    la.add_argument("--list", action="store_true", help="list the graphs")
+    la.add_argument("--dynamics", default="", help="override the controller's dynamics (oracle, default or a path)")
+    la.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    la.set_defaults(func=cmd_launch)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

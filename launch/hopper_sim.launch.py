@@ -1,0 +1,7 @@
+"""hopper_sim: see ws_ros.graphs.GRAPHS["hopper_sim"]. Usage: ros2 launch worldscape hopper_sim.launch.py [dynamics:=oracle]"""
+
+from ws_ros.graphs import launch_description
+
+
+def generate_launch_description():
+    return launch_description("hopper_sim")

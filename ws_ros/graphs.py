@@ -1,0 +1,173 @@
+"""The node graphs WorldScape launches: one definition for ``ros2 launch`` and ``ws launch``.
+
+Each graph names its nodes (executables of package ``worldscape``) and the ROS parameter
+file in ``config/ros/`` they read. ``launch/<graph>.launch.py`` turns a graph into a
+``launch_ros`` description (:func:`launch_description`) for users' ROS 2 installs;
+``ws launch <graph>`` starts the same processes without ``ros2 launch`` (:func:`commands`),
+for machines that have rclpy from PyPI but no launch system.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+__all__ = ["GRAPHS", "EXECUTABLES", "params_file", "commands", "launch_description", "run"]
+
+#: executable -> (module, function) of its entry point (mirrors setup.py's console_scripts)
+EXECUTABLES = {
+    "sim_bridge": ("ws_ros.nodes.sim_bridge", "main"),
+    "mppi_controller": ("ws_ros.nodes.mppi_controller", "main"),
+    "go1_bridge": ("ws_ros.nodes.hardware_bridge", "main_go1"),
+    "piper_bridge": ("ws_ros.nodes.hardware_bridge", "main_piper"),
+}
+
+#: graph -> description and ``(executable, params file)`` per node
+GRAPHS = {
+    "go1_sim": {"description": "Go1 sim-in-the-loop: sim_bridge + mppi_controller (learned dynamics)",
+                "nodes": [("sim_bridge", "go1_sim.yaml"), ("mppi_controller", "go1_sim.yaml")]},
+    "go1_robot": {"description": "Go1 on the robot: go1_bridge (unitree_legged_sdk) + mppi_controller "
+                                 "(activate by hand; needs an odom source)",
+                  "nodes": [("go1_bridge", "go1_robot.yaml"), ("mppi_controller", "go1_robot.yaml")]},
+    "hopper_sim": {"description": "Hopper sim-in-the-loop: sim_bridge + mppi_controller (shipped MLPEnsemble)",
+                   "nodes": [("sim_bridge", "hopper_sim.yaml"), ("mppi_controller", "hopper_sim.yaml")]},
+    "walker2d_sim": {"description": "Walker2d sim-in-the-loop: sim_bridge + mppi_controller (oracle MPPI)",
+                     "nodes": [("sim_bridge", "walker2d_sim.yaml"), ("mppi_controller", "walker2d_sim.yaml")]},
+}
+
+
+def params_file(name: str) -> Path:
+    """The parameter file ``config/ros/<name>``: the source tree's when running from a checkout,
+    else the installed ``share/worldscape/config/ros``.
+
+    Raises:
+        FileNotFoundError: neither exists.
+    """
+    local = Path(__file__).resolve().parents[1] / "config" / "ros" / name
+    if local.is_file():
+        return local
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        shared = Path(get_package_share_directory("worldscape")) / "config" / "ros" / name
+        if shared.is_file():
+            return shared
+    except (ImportError, LookupError, ValueError):
+        pass
+    raise FileNotFoundError(f"parameter file config/ros/{name} not found in the source tree or the installed package")
+
+
+def _graph(name: str) -> dict:
+    if name not in GRAPHS:
+        raise KeyError(f"unknown graph {name!r}; choose one of {sorted(GRAPHS)}")
+    return GRAPHS[name]
+
+
+def commands(name: str, overrides: dict | None = None) -> list[tuple[str, list[str]]]:
+    """``(executable, argv)`` per node of a graph, runnable without ``ros2 launch``.
+
+    ``overrides`` (parameter -> value) apply to every node that declares the parameter in
+    its parameter file.
+
+    Raises:
+        KeyError: unknown graph.
+    """
+    out = []
+    for exe, file in _graph(name)["nodes"]:
+        path = params_file(file)
+        declared = _declared(exe, path)
+        module, func = EXECUTABLES[exe]
+        argv = [sys.executable, "-c", f"from {module} import {func}; {func}()", "--ros-args", "-r", f"__node:={exe}",
+                "--params-file", str(path)]
+        for k, v in (overrides or {}).items():
+            if k in declared:
+                argv += ["-p", f"{k}:={v}"]
+        out.append((exe, argv))
+    return out
+
+
+def _declared(exe: str, path: Path) -> dict:
+    return (yaml.safe_load(path.read_text()) or {}).get(exe, {}).get("ros__parameters", {})
+
+
+def launch_description(name: str):
+    """A ``launch.LaunchDescription`` of a graph (needs ``launch`` and ``launch_ros`` from a ROS 2
+    install). Launch argument ``dynamics`` (default: the parameter file's) sets the controller's
+    dynamics: ``ros2 launch worldscape go1_sim.launch.py dynamics:=oracle``."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    actions = []
+    for exe, file in _graph(name)["nodes"]:
+        path = params_file(file)
+        params: list = [str(path)]
+        if exe == "mppi_controller":
+            actions.append(DeclareLaunchArgument(
+                "dynamics", default_value=str(_declared(exe, path).get("dynamics", "default")),
+                description="oracle, default (the shipped checkpoint) or a checkpoint path"))
+            params.append({"dynamics": LaunchConfiguration("dynamics")})
+        actions.append(Node(package="worldscape", executable=exe, name=exe, output="screen", parameters=params))
+    return LaunchDescription(actions)
+
+
+def run(name: str, overrides: dict | None = None, duration: float | None = None, out=None) -> int:
+    """Start a graph's nodes as processes (``ws launch``), forward their output line by line
+    prefixed with the node name, and stop them all on Ctrl-C, after ``duration`` seconds, or
+    as soon as one exits.
+
+    Returns:
+        0 when every node stopped cleanly on request; otherwise the first failing exit status.
+
+    Raises:
+        KeyError: unknown graph.
+    """
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    out = out or sys.stdout
+    lock = threading.Lock()
+    procs = []
+
+    def forward(exe, stream):
+        for line in stream:
+            with lock:
+                out.write(f"[{exe}] {line}")
+                out.flush()
+
+    for exe, argv in commands(name, overrides):
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        threading.Thread(target=forward, args=(exe, p.stdout), daemon=True).start()
+        procs.append((exe, p))
+    end = None if duration is None else time.monotonic() + duration
+    failed = None
+    try:
+        while end is None or time.monotonic() < end:
+            done = [(exe, p) for exe, p in procs if p.poll() is not None]
+            if done:
+                exe, p = done[0]
+                failed = (exe, p.returncode)
+                break
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    for _, p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for exe, p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if failed is not None:
+        with lock:
+            out.write(f"ws launch: {failed[0]} exited with status {failed[1]}; stopped the graph\n")
+        return failed[1] or 1
+    bad = [(exe, p.returncode) for exe, p in procs if p.returncode not in (0, -signal.SIGINT)]
+    return bad[0][1] if bad else 0
