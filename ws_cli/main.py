@@ -367,6 +367,23 @@ def cmd_eval_ablation(args) -> int:
     return 0
 
 
+def _name_paths(text: str, option: str, name: str) -> dict[str, str]:
+    """``"a=x.pt,b=y.pt"`` -> ``{"a": "x.pt", "b": "y.pt"}``.
+
+    Raises:
+        ConfigError: an entry is not NAME=PATH.
+    """
+    from ws_mppi.config import ConfigError
+
+    out = {}
+    for spec in (s for s in text.split(",") if s):
+        key, sep, path = spec.partition("=")
+        if not sep or not key or not path:
+            raise ConfigError(f"{option} entries are {name}=PATH, got {spec!r}")
+        out[key] = path
+    return out
+
+
 def cmd_eval_control(args) -> int:
     from ws_mppi.config import ConfigError
     from ws_mppi.control_table import run_control_table
@@ -378,18 +395,7 @@ def cmd_eval_control(args) -> int:
     _headless_gl()
     nthread = _set_threads(args.threads)
     ccfg = _controller_config(args)
-    pretrained = {}
-    for spec in (s for s in args.pretrained.split(",") if s):
-        kind, sep, path = spec.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"--pretrained entries are KIND=PATH, got {spec!r}")
-        pretrained[kind] = path
-    extra = {}
-    for spec in (s for s in args.extra.split(",") if s):
-        label, sep, path = spec.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"--extra entries are LABEL=PATH, got {spec!r}")
-        extra[label] = path
+    pretrained, extra = _name_paths(args.pretrained, "--pretrained", "KIND"), _name_paths(args.extra, "--extra", "LABEL")
     if not pretrained and not extra:
         raise ConfigError("nothing to evaluate: give --pretrained and/or --extra")
     history = args.history
