@@ -186,3 +186,42 @@ def test_hardware_bridges_fail_clearly_without_their_sdk(robot, needs):
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert needs in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sim_bridge_publishes_camera_images_and_rejects_bad_commands(ros_context):
+    """Go1's tracking camera: RGB, metric depth and intrinsics; malformed commands are dropped, counted."""
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, Image
+    from trajectory_msgs.msg import JointTrajectoryPoint
+
+    from ws_ros.nodes.sim_bridge import SimBridge
+    from ws_sim.go1 import JOINTS
+
+    node = SimBridge(context=ros_context, parameter_overrides=[
+        Parameter("env", value="go1"), Parameter("camera", value="tracking"), Parameter("camera_rate_hz", value=5.0),
+        Parameter("camera_width", value=64), Parameter("camera_height", value=48)])
+    lst = Listener(context=ros_context)
+    got = {}
+    for topic, cls in (("camera/color/image_raw", Image), ("camera/depth/image_raw", Image),
+                       ("camera/color/camera_info", CameraInfo)):
+        lst.create_subscription(cls, topic, lambda m, t=topic: got.__setitem__(t, m), sensor_qos())
+    cmd = lst.create_publisher(JointTrajectory, "joint_command", command_qos())
+    ex = MultiThreadedExecutor(context=ros_context)
+    ex.add_node(node)
+    ex.add_node(lst)
+    try:
+        assert _spin_until(ex, lambda: len(got) == 3, 30), sorted(got)
+        rgb, depth, info = got["camera/color/image_raw"], got["camera/depth/image_raw"], got["camera/color/camera_info"]
+        assert (rgb.width, rgb.height, rgb.encoding, len(rgb.data)) == (64, 48, "rgb8", 64 * 48 * 3)
+        d = np.frombuffer(bytes(depth.data), dtype=np.float32)
+        assert depth.encoding == "32FC1" and d.size == 64 * 48 and np.all(np.isfinite(d)) and d.min() > 0
+        assert info.k[0] > 0 and info.k[2] == 32.0
+        bad = JointTrajectory(joint_names=list(JOINTS)[:11], points=[JointTrajectoryPoint(positions=[0.0] * 11)])
+        nan = JointTrajectory(joint_names=list(JOINTS), points=[JointTrajectoryPoint(positions=[float("nan")] * 12)])
+        for k, m in enumerate((bad, nan)):  # keep-last-1 commands: one at a time
+            cmd.publish(m)
+            assert _spin_until(ex, lambda: node.commands_rejected == k + 1, 10), node.last_rejection
+        assert np.all(np.isfinite(node.data.ctrl)) and node.commands_applied == 0
+    finally:
+        ex.shutdown()
+        node.destroy_node()

@@ -11,8 +11,15 @@ body angular velocity, proper acceleration). Applies ``joint_command``
 clipped to the actuator's ``ctrlrange``. A malformed command (unknown or missing joints,
 wrong length, NaN) is dropped and counted; the last good command stays in force.
 
+Cameras: with ``camera`` set to one of the model's cameras, a rendering thread publishes
+``camera/color/image_raw`` (``rgb8``), ``camera/depth/image_raw`` (``32FC1``, metres along the
+optical axis) and ``camera/color/camera_info`` (pinhole intrinsics from the camera's
+``fovy``) at ``camera_rate_hz``, rendering a copy of the state offscreen so that the physics
+thread never waits for it (``MUJOCO_GL=osmesa`` on a machine without a GPU).
+
 Parameters (``config/ros/*.yaml``): ``env``, ``seed``, ``real_time_factor``,
-``publish_clock``, ``publish_rate_hz``, ``frame_id``/``base_frame_id``.
+``publish_clock``, ``publish_rate_hz``, ``frame_id``/``base_frame_id``, ``camera``,
+``camera_rate_hz``, ``camera_width``/``camera_height``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Imu, JointState
+from sensor_msgs.msg import CameraInfo, Image, Imu, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from ws_mppi.safety import JointLimits
@@ -81,11 +88,28 @@ class SimBridge(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointTrajectory, "joint_command", self._on_command, command_qos())
         self.create_timer(1.0, self._publish_diagnostics)
+        self.camera = p("camera", "", _descriptor("camera of the model to publish (empty: none)")).value
+        self.camera_rate = float(p("camera_rate_hz", 10.0, _descriptor("camera frame rate, Hz")).value)
+        self.camera_size = (int(p("camera_width", 320, _descriptor("image width, px")).value),
+                            int(p("camera_height", 240, _descriptor("image height, px")).value))
+        self.frames_published = 0
+        if self.camera:
+            cam = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, self.camera)
+            if cam < 0:
+                names = [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(self.model.ncam)]
+                raise ValueError(f"model {self.env_name} has no camera {self.camera!r} (cameras: {names})")
+            self.pub_rgb = self.create_publisher(Image, "camera/color/image_raw", sensor_qos())
+            self.pub_depth = self.create_publisher(Image, "camera/depth/image_raw", sensor_qos())
+            self.pub_info = self.create_publisher(CameraInfo, "camera/color/camera_info", sensor_qos())
+            self._cam_thread = threading.Thread(target=self._render_loop, args=(cam,), name="sim_bridge-camera",
+                                                daemon=True)
         self._stop = threading.Event()
         self._steps = 0
         self._t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="sim_bridge-physics", daemon=True)
         self._thread.start()
+        if self.camera:
+            self._cam_thread.start()
         self.get_logger().info(f"simulating {self.env_name} ({'position' if self.limits.command == 'position' else 'effort'}"
                                f" commands for {list(self.io.command_joints)}), real-time factor {self.rtf}"
                                f"{', publishing /clock' if self.publish_clock else ''}")
@@ -124,9 +148,9 @@ class SimBridge(Node):
         t0 = time.perf_counter()
         sim0 = self.data.time
         while not self._stop.is_set():
-            with self._lock:
+            with self._lock:  # the camera thread copies the state under the same lock
                 self.data.ctrl[:] = self._ctrl
-            mujoco.mj_step(self.model, self.data)
+                mujoco.mj_step(self.model, self.data)
             self._steps += 1
             if self._steps % self._every == 0:
                 self._publish_state()
@@ -171,6 +195,38 @@ class SimBridge(Node):
         imu.linear_acceleration.x, imu.linear_acceleration.y, imu.linear_acceleration.z = acc.tolist()
         self.pub_imu.publish(imu)
 
+    # --- camera ----------------------------------------------------------------------------------
+    def _render_loop(self, cam: int) -> None:
+        w, h = self.camera_size
+        renderer = mujoco.Renderer(self.model, h, w)  # the GL context belongs to this thread
+        data = mujoco.MjData(self.model)
+        f = 0.5 * h / np.tan(np.radians(self.model.cam_fovy[cam]) / 2)
+        info = CameraInfo(width=w, height=h, distortion_model="plumb_bob", d=[0.0] * 5,
+                          k=[f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0],
+                          r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                          p=[f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0])
+        frame = f"{self.camera}_optical_frame"
+        try:
+            while not self._stop.wait(1.0 / self.camera_rate):
+                with self._lock:
+                    data.qpos[:], data.qvel[:], data.time = self.data.qpos, self.data.qvel, self.data.time
+                mujoco.mj_forward(self.model, data)
+                renderer.update_scene(data, camera=cam)
+                rgb = renderer.render()
+                renderer.enable_depth_rendering()
+                depth = renderer.render().astype(np.float32)
+                renderer.disable_depth_rendering()
+                stamp = s_to_stamp(data.time) if self.publish_clock else self.get_clock().now().to_msg()
+                for pub, img, enc, step in ((self.pub_rgb, rgb, "rgb8", 3 * w), (self.pub_depth, depth, "32FC1", 4 * w)):
+                    msg = Image(height=h, width=w, encoding=enc, is_bigendian=0, step=step, data=img.tobytes())
+                    msg.header.stamp, msg.header.frame_id = stamp, frame
+                    pub.publish(msg)
+                info.header.stamp, info.header.frame_id = stamp, frame
+                self.pub_info.publish(info)
+                self.frames_published += 1
+        finally:
+            renderer.close()
+
     def _publish_diagnostics(self) -> None:
         wall = time.perf_counter() - self._t_start
         level = 1 if self.commands_rejected else 0
@@ -187,6 +243,8 @@ class SimBridge(Node):
     def destroy_node(self):
         self._stop.set()
         self._thread.join(timeout=2.0)
+        if self.camera:
+            self._cam_thread.join(timeout=2.0)
         self.env.close()
         return super().destroy_node()
 
