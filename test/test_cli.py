@@ -14,7 +14,8 @@ from ws_cli.main import build_parser, main
 
 def _subcommands():
     return [["collect"], ["train"], ["mppi"], ["mppi", "run"], ["corpus"], ["corpus", "build"], ["pretrain"],
-            ["eval"], ["eval", "zero-shot"], ["eval", "few-shot"], ["eval", "routing"]]
+            ["eval"], ["eval", "zero-shot"], ["eval", "few-shot"], ["eval", "routing"], ["eval", "control"],
+            ["launch"]]
 
 
 @pytest.mark.parametrize("argv", _subcommands())
@@ -74,6 +75,11 @@ def test_main_job_default_prints_learned_oracle_and_zero(tmp_path):
     (["mppi", "run", "--dynamics", "/nonexistent/model.pt"], "checkpoint /nonexistent/model.pt does not exist"),
     (["mppi", "run", "--env", "walker2d"], "no default checkpoint ships for 'walker2d'"),
     (["train", "--train", "/nonexistent/t.hdf5", "--val", "/nonexistent/v.hdf5", "--out", "/tmp/x.pt"],
+     "dataset /nonexistent/t.hdf5 does not exist"),
+    (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x"], "nothing to evaluate"),
+    (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--pretrained", "westworld"],
+     "--pretrained entries are KIND=PATH"),
+    (["eval", "control", "--train", "/nonexistent/t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero"],
      "dataset /nonexistent/t.hdf5 does not exist"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, capsys):
