@@ -187,3 +187,20 @@ def test_linear_recurrence_gradients_equal_autograd_through_the_loop(mode):
     torch.testing.assert_close(gb, b.grad)
     assert torch.autograd.gradcheck(lambda x, y: linear_recurrence(x, y, mode), (a.detach().requires_grad_(),
                                                                                  b.detach().requires_grad_()))
+
+
+def test_shipped_westworld_checkpoints_load_and_plan(hopper_env, small_controller_config):
+    """The committed corpus-pretrained WestWorld and its Hopper fine-tune (README commands)."""
+    from pathlib import Path
+
+    import ws_worldmodel
+    from ws_mppi.runner import make_controller
+    from ws_worldmodel.checkpoint import load_checkpoint
+
+    ckpts = Path(ws_worldmodel.__file__).parent / "checkpoints"
+    pre = load_checkpoint(ckpts / "westworld_pretrained.pt")
+    assert pre.kind == "westworld" and len(pre.systems) >= 10 and "hopper" not in pre.systems
+    ctrl = make_controller(hopper_env, str(ckpts / "hopper_westworld.pt"), small_controller_config, seed=0)
+    state, _ = hopper_env.reset(seed=0)
+    action = ctrl.plan(state, 0)
+    assert action.shape == (3,) and np.all(np.isfinite(action)) and np.all(np.abs(action) <= 1)
