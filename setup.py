@@ -39,6 +39,8 @@ setup(
         "matplotlib>=3.8",
         "imageio>=2.34",
         "imageio-ffmpeg>=0.5",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
     ],
     extras_require={
         "test": ["pytest>=8"],

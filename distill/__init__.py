@@ -1,4 +1,7 @@
-"""Distillation and export (installed as ``ws_distill``): students, ONNX, TensorRT.
+"""Distillation and export (installed as ``ws_distill``, seed 003 App. G).
 
-Not built yet (issue 6); the package exists so the layout of DESIGN.md holds.
+* :mod:`ws_distill.distill`: a small student WestWorld trained on a teacher's soft
+  predictions and the ground truth (eqs. 37-38);
+* :mod:`ws_distill.export`: ONNX export with a dynamic batch axis, an ONNX Runtime model
+  that MPPI plans with, and the parity check against PyTorch.
 """

@@ -420,6 +420,66 @@ def cmd_eval_control(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    import json
+
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT
+    from ws_distill.distill import distill, student_config
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.pretrain import PretrainConfig
+
+    _headless_gl()
+    _set_threads(args.threads)
+    teacher = load_checkpoint(args.teacher)
+    if getattr(teacher, "kind", None) != "westworld":
+        raise ConfigError(f"{args.teacher} is not a WestWorld checkpoint (ws pretrain --model westworld)")
+    corpus = Path(args.corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"corpus directory {corpus} does not exist (make one with 'ws corpus build')")
+    held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
+    names = [s for s in args.systems.split(",") if s] if args.systems else sorted(
+        p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
+    cfg = PretrainConfig(history=args.history or teacher.history, horizon=args.horizon or teacher.horizon,
+                         batch_size=args.batch_size, steps=args.steps, lr=args.lr, eval_every=args.eval_every,
+                         stride=args.stride, patience=args.patience)
+    train, val = _corpus_windows(corpus, names, cfg)
+    scfg = student_config(teacher.net.cfg, n_blocks=args.blocks, d_model=args.d_model, expert_hidden=args.expert_hidden)
+    try:
+        hist = distill(teacher, train, val, scfg, cfg, args.out, alpha=args.alpha, seed=args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    t_params = sum(p.numel() for p in teacher.net.parameters())
+    s_params = sum(p.numel() for p in load_checkpoint(args.out).net.parameters())
+    print(json.dumps({"student": str(args.out), "teacher": str(args.teacher), "alpha": args.alpha,
+                      "teacher_parameters": t_params, "student_parameters": s_params, "steps": hist["steps"],
+                      "best_val_ce": hist["best_val_loss"]}))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import json
+
+    from ws_mppi.config import ConfigError
+    from ws_distill.export import OnnxSequenceModel, export_onnx, parity
+    from ws_worldmodel.checkpoint import load_checkpoint
+
+    model = load_checkpoint(args.checkpoint)
+    if not hasattr(model, "systems"):
+        raise ConfigError(f"{args.checkpoint} is not a trajectory world model")
+    system = args.system or (next(iter(model.systems)) if len(model.systems) == 1 else None)
+    if system is None:
+        raise ConfigError(f"the checkpoint knows {sorted(model.systems)}: choose one with --system")
+    try:
+        path = export_onnx(model, system, args.horizon, args.out, opset=args.opset)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    res = parity(model, OnnxSequenceModel(path), batch_sizes=(1, 64))
+    print(json.dumps({"onnx": str(path), "system": system, "history": model.history, "horizon": args.horizon,
+                      "opset": args.opset, "parity_max_abs_diff": res["max_abs_diff"], "per_batch": res["per_batch"]}))
+    return 0
+
+
 def cmd_launch(args) -> int:
     from ws_mppi.config import ConfigError
     from ws_ros.graphs import GRAPHS, run
@@ -697,6 +757,40 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--out", type=Path, required=True, help="table directory (shared by environments)")
     _add_controller_args(ct)
     ct.set_defaults(func=cmd_eval_control)
+
+    di = sub.add_parser("distill", help="distil a WestWorld into a small student (seed 003 App. G, eqs. 37-38)",
+                        description="Train a student WestWorld (fewer Sys-MoE blocks, same bins) on a corpus with "
+                                    "alpha * cross-entropy on the ground truth + (1 - alpha) * KL(teacher || student). "
+                                    "Fine-tune the student on a control dataset with 'ws eval control "
+                                    "--pretrained westworld=STUDENT'.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    di.add_argument("--teacher", type=Path, required=True, help="WestWorld checkpoint from ws pretrain")
+    di.add_argument("--corpus", type=Path, required=True, help="corpus directory from ws corpus build")
+    di.add_argument("--systems", default="", help="comma-separated systems (default: all but the held-out ones)")
+    di.add_argument("--out", type=Path, required=True, help="student checkpoint path")
+    di.add_argument("--blocks", type=int, default=2, help="student Sys-MoE blocks (the seed: 2)")
+    di.add_argument("--d-model", type=int, default=None, help="student width (default: the teacher's)")
+    di.add_argument("--expert-hidden", type=int, default=None, help="student expert width (default: the teacher's)")
+    di.add_argument("--alpha", type=float, default=0.5, help="weight of the ground-truth cross-entropy (eq. 37)")
+    _add_training_args(di, steps=1000, lr=1e-3, eval_every=100, stride=10)
+    di.set_defaults(func=cmd_distill, history=None, horizon=None)
+    for a in di._actions:
+        if a.dest in ("history", "horizon"):
+            a.default, a.help = None, f"{a.help} (default: the teacher's)"
+
+    ex = sub.add_parser("export", help="export a WestWorld to ONNX (dynamic batch) and check parity with ONNX Runtime",
+                        description="Write an ONNX graph (opset 17; inputs hist_states (batch, Th, Cs) and actions "
+                                    "(batch, Th+H, Ca), output pred_states (batch, H, Cs), physical units; see "
+                                    "ws_distill/export.py), check it with onnx.checker, and print the largest "
+                                    "difference between ONNX Runtime and PyTorch on the same inputs. MPPI runs it "
+                                    "with 'ws mppi run --dynamics MODEL.onnx'.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ex.add_argument("--checkpoint", type=Path, required=True, help="WestWorld checkpoint (teacher or student)")
+    ex.add_argument("--system", default="", help="system to serve (default: the checkpoint's only one)")
+    ex.add_argument("--horizon", type=int, default=20, help="predicted steps H (the MPPI horizon)")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--out", type=Path, required=True, help="ONNX file")
+    ex.set_defaults(func=cmd_export)
 
     la = sub.add_parser("launch", help="start a ROS 2 node graph (go1_sim, hopper_sim, ...) without ros2 launch",
                         description="Start the nodes of a graph defined in ws_ros/graphs.py with their parameter "

@@ -105,7 +105,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
 
     Args:
         env: the environment (its model seeds the oracle, its task the cost).
-        dynamics: ``"oracle"``, ``"zero"``, or the path of a learned-model checkpoint.
+        dynamics: ``"oracle"``, ``"zero"``, the path of a learned-model checkpoint, or of an
+            ONNX export (``.onnx``, run by ONNX Runtime).
         config: MPPI and cost settings.
         seed: the planner's noise seed.
         nthread: oracle rollout threads.
@@ -132,7 +133,17 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         return MPPIController("oracle", MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior), oracle.close)
     from ws_worldmodel.checkpoint import load_checkpoint
 
-    model = load_checkpoint(dynamics)
+    if str(dynamics).endswith(".onnx"):  # an exported WestWorld served by ONNX Runtime (ws export)
+        from ws_distill.export import OnnxSequenceModel
+
+        from .config import ConfigError
+
+        model = OnnxSequenceModel(dynamics, threads=nthread)
+        if model.horizon != config.mppi.horizon:
+            raise ConfigError(f"{dynamics} was exported for {model.horizon} predicted steps but MPPI plans "
+                              f"{config.mppi.horizon}; re-export with 'ws export --horizon {config.mppi.horizon}'")
+    else:
+        model = load_checkpoint(dynamics)
     if hasattr(model, "systems"):  # a trajectory world model: history-conditioned, whole horizon at once
         if env.name not in model.systems:
             raise ChannelMismatchError(f"checkpoint {dynamics} ({model.kind}) was not trained on {env.name!r} "

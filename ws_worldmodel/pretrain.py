@@ -57,14 +57,17 @@ def kind_of(cfg) -> str:
 
 
 class _LossModule(torch.nn.Module):
-    """``forward(batch) -> loss``, so DistributedDataParallel sees the whole computation."""
+    """``forward(batch) -> loss``, so DistributedDataParallel sees the whole computation.
 
-    def __init__(self, net: torch.nn.Module):
+    ``loss_fn(net, batch)`` replaces ``net.loss(batch)`` (e.g. knowledge distillation)."""
+
+    def __init__(self, net: torch.nn.Module, loss_fn=None):
         super().__init__()
         self.net = net
+        self.loss_fn = loss_fn
 
     def forward(self, batch: TrajectoryBatch) -> torch.Tensor:
-        return self.net.loss(batch)
+        return self.net.loss(batch) if self.loss_fn is None else self.loss_fn(self.net, batch)
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +271,8 @@ def evaluate(net: torch.nn.Module, systems: Sequence[SystemData], history: int, 
 def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
              cfg: PretrainConfig, out: str | os.PathLike | None, seed: int = 0, resume: bool = False,
              progress: bool = True, device: str | None = None,
-             init_from: "TrajectoryWorldModel | None" = None, peft_blocks: int | None = None) -> dict:
+             init_from: "TrajectoryWorldModel | None" = None, peft_blocks: int | None = None,
+             loss_fn=None) -> dict:
     """Train a trajectory world model on mixed systems.
 
     Args:
@@ -284,6 +288,8 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         init_from: start from these weights (fine-tuning); its kind and config must match.
         peft_blocks: parameter-efficient fine-tuning (seed 003 Table 11): train only the last
             ``peft_blocks`` blocks, the queries and the output head (WestWorld only).
+        loss_fn: ``loss_fn(net, batch) -> loss`` for training instead of ``net.loss`` (the
+            validation loss stays ``net.loss``); ``ws_distill.distill`` passes the KD loss.
 
     Returns:
         history: ``{"losses": [...], "evals": [...], "best_val_loss", "steps"}`` where
@@ -309,7 +315,7 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         for name, p in net.named_parameters():
             p.requires_grad_(is_peft_parameter(name, model_cfg.n_blocks, peft_blocks))
     net = net.to(device)
-    model = _LossModule(net)
+    model = _LossModule(net, loss_fn)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,

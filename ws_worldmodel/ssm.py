@@ -102,6 +102,8 @@ def linear_recurrence(a: torch.Tensor, b: torch.Tensor, mode: str = "auto") -> t
     fused sequential loop, the default on CPU, where it is several times faster) or ``"auto"``.
     Both directions use the same scan; the result equals :func:`sequential_scan` (tested).
     """
+    if torch.onnx.is_in_onnx_export():  # traced into a graph (ws export): the plain loop, unrolled
+        return sequential_scan(a, b)
     return _LinearRecurrence.apply(a, b, mode)
 
 

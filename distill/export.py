@@ -1,0 +1,198 @@
+"""ONNX export of a WestWorld (teacher or student) for onboard runtimes, and an ONNX Runtime backend.
+
+Graph layout (opset 17 by default; checked with ``onnx.checker``). One graph serves one
+system, in physical units, with min-max normalisation and decoding inside the graph:
+
+* input ``hist_states``: float32 ``(batch, Th, Cs)``, the last ``Th`` observed states
+  ``[qpos, qvel]`` (SI units), oldest first;
+* input ``actions``: float32 ``(batch, Th + H, Ca)``; ``actions[:, t]`` leads from state
+  ``t`` to ``t + 1``, so entries ``Th - 1 .. Th + H - 2`` are the planned actions and the last
+  one is never read;
+* output ``pred_states``: float32 ``(batch, H, Cs)``, the expected states ``Th .. Th + H - 1``
+  after the history (one forward pass, seed 003 sec. 4.3).
+
+``batch`` is dynamic (the MPPI samples); ``Th`` and ``H`` are fixed at export. The metadata
+(``metadata_props``) records the system, ``Th``, ``H``, the channel records and the code
+version, so :class:`OnnxSequenceModel` serves the graph without the checkpoint.
+
+Export traces the model with the selective scan as a plain loop (unrolled over
+``Th + H`` steps) and PyTorch's fused attention fast path off, so every operator is a
+standard ONNX one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["export_onnx", "OnnxSequenceModel", "parity", "DEFAULT_OPSET"]
+
+DEFAULT_OPSET = 17
+
+
+class _PhysicalPredict(nn.Module):
+    """``(hist_states, actions) -> pred_states`` in physical units for one system."""
+
+    def __init__(self, model, system: str):
+        super().__init__()
+        from ws_worldmodel.data import _ranges
+
+        meta = model.systems[system]
+        self.net = model.net
+        self.history = model.history
+        s_lo, s_hi = _ranges(meta["state_channels"])
+        a_lo, a_hi = _ranges(meta["action_channels"])
+        for name, v in (("s_lo", s_lo), ("s_span", s_hi - s_lo), ("a_lo", a_lo), ("a_span", a_hi - a_lo)):
+            self.register_buffer(name, torch.as_tensor(v, dtype=torch.float32))
+        self.register_buffer("s_struct", torch.as_tensor(meta["state_struct"], dtype=torch.long))
+        self.register_buffer("a_struct", torch.as_tensor(meta["action_struct"], dtype=torch.long))
+
+    def forward(self, hist_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        from ws_worldmodel.westworld import TrajectoryBatch
+
+        b, th, cs = hist_states.shape
+        t = actions.shape[1]
+        s = (hist_states - self.s_lo) / self.s_span
+        s = torch.cat([s, s.new_zeros(b, t - th, cs)], dim=1)
+        a = (actions - self.a_lo) / self.a_span
+        ones_s = torch.ones_like(hist_states[:, 0, :], dtype=torch.bool)
+        ones_a = torch.ones_like(actions[:, 0, :], dtype=torch.bool)
+        batch = TrajectoryBatch(s, a, ones_s, ones_a, self.s_struct.expand(b, -1, -1), self.a_struct.expand(b, -1, -1),
+                                th)
+        return self.net.predict(batch) * self.s_span + self.s_lo
+
+
+@contextlib.contextmanager
+def _export_mode():
+    prev = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():  # shape checks become constants in the trace, as intended
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(prev)
+
+
+def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
+    """Export ``model`` (a WestWorld ``TrajectoryWorldModel``) for ``system`` with ``horizon`` predicted steps.
+
+    Raises:
+        ValueError: not a WestWorld (TrajWorld and TDM decode step by step with a KV cache and
+            are not exported), unknown system, or a horizon below 1.
+    """
+    import onnx
+
+    from ws_sim.channels import channels_to_records
+    from ws_worldmodel.checkpoint import code_version
+
+    if model.kind != "westworld":
+        raise ValueError(f"ONNX export covers WestWorld (one forward pass); got a {model.kind}")
+    if system not in model.systems:
+        raise ValueError(f"the checkpoint knows no system {system!r} (it knows {sorted(model.systems)})")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    meta = model.systems[system]
+    cs, ca, th = len(meta["state_channels"]), len(meta["action_channels"]), model.history
+    wrapper = _PhysicalPredict(model, system).eval()
+    example = (torch.zeros(2, th, cs), torch.zeros(2, th + horizon, ca))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with _export_mode(), torch.no_grad():
+        torch.onnx.export(wrapper, example, str(tmp), input_names=["hist_states", "actions"],
+                          output_names=["pred_states"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"hist_states": {0: "batch"}, "actions": {0: "batch"}, "pred_states": {0: "batch"}})
+    graph = onnx.load(str(tmp))
+    props = {"worldscape.system": system, "worldscape.history": str(th), "worldscape.horizon": str(horizon),
+             "worldscape.kind": model.kind, "worldscape.code_version": code_version(),
+             "worldscape.state_channels": json.dumps(channels_to_records(meta["state_channels"])),
+             "worldscape.action_channels": json.dumps(channels_to_records(meta["action_channels"]))}
+    for k, v in props.items():
+        graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+class OnnxSequenceModel:
+    """An exported WestWorld served by ONNX Runtime, usable wherever a trajectory world model is
+    (``ws_mppi.dynamics.SequenceDynamics``, ``ws mppi run --dynamics model.onnx``).
+
+    Args:
+        path: the ``.onnx`` file from :func:`export_onnx`.
+        providers: ONNX Runtime execution providers (default: CPU).
+        threads: intra-op threads (None: ONNX Runtime's default).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a WorldScape export.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        from ws_sim.channels import channels_from_records
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist (make one with 'ws export')")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "worldscape.system" not in props:
+            raise ValueError(f"{path} is not a WorldScape world-model export (no worldscape metadata)")
+        self.system = props["worldscape.system"]
+        self.history = int(props["worldscape.history"])
+        self.horizon = int(props["worldscape.horizon"])
+        self.kind = "westworld-onnx"
+        self.name = f"onnx:{path.name}"
+        self.systems = {self.system: {
+            "state_channels": channels_from_records(json.loads(props["worldscape.state_channels"])),
+            "action_channels": channels_from_records(json.loads(props["worldscape.action_channels"]))}}
+
+    def predict(self, system: str, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Same contract as ``TrajectoryWorldModel.predict``: ``states (B, Th, Cs)``,
+        ``actions (B, Th + H, Ca)`` -> ``(B, H, Cs)``, physical units.
+
+        Raises:
+            KeyError: another system. ValueError: shapes other than the exported ``Th``/``H``.
+        """
+        if system != self.system:
+            raise KeyError(f"this ONNX model serves {self.system!r}, not {system!r}")
+        if states.shape[1] != self.history or actions.shape[1] != self.history + self.horizon:
+            raise ValueError(f"exported for {self.history} history and {self.horizon} predicted steps; got states "
+                             f"{states.shape} and actions {actions.shape} (re-export with --horizon)")
+        return self.session.run(None, {"hist_states": np.ascontiguousarray(states, dtype=np.float32),
+                                       "actions": np.ascontiguousarray(actions, dtype=np.float32)})[0]
+
+
+def parity(model, onnx_model: OnnxSequenceModel, batch_sizes=(1, 64), seed: int = 0) -> dict:
+    """ONNX Runtime against PyTorch on the same random inputs inside the system's data ranges.
+
+    Returns:
+        ``{"max_abs_diff": float, "per_batch": {B: diff}}``, in physical units of the decoded states.
+    """
+    from ws_worldmodel.data import denormalise
+
+    meta = model.systems[onnx_model.system]
+    rng = np.random.default_rng(seed)
+    th, h = onnx_model.history, onnx_model.horizon
+    out = {}
+    for b in batch_sizes:
+        s = denormalise(rng.uniform(size=(b, th, len(meta["state_channels"]))), meta["state_channels"])
+        a = denormalise(rng.uniform(size=(b, th + h, len(meta["action_channels"]))), meta["action_channels"])
+        ref = model.predict(onnx_model.system, s, a)
+        got = onnx_model.predict(onnx_model.system, s, a)
+        out[int(b)] = float(np.abs(got - ref).max())
+    return {"max_abs_diff": max(out.values()), "per_batch": out}

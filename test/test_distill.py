@@ -1,0 +1,96 @@
+"""Distillation (eqs. 37-38), ONNX export with a dynamic batch, ONNX Runtime parity and MPPI on it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ws_distill.distill import distill, kd_loss, student_config
+from ws_distill.export import OnnxSequenceModel, export_onnx, parity
+from ws_mppi.config import ConfigError, ControllerConfig
+from ws_mppi.mppi import MPPIConfig
+from ws_mppi.runner import make_controller
+from ws_sim.envs import make_env
+from ws_worldmodel.checkpoint import load_checkpoint
+from ws_worldmodel.pretrain import PretrainConfig, pretrain, windows_from_splits
+from ws_worldmodel.westworld import WestWorldConfig
+
+TH, H = 3, 5
+
+
+def test_kd_loss_is_the_teacher_student_kl():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 3, 4, 8, generator=g)
+    s = torch.randn(2, 3, 4, 8, generator=g)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    assert float(kd_loss(t, t, mask)) == pytest.approx(0.0, abs=1e-6)
+    pt, ps = torch.softmax(t, -1), torch.softmax(s, -1)
+    manual = (pt * (pt.log() - ps.log())).sum(-1).mean()
+    assert float(kd_loss(s, t, mask)) == pytest.approx(float(manual), rel=1e-5)
+    mask[:, 3] = False  # a padding channel never counts
+    s2 = s.clone()
+    s2[:, :, 3] += 100.0
+    assert float(kd_loss(s2, t, mask)) == pytest.approx(float(kd_loss(s, t, mask)), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, small_datasets):
+    train, val = small_datasets
+    tw, vw = windows_from_splits(train, [val], make_env("hopper").model, TH + H, 2)
+    cfg = WestWorldConfig(d_model=16, n_heads=2, n_blocks=3, expert_hidden=16, bins=16, d_state=4, expand=1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    pretrain([tw], [vw], cfg, PretrainConfig(history=TH, horizon=H, steps=40, eval_every=40, batch_size=8, stride=2,
+                                             warmup=1, lr=3e-3), path, progress=False)
+    return load_checkpoint(path), tw, vw
+
+
+def test_distilled_student_moves_toward_the_teacher(tmp_path, teacher):
+    model, tw, vw = teacher
+    scfg = student_config(model.net.cfg, n_blocks=1)
+    assert scfg.n_blocks == 1 and scfg.bins == model.net.cfg.bins
+    cfg = PretrainConfig(history=TH, horizon=H, steps=30, eval_every=30, batch_size=8, stride=2, warmup=1, lr=3e-3)
+    distill(model, [tw], [vw], scfg, cfg, tmp_path / "student.pt", alpha=0.5, progress=False)
+    student = load_checkpoint(tmp_path / "student.pt")
+    assert len(student.net.blocks) == 1 and student.systems.keys() == model.systems.keys()
+    from ws_worldmodel.data import collate
+
+    batch = collate([(tw, i) for i in range(min(16, len(tw)))], TH)
+    fresh = type(student.net)(scfg).eval()
+    with torch.no_grad():
+        t_logits = model.net(batch)[0]
+        before = float(kd_loss(fresh(batch)[0], t_logits, batch.state_mask))
+        after = float(kd_loss(student.net(batch)[0], t_logits, batch.state_mask))
+    assert after < before
+    with pytest.raises(ValueError, match="bins"):
+        distill(model, [tw], [vw], dataclasses.replace(scfg, bins=8), cfg, None, progress=False)
+    with pytest.raises(ValueError, match="alpha"):
+        distill(model, [tw], [vw], scfg, cfg, None, alpha=1.5, progress=False)
+
+
+def test_onnx_export_parity_dynamic_batch_and_mppi(tmp_path, teacher, hopper_env):
+    model, _, _ = teacher
+    path = export_onnx(model, "hopper", H, tmp_path / "m.onnx")
+    ort_model = OnnxSequenceModel(path)
+    assert (ort_model.history, ort_model.horizon, ort_model.system) == (TH, H, "hopper")
+    res = parity(model, ort_model, batch_sizes=(1, 7, 64))
+    assert res["max_abs_diff"] < 1e-3, res  # physical units (Hopper states span ~0.1-10)
+    with pytest.raises(ValueError, match="exported for"):
+        ort_model.predict("hopper", np.zeros((2, TH, 12)), np.zeros((2, TH + H + 1, 3)))
+    cfg = ControllerConfig(mppi=MPPIConfig(horizon=H, samples=16, temperature=0.1, noise_sigma=0.5))
+    ctrl = make_controller(hopper_env, str(path), cfg, seed=0)
+    state, _ = hopper_env.reset(seed=0)
+    action = ctrl.plan(state, 0)
+    assert action.shape == (3,) and np.all(np.isfinite(action))
+    with pytest.raises(ConfigError, match="re-export"):
+        make_controller(hopper_env, str(path), dataclasses.replace(cfg, mppi=MPPIConfig(horizon=H + 1, samples=16)))
+    with pytest.raises(ValueError, match="WestWorld"):
+        from ws_worldmodel.pretrain import TrajectoryWorldModel
+        from ws_worldmodel.trajworld import TrajWorld, TrajWorldConfig
+
+        tw = TrajectoryWorldModel(TrajWorld(TrajWorldConfig(d_model=16, n_heads=2, n_blocks=1, bins=16)),
+                                  model.systems, TH, H)
+        export_onnx(tw, "hopper", H, tmp_path / "tw.onnx")
+    assert not (tmp_path / "tw.onnx").exists()
