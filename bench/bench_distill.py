@@ -25,11 +25,11 @@ from ws_mppi.runner import make_controller
 from ws_sim.envs import make_env
 
 
-def _load(path: str, threads: int):
+def _load(path: str, threads: int, providers: list[str] | None = None):
     if path.endswith(".onnx"):
         from ws_distill.export import OnnxSequenceModel
 
-        return OnnxSequenceModel(path, threads=threads)
+        return OnnxSequenceModel(path, providers=providers, threads=threads)
     from ws_worldmodel.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
@@ -80,6 +80,9 @@ def main() -> None:
                                                             "exports are fixed to their H: swept over K only)")
     p.add_argument("--budget-ms", type=float, default=1000 / 90)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="ONNX Runtime providers for the forward benchmark, e.g. "
+                        "TensorrtExecutionProvider,CUDAExecutionProvider on an NVIDIA GPU")
     args = p.parse_args()
     nthread = args.threads or os.cpu_count() or 1
     torch.set_num_threads(nthread)
@@ -88,10 +91,11 @@ def main() -> None:
     models = dict(spec.split("=", 1) for spec in args.models.split(","))
     ks, hs = ([int(v) for v in part.split(",")] for part in args.sweep.split(":"))
     out = {"benchmark": "distill_teacher_student_runtimes", "env": args.env, "threads": nthread,
+           "providers": args.providers,
            "default_samples": cfg.mppi.samples, "default_horizon": cfg.mppi.horizon, "budget_ms": round(args.budget_ms, 3),
            "models": {}}
     for label, path in models.items():
-        model = _load(path, nthread)
+        model = _load(path, nthread, args.providers.split(","))
         params = sum(q.numel() for q in model.net.parameters()) if hasattr(model, "net") else None
         h_fixed = getattr(model, "horizon", None) if path.endswith(".onnx") else None
         res = {"path": path, "parameters": params,
