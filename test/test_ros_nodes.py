@@ -175,7 +175,9 @@ def test_controller_validates_states_holds_and_latches_estop(ros_context, contro
     assert len(lst.commands) > n
     estop.publish(Bool(data=False))
     assert fresh_mode(q, 1.0)[1] == "run", mode()
+    controller.trigger_deactivate()  # stops the 90 Hz loop before the executor goes
     ex.shutdown()
+    lst.destroy_node()
 
 
 @pytest.mark.parametrize("robot, needs", [("go1", "unitree_legged_sdk"), ("piper", "PiPER")])
