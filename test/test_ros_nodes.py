@@ -85,6 +85,8 @@ def test_ws_launch_go1_sim_walks_the_go1(ros_context):
         assert all(np.all(np.isfinite(c)) and c.shape == (12,) for c in lst.commands)
         ctl = next(v for k, v in lst.diag.items() if "MPPI" in k)
         assert ctl[2]["mode"] == "run" and int(ctl[2]["replans"]) > 0
+        ex.remove_node(lst)
+        lst.destroy_node()
         ex.shutdown()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -225,5 +227,7 @@ def test_sim_bridge_publishes_camera_images_and_rejects_bad_commands(ros_context
             assert _spin_until(ex, lambda: node.commands_rejected == k + 1, 10), node.last_rejection
         assert np.all(np.isfinite(node.data.ctrl)) and node.commands_applied == 0
     finally:
+        for n in (node, lst):
+            ex.remove_node(n)
+            n.destroy_node()
         ex.shutdown()
-        node.destroy_node()
