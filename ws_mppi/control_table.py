@@ -214,7 +214,8 @@ def render_table(root: str | Path) -> str:
         cells = []
         for e in envs:
             r = per_env[e]["results"].get(label)
-            cells.append("-" if r is None else f"{r['reward_mean']:.1f} ± {r['reward_std']:.1f}"
+            digits = 2 if r is not None and abs(r["reward_mean"]) < 10 else 1  # Go1 progress is metres
+            cells.append("-" if r is None else f"{r['reward_mean']:.{digits}f} ± {r['reward_std']:.{digits}f}"
                          + (f" ({r['fell']} fell)" if r["fell"] else ""))
         name = "oracle MPPI (upper bound)" if label == ORACLE else label
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
