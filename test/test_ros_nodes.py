@@ -137,11 +137,15 @@ def test_controller_validates_states_holds_and_latches_estop(ros_context, contro
         msg.name, msg.position, msg.velocity = list(io.joint_names), list(position), list(qd)
         pub.publish(msg)
 
-    def feed(position, seconds):
-        end = time.monotonic() + seconds
+    def feed(position, seconds, rate_hz=200.0):
+        """Publish ``position`` at ``rate_hz`` (a sensor's rate, not a flood) while spinning."""
+        now = time.monotonic()
+        end, next_pub = now + seconds, now
         while time.monotonic() < end:
-            publish(position)
-            ex.spin_once(timeout_sec=0.02)
+            if time.monotonic() >= next_pub:
+                publish(position)
+                next_pub += 1.0 / rate_hz
+            ex.spin_once(timeout_sec=0.002)
 
     def mode():
         v = next((v for k, v in lst.diag.items() if "MPPI" in k), None)
