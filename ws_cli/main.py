@@ -164,10 +164,30 @@ def _corpus_windows(corpus: Path, names: list[str], cfg) -> tuple[list, list]:
     return train, val
 
 
+def _pretraining_systems(corpus: Path, systems: str) -> list[str]:
+    """The named systems, or every corpus system but the held-out ones.
+
+    Raises:
+        FileNotFoundError: no corpus directory, or no system in it.
+    """
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT
+
+    corpus = Path(corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"corpus directory {corpus} does not exist (make one with 'ws corpus build')")
+    if systems:
+        names = [s for s in systems.split(",") if s]
+    else:
+        held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
+        names = sorted(p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
+    if not names:
+        raise FileNotFoundError(f"corpus {corpus} holds no system to pretrain on")
+    return names
+
+
 def cmd_pretrain(args) -> int:
     import json
 
-    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT
     from ws_worldmodel.pretrain import PretrainConfig, pretrain
     from ws_worldmodel.tdm import TDMConfig
     from ws_worldmodel.trajworld import TrajWorldConfig
@@ -176,15 +196,7 @@ def cmd_pretrain(args) -> int:
     _headless_gl()
     _set_threads(args.threads)
     corpus = Path(args.corpus)
-    if not corpus.is_dir():
-        raise FileNotFoundError(f"corpus directory {corpus} does not exist (make one with 'ws corpus build')")
-    if args.systems:
-        names = [s for s in args.systems.split(",") if s]
-    else:
-        held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
-        names = sorted(p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
-    if not names:
-        raise FileNotFoundError(f"corpus {corpus} holds no system to pretrain on")
+    names = _pretraining_systems(corpus, args.systems)
     cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, steps=args.steps,
                          lr=args.lr, eval_every=args.eval_every, stride=args.stride, patience=args.patience)
     if args.model == "westworld":
@@ -329,7 +341,7 @@ def cmd_eval_ablation(args) -> int:
     import json
     import tempfile
 
-    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, load_system, make_system
+    from ws_sim.corpus import HELD_OUT_ZERO_SHOT, load_system, make_system
     from ws_worldmodel.checkpoint import load_checkpoint
     from ws_worldmodel.pretrain import PretrainConfig, pretrain
     from ws_worldmodel.protocols import format_table, zero_shot
@@ -337,10 +349,8 @@ def cmd_eval_ablation(args) -> int:
 
     _headless_gl()
     _set_threads(args.threads)
-    held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
     corpus = Path(args.corpus)
-    names = [s for s in args.systems.split(",") if s] if args.systems else sorted(
-        p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
+    names = _pretraining_systems(corpus, args.systems)
     cfg = PretrainConfig(history=args.history, horizon=args.horizon, batch_size=args.batch_size, steps=args.steps,
                          lr=args.lr, eval_every=args.eval_every, stride=args.stride)
     train, val = _corpus_windows(corpus, names, cfg)
@@ -424,7 +434,6 @@ def cmd_distill(args) -> int:
     import json
 
     from ws_mppi.config import ConfigError
-    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT
     from ws_distill.distill import distill, student_config
     from ws_worldmodel.checkpoint import load_checkpoint
     from ws_worldmodel.pretrain import PretrainConfig
@@ -435,11 +444,7 @@ def cmd_distill(args) -> int:
     if getattr(teacher, "kind", None) != "westworld":
         raise ConfigError(f"{args.teacher} is not a WestWorld checkpoint (ws pretrain --model westworld)")
     corpus = Path(args.corpus)
-    if not corpus.is_dir():
-        raise FileNotFoundError(f"corpus directory {corpus} does not exist (make one with 'ws corpus build')")
-    held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
-    names = [s for s in args.systems.split(",") if s] if args.systems else sorted(
-        p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
+    names = _pretraining_systems(corpus, args.systems)
     cfg = PretrainConfig(history=args.history or teacher.history, horizon=args.horizon or teacher.horizon,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, eval_every=args.eval_every,
                          stride=args.stride, patience=args.patience)
