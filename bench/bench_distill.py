@@ -2,7 +2,7 @@
 
 For each model (``LABEL=PATH``, a ``.pt`` checkpoint or a ``.onnx`` export of one system):
 the forward latency of one prediction at MPPI batch sizes, and the latency of a whole MPPI
-cycle (sample, predict, weigh) at the environment's default K and H, plus a sweep of K and
+cycle (sample, predict, weigh) at the environment's default K and H (an export's own H), plus a sweep of K and
 H to find the largest that fit a period (default 11.1 ms, 90 Hz). Prints one JSON object;
 asserts nothing. Control quality comes from ``ws eval control`` (see README).
 
@@ -101,7 +101,9 @@ def main() -> None:
         res = {"path": path, "parameters": params,
                "forward": {str(b): forward_latency(model, args.env, b, h_fixed or cfg.mppi.horizon, args.repeats)
                            for b in (int(v) for v in args.batches.split(","))},
-               "mppi_default": mppi_latency(env, path, cfg.mppi.samples, cfg.mppi.horizon, args.iters, nthread)}
+               "mppi_default": {"samples": cfg.mppi.samples, "horizon": h_fixed or cfg.mppi.horizon,
+                                **mppi_latency(env, path, cfg.mppi.samples, h_fixed or cfg.mppi.horizon, args.iters,
+                                               nthread)}}
         fits = []
         for k in ks:
             for h in ([h_fixed] if h_fixed else hs):
