@@ -94,3 +94,19 @@ def test_onnx_export_parity_dynamic_batch_and_mppi(tmp_path, teacher, hopper_env
                                   model.systems, TH, H)
         export_onnx(tw, "hopper", H, tmp_path / "tw.onnx")
     assert not (tmp_path / "tw.onnx").exists()
+
+
+def test_ws_export_cli_writes_a_checked_onnx_and_reports_parity(tmp_path, capsys):
+    """`ws export` on the shipped Hopper WestWorld: the file, its metadata and the parity line."""
+    import json
+    from pathlib import Path
+
+    import ws_worldmodel
+    from ws_cli.main import main
+
+    ckpt = Path(ws_worldmodel.__file__).parent / "checkpoints" / "hopper_westworld.pt"
+    assert main(["export", "--checkpoint", str(ckpt), "--horizon", "5", "--out", str(tmp_path / "h.onnx")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["system"] == "hopper" and out["horizon"] == 5 and out["parity_max_abs_diff"] < 1e-3
+    assert OnnxSequenceModel(tmp_path / "h.onnx").horizon == 5
+    assert main(["export", "--checkpoint", str(ckpt), "--system", "walker2d", "--out", str(tmp_path / "w.onnx")]) == 2
