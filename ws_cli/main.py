@@ -531,10 +531,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: float, eval_every: int | None,
-                       stride: int = 10, patience: bool = True) -> None:
-    """Window, optimisation and run options shared by pretraining and the protocols."""
-    p.add_argument("--history", type=int, default=50, help="observed steps Th")
-    p.add_argument("--horizon", type=int, default=100, help="predicted steps H")
+                       stride: int = 10, patience: bool = True, window_from: str | None = None) -> None:
+    """Window, optimisation and run options shared by pretraining and the protocols.
+
+    ``window_from``: name the checkpoint whose history/horizon are the defaults (None: 50/100)."""
+    if window_from:
+        p.add_argument("--history", type=int, default=None, help=f"observed steps Th (default: the {window_from}'s)")
+        p.add_argument("--horizon", type=int, default=None, help=f"predicted steps H (default: the {window_from}'s)")
+    else:
+        p.add_argument("--history", type=int, default=50, help="observed steps Th")
+        p.add_argument("--horizon", type=int, default=100, help="predicted steps H")
     p.add_argument("--stride", type=int, default=stride, help="step between window starts")
     if steps is not None:
         p.add_argument("--steps", type=int, default=steps, help="optimiser steps at most")
@@ -777,11 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--d-model", type=int, default=None, help="student width (default: the teacher's)")
     di.add_argument("--expert-hidden", type=int, default=None, help="student expert width (default: the teacher's)")
     di.add_argument("--alpha", type=float, default=0.5, help="weight of the ground-truth cross-entropy (eq. 37)")
-    _add_training_args(di, steps=1000, lr=1e-3, eval_every=100, stride=10)
-    di.set_defaults(func=cmd_distill, history=None, horizon=None)
-    for a in di._actions:
-        if a.dest in ("history", "horizon"):
-            a.default, a.help = None, f"{a.help} (default: the teacher's)"
+    _add_training_args(di, steps=1000, lr=1e-3, eval_every=100, stride=10, window_from="teacher")
+    di.set_defaults(func=cmd_distill)
 
     ex = sub.add_parser("export", help="export a WestWorld to ONNX (dynamic batch) and check parity with ONNX Runtime",
                         description="Write an ONNX graph (opset 17; inputs hist_states (batch, Th, Cs) and actions "
