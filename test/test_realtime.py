@@ -89,3 +89,57 @@ def test_commands_keep_flowing_along_the_plan_while_the_planner_works():
     assert len(set(walked)) >= 5 and walked == sorted(walked)  # advancing through the first plan
     stats = ctrl.stats()
     assert stats["ticks"] == len(sent) and stats["replans"] >= 1 and stats["planner_faults"] == 0
+
+
+def test_tick_exposes_the_rest_of_the_plan_with_its_step_times():
+    clock, tails = Clock(), []
+    plan = np.arange(5)[:, None] * np.ones((5, 2))
+
+    def send(c):
+        steps, lead = ctrl.plan_tail()
+        tails.append((c.copy(), steps.copy(), lead))
+
+    ctrl = RealtimeController(lambda s, t: plan, lambda: (np.zeros(3), 0, 1.0), send, horizon=5, action_dim=2,
+                              plan_dt=0.02, clock=clock)
+    ctrl.tick()
+    assert tails[-1][1].shape == (0, 2)  # no plan yet: no tail
+    clock.t = 1.5
+    assert ctrl.plan_once()  # the state's stamp (1.0), not the planning time, starts the plan
+    clock.t = 1.025  # 25 ms after the state: step 1 now, step 2 starts in 15 ms
+    ctrl.tick()
+    cmd, steps, lead = tails[-1]
+    assert cmd.tolist() == [1, 1] and steps[:, 0].tolist() == [2, 3, 4]
+    assert lead == pytest.approx(0.015)
+
+
+def test_a_simulated_clock_drives_the_ticks():
+    """With a clock that is not wall time (ROS /clock), the loop waits for it: no ticks before it
+    starts (<= 0), none while it stands still, ticks again when it moves."""
+    clock, sent = Clock(), []
+    lock = threading.Lock()
+
+    def send(c):
+        with lock:
+            sent.append(clock.t)
+
+    ctrl = RealtimeController(lambda s, t: np.zeros((3, 1)), lambda: None, send, horizon=3, action_dim=1,
+                              plan_dt=0.01, rate_hz=90.0, clock=clock)
+    ctrl.start()
+    try:
+        time.sleep(0.2)
+        assert not sent  # the clock has not started
+        clock.t = 1.0
+        deadline = time.monotonic() + 10
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        with lock:
+            n = len(sent)
+        assert n == 1, sent  # the clock stands still: one tick, then waiting for 1.0 + 1/90
+        clock.t = 1.0 + 5 / 90 + 1e-6  # five periods later: ticks resume (late ones are not replayed)
+        deadline = time.monotonic() + 10
+        while len(sent) == n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(sent) > n
+    finally:
+        ctrl.stop()

@@ -14,6 +14,14 @@ The tick does no model work and no allocation: plans are copied into preallocate
 buffers under a lock, and the command into a preallocated array. The controller counts
 ticks, missed ticks (a tick that started more than one period late), replans, planning
 latencies and tick periods; :meth:`RealtimeController.stats` reports percentiles.
+
+**Time base.** Plan stamps, plan shifting and tick scheduling follow ``clock``: wall time by
+default, or a simulator's clock (ROS ``/clock`` with ``use_sim_time``), in which case the
+loop ticks at ``rate_hz`` in *simulated* time and a simulation slowed below real time (a
+slow machine) sees plans exactly as old, in simulated seconds, as the planner took to make
+them there. Planning latency is always measured on the wall clock (it is compute time).
+A clock reading of 0 or less means the clock has not started (ROS time before the first
+``/clock`` message): the loop waits for it.
 """
 
 from __future__ import annotations
@@ -25,7 +33,25 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["RealtimeController", "plan_step_index"]
+__all__ = ["RealtimeController", "plan_step_index", "poll_until"]
+
+
+def _sleep_until(t: float, stop: threading.Event) -> None:
+    delay = t - time.perf_counter()
+    if delay > 0:
+        stop.wait(delay)
+
+
+def poll_until(clock: Callable[[], float], t: float, stop: threading.Event, poll_s: float = 0.0005) -> None:
+    """Block until ``clock() >= t`` or ``stop`` is set, for a clock that need not follow wall
+    time (a simulator's): checks every ``poll_s`` wall seconds at most, and never sleeps
+    longer than the remaining clock time (exact for a clock running at or below real time).
+    A clock that stops (a paused simulation) blocks until it moves again or ``stop`` is set."""
+    while not stop.is_set():
+        remaining = t - clock()
+        if remaining <= 0:
+            return
+        stop.wait(min(poll_s, remaining))
 
 
 def plan_step_index(elapsed_s: float, plan_dt: float, horizon: int) -> int:
@@ -42,30 +68,43 @@ class RealtimeController:
     Args:
         plan: ``plan(state, t) -> (H, nu)`` nominal action sequence (e.g. an MPPI cycle's
             ``PlanResult.nominal``); called on the planner thread.
-        get_state: returns the newest ``(state, t)`` (``t`` the step count the planner
-            should use for time-indexed costs), or ``None`` while no valid state exists.
+        get_state: returns the newest ``(state, t)`` or ``(state, t, stamp)`` (``t`` the step
+            count the planner should use for time-indexed costs; ``stamp`` the state's time on
+            ``clock``, which becomes the plan's start; without it the plan starts when
+            planning starts), or ``None`` while no (new) valid state exists.
         send: receives each command ``(nu,)`` (a view of a reused buffer: copy it to keep it).
         horizon, action_dim: the plan's shape.
         plan_dt: seconds per plan step.
         rate_hz: command rate (90 Hz by default, the seed's deployment rate).
         hold_action: the command before the first plan, ``(nu,)``.
-        clock: a monotonic clock in seconds (``time.perf_counter`` by default).
+        clock: the loop's monotonic time base in seconds (``time.perf_counter`` by default;
+            a simulated clock for sim-in-the-loop, see the module docstring).
+        wait_until: ``wait_until(t, stop)`` blocks until ``clock() >= t`` or the
+            ``threading.Event`` ``stop`` is set. Default: sleeps ``t - clock()`` wall seconds,
+            right for a wall clock; for any other clock, :func:`poll_until` is used.
         stats_window: the statistics keep the last this many ticks and plans (a long-running
             node's memory stays bounded).
     """
 
     def __init__(self, plan: Callable, get_state: Callable, send: Callable, horizon: int, action_dim: int,
                  plan_dt: float, rate_hz: float = 90.0, hold_action: np.ndarray | None = None,
-                 clock: Callable[[], float] = time.perf_counter, stats_window: int = 100_000):
+                 clock: Callable[[], float] = time.perf_counter, stats_window: int = 100_000,
+                 wait_until: Callable[[float, threading.Event], None] | None = None):
         if rate_hz <= 0 or plan_dt <= 0:
             raise ValueError("rate_hz and plan_dt must be positive")
         self._plan_fn, self._get_state, self._send = plan, get_state, send
         self.horizon, self.action_dim = int(horizon), int(action_dim)
         self.plan_dt, self.period = float(plan_dt), 1.0 / float(rate_hz)
         self.clock = clock
+        if wait_until is None:
+            wait_until = _sleep_until if clock is time.perf_counter else (
+                lambda t, stop: poll_until(clock, t, stop))
+        self._wait_until = wait_until
         self._plans = np.zeros((2, self.horizon, self.action_dim))
         self._made = np.zeros(2)
         self._latest = -1  # index of the newest plan buffer, -1 before the first plan
+        self._tail = np.zeros((self.horizon, self.action_dim))  # written by the tick only
+        self._tail_len, self._tail_lead = 0, 0.0
         self._lock = threading.Lock()
         self._command = np.zeros(self.action_dim) if hold_action is None else np.array(hold_action, dtype=np.float64)
         self._stop = threading.Event()
@@ -80,34 +119,52 @@ class RealtimeController:
 
     # --- the two halves, usable directly (tests, simulations with their own clock) -------
     def tick(self) -> np.ndarray:
-        """Choose and send the command for now; returns it (the reused buffer)."""
+        """Choose and send the command for now; returns it (the reused buffer).
+
+        Before ``send`` is called, :meth:`plan_tail` holds the rest of the plan after the
+        command for now, so that ``send`` may forward the whole remaining plan (a
+        trajectory) rather than one command."""
         now = self.clock()
         with self._lock:
             k = self._latest
             if k >= 0:
-                i = plan_step_index(now - self._made[k], self.plan_dt, self.horizon)
+                elapsed = now - self._made[k]
+                i = plan_step_index(elapsed, self.plan_dt, self.horizon)
                 np.copyto(self._command, self._plans[k, i])
+                n = self.horizon - 1 - i
+                self._tail[:n] = self._plans[k, i + 1:]
+                self._tail_len = n
+                self._tail_lead = (i + 1) * self.plan_dt - max(elapsed, 0.0)
+            else:
+                self._tail_len = 0
         self._send(self._command)
         return self._command
+
+    def plan_tail(self) -> tuple[np.ndarray, float]:
+        """The plan after the command of the latest tick: ``(steps (n, nu), lead_s)``, where
+        step ``j`` starts ``lead_s + j * plan_dt`` seconds after that tick (``n`` is 0 before
+        the first plan). A view of a buffer the next tick reuses: call it from ``send``."""
+        return self._tail[:self._tail_len], self._tail_lead
 
     def plan_once(self) -> bool:
         """Run one planning cycle on the newest state and publish it; False if no state."""
         got = self._get_state()
         if got is None:
             return False
-        state, t = got
-        t0 = self.clock()
+        state, t = got[0], got[1]
+        t0 = got[2] if len(got) > 2 else self.clock()  # the plan starts at the state it was made from
+        w0 = time.perf_counter()
         nominal = np.asarray(self._plan_fn(state, t), dtype=np.float64)
         if nominal.shape != (self.horizon, self.action_dim):
             raise ValueError(f"planner returned shape {nominal.shape}, expected ({self.horizon}, {self.action_dim})")
         if not np.all(np.isfinite(nominal)):
             raise FloatingPointError("planner returned non-finite actions; the previous plan stays in force")
-        self.plan_latencies.append(self.clock() - t0)
+        self.plan_latencies.append(time.perf_counter() - w0)
         self.replans += 1
         with self._lock:
             k = 1 - self._latest if self._latest >= 0 else 0
             self._plans[k] = nominal
-            self._made[k] = t0  # the plan starts at the state it was made from
+            self._made[k] = t0
             self._latest = k
         return True
 
@@ -118,6 +175,8 @@ class RealtimeController:
 
     # --- threads ---------------------------------------------------------------------------
     def _tick_loop(self) -> None:
+        while self.clock() <= 0 and not self._stop.is_set():  # a ROS clock before its first /clock
+            self._stop.wait(0.001)
         next_t = self.clock()
         while not self._stop.is_set():
             now = self.clock()
@@ -127,9 +186,8 @@ class RealtimeController:
             self.tick()
             self.tick_times.append(now)
             next_t += self.period
-            delay = next_t - self.clock()
-            if delay > 0:
-                self._stop.wait(delay)
+            if next_t > self.clock():
+                self._wait_until(next_t, self._stop)
 
     def _planner_loop(self) -> None:
         while not self._stop.is_set():
@@ -161,7 +219,7 @@ class RealtimeController:
         """Achieved rates and percentiles (milliseconds), for logs, diagnostics and benchmarks."""
         ticks = np.diff(np.asarray(self.tick_times)) * 1e3
         lat = np.asarray(self.plan_latencies) * 1e3
-        span = (self.tick_times[-1] - self.tick_times[0]) if len(self.tick_times) > 1 else 0.0
+        span = (self.tick_times[-1] - self.tick_times[0]) if len(self.tick_times) > 1 else 0.0  # in clock time
 
         def pct(x, q):
             return round(float(np.percentile(x, q)), 3) if x.size else None

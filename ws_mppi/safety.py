@@ -317,6 +317,8 @@ class SafetySupervisor:
         self._qd: np.ndarray | None = None
         self._base: np.ndarray | None = None
         self._last_valid_s: float | None = None
+        self.valid_updates = 0  # readings accepted so far (a planner can skip states it has planned from)
+        self.state_stamp_s: float | None = None  # the header stamp of the newest valid reading
         self._estop = False
         self._estop_reason = ""
         self.last_rejection = ""
@@ -352,6 +354,8 @@ class SafetySupervisor:
             return False
         self._q, self._qd = q, qd
         self._last_valid_s = now_s
+        self.state_stamp_s = float(stamp_s)
+        self.valid_updates += 1
         return True
 
     def engage_estop(self, reason: str = "estop") -> None:
@@ -372,6 +376,15 @@ class SafetySupervisor:
         if self._last_valid_s is None or now_s - self._last_valid_s > self.state_timeout_s:
             return None
         return self._q.copy(), self._qd.copy(), None if self._base is None else self._base.copy()
+
+    def limit_plan(self, steps: np.ndarray) -> np.ndarray | None:
+        """The later steps of a plan ``(n, nu)``, each clamped like a command against the
+        newest valid state; None if any step is non-finite (then only the command for now
+        goes out)."""
+        if self._q is None or not np.all(np.isfinite(steps)):
+            return None
+        q, qd = self._q[self._cmd_idx], self._qd[self._cmd_idx]
+        return np.stack([self.limiter(u, q, qd) for u in steps]) if len(steps) else np.zeros((0, steps.shape[-1]))
 
     def hold_command(self) -> np.ndarray | None:
         """The safe-hold command, or None before any valid state (position joints)."""
