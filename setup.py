@@ -49,7 +49,7 @@ setup(
         # on a robot, rclpy and the messages come from the sourced ROS 2 install instead
         "ros": ["ros-jazzy-rclpy", "ros-jazzy-rmw-fastrtps-cpp", "ros-jazzy-std-msgs", "ros-jazzy-sensor-msgs",
                 "ros-jazzy-nav-msgs", "ros-jazzy-geometry-msgs", "ros-jazzy-trajectory-msgs",
-                "ros-jazzy-diagnostic-msgs", "ros-jazzy-rosgraph-msgs"],
+                "ros-jazzy-diagnostic-msgs", "ros-jazzy-rosgraph-msgs", "ros-jazzy-std-srvs"],
     },
     entry_points={
         "console_scripts": [

@@ -33,7 +33,8 @@ def test_launch_file_names_an_existing_graph(path):
 def _declared_by(exe: str) -> set[str]:
     module = EXECUTABLES[exe][0]
     src = (ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
-    return set(re.findall(r'\bp\("(\w+)"', src)) | set(re.findall(r'declare_parameter\("(\w+)"', src))
+    builtin = {"use_sim_time"}  # rclpy declares it on every node
+    return set(re.findall(r'\bp\("(\w+)"', src)) | set(re.findall(r'declare_parameter\("(\w+)"', src)) | builtin
 
 
 @pytest.mark.parametrize("graph", sorted(GRAPHS))

@@ -97,6 +97,90 @@ def test_ws_launch_go1_sim_walks_the_go1(ros_context):
     assert "[sim_bridge]" in output and "[mppi_controller]" in output
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_hopper_sim_graph_in_sim_time_keeps_hopper_healthy(ros_context):
+    """The ``hopper_sim`` graph's two processes (the argv ``ws launch`` runs) in simulated time, slowed to
+    a fifth of real time so that a 2-core machine keeps up: sim_bridge waits paused at t = 0, the controller
+    unpauses it with its first plan and ticks on /clock; Hopper stays healthy (Gymnasium's criteria)
+    and moves forward over the first 0.75 s (Gymnasium's Hopper under synchronous MPPI falls after about 1 s:
+    this is the same controller, asynchronous); the command rate in simulated time is printed
+    (target 90 Hz); SIGINT stops both processes and leaves none behind."""
+    from ws_ros.graphs import commands
+    from ws_sim.envs import make_env
+    from ws_sim.robot_io import RobotIO
+
+    io = RobotIO.from_model(make_env("hopper").model)
+    ix, iz, iang = (io.joint_names.index(n) for n in ("rootx", "rootz", "rooty"))
+    lst = Listener(context=ros_context)
+    states = []
+    lst.create_subscription(JointState, "joint_states", lambda m: states.append(
+        (m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec, np.array(m.position))), sensor_qos())
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(lst)
+    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1"}
+    (bridge, bridge_argv), (ctl_name, ctl_argv) = commands("hopper_sim", {"real_time_factor": 0.2})
+    assert (bridge, ctl_name) == ("sim_bridge", "mppi_controller")
+    procs = [subprocess.Popen(bridge_argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    outputs = []
+    try:
+        # paused: the initial state is published at t = 0 until a controller is ready
+        assert _spin_until(ex, lambda: len(states) > 5, 60), "no joint_states from the paused sim_bridge"
+        assert all(t == 0.0 for t, _ in states), "sim_bridge did not wait paused at t = 0"
+        procs.append(subprocess.Popen(ctl_argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        assert _spin_until(ex, lambda: states[-1][0] > 1.5, 120), "the simulation never ran 1.5 s"
+        _spin_until(ex, lambda: any("MPPI" in k for k in lst.diag) and any("simulation" in k for k in lst.diag), 10)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        outputs = [p.communicate(timeout=30)[0] for p in procs]
+    t = np.array([s[0] for s in states])
+    q = np.stack([s[1] for s in states])
+    window = (t > 0) & (t <= 0.75)
+    assert window.sum() > 10, f"{window.sum()} states in the first 0.75 s"
+    z, ang = q[window, iz], q[window, iang]
+    bad = ~((z > 0.7) & (np.abs(ang) < 0.2))
+    assert not bad.any(), f"unhealthy from t = {t[window][bad][0]:.3f} s: min z {z.min():.2f}, max |angle| {np.abs(ang).max():.2f}"
+    moved = q[window, ix][-1] - q[0, ix]
+    assert moved > 0.3, f"Hopper moved {moved:.2f} m in 0.75 s"
+    ctl = next(v for k, v in lst.diag.items() if "MPPI" in k)[2]
+    sim = next(v for k, v in lst.diag.items() if "simulation" in k)[2]
+    assert ctl["time_base"].startswith("sim") and int(ctl["replans"]) > 0
+    rate = int(sim["commands_applied"]) / float(sim["sim_time_s"])
+    run = t > 0
+    unhealthy = ~((q[run, iz] > 0.7) & (np.abs(q[run, iang]) < 0.2))
+    healthy_for = t[run][unhealthy][0] if unhealthy.any() else t[run][-1]
+    print(f"\nhopper_sim in sim time: {moved:.2f} m in 0.75 s, healthy for {healthy_for:.2f} s; {rate:.1f} commands per simulated second reached "
+          f"sim_bridge (target 90); tick period p50/p99 {ctl.get('tick_period_ms_p50')}/"
+          f"{ctl.get('tick_period_ms_p99')} ms (sim); {ctl.get('replan_rate_hz')} replans per simulated second")
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "unpaused at t = 0.000 s" in outputs[0] and "called unpause_physics" in outputs[1], outputs
+    ex.remove_node(lst)
+    lst.destroy_node()
+    ex.shutdown()
+
+
 def test_ws_launch_lists_graphs_and_rejects_unknown_ones():
     from ws_cli.main import main
 

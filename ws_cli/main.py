@@ -499,7 +499,14 @@ def cmd_launch(args) -> int:
 
     if importlib.util.find_spec("rclpy") is None:
         raise ConfigError("ws launch needs rclpy: source a ROS 2 install, or pip install -e '.[ros]'")
-    overrides = {"dynamics": args.dynamics} if args.dynamics else {}
+    overrides = {}
+    for item in args.param:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise ConfigError(f"-p expects NAME:=VALUE (ROS 2's syntax), got {item!r}")
+        overrides[name] = value
+    if args.dynamics:
+        overrides["dynamics"] = args.dynamics
     return run(args.graph, overrides, duration=args.duration)
 
 
@@ -809,6 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--list", action="store_true", help="list the graphs")
     la.add_argument("--dynamics", default="", help="override the controller's dynamics (oracle, default or a path)")
     la.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    la.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="set a parameter on every node of the graph whose parameter file declares it, e.g. "
+                         "-p real_time_factor:=0.5 (repeatable)")
     la.set_defaults(func=cmd_launch)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")

@@ -14,11 +14,28 @@ free-running planner thread) around MPPI with the dynamics named by ``dynamics``
 * every command is clamped to the MJCF's joint and torque limits; a non-finite plan is never
   published.
 
-Commands go out on ``joint_command`` (``trajectory_msgs/JointTrajectory``, one point: the
-command for now; ``positions`` for position-servo robots, ``effort`` for motor-driven ones).
+The planner replans as fast as it can, but only from a state newer than the one it last
+planned from (a sensor at 125 Hz gets at most 125 plans per second; the spare CPU goes to
+the tick and the rest of the robot).
+
+Commands go out on ``joint_command`` (``trajectory_msgs/JointTrajectory``; ``positions`` for
+position-servo robots, ``effort`` for motor-driven ones) at ``rate_hz``: point 0 is the
+command for now (``time_from_start`` 0, stamped now), followed while running by the rest of
+the current plan at its step times, each clamped like the command. A receiver that only
+reads point 0 gets the 90 Hz command; ``sim_bridge`` executes the points at their times, so
+that MPPI's step boundaries (8 ms on Hopper) are kept between 90 Hz ticks.
 ``/diagnostics`` (1 Hz) carries tick period percentiles, missed ticks, replanning rate,
-planning latency, rejected readings and the safety mode. ``goal`` (``PoseStamped``, Go1)
+planning latency, rejected readings and the safety mode. With ``unpause_service`` set, the
+controller calls that ``std_srvs/Empty`` service once its first plan exists (a paused
+``sim_bridge`` starts then). ``goal`` (``PoseStamped``, Go1)
 replaces the waypoint list with one planar goal.
+
+Time: with ``use_sim_time`` (the sim graphs set it; ``sim_bridge`` publishes ``/clock``) the
+command loop ticks at ``rate_hz`` in simulated time and plans are shifted by their age in
+simulated time, so a simulation running slower than real time (a busy machine) is
+controlled as it would be at full speed with a planner that much faster. State stamps,
+timeouts and command stamps all use the node's clock; ``/diagnostics`` is published every
+wall-clock second either way (a stalled simulation is still reported).
 
 Lifecycle: ``configure`` loads the model and builds the planner; ``activate`` starts the
 tick and the planner; ``deactivate`` stops them and publishes one hold command. With
@@ -36,9 +53,11 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
+from std_srvs.srv import Empty
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ws_mppi.safety import JointLimits, SafetySupervisor, StateValidator
@@ -67,6 +86,8 @@ class MPPIControllerNode(LifecycleNode):
         p("threads", 1, _descriptor("torch / oracle threads of the planner"))
         p("seed", 0, _descriptor("MPPI noise seed"))
         p("autostart", True, _descriptor("configure and activate on start"))
+        p("unpause_service", "", _descriptor("std_srvs/Empty service to call once the first plan exists "
+                                             "(sim graphs: the paused sim_bridge's unpause_physics); empty: none"))
         self._rt = None
         self._lock = threading.Lock()
         self._base = None
@@ -74,6 +95,7 @@ class MPPIControllerNode(LifecycleNode):
         self._last = None  # last Decision
         self._t_active = 0.0
         self._subs, self._pubs, self._timers = [], [], []
+        self._unpause = None
         if self.get_parameter("autostart").value:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise RuntimeError("mppi_controller failed to configure (see the log above)")
@@ -121,7 +143,9 @@ class MPPIControllerNode(LifecycleNode):
             self._subs.append(self.create_subscription(Odometry, "odom", self._on_odom, sensor_qos()))
         if self.env.name == "go1":
             self._subs.append(self.create_subscription(PoseStamped, "goal", self._on_goal, 10))
-        self._timers = [self.create_timer(1.0, self._publish_diagnostics)]
+        self._timers = [self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))]
+        service = g("unpause_service")
+        self._unpause = self.create_client(Empty, service) if service else None
         self.get_logger().info(f"configured: {self.env.name}, dynamics {self.planner.name}, MPPI H={cfg.mppi.horizon} "
                                f"K={cfg.mppi.samples} lambda={cfg.mppi.temperature}, {self.rate_hz} Hz")
         return TransitionCallbackReturn.SUCCESS
@@ -129,11 +153,14 @@ class MPPIControllerNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from ws_mppi.realtime import RealtimeController
 
-        self._t_active = time.perf_counter()
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
+        self._loop_clock = self._now if self.sim_time else time.perf_counter
+        self._t_active = None  # set by the first plan (a ROS clock may not have started yet)
+        self._planned_update = -1
         self.planner.reset(int(self.get_parameter("seed").value))
         self._rt = RealtimeController(self._plan, self._get_state, self._send, horizon=self.cfg.mppi.horizon,
                                       action_dim=len(self.command_names), plan_dt=self.env.dt, rate_hz=self.rate_hz,
-                                      hold_action=np.zeros(len(self.command_names)))
+                                      hold_action=np.zeros(len(self.command_names)), clock=self._loop_clock)
         result = super().on_activate(state)
         self._rt.start()
         self.get_logger().info("active: planning and commanding")
@@ -218,39 +245,65 @@ class MPPIControllerNode(LifecycleNode):
     # --- the real-time loop's callbacks ---------------------------------------------------------
     def _get_state(self):
         with self._lock:
+            if self.supervisor.valid_updates == self._planned_update:
+                return None  # nothing new since the last plan: replanning on the same state wastes the CPU
             st = self.supervisor.state(self._now())
+            self._planned_update = self.supervisor.valid_updates
+            stamp = self.supervisor.state_stamp_s
         if st is None:
             return None
         q, qd, base = st
         state = self.io.join(q, qd, base)
         if self.env.name == "go1":
             self.env.update_goal(state[:2])
-        return state, int((time.perf_counter() - self._t_active) / self.env.dt)
+        now = self._loop_clock()
+        if self._t_active is None:
+            self._t_active = now
+        # in sim time the reading's stamp is on the loop's clock: the plan starts at the state it was made from
+        return (state, int((now - self._t_active) / self.env.dt)) + ((stamp,) if self.sim_time else ())
 
     def _plan(self, state, t):
         self.planner.plan(state, t)
+        if self._unpause is not None:  # once: the simulation may start now that a plan exists
+            if self._unpause.service_is_ready():
+                self._unpause.call_async(Empty.Request())
+                self.get_logger().info(f"first plan made: called {self._unpause.srv_name}")
+                self._unpause = None
+            else:
+                self.get_logger().warn(f"waiting for the service {self._unpause.srv_name}", throttle_duration_sec=2.0)
         return self.planner.last.nominal
 
     def _send(self, command: np.ndarray) -> None:
+        tail = None
         with self._lock:
             rt = self._rt
             d = self.supervisor.decide(self._now(), command if rt is not None and rt.has_plan else None)
+            if d.mode.value == "run" and rt is not None:
+                steps, lead = rt.plan_tail()
+                tail = self.supervisor.limit_plan(steps)
         self._last = d
         if d.command is not None:
-            self._publish_command(d.command)
+            self._publish_command(d.command, tail, lead if tail is not None else 0.0)
 
-    def _publish_command(self, command: np.ndarray) -> None:
+    def _publish_command(self, command: np.ndarray, tail: np.ndarray | None = None, lead_s: float = 0.0) -> None:
+        """One ``JointTrajectory``: point 0 is the command for now (``time_from_start`` 0); when
+        running, the rest of the plan follows, step ``j`` at ``lead_s + j * dt`` (MPPI's actions
+        are piecewise constant: hold each point until the next)."""
         if not np.all(np.isfinite(command)):  # the supervisor never lets one through; belt and braces
             return
         msg = JointTrajectory()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.joint_names = self.command_names
-        pt = JointTrajectoryPoint()
-        if self.command_kind == "position":
-            pt.positions = command.tolist()
-        else:
-            pt.effort = command.tolist()
-        msg.points = [pt]
+        rows = [command] if tail is None else [command, *tail]
+        for j, row in enumerate(rows):
+            pt = JointTrajectoryPoint()
+            if self.command_kind == "position":
+                pt.positions = row.tolist()
+            else:
+                pt.effort = row.tolist()
+            t = 0.0 if j == 0 else lead_s + (j - 1) * self.env.dt
+            pt.time_from_start.sec, pt.time_from_start.nanosec = int(t), int(round((t - int(t)) * 1e9))
+            msg.points.append(pt)
         self._pub_cmd.publish(msg)
 
     def _publish_diagnostics(self) -> None:
@@ -260,7 +313,8 @@ class MPPIControllerNode(LifecycleNode):
         values = {**{k: v for k, v in stats.items() if v is not None},
                   "mode": d.mode.value if d else "inactive", "estop": self.supervisor.estopped,
                   **{f"rejected_{k}": v for k, v in self.supervisor.validator.rejected.items() if v},
-                  "accepted_states": self.supervisor.validator.accepted}
+                  "accepted_states": self.supervisor.validator.accepted,
+                  "time_base": "sim (/clock)" if getattr(self, "sim_time", False) else "wall"}
         level = d.level if d else 1
         message = d.message if d else "inactive"
         if rt is not None and rt.faults:

@@ -5,11 +5,20 @@ thread, in real time (``real_time_factor`` 1) or in simulated time with ``/clock
 (``publish_clock: true``, as fast as ``real_time_factor`` allows; 0 means unthrottled).
 Publishes ``joint_states`` (every hinge/slide joint; effort = actuator force) and, for a
 floating base, ``odom`` (pose in ``odom``, twist in ``base_link``) and ``imu`` (orientation,
-body angular velocity, proper acceleration). Applies ``joint_command``
-(``trajectory_msgs/JointTrajectory``, point 0): ``positions`` for position-servo robots
-(the MJCF's PD with its force limits does the rest), ``effort`` for motor-driven ones, each
-clipped to the actuator's ``ctrlrange``. A malformed command (unknown or missing joints,
-wrong length, NaN) is dropped and counted; the last good command stays in force.
+body angular velocity, proper acceleration). Executes ``joint_command``
+(``trajectory_msgs/JointTrajectory``): ``positions`` for position-servo robots (the MJCF's
+PD with its force limits does the rest), ``effort`` for motor-driven ones, each clipped to
+the actuator's ``ctrlrange``; the trajectory starts at its header stamp and each point is
+held from its ``time_from_start`` until the next (MPPI's piecewise-constant actions), the
+last one after the end; a newer message replaces it. A malformed command (unknown or
+missing joints, wrong length, NaN anywhere, decreasing times) is dropped and counted; the
+last good one stays in force.
+
+Pausing: with ``start_paused`` the simulation holds its initial state (still publishing it, and
+``/clock`` frozen) until the ``unpause_physics`` service (``std_srvs/Empty``, Gazebo's name) is
+called; ``pause_physics`` stops it again. The sim graphs of motor-driven robots (Hopper,
+Walker2d, which fall without control) start paused and ``mppi_controller`` unpauses them once
+its first plan exists.
 
 Cameras: with ``camera`` set to one of the model's cameras, a rendering thread publishes
 ``camera/color/image_raw`` (``rgb8``), ``camera/depth/image_raw`` (``32FC1``, metres along the
@@ -18,7 +27,7 @@ optical axis) and ``camera/color/camera_info`` (pinhole intrinsics from the came
 thread never waits for it (``MUJOCO_GL=osmesa`` on a machine without a GPU).
 
 Parameters (``config/ros/*.yaml``): ``env``, ``seed``, ``real_time_factor``,
-``publish_clock``, ``publish_rate_hz``, ``frame_id``/``base_frame_id``, ``camera``,
+``publish_clock``, ``clock_rate_hz``, ``start_paused``, ``publish_rate_hz``, ``frame_id``/``base_frame_id``, ``camera``,
 ``camera_rate_hz``, ``camera_width``/``camera_height``.
 """
 
@@ -35,6 +44,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, Imu, JointState
+from std_srvs.srv import Empty
 from trajectory_msgs.msg import JointTrajectory
 
 from ws_mppi.safety import JointLimits
@@ -63,6 +73,9 @@ class SimBridge(Node):
         self.publish_clock = bool(p("publish_clock", False,
                                     _descriptor("publish /clock with simulated time (use_sim_time)")).value)
         rate = float(p("publish_rate_hz", 100.0, _descriptor("joint_states/odom/imu rate, Hz")).value)
+        clock_rate = float(p("clock_rate_hz", 1000.0, _descriptor(
+            "/clock rate, Hz of simulated time (at most one per physics step); a sim-time 90 Hz "
+            "controller ticks no finer than this")).value)
         self.frame_id = p("frame_id", "odom", _descriptor("odometry frame")).value
         self.base_frame_id = p("base_frame_id", "base_link", _descriptor("robot base frame")).value
         if self.rtf < 0:
@@ -76,11 +89,16 @@ class SimBridge(Node):
         self.limits = JointLimits.from_model(self.model)
         self._cmd_index = {n: i for i, n in enumerate(self.io.command_joints)}
         self._ctrl = self.data.ctrl.copy()
+        self._traj_times = self._traj_ctrl = None
+        self._traj_start = 0.0
         self._lock = threading.Lock()
         self.commands_applied = 0
         self.commands_rejected = 0
         self.last_rejection = ""
+        if rate <= 0 or clock_rate <= 0:
+            raise ValueError(f"publish_rate_hz and clock_rate_hz must be positive, got {rate} and {clock_rate}")
         self._every = max(1, int(round(1.0 / (rate * self.model.opt.timestep))))
+        self._clock_every = max(1, int(round(1.0 / (clock_rate * self.model.opt.timestep))))
         self.pub_js = self.create_publisher(JointState, "joint_states", sensor_qos())
         self.pub_odom = self.create_publisher(Odometry, "odom", sensor_qos()) if self.io.floating_base else None
         self.pub_imu = self.create_publisher(Imu, "imu", sensor_qos()) if self.io.floating_base else None
@@ -88,6 +106,11 @@ class SimBridge(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointTrajectory, "joint_command", self._on_command, command_qos())
         self.create_timer(1.0, self._publish_diagnostics)
+        self._running = threading.Event()
+        if not p("start_paused", False, _descriptor("hold the initial state until unpause_physics is called")).value:
+            self._running.set()
+        self.create_service(Empty, "unpause_physics", self._on_unpause)
+        self.create_service(Empty, "pause_physics", self._on_pause)
         self.camera = p("camera", "", _descriptor("camera of the model to publish (empty: none)")).value
         self.camera_rate = float(p("camera_rate_hz", 10.0, _descriptor("camera frame rate, Hz")).value)
         self.camera_size = (int(p("camera_width", 320, _descriptor("image width, px")).value),
@@ -116,42 +139,86 @@ class SimBridge(Node):
 
     # --- commands ---------------------------------------------------------------------------
     def _on_command(self, msg: JointTrajectory) -> None:
+        kind = "positions" if self.limits.command == "position" else "effort"
         try:
             if not msg.points:
                 raise ValueError("no trajectory point")
-            pt = msg.points[0]
-            values = np.asarray(pt.positions if self.limits.command == "position" else pt.effort, dtype=np.float64)
             names = list(msg.joint_names)
-            if len(names) != len(values):
-                raise ValueError(f"{len(names)} joint names but {len(values)} "
-                                 f"{'positions' if self.limits.command == 'position' else 'efforts'}")
             unknown = [n for n in names if n not in self._cmd_index]
             missing = [n for n in self.io.command_joints if n not in names]
             if unknown or missing:
                 raise ValueError(f"unknown joints {unknown}, missing joints {missing}")
+            rows, times = [], []
+            for pt in msg.points:
+                values = np.asarray(getattr(pt, kind), dtype=np.float64)
+                if len(values) != len(names):
+                    raise ValueError(f"{len(names)} joint names but {len(values)} {kind}")
+                rows.append(values)
+                times.append(pt.time_from_start.sec + 1e-9 * pt.time_from_start.nanosec)
+            values = np.stack(rows)
+            times = np.asarray(times)
             if not np.all(np.isfinite(values)):
                 raise ValueError("non-finite command")
-            ctrl = np.empty(len(self.io.command_joints))
-            ctrl[[self._cmd_index[n] for n in names]] = values
+            if np.any(np.diff(times) < 0):
+                raise ValueError("time_from_start decreases along the trajectory")
+            ctrl = np.empty_like(values)
+            ctrl[:, [self._cmd_index[n] for n in names]] = values
             lo, hi = self.model.actuator_ctrlrange.T
             ctrl = np.where(self.model.actuator_ctrllimited.astype(bool), np.clip(ctrl, lo, hi), ctrl)
         except ValueError as e:
             self.commands_rejected += 1
             self.last_rejection = str(e)
             return
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         with self._lock:
-            self._ctrl[:] = ctrl
+            # the trajectory starts at its stamp (simulated time with /clock, else wall time); unstamped: now
+            self._traj_start = stamp if stamp > 0 else (self.data.time if self.publish_clock else time.time())
+            self._traj_times, self._traj_ctrl = times, ctrl
+            self._ctrl[:] = ctrl[0]
         self.commands_applied += 1
+
+    def _current_ctrl(self) -> np.ndarray:
+        """The trajectory point in force now (each held until the next one's time; the last one
+        after the end). Called under the lock."""
+        if self._traj_times is None or len(self._traj_times) == 1:
+            return self._ctrl
+        now = self.data.time if self.publish_clock else time.time()
+        i = int(np.searchsorted(self._traj_times, now - self._traj_start, side="right")) - 1
+        return self._traj_ctrl[max(i, 0)]
+
+    def _on_unpause(self, request, response):
+        if not self._running.is_set():
+            self.get_logger().info(f"unpaused at t = {self.data.time:.3f} s")
+        self._running.set()
+        return response
+
+    def _on_pause(self, request, response):
+        if self._running.is_set():
+            self.get_logger().info(f"paused at t = {self.data.time:.3f} s")
+        self._running.clear()
+        return response
 
     # --- physics --------------------------------------------------------------------------------
     def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._running.is_set():  # paused: the state and the clock stand still, but are published
+                if self.pub_clock is not None:
+                    self.pub_clock.publish(Clock(clock=s_to_stamp(self.data.time)))
+                self._publish_state()
+                self._running.wait(self._every * self.model.opt.timestep)
+                continue
+            self._run_until_paused()
+
+    def _run_until_paused(self) -> None:
         t0 = time.perf_counter()
         sim0 = self.data.time
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._running.is_set():
             with self._lock:  # the camera thread copies the state under the same lock
-                self.data.ctrl[:] = self._ctrl
+                self.data.ctrl[:] = self._current_ctrl()
                 mujoco.mj_step(self.model, self.data)
             self._steps += 1
+            if self.pub_clock is not None and self._steps % self._clock_every == 0:
+                self.pub_clock.publish(Clock(clock=s_to_stamp(self.data.time)))
             if self._steps % self._every == 0:
                 self._publish_state()
             if self.rtf > 0:
@@ -164,8 +231,6 @@ class SimBridge(Node):
 
     def _publish_state(self) -> None:
         stamp = self._stamp()
-        if self.pub_clock is not None:
-            self.pub_clock.publish(Clock(clock=stamp))
         q, qd, base = self.io.split(np.concatenate([self.data.qpos, self.data.qvel]))
         js = JointState()
         js.header.stamp = stamp
@@ -234,7 +299,8 @@ class SimBridge(Node):
         msg.header.stamp = self._stamp()
         msg.status = [diagnostic_status(
             f"{self.get_name()}: {self.env_name} simulation", level,
-            f"rejected {self.commands_rejected} command(s): {self.last_rejection}" if level else "running",
+            f"rejected {self.commands_rejected} command(s): {self.last_rejection}" if level else
+            ("running" if self._running.is_set() else "paused (call unpause_physics)"),
             {"sim_time_s": round(self.data.time, 3), "achieved_real_time_factor": round(self.data.time / wall, 3)
              if wall > 0 else 0.0, "commands_applied": self.commands_applied,
              "commands_rejected": self.commands_rejected}, hardware_id=self.env_name)]
