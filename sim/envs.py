@@ -178,9 +178,11 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
     """Create a WorldScape environment by short name.
 
     Args:
-        name: one of :data:`ENVIRONMENTS` (``"hopper"``, ``"walker2d"``) or ``"go1"``
-            (:class:`ws_sim.go1_env.Go1WalkEnv`, 1000 steps of 0.02 s by default); the
-            Gymnasium id (``"Hopper-v5"``, ``"ws/Go1Walk-v0"``) is accepted too.
+        name: one of :data:`ENVIRONMENTS` (``"hopper"``, ``"walker2d"``), ``"go1"``
+            (:class:`ws_sim.go1_env.Go1WalkEnv`, 1000 steps of 0.02 s by default) or
+            ``"piper"`` (:class:`ws_sim.piper_env.PiperReachEnv`, 500 steps of 0.02 s); the
+            Gymnasium id (``"Hopper-v5"``, ``"ws/Go1Walk-v0"``, ``"ws/PiperReach-v0"``) is
+            accepted too.
         render: create it with ``render_mode="rgb_array"`` (set ``MUJOCO_GL=osmesa`` on a
             machine without a display).
         width, height: rendered frame size in pixels.
@@ -190,6 +192,11 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
         UnknownEnvironmentError: the name is not a WorldScape environment.
     """
     key = name.lower()
+    if key in ("piper", "ws/piperreach-v0"):
+        from .piper_env import PiperReachEnv
+
+        return PiperReachEnv(render_mode="rgb_array" if render else None, width=width, height=height,
+                             max_episode_steps=500 if max_episode_steps is None else int(max_episode_steps))
     if key in ("go1", "ws/go1walk-v0"):
         from .go1_env import Go1WalkEnv
 
@@ -199,7 +206,7 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
     key = by_id.get(key, key)
     if key not in ENVIRONMENTS:
         raise UnknownEnvironmentError(
-            f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS) + ['go1']}")
+            f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS) + ['go1', 'piper']}")
     kwargs: dict[str, Any] = {}
     if render:
         kwargs.update(render_mode="rgb_array", width=width, height=height)

@@ -577,7 +577,7 @@ def _add_net_args(p: argparse.ArgumentParser, experts: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ws_sim.envs import ENVIRONMENTS
 
-    envs = sorted(ENVIRONMENTS) + ["go1"]
+    envs = sorted(ENVIRONMENTS) + ["go1", "piper"]
     p = argparse.ArgumentParser(prog="ws", description="WorldScape: learned world models for robot control.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

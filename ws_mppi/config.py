@@ -88,6 +88,8 @@ DEFAULTS: dict[str, ControllerConfig] = {
     "walker2d": _LOCOMOTION,
     # Go1 (issue 4): 0.3 s horizon of 0.02 s steps, noise around the trot reference (the prior)
     "go1": ControllerConfig(mppi=MPPIConfig(horizon=15, samples=32, temperature=1.0, noise_sigma=0.1)),
+    # PiPER reaching: 0.2 s of 0.02 s steps, noise in rad (and m for the finger) around the IK goal (the prior)
+    "piper": ControllerConfig(mppi=MPPIConfig(horizon=10, samples=32, temperature=0.1, noise_sigma=0.05)),
 }
 
 

@@ -163,3 +163,35 @@ class Go1WalkCost:
         alive = torch.ones_like(down)
         alive[:, 1:] = torch.cumprod((~down[:, :-1]).to(torch.int8), dim=1).bool()
         return (c * alive.to(dtype)).sum(1) + self.fall_penalty * down.any(1).to(dtype)
+
+
+class PiperReachCost:
+    """MPPI cost of PiPER reaching, in joint space.
+
+    The goal point is turned into arm joint angles ``q*`` once, by inverse kinematics, when it
+    is set (:meth:`ws_sim.piper_env.PiperReachEnv.set_goal`); the cost then needs no forward
+    kinematics inside the rollouts, so it is the same for the oracle and for learned models:
+
+        c_t = w_q |q_t - q*|^2 + w_qd |qd_t|^2 + w_u |u_t - u*|^2,   terminal step x ``w_terminal``,
+
+    with ``u* = (q*, open gripper)``. State layout as :mod:`ws_sim.piper` (``qpos[0:6]`` the arm,
+    ``qvel[0:6]`` = ``state[8:14]`` its velocities).
+
+    Args:
+        joint_goal_fn: returns ``q*`` ``(6,)`` in rad.
+        gripper: the finger target the action term pulls toward, m.
+    """
+
+    def __init__(self, joint_goal_fn, gripper: float = 0.035, w_q: float = 10.0, w_qd: float = 0.05,
+                 w_u: float = 0.1, w_terminal: float = 5.0):
+        self.joint_goal_fn, self.gripper = joint_goal_fn, float(gripper)
+        self.w_q, self.w_qd, self.w_u, self.w_terminal = w_q, w_qd, w_u, w_terminal
+
+    def __call__(self, state: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, t0: int = 0) -> torch.Tensor:
+        dtype = states.dtype
+        q_goal = torch.as_tensor(np.asarray(self.joint_goal_fn(), dtype=np.float64), dtype=dtype)
+        u_goal = torch.cat([q_goal, torch.tensor([self.gripper], dtype=dtype)])
+        c = (self.w_q * (states[..., :6] - q_goal).square().sum(-1) + self.w_qd * states[..., 8:14].square().sum(-1)
+             + self.w_u * (actions - u_goal).square().sum(-1))
+        c[:, -1] = c[:, -1] * self.w_terminal
+        return c.sum(1)

@@ -118,7 +118,12 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     if dynamics == "zero":
         return ZeroController(env)
     prior = None
-    if env.name == "go1":
+    if env.name == "piper":
+        from .costs import PiperReachCost
+
+        cost = PiperReachCost(env.task.joint_goal_fn)
+        prior = lambda t0, n: np.tile(np.r_[env.task.joint_goal_fn(), 0.035], (n, 1))  # noqa: E731
+    elif env.name == "go1":
         from .costs import Go1WalkCost
 
         cost = Go1WalkCost(env.gait, env.dt, lambda: env.goal)
@@ -170,7 +175,7 @@ class EpisodeResult:
         reward: accumulated Gymnasium reward.
         length: steps until termination or truncation.
         terminated: the robot fell (unhealthy) before the step limit.
-        forward_distance: root x displacement in metres.
+        forward_distance: root x displacement in metres (None for an arm).
         latencies_s: planner latency of each step, seconds.
         rewards: per-step rewards.
         states: ``(length + 1, nx)`` visited states.
@@ -183,7 +188,7 @@ class EpisodeResult:
     reward: float
     length: int
     terminated: bool
-    forward_distance: float
+    forward_distance: float | None
     latencies_s: list[float]
     rewards: list[float]
     states: np.ndarray | None = dataclasses.field(default=None, repr=False)
@@ -194,7 +199,7 @@ class EpisodeResult:
         lat = np.asarray(self.latencies_s) * 1e3
         return {"controller": self.controller, "seed": self.seed, "reward": round(self.reward, 3),
                 "length": self.length, "terminated": self.terminated,
-                "forward_distance_m": round(self.forward_distance, 4),
+                **({} if self.forward_distance is None else {"forward_distance_m": round(self.forward_distance, 4)}),
                 "latency_ms_median": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None}
 
@@ -215,7 +220,8 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
     state, _ = env.reset(seed=seed)
     controller.reset(seed)
     nstate = env.nq + env.nv
-    x0 = float(state[env.task.x_index])
+    x_index = getattr(env.task, "x_index", None)  # None: no forward direction (an arm)
+    x0 = float(state[x_index]) if x_index is not None else 0.0
     rewards, lat, frames, states, actions = [], [], [], [state], []
     terminated = False
     t = 0
@@ -238,5 +244,5 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
         if terminated or truncated:
             break
     return EpisodeResult(controller.name, int(seed), float(np.sum(rewards)), t, bool(terminated),
-                         float(state[env.task.x_index]) - x0, lat, [float(r) for r in rewards],
+                         float(state[x_index]) - x0 if x_index is not None else None, lat, [float(r) for r in rewards],
                          np.asarray(states), np.asarray(actions), frames)

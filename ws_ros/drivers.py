@@ -94,7 +94,9 @@ class Go1Driver:
 
 
 class PiperDriver:
-    """AgileX PiPER over CAN through ``piper_sdk``: 6 joints and the gripper (width in metres).
+    """AgileX PiPER over CAN through ``piper_sdk``: 6 joints and the gripper as ``joint7`` of our
+    MJCF, one finger's travel in metres (the SDK's gripper value is the opening of both
+    fingers, in 0.001 mm: ``joint7 = opening / 2``).
 
     Args:
         can_port: SocketCAN interface.
@@ -119,20 +121,21 @@ class PiperDriver:
         self.speed = int(np.clip(speed_percent, 1, 100))
 
     def read(self) -> dict:
-        """``{"q" (7,), "qd" (7,), "tau" (7,)}``: 6 joints (rad, rad/s) and the gripper width (m)."""
+        """``{"q" (7,), "qd" (7,), "tau" (7,)}``: 6 joints (rad, rad/s, N m) and ``joint7`` (m)."""
         js = self.arm.GetArmJointMsgs().joint_state
         hs = self.arm.GetArmHighSpdInfoMsgs()
         g = self.arm.GetArmGripperMsgs().gripper_state
         q = millideg_to_rad([getattr(js, f"joint_{i}") for i in range(1, 7)])
         qd = np.array([getattr(hs, f"motor_{i}").motor_speed for i in range(1, 7)], dtype=float) / 1000.0
         tau = np.array([getattr(hs, f"motor_{i}").effort for i in range(1, 7)], dtype=float) / 1000.0
-        return {"q": np.r_[q, g.grippers_angle / 1e6], "qd": np.r_[qd, 0.0], "tau": np.r_[tau, g.grippers_effort / 1e3]}
+        return {"q": np.r_[q, g.grippers_angle / 1e6 / 2], "qd": np.r_[qd, 0.0],
+                "tau": np.r_[tau, g.grippers_effort / 1e3]}
 
     def write(self, q_target: np.ndarray, kp=None, kd=None) -> None:
-        """Joint targets (rad) and gripper width (m); the arm's own servo loop tracks them."""
+        """Joint targets (rad) and ``joint7`` (m, one finger); the arm's own servo loop tracks them."""
         self.arm.MotionCtrl_2(0x01, 0x01, self.speed, 0x00)  # CAN control, joint mode
         self.arm.JointCtrl(*(int(v) for v in rad_to_millideg(q_target[:6])))
-        self.arm.GripperCtrl(int(abs(round(float(q_target[6]) * 1e6))), 1000, 0x01, 0)
+        self.arm.GripperCtrl(int(abs(round(2 * float(q_target[6]) * 1e6))), 1000, 0x01, 0)
 
     def close(self) -> None:
         self.arm.DisconnectPort()

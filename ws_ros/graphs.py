@@ -35,6 +35,12 @@ GRAPHS = {
                    "nodes": [("sim_bridge", "hopper_sim.yaml"), ("mppi_controller", "hopper_sim.yaml")]},
     "walker2d_sim": {"description": "Walker2d sim-in-the-loop: sim_bridge + mppi_controller (oracle MPPI)",
                      "nodes": [("sim_bridge", "walker2d_sim.yaml"), ("mppi_controller", "walker2d_sim.yaml")]},
+    "piper_sim": {"description": "PiPER sim-in-the-loop: sim_bridge + mppi_controller reaching the point on 'goal' "
+                                 "(oracle MPPI)",
+                  "nodes": [("sim_bridge", "piper_sim.yaml"), ("mppi_controller", "piper_sim.yaml")]},
+    "piper_robot": {"description": "PiPER on the robot: piper_bridge (piper_sdk, CAN) + mppi_controller reaching "
+                                   "(activate by hand)",
+                    "nodes": [("piper_bridge", "piper_robot.yaml"), ("mppi_controller", "piper_robot.yaml")]},
 }
 
 

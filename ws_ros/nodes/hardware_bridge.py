@@ -33,13 +33,40 @@ from ws_ros.drivers import DRIVERS
 __all__ = ["HardwareBridge", "main_go1", "main_piper"]
 
 
-def _limits(robot: str) -> JointLimits:
+def _model(robot: str):
+    """The robot's MJCF (its joint ranges, torque limits and PD gains bound every command)."""
     if robot == "go1":
-        from ws_sim.go1 import JOINTS, load_go1
+        from ws_sim.go1 import load_go1
 
-        return JointLimits.from_model(load_go1()[0], JOINTS)
-    raise ValueError(f"no MJCF for {robot!r} yet: its joint and torque limits come from the model "
-                     "(the PiPER model arrives with the PiPER issue)")
+        return load_go1()[0]
+    if robot == "piper":
+        from ws_sim.piper import PIPER_XML, load_piper
+
+        return load_piper(PIPER_XML)[0]
+    raise ValueError(f"no MJCF for robot {robot!r}; choose go1 or piper")
+
+
+def _limits(robot: str, model) -> JointLimits:
+    if robot == "go1":
+        from ws_sim.go1 import JOINTS
+
+        return JointLimits.from_model(model, JOINTS)
+    return JointLimits.from_model(model)  # the actuated joints, in actuator order
+
+
+def _mirrors(model) -> list[tuple[str, str, float, float]]:
+    """Joints that follow another through a joint equality (the PiPER's ``joint8 = -joint7``):
+    ``(joint, source, c0, c1)`` with ``q_joint = c0 + c1 q_source``. The SDK reports the source
+    only; ``joint_states`` carries both, as ``sim_bridge`` does."""
+    import mujoco
+
+    out = []
+    for e in range(model.neq):
+        if model.eq_type[e] == mujoco.mjtEq.mjEQ_JOINT and model.eq_obj2id[e] >= 0:
+            name = lambda j: mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, int(j))  # noqa: E731
+            out.append((name(model.eq_obj1id[e]), name(model.eq_obj2id[e]), float(model.eq_data[e, 0]),
+                        float(model.eq_data[e, 1])))
+    return out
 
 
 class HardwareBridge(Node):
@@ -53,9 +80,16 @@ class HardwareBridge(Node):
 
         self.rate_hz = float(p("rate_hz", 500.0, "read/write rate, Hz"))
         self.command_timeout_s = float(p("command_timeout_s", 0.1, "hold when the newest command is older, s"))
-        self.limits = _limits(robot)
+        model = _model(robot)
+        self.limits = _limits(robot, model)
+        self.mirrors = [(n, list(self.limits.names).index(src), c0, c1) for n, src, c0, c1 in _mirrors(model)
+                        if src in self.limits.names]
         self.limiter = CommandLimiter(self.limits)
-        self.driver = DRIVERS[robot]()
+        if robot == "piper":
+            self.driver = DRIVERS[robot](can_port=str(p("can_port", "can0", "SocketCAN interface of the arm")),
+                                         speed_percent=int(p("speed_percent", 50, "the arm's joint-motion speed, 1..100")))
+        else:
+            self.driver = DRIVERS[robot]()
         self.robot = robot
         self._index = {n: i for i, n in enumerate(self.limits.names)}
         self._lock = threading.Lock()
@@ -123,8 +157,14 @@ class HardwareBridge(Node):
         stamp = self.get_clock().now().to_msg()
         js = JointState()
         js.header.stamp = stamp
-        js.name, js.position, js.velocity, js.effort = (list(self.limits.names), s["q"].tolist(), s["qd"].tolist(),
-                                                        s["tau"].tolist())
+        names, q, qd, tau = list(self.limits.names), list(s["q"]), list(s["qd"]), list(s["tau"])
+        for name, i, c0, c1 in self.mirrors:
+            names.append(name)
+            q.append(c0 + c1 * q[i])
+            qd.append(c1 * qd[i])
+            tau.append(0.0)
+        js.name, js.position, js.velocity, js.effort = names, [float(v) for v in q], [float(v) for v in qd], \
+            [float(v) for v in tau]
         self.pub_js.publish(js)
         if self.pub_imu is not None:
             imu = Imu()

@@ -27,8 +27,9 @@ that MPPI's step boundaries (8 ms on Hopper) are kept between 90 Hz ticks.
 ``/diagnostics`` (1 Hz) carries tick period percentiles, missed ticks, replanning rate,
 planning latency, rejected readings and the safety mode. With ``unpause_service`` set, the
 controller calls that ``std_srvs/Empty`` service once its first plan exists (a paused
-``sim_bridge`` starts then). ``goal`` (``PoseStamped``, Go1)
-replaces the waypoint list with one planar goal.
+``sim_bridge`` starts then). ``goal`` (``PoseStamped``): for the Go1 it replaces the
+waypoint list with one planar goal; for the PiPER it moves the tool's goal point (solved
+once by inverse kinematics; an unreachable goal is logged and ignored).
 
 Time: with ``use_sim_time`` (the sim graphs set it; ``sim_bridge`` publishes ``/clock``) the
 command loop ticks at ``rate_hz`` in simulated time and plans are shifted by their age in
@@ -77,7 +78,7 @@ class MPPIControllerNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("mppi_controller", **kwargs)
         p = self.declare_parameter
-        p("env", "go1", _descriptor("environment whose model and cost MPPI uses: go1, hopper or walker2d"))
+        p("env", "go1", _descriptor("environment whose model and cost MPPI uses: go1, hopper, walker2d or piper"))
         p("dynamics", "default", _descriptor("oracle, default (the shipped checkpoint) or a checkpoint path"))
         p("config", "", _descriptor("MPPI/cost YAML (default: the environment's, config/mppi_<env>.yaml)"))
         p("rate_hz", 90.0, _descriptor("command rate, Hz (seed 003 App. G: 90)"))
@@ -141,7 +142,7 @@ class MPPIControllerNode(LifecycleNode):
                       self.create_subscription(Bool, "estop", self._on_estop, latched_qos())]
         if self.io.floating_base:
             self._subs.append(self.create_subscription(Odometry, "odom", self._on_odom, sensor_qos()))
-        if self.env.name == "go1":
+        if self.env.name in ("go1", "piper"):
             self._subs.append(self.create_subscription(PoseStamped, "goal", self._on_goal, 10))
         self._timers = [self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))]
         service = g("unpause_service")
@@ -237,10 +238,22 @@ class MPPIControllerNode(LifecycleNode):
                 self.get_logger().info("e-stop released")
 
     def _on_goal(self, msg: PoseStamped) -> None:
-        xy = np.array([msg.pose.position.x, msg.pose.position.y])
-        if np.all(np.isfinite(xy)):
-            self.env.waypoints = xy[None]
+        p = np.array([msg.pose.position.x, msg.pose.position.y, msg.pose.position.z])
+        if not np.all(np.isfinite(p)):
+            self.get_logger().warn(f"ignored a goal with non-finite position {p.tolist()}")
+            return
+        if self.env.name == "go1":
+            self.env.waypoints = p[None, :2]
             self.env.goal_index = 0
+            return
+        from ws_sim.piper import IKError
+
+        try:
+            self.env.set_goal(p)  # inverse kinematics once; the planner's cost reads the joint goal
+        except IKError as e:
+            self.get_logger().warn(f"ignored goal {p.round(3).tolist()}: {e}")
+            return
+        self.get_logger().info(f"new goal {p.round(3).tolist()} m")
 
     # --- the real-time loop's callbacks ---------------------------------------------------------
     def _get_state(self):

@@ -1,6 +1,6 @@
 """``sim_bridge``: a MuJoCo robot behind the same ROS 2 topics as the real one.
 
-Steps a WorldScape environment's MuJoCo model (``go1``, ``hopper``, ``walker2d``) on its own
+Steps a WorldScape environment's MuJoCo model (``go1``, ``hopper``, ``walker2d``, ``piper``) on its own
 thread, in real time (``real_time_factor`` 1) or in simulated time with ``/clock``
 (``publish_clock: true``, as fast as ``real_time_factor`` allows; 0 means unthrottled).
 Publishes ``joint_states`` (every hinge/slide joint; effort = actuator force) and, for a
@@ -66,7 +66,7 @@ class SimBridge(Node):
     def __init__(self, **kwargs):
         super().__init__("sim_bridge", **kwargs)
         p = self.declare_parameter
-        self.env_name = p("env", "go1", _descriptor("environment: go1, hopper or walker2d")).value
+        self.env_name = p("env", "go1", _descriptor("environment: go1, hopper, walker2d or piper")).value
         seed = p("seed", 0, _descriptor("reset seed")).value
         self.rtf = float(p("real_time_factor", 1.0,
                            _descriptor("simulated seconds per wall second; 0 = as fast as possible")).value)

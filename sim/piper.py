@@ -1,0 +1,141 @@
+"""The AgileX PiPER arm in MuJoCo (issue 7): loading, its poses, kinematics.
+
+The MJCF (``sim/assets/piper.xml``; ``piper_scene.xml`` puts it on a table with cameras) is
+written in this project from the arm's published figures, each with its source in the file.
+Joints ``joint1``..``joint6`` (rad) and the fingers ``joint7`` (actuated, 0..0.035 m) and
+``joint8`` (its mirror); actuators ``joint1``..``joint6`` and ``gripper`` are position servos,
+so a command is 6 joint targets in rad plus one finger position in m (the gripper opening is
+twice that, as the SDK counts it). The tool frame is the ``tcp`` site, z along the approach
+direction between the fingertips.
+
+Inverse kinematics (:func:`solve_ik`) is damped least squares on MuJoCo's site Jacobian
+(position and, optionally, the approach axis), within the joint ranges: enough for scripted
+experts and Cartesian teleoperation of a 6-DOF arm, no external solver needed.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+__all__ = ["PIPER_XML", "PIPER_SCENE_XML", "ARM_JOINTS", "JOINTS", "ACTUATORS", "FINGER_STROKE", "HOME_JOINTS",
+           "READY_JOINTS", "load_piper", "tcp_pose", "solve_ik", "IKError"]
+
+ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 7))
+#: every joint reading, in ``qpos`` order (the PiPER ROS driver's names)
+JOINTS = ARM_JOINTS + ("joint7", "joint8")
+ACTUATORS = ARM_JOINTS + ("gripper",)
+#: one finger's travel, m (S2; the SDK's 0..0.07 m opening is both fingers)
+FINGER_STROKE = 0.035
+#: the arm raised, tool pointing forward (MuJoCo Menagerie's ``home`` keyframe), rad
+HOME_JOINTS = np.array([0.0, 1.57, -1.3485, 0.0, 0.0, 0.0])
+#: above the table, tool pointing straight down, fingers opening along world y: where tasks start
+#: (:func:`solve_ik` for the tcp at (0.25, 0, 0.09) m, kept here so that resets need no solver).
+#: Pointing straight down, the tcp reaches only up to about 0.09 m above the table (J5's
+#: +-70 degrees and the 0.26 m from the wrist to the fingertips); higher, the tool tilts.
+READY_JOINTS = np.array([0.0, 1.4866, -1.0835, 0.0, 1.1675, 1.5759])
+
+
+def _asset(name: str) -> Path:
+    return Path(str(resources.files("ws_sim") / "assets" / name))
+
+
+PIPER_XML = _asset("piper.xml")
+PIPER_SCENE_XML = _asset("piper_scene.xml")
+
+
+class IKError(ValueError):
+    """Raised when inverse kinematics cannot reach a target within tolerance."""
+
+
+def load_piper(xml: str | Path | None = None) -> tuple[mujoco.MjModel, mujoco.MjData]:
+    """Compile the PiPER scene (default: ``piper_scene.xml``) with data at its ``home`` keyframe."""
+    model = mujoco.MjModel.from_xml_path(str(xml or PIPER_SCENE_XML))
+    data = mujoco.MjData(model)
+    key = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_KEY, "home")
+    if key >= 0:
+        mujoco.mj_resetDataKeyframe(model, data, key)
+    mujoco.mj_forward(model, data)
+    return model, data
+
+
+def tcp_pose(model: mujoco.MjModel, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
+    """The tool frame in the world after ``mj_forward``: position ``(3,)`` m and rotation ``(3, 3)``."""
+    site = data.site("tcp")
+    return site.xpos.copy(), site.xmat.reshape(3, 3).copy()
+
+
+def solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, yaw: float | None = None,
+             tol: float = 1e-3, max_iter: int = 200, damping: float = 1e-3) -> np.ndarray:
+    """Arm joint angles that put the ``tcp`` site at ``target_pos``.
+
+    Damped least squares, ``dq = J^T (J J^T + damping I)^-1 e``, on a scratch ``MjData``, each
+    step clipped to the joint ranges.
+
+    Args:
+        model: a PiPER model.
+        target_pos: ``(3,)`` tool position in the world, m.
+        approach: optional ``(3,)`` direction the tool's z axis should point along (e.g.
+            ``(0, 0, -1)``: straight down); the error is the cross product of the two axes.
+        q0: ``(6,)`` start (default :data:`READY_JOINTS`).
+        yaw: optional rotation of the fingers about the approach axis: the tool's y axis
+            (the fingers' opening direction) is turned to ``(-sin yaw, cos yaw, 0)``
+            projected off the approach axis (for top-down grasps; needs ``approach``).
+        tol: position tolerance in m (orientation: the same number in rad).
+        max_iter: iterations before giving up.
+        damping: the Levenberg-Marquardt damping.
+
+    Returns:
+        ``(6,)`` joint angles in rad, within the joint ranges.
+
+    Raises:
+        IKError: the target is out of reach (residual above ``tol`` after ``max_iter``).
+        ValueError: non-finite or wrongly shaped targets.
+    """
+    target = np.asarray(target_pos, dtype=np.float64)
+    if target.shape != (3,) or not np.all(np.isfinite(target)):
+        raise ValueError(f"target_pos must be 3 finite numbers, got {target_pos!r}")
+    axis = None if approach is None else np.asarray(approach, dtype=np.float64)
+    if axis is not None:
+        if axis.shape != (3,) or not np.all(np.isfinite(axis)) or np.linalg.norm(axis) < 1e-9:
+            raise ValueError(f"approach must be a non-zero 3-vector, got {approach!r}")
+        axis = axis / np.linalg.norm(axis)
+    if yaw is not None and axis is None:
+        raise ValueError("yaw needs an approach axis")
+    data = mujoco.MjData(model)
+    jids = [model.joint(n).id for n in ARM_JOINTS]
+    qadr = np.array([model.jnt_qposadr[j] for j in jids])
+    dadr = np.array([model.jnt_dofadr[j] for j in jids])
+    lo, hi = model.jnt_range[jids].T
+    q = np.array(READY_JOINTS if q0 is None else q0, dtype=np.float64)
+    site = model.site("tcp").id
+    jacp, jacr = np.zeros((3, model.nv)), np.zeros((3, model.nv))
+    err = np.inf
+    for _ in range(max_iter):
+        data.qpos[qadr] = q
+        mujoco.mj_kinematics(model, data)
+        mujoco.mj_comPos(model, data)
+        pos, rot = data.site_xpos[site], data.site_xmat[site].reshape(3, 3)
+        e = [target - pos]
+        mujoco.mj_jacSite(model, data, jacp, jacr, site)
+        J = [jacp[:, dadr]]
+        if axis is not None:
+            e.append(np.cross(rot[:, 2], axis))
+            J.append(jacr[:, dadr])
+            if yaw is not None:
+                want = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
+                want -= axis * (want @ axis)
+                if np.linalg.norm(want) > 1e-6:
+                    e.append(np.cross(rot[:, 1], want / np.linalg.norm(want)))
+                    J.append(jacr[:, dadr])
+        e, J = np.concatenate(e), np.concatenate(J)
+        err = float(np.max(np.abs(e)))
+        if err < tol:
+            return q
+        dq = J.T @ np.linalg.solve(J @ J.T + damping * np.eye(len(e)), e)
+        q = np.clip(q + dq, lo, hi)
+    raise IKError(f"no joint angles put the tool at {target.round(3).tolist()} (residual {err:.4f} after {max_iter} "
+                  f"iterations): out of the PiPER's reach or joint ranges")
