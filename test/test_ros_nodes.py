@@ -70,7 +70,8 @@ def ros_context():
 
 
 def test_ws_launch_go1_sim_walks_the_go1(ros_context):
-    """``ws launch go1_sim``: sim_bridge and mppi_controller as processes over Fast DDS, as a user starts them."""
+    """``ws launch go1_sim``: sim_bridge and mppi_controller in one process on a MultiThreadedExecutor, in
+    simulated time, as a user starts them; this test listens over Fast DDS from its own process."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "osmesa"}
     ws = [sys.executable, "-c", "from ws_cli.main import main; raise SystemExit(main())"]
     proc = subprocess.Popen(ws + ["launch", "go1_sim"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -182,8 +183,9 @@ def test_hopper_sim_graph_in_sim_time_keeps_hopper_healthy(ros_context):
 
 
 def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
-    """``ws launch piper_sim``: the PiPER on its table in simulated time; a point published on ``goal``
-    is reached by the tool (forward kinematics of the joint_states it publishes) within 2 cm."""
+    """``ws launch piper_sim --processes`` (one process per node, as ros2 launch): the PiPER on its table
+    in simulated time; a point published on ``goal`` is reached by the tool (forward kinematics of the
+    joint_states it publishes) within 2 cm; SIGINT stops both node processes."""
     import mujoco
     from geometry_msgs.msg import PoseStamped
 
@@ -198,7 +200,7 @@ def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
     ex.add_node(lst)
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1"}
     ws = [sys.executable, "-c", "from ws_cli.main import main; raise SystemExit(main())"]
-    proc = subprocess.Popen(ws + ["launch", "piper_sim", "-p", "real_time_factor:=0.5"], env=env,
+    proc = subprocess.Popen(ws + ["launch", "piper_sim", "--processes", "-p", "real_time_factor:=0.5"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     goal = np.array([0.35, -0.12, 0.18])
 
@@ -221,11 +223,13 @@ def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
             goal_pub.publish(msg)  # until the controller has it (then it is a no-op)
             _spin_until(ex, lambda: False, 0.2)
         final = distance()
+        nodes = _children(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=30)[0]
     assert start > 0.1 and final < 0.02, (start, final, output[-2000:])
     assert proc.returncode == 0, output
+    assert len(nodes) == 2 and not any(_alive(pid) for pid in nodes), (nodes, output)  # none left behind
     assert "new goal [0.35, -0.12, 0.18] m" in output
     ex.remove_node(lst)
     lst.destroy_node()
@@ -311,7 +315,33 @@ def test_controller_validates_states_holds_and_latches_estop(ros_context, contro
     level, m, values = wait_mode(bad, "hold")
     assert m == "hold" and level == 2 and int(values["rejected_non_finite"]) > 0, values
     assert all(np.all(np.isfinite(c)) for c in lst.commands)
-    # valid states again: running; then the latched e-stop holds even with fresh valid states
+    # valid states again: running
+    assert wait_mode(q, "run")[1] == "run", mode()
+    # the watchdog: no reading at all for longer than state_timeout_s -> hold with ERROR, then recovery
+    end = time.monotonic() + 30
+    while time.monotonic() < end and (mode() is None or mode()[1] != "hold"):
+        time.sleep(0.1)
+    level, m, values = mode()
+    assert (level, m) == (2, "hold") and "no valid state" in values["message"], values
+    assert wait_mode(q, "run")[1] == "run", mode()
+    # malformed readings of every kind are rejected and counted by reason, never planned on
+    def publish_raw(names, position, stamp_offset_s=0.0):
+        msg = JointState()
+        t = lst.get_clock().now().nanoseconds * 1e-9 + stamp_offset_s
+        msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+        msg.name, msg.position, msg.velocity = list(names), [float(v) for v in position], [0.0] * len(position)
+        pub.publish(msg)
+
+    names = list(io.joint_names)
+    cases = {"unknown_joint": (names[:-1] + ["elbow"], q), "length_mismatch": (names, q[:-1]),
+             "missing_joint": (names[:-1], q[:-1]), "stale": (names, q, -5.0), "future_stamp": (names, q, 5.0)}
+    for reason, args in cases.items():
+        end = time.monotonic() + 30
+        while time.monotonic() < end and int(mode()[2].get(f"rejected_{reason}", 0)) == 0:
+            publish_raw(*args)
+            time.sleep(0.05)
+        assert int(mode()[2].get(f"rejected_{reason}", 0)) > 0, (reason, mode())
+    # then the latched e-stop holds even with fresh valid states
     assert wait_mode(q, "run")[1] == "run", mode()
     estop.publish(Bool(data=True))
     level, m, _ = wait_mode(q, "estop")

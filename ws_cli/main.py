@@ -507,7 +507,11 @@ def cmd_launch(args) -> int:
         overrides[name] = value
     if args.dynamics:
         overrides["dynamics"] = args.dynamics
-    return run(args.graph, overrides, duration=args.duration)
+    if args.processes:
+        return run(args.graph, overrides, duration=args.duration)
+    from ws_ros.graphs import run_in_process
+
+    return run_in_process(args.graph, overrides, duration=args.duration)
 
 
 def cmd_mppi_run(args) -> int:
@@ -809,13 +813,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("launch", help="start a ROS 2 node graph (go1_sim, hopper_sim, ...) without ros2 launch",
                         description="Start the nodes of a graph defined in ws_ros/graphs.py with their parameter "
-                                    "files from config/ros/, as separate processes talking over DDS, like "
-                                    "'ros2 launch worldscape <graph>.launch.py'. Ctrl-C stops them all.",
+                                    "files from config/ros/, the graph 'ros2 launch worldscape <graph>.launch.py' "
+                                    "starts: in this process on one MultiThreadedExecutor, or with --processes as "
+                                    "one process per node talking over DDS. Ctrl-C stops them all.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     la.add_argument("graph", nargs="?", default="", help="graph name (see --list)")
     la.add_argument("--list", action="store_true", help="list the graphs")
     la.add_argument("--dynamics", default="", help="override the controller's dynamics (oracle, default or a path)")
     la.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    la.add_argument("--processes", action="store_true", help="one process per node (as ros2 launch does)")
     la.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="set a parameter on every node of the graph whose parameter file declares it, e.g. "
                          "-p real_time_factor:=0.5 (repeatable)")

@@ -119,28 +119,53 @@ def run_node(factory, args=None) -> None:
     """
     import sys
 
+    status = run_nodes([factory], args)
+    if status:
+        sys.exit(status)
+
+
+def run_nodes(factories, args=None, duration: float | None = None) -> int:
+    """Several nodes in one process on one ``MultiThreadedExecutor`` (``ws launch``): init,
+    build them in order, spin until Ctrl-C (or ``duration`` seconds), destroy them in reverse
+    order and shut down.
+
+    Returns:
+        0 after a clean stop; 2 when a node fails to start (one line on stderr names why;
+        the nodes already built are destroyed).
+    """
+    import sys
+    import time
+
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     rclpy.init(args=args)
-    node = None
+    nodes = []
     try:
         try:
-            node = factory()
+            for factory in factories:
+                nodes.append(factory())
         except (ValueError, FileNotFoundError, ImportError, KeyError, RuntimeError) as e:
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-            sys.exit(2)
+            return 2
         executor = MultiThreadedExecutor()
-        executor.add_node(node)
+        for node in nodes:
+            executor.add_node(node)
+        end = None if duration is None else time.monotonic() + duration
         try:
-            executor.spin()
+            if end is None:
+                executor.spin()
+            else:
+                while rclpy.ok() and time.monotonic() < end:
+                    executor.spin_once(timeout_sec=0.1)
         except Exception:  # a signal shut the context down under a waiting executor
             if rclpy.ok():
                 raise
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
+        for node in reversed(nodes):
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    return 0

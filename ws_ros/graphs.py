@@ -3,8 +3,10 @@
 Each graph names its nodes (executables of package ``worldscape``) and the ROS parameter
 file in ``config/ros/`` they read. ``launch/<graph>.launch.py`` turns a graph into a
 ``launch_ros`` description (:func:`launch_description`) for users' ROS 2 installs;
-``ws launch <graph>`` starts the same processes without ``ros2 launch`` (:func:`commands`),
-for machines that have rclpy from PyPI but no launch system.
+``ws launch <graph>`` starts the same nodes with the same parameter files without ``ros2
+launch``, for machines that have rclpy from PyPI but no launch system: in one process on a
+``MultiThreadedExecutor`` (:func:`run_in_process`, the default), or as one process per node
+like ``ros2 launch`` (:func:`run` over :func:`commands`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["GRAPHS", "EXECUTABLES", "params_file", "commands", "launch_description", "run"]
+__all__ = ["GRAPHS", "EXECUTABLES", "NODES", "params_file", "commands", "launch_description", "run", "run_in_process"]
 
 #: executable -> (module, function) of its entry point (mirrors setup.py's console_scripts)
 EXECUTABLES = {
@@ -22,6 +24,14 @@ EXECUTABLES = {
     "mppi_controller": ("ws_ros.nodes.mppi_controller", "main"),
     "go1_bridge": ("ws_ros.nodes.hardware_bridge", "main_go1"),
     "piper_bridge": ("ws_ros.nodes.hardware_bridge", "main_piper"),
+}
+
+#: executable -> (module, class, constructor args): the node an executable runs (``ws launch`` in one process)
+NODES = {
+    "sim_bridge": ("ws_ros.nodes.sim_bridge", "SimBridge", ()),
+    "mppi_controller": ("ws_ros.nodes.mppi_controller", "MPPIControllerNode", ()),
+    "go1_bridge": ("ws_ros.nodes.hardware_bridge", "HardwareBridge", ("go1",)),
+    "piper_bridge": ("ws_ros.nodes.hardware_bridge", "HardwareBridge", ("piper",)),
 }
 
 #: graph -> description and ``(executable, params file)`` per node
@@ -177,3 +187,46 @@ def run(name: str, overrides: dict | None = None, duration: float | None = None,
         return failed[1] or 1
     bad = [(exe, p.returncode) for exe, p in procs if p.returncode not in (0, -signal.SIGINT)]
     return bad[0][1] if bad else 0
+
+
+def run_in_process(name: str, overrides: dict | None = None, duration: float | None = None) -> int:
+    """Run a graph's nodes in this process on one ``MultiThreadedExecutor`` (``ws launch``).
+
+    The nodes read the graph's parameter files as ``ros2 launch`` passes them; ``overrides``
+    (parameter -> value, parsed as YAML) go to every node whose parameter file declares the
+    parameter, through one more parameter file. Stops on Ctrl-C or after ``duration`` seconds.
+
+    Returns:
+        0 after a clean stop, 2 when a node fails to start.
+
+    Raises:
+        KeyError: unknown graph.
+    """
+    import importlib
+    import os
+    import tempfile
+
+    nodes = _graph(name)["nodes"]
+    files = list(dict.fromkeys(str(params_file(f)) for _, f in nodes))
+    extra = {}
+    for exe, file in nodes:
+        declared = _declared(exe, params_file(file))
+        chosen = {k: yaml.safe_load(str(v)) for k, v in (overrides or {}).items() if k in declared}
+        if chosen:
+            extra[exe] = {"ros__parameters": chosen}
+    factories = []
+    for exe, _ in nodes:
+        module, cls, args = NODES[exe]
+        factories.append(lambda m=module, c=cls, a=args: getattr(importlib.import_module(m), c)(*a))
+    from ws_ros.common import run_nodes
+
+    with tempfile.TemporaryDirectory(prefix="ws-launch-") as tmp:
+        ros_args = ["--ros-args"]
+        for f in files:
+            ros_args += ["--params-file", f]
+        if extra:
+            path = os.path.join(tmp, "overrides.yaml")
+            with open(path, "w") as fh:
+                yaml.safe_dump(extra, fh)
+            ros_args += ["--params-file", path]
+        return run_nodes(factories, ["ws-launch", *ros_args], duration=duration)
