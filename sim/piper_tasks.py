@@ -1,0 +1,414 @@
+"""PiPER manipulation tasks with language instructions, success detection and domain randomisation.
+
+Three tasks on the PiPER's table (``piper_scene.xml``), one Gymnasium environment,
+``ws/PiperManip-v0`` (:class:`PiperManipEnv`, ``task=...``):
+
+* ``pick_place``: "pick up the red cube and place it on the green target";
+* ``push``: "push the red cube onto the green target" (the gripper stays closed);
+* ``stack`` (the long-horizon one: two grasps' worth of motion): "stack the red cube on the
+  blue cube".
+
+Objects are 4 cm cubes (free joints) and a flat target disc (a mocap body without collision).
+Every reset draws the object poses (positions in the reachable band, yaw), the colours named
+in the instruction, and, with ``randomize`` (default), the lighting (two lights' intensity
+and position, the headlight), the table's and floor's texture from a set of eight and the
+distractor cube's presence: the nuisance factors seed 004's robustness claims are about.
+
+Observation (a dict): ``qpos`` (8: joints 1-6 in rad, fingers in m), ``qvel`` (8),
+``objects`` (17: cube A position and quaternion, cube B position and quaternion, target
+position; privileged, for scripted experts and critics), ``instruction`` (text), and with
+``render_mode="rgbd"`` also ``rgb`` ``(H, W, 3)`` uint8 and ``depth`` ``(H, W)`` float32
+metres along the optical axis from ``camera`` (and ``wrist_rgb``/``wrist_depth`` with
+``wrist=True``). Action: 7 position targets (joints 1-6 in rad, the finger in m), held for
+``frame_skip`` physics steps of 2 ms (default 25: a 0.05 s, 20 Hz control step). Reward:
+1.0 on the step the task is first solved, else 0; ``info["success"]`` stays True once it is
+solved; the episode terminates on success when ``terminate_on_success``.
+
+:class:`ScriptedExpert` solves each task from the privileged state with Cartesian waypoints
+and inverse kinematics; ``failure`` makes it fail on purpose (a misplaced grasp, an early
+release, a push that stops short), for the failure episodes that later value functions
+need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from .piper import PIPER_SCENE_XML, READY_JOINTS, IKError, solve_ik
+
+__all__ = ["TASKS", "COLORS", "PiperManipEnv", "ScriptedExpert", "make_manip_model", "CUBE_HALF"]
+
+TASKS = ("pick_place", "push", "stack")
+#: colour name -> RGBA, the vocabulary of the instructions
+COLORS = {"red": (0.85, 0.12, 0.1, 1.0), "green": (0.1, 0.7, 0.2, 1.0), "blue": (0.12, 0.3, 0.9, 1.0),
+          "yellow": (0.95, 0.8, 0.1, 1.0)}
+CUBE_HALF = 0.02  # m
+TARGET_RADIUS = 0.035  # m
+#: polar band (radius, m; bearing, rad) where the tool reaches a cube pointing straight down
+_RADIUS, _BEARING = (0.2, 0.34), (-0.6, 0.6)
+_PARK = np.array([-0.6, 0.9, -0.75 + CUBE_HALF])  # on the floor behind the table: out of every camera's view
+_INSTRUCTIONS = {"pick_place": "pick up the {a} cube and place it on the {t} target",
+                 "push": "push the {a} cube onto the {t} target",
+                 "stack": "stack the {a} cube on the {b} cube"}
+_N_TEXTURES = 8
+
+
+def make_manip_model() -> mujoco.MjModel:
+    """The PiPER scene with two cubes, a target disc and eight table/floor materials to draw from."""
+    spec = mujoco.MjSpec.from_file(str(PIPER_SCENE_XML))
+    rng = np.random.default_rng(7)  # fixed: the texture set is part of the model
+    builtins = [mujoco.mjtBuiltin.mjBUILTIN_CHECKER, mujoco.mjtBuiltin.mjBUILTIN_FLAT,
+                mujoco.mjtBuiltin.mjBUILTIN_GRADIENT]
+    for i in range(_N_TEXTURES):
+        rgb1, rgb2 = rng.uniform(0.25, 0.85, 3), rng.uniform(0.2, 0.8, 3)
+        spec.add_texture(name=f"dr_tex{i}", type=mujoco.mjtTexture.mjTEXTURE_2D, builtin=builtins[i % 3],
+                         rgb1=rgb1.tolist(), rgb2=rgb2.tolist(), width=64, height=64)
+        mat = spec.add_material(name=f"dr_mat{i}", texrepeat=[4, 4])
+        mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = f"dr_tex{i}"
+    for name in ("cube_a", "cube_b"):
+        body = spec.worldbody.add_body(name=name, pos=_PARK.tolist())
+        body.add_freejoint(name=name)
+        body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[0.8, 0.1, 0.1, 1],
+                      density=300.0, friction=[1.2, 0.01, 0.0001], condim=4, contype=1, conaffinity=3)
+    target = spec.worldbody.add_body(name="target", mocap=True, pos=[0.3, 0.1, 0.0])
+    target.add_geom(name="target", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[TARGET_RADIUS, 0.0015, 0],
+                    rgba=[0.1, 0.7, 0.2, 1], contype=0, conaffinity=0)
+    return spec.compile()
+
+
+def _quat_yaw(yaw: float) -> np.ndarray:
+    return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+
+
+def _yaw_of(quat) -> float:
+    w, x, y, z = quat
+    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+
+
+@dataclasses.dataclass
+class _Layout:
+    a: str
+    b: str
+    t: str
+    instruction: str
+
+
+class PiperManipEnv(gym.Env):
+    """PiPER manipulation (see the module docstring).
+
+    Args:
+        task: one of :data:`TASKS`.
+        render_mode: ``"rgbd"`` adds images to every observation; ``"rgb_array"`` renders
+            only on :meth:`render` (videos).
+        width, height: image size, px.
+        camera: the scene camera of the observations (``task``: close over the workspace;
+            ``front``, ``scene``).
+        wrist: also observe the wrist camera.
+        randomize: domain randomisation of lighting, textures and distractors at reset.
+        frame_skip: physics steps per control step.
+        terminate_on_success: end the episode on the step the task is solved.
+        max_episode_steps: truncation (default: 160 steps = 8 s, 240 for ``stack``).
+
+    Raises:
+        ValueError: unknown task or camera.
+    """
+
+    metadata = {"render_modes": ["rgbd", "rgb_array"], "render_fps": 20}
+
+    def __init__(self, task: str = "pick_place", render_mode: str | None = None, width: int = 64, height: int = 64,
+                 camera: str = "task", wrist: bool = False, randomize: bool = True, frame_skip: int = 25,
+                 terminate_on_success: bool = True, max_episode_steps: int | None = None):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {list(TASKS)}")
+        self.task_name = task
+        self.model = make_manip_model()
+        self.data = mujoco.MjData(self.model)
+        if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+            raise ValueError(f"unknown camera {camera!r}; the scene has task, front, scene and wrist")
+        self.name = f"piper_{task}"
+        self.frame_skip = int(frame_skip)
+        self.dt = self.model.opt.timestep * self.frame_skip
+        self.max_episode_steps = max_episode_steps or (240 if task == "stack" else 160)
+        self.render_mode, self.camera, self.wrist, self.randomize = render_mode, camera, wrist, randomize
+        self.width, self.height = int(width), int(height)
+        self.terminate_on_success = terminate_on_success
+        lo, hi = self.model.actuator_ctrlrange.T
+        self.action_space = gym.spaces.Box(lo.astype(np.float32), hi.astype(np.float32), (self.model.nu,), np.float32)
+        spaces = {"qpos": gym.spaces.Box(-np.inf, np.inf, (8,), np.float64),
+                  "qvel": gym.spaces.Box(-np.inf, np.inf, (8,), np.float64),
+                  "objects": gym.spaces.Box(-np.inf, np.inf, (17,), np.float64),
+                  "instruction": gym.spaces.Text(200, charset=" abcdefghijklmnopqrstuvwxyz_")}
+        if render_mode == "rgbd":
+            for prefix in ("", "wrist_") if wrist else ("",):
+                spaces[f"{prefix}rgb"] = gym.spaces.Box(0, 255, (self.height, self.width, 3), np.uint8)
+                spaces[f"{prefix}depth"] = gym.spaces.Box(0, np.inf, (self.height, self.width), np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._renderer = None
+        m = self.model
+        self._jnt = {n: m.joint(n) for n in ("cube_a", "cube_b")}
+        self._geom = {n: m.geom(n).id for n in ("cube_a", "cube_b", "target")}
+        self._target_mocap = m.body("target").mocapid[0]
+        self._table, self._floor = m.geom("table").id, m.geom("floor").id
+        self._mats = [m.material(f"dr_mat{i}").id for i in range(_N_TEXTURES)]
+        self._light0 = (m.light_diffuse.copy(), m.light_pos.copy(), m.vis.headlight.diffuse.copy())
+        self._steps = 0
+        self._solved = False
+        self.layout: _Layout | None = None
+        self.neutral_action = np.r_[READY_JOINTS, 0.035]
+
+    # --- state ----------------------------------------------------------------------------------
+    def _obj_pose(self, name: str) -> np.ndarray:
+        adr = self._jnt[name].qposadr[0]
+        return self.data.qpos[adr:adr + 7].copy()
+
+    def _set_obj(self, name: str, pos, yaw: float) -> None:
+        j = self._jnt[name]
+        self.data.qpos[j.qposadr[0]:j.qposadr[0] + 7] = np.r_[pos, _quat_yaw(yaw)]
+        self.data.qvel[j.dofadr[0]:j.dofadr[0] + 6] = 0.0
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.data.mocap_pos[self._target_mocap].copy()
+
+    @property
+    def objects(self) -> np.ndarray:
+        """``(17,)``: cube A position + quaternion, cube B position + quaternion, target position."""
+        return np.concatenate([self._obj_pose("cube_a"), self._obj_pose("cube_b"), self.target])
+
+    @property
+    def tcp(self) -> np.ndarray:
+        return self.data.site("tcp").xpos.copy()
+
+    def is_success(self) -> bool:
+        """Whether the task is solved in the current state (see the module docstring)."""
+        a, b, t = self._obj_pose("cube_a")[:3], self._obj_pose("cube_b")[:3], self.target
+        resting = a[2] < CUBE_HALF + 0.01
+        if self.task_name == "pick_place":
+            return bool(np.linalg.norm(a[:2] - t[:2]) < TARGET_RADIUS - 0.01 and resting
+                        and self.data.qpos[6] > 0.025)  # placed and let go
+        if self.task_name == "push":
+            return bool(np.linalg.norm(a[:2] - t[:2]) < TARGET_RADIUS - 0.005 and resting)
+        on_top = abs(a[2] - (b[2] + 2 * CUBE_HALF)) < 0.01 and np.linalg.norm(a[:2] - b[:2]) < 0.02
+        return bool(on_top and b[2] < CUBE_HALF + 0.005 and self.data.qpos[6] > 0.025)
+
+    # --- reset ----------------------------------------------------------------------------------
+    def _sample_xy(self, rng, avoid: list[np.ndarray], min_dist: float) -> np.ndarray:
+        for _ in range(200):
+            r, bearing = rng.uniform(*_RADIUS), rng.uniform(*_BEARING)
+            xy = r * np.array([np.cos(bearing), np.sin(bearing)])
+            if all(np.linalg.norm(xy - o) > min_dist for o in avoid):
+                return xy
+        raise RuntimeError("could not place the objects apart; widen the workspace band")
+
+    def _randomize_scene(self, rng) -> None:
+        m = self.model
+        diffuse, pos, head = self._light0
+        m.light_diffuse[:] = diffuse * rng.uniform(0.5, 1.4, (len(diffuse), 1))
+        m.light_pos[:] = pos + rng.uniform(-0.3, 0.3, pos.shape)
+        m.vis.headlight.diffuse[:] = head * rng.uniform(0.6, 1.4)
+        m.geom_matid[self._table] = self._mats[rng.integers(len(self._mats))]
+        m.geom_matid[self._floor] = self._mats[rng.integers(len(self._mats))]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        mujoco.mj_resetData(self.model, self.data)
+        if self.randomize:
+            self._randomize_scene(rng)
+        self.data.qpos[:6] = READY_JOINTS + rng.uniform(-0.02, 0.02, 6)
+        self.data.qpos[6:8] = (0.035, -0.035)
+        self.data.ctrl[:] = self.neutral_action
+        names = list(COLORS)
+        a, b, t = (names[i] for i in rng.permutation(len(names))[:3])
+        for name, col in (("cube_a", a), ("cube_b", b), ("target", t)):
+            self.model.geom_rgba[self._geom[name]] = COLORS[col]
+        xa = self._sample_xy(rng, [], 0)
+        xt = self._sample_xy(rng, [xa], 0.1)
+        self._set_obj("cube_a", np.r_[xa, CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
+        self.data.mocap_pos[self._target_mocap] = np.r_[xt, 0.0]
+        distractor = self.task_name == "stack" or (self.randomize and rng.random() < 0.5)
+        if distractor:
+            xb = xt if self.task_name == "stack" else self._sample_xy(rng, [xa, xt], 0.1)
+            self._set_obj("cube_b", np.r_[xb, CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
+        else:
+            self._set_obj("cube_b", _PARK, 0.0)
+        if self.task_name == "stack":
+            self.data.mocap_pos[self._target_mocap] = _PARK - np.array([0, 0.2, CUBE_HALF])  # no target disc
+        self.layout = _Layout(a, b, t, _INSTRUCTIONS[self.task_name].format(a=a, b=b, t=t))
+        mujoco.mj_forward(self.model, self.data)
+        self._steps, self._solved = 0, False
+        return self._obs(), self._info()
+
+    # --- step -----------------------------------------------------------------------------------
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (self.model.nu,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be {self.model.nu} finite position targets, got {np.shape(action)}")
+        self.data.ctrl[:] = np.clip(a, self.model.actuator_ctrlrange[:, 0], self.model.actuator_ctrlrange[:, 1])
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        self._steps += 1
+        solved_now = not self._solved and self.is_success()
+        self._solved = self._solved or solved_now
+        terminated = self._solved and self.terminate_on_success
+        truncated = self._steps >= self.max_episode_steps
+        return self._obs(), float(solved_now), bool(terminated), bool(truncated and not terminated), self._info()
+
+    def _info(self) -> dict:
+        return {"success": self._solved, "instruction": self.layout.instruction if self.layout else "",
+                "task": self.task_name, "time": float(self.data.time)}
+
+    def _images(self, camera: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+        r = self._renderer
+        r.update_scene(self.data, camera=camera)
+        rgb = r.render()
+        r.enable_depth_rendering()
+        depth = r.render().astype(np.float32)
+        r.disable_depth_rendering()
+        return rgb, depth
+
+    def _obs(self) -> dict:
+        obs = {"qpos": self.data.qpos[:8].copy(), "qvel": self.data.qvel[:8].copy(), "objects": self.objects,
+               "instruction": self.layout.instruction if self.layout else ""}
+        if self.render_mode == "rgbd":
+            obs["rgb"], obs["depth"] = self._images(self.camera)
+            if self.wrist:
+                obs["wrist_rgb"], obs["wrist_depth"] = self._images("wrist")
+        return obs
+
+    def render(self):
+        if self.render_mode not in ("rgb_array", "rgbd"):
+            return None
+        return self._images(self.camera)[0]
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+
+class ScriptedExpert:
+    """Solves :class:`PiperManipEnv` tasks from the privileged object state.
+
+    A list of tool waypoints (pointing straight down, fingers turned to the cube's yaw) with
+    gripper commands is made at reset; the tool moves toward the current waypoint at
+    ``speed`` m/s, each control step's joint targets come from inverse kinematics warm-started
+    at the last ones, and a waypoint is done when the tool is within 5 mm (grasp and release
+    waypoints also wait ``dwell`` seconds).
+
+    Args:
+        env: the environment (its ``unwrapped`` is used).
+        failure: ``None`` for a competent expert, or one of ``"misgrasp"`` (grasps 3.5 cm
+            beside the cube), ``"early_release"`` (opens halfway to the goal),
+            ``"short"`` (stops 6 cm short of the goal), ``"random"`` (one of those).
+        speed: tool speed, m/s.
+        seed: draws the ``"random"`` failure.
+    """
+
+    FAILURES = ("misgrasp", "early_release", "short")
+
+    def __init__(self, env, failure: str | None = None, speed: float = 0.25, dwell: float = 0.3, seed: int = 0):
+        if failure not in (None, "random", *self.FAILURES):
+            raise ValueError(f"unknown failure {failure!r}; choose None, 'random' or one of {self.FAILURES}")
+        self.env = env.unwrapped
+        self.failure_arg, self.speed, self.dwell = failure, float(speed), float(dwell)
+        self.rng = np.random.default_rng(seed)
+        self.failure = None
+        self._plan: list[tuple[np.ndarray, float, float]] = []
+
+    def reset(self) -> None:
+        """Plan the waypoints for the episode the environment has just reset to."""
+        e = self.env
+        self.failure = self.rng.choice(self.FAILURES) if self.failure_arg == "random" else self.failure_arg
+        a, b, t = e._obj_pose("cube_a"), e._obj_pose("cube_b"), e.target
+        yaw = _yaw_of(a[3:]) % (np.pi / 2)
+        yaw = self._reachable_yaw(a[:3], [yaw, yaw - np.pi / 2])  # a cube is gripped across either pair of faces
+        open_, closed = 0.035, 0.0
+        hi, grasp_z = 0.085, CUBE_HALF
+        pa = a[:3].copy()
+        if self.failure == "misgrasp":
+            pa[:2] += 0.035 * np.array([np.cos(yaw), np.sin(yaw)])  # beside the cube, across the closing axis
+        wp = []  # (tool position, finger target, dwell s, yaw)
+        if e.task_name in ("pick_place", "stack"):
+            goal = np.r_[t[:2], CUBE_HALF + 0.008] if e.task_name == "pick_place" else \
+                np.r_[b[:2], 3 * CUBE_HALF + 0.006]
+            wp += [(np.r_[pa[:2], hi], open_, 0.0), (np.r_[pa[:2], grasp_z], open_, 0.0),
+                   (np.r_[pa[:2], grasp_z], closed, self.dwell), (np.r_[pa[:2], hi], closed, 0.0)]
+            if self.failure == "early_release":
+                mid = np.r_[(pa[:2] + goal[:2]) / 2, hi]
+                wp += [(mid, closed, 0.0), (mid, open_, self.dwell), (np.r_[goal[:2], hi], open_, 0.0)]
+            else:
+                if self.failure == "short":
+                    d = goal[:2] - pa[:2]
+                    goal = np.r_[goal[:2] - 0.06 * d / max(np.linalg.norm(d), 1e-6), goal[2]]
+                wp += [(np.r_[goal[:2], hi], closed, 0.0), (goal, closed, 0.0), (goal, open_, self.dwell),
+                       (np.r_[goal[:2], hi], open_, 0.0)]
+        else:  # push: from behind the cube, through to the target
+            d = t[:2] - a[:2]
+            d = d / max(np.linalg.norm(d), 1e-6)
+            yaw = float(np.arctan2(d[1], d[0]))  # fingers across the pushing direction: a flat paddle
+            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+            yaw = self._reachable_yaw(np.r_[a[:2] - d * (CUBE_HALF + 0.03), CUBE_HALF], [yaw, yaw - np.sign(yaw) * np.pi])
+            start = a[:2] - d * (CUBE_HALF + 0.03)
+            stop = t[:2] - d * (CUBE_HALF + 0.008)
+            if self.failure == "short":
+                stop = stop - d * 0.06
+            if self.failure == "misgrasp":  # push off-centre: the cube turns away
+                n = np.array([-d[1], d[0]])
+                start, stop = start + 0.025 * n, stop + 0.025 * n
+            low = CUBE_HALF
+            wp += [(np.r_[start, hi], closed, 0.0), (np.r_[start, low], closed, 0.0), (np.r_[stop, low], closed, 0.0),
+                   (np.r_[stop, hi], closed, 0.0)]
+        self._plan = [(p, g, w, yaw) for p, g, w in wp]
+        self._i, self._waited = 0, 0.0
+        self._q = e.data.qpos[:6].copy()
+        self._cursor = e.tcp
+
+    def _reachable_yaw(self, point, candidates) -> float:
+        """The first finger yaw of ``candidates`` the arm can hold at ``point`` pointing down (J6 spans
+        only +-120 degrees), else the first."""
+        for y in candidates:
+            q0 = READY_JOINTS.copy()
+            q0[5] = np.clip(READY_JOINTS[5] + y, -2.0, 2.0)
+            try:
+                solve_ik(self.env.model, point, approach=[0, 0, -1], yaw=y, q0=q0, tol=2e-3, max_iter=100)
+                return float(y)
+            except IKError:
+                continue
+        return float(candidates[0])
+
+    @property
+    def done(self) -> bool:
+        return self._i >= len(self._plan)
+
+    def act(self) -> np.ndarray:
+        """The action ``(7,)`` for the current state."""
+        e = self.env
+        if self.done:
+            return np.r_[self._q, self._plan[-1][1] if self._plan else 0.035]
+        target, grip, dwell, yaw = self._plan[self._i]
+        step = self.speed * e.dt
+        delta = target - self._cursor
+        dist = float(np.linalg.norm(delta))
+        self._cursor = target.copy() if dist <= step else self._cursor + delta * (step / dist)
+        try:
+            self._q = solve_ik(e.model, self._cursor, approach=[0, 0, -1], yaw=yaw, q0=self._q, tol=2e-3, max_iter=60)
+        except IKError:
+            pass  # keep the last reachable joint targets; the episode may fail, which is recorded
+        if dist <= step and np.linalg.norm(e.tcp - target) < 0.008:
+            self._waited += e.dt
+            if self._waited >= dwell:
+                self._i, self._waited = self._i + 1, 0.0
+        elif dist <= step:
+            self._waited += e.dt
+            if self._waited > 1.0 + dwell:  # the arm cannot get closer (contact): move on
+                self._i, self._waited = self._i + 1, 0.0
+        return np.r_[self._q, grip]
+
+
+gym.register(id="ws/PiperManip-v0", entry_point="ws_sim.piper_tasks:PiperManipEnv", max_episode_steps=None)
