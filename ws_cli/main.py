@@ -528,6 +528,30 @@ def cmd_mppi_run(args) -> int:
     return 0
 
 
+def cmd_policy_collect(args) -> int:
+    from tqdm import tqdm
+
+    from ws_policy.data import collect_demos, write_demos
+    from ws_sim.piper_tasks import TASKS
+
+    if args.task not in TASKS:
+        from ws_mppi.config import ConfigError
+
+        raise ConfigError(f"unknown task {args.task!r}; choose one of {list(TASKS)}")
+    bar = tqdm(total=args.episodes, desc=f"{args.task} demos", unit="ep")
+    episodes, attrs = collect_demos(args.task, args.episodes, seed=args.seed, size=args.size, camera=args.camera,
+                                    failure_rate=args.failures, randomize=not args.no_randomize,
+                                    progress=lambda done, total: bar.update(1))
+    bar.close()
+    path = write_demos(episodes, attrs, args.out)
+    wins = sum(e.success for e in episodes)
+    steps = sum(len(e.actions) for e in episodes)
+    print(f"wrote {path}: {len(episodes)} episodes ({wins} successful, "
+          f"{sum(bool(e.failure) for e in episodes)} with a deliberate failure), {steps} steps, "
+          f"{args.size}x{args.size} RGB-D from the {args.camera!r} camera")
+    return 0
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by what the user asked for: reported in one line, no traceback."""
     from ws_mppi.config import ConfigError
@@ -537,8 +561,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ws_sim.envs import NonFiniteStateError, UnknownEnvironmentError
     from ws_worldmodel.checkpoint import CheckpointError
 
+    from ws_policy.data import DemoError
+
     return (ConfigError, ChannelMismatchError, CorpusError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
-            CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError)
+            CheckpointError, DemoError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: float, eval_every: int | None,
@@ -826,6 +852,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="set a parameter on every node of the graph whose parameter file declares it, e.g. "
                          "-p real_time_factor:=0.5 (repeatable)")
     la.set_defaults(func=cmd_launch)
+
+    po = sub.add_parser("policy", help="the video-depth-action policy (PiPER manipulation)",
+                        description="WorldScape Policy commands (seed 004): demonstrations, training, evaluation.")
+    posub = po.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+    pc = posub.add_parser("collect", help="record scripted-expert demonstrations with RGB-D video",
+                          description="Run the scripted expert on a PiPER task (ws/PiperManip-v0) with domain "
+                                      "randomisation and write the episodes (RGB, depth, joint states, actions, "
+                                      "instruction, success) to one HDF5 file, atomically.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pc.add_argument("--task", default="pick_place", help="pick_place, push or stack")
+    pc.add_argument("--episodes", type=int, default=100)
+    pc.add_argument("--seed", type=int, default=0, help="episode i resets with seed+i")
+    pc.add_argument("--out", type=Path, required=True, help="output .hdf5")
+    pc.add_argument("--size", type=int, default=64, help="square image side, px")
+    pc.add_argument("--camera", default="task", help="scene camera: task, front or scene")
+    pc.add_argument("--failures", type=float, default=0.0, help="share of episodes with a deliberate expert failure")
+    pc.add_argument("--no-randomize", action="store_true", help="fixed lighting and textures")
+    pc.set_defaults(func=cmd_policy_collect)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

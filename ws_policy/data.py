@@ -1,0 +1,213 @@
+"""Demonstrations for the policy: scripted-expert episodes with RGB-D video, stored in HDF5.
+
+:func:`collect_demos` runs :class:`ws_sim.piper_tasks.ScriptedExpert` on a task (a share of
+the episodes with deliberate failures) and :func:`write_demos` stores them atomically (a
+temporary sibling renamed into place). Layout of the file:
+
+* root attributes: ``format`` ``"worldscape-demos"``, ``version``, ``task``, ``camera``,
+  ``image_size``, ``control_dt`` (s), ``action_low``/``action_high``;
+* one group per episode ``ep_00000`` ...: ``rgb (T+1, H, W, 3) uint8``, ``depth (T+1, H, W)
+  float16`` (metres, clipped to ``MAX_DEPTH``), ``qpos (T+1, 8)``, ``qvel (T+1, 8)``,
+  ``objects (T+1, 17)``, ``actions (T, 7)``; attributes ``instruction``, ``success``,
+  ``failure`` (``""`` for a competent expert), ``seed``.
+
+:class:`DemoDataset` reads a file back and cuts training windows (:meth:`DemoDataset.window`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+__all__ = ["Episode", "DemoDataset", "DemoError", "collect_demos", "write_demos", "read_demos", "MAX_DEPTH",
+           "FORMAT_TAG"]
+
+FORMAT_TAG = "worldscape-demos"
+FORMAT_VERSION = 1
+#: depth beyond this (the background) is stored as this, m
+MAX_DEPTH = 2.0
+
+
+class DemoError(ValueError):
+    """A missing, corrupt or inconsistent demonstration file (the message names the path)."""
+
+
+@dataclasses.dataclass
+class Episode:
+    """One demonstration (arrays as in the module docstring)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    qpos: np.ndarray
+    qvel: np.ndarray
+    objects: np.ndarray
+    actions: np.ndarray
+    instruction: str
+    success: bool
+    failure: str = ""
+    seed: int = 0
+
+    def __post_init__(self):
+        t = len(self.actions)
+        for name in ("rgb", "depth", "qpos", "qvel", "objects"):
+            if len(getattr(self, name)) != t + 1:
+                raise DemoError(f"episode {name} has {len(getattr(self, name))} frames for {t} actions (needs {t + 1})")
+
+
+def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camera: str = "task",
+                  failure_rate: float = 0.0, randomize: bool = True, progress=None) -> tuple[list[Episode], dict]:
+    """Run the scripted expert for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``).
+
+    Args:
+        task: a :data:`ws_sim.piper_tasks.TASKS` name.
+        size: square image side, px.
+        failure_rate: the share of episodes whose expert fails on purpose (a random failure
+            kind); they are kept, marked, for value learning and tests.
+        progress: optional callable ``progress(done, total)``.
+
+    Returns:
+        ``(episodes, attrs)``: the episodes and the file's root attributes.
+
+    Raises:
+        ValueError: bad counts, rates or task.
+    """
+    from ws_sim.piper_tasks import PiperManipEnv, ScriptedExpert
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not 0.0 <= failure_rate <= 1.0:
+        raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize)
+    rng = np.random.default_rng(seed)
+    out = []
+    try:
+        for i in range(episodes):
+            fail = rng.random() < failure_rate
+            expert = ScriptedExpert(env, failure="random" if fail else None, seed=seed + i)
+            obs, info = env.reset(seed=seed + i)
+            expert.reset()
+            frames = [obs]
+            actions = []
+            for _ in range(env.max_episode_steps):
+                a = expert.act()
+                obs, _, terminated, truncated, info = env.step(a)
+                frames.append(obs)
+                actions.append(np.asarray(a, dtype=np.float32))
+                if terminated or truncated:
+                    break
+            out.append(Episode(
+                rgb=np.stack([f["rgb"] for f in frames]),
+                depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
+                qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
+                qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
+                objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
+                actions=np.stack(actions), instruction=info["instruction"], success=bool(info["success"]),
+                failure=str(expert.failure or ""), seed=seed + i))
+            if progress is not None:
+                progress(i + 1, episodes)
+        attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
+                 "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
+                 "randomize": randomize}
+    finally:
+        env.close()
+    return out, attrs
+
+
+def write_demos(episodes: list[Episode], attrs: dict, path: str | os.PathLike) -> Path:
+    """Write demonstrations atomically (see the module docstring); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"], f.attrs["version"] = FORMAT_TAG, FORMAT_VERSION
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            for i, ep in enumerate(episodes):
+                g = f.create_group(f"ep_{i:05d}")
+                for name in ("rgb", "depth", "qpos", "qvel", "objects", "actions"):
+                    g.create_dataset(name, data=getattr(ep, name), compression="gzip" if name in ("rgb", "depth") else None)
+                g.attrs["instruction"], g.attrs["success"] = ep.instruction, ep.success
+                g.attrs["failure"], g.attrs["seed"] = ep.failure, ep.seed
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_demos(path: str | os.PathLike) -> tuple[list[Episode], dict]:
+    """Read a demonstration file.
+
+    Raises:
+        DemoError: missing file, not a WorldScape demonstration file, or inconsistent episodes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DemoError(f"no demonstration file at {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT_TAG:
+                raise DemoError(f"{path} is not a WorldScape demonstration file (format {f.attrs.get('format')!r})")
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            eps = []
+            for name in sorted(k for k in f if k.startswith("ep_")):
+                g = f[name]
+                eps.append(Episode(**{k: g[k][()] for k in ("rgb", "depth", "qpos", "qvel", "objects", "actions")},
+                                   instruction=str(g.attrs["instruction"]), success=bool(g.attrs["success"]),
+                                   failure=str(g.attrs["failure"]), seed=int(g.attrs["seed"])))
+    except OSError as e:
+        raise DemoError(f"{path} is not a readable HDF5 file: {e}") from e
+    if not eps:
+        raise DemoError(f"{path} holds no episodes")
+    return eps, attrs
+
+
+class DemoDataset:
+    """Training windows over demonstrations.
+
+    A window at step ``t`` of an episode: the current RGB ``(H, W, 3)`` and depth ``(H, W)``,
+    the proprioceptive state ``qpos[t]`` ``(8,)``, the instruction, the future frames
+    ``t + s, t + 2s, ..., t + F s`` (``stride`` s, ``frames`` F) and the action chunk
+    ``a_t .. a_{t+L-1}`` (``chunk`` L); steps past the end repeat the last frame and the last
+    action (the arm holds still after the episode). ``valid`` marks real (not padded) actions.
+
+    Args:
+        episodes: the demonstrations.
+        chunk: action chunk length L.
+        frames: future frames F.
+        stride: steps between future frames.
+        successes_only: drop failed episodes (behaviour cloning learns from successes).
+    """
+
+    def __init__(self, episodes: list[Episode], chunk: int = 8, frames: int = 2, stride: int = 4,
+                 successes_only: bool = True):
+        self.episodes = [e for e in episodes if e.success or not successes_only]
+        if not self.episodes:
+            raise DemoError("no episodes left (all failed and successes_only is set)")
+        self.chunk, self.frames, self.stride = int(chunk), int(frames), int(stride)
+        self.index = [(i, t) for i, e in enumerate(self.episodes) for t in range(len(e.actions))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def window(self, k: int) -> dict:
+        i, t = self.index[k]
+        e = self.episodes[i]
+        T = len(e.actions)
+        steps = np.minimum(t + np.arange(self.chunk), T - 1)
+        future = np.minimum(t + self.stride * np.arange(1, self.frames + 1), T)
+        return {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t],
+                "instruction": e.instruction, "future_rgb": e.rgb[future],
+                "future_depth": e.depth[future].astype(np.float32), "actions": e.actions[steps],
+                "valid": (t + np.arange(self.chunk)) < T}

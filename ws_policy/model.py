@@ -1,0 +1,353 @@
+"""WorldScape Policy: a Mixture-of-Transformers over video, depth and action tokens (seed 004).
+
+Seed 004 gives the factorisation (the next L steps of video, depth and actions, given the
+current frame, depth, instruction and proprioceptive state), one flow-matching objective
+over all three, the 3D loss ``L = L_diff + alpha L_3D`` with ``L_3D = (1/K) sum_k (|D^_k -
+D_k|^2 + lambda |I^_k - I_k|^2)``, and the name of a Depth Positional Embedding; it gives no
+sizes, schedules or formulas beyond those. What is chosen here, and why:
+
+**Tokens.** Images are cut into ``patch`` x ``patch`` pixel patches (no autoencoder: the
+cubes are a few pixels wide at 64 px, and a VAE trained on a few hundred episodes blurs
+exactly those; patches keep the loss in pixel space and need no second training stage).
+The current RGB and depth frames are ``image_size`` px; the F future frames (every
+``stride`` control steps) are predicted at ``future_size`` px. Actions are one token per
+step of the chunk (L steps x 7 joint targets). The instruction is a sequence of word tokens
+from a fixed vocabulary (the tasks' templates and colours: no download, and an unknown word
+is an error, not a silent guess); the proprioceptive state is one token.
+
+**Mixture-of-Transformers.** Three experts, one per modality: *video* (current and future
+RGB tokens), *depth* (current and future depth tokens) and *action* (action tokens, and the
+instruction and state tokens that condition them). Every block has per-expert norms, QKV
+and output projections and feed-forward networks; attention is one global softmax over all
+tokens of all modalities. A block mask keeps the clean context (current frames,
+instruction, state) from attending to the noisy targets (future frames, actions), which
+attend to everything (as pi0 does with its prefix; the seed names no mask).
+
+**Depth Positional Embedding.** Each current-frame patch's pixels are back-projected with the
+camera's pinhole intrinsics and measured depth; Fourier features of the patch's mean 3D
+point (camera frame, metres) go through a small MLP and are added to that patch's RGB *and*
+depth tokens, so every image token carries where it is in 3D.
+
+**Objective.** Rectified flow on all targets jointly (normalised to [-1, 1]): ``x_tau =
+tau x_1 + (1 - tau) x_0``, ``x_0 ~ N(0, I)``, the network predicts the velocity ``x_1 - x_0``;
+``tau ~ U(0, 1)``; ``L_diff`` is the mean squared velocity error per modality, summed over
+modalities. ``L_3D`` compares the one-step clean estimate ``x^_1 = x_tau + (1 - tau) v^`` of the
+future depth and images with the truth (``lambda`` weights images). Sampling: ``euler_steps``
+Euler steps from noise.
+
+**Variants** (same code, same data): ``mode="mot"`` (the policy); ``"action_only"`` (no video
+or depth targets: the action-only flow-matching baseline); ``"world"`` (video and depth
+targets only, actions unused: the world model that can be pretrained on demonstrations
+without actions and then fine-tuned into the policy); ``action_head="idm"`` replaces the
+denoised action tokens by an inverse-dynamics head that regresses the chunk from the
+(predicted) future frames and the context: seed 004's factorisation ``p(v, d | o) p(a | v,
+d, o)`` as a head of the same network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary"]
+
+MODALITIES = ("video", "depth", "action")
+
+
+class PolicyInputError(ValueError):
+    """A malformed observation or instruction given to the policy (the message says what)."""
+
+
+def default_vocabulary() -> list[str]:
+    """Every word of the PiPER tasks' instructions (templates and colours)."""
+    from ws_sim.piper_tasks import _INSTRUCTIONS, COLORS
+
+    words = set()
+    for template in _INSTRUCTIONS.values():
+        words |= set(re.sub(r"\{\w+\}", "", template).split())
+    return sorted(words | set(COLORS))
+
+
+class Vocabulary:
+    """A fixed word vocabulary: ``encode("pick up the red cube ...") -> (n,)`` token ids.
+
+    Id 0 is padding. Raises :class:`PolicyInputError` for an empty instruction or a word
+    outside the vocabulary (naming it)."""
+
+    def __init__(self, words: list[str], max_len: int = 16):
+        self.words = list(words)
+        self.index = {w: i + 1 for i, w in enumerate(self.words)}
+        self.max_len = int(max_len)
+
+    def __len__(self) -> int:
+        return len(self.words) + 1
+
+    def encode(self, text: str) -> np.ndarray:
+        if not isinstance(text, str) or not text.strip():
+            raise PolicyInputError(f"the instruction must be non-empty text, got {text!r}")
+        words = text.lower().replace(",", " ").replace(".", " ").split()
+        unknown = [w for w in words if w not in self.index]
+        if unknown:
+            raise PolicyInputError(f"instruction {text!r} has words outside the policy's vocabulary: {unknown}")
+        if len(words) > self.max_len:
+            raise PolicyInputError(f"instruction {text!r} has {len(words)} words; at most {self.max_len}")
+        ids = np.zeros(self.max_len, dtype=np.int64)
+        ids[:len(words)] = [self.index[w] for w in words]
+        return ids
+
+
+@dataclasses.dataclass
+class PolicyConfig:
+    """Sizes and loss weights (see the module docstring for what each means).
+
+    ``cpu()`` trains on two cores in minutes; ``gpu()`` is the size for a real GPU."""
+
+    mode: str = "mot"  # mot | action_only | world
+    action_head: str = "flow"  # flow | idm
+    image_size: int = 64
+    future_size: int = 32
+    patch: int = 8
+    frames: int = 2
+    stride: int = 4
+    chunk: int = 8
+    action_dim: int = 7
+    state_dim: int = 8
+    d_model: int = 128
+    heads: int = 4
+    layers: int = 4
+    ffn_mult: int = 4
+    alpha: float = 0.1  # weight of L_3D
+    lam: float = 1.0  # weight of the image term inside L_3D
+    euler_steps: int = 10
+    fov_y_deg: float = 60.0  # the camera's vertical field of view (the DPE's intrinsics)
+    max_depth: float = 2.0
+    vocab: tuple = ()
+    max_words: int = 16
+
+    def __post_init__(self):
+        if self.mode not in ("mot", "action_only", "world"):
+            raise ValueError(f"mode must be mot, action_only or world, got {self.mode!r}")
+        if self.action_head not in ("flow", "idm"):
+            raise ValueError(f"action_head must be flow or idm, got {self.action_head!r}")
+        for size in (self.image_size, self.future_size):
+            if size % self.patch:
+                raise ValueError(f"image sizes ({self.image_size}, {self.future_size}) must be multiples of patch "
+                                 f"{self.patch}")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+
+    @classmethod
+    def cpu(cls, **kw) -> "PolicyConfig":
+        return cls(**kw)
+
+    @classmethod
+    def gpu(cls, **kw) -> "PolicyConfig":
+        return cls(**{**dict(image_size=128, future_size=64, patch=8, frames=4, chunk=16, d_model=512, heads=8,
+                             layers=12), **kw})
+
+    @property
+    def predicts_video(self) -> bool:
+        return self.mode in ("mot", "world")
+
+    @property
+    def predicts_actions(self) -> bool:
+        return self.mode in ("mot", "action_only")
+
+
+def _patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, (H/p)(W/p), C p p)``."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def _unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+    b = x.shape[0]
+    x = x.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
+
+
+def _fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
+    freqs = 2.0 ** torch.arange(bands, dtype=x.dtype, device=x.device) * math.pi
+    ang = x[..., None] * freqs
+    return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
+
+
+class _ExpertLinear(nn.Module):
+    """One linear map per modality, applied to that modality's slice of the sequence."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.maps = nn.ModuleList(nn.Linear(d_in, d_out) for _ in MODALITIES)
+
+    def forward(self, x: torch.Tensor, slices: list[slice]) -> torch.Tensor:
+        return torch.cat([self.maps[m](x[:, s]) for m, s in enumerate(slices)], dim=1)
+
+
+class _ExpertNorm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in MODALITIES)
+
+    def forward(self, x: torch.Tensor, slices: list[slice]) -> torch.Tensor:
+        return torch.cat([self.norms[m](x[:, s]) for m, s in enumerate(slices)], dim=1)
+
+
+class _ExpertFFN(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.up, self.down = _ExpertLinear(d, hidden), _ExpertLinear(hidden, d)
+
+    def forward(self, x, slices):
+        return self.down(F.gelu(self.up(x, slices)), slices)
+
+
+class MoTBlock(nn.Module):
+    """Per-modality norms, QKV, output projection and FFN; one global attention."""
+
+    def __init__(self, d: int, heads: int, ffn_mult: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = _ExpertNorm(d), _ExpertNorm(d)
+        self.qkv, self.out = _ExpertLinear(d, 3 * d), _ExpertLinear(d, d)
+        self.ffn = _ExpertFFN(d, ffn_mult * d)
+
+    def forward(self, x: torch.Tensor, slices: list[slice], mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x, slices), slices).reshape(b, n, 3, self.heads, d // self.heads).unbind(2)
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        x = x + self.out(att.transpose(1, 2).reshape(b, n, d), slices)
+        return x + self.ffn(self.norm2(x, slices), slices)
+
+
+class WorldScapePolicy(nn.Module):
+    """The policy network (see the module docstring). Inputs are normalised tensors:
+
+    * ``rgb`` ``(B, 3, S, S)`` in [-1, 1] and ``depth`` ``(B, 1, S, S)`` in metres (``S`` =
+      ``image_size``): the current frame;
+    * ``state`` ``(B, 8)`` in [-1, 1]; ``words`` ``(B, max_words)`` token ids;
+    * noisy targets at flow time ``tau`` ``(B,)``: ``future_rgb`` ``(B, F, 3, s, s)``,
+      ``future_depth`` ``(B, F, 1, s, s)`` (both in [-1, 1], ``s`` = ``future_size``),
+      ``actions`` ``(B, L, 7)`` in [-1, 1] (whichever the mode predicts).
+
+    :meth:`forward` returns the predicted velocities of the targets (and, with the IDM head,
+    the regressed action chunk).
+    """
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p = cfg.d_model, cfg.patch
+        n_cur = (cfg.image_size // p) ** 2
+        n_fut = (cfg.future_size // p) ** 2
+        self.n_cur, self.n_fut = n_cur, n_fut
+        self.rgb_in, self.depth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
+        self.frgb_in, self.fdepth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
+        self.rgb_out, self.depth_out = nn.Linear(d, 3 * p * p), nn.Linear(d, p * p)
+        self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
+        self.pos_fut = nn.Parameter(torch.randn(cfg.frames, n_fut, d) * 0.02)
+        self.dpe = nn.Sequential(nn.Linear(3 + 3 * 2 * 6, d), nn.GELU(), nn.Linear(d, d))
+        self.word_emb = nn.Embedding(max(len(cfg.vocab) + 1, 2), d, padding_idx=0)
+        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        self.state_in = nn.Linear(cfg.state_dim, d)
+        self.action_in, self.action_out = nn.Linear(cfg.action_dim, d), nn.Linear(d, cfg.action_dim)
+        self.action_pos = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(64, d), nn.GELU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(MoTBlock(d, cfg.heads, cfg.ffn_mult) for _ in range(cfg.layers))
+        self.final = _ExpertNorm(d)
+        if cfg.action_head == "idm" and cfg.predicts_actions:
+            self.idm_queries = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
+            self.idm = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, 0.0, batch_first=True,
+                                                                        norm_first=True), num_layers=2)
+        # intrinsics of the current frame's pinhole camera, for the DPE
+        s = cfg.image_size
+        f = 0.5 * s / math.tan(math.radians(cfg.fov_y_deg) / 2)
+        u = (torch.arange(s) + 0.5 - s / 2) / f
+        self.register_buffer("ray_x", u.repeat(s, 1), persistent=False)  # (S, S): x / z per pixel
+        self.register_buffer("ray_y", -u[:, None].repeat(1, s), persistent=False)  # image rows point down
+
+    # --- the pieces -----------------------------------------------------------------------------
+    def _time(self, tau: torch.Tensor) -> torch.Tensor:
+        half = 32
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=tau.device) / half)
+        ang = tau[:, None] * 1000.0 * freqs
+        return self.time_mlp(torch.cat([ang.sin(), ang.cos()], dim=-1))
+
+    def depth_positional_embedding(self, depth: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` metres -> ``(B, n_patches, d)``: MLP of Fourier features of each patch's
+        mean back-projected 3D point (camera frame)."""
+        z = depth[:, 0]
+        pts = torch.stack([self.ray_x * z, self.ray_y * z, z], dim=1)  # (B, 3, S, S)
+        p = self.cfg.patch
+        mean = F.avg_pool2d(pts, p).flatten(2).transpose(1, 2)  # (B, n, 3)
+        return self.dpe(_fourier(mean / self.cfg.max_depth, 6))
+
+    def _context(self, rgb, depth, state, words):
+        p = self.cfg.patch
+        if rgb.shape[-2:] != (self.cfg.image_size,) * 2 or depth.shape[-2:] != (self.cfg.image_size,) * 2:
+            raise PolicyInputError(f"images must be {self.cfg.image_size} px square, got rgb {tuple(rgb.shape)} "
+                                   f"and depth {tuple(depth.shape)}")
+        dpe = self.depth_positional_embedding(depth)
+        depth_n = depth / self.cfg.max_depth * 2 - 1
+        v = self.rgb_in(_patchify(rgb, p)) + self.pos_cur + dpe
+        dep = self.depth_in(_patchify(depth_n, p)) + self.pos_cur + dpe
+        txt = self.word_emb(words) + self.word_pos
+        st = self.state_in(state)[:, None]
+        return v, dep, torch.cat([txt, st], dim=1)
+
+    def _mask(self, n_ctx: list[int], n_tgt: list[int], device) -> torch.Tensor:
+        """Boolean attention mask over [video ctx, video tgt, depth ctx, depth tgt, action ctx,
+        action tgt] (the order the experts slice): context attends to context only."""
+        is_ctx = torch.cat([torch.full((c,), True) if i % 2 == 0 else torch.full((c,), False)
+                            for i, c in enumerate(x for pair in zip(n_ctx, n_tgt) for x in pair)]).to(device)
+        return ~is_ctx[:, None] | is_ctx[None, :]  # row attends to column
+
+    def forward(self, rgb, depth, state, words, tau, future_rgb=None, future_depth=None, actions=None) -> dict:
+        cfg = self.cfg
+        b = rgb.shape[0]
+        v_ctx, d_ctx, a_ctx = self._context(rgb, depth, state, words)
+        t_emb = self._time(tau)[:, None]
+        parts = {"video": [v_ctx], "depth": [d_ctx], "action": [a_ctx]}
+        if cfg.predicts_video:
+            f, s, p = cfg.frames, cfg.future_size, cfg.patch
+            fr = self.frgb_in(_patchify(future_rgb.reshape(b * f, 3, s, s), p)).reshape(b, f, -1, cfg.d_model)
+            fd = self.fdepth_in(_patchify(future_depth.reshape(b * f, 1, s, s), p)).reshape(b, f, -1, cfg.d_model)
+            parts["video"].append((fr + self.pos_fut).flatten(1, 2) + t_emb)
+            parts["depth"].append((fd + self.pos_fut).flatten(1, 2) + t_emb)
+        if cfg.predicts_actions and cfg.action_head == "flow":
+            parts["action"].append(self.action_in(actions) + self.action_pos + t_emb)
+        n_ctx = [parts[m][0].shape[1] for m in MODALITIES]
+        n_tgt = [sum(x.shape[1] for x in parts[m][1:]) for m in MODALITIES]
+        seq = torch.cat([x for m in MODALITIES for x in parts[m]], dim=1)
+        lens = [c + t for c, t in zip(n_ctx, n_tgt)]
+        starts = np.cumsum([0] + lens)
+        slices = [slice(int(starts[i]), int(starts[i + 1])) for i in range(3)]
+        mask = self._mask(n_ctx, n_tgt, seq.device)
+        for blk in self.blocks:
+            seq = blk(seq, slices, mask)
+        seq = self.final(seq, slices)
+        out = {}
+        if cfg.predicts_video:
+            f, s, p = cfg.frames, cfg.future_size, cfg.patch
+            vt = seq[:, slices[0]][:, n_ctx[0]:]
+            dt = seq[:, slices[1]][:, n_ctx[1]:]
+            out["future_rgb"] = _unpatchify(self.rgb_out(vt).reshape(b * f, self.n_fut, -1), p, 3, s, s).reshape(
+                b, f, 3, s, s)
+            out["future_depth"] = _unpatchify(self.depth_out(dt).reshape(b * f, self.n_fut, -1), p, 1, s, s).reshape(
+                b, f, 1, s, s)
+        if cfg.predicts_actions:
+            if cfg.action_head == "flow":
+                out["actions"] = self.action_out(seq[:, slices[2]][:, n_ctx[2]:])
+            else:  # inverse dynamics: regress the chunk from every (context and predicted-future) token
+                q = self.idm_queries.expand(b, -1, -1)
+                out["idm_actions"] = self.action_out(self.idm(q, seq))
+        return out
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())

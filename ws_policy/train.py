@@ -1,0 +1,316 @@
+"""Training, sampling and checkpoints of :class:`ws_policy.model.WorldScapePolicy`.
+
+Losses as :mod:`ws_policy.model` describes (seed 004: ``L = L_diff + alpha L_3D``); the
+optimiser is AdamW with linear warm-up and cosine decay. :class:`PolicyRunner` wraps a
+trained network for inference: it validates and normalises one observation, runs the Euler
+sampler and returns the action chunk in joint units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import DemoDataset
+from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy
+
+__all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy", "load_policy", "PolicyRunner",
+           "PolicyCheckpointError", "batch_from_windows"]
+
+FORMAT_TAG = "worldscape-policy"
+
+
+class PolicyCheckpointError(ValueError):
+    """A missing or unreadable policy checkpoint (the message names the path)."""
+
+
+@dataclasses.dataclass
+class Normalizer:
+    """Affine maps of joint targets and joint states to [-1, 1] (from the actuators' and joints' ranges)."""
+
+    action_low: np.ndarray
+    action_high: np.ndarray
+    state_low: np.ndarray
+    state_high: np.ndarray
+
+    @classmethod
+    def for_piper(cls) -> "Normalizer":
+        from ws_sim.piper import load_piper
+
+        model, _ = load_piper()
+        lo, hi = model.actuator_ctrlrange.T
+        return cls(lo.copy(), hi.copy(), model.jnt_range[:8, 0].copy(), model.jnt_range[:8, 1].copy())
+
+    @staticmethod
+    def _to(x, lo, hi):
+        return 2 * (x - lo) / (hi - lo) - 1
+
+    def actions(self, a):
+        return self._to(a, self.action_low, self.action_high)
+
+    def actions_back(self, a):
+        return (np.asarray(a) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
+
+    def state(self, q):
+        return self._to(q, self.state_low, self.state_high)
+
+    def to_dict(self) -> dict:
+        return {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalizer":
+        return cls(**{k: np.asarray(v, dtype=np.float64) for k, v in d.items()})
+
+
+def _images(rgb: np.ndarray, depth: np.ndarray, max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(..., H, W, 3)`` and metres ``(..., H, W)`` -> ``(..., 3, H, W)`` in [-1, 1] and ``(..., 1, H, W)`` m."""
+    r = torch.as_tensor(np.asarray(rgb), dtype=torch.float32).movedim(-1, -3) / 127.5 - 1
+    d = torch.as_tensor(np.minimum(np.asarray(depth, dtype=np.float32), max_depth)).unsqueeze(-3)
+    return r, d
+
+
+def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer, vocab: Vocabulary) -> dict:
+    """Stack :meth:`DemoDataset.window` dicts into the network's normalised tensors."""
+    rgb, depth = _images(np.stack([w["rgb"] for w in windows]), np.stack([w["depth"] for w in windows]), cfg.max_depth)
+    frgb, fdep = _images(np.stack([w["future_rgb"] for w in windows]), np.stack([w["future_depth"] for w in windows]),
+                         cfg.max_depth)
+    b, f = frgb.shape[:2]
+    s = cfg.future_size
+    frgb = F.interpolate(frgb.flatten(0, 1), size=(s, s), mode="area").reshape(b, f, 3, s, s)
+    fdep = F.interpolate(fdep.flatten(0, 1), size=(s, s), mode="area").reshape(b, f, 1, s, s) / cfg.max_depth * 2 - 1
+    return {"rgb": rgb, "depth": depth,
+            "state": torch.as_tensor(norm.state(np.stack([w["qpos"] for w in windows])), dtype=torch.float32),
+            "words": torch.as_tensor(np.stack([vocab.encode(w["instruction"]) for w in windows])),
+            "future_rgb": frgb, "future_depth": fdep,
+            "actions": torch.as_tensor(norm.actions(np.stack([w["actions"] for w in windows])), dtype=torch.float32),
+            "valid": torch.as_tensor(np.stack([w["valid"] for w in windows]))}
+
+
+def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """``L_diff + alpha L_3D`` (+ the IDM head's regression loss) on one batch; returns (loss, parts)."""
+    cfg = model.cfg
+    b = batch["rgb"].shape[0]
+    tau = torch.rand(b, generator=generator)
+    targets = {}
+    if cfg.predicts_video:
+        targets["future_rgb"], targets["future_depth"] = batch["future_rgb"], batch["future_depth"]
+    if cfg.predicts_actions and cfg.action_head == "flow":
+        targets["actions"] = batch["actions"]
+    noisy, velocity = {}, {}
+    for k, x1 in targets.items():
+        x0 = torch.randn(x1.shape, generator=generator)
+        t = tau.view(-1, *([1] * (x1.dim() - 1)))
+        noisy[k], velocity[k] = t * x1 + (1 - t) * x0, x1 - x0
+    out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], tau, **noisy)
+    parts = {}
+    valid = batch["valid"].float()
+    for k in targets:
+        err = (out[k] - velocity[k]).square()
+        if k == "actions":
+            parts["diff_actions"] = (err.mean(-1) * valid).sum() / valid.sum().clamp_min(1)
+        else:
+            parts[f"diff_{k}"] = err.mean()
+    loss = sum(parts.values()) if parts else torch.zeros(())
+    if cfg.predicts_video:
+        t = tau.view(-1, 1, 1, 1, 1)
+        est = {k: noisy[k] + (1 - t) * out[k] for k in ("future_rgb", "future_depth")}
+        l3d = (est["future_depth"] - targets["future_depth"]).square().mean() + \
+            cfg.lam * (est["future_rgb"] - targets["future_rgb"]).square().mean()
+        parts["3d"] = l3d
+        loss = loss + cfg.alpha * l3d
+    if "idm_actions" in out:
+        parts["idm"] = ((out["idm_actions"] - batch["actions"]).square().mean(-1) * valid).sum() / valid.sum().clamp_min(1)
+        loss = loss + parts["idm"]
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def sample(model: WorldScapePolicy, rgb, depth, state, words, steps: int | None = None,
+           generator: torch.Generator | None = None) -> dict:
+    """Euler integration of the learned velocity from noise (``tau`` 0 -> 1) for every target
+    the mode predicts; returns the clean targets (normalised), e.g. ``{"actions": (B, L, 7)}``."""
+    cfg = model.cfg
+    steps = steps or cfg.euler_steps
+    b = rgb.shape[0]
+    shapes = {}
+    if cfg.predicts_video:
+        f, s = cfg.frames, cfg.future_size
+        shapes["future_rgb"], shapes["future_depth"] = (b, f, 3, s, s), (b, f, 1, s, s)
+    if cfg.predicts_actions and cfg.action_head == "flow":
+        shapes["actions"] = (b, cfg.chunk, cfg.action_dim)
+    x = {k: torch.randn(v, generator=generator) for k, v in shapes.items()}
+    out = {}
+    for i in range(steps):
+        tau = torch.full((b,), i / steps)
+        out = model(rgb, depth, state, words, tau, **x)
+        x = {k: x[k] + out[k] / steps for k in x}
+    if "idm_actions" in out or (cfg.predicts_actions and cfg.action_head == "idm"):
+        out = model(rgb, depth, state, words, torch.ones(b), **x)  # the IDM reads the denoised future
+        x["actions"] = out["idm_actions"]
+    return x
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size: int = 32, lr: float = 3e-4,
+                 seed: int = 0, init: WorldScapePolicy | None = None, progress=None, log_every: int = 50,
+                 callback=None) -> tuple[WorldScapePolicy, dict]:
+    """Train a policy (or world model, by ``cfg.mode``) on demonstration windows.
+
+    Args:
+        init: a trained network whose matching weights (same names and shapes, e.g. a
+            ``mode="world"`` model's video and depth experts and shared layers) start this one.
+        progress: optional tqdm-like bar (``update``, ``set_postfix``).
+        callback: optional ``callback(step, model) -> bool``; True stops training (e.g. a
+            success-rate target reached).
+
+    Returns:
+        ``(model, history)`` with per-step losses and wall time.
+    """
+    torch.manual_seed(seed)
+    model = WorldScapePolicy(cfg)
+    loaded = 0
+    if init is not None:
+        own = model.state_dict()
+        take = {k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(take, strict=False)
+        loaded = len(take)
+    norm, vocab = Normalizer.for_piper(), Vocabulary(list(cfg.vocab), cfg.max_words)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    history = {"loss": [], "parts": [], "loaded_tensors": loaded, "seconds": 0.0, "stopped_at": None}
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr, max(1, steps // 20))
+        idx = rng.integers(len(dataset), size=batch_size)
+        batch = batch_from_windows([dataset.window(int(i)) for i in idx], cfg, norm, vocab)
+        loss, parts = policy_loss(model, batch, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        history["loss"].append(float(loss))
+        history["parts"].append(parts)
+        if progress is not None:
+            progress.update(1)
+            if step % 10 == 0:
+                progress.set_postfix(loss=f"{float(loss):.3f}")
+        if callback is not None and callback(step + 1, model):
+            history["stopped_at"] = step + 1
+            break
+    history["seconds"] = time.perf_counter() - t0
+    model.eval()
+    return model, history
+
+
+def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write a self-contained checkpoint (config, normaliser, weights) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT_TAG, "config": dataclasses.asdict(model.cfg),
+               "normalizer": Normalizer.for_piper().to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
+    """Load a checkpoint written by :func:`save_policy`; returns (model in eval mode, payload).
+
+    Raises:
+        PolicyCheckpointError: missing, unreadable or not a policy checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyCheckpointError(f"no policy checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many kinds for a corrupt file
+        raise PolicyCheckpointError(f"{path} is not a readable checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
+        raise PolicyCheckpointError(f"{path} is not a WorldScape policy checkpoint")
+    cfg = payload["config"]
+    cfg["vocab"] = tuple(cfg.get("vocab", ()))
+    model = WorldScapePolicy(PolicyConfig(**cfg))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload
+
+
+class PolicyRunner:
+    """One observation in, one action chunk out (joint units), with input checks.
+
+    Args:
+        model: a trained network that predicts actions.
+        steps: Euler steps (default: the config's).
+        seed: the sampler's noise seed.
+
+    Raises:
+        ValueError: the model does not predict actions (a ``mode="world"`` network).
+    """
+
+    def __init__(self, model: WorldScapePolicy, steps: int | None = None, seed: int = 0):
+        if not model.cfg.predicts_actions:
+            raise ValueError("this network predicts no actions (mode 'world'); fine-tune it into a policy first")
+        self.model, self.cfg = model, model.cfg
+        self.steps = steps or model.cfg.euler_steps
+        self.norm = Normalizer.for_piper()
+        self.vocab = Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def check(self, obs: dict) -> None:
+        """Raise :class:`PolicyInputError` naming what is wrong with an observation."""
+        s = self.cfg.image_size
+        rgb, depth = obs.get("rgb"), obs.get("depth")
+        if rgb is None or depth is None:
+            raise PolicyInputError(f"observation needs 'rgb' and 'depth' images, got keys {sorted(obs)}")
+        rgb, depth = np.asarray(rgb), np.asarray(depth)
+        if rgb.shape != (s, s, 3) or rgb.dtype != np.uint8:
+            raise PolicyInputError(f"rgb must be a ({s}, {s}, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
+        if depth.shape != (s, s):
+            raise PolicyInputError(f"depth must be a ({s}, {s}) image in metres, got {depth.shape}")
+        if not np.all(np.isfinite(depth)) or depth.min() < 0:
+            raise PolicyInputError("depth holds NaN, infinite or negative values")
+        q = np.asarray(obs.get("qpos", []), dtype=np.float64)
+        if q.shape != (self.cfg.state_dim,) or not np.all(np.isfinite(q)):
+            raise PolicyInputError(f"qpos must be {self.cfg.state_dim} finite joint positions, got {q.shape}")
+        self.vocab.encode(obs.get("instruction", ""))
+
+    @torch.no_grad()
+    def __call__(self, obs: dict) -> np.ndarray:
+        """``(chunk, 7)`` joint targets (rad, finger m) for the steps from now on."""
+        self.check(obs)
+        rgb, depth = _images(obs["rgb"][None], obs["depth"][None], self.cfg.max_depth)
+        state = torch.as_tensor(self.norm.state(np.asarray(obs["qpos"]))[None], dtype=torch.float32)
+        words = torch.as_tensor(self.vocab.encode(obs["instruction"])[None])
+        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen)
+        return self.norm.actions_back(out["actions"][0].clamp(-1, 1).numpy())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("use 'ws policy train'")
