@@ -1,7 +1,8 @@
 """Launch files and parameter files, as far as this machine allows (no ros2 launch here).
 
-``launch``/``launch_ros`` are not on PyPI, so the launch descriptions are not built here;
-what is checked: every launch file compiles and names a graph that exists, every graph's
+``launch``/``launch_ros`` are not on PyPI. What is checked: every launch file compiles and
+names a graph that exists; built against recording stand-ins of those two modules, it
+describes the nodes, names and parameter files that ``ws launch`` runs; every graph's
 parameter file parses as a ROS 2 parameter file with a section per node, and the parameters
 it sets are ones the nodes declare (read from the node sources).
 """
@@ -49,3 +50,41 @@ def test_graph_parameter_files_match_the_nodes(graph):
     assert [c[0] for c in cmds] == [exe for exe, _ in GRAPHS[graph]["nodes"]]
     for exe, argv in cmds:
         assert ("dynamics:=oracle" in argv) == (exe == "mppi_controller")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "launch").glob("*.launch.py")), ids=lambda p: p.name)
+def test_launch_file_describes_the_nodes_and_parameters_ws_launch_runs(path, monkeypatch):
+    """``launch``/``launch_ros`` cannot be installed here, so minimal stand-ins that only record what
+    they are given (no behaviour) let each launch file build its description: the same executables,
+    node names and parameter files as ``ws launch`` runs, and the ``dynamics`` launch argument."""
+    import importlib.util
+    import sys
+    import types
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    modules = {name: types.ModuleType(name) for name in
+               ("launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions")}
+    modules["launch"].LaunchDescription = Recorder
+    modules["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument", (Recorder,), {})
+    modules["launch.substitutions"].LaunchConfiguration = type("LaunchConfiguration", (Recorder,), {})
+    modules["launch_ros.actions"].Node = type("Node", (Recorder,), {})
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    desc = module.generate_launch_description()
+    actions = desc.args[0]
+    nodes = [a.kwargs for a in actions if type(a).__name__ == "Node"]
+    graph = path.name.removesuffix(".launch.py")
+    expected = GRAPHS[graph]["nodes"]
+    assert [(n["package"], n["executable"], n["name"]) for n in nodes] == [("worldscape", exe, exe) for exe, _ in expected]
+    for n, (exe, file) in zip(nodes, expected):
+        assert n["parameters"][0] == str(params_file(file))
+        argv = dict(commands(graph))[exe]
+        assert argv[argv.index("--params-file") + 1] == n["parameters"][0]  # the file ws launch passes
+    args = [a.args[0] for a in actions if type(a).__name__ == "DeclareLaunchArgument"]
+    assert args == ["dynamics"]
