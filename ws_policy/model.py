@@ -41,7 +41,9 @@ targets only, actions unused: the world model that can be pretrained on demonstr
 without actions and then fine-tuned into the policy); ``action_head="idm"`` replaces the
 denoised action tokens by an inverse-dynamics head that regresses the chunk from the
 (predicted) future frames and the context: seed 004's factorisation ``p(v, d | o) p(a | v,
-d, o)`` as a head of the same network.
+d, o)`` as a head of the same network; ``mode="idm"`` is that head alone, trained on true
+future frames: with a ``"world"`` model in front of it, the two-stage pipeline (video
+prediction, then a separate inverse-dynamics model) that seed 004 argues against.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class PolicyConfig:
 
     ``cpu()`` trains on two cores in minutes; ``gpu()`` is the size for a real GPU."""
 
-    mode: str = "mot"  # mot | action_only | world
+    mode: str = "mot"  # mot | action_only | world | idm
     action_head: str = "flow"  # flow | idm
     image_size: int = 64
     future_size: int = 32
@@ -131,8 +133,10 @@ class PolicyConfig:
     max_words: int = 16
 
     def __post_init__(self):
-        if self.mode not in ("mot", "action_only", "world"):
-            raise ValueError(f"mode must be mot, action_only or world, got {self.mode!r}")
+        if self.mode not in ("mot", "action_only", "world", "idm"):
+            raise ValueError(f"mode must be mot, action_only, world or idm, got {self.mode!r}")
+        if self.mode == "idm" and self.action_head != "idm":
+            raise ValueError("mode 'idm' (a separate inverse-dynamics model) needs action_head 'idm'")
         if self.action_head not in ("flow", "idm"):
             raise ValueError(f"action_head must be flow or idm, got {self.action_head!r}")
         for size in (self.image_size, self.future_size):
@@ -157,7 +161,12 @@ class PolicyConfig:
 
     @property
     def predicts_actions(self) -> bool:
-        return self.mode in ("mot", "action_only")
+        return self.mode in ("mot", "action_only", "idm")
+
+    @property
+    def reads_future(self) -> bool:
+        """Future-frame tokens are in the sequence (noisy targets, or, for ``idm``, clean inputs)."""
+        return self.mode in ("mot", "world", "idm")
 
 
 def _patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -314,7 +323,7 @@ class WorldScapePolicy(nn.Module):
         v_ctx, d_ctx, a_ctx = self._context(rgb, depth, state, words)
         t_emb = self._time(tau)[:, None]
         parts = {"video": [v_ctx], "depth": [d_ctx], "action": [a_ctx]}
-        if cfg.predicts_video:
+        if cfg.reads_future:
             f, s, p = cfg.frames, cfg.future_size, cfg.patch
             fr = self.frgb_in(_patchify(future_rgb.reshape(b * f, 3, s, s), p)).reshape(b, f, -1, cfg.d_model)
             fd = self.fdepth_in(_patchify(future_depth.reshape(b * f, 1, s, s), p)).reshape(b, f, -1, cfg.d_model)

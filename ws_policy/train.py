@@ -23,7 +23,7 @@ from .data import DemoDataset
 from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy
 
 __all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy", "load_policy", "PolicyRunner",
-           "PolicyCheckpointError", "batch_from_windows"]
+           "PolicyCheckpointError", "batch_from_windows", "TwoStagePolicy"]
 
 FORMAT_TAG = "worldscape-policy"
 
@@ -98,6 +98,12 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
     """``L_diff + alpha L_3D`` (+ the IDM head's regression loss) on one batch; returns (loss, parts)."""
     cfg = model.cfg
     b = batch["rgb"].shape[0]
+    if cfg.mode == "idm":  # a separate inverse-dynamics model: true future frames in, the chunk out
+        out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.ones(b),
+                    future_rgb=batch["future_rgb"], future_depth=batch["future_depth"])
+        valid = batch["valid"].float()
+        loss = ((out["idm_actions"] - batch["actions"]).square().mean(-1) * valid).sum() / valid.sum().clamp_min(1)
+        return loss, {"idm": float(loss.detach())}
     tau = torch.rand(b, generator=generator)
     targets = {}
     if cfg.predicts_video:
@@ -132,11 +138,28 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
+class TwoStagePolicy(torch.nn.Module):
+    """The two-stage baseline: a ``"world"`` model predicts future video and depth, then a
+    separately trained ``"idm"`` model turns them into the action chunk."""
+
+    def __init__(self, world: WorldScapePolicy, idm: WorldScapePolicy):
+        super().__init__()
+        if world.cfg.mode != "world" or idm.cfg.mode != "idm":
+            raise ValueError("a two-stage policy needs a 'world' model and an 'idm' model")
+        self.world, self.idm, self.cfg = world, idm, idm.cfg
+
+
 @torch.no_grad()
-def sample(model: WorldScapePolicy, rgb, depth, state, words, steps: int | None = None,
+def sample(model, rgb, depth, state, words, steps: int | None = None,
            generator: torch.Generator | None = None) -> dict:
     """Euler integration of the learned velocity from noise (``tau`` 0 -> 1) for every target
-    the mode predicts; returns the clean targets (normalised), e.g. ``{"actions": (B, L, 7)}``."""
+    the mode predicts; returns the clean targets (normalised), e.g. ``{"actions": (B, L, 7)}``.
+    A :class:`TwoStagePolicy` samples the future with its world model, then reads the chunk off
+    it with its inverse-dynamics model."""
+    if isinstance(model, TwoStagePolicy):
+        fut = sample(model.world, rgb, depth, state, words, steps, generator)
+        out = model.idm(rgb, depth, state, words, torch.ones(rgb.shape[0]), **fut)
+        return {**fut, "actions": out["idm_actions"]}
     cfg = model.cfg
     steps = steps or cfg.euler_steps
     b = rgb.shape[0]
@@ -204,7 +227,7 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        history["loss"].append(float(loss))
+        history["loss"].append(float(loss.detach()))
         history["parts"].append(parts)
         if progress is not None:
             progress.update(1)
@@ -222,8 +245,14 @@ def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | 
     """Write a self-contained checkpoint (config, normaliser, weights) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT_TAG, "config": dataclasses.asdict(model.cfg),
-               "normalizer": Normalizer.for_piper().to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}
+    if isinstance(model, TwoStagePolicy):
+        payload = {"format": FORMAT_TAG, "kind": "two_stage", "config": dataclasses.asdict(model.world.cfg),
+                   "state_dict": model.world.state_dict(), "idm_config": dataclasses.asdict(model.idm.cfg),
+                   "idm_state_dict": model.idm.state_dict()}
+    else:
+        payload = {"format": FORMAT_TAG, "kind": "single", "config": dataclasses.asdict(model.cfg),
+                   "state_dict": model.state_dict()}
+    payload.update(normalizer=Normalizer.for_piper().to_dict(), extra=extra or {})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -254,11 +283,15 @@ def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
         raise PolicyCheckpointError(f"{path} is not a readable checkpoint: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
         raise PolicyCheckpointError(f"{path} is not a WorldScape policy checkpoint")
-    cfg = payload["config"]
-    cfg["vocab"] = tuple(cfg.get("vocab", ()))
-    model = WorldScapePolicy(PolicyConfig(**cfg))
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
+    def build(cfg: dict, state: dict) -> WorldScapePolicy:
+        cfg = {**cfg, "vocab": tuple(cfg.get("vocab", ()))}
+        net = WorldScapePolicy(PolicyConfig(**cfg))
+        net.load_state_dict(state)
+        return net.eval()
+
+    model = build(payload["config"], payload["state_dict"])
+    if payload.get("kind") == "two_stage":
+        model = TwoStagePolicy(model, build(payload["idm_config"], payload["idm_state_dict"])).eval()
     return model, payload
 
 
@@ -274,9 +307,11 @@ class PolicyRunner:
         ValueError: the model does not predict actions (a ``mode="world"`` network).
     """
 
-    def __init__(self, model: WorldScapePolicy, steps: int | None = None, seed: int = 0):
+    def __init__(self, model, steps: int | None = None, seed: int = 0):
         if not model.cfg.predicts_actions:
             raise ValueError("this network predicts no actions (mode 'world'); fine-tune it into a policy first")
+        if model.cfg.mode == "idm" and not isinstance(model, TwoStagePolicy):
+            raise ValueError("an inverse-dynamics model needs a world model in front of it (a TwoStagePolicy)")
         self.model, self.cfg = model, model.cfg
         self.steps = steps or model.cfg.euler_steps
         self.norm = Normalizer.for_piper()

@@ -1,0 +1,186 @@
+"""WorldScape Policy: the Mixture-of-Transformers, flow matching, the executor, input checks."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ws_policy.data import DemoDataset, DemoError, collect_demos, read_demos, write_demos
+from ws_policy.executor import ChunkExecutor
+from ws_policy.model import PolicyConfig, PolicyInputError, WorldScapePolicy, default_vocabulary
+from ws_policy.train import (PolicyCheckpointError, PolicyRunner, TwoStagePolicy, load_policy, policy_loss,
+                             save_policy, train_policy)
+
+TINY = dict(image_size=32, future_size=16, patch=8, frames=2, stride=4, chunk=4, d_model=32, heads=4, layers=1)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    eps, attrs = collect_demos("pick_place", 3, seed=0, size=32)
+    path = write_demos(eps, attrs, tmp_path_factory.mktemp("demos") / "pick.hdf5")
+    return path
+
+
+def _cfg(**kw):
+    return PolicyConfig(**{**TINY, "vocab": tuple(default_vocabulary()), **kw})
+
+
+def _inputs(cfg, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s, f = cfg.image_size, cfg.future_size
+    return dict(rgb=torch.rand(b, 3, s, s, generator=g) * 2 - 1, depth=torch.rand(b, 1, s, s, generator=g) + 0.5,
+                state=torch.rand(b, 8, generator=g), words=torch.randint(1, 5, (b, cfg.max_words), generator=g),
+                tau=torch.full((b,), 0.5), future_rgb=torch.randn(b, cfg.frames, 3, f, f, generator=g),
+                future_depth=torch.randn(b, cfg.frames, 1, f, f, generator=g),
+                actions=torch.randn(b, cfg.chunk, 7, generator=g))
+
+
+def test_experts_have_their_own_weights_and_share_one_attention():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    net = WorldScapePolicy(cfg).eval()
+    blk = net.blocks[0]
+    for part in (blk.qkv, blk.out, blk.ffn.up, blk.ffn.down):
+        ptrs = {m.weight.data_ptr() for m in part.maps}
+        assert len(ptrs) == 3  # video, depth, action: three separate weight tensors
+    x = _inputs(cfg)
+    with torch.no_grad():
+        base = net(**x)
+        # the action expert's feed-forward is not applied to video tokens (one block: it acts after attention)
+        blk.ffn.down.maps[2].weight.add_(1.0)
+        same = net(**x)
+        torch.testing.assert_close(same["future_rgb"], base["future_rgb"])
+        assert not torch.allclose(same["actions"], base["actions"])
+        blk.ffn.down.maps[0].weight.add_(1.0)  # the video expert's is
+        assert not torch.allclose(net(**x)["future_rgb"], base["future_rgb"])
+        # attention is shared: video tokens read the action tokens, and actions read the depth tokens
+        moved = net(**{**x, "actions": x["actions"] + 1.0})
+        assert not torch.allclose(moved["future_rgb"], net(**x)["future_rgb"])
+        moved = net(**{**x, "future_depth": x["future_depth"] + 1.0})
+        assert not torch.allclose(moved["actions"], net(**x)["actions"])
+
+
+def test_the_clean_context_never_reads_the_noisy_targets():
+    cfg = _cfg(layers=2)
+    net = WorldScapePolicy(cfg).eval()
+    seen = []
+    net.final.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    x = _inputs(cfg)
+    with torch.no_grad():
+        net(**x)
+        net(**{**x, "actions": -x["actions"], "future_rgb": -x["future_rgb"]})
+    n_ctx_video = net.n_cur
+    torch.testing.assert_close(seen[0][:, :n_ctx_video], seen[1][:, :n_ctx_video])  # current-frame video tokens
+    assert not torch.allclose(seen[0], seen[1])
+
+
+def test_depth_positional_embedding_follows_the_depth():
+    net = WorldScapePolicy(_cfg())
+    near, far = torch.full((1, 1, 32, 32), 0.5), torch.full((1, 1, 32, 32), 1.5)
+    a, b = net.depth_positional_embedding(near), net.depth_positional_embedding(far)
+    assert a.shape == (1, 16, 32) and not torch.allclose(a, b)
+    assert not torch.allclose(a[0, 0], a[0, 5])  # different patches, different 3D points
+
+
+@pytest.mark.parametrize("mode, head", [("mot", "flow"), ("action_only", "flow"), ("world", "flow"), ("mot", "idm"),
+                                        ("idm", "idm")])
+def test_training_lowers_the_loss(demos, mode, head):
+    eps, _ = read_demos(demos)
+    ds = DemoDataset(eps, chunk=4, frames=2, stride=4)
+    cfg = _cfg(mode=mode, action_head=head)
+    torch.manual_seed(0)
+    model, hist = train_policy(cfg, ds, steps=60, batch_size=8, lr=2e-3)
+    first, last = np.mean(hist["loss"][:10]), np.mean(hist["loss"][-10:])
+    assert last < 0.8 * first, (mode, head, first, last)
+
+
+def test_runner_gives_a_chunk_in_joint_units_and_refuses_malformed_input(demos, tmp_path):
+    eps, _ = read_demos(demos)
+    cfg = _cfg()
+    model, _ = train_policy(cfg, DemoDataset(eps, chunk=4), steps=2, batch_size=4)
+    path = save_policy(model, tmp_path / "p.pt")
+    loaded, payload = load_policy(path)
+    runner = PolicyRunner(loaded, steps=3)
+    e = eps[0]
+    obs = {"rgb": e.rgb[0], "depth": e.depth[0].astype(np.float32), "qpos": e.qpos[0], "instruction": e.instruction}
+    chunk = runner(obs)
+    lo, hi = runner.norm.action_low, runner.norm.action_high
+    assert chunk.shape == (4, 7) and np.all(chunk >= lo - 1e-9) and np.all(chunk <= hi + 1e-9)
+    bad = [({**obs, "rgb": e.rgb[0][:16]}, "rgb must be"), ({**obs, "rgb": e.rgb[0].astype(np.float32)}, "uint8"),
+           ({**obs, "depth": np.full((32, 32), np.nan)}, "NaN"), ({**obs, "instruction": ""}, "non-empty"),
+           ({**obs, "instruction": "juggle the red cube"}, "juggle"), ({**obs, "qpos": np.zeros(3)}, "qpos"),
+           ({k: v for k, v in obs.items() if k != "depth"}, "needs 'rgb' and 'depth'")]
+    for o, what in bad:
+        with pytest.raises(PolicyInputError, match=what):
+            runner(o)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(PolicyCheckpointError):
+        load_policy(tmp_path / "junk.pt")
+    with pytest.raises(DemoError):
+        read_demos(tmp_path / "junk.pt")
+
+
+def test_two_stage_policy_round_trips(demos, tmp_path):
+    eps, _ = read_demos(demos)
+    ds = DemoDataset(eps, chunk=4)
+    world, _ = train_policy(_cfg(mode="world"), ds, steps=2, batch_size=4)
+    idm, _ = train_policy(_cfg(mode="idm", action_head="idm"), ds, steps=2, batch_size=4)
+    path = save_policy(TwoStagePolicy(world, idm), tmp_path / "two.pt")
+    model, payload = load_policy(path)
+    assert isinstance(model, TwoStagePolicy) and payload["kind"] == "two_stage"
+    e = eps[0]
+    chunk = PolicyRunner(model, steps=2)({"rgb": e.rgb[0], "depth": e.depth[0].astype(np.float32), "qpos": e.qpos[0],
+                                          "instruction": e.instruction})
+    assert chunk.shape == (4, 7) and np.all(np.isfinite(chunk))
+    with pytest.raises(ValueError, match="world model"):
+        PolicyRunner(idm)
+
+
+def _stepped_policy(chunk):
+    """A policy whose chunk requested at step t commands t, t+1, ... (so alignment is visible)."""
+    state = {"step": 0}
+
+    def policy(obs):
+        return np.arange(state["step"], state["step"] + chunk, dtype=float)[:, None].repeat(2, axis=1)
+    return policy, state
+
+
+@pytest.mark.parametrize("latency", [0, 1, 2, 4])
+def test_executor_never_leaves_a_gap_and_skips_what_latency_made_stale(latency):
+    policy, state = _stepped_policy(8)
+    ex = ChunkExecutor(policy, chunk=8, replan_every=4, ensemble_m=None, latency_steps=latency)
+    for step in range(60):
+        state["step"] = step
+        assert ex.act(step, obs=None).tolist() == [step, step]  # the action meant for this very step
+    assert ex.gaps == 0 and ex.requests == 15
+
+
+def test_executor_counts_gaps_when_latency_outlasts_the_chunk():
+    policy, state = _stepped_policy(8)
+    ex = ChunkExecutor(policy, chunk=8, replan_every=4, ensemble_m=None, latency_steps=6)  # 4 + 6 > 8
+    for step in range(40):
+        state["step"] = step
+        ex.act(step, obs=None)
+    assert ex.gaps > 0
+
+
+def test_executor_keeps_acting_from_the_old_chunk_while_the_model_thinks():
+    """A worker thread blocked on inference: every control step still gets its action at once."""
+    release, calls = threading.Event(), []
+
+    def policy(obs):
+        calls.append(obs)
+        if len(calls) > 1:
+            release.wait(10)
+        return np.full((8, 1), float(len(calls)))
+
+    ex = ChunkExecutor(policy, chunk=8, replan_every=2, ensemble_m=0.5, latency_steps=None)
+    got = [ex.act(step, obs=step)[0] for step in range(7)]  # the second request is stuck in the worker
+    assert got == [1.0] * 7 and ex.gaps == 0
+    release.set()
+    ex.wait_for_inference()
+    assert ex.act(7, obs=7)[0] > 1.0  # the new chunk joins the ensemble
+    assert calls[:2] == [0, 2]  # the first chunk at step 0, the next requested at step 2 (and waited for)
