@@ -58,6 +58,7 @@ setup(
             "mppi_controller = ws_ros.nodes.mppi_controller:main",
             "go1_bridge = ws_ros.nodes.hardware_bridge:main_go1",
             "piper_bridge = ws_ros.nodes.hardware_bridge:main_piper",
+            "policy_executor = ws_ros.nodes.policy_executor:main",
         ],
     },
     zip_safe=False,

@@ -180,7 +180,9 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
     Args:
         name: one of :data:`ENVIRONMENTS` (``"hopper"``, ``"walker2d"``), ``"go1"``
             (:class:`ws_sim.go1_env.Go1WalkEnv`, 1000 steps of 0.02 s by default) or
-            ``"piper"`` (:class:`ws_sim.piper_env.PiperReachEnv`, 500 steps of 0.02 s); the
+            ``"piper"`` (:class:`ws_sim.piper_env.PiperReachEnv`, 500 steps of 0.02 s), or
+            ``"piper_<task>"`` (:class:`ws_sim.piper_tasks.PiperManipEnv`: ``piper_pick_place``,
+            ``piper_push``, ``piper_stack``; dict observations, for the policy); the
             Gymnasium id (``"Hopper-v5"``, ``"ws/Go1Walk-v0"``, ``"ws/PiperReach-v0"``) is
             accepted too.
         render: create it with ``render_mode="rgb_array"`` (set ``MUJOCO_GL=osmesa`` on a
@@ -192,6 +194,14 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
         UnknownEnvironmentError: the name is not a WorldScape environment.
     """
     key = name.lower()
+    if key.startswith("piper_"):
+        from .piper_tasks import TASKS, PiperManipEnv
+
+        task = key.removeprefix("piper_")
+        if task not in TASKS:
+            raise UnknownEnvironmentError(f"unknown PiPER task {task!r}; choose one of {[f'piper_{t}' for t in TASKS]}")
+        return PiperManipEnv(task, render_mode="rgb_array" if render else None, width=width, height=height,
+                             max_episode_steps=max_episode_steps)
     if key in ("piper", "ws/piperreach-v0"):
         from .piper_env import PiperReachEnv
 

@@ -46,19 +46,23 @@ class RobotIO:
     def from_model(cls, model: mujoco.MjModel) -> "RobotIO":
         """Read the mapping from an ``MjModel``.
 
+        Free joints of other bodies than the robot (objects on a table) are not robot joints:
+        they are left out of the readings, and :meth:`join` leaves their state at zero.
+
         Raises:
-            ValueError: a free joint other than the first, a ball joint, or an actuator that
-                does not drive a named 1-dof joint.
+            ValueError: a free joint inside the robot other than at its root, a ball joint, or
+                an actuator that does not drive a named 1-dof joint.
         """
         names, qpos_idx, qvel_idx = [], [], []
         floating = False
         for j in range(model.njnt):
             kind = model.jnt_type[j]
             if kind == mujoco.mjtJoint.mjJNT_FREE:
-                if j != 0 or model.jnt_qposadr[j] != 0:
-                    raise ValueError("only a free joint at the root (qpos[0:7]) is supported")
-                floating = True
-                continue
+                if j == 0 and model.jnt_qposadr[j] == 0 and model.jnt_bodyid[j] == 1:
+                    floating = True  # the robot's own base
+                elif model.body_rootid[model.jnt_bodyid[j]] == model.body_rootid[1] and model.jnt_bodyid[j] != 1:
+                    raise ValueError("only a free joint at the robot's root (qpos[0:7]) is supported")
+                continue  # a free object in the scene (a cube on the table): not part of the robot's reading
             if kind == mujoco.mjtJoint.mjJNT_BALL:
                 raise ValueError("ball joints have no 1-dof joint reading")
             name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)

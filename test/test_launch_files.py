@@ -87,4 +87,5 @@ def test_launch_file_describes_the_nodes_and_parameters_ws_launch_runs(path, mon
         argv = dict(commands(graph))[exe]
         assert argv[argv.index("--params-file") + 1] == n["parameters"][0]  # the file ws launch passes
     args = [a.args[0] for a in actions if type(a).__name__ == "DeclareLaunchArgument"]
-    assert args == ["dynamics"]
+    expected_args = {"mppi_controller": "dynamics", "policy_executor": "checkpoint"}
+    assert args == [expected_args[exe] for exe, _ in expected if exe in expected_args]

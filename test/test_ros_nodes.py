@@ -236,6 +236,62 @@ def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
     ex.shutdown()
 
 
+def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_context, tmp_path):
+    """``ws launch piper_policy_sim`` with a (barely trained) policy: the executor commands finite joint
+    targets within the PiPER's ranges from the simulated camera and instruction; a wrongly sized image
+    and an instruction with an unknown word are rejected with a reason on /diagnostics."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from ws_policy.data import DemoDataset, collect_demos
+    from ws_policy.model import PolicyConfig, default_vocabulary
+    from ws_policy.train import save_policy, train_policy
+    from ws_sim.piper import load_piper
+
+    eps, _ = collect_demos("pick_place", 1, size=32)
+    cfg = PolicyConfig(image_size=32, future_size=16, chunk=4, d_model=32, layers=1, vocab=tuple(default_vocabulary()))
+    model, _ = train_policy(cfg, DemoDataset(eps, chunk=4), steps=2, batch_size=4)
+    ckpt = save_policy(model, tmp_path / "policy.pt")
+    lo, hi = load_piper()[0].actuator_ctrlrange.T
+    lst = Listener(context=ros_context)
+    bad_img = lst.create_publisher(Image, "camera/color/image_raw", sensor_qos())
+    instr = lst.create_publisher(String, "instruction", latched_qos())
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(lst)
+    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "osmesa"}
+    ws = [sys.executable, "-c", "from ws_cli.main import main; raise SystemExit(main())"]
+    proc = subprocess.Popen(ws + ["launch", "piper_policy_sim", "-p", f"checkpoint:={ckpt}", "-p", "camera_width:=32",
+                                  "-p", "camera_height:=32", "-p", "real_time_factor:=0.5"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def policy_diag():
+        return next((v for k, v in lst.diag.items() if "policy executor" in k), None)
+
+    try:
+        assert _spin_until(ex, lambda: len(lst.commands) > 10 and policy_diag() is not None
+                           and policy_diag()[2]["mode"] == "run", 120), (policy_diag(), len(lst.commands))
+        cmds = np.stack(lst.commands[-10:])
+        assert cmds.shape == (10, 7) and np.all(np.isfinite(cmds))
+        assert np.all(cmds >= lo - 1e-6) and np.all(cmds <= hi + 1e-6)
+        small = Image(height=8, width=8, encoding="rgb8", step=24, data=bytes(8 * 8 * 3))
+        end = time.monotonic() + 30
+        while time.monotonic() < end and int(policy_diag()[2]["image_rejections"]) == 0:
+            bad_img.publish(small)
+            _spin_until(ex, lambda: False, 0.2)
+        level, message, values, _ = policy_diag()
+        assert int(values["image_rejections"]) > 0 and "8x8" in values["last_input_error"], values
+        instr.publish(String(data="juggle the red cube"))
+        assert _spin_until(ex, lambda: "juggle" in policy_diag()[2]["last_input_error"], 30), policy_diag()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "task instruction" in output
+    ex.remove_node(lst)
+    lst.destroy_node()
+    ex.shutdown()
+
+
 def test_ws_launch_lists_graphs_and_rejects_unknown_ones():
     from ws_cli.main import main
 

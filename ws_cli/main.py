@@ -552,6 +552,95 @@ def cmd_policy_collect(args) -> int:
     return 0
 
 
+def cmd_policy_train(args) -> int:
+    import json
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from ws_policy.data import DemoDataset, read_demos
+    from ws_policy.model import PolicyConfig, default_vocabulary
+    from ws_policy.train import TwoStagePolicy, load_policy, save_policy, train_policy
+
+    _set_threads(args.threads)
+    episodes, attrs = read_demos(args.demos)
+    size = int(attrs["image_size"])
+    base = PolicyConfig.gpu if args.size == "gpu" else PolicyConfig.cpu
+    over = {k: v for k, v in {"chunk": args.chunk, "frames": args.frames, "d_model": args.d_model,
+                              "layers": args.layers, "alpha": args.alpha}.items() if v is not None}
+    kinds = {"mot": [("mot", "flow")], "mot_idm": [("mot", "idm")], "action_only": [("action_only", "flow")],
+             "world": [("world", "flow")], "two_stage": [("world", "flow"), ("idm", "idm")]}
+    init = None
+    if args.init:
+        init, _ = load_policy(args.init)
+    nets, hist_all = [], {}
+    for mode, head in kinds[args.model]:
+        cfg = base(mode=mode, action_head=head, image_size=size, future_size=size // 2,
+                   vocab=tuple(default_vocabulary()), **over)
+        ds = DemoDataset(episodes, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
+                         successes_only=not args.keep_failures)
+        bar = tqdm(total=args.steps, desc=f"train {mode}" + ("+idm" if head == "idm" and mode != "idm" else ""),
+                   unit="step")
+        net, hist = train_policy(cfg, ds, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                 init=init if mode != "idm" else None, progress=bar)
+        bar.close()
+        nets.append(net)
+        hist_all[mode] = {"loss_first": float(np.mean(hist["loss"][:20])), "loss_last": float(np.mean(hist["loss"][-20:])),
+                          "seconds": round(hist["seconds"], 1), "loaded_tensors": hist["loaded_tensors"]}
+    model = TwoStagePolicy(*nets) if args.model == "two_stage" else nets[0]
+    extra = {"task": attrs.get("task"), "camera": attrs.get("camera"), "demos": str(args.demos), "kind": args.model,
+             "steps": args.steps, "history": hist_all, "init": str(args.init) if args.init else None}
+    path = save_policy(model, args.out, extra)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {path} ({args.model}, {params / 1e6:.2f} M parameters): " +
+          json.dumps(hist_all))
+    return 0
+
+
+def cmd_policy_eval(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from ws_policy.evaluate import evaluate_policy
+
+    _set_threads(args.threads)
+    out = args.out or Path("runs") / f"policy-{args.task}-{time_tag()}"
+    bar = tqdm(total=args.episodes, desc=f"eval {args.task}", unit="ep")
+
+    def progress(done, total, wins):
+        bar.update(1)
+        bar.set_postfix(success=f"{wins}/{done}")
+
+    if args.checkpoint == "scripted":
+        report = evaluate_policy("scripted", args.task, args.episodes, args.seed, size=args.size, out_dir=out,
+                                 video=not args.no_video, progress=progress, name="scripted")
+    else:
+        from ws_policy.train import PolicyRunner, load_policy
+
+        model, payload = load_policy(args.checkpoint)
+        runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed)
+        latency = args.latency if args.latency == "measured" else int(args.latency)
+        report = evaluate_policy(runner, args.task, args.episodes, args.seed, size=model.cfg.image_size,
+                                 camera=(payload.get("extra") or {}).get("camera") or "task",
+                                 replan_every=args.replan_every, chunk=model.cfg.chunk, latency=latency,
+                                 ensemble_m=None if args.no_ensemble else args.ensemble_m, out_dir=out,
+                                 video=not args.no_video, progress=progress,
+                                 name=(payload.get("extra") or {}).get("kind") or "policy")
+    bar.close()
+    lo, hi = report["ci95"]
+    print(f"{args.task}: {report['successes']}/{report['episodes']} successes = {report['success_rate']:.2f} "
+          f"(95% CI {lo:.2f}-{hi:.2f}); inference latency {json.dumps(report['latency'])}; gaps {report['gaps']}")
+    print(f"report: {out / 'report.json'}  videos: {report['videos']}")
+    return 0
+
+
+def time_tag() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by what the user asked for: reported in one line, no traceback."""
     from ws_mppi.config import ConfigError
@@ -562,8 +651,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ws_worldmodel.checkpoint import CheckpointError
 
     from ws_policy.data import DemoError
+    from ws_policy.model import PolicyInputError
+    from ws_policy.train import PolicyCheckpointError
 
-    return (ConfigError, ChannelMismatchError, CorpusError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
+    return (PolicyInputError, PolicyCheckpointError, ConfigError, ChannelMismatchError, CorpusError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
             CheckpointError, DemoError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
@@ -870,6 +961,51 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--failures", type=float, default=0.0, help="share of episodes with a deliberate expert failure")
     pc.add_argument("--no-randomize", action="store_true", help="fixed lighting and textures")
     pc.set_defaults(func=cmd_policy_collect)
+    pt = posub.add_parser("train", help="train the policy (or a baseline, or the world model) on demonstrations",
+                          description="Train WorldScape Policy (seed 004: one flow-matching objective over future "
+                                      "video, depth and the action chunk, plus alpha L_3D) or a baseline on the "
+                                      "same demonstrations: action_only (flow matching on actions alone), "
+                                      "two_stage (a video-depth world model, then a separate inverse-dynamics "
+                                      "model), mot_idm (the inverse-dynamics head), world (video and depth only, "
+                                      "actions unused: pretrain it, then --init the policy from it).",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pt.add_argument("--demos", type=Path, required=True, help="demonstrations from 'ws policy collect'")
+    pt.add_argument("--model", default="mot", choices=["mot", "mot_idm", "action_only", "two_stage", "world"])
+    pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    pt.add_argument("--steps", type=int, default=2000)
+    pt.add_argument("--batch-size", type=int, default=32)
+    pt.add_argument("--lr", type=float, default=3e-4)
+    pt.add_argument("--size", choices=["cpu", "gpu"], default="cpu", help="model size preset")
+    pt.add_argument("--chunk", type=int, default=None, help="action chunk length L (default: the preset's)")
+    pt.add_argument("--frames", type=int, default=None, help="future frames F")
+    pt.add_argument("--d-model", type=int, default=None)
+    pt.add_argument("--layers", type=int, default=None)
+    pt.add_argument("--alpha", type=float, default=None, help="weight of L_3D")
+    pt.add_argument("--init", type=Path, default=None, help="start from this checkpoint's matching weights")
+    pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--threads", type=int, default=None)
+    pt.set_defaults(func=cmd_policy_train)
+    pe = posub.add_parser("eval", help="closed-loop success rate of a policy on a PiPER task",
+                          description="Run a policy checkpoint (or 'scripted', the expert) through the closed-loop "
+                                      "executor for N seeded episodes; print the success rate with its 95% Wilson "
+                                      "interval and the inference latency percentiles; write report.json and mp4s "
+                                      "of a success and a failure.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pe.add_argument("--checkpoint", required=True, help="policy checkpoint, or 'scripted'")
+    pe.add_argument("--task", default="pick_place")
+    pe.add_argument("--episodes", type=int, default=50)
+    pe.add_argument("--seed", type=int, default=1000, help="episode i resets with seed+i (demos use 0..)")
+    pe.add_argument("--out", type=Path, default=None, help="report directory (default runs/policy-<task>-<time>)")
+    pe.add_argument("--size", type=int, default=64, help="image size for 'scripted' (a checkpoint knows its own)")
+    pe.add_argument("--replan-every", type=int, default=None, help="steps between chunks (default: half a chunk)")
+    pe.add_argument("--latency", default="measured", help="'measured' (inference time in control steps) or steps")
+    pe.add_argument("--ensemble-m", type=float, default=0.1, help="temporal-ensembling rate")
+    pe.add_argument("--no-ensemble", action="store_true", help="newest chunk only")
+    pe.add_argument("--euler-steps", type=int, default=None, help="flow-matching sampling steps")
+    pe.add_argument("--no-video", action="store_true")
+    pe.add_argument("--threads", type=int, default=None)
+    pe.set_defaults(func=cmd_policy_eval)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

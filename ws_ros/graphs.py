@@ -24,6 +24,7 @@ EXECUTABLES = {
     "mppi_controller": ("ws_ros.nodes.mppi_controller", "main"),
     "go1_bridge": ("ws_ros.nodes.hardware_bridge", "main_go1"),
     "piper_bridge": ("ws_ros.nodes.hardware_bridge", "main_piper"),
+    "policy_executor": ("ws_ros.nodes.policy_executor", "main"),
 }
 
 #: executable -> (module, class, constructor args): the node an executable runs (``ws launch`` in one process)
@@ -32,6 +33,7 @@ NODES = {
     "mppi_controller": ("ws_ros.nodes.mppi_controller", "MPPIControllerNode", ()),
     "go1_bridge": ("ws_ros.nodes.hardware_bridge", "HardwareBridge", ("go1",)),
     "piper_bridge": ("ws_ros.nodes.hardware_bridge", "HardwareBridge", ("piper",)),
+    "policy_executor": ("ws_ros.nodes.policy_executor", "PolicyExecutorNode", ()),
 }
 
 #: graph -> description and ``(executable, params file)`` per node
@@ -51,6 +53,14 @@ GRAPHS = {
     "piper_robot": {"description": "PiPER on the robot: piper_bridge (piper_sdk, CAN) + mppi_controller reaching "
                                    "(activate by hand)",
                     "nodes": [("piper_bridge", "piper_robot.yaml"), ("mppi_controller", "piper_robot.yaml")]},
+    "piper_policy_sim": {"description": "PiPER pick-and-place sim-in-the-loop: sim_bridge (task scene, RGB-D camera, "
+                                        "instruction) + policy_executor (set checkpoint:=...)",
+                         "nodes": [("sim_bridge", "piper_policy_sim.yaml"),
+                                   ("policy_executor", "piper_policy_sim.yaml")]},
+    "piper_policy_robot": {"description": "PiPER with the policy on the robot: piper_bridge + policy_executor "
+                                          "(a camera driver publishes the images; activate by hand)",
+                           "nodes": [("piper_bridge", "piper_policy_robot.yaml"),
+                                     ("policy_executor", "piper_policy_robot.yaml")]},
 }
 
 
@@ -126,6 +136,11 @@ def launch_description(name: str):
                 "dynamics", default_value=str(_declared(exe, path).get("dynamics", "default")),
                 description="oracle, default (the shipped checkpoint) or a checkpoint path"))
             params.append({"dynamics": LaunchConfiguration("dynamics")})
+        if exe == "policy_executor":
+            actions.append(DeclareLaunchArgument(
+                "checkpoint", default_value=str(_declared(exe, path).get("checkpoint", "")),
+                description="policy checkpoint from 'ws policy train'"))
+            params.append({"checkpoint": LaunchConfiguration("checkpoint")})
         actions.append(Node(package="worldscape", executable=exe, name=exe, output="screen", parameters=params))
     return LaunchDescription(actions)
 

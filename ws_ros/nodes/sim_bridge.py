@@ -20,6 +20,9 @@ called; ``pause_physics`` stops it again. The sim graphs of motor-driven robots 
 Walker2d, which fall without control) start paused and ``mppi_controller`` unpauses them once
 its first plan exists.
 
+PiPER tasks (``env: piper_pick_place``, ``piper_push``, ``piper_stack``) publish their
+instruction once on ``instruction`` (``std_msgs/String``, transient local) for the policy.
+
 Cameras: with ``camera`` set to one of the model's cameras, a rendering thread publishes
 ``camera/color/image_raw`` (``rgb8``), ``camera/depth/image_raw`` (``32FC1``, metres along the
 optical axis) and ``camera/color/camera_info`` (pinhole intrinsics from the camera's
@@ -44,12 +47,13 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, Imu, JointState
+from std_msgs.msg import String
 from std_srvs.srv import Empty
 from trajectory_msgs.msg import JointTrajectory
 
 from ws_mppi.safety import JointLimits
-from ws_ros.common import (command_qos, diagnostic_status, free_base_to_odom_arrays, quat_to_matrix, run_node,
-                           s_to_stamp, sensor_qos)
+from ws_ros.common import (command_qos, diagnostic_status, free_base_to_odom_arrays, latched_qos, quat_to_matrix,
+                           run_node, s_to_stamp, sensor_qos)
 from ws_sim.envs import make_env
 from ws_sim.robot_io import RobotIO
 
@@ -66,7 +70,8 @@ class SimBridge(Node):
     def __init__(self, **kwargs):
         super().__init__("sim_bridge", **kwargs)
         p = self.declare_parameter
-        self.env_name = p("env", "go1", _descriptor("environment: go1, hopper, walker2d or piper")).value
+        self.env_name = p("env", "go1", _descriptor(
+            "environment: go1, hopper, walker2d, piper, or a PiPER task: piper_pick_place, piper_push, piper_stack")).value
         seed = p("seed", 0, _descriptor("reset seed")).value
         self.rtf = float(p("real_time_factor", 1.0,
                            _descriptor("simulated seconds per wall second; 0 = as fast as possible")).value)
@@ -110,6 +115,11 @@ class SimBridge(Node):
         if not p("start_paused", False, _descriptor("hold the initial state until unpause_physics is called")).value:
             self._running.set()
         self.create_service(Empty, "unpause_physics", self._on_unpause)
+        layout = getattr(self.env, "layout", None)  # a PiPER task: its instruction, for the policy
+        if layout is not None:
+            self.pub_instruction = self.create_publisher(String, "instruction", latched_qos())
+            self.pub_instruction.publish(String(data=layout.instruction))
+            self.get_logger().info(f"task instruction: {layout.instruction!r}")
         self.create_service(Empty, "pause_physics", self._on_pause)
         self.camera = p("camera", "", _descriptor("camera of the model to publish (empty: none)")).value
         self.camera_rate = float(p("camera_rate_hz", 10.0, _descriptor("camera frame rate, Hz")).value)

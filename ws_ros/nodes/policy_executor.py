@@ -1,0 +1,304 @@
+"""``policy_executor``: WorldScape Policy on the robot, behind the same safety layer as MPPI.
+
+Inputs: ``camera/color/image_raw`` (``rgb8``) and ``camera/depth/image_raw`` (``32FC1``
+metres, or ``16UC1`` millimetres), ``joint_states`` and ``instruction`` (``std_msgs/String``,
+transient local). A timer at ``rate_hz`` (the policy's control rate) runs
+:class:`ws_policy.executor.ChunkExecutor`: chunks are inferred on a worker thread while the
+previous one is executed (receding horizon, temporal ensembling), and every tick publishes
+``joint_command`` (point 0 for now, the rest of the current chunk at its step times).
+
+Safety (:class:`ws_mppi.safety.SafetySupervisor`, as ``mppi_controller``): joint readings are
+validated (NaN, unknown or missing joints, lengths, ranges, stamps) and counted by reason;
+images are checked (encoding, size, finite non-negative depth, age under
+``image_timeout_s``); with no valid state or images, or no instruction, the node holds the
+last valid position and reports ERROR (or WARN before it has ever run) on ``/diagnostics``;
+``estop`` latches a hold until released; every command is clamped to the MJCF's limits and
+a non-finite chunk is never published.
+
+Parameters: ``checkpoint`` (a ``ws policy train`` checkpoint), ``rate_hz``, ``replan_every``
+(0: half a chunk), ``ensemble_m`` (negative: newest chunk only), ``euler_steps`` (0: the
+checkpoint's), ``state_timeout_s``, ``max_state_age_s``, ``image_timeout_s``, ``threads``,
+``autostart`` (lifecycle: configure loads the model; activate starts the timer).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ws_mppi.safety import JointLimits, SafetySupervisor, StateValidator
+from ws_ros.common import command_qos, diagnostic_status, latched_qos, run_node, sensor_qos, stamp_to_s
+
+__all__ = ["PolicyExecutorNode", "main", "image_to_array"]
+
+
+def image_to_array(msg: Image, size: int) -> np.ndarray:
+    """An ``rgb8`` image -> ``(size, size, 3)`` uint8, a ``32FC1``/``16UC1`` depth image -> ``(size, size)``
+    float32 metres.
+
+    Raises:
+        ValueError: an unsupported encoding, a size other than ``size``, or a buffer of the wrong length.
+    """
+    if msg.height != size or msg.width != size:
+        raise ValueError(f"image is {msg.width}x{msg.height}; the policy takes {size}x{size}")
+    data = bytes(msg.data)
+    if msg.encoding == "rgb8":
+        arr = np.frombuffer(data, dtype=np.uint8)
+        if arr.size != size * size * 3:
+            raise ValueError(f"rgb8 image has {arr.size} bytes, expected {size * size * 3}")
+        return arr.reshape(size, size, 3)
+    if msg.encoding in ("32FC1", "16UC1"):
+        arr = np.frombuffer(data, dtype=np.float32 if msg.encoding == "32FC1" else np.uint16)
+        if arr.size != size * size:
+            raise ValueError(f"{msg.encoding} depth image has {arr.size} values, expected {size * size}")
+        depth = arr.reshape(size, size).astype(np.float32)
+        return depth if msg.encoding == "32FC1" else depth / 1000.0
+    raise ValueError(f"unsupported image encoding {msg.encoding!r} (rgb8, 32FC1 or 16UC1)")
+
+
+class PolicyExecutorNode(LifecycleNode):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__("policy_executor", **kwargs)
+
+        def p(name, default, text):
+            self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=True))
+
+        p("checkpoint", "", "policy checkpoint from 'ws policy train'")
+        p("rate_hz", 20.0, "control rate, Hz (the rate the policy was trained at: 20 for the PiPER tasks)")
+        p("replan_every", 0, "control steps between chunk requests (0: half a chunk)")
+        p("ensemble_m", 0.1, "temporal-ensembling rate (negative: newest chunk only)")
+        p("euler_steps", 0, "flow-matching sampling steps (0: the checkpoint's)")
+        p("state_timeout_s", 0.2, "no valid state or images for this long -> hold and ERROR")
+        p("max_state_age_s", 0.2, "joint readings older than this are rejected")
+        p("image_timeout_s", 0.5, "images older than this are not used")
+        p("threads", 1, "torch threads for inference")
+        p("autostart", True, "configure and activate on start")
+        self._lock = threading.Lock()
+        self._rgb = self._depth = None
+        self._img_t = {"rgb": -1.0, "depth": -1.0}
+        self._instruction = ""
+        self.image_rejections = 0
+        self.last_image_error = ""
+        self._step = 0
+        self._running = False
+        self._last = None
+        self._timer = None
+        self._subs = []
+        self.executor_ = None
+        if self.get_parameter("autostart").value:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError("policy_executor failed to configure (see the log above)")
+            self.trigger_activate()
+
+    def _g(self, name):
+        return self.get_parameter(name).value
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        import torch
+
+        from ws_policy.train import PolicyRunner, load_policy
+        from ws_sim.piper import PIPER_XML, load_piper
+
+        try:
+            torch.set_num_threads(int(self._g("threads")))
+            if not self._g("checkpoint"):
+                raise ValueError("parameter 'checkpoint' is empty: give a 'ws policy train' checkpoint")
+            model, _ = load_policy(self._g("checkpoint"))
+            self.runner = PolicyRunner(model, steps=int(self._g("euler_steps")) or None)
+            robot = load_piper(PIPER_XML)[0]
+            limits = JointLimits.from_model(robot)
+            every = JointLimits.from_model(robot, [robot.joint(i).name for i in range(robot.njnt)],
+                                           require_actuator=False)
+            self.supervisor = SafetySupervisor(limits, state_timeout_s=float(self._g("state_timeout_s")),
+                                               validator=StateValidator(every, max_age_s=float(self._g("max_state_age_s"))))
+            self.names = list(every.names)
+            self.command_names = list(limits.names)
+        except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.size = self.runner.cfg.image_size
+        self.rate_hz = float(self._g("rate_hz"))
+        self._pub_cmd = self.create_lifecycle_publisher(JointTrajectory, "joint_command", command_qos())
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._subs = [
+            self.create_subscription(JointState, "joint_states", self._on_joint_states, sensor_qos()),
+            self.create_subscription(Image, "camera/color/image_raw", lambda m: self._on_image(m, "rgb"), sensor_qos()),
+            self.create_subscription(Image, "camera/depth/image_raw", lambda m: self._on_image(m, "depth"), sensor_qos()),
+            self.create_subscription(String, "instruction", self._on_instruction, latched_qos()),
+            self.create_subscription(Bool, "estop", self._on_estop, latched_qos())]
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(f"configured: {self._g('checkpoint')} ({self.size}x{self.size} images, chunk "
+                               f"{self.runner.cfg.chunk}), {self.rate_hz} Hz")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from ws_policy.executor import ChunkExecutor
+
+        chunk = self.runner.cfg.chunk
+        m = float(self._g("ensemble_m"))
+        self.executor_ = ChunkExecutor(self.runner, chunk=chunk, replan_every=int(self._g("replan_every")) or max(1, chunk // 2),
+                                       ensemble_m=None if m < 0 else m, latency_steps=None)
+        self._step = 0
+        result = super().on_activate(state)
+        self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
+        self.get_logger().info("active")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        hold = self.supervisor.hold_command()
+        if hold is not None:
+            self._publish(hold, None)
+        return super().on_deactivate(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self.executor_ is not None:
+            self.executor_.wait_for_inference()
+
+    def destroy_node(self):
+        self._stop()
+        return super().destroy_node()
+
+    # --- inputs -------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_joint_states(self, msg: JointState) -> None:
+        with self._lock:
+            self.supervisor.update_state(list(msg.name), msg.position, msg.velocity, stamp_to_s(msg.header.stamp),
+                                         self._now())
+
+    def _on_image(self, msg: Image, kind: str) -> None:
+        try:
+            arr = image_to_array(msg, self.size)
+            if kind == "depth" and (not np.all(np.isfinite(arr)) or arr.min() < 0):
+                raise ValueError("depth image holds NaN, infinite or negative values")
+            if kind == "rgb" and arr.ndim != 3:
+                raise ValueError(f"expected an rgb8 colour image, got {msg.encoding}")
+            if kind == "depth" and arr.ndim != 2:
+                raise ValueError(f"expected a depth image, got {msg.encoding}")
+        except ValueError as e:
+            self.image_rejections += 1
+            self.last_image_error = f"{kind}: {e}"
+            return
+        with self._lock:
+            setattr(self, f"_{kind}", arr.copy())
+            self._img_t[kind] = self._now()
+
+    def _on_instruction(self, msg: String) -> None:
+        try:
+            self.runner.vocab.encode(msg.data)
+        except ValueError as e:
+            self.last_image_error = f"instruction: {e}"
+            self.get_logger().error(f"ignored instruction: {e}")
+            return
+        with self._lock:
+            self._instruction = msg.data
+        self.get_logger().info(f"instruction: {msg.data!r}")
+
+    def _on_estop(self, msg: Bool) -> None:
+        with self._lock:
+            if msg.data:
+                self.supervisor.engage_estop("estop topic")
+            elif self.supervisor.estopped:
+                self.supervisor.release_estop()
+
+    # --- the control tick ---------------------------------------------------------------------------
+    def _observation(self, now: float):
+        st = self.supervisor.state(now)
+        fresh = all(now - self._img_t[k] <= float(self._g("image_timeout_s")) for k in ("rgb", "depth"))
+        if st is None or not fresh or not self._instruction:
+            return None
+        q = np.zeros(len(self.names))
+        q[:] = st[0]
+        return {"rgb": self._rgb, "depth": self._depth, "qpos": q[:8], "instruction": self._instruction}
+
+    def _tick(self) -> None:
+        now = self._now()
+        with self._lock:
+            obs = self._observation(now)
+        planned, tail = None, None
+        if obs is not None and not self.supervisor.estopped:
+            try:
+                planned = self.executor_.act(self._step, obs)
+                self._step += 1
+                tail = self._tail()
+            except (ValueError, RuntimeError) as e:  # a malformed chunk: hold, report
+                self.last_image_error = f"policy: {e}"
+                planned = None
+        with self._lock:
+            d = self.supervisor.decide(now, planned)
+            if obs is None and d.mode.value == "hold" and d.level < 2 and self._running:
+                d = d.__class__(d.mode, d.command, 2, "no fresh images or instruction: holding")
+            tail = self.supervisor.limit_plan(tail) if (tail is not None and d.mode.value == "run") else None
+        self._running = self._running or d.mode.value == "run"
+        self._last = d
+        if d.command is not None:
+            self._publish(d.command, tail)
+
+    def _tail(self):
+        """The rest of the newest chunk after this step (for the bridge to keep executing)."""
+        ex = self.executor_
+        if not ex.chunks:
+            return None
+        t0, chunk = ex.chunks[-1]
+        i = self._step - t0
+        return chunk[i:] if 0 <= i < len(chunk) else None
+
+    def _publish(self, command: np.ndarray, tail) -> None:
+        if not np.all(np.isfinite(command)):
+            return
+        msg = JointTrajectory()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.joint_names = self.command_names
+        rows = [command] + ([] if tail is None else list(tail))
+        for j, row in enumerate(rows):
+            pt = JointTrajectoryPoint()
+            pt.positions = [float(v) for v in row]
+            t = j / self.rate_hz
+            pt.time_from_start.sec, pt.time_from_start.nanosec = int(t), int(round((t - int(t)) * 1e9))
+            msg.points.append(pt)
+        self._pub_cmd.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        d = self._last
+        values = {"mode": d.mode.value if d else "inactive", "estop": self.supervisor.estopped,
+                  "steps": self._step, "image_rejections": self.image_rejections,
+                  "last_input_error": self.last_image_error, "instruction": self._instruction,
+                  **{f"rejected_{k}": v for k, v in self.supervisor.validator.rejected.items() if v}}
+        if self.executor_ is not None:
+            values.update({f"inference_{k}": v for k, v in self.executor_.latency_percentiles().items()})
+            values["gaps"] = self.executor_.gaps
+        level = d.level if d else 1
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [diagnostic_status(f"{self.get_name()}: policy executor", level, d.message if d else "inactive",
+                                        values, hardware_id="piper")]
+        self._pub_diag.publish(msg)
+
+
+def main(args=None) -> None:
+    """``ros2 run worldscape policy_executor --ros-args -p checkpoint:=policy.pt``."""
+    run_node(PolicyExecutorNode, args)
+
+
+if __name__ == "__main__":
+    main()
