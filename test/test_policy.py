@@ -11,7 +11,7 @@ import torch
 from ws_policy.data import DemoDataset, DemoError, collect_demos, read_demos, write_demos
 from ws_policy.executor import ChunkExecutor
 from ws_policy.model import PolicyConfig, PolicyInputError, WorldScapePolicy, default_vocabulary
-from ws_policy.train import (PolicyCheckpointError, PolicyRunner, TwoStagePolicy, load_policy, policy_loss,
+from ws_policy.train import (PolicyCheckpointError, PolicyRunner, TwoStagePolicy, load_policy,
                              save_policy, train_policy)
 
 TINY = dict(image_size=32, future_size=16, patch=8, frames=2, stride=4, chunk=4, d_model=32, heads=4, layers=1)
