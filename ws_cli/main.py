@@ -563,8 +563,40 @@ def cmd_policy_train(args) -> int:
     from ws_policy.train import TwoStagePolicy, load_policy, save_policy, train_policy
 
     _set_threads(args.threads)
-    episodes, attrs = read_demos(args.demos)
+    episodes, attrs = [], None
+    for path in str(args.demos).split(","):
+        eps, a = read_demos(path)
+        if attrs is not None and int(a["image_size"]) != int(attrs["image_size"]):
+            from ws_policy.data import DemoError
+
+            raise DemoError(f"{path} has {a['image_size']} px images, {args.demos.split(',')[0]} "
+                            f"{attrs['image_size']} px: train on one size")
+        episodes += eps
+        attrs = attrs or a
     size = int(attrs["image_size"])
+    curve = []
+    callback = None
+    if args.eval_every:  # closed-loop checks while training
+        if args.model in ("two_stage", "world"):
+            from ws_mppi.config import ConfigError
+
+            raise ConfigError("--eval-every evaluates a policy while it trains: not for two_stage or world")
+        from ws_policy.evaluate import evaluate_policy
+        from ws_policy.train import PolicyRunner
+
+        def evaluate_now(step, net):
+            if step % args.eval_every:
+                return False
+            net.eval()
+            rep = evaluate_policy(PolicyRunner(net, seed=args.seed), args.eval_task or attrs["task"], args.eval_episodes,
+                                  args.eval_seed, size=size, camera=attrs.get("camera", "task"), chunk=net.cfg.chunk,
+                                  latency=0, video=False)
+            net.train()
+            curve.append({"step": step, "success_rate": rep["success_rate"], "ci95": rep["ci95"]})
+            tqdm.write(f"step {step}: success {rep['successes']}/{rep['episodes']}")
+            return args.target_success is not None and rep["success_rate"] >= args.target_success
+
+        callback = evaluate_now
     base = PolicyConfig.gpu if args.size == "gpu" else PolicyConfig.cpu
     over = {k: v for k, v in {"chunk": args.chunk, "frames": args.frames, "d_model": args.d_model,
                               "layers": args.layers, "alpha": args.alpha}.items() if v is not None}
@@ -582,13 +614,15 @@ def cmd_policy_train(args) -> int:
         bar = tqdm(total=args.steps, desc=f"train {mode}" + ("+idm" if head == "idm" and mode != "idm" else ""),
                    unit="step")
         net, hist = train_policy(cfg, ds, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                 init=init if mode != "idm" else None, progress=bar)
+                                 init=init if mode != "idm" else None, progress=bar, callback=callback)
         bar.close()
         nets.append(net)
         hist_all[mode] = {"loss_first": float(np.mean(hist["loss"][:20])), "loss_last": float(np.mean(hist["loss"][-20:])),
-                          "seconds": round(hist["seconds"], 1), "loaded_tensors": hist["loaded_tensors"]}
+                          "seconds": round(hist["seconds"], 1), "loaded_tensors": hist["loaded_tensors"],
+                          "steps_run": len(hist["loss"]), "stopped_at": hist["stopped_at"], "success_curve": curve}
     model = TwoStagePolicy(*nets) if args.model == "two_stage" else nets[0]
-    extra = {"task": attrs.get("task"), "camera": attrs.get("camera"), "demos": str(args.demos), "kind": args.model,
+    extra = {"task": args.eval_task or attrs.get("task"), "camera": attrs.get("camera"), "demos": str(args.demos),
+             "kind": args.model,
              "steps": args.steps, "history": hist_all, "init": str(args.init) if args.init else None}
     path = save_policy(model, args.out, extra)
     params = sum(p.numel() for p in model.parameters())
@@ -969,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "model), mot_idm (the inverse-dynamics head), world (video and depth only, "
                                       "actions unused: pretrain it, then --init the policy from it).",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    pt.add_argument("--demos", type=Path, required=True, help="demonstrations from 'ws policy collect'")
+    pt.add_argument("--demos", required=True, help="demonstrations from 'ws policy collect' (several: comma-separated)")
     pt.add_argument("--model", default="mot", choices=["mot", "mot_idm", "action_only", "two_stage", "world"])
     pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     pt.add_argument("--steps", type=int, default=2000)
@@ -983,6 +1017,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--alpha", type=float, default=None, help="weight of L_3D")
     pt.add_argument("--init", type=Path, default=None, help="start from this checkpoint's matching weights")
     pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
+    pt.add_argument("--eval-every", type=int, default=0, help="evaluate closed loop every this many steps (0: never)")
+    pt.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation")
+    pt.add_argument("--eval-seed", type=int, default=2000, help="first seed of the evaluations")
+    pt.add_argument("--eval-task", default=None, help="task to evaluate on (default: the demonstrations')")
+    pt.add_argument("--target-success", type=float, default=None,
+                    help="stop once an evaluation reaches this success rate (the steps it took are recorded)")
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--threads", type=int, default=None)
     pt.set_defaults(func=cmd_policy_train)
