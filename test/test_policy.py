@@ -184,3 +184,24 @@ def test_executor_keeps_acting_from_the_old_chunk_while_the_model_thinks():
     ex.wait_for_inference()
     assert ex.act(7, obs=7)[0] > 1.0  # the new chunk joins the ensemble
     assert calls[:2] == [0, 2]  # the first chunk at step 0, the next requested at step 2 (and waited for)
+
+
+def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
+    """The command line a user runs: demonstrations, a (tiny) policy, a closed-loop evaluation report."""
+    import json
+
+    from ws_cli.main import main
+
+    demos = tmp_path / "d.hdf5"
+    assert main(["policy", "collect", "--task", "push", "--episodes", "2", "--size", "32", "--out", str(demos)]) == 0
+    ckpt = tmp_path / "p.pt"
+    assert main(["policy", "train", "--demos", str(demos), "--model", "action_only", "--steps", "3", "--batch-size", "4",
+                 "--d-model", "32", "--layers", "1", "--chunk", "4", "--threads", "1", "--out", str(ckpt)]) == 0
+    out = tmp_path / "eval"
+    assert main(["policy", "eval", "--checkpoint", str(ckpt), "--task", "push", "--episodes", "1", "--no-video",
+                 "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["episodes"] == 1 and report["gaps"] == 0 and report["latency"]["count"] > 0
+    assert "successes" in capsys.readouterr().out
+    assert main(["policy", "train", "--demos", str(tmp_path / "missing.hdf5"), "--out", str(ckpt)]) == 2
+    assert main(["policy", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--episodes", "1"]) == 2

@@ -232,7 +232,7 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         if progress is not None:
             progress.update(1)
             if step % 10 == 0:
-                progress.set_postfix(loss=f"{float(loss):.3f}")
+                progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if callback is not None and callback(step + 1, model):
             history["stopped_at"] = step + 1
             break
