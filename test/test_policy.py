@@ -197,11 +197,12 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
     ckpt = tmp_path / "p.pt"
     assert main(["policy", "train", "--demos", str(demos), "--model", "action_only", "--steps", "3", "--batch-size", "4",
                  "--d-model", "32", "--layers", "1", "--chunk", "4", "--threads", "1", "--out", str(ckpt)]) == 0
-    out = tmp_path / "eval"
+    out = tmp_path / "eval"  # a simulated latency of one step: the result cannot depend on the machine's speed
     assert main(["policy", "eval", "--checkpoint", str(ckpt), "--task", "push", "--episodes", "1", "--no-video",
-                 "--threads", "1", "--out", str(out)]) == 0
+                 "--threads", "1", "--out", str(out), "--demos", str(demos), "--latency", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["episodes"] == 1 and report["gaps"] == 0 and report["latency"]["count"] > 0
-    assert "successes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "successes" in printed and "holding still" in printed
     assert main(["policy", "train", "--demos", str(tmp_path / "missing.hdf5"), "--out", str(ckpt)]) == 2
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--episodes", "1"]) == 2

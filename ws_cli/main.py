@@ -654,6 +654,13 @@ def cmd_policy_eval(args) -> int:
 
         model, payload = load_policy(args.checkpoint)
         runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed)
+        if args.demos:
+            from ws_policy.data import read_demos
+            from ws_policy.evaluate import offline_action_error
+
+            off = offline_action_error(runner, read_demos(args.demos)[0])
+            print(f"offline on {args.demos}: chunk error {off['chunk_error_rad']} rad vs holding still "
+                  f"{off['hold_still_error_rad']} rad over {off['windows']} windows")
         latency = args.latency if args.latency == "measured" else int(args.latency)
         report = evaluate_policy(runner, args.task, args.episodes, args.seed, size=model.cfg.image_size,
                                  camera=(payload.get("extra") or {}).get("camera") or "task",
@@ -1044,6 +1051,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--no-ensemble", action="store_true", help="newest chunk only")
     pe.add_argument("--euler-steps", type=int, default=None, help="flow-matching sampling steps")
     pe.add_argument("--no-video", action="store_true")
+    pe.add_argument("--demos", default=None,
+                    help="also report the chunks' offline error against these recorded episodes (vs holding still)")
     pe.add_argument("--threads", type=int, default=None)
     pe.set_defaults(func=cmd_policy_eval)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["wilson_interval", "evaluate_policy"]
+__all__ = ["wilson_interval", "evaluate_policy", "offline_action_error"]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -107,3 +107,23 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, Path(out_dir) / "report.json")
     return report
+
+
+def offline_action_error(runner, episodes, windows_per_episode: int = 6, seed: int = 0) -> dict:
+    """How far a policy's chunks are from the expert's, on recorded episodes (no simulation).
+
+    For random steps of each successful episode: the mean absolute error of the predicted
+    chunk's arm joints against the expert's next actions (rad), beside the same error of
+    holding the current joint positions (a policy must beat that to be moving the right way).
+    """
+    rng = np.random.default_rng(seed)
+    err, hold = [], []
+    for e in (e for e in episodes if e.success):
+        for t in rng.integers(0, len(e.actions), windows_per_episode):
+            chunk = runner({"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t],
+                            "instruction": e.instruction})
+            true = e.actions[t:t + len(chunk), :6]
+            err.append(np.abs(chunk[:len(true), :6] - true).mean())
+            hold.append(np.abs(e.qpos[t][:6] - true).mean())
+    return {"windows": len(err), "chunk_error_rad": round(float(np.mean(err)), 4),
+            "hold_still_error_rad": round(float(np.mean(hold)), 4)}
