@@ -85,12 +85,13 @@ def test_depth_positional_embedding_follows_the_depth():
     assert not torch.allclose(a[0, 0], a[0, 5])  # different patches, different 3D points
 
 
-@pytest.mark.parametrize("mode, head", [("mot", "flow"), ("action_only", "flow"), ("world", "flow"), ("mot", "idm"),
-                                        ("idm", "idm")])
-def test_training_lowers_the_loss(demos, mode, head):
+@pytest.mark.parametrize("mode, head, privileged", [("mot", "flow", False), ("action_only", "flow", False),
+                                                    ("world", "flow", False), ("mot", "idm", False),
+                                                    ("idm", "idm", False), ("action_only", "flow", True)])
+def test_training_lowers_the_loss(demos, mode, head, privileged):
     eps, _ = read_demos(demos)
     ds = DemoDataset(eps, chunk=4, frames=2, stride=4)
-    cfg = _cfg(mode=mode, action_head=head)
+    cfg = _cfg(mode=mode, action_head=head, privileged=privileged)
     torch.manual_seed(0)
     model, hist = train_policy(cfg, ds, steps=60, batch_size=8, lr=2e-3)
     first, last = np.mean(hist["loss"][:10]), np.mean(hist["loss"][-10:])

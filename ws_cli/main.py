@@ -600,6 +600,8 @@ def cmd_policy_train(args) -> int:
     base = PolicyConfig.gpu if args.size == "gpu" else PolicyConfig.cpu
     over = {k: v for k, v in {"chunk": args.chunk, "frames": args.frames, "d_model": args.d_model,
                               "layers": args.layers, "alpha": args.alpha}.items() if v is not None}
+    if args.privileged:
+        over["privileged"] = True
     kinds = {"mot": [("mot", "flow")], "mot_idm": [("mot", "idm")], "action_only": [("action_only", "flow")],
              "world": [("world", "flow")], "two_stage": [("world", "flow"), ("idm", "idm")]}
     init = None
@@ -1024,6 +1026,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--alpha", type=float, default=None, help="weight of L_3D")
     pt.add_argument("--init", type=Path, default=None, help="start from this checkpoint's matching weights")
     pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
+    pt.add_argument("--privileged", action="store_true",
+                    help="diagnostic: also give the policy the simulator's object poses (tells vision from learning)")
     pt.add_argument("--eval-every", type=int, default=0, help="evaluate closed loop every this many steps (0: never)")
     pt.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation")
     pt.add_argument("--eval-seed", type=int, default=2000, help="first seed of the evaluations")

@@ -207,7 +207,7 @@ class DemoDataset:
         T = len(e.actions)
         steps = np.minimum(t + np.arange(self.chunk), T - 1)
         future = np.minimum(t + self.stride * np.arange(1, self.frames + 1), T)
-        return {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t],
+        return {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t], "objects": e.objects[t],
                 "instruction": e.instruction, "future_rgb": e.rgb[future],
                 "future_depth": e.depth[future].astype(np.float32), "actions": e.actions[steps],
                 "valid": (t + np.arange(self.chunk)) < T}

@@ -121,7 +121,7 @@ def offline_action_error(runner, episodes, windows_per_episode: int = 6, seed: i
     for e in (e for e in episodes if e.success):
         for t in rng.integers(0, len(e.actions), windows_per_episode):
             chunk = runner({"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t],
-                            "instruction": e.instruction})
+                            "objects": e.objects[t], "instruction": e.instruction})
             true = e.actions[t:t + len(chunk), :6]
             err.append(np.abs(chunk[:len(true), :6] - true).mean())
             hold.append(np.abs(e.qpos[t][:6] - true).mean())

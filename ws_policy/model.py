@@ -35,6 +35,9 @@ modalities. ``L_3D`` compares the one-step clean estimate ``x^_1 = x_tau + (1 - 
 future depth and images with the truth (``lambda`` weights images). Sampling: ``euler_steps``
 Euler steps from noise.
 
+**Diagnostic**: ``privileged=True`` adds the simulator's object poses to the state token, to
+tell a learning or pipeline problem from a vision problem; never for deployment.
+
 **Variants** (same code, same data): ``mode="mot"`` (the policy); ``"action_only"`` (no video
 or depth targets: the action-only flow-matching baseline); ``"world"`` (video and depth
 targets only, actions unused: the world model that can be pretrained on demonstrations
@@ -120,6 +123,7 @@ class PolicyConfig:
     chunk: int = 8
     action_dim: int = 7
     state_dim: int = 8
+    privileged: bool = False  # diagnostic: the objects' poses (17 values) join the state token
     d_model: int = 128
     heads: int = 4
     layers: int = 4
@@ -264,7 +268,7 @@ class WorldScapePolicy(nn.Module):
         self.dpe = nn.Sequential(nn.Linear(3 + 3 * 2 * 6, d), nn.GELU(), nn.Linear(d, d))
         self.word_emb = nn.Embedding(max(len(cfg.vocab) + 1, 2), d, padding_idx=0)
         self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
-        self.state_in = nn.Linear(cfg.state_dim, d)
+        self.state_in = nn.Linear(cfg.state_dim + (17 if cfg.privileged else 0), d)
         self.action_in, self.action_out = nn.Linear(cfg.action_dim, d), nn.Linear(d, cfg.action_dim)
         self.action_pos = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(64, d), nn.GELU(), nn.Linear(d, d))

@@ -77,6 +77,15 @@ def _images(rgb: np.ndarray, depth: np.ndarray, max_depth: float) -> tuple[torch
     return r, d
 
 
+def _state(qpos: np.ndarray, objects: np.ndarray | None, norm: "Normalizer") -> torch.Tensor:
+    """Normalised joint positions, and (privileged diagnostic) the object poses as they are (metres, unit
+    quaternions: already of order one)."""
+    x = norm.state(qpos)
+    if objects is not None:
+        x = np.concatenate([x, objects], axis=-1)
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
 def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer, vocab: Vocabulary) -> dict:
     """Stack :meth:`DemoDataset.window` dicts into the network's normalised tensors."""
     rgb, depth = _images(np.stack([w["rgb"] for w in windows]), np.stack([w["depth"] for w in windows]), cfg.max_depth)
@@ -87,7 +96,8 @@ def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer,
     frgb = F.interpolate(frgb.flatten(0, 1), size=(s, s), mode="area").reshape(b, f, 3, s, s)
     fdep = F.interpolate(fdep.flatten(0, 1), size=(s, s), mode="area").reshape(b, f, 1, s, s) / cfg.max_depth * 2 - 1
     return {"rgb": rgb, "depth": depth,
-            "state": torch.as_tensor(norm.state(np.stack([w["qpos"] for w in windows])), dtype=torch.float32),
+            "state": _state(np.stack([w["qpos"] for w in windows]),
+                            np.stack([w["objects"] for w in windows]) if cfg.privileged else None, norm),
             "words": torch.as_tensor(np.stack([vocab.encode(w["instruction"]) for w in windows])),
             "future_rgb": frgb, "future_depth": fdep,
             "actions": torch.as_tensor(norm.actions(np.stack([w["actions"] for w in windows])), dtype=torch.float32),
@@ -341,7 +351,13 @@ class PolicyRunner:
         """``(chunk, 7)`` joint targets (rad, finger m) for the steps from now on."""
         self.check(obs)
         rgb, depth = _images(obs["rgb"][None], obs["depth"][None], self.cfg.max_depth)
-        state = torch.as_tensor(self.norm.state(np.asarray(obs["qpos"]))[None], dtype=torch.float32)
+        objects = None
+        if self.cfg.privileged:
+            objects = np.asarray(obs.get("objects", []), dtype=np.float64)
+            if objects.shape != (17,) or not np.all(np.isfinite(objects)):
+                raise PolicyInputError(f"a privileged policy needs the 17 object values, got {objects.shape}")
+            objects = objects[None]
+        state = _state(np.asarray(obs["qpos"])[None], objects, self.norm)
         words = torch.as_tensor(self.vocab.encode(obs["instruction"])[None])
         out = sample(self.model, rgb, depth, state, words, self.steps, self.gen)
         return self.norm.actions_back(out["actions"][0].clamp(-1, 1).numpy())
