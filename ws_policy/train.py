@@ -42,6 +42,23 @@ class Normalizer:
     state_high: np.ndarray
 
     @classmethod
+    def from_episodes(cls, episodes, margin: float = 0.05) -> "Normalizer":
+        """Per-dimension ranges of the demonstrations' actions and joint positions, widened by
+        ``margin`` of each span (as diffusion policies normalise). The demonstrations cover a
+        small part of each joint's range, so this gives the flow several times the precision
+        of the actuators' full ranges; actions are still clipped to the actuators at the end."""
+        a = np.concatenate([e.actions for e in episodes]).astype(np.float64)
+        q = np.concatenate([e.qpos for e in episodes]).astype(np.float64)
+
+        def widen(x):
+            lo, hi = x.min(0), x.max(0)
+            pad = np.maximum((hi - lo) * margin, 1e-3)
+            return lo - pad, hi + pad
+
+        (alo, ahi), (qlo, qhi) = widen(a), widen(q)
+        return cls(alo, ahi, qlo, qhi)
+
+    @classmethod
     def for_piper(cls) -> "Normalizer":
         from ws_sim.piper import load_piper
 
@@ -199,7 +216,7 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
 
 def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size: int = 32, lr: float = 3e-4,
                  seed: int = 0, init: WorldScapePolicy | None = None, progress=None, log_every: int = 50,
-                 callback=None) -> tuple[WorldScapePolicy, dict]:
+                 callback=None, normalizer: Normalizer | None = None) -> tuple[WorldScapePolicy, dict]:
     """Train a policy (or world model, by ``cfg.mode``) on demonstration windows.
 
     Args:
@@ -208,6 +225,8 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         progress: optional tqdm-like bar (``update``, ``set_postfix``).
         callback: optional ``callback(step, model) -> bool``; True stops training (e.g. a
             success-rate target reached).
+        normalizer: the action/state normalisation (default: the demonstrations' ranges,
+            :meth:`Normalizer.from_episodes`); kept on the model as ``model.normalizer``.
 
     Returns:
         ``(model, history)`` with per-step losses and wall time.
@@ -220,7 +239,9 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         take = {k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(take, strict=False)
         loaded = len(take)
-    norm, vocab = Normalizer.for_piper(), Vocabulary(list(cfg.vocab), cfg.max_words)
+    norm = normalizer or Normalizer.from_episodes(dataset.episodes)
+    model.normalizer = norm  # travels with the checkpoint (save_policy)
+    vocab = Vocabulary(list(cfg.vocab), cfg.max_words)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -262,7 +283,9 @@ def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | 
     else:
         payload = {"format": FORMAT_TAG, "kind": "single", "config": dataclasses.asdict(model.cfg),
                    "state_dict": model.state_dict()}
-    payload.update(normalizer=Normalizer.for_piper().to_dict(), extra=extra or {})
+    net = model.idm if isinstance(model, TwoStagePolicy) else model
+    norm = getattr(net, "normalizer", None) or Normalizer.for_piper()
+    payload.update(normalizer=norm.to_dict(), extra=extra or {})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -302,6 +325,10 @@ def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
     model = build(payload["config"], payload["state_dict"])
     if payload.get("kind") == "two_stage":
         model = TwoStagePolicy(model, build(payload["idm_config"], payload["idm_state_dict"])).eval()
+    norm = Normalizer.from_dict(payload["normalizer"]) if "normalizer" in payload else Normalizer.for_piper()
+    model.normalizer = norm
+    if isinstance(model, TwoStagePolicy):
+        model.idm.normalizer = model.world.normalizer = norm
     return model, payload
 
 
@@ -324,7 +351,8 @@ class PolicyRunner:
             raise ValueError("an inverse-dynamics model needs a world model in front of it (a TwoStagePolicy)")
         self.model, self.cfg = model, model.cfg
         self.steps = steps or model.cfg.euler_steps
-        self.norm = Normalizer.for_piper()
+        self.norm = getattr(model, "normalizer", None) or Normalizer.for_piper()
+        self._limits = Normalizer.for_piper()  # the actuators' ranges: the last word on every action
         self.vocab = Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
         self.gen = torch.Generator().manual_seed(seed)
 
@@ -360,7 +388,8 @@ class PolicyRunner:
         state = _state(np.asarray(obs["qpos"])[None], objects, self.norm)
         words = torch.as_tensor(self.vocab.encode(obs["instruction"])[None])
         out = sample(self.model, rgb, depth, state, words, self.steps, self.gen)
-        return self.norm.actions_back(out["actions"][0].clamp(-1, 1).numpy())
+        return np.clip(self.norm.actions_back(out["actions"][0].numpy()), self._limits.action_low,
+                       self._limits.action_high)
 
 
 if __name__ == "__main__":  # pragma: no cover
