@@ -109,7 +109,6 @@ def test_runner_gives_a_chunk_in_joint_units_and_refuses_malformed_input(demos, 
     obs = {"rgb": e.rgb[0], "depth": e.depth[0].astype(np.float32), "qpos": e.qpos[0], "instruction": e.instruction}
     chunk = runner(obs)
     lo, hi = runner._limits.action_low, runner._limits.action_high  # the actuators' ranges
-    assert np.all(runner.norm.action_high - runner.norm.action_low < hi - lo + 1e-9)  # the demos' (narrower) ranges
     assert chunk.shape == (4, 7) and np.all(chunk >= lo - 1e-9) and np.all(chunk <= hi + 1e-9)
     bad = [({**obs, "rgb": e.rgb[0][:16]}, "rgb must be"), ({**obs, "rgb": e.rgb[0].astype(np.float32)}, "uint8"),
            ({**obs, "depth": np.full((32, 32), np.nan)}, "NaN"), ({**obs, "instruction": ""}, "non-empty"),

@@ -70,13 +70,13 @@ def ros_context():
 
 
 def test_ws_launch_go1_sim_walks_the_go1(ros_context):
-    """``ws launch go1_sim``: sim_bridge and mppi_controller in one process on a MultiThreadedExecutor, in
-    simulated time at half real time (a loaded 2-core CI machine then controls as a fast one would: at
-    real time, with two training jobs beside it, the Go1 fell once), as a user starts them; this test
+    """``ws launch go1_sim``: sim_bridge and mppi_controller in one process on one executor, in
+    simulated time at a quarter of real time (a loaded 2-core CI machine then controls as a fast one would:
+    at real time and at half, with two training jobs beside it, the Go1 fell once), as a user starts them; this test
     listens over Fast DDS from its own process."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "osmesa"}
     ws = [sys.executable, "-c", "from ws_cli.main import main; raise SystemExit(main())"]
-    proc = subprocess.Popen(ws + ["launch", "go1_sim", "-p", "real_time_factor:=0.5"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(ws + ["launch", "go1_sim", "-p", "real_time_factor:=0.25"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -126,7 +126,7 @@ def _alive(pid: int) -> bool:
 
 def test_hopper_sim_graph_in_sim_time_keeps_hopper_healthy(ros_context):
     """The ``hopper_sim`` graph's two processes (the argv ``ws launch`` runs) in simulated time, slowed to
-    a fifth of real time so that a 2-core machine keeps up: sim_bridge waits paused at t = 0, the controller
+    a tenth of real time so that a loaded 2-core machine keeps up: sim_bridge waits paused at t = 0, the controller
     unpauses it with its first plan and ticks on /clock; Hopper stays healthy (Gymnasium's criteria)
     and moves forward over the first 0.5 s (Gymnasium's Hopper under synchronous MPPI falls after about 1 s;
     over DDS it lasted 0.7-1.1 s in 18 runs here); the command rate in simulated time is printed
@@ -144,7 +144,7 @@ def test_hopper_sim_graph_in_sim_time_keeps_hopper_healthy(ros_context):
     ex = SingleThreadedExecutor(context=ros_context)
     ex.add_node(lst)
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1"}
-    (bridge, bridge_argv), (ctl_name, ctl_argv) = commands("hopper_sim", {"real_time_factor": 0.2})
+    (bridge, bridge_argv), (ctl_name, ctl_argv) = commands("hopper_sim", {"real_time_factor": 0.1})
     assert (bridge, ctl_name) == ("sim_bridge", "mppi_controller")
     procs = [subprocess.Popen(bridge_argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     outputs = []
@@ -283,8 +283,11 @@ def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_con
             _spin_until(ex, lambda: False, 0.2)
         level, message, values, _ = policy_diag()
         assert int(values["image_rejections"]) > 0 and "8x8" in values["last_input_error"], values
-        instr.publish(String(data="juggle the red cube"))
-        assert _spin_until(ex, lambda: "juggle" in policy_diag()[2]["last_input_error"], 30), policy_diag()
+        end = time.monotonic() + 60
+        while time.monotonic() < end and "juggle" not in policy_diag()[2]["last_input_error"]:
+            instr.publish(String(data="juggle the red cube"))
+            _spin_until(ex, lambda: False, 0.5)
+        assert "juggle" in policy_diag()[2]["last_input_error"], policy_diag()
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=30)[0]

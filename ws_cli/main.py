@@ -974,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="start a ROS 2 node graph (go1_sim, hopper_sim, ...) without ros2 launch",
                         description="Start the nodes of a graph defined in ws_ros/graphs.py with their parameter "
                                     "files from config/ros/, the graph 'ros2 launch worldscape <graph>.launch.py' "
-                                    "starts: in this process on one MultiThreadedExecutor, or with --processes as "
+                                    "starts: in this process on one executor, or with --processes as "
                                     "one process per node talking over DDS. Ctrl-C stops them all.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     la.add_argument("graph", nargs="?", default="", help="graph name (see --list)")

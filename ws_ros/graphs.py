@@ -5,7 +5,7 @@ file in ``config/ros/`` they read. ``launch/<graph>.launch.py`` turns a graph in
 ``launch_ros`` description (:func:`launch_description`) for users' ROS 2 installs;
 ``ws launch <graph>`` starts the same nodes with the same parameter files without ``ros2
 launch``, for machines that have rclpy from PyPI but no launch system: in one process on a
-``MultiThreadedExecutor`` (:func:`run_in_process`, the default), or as one process per node
+``SingleThreadedExecutor`` (:func:`run_in_process`, the default; see :func:`ws_ros.common.run_nodes` for why), or as one process per node
 like ``ros2 launch`` (:func:`run` over :func:`commands`).
 """
 
@@ -205,7 +205,7 @@ def run(name: str, overrides: dict | None = None, duration: float | None = None,
 
 
 def run_in_process(name: str, overrides: dict | None = None, duration: float | None = None) -> int:
-    """Run a graph's nodes in this process on one ``MultiThreadedExecutor`` (``ws launch``).
+    """Run a graph's nodes in this process on one executor (``ws launch``).
 
     The nodes read the graph's parameter files as ``ros2 launch`` passes them; ``overrides``
     (parameter -> value, parsed as YAML) go to every node whose parameter file declares the

@@ -210,6 +210,14 @@ class SimBridge(Node):
 
     # --- physics --------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._run_loop()
+        except Exception:
+            if self.context.ok():
+                raise
+            # Ctrl-C shut the context down while this thread was publishing: stop quietly
+
+    def _run_loop(self) -> None:
         while not self._stop.is_set():
             if not self._running.is_set():  # paused: the state and the clock stand still, but are published
                 if self.pub_clock is not None:
@@ -282,25 +290,31 @@ class SimBridge(Node):
                           p=[f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0])
         frame = f"{self.camera}_optical_frame"
         try:
-            while not self._stop.wait(1.0 / self.camera_rate):
-                with self._lock:
-                    data.qpos[:], data.qvel[:], data.time = self.data.qpos, self.data.qvel, self.data.time
-                mujoco.mj_forward(self.model, data)
-                renderer.update_scene(data, camera=cam)
-                rgb = renderer.render()
-                renderer.enable_depth_rendering()
-                depth = renderer.render().astype(np.float32)
-                renderer.disable_depth_rendering()
-                stamp = s_to_stamp(data.time) if self.publish_clock else self.get_clock().now().to_msg()
-                for pub, img, enc, step in ((self.pub_rgb, rgb, "rgb8", 3 * w), (self.pub_depth, depth, "32FC1", 4 * w)):
-                    msg = Image(height=h, width=w, encoding=enc, is_bigendian=0, step=step, data=img.tobytes())
-                    msg.header.stamp, msg.header.frame_id = stamp, frame
-                    pub.publish(msg)
-                info.header.stamp, info.header.frame_id = stamp, frame
-                self.pub_info.publish(info)
-                self.frames_published += 1
+            self._render_frames(cam, renderer, data, info, frame, w, h)
+        except Exception:
+            if self.context.ok():
+                raise
         finally:
             renderer.close()
+
+    def _render_frames(self, cam, renderer, data, info, frame, w, h) -> None:
+        while not self._stop.wait(1.0 / self.camera_rate):
+            with self._lock:
+                data.qpos[:], data.qvel[:], data.time = self.data.qpos, self.data.qvel, self.data.time
+            mujoco.mj_forward(self.model, data)
+            renderer.update_scene(data, camera=cam)
+            rgb = renderer.render()
+            renderer.enable_depth_rendering()
+            depth = renderer.render().astype(np.float32)
+            renderer.disable_depth_rendering()
+            stamp = s_to_stamp(data.time) if self.publish_clock else self.get_clock().now().to_msg()
+            for pub, img, enc, step in ((self.pub_rgb, rgb, "rgb8", 3 * w), (self.pub_depth, depth, "32FC1", 4 * w)):
+                msg = Image(height=h, width=w, encoding=enc, is_bigendian=0, step=step, data=img.tobytes())
+                msg.header.stamp, msg.header.frame_id = stamp, frame
+                pub.publish(msg)
+            info.header.stamp, info.header.frame_id = stamp, frame
+            self.pub_info.publish(info)
+            self.frames_published += 1
 
     def _publish_diagnostics(self) -> None:
         wall = time.perf_counter() - self._t_start
