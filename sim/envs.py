@@ -82,6 +82,14 @@ class LocomotionTask:
                      - self.ctrl_cost_weight * float(np.sum(np.square(action))))
 
 
+def full_physics_state(model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray:
+    """MuJoCo's full physics state (``mjSTATE_FULLPHYSICS``, ``(mj_stateSize,)``) for exact oracle rollouts."""
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    out = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, data, out, spec)
+    return out
+
+
 def check_state(state: np.ndarray, nstate: int, what: str = "state") -> np.ndarray:
     """Validate a state vector before it reaches a planner.
 
@@ -152,10 +160,7 @@ class StateEnv(gym.Wrapper):
 
     def physics_state(self) -> np.ndarray:
         """MuJoCo's full physics state (``mjSTATE_FULLPHYSICS``) for exact oracle rollouts."""
-        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-        out = np.empty(mujoco.mj_stateSize(self.model, spec))
-        mujoco.mj_getState(self.model, self.data, out, spec)
-        return out
+        return full_physics_state(self.model, self.data)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)

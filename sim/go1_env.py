@@ -19,6 +19,7 @@ import mujoco
 import numpy as np
 
 from .channels import channels_from_model
+from .envs import full_physics_state
 from .go1 import HOME_JOINTS, TrotGait, load_go1, progress_reward
 
 __all__ = ["Go1WalkEnv", "Go1Task"]
@@ -111,10 +112,7 @@ class Go1WalkEnv(gym.Env):
 
     def physics_state(self) -> np.ndarray:
         """MuJoCo's full physics state (``mjSTATE_FULLPHYSICS``) for exact oracle rollouts."""
-        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-        out = np.empty(mujoco.mj_stateSize(self.model, spec))
-        mujoco.mj_getState(self.model, self.data, out, spec)
-        return out
+        return full_physics_state(self.model, self.data)
 
     def fallen(self) -> bool:
         """Trunk below 0.15 m, or its up axis more than 60 degrees from vertical."""

@@ -20,6 +20,7 @@ import mujoco
 import numpy as np
 
 from .channels import channels_from_model
+from .envs import full_physics_state
 from .piper import READY_JOINTS, IKError, load_piper, solve_ik
 
 __all__ = ["PiperReachEnv", "PiperReachTask", "GOAL_BOX"]
@@ -113,10 +114,7 @@ class PiperReachEnv(gym.Env):
 
     def physics_state(self) -> np.ndarray:
         """MuJoCo's full physics state (``mjSTATE_FULLPHYSICS``) for exact oracle rollouts."""
-        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-        out = np.empty(mujoco.mj_stateSize(self.model, spec))
-        mujoco.mj_getState(self.model, self.data, out, spec)
-        return out
+        return full_physics_state(self.model, self.data)
 
     def _info(self) -> dict:
         dist = float(np.linalg.norm(self.tcp - self._goal))

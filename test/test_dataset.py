@@ -141,3 +141,22 @@ def test_dataset_channels_carry_the_data_ranges(small_datasets):
     both = np.concatenate([train.observations[:, 1], train.next_observations[:, 1]])
     assert z.min == pytest.approx(both.min(), abs=1e-6) and z.max == pytest.approx(both.max(), abs=1e-6)
     assert all(-1.0 <= c.min <= c.max <= 1.0 for c in train.action_channels)
+
+
+def test_atomic_write_leaves_nothing_behind_when_the_writer_fails(tmp_path):
+    import pytest
+
+    from ws_sim.atomic import atomic_write
+
+    target = tmp_path / "sub" / "file.bin"
+
+    def broken(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert list((tmp_path / "sub").iterdir()) == []  # no target, no temporary file
+    atomic_write(target, lambda tmp: open(tmp, "wb").write(b"whole"))
+    assert target.read_bytes() == b"whole" and (target.stat().st_mode & 0o777) != 0o600

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ws_sim.atomic import atomic_write
 
 __all__ = ["Episode", "DemoDataset", "DemoError", "collect_demos", "write_demos", "read_demos", "MAX_DEPTH",
            "FORMAT_TAG"]
@@ -120,11 +121,8 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
 
 def write_demos(episodes: list[Episode], attrs: dict, path: str | os.PathLike) -> Path:
     """Write demonstrations atomically (see the module docstring); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"], f.attrs["version"] = FORMAT_TAG, FORMAT_VERSION
             for k, v in attrs.items():
@@ -135,15 +133,8 @@ def write_demos(episodes: list[Episode], attrs: dict, path: str | os.PathLike) -
                     g.create_dataset(name, data=getattr(ep, name), compression="gzip" if name in ("rgb", "depth") else None)
                 g.attrs["instruction"], g.attrs["success"] = ep.instruction, ep.success
                 g.attrs["failure"], g.attrs["seed"] = ep.failure, ep.seed
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_demos(path: str | os.PathLike) -> tuple[list[Episode], dict]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ws_worldmodel.checkpoint import atomic_torch_save
 
 from .data import DemoDataset
 from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy
@@ -274,8 +275,6 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
 
 def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write a self-contained checkpoint (config, normaliser, weights) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(model, TwoStagePolicy):
         payload = {"format": FORMAT_TAG, "kind": "two_stage", "config": dataclasses.asdict(model.world.cfg),
                    "state_dict": model.world.state_dict(), "idm_config": dataclasses.asdict(model.idm.cfg),
@@ -286,19 +285,7 @@ def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | 
     net = model.idm if isinstance(model, TwoStagePolicy) else model
     norm = getattr(net, "normalizer", None) or Normalizer.for_piper()
     payload.update(normalizer=norm.to_dict(), extra=extra or {})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:

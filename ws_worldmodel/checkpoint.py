@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ws_sim.atomic import atomic_write
 from ws_sim.channels import channels_from_records, channels_to_records
 
 from .mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
@@ -59,20 +59,7 @@ def code_version() -> str:
 
 def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` through a temporary sibling and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_payload(path: str | os.PathLike) -> dict:
