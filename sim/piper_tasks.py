@@ -77,7 +77,9 @@ def make_manip_model() -> mujoco.MjModel:
     target = spec.worldbody.add_body(name="target", mocap=True, pos=[0.3, 0.1, 0.0])
     target.add_geom(name="target", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[TARGET_RADIUS, 0.0015, 0],
                     rgba=[0.1, 0.7, 0.2, 1], contype=0, conaffinity=0)
-    return spec.compile()
+    model = spec.compile()
+    model.geom_rgba[model.geom("goal").id, 3] = 0.0  # the reaching marker: not part of these tasks, and it is green
+    return model
 
 
 def _quat_yaw(yaw: float) -> np.ndarray:

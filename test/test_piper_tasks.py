@@ -57,6 +57,24 @@ def test_domain_randomisation_changes_the_images_not_the_task_layout_space():
     env.close()
 
 
+def test_the_task_camera_sees_no_green_but_the_layouts():
+    """The reaching scene's goal marker is green; in the manipulation tasks it must not show (a policy told
+    to find the green cube would see it beside the gripper)."""
+    env = PiperManipEnv("pick_place", render_mode="rgbd", randomize=False)
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        if "green" not in (env.layout.a, env.layout.t):
+            break
+    rgb = obs["rgb"].astype(int)
+    green = (rgb[..., 1] > 120) & (rgb[..., 0] < 90) & (rgb[..., 2] < 90)
+    assert green.sum() == 0, (env.layout, int(green.sum()))
+    env.reset(seed=3)
+    env.model.geom_rgba[env._geom["cube_a"]] = (0.1, 0.7, 0.2, 1.0)  # the check itself sees a green cube
+    rgb = env._obs()["rgb"].astype(int)
+    assert ((rgb[..., 1] > 120) & (rgb[..., 0] < 90) & (rgb[..., 2] < 90)).sum() >= 9  # a cube is about 6 px wide
+    env.close()
+
+
 def test_bad_actions_and_tasks_are_refused():
     with pytest.raises(ValueError, match="unknown task"):
         PiperManipEnv("fold_laundry")

@@ -85,6 +85,32 @@ def test_depth_positional_embedding_follows_the_depth():
     assert not torch.allclose(a[0, 0], a[0, 5])  # different patches, different 3D points
 
 
+def test_the_instruction_token_keeps_which_colour_is_which():
+    """Word embeddings are concatenated in order, so swapping the cube's and the target's colours changes
+    the action the policy predicts."""
+    torch.manual_seed(0)
+    cfg = _cfg()
+    net = WorldScapePolicy(cfg).eval()
+    from ws_policy.model import Vocabulary
+
+    voc = Vocabulary(list(cfg.vocab), cfg.max_words)
+    x = _inputs(cfg, b=1)
+    a = torch.as_tensor(voc.encode("pick up the red cube and place it on the green target"))[None]
+    b = torch.as_tensor(voc.encode("pick up the green cube and place it on the red target"))[None]
+    with torch.no_grad():
+        assert not torch.allclose(net(**{**x, "words": a})["actions"], net(**{**x, "words": b})["actions"])
+
+
+@pytest.mark.parametrize("stem", ["conv", "linear"])
+def test_both_patch_embeddings_give_one_token_per_patch(stem):
+    cfg = _cfg(stem=stem)
+    net = WorldScapePolicy(cfg).eval()
+    v, d, _ = net._context(*(_inputs(cfg)[k] for k in ("rgb", "depth", "state", "words")))
+    assert v.shape == d.shape == (2, (32 // 8) ** 2, 32)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        _cfg(stem="conv", patch=6, image_size=36, future_size=18)
+
+
 @pytest.mark.parametrize("mode, head, privileged", [("mot", "flow", False), ("action_only", "flow", False),
                                                     ("world", "flow", False), ("mot", "idm", False),
                                                     ("idm", "idm", False), ("action_only", "flow", True)])
@@ -205,5 +231,7 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
     assert report["episodes"] == 1 and report["gaps"] == 0 and report["latency"]["count"] > 0
     printed = capsys.readouterr().out
     assert "successes" in printed and "holding still" in printed
+    net, _ = load_policy(ckpt)
+    assert net.cfg.fov_y_deg == 45.0  # the task camera's, from the demonstrations, for the DPE
     assert main(["policy", "train", "--demos", str(tmp_path / "missing.hdf5"), "--out", str(ckpt)]) == 2
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--episodes", "1"]) == 2

@@ -610,7 +610,7 @@ def cmd_policy_train(args) -> int:
     nets, hist_all = [], {}
     for mode, head in kinds[args.model]:
         cfg = base(mode=mode, action_head=head, image_size=size, future_size=size // 2,
-                   vocab=tuple(default_vocabulary()), **over)
+                   fov_y_deg=float(attrs.get("fovy", 60.0)), vocab=tuple(default_vocabulary()), **over)
         ds = DemoDataset(episodes, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
                          successes_only=not args.keep_failures)
         bar = tqdm(total=args.steps, desc=f"train {mode}" + ("+idm" if head == "idm" and mode != "idm" else ""),

@@ -5,7 +5,7 @@ the episodes with deliberate failures) and :func:`write_demos` stores them atomi
 temporary sibling renamed into place). Layout of the file:
 
 * root attributes: ``format`` ``"worldscape-demos"``, ``version``, ``task``, ``camera``,
-  ``image_size``, ``control_dt`` (s), ``action_low``/``action_high``;
+  ``fovy`` (the camera's vertical field of view, degrees), ``image_size``, ``control_dt`` (s), ``action_low``/``action_high``;
 * one group per episode ``ep_00000`` ...: ``rgb (T+1, H, W, 3) uint8``, ``depth (T+1, H, W)
   float16`` (metres, clipped to ``MAX_DEPTH``), ``qpos (T+1, 8)``, ``qvel (T+1, 8)``,
   ``objects (T+1, 17)``, ``actions (T, 7)``; attributes ``instruction``, ``success``,
@@ -112,6 +112,7 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
             if progress is not None:
                 progress(i + 1, episodes)
         attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
+                 "fovy": float(env.model.camera(camera).fovy[0]),
                  "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
                  "randomize": randomize}
     finally:

@@ -9,11 +9,17 @@ sizes, schedules or formulas beyond those. What is chosen here, and why:
 **Tokens.** Images are cut into ``patch`` x ``patch`` pixel patches (no autoencoder: the
 cubes are a few pixels wide at 64 px, and a VAE trained on a few hundred episodes blurs
 exactly those; patches keep the loss in pixel space and need no second training stage).
-The current RGB and depth frames are ``image_size`` px; the F future frames (every
-``stride`` control steps) are predicted at ``future_size`` px. Actions are one token per
-step of the chunk (L steps x 7 joint targets). The instruction is a sequence of word tokens
-from a fixed vocabulary (the tasks' templates and colours: no download, and an unknown word
-is an error, not a silent guess); the proprioceptive state is one token.
+The current RGB and depth frames are ``image_size`` px and are embedded by a small
+convolutional stem (``stem="conv"``: two stride-2 3x3 convolutions, then one whose kernel
+and stride cover the rest of the patch; Xiao et al. 2021, "Early convolutions help
+transformers see better", found such stems make small ViTs train faster and more
+reliably; ``stem="linear"`` is the plain ViT patch projection). The F future frames (every
+``stride`` control steps) are predicted at ``future_size`` px and embedded linearly (they
+are noisy flow targets). Actions are one token per step of the chunk (L steps x 7 joint
+targets). The instruction comes from a fixed vocabulary (the tasks' templates and colours:
+no download, and an unknown word is an error, not a silent guess); its word embeddings,
+in order, are concatenated and mapped by an MLP to one token, so which colour is the
+cube's and which the target's survives; the proprioceptive state is one token.
 
 **Mixture-of-Transformers.** Three experts, one per modality: *video* (current and future
 RGB tokens), *depth* (current and future depth tokens) and *action* (action tokens, and the
@@ -117,7 +123,8 @@ class PolicyConfig:
     action_head: str = "flow"  # flow | idm
     image_size: int = 64
     future_size: int = 32
-    patch: int = 8
+    patch: int = 16
+    stem: str = "conv"  # conv | linear: the current frames' patch embedding
     frames: int = 2
     stride: int = 4
     chunk: int = 8
@@ -147,6 +154,10 @@ class PolicyConfig:
             if size % self.patch:
                 raise ValueError(f"image sizes ({self.image_size}, {self.future_size}) must be multiples of patch "
                                  f"{self.patch}")
+        if self.stem not in ("conv", "linear"):
+            raise ValueError(f"stem must be conv or linear, got {self.stem!r}")
+        if self.stem == "conv" and self.patch % 4:
+            raise ValueError(f"a conv stem needs a patch size divisible by 4, got {self.patch}")
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
 
@@ -190,6 +201,13 @@ def _fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
     freqs = 2.0 ** torch.arange(bands, dtype=x.dtype, device=x.device) * math.pi
     ang = x[..., None] * freqs
     return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
+
+
+def _conv_stem(c_in: int, d: int, patch: int) -> nn.Module:
+    """``(B, c_in, S, S) -> (B, d, S/patch, S/patch)``: two stride-2 3x3 convolutions, then one
+    ``patch/4`` kernel and stride."""
+    return nn.Sequential(nn.Conv2d(c_in, 32, 3, 2, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(),
+                         nn.Conv2d(64, d, patch // 4, patch // 4))
 
 
 class _ExpertLinear(nn.Module):
@@ -260,14 +278,17 @@ class WorldScapePolicy(nn.Module):
         n_cur = (cfg.image_size // p) ** 2
         n_fut = (cfg.future_size // p) ** 2
         self.n_cur, self.n_fut = n_cur, n_fut
-        self.rgb_in, self.depth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
+        if cfg.stem == "conv":
+            self.rgb_in, self.depth_in = _conv_stem(3, d, p), _conv_stem(1, d, p)
+        else:
+            self.rgb_in, self.depth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
         self.frgb_in, self.fdepth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
         self.rgb_out, self.depth_out = nn.Linear(d, 3 * p * p), nn.Linear(d, p * p)
         self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
         self.pos_fut = nn.Parameter(torch.randn(cfg.frames, n_fut, d) * 0.02)
         self.dpe = nn.Sequential(nn.Linear(3 + 3 * 2 * 6, d), nn.GELU(), nn.Linear(d, d))
-        self.word_emb = nn.Embedding(max(len(cfg.vocab) + 1, 2), d, padding_idx=0)
-        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        self.word_emb = nn.Embedding(max(len(cfg.vocab) + 1, 2), 32, padding_idx=0)
+        self.text = nn.Sequential(nn.Linear(cfg.max_words * 32, d), nn.GELU(), nn.Linear(d, d))
         self.state_in = nn.Linear(cfg.state_dim + (17 if cfg.privileged else 0), d)
         self.action_in, self.action_out = nn.Linear(cfg.action_dim, d), nn.Linear(d, cfg.action_dim)
         self.action_pos = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
@@ -308,9 +329,12 @@ class WorldScapePolicy(nn.Module):
                                    f"and depth {tuple(depth.shape)}")
         dpe = self.depth_positional_embedding(depth)
         depth_n = depth / self.cfg.max_depth * 2 - 1
-        v = self.rgb_in(_patchify(rgb, p)) + self.pos_cur + dpe
-        dep = self.depth_in(_patchify(depth_n, p)) + self.pos_cur + dpe
-        txt = self.word_emb(words) + self.word_pos
+        if self.cfg.stem == "conv":
+            v, dep = (self.rgb_in(rgb).flatten(2).transpose(1, 2), self.depth_in(depth_n).flatten(2).transpose(1, 2))
+        else:
+            v, dep = self.rgb_in(_patchify(rgb, p)), self.depth_in(_patchify(depth_n, p))
+        v, dep = v + self.pos_cur + dpe, dep + self.pos_cur + dpe
+        txt = self.text(self.word_emb(words).flatten(1))[:, None]
         st = self.state_in(state)[:, None]
         return v, dep, torch.cat([txt, st], dim=1)
 
