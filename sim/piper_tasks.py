@@ -40,7 +40,7 @@ import numpy as np
 
 from .piper import PIPER_SCENE_XML, READY_JOINTS, IKError, solve_ik
 
-__all__ = ["TASKS", "COLORS", "PiperManipEnv", "ScriptedExpert", "make_manip_model", "CUBE_HALF"]
+__all__ = ["TASKS", "WORKSPACES", "COLORS", "PiperManipEnv", "ScriptedExpert", "make_manip_model", "CUBE_HALF"]
 
 TASKS = ("pick_place", "push", "stack")
 #: colour name -> RGBA, the vocabulary of the instructions
@@ -50,6 +50,13 @@ CUBE_HALF = 0.02  # m
 TARGET_RADIUS = 0.035  # m
 #: polar band (radius, m; bearing, rad) where the tool reaches a cube pointing straight down
 _RADIUS, _BEARING = (0.2, 0.34), (-0.6, 0.6)
+#: ``workspace="narrow"``: the task's cube and target each in a patch (centre radius and bearing,
+#: half-widths) of the band, cube yaw within +-15 degrees: the small-scale setting, where a
+#: policy trained on a few hundred demonstrations on a CPU has to generalise over a few
+#: centimetres (as ACT's real tasks randomise within a region), not over the whole band
+WORKSPACES = ("full", "narrow")
+#: (the patches are at least 11 cm apart, so the 10 cm spacing the sampler asks for always holds)
+_NARROW = {"cube": ((0.27, 0.03), (-0.32, 0.08)), "target": ((0.27, 0.03), (0.32, 0.08)), "yaw": np.pi / 12}
 _PARK = np.array([-0.6, 0.9, -0.75 + CUBE_HALF])  # on the floor behind the table: out of every camera's view
 _INSTRUCTIONS = {"pick_place": "pick up the {a} cube and place it on the {t} target",
                  "push": "push the {a} cube onto the {t} target",
@@ -111,21 +118,27 @@ class PiperManipEnv(gym.Env):
             ``front``, ``scene``).
         wrist: also observe the wrist camera.
         randomize: domain randomisation of lighting, textures and distractors at reset.
+        workspace: ``"full"``: the task's objects anywhere in the reachable band, any cube yaw
+            within +-45 degrees; ``"narrow"``: the small-scale setting (cube and target each
+            in a 6 x 4 cm patch, yaw within +-15 degrees; the distractor still anywhere).
         frame_skip: physics steps per control step.
         terminate_on_success: end the episode on the step the task is solved.
         max_episode_steps: truncation (default: 160 steps = 8 s, 240 for ``stack``).
 
     Raises:
-        ValueError: unknown task or camera.
+        ValueError: unknown task, camera or workspace.
     """
 
     metadata = {"render_modes": ["rgbd", "rgb_array"], "render_fps": 20}
 
     def __init__(self, task: str = "pick_place", render_mode: str | None = None, width: int = 64, height: int = 64,
                  camera: str = "task", wrist: bool = False, randomize: bool = True, frame_skip: int = 25,
-                 terminate_on_success: bool = True, max_episode_steps: int | None = None):
+                 terminate_on_success: bool = True, max_episode_steps: int | None = None, workspace: str = "full"):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {list(TASKS)}")
+        if workspace not in WORKSPACES:
+            raise ValueError(f"unknown workspace {workspace!r}; choose one of {list(WORKSPACES)}")
+        self.workspace = workspace
         self.task_name = task
         self.model = make_manip_model()
         self.data = mujoco.MjData(self.model)
@@ -198,9 +211,13 @@ class PiperManipEnv(gym.Env):
         return bool(on_top and b[2] < CUBE_HALF + 0.005 and self.data.qpos[6] > 0.025)
 
     # --- reset ----------------------------------------------------------------------------------
-    def _sample_xy(self, rng, avoid: list[np.ndarray], min_dist: float) -> np.ndarray:
+    def _sample_xy(self, rng, avoid: list[np.ndarray], min_dist: float, role: str | None = None) -> np.ndarray:
+        radius, bearing_range = _RADIUS, _BEARING
+        if self.workspace == "narrow" and role is not None:
+            (r0, dr), (b0, db) = _NARROW[role]
+            radius, bearing_range = (r0 - dr, r0 + dr), (b0 - db, b0 + db)
         for _ in range(200):
-            r, bearing = rng.uniform(*_RADIUS), rng.uniform(*_BEARING)
+            r, bearing = rng.uniform(*radius), rng.uniform(*bearing_range)
             xy = r * np.array([np.cos(bearing), np.sin(bearing)])
             if all(np.linalg.norm(xy - o) > min_dist for o in avoid):
                 return xy
@@ -228,13 +245,15 @@ class PiperManipEnv(gym.Env):
         a, b, t = (names[i] for i in rng.permutation(len(names))[:3])
         for name, col in (("cube_a", a), ("cube_b", b), ("target", t)):
             self.model.geom_rgba[self._geom[name]] = COLORS[col]
-        xa = self._sample_xy(rng, [], 0)
-        xt = self._sample_xy(rng, [xa], 0.1)
-        self._set_obj("cube_a", np.r_[xa, CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
+        xa = self._sample_xy(rng, [], 0, role="cube")
+        xt = self._sample_xy(rng, [xa], 0.1, role="target")
+        max_yaw = _NARROW["yaw"] if self.workspace == "narrow" else np.pi / 4
+        self._set_obj("cube_a", np.r_[xa, CUBE_HALF], rng.uniform(-max_yaw, max_yaw))
         self.data.mocap_pos[self._target_mocap] = np.r_[xt, 0.0]
         distractor = self.task_name == "stack" or (self.randomize and rng.random() < 0.5)
         if distractor:
-            xb = xt if self.task_name == "stack" else self._sample_xy(rng, [xa, xt], 0.1)
+            spacing = 0.07 if self.workspace == "narrow" else 0.1  # the narrow patches leave little room between
+            xb = xt if self.task_name == "stack" else self._sample_xy(rng, [xa, xt], spacing)
             self._set_obj("cube_b", np.r_[xb, CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
         else:
             self._set_obj("cube_b", _PARK, 0.0)

@@ -75,6 +75,19 @@ def test_the_task_camera_sees_no_green_but_the_layouts():
     env.close()
 
 
+def test_the_narrow_workspace_keeps_cube_and_target_in_their_patches():
+    from ws_sim.piper_tasks import _NARROW
+
+    env = PiperManipEnv("pick_place", workspace="narrow")
+    for seed in range(300):  # every reset finds room for the distractor too
+        obs, _ = env.reset(seed=seed)
+        for role, xy in (("cube", obs["objects"][:2]), ("target", obs["objects"][14:16])):
+            (r0, dr), (b0, db) = _NARROW[role]
+            assert abs(np.hypot(*xy) - r0) <= dr + 1e-9 and abs(np.arctan2(xy[1], xy[0]) - b0) <= db + 1e-9
+    with pytest.raises(ValueError, match="unknown workspace"):
+        PiperManipEnv("pick_place", workspace="tiny")
+
+
 def test_bad_actions_and_tasks_are_refused():
     with pytest.raises(ValueError, match="unknown task"):
         PiperManipEnv("fold_laundry")

@@ -220,7 +220,8 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
     from ws_cli.main import main
 
     demos = tmp_path / "d.hdf5"
-    assert main(["policy", "collect", "--task", "push", "--episodes", "2", "--size", "32", "--out", str(demos)]) == 0
+    assert main(["policy", "collect", "--task", "push", "--episodes", "2", "--size", "32", "--workspace", "narrow",
+                 "--out", str(demos)]) == 0
     ckpt = tmp_path / "p.pt"
     assert main(["policy", "train", "--demos", str(demos), "--model", "action_only", "--steps", "3", "--batch-size", "4",
                  "--d-model", "32", "--layers", "1", "--chunk", "4", "--threads", "1", "--out", str(ckpt)]) == 0
@@ -229,6 +230,7 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
                  "--threads", "1", "--out", str(out), "--demos", str(demos), "--latency", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["episodes"] == 1 and report["gaps"] == 0 and report["latency"]["count"] > 0
+    assert report["workspace"] == "narrow"  # evaluated where it was trained, from the checkpoint
     printed = capsys.readouterr().out
     assert "successes" in printed and "holding still" in printed
     net, _ = load_policy(ckpt)

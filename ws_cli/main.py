@@ -541,7 +541,7 @@ def cmd_policy_collect(args) -> int:
     bar = tqdm(total=args.episodes, desc=f"{args.task} demos", unit="ep")
     episodes, attrs = collect_demos(args.task, args.episodes, seed=args.seed, size=args.size, camera=args.camera,
                                     failure_rate=args.failures, randomize=not args.no_randomize,
-                                    progress=lambda done, total: bar.update(1))
+                                    workspace=args.workspace, progress=lambda done, total: bar.update(1))
     bar.close()
     path = write_demos(episodes, attrs, args.out)
     wins = sum(e.success for e in episodes)
@@ -590,7 +590,7 @@ def cmd_policy_train(args) -> int:
             net.eval()
             rep = evaluate_policy(PolicyRunner(net, seed=args.seed), args.eval_task or attrs["task"], args.eval_episodes,
                                   args.eval_seed, size=size, camera=attrs.get("camera", "task"), chunk=net.cfg.chunk,
-                                  latency=0, video=False)
+                                  latency=0, video=False, workspace=attrs.get("workspace", "full"))
             net.train()
             curve.append({"step": step, "success_rate": rep["success_rate"], "ci95": rep["ci95"]})
             tqdm.write(f"step {step}: success {rep['successes']}/{rep['episodes']}")
@@ -608,7 +608,12 @@ def cmd_policy_train(args) -> int:
     if args.init:
         init, _ = load_policy(args.init)
     nets, hist_all = [], {}
-    for mode, head in kinds[args.model]:
+    stages = kinds[args.model]
+    if args.model == "two_stage" and init is not None and getattr(init, "cfg", None) is not None \
+            and init.cfg.mode == "world":  # a trained world model is stage one as it is: train only the IDM
+        nets.append(init)
+        stages = stages[1:]
+    for mode, head in stages:
         cfg = base(mode=mode, action_head=head, image_size=size, future_size=size // 2,
                    fov_y_deg=float(attrs.get("fovy", 60.0)), vocab=tuple(default_vocabulary()), **over)
         ds = DemoDataset(episodes, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
@@ -624,6 +629,7 @@ def cmd_policy_train(args) -> int:
                           "steps_run": len(hist["loss"]), "stopped_at": hist["stopped_at"], "success_curve": curve}
     model = TwoStagePolicy(*nets) if args.model == "two_stage" else nets[0]
     extra = {"task": args.eval_task or attrs.get("task"), "camera": attrs.get("camera"), "demos": str(args.demos),
+             "workspace": attrs.get("workspace", "full"),
              "kind": args.model,
              "steps": args.steps, "history": hist_all, "init": str(args.init) if args.init else None}
     path = save_policy(model, args.out, extra)
@@ -650,7 +656,8 @@ def cmd_policy_eval(args) -> int:
 
     if args.checkpoint == "scripted":
         report = evaluate_policy("scripted", args.task, args.episodes, args.seed, size=args.size, out_dir=out,
-                                 video=not args.no_video, progress=progress, name="scripted")
+                                 video=not args.no_video, progress=progress, name="scripted",
+                                 workspace=args.workspace or "full")
     else:
         from ws_policy.train import PolicyRunner, load_policy
 
@@ -669,7 +676,8 @@ def cmd_policy_eval(args) -> int:
                                  replan_every=args.replan_every, chunk=model.cfg.chunk, latency=latency,
                                  ensemble_m=None if args.no_ensemble else args.ensemble_m, out_dir=out,
                                  video=not args.no_video, progress=progress,
-                                 name=(payload.get("extra") or {}).get("kind") or "policy")
+                                 name=(payload.get("extra") or {}).get("kind") or "policy",
+                                 workspace=args.workspace or (payload.get("extra") or {}).get("workspace") or "full")
     bar.close()
     lo, hi = report["ci95"]
     print(f"{args.task}: {report['successes']}/{report['episodes']} successes = {report['success_rate']:.2f} "
@@ -1003,6 +1011,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--camera", default="task", help="scene camera: task, front or scene")
     pc.add_argument("--failures", type=float, default=0.0, help="share of episodes with a deliberate expert failure")
     pc.add_argument("--no-randomize", action="store_true", help="fixed lighting and textures")
+    pc.add_argument("--workspace", choices=["full", "narrow"], default="full",
+                    help="where the task's objects are drawn: the whole reachable band, or the small-scale setting "
+                         "(cube and target each in a 6 x 4 cm patch); kept in the file for training and evaluation")
     pc.set_defaults(func=cmd_policy_collect)
     pt = posub.add_parser("train", help="train the policy (or a baseline, or the world model) on demonstrations",
                           description="Train WorldScape Policy (seed 004: one flow-matching objective over future "
@@ -1017,14 +1028,16 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     pt.add_argument("--steps", type=int, default=2000)
     pt.add_argument("--batch-size", type=int, default=32)
-    pt.add_argument("--lr", type=float, default=3e-4)
+    pt.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, warm-up then cosine decay)")
     pt.add_argument("--size", choices=["cpu", "gpu"], default="cpu", help="model size preset")
     pt.add_argument("--chunk", type=int, default=None, help="action chunk length L (default: the preset's)")
     pt.add_argument("--frames", type=int, default=None, help="future frames F")
     pt.add_argument("--d-model", type=int, default=None)
     pt.add_argument("--layers", type=int, default=None)
     pt.add_argument("--alpha", type=float, default=None, help="weight of L_3D")
-    pt.add_argument("--init", type=Path, default=None, help="start from this checkpoint's matching weights")
+    pt.add_argument("--init", type=Path, default=None,
+                    help="start from this checkpoint's matching weights (with --model two_stage, a trained 'world' "
+                         "checkpoint is used as stage one and only the inverse-dynamics model is trained)")
     pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
     pt.add_argument("--privileged", action="store_true",
                     help="diagnostic: also give the policy the simulator's object poses (tells vision from learning)")
@@ -1049,6 +1062,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--seed", type=int, default=1000, help="episode i resets with seed+i (demos use 0..)")
     pe.add_argument("--out", type=Path, default=None, help="report directory (default runs/policy-<task>-<time>)")
     pe.add_argument("--size", type=int, default=64, help="image size for 'scripted' (a checkpoint knows its own)")
+    pe.add_argument("--workspace", choices=["full", "narrow"], default=None,
+                    help="object placement (default: the checkpoint's demonstrations'; 'full' for 'scripted')")
     pe.add_argument("--replan-every", type=int, default=None, help="steps between chunks (default: half a chunk)")
     pe.add_argument("--latency", default="measured", help="'measured' (inference time in control steps) or steps")
     pe.add_argument("--ensemble-m", type=float, default=0.1, help="temporal-ensembling rate")

@@ -5,7 +5,7 @@ the episodes with deliberate failures) and :func:`write_demos` stores them atomi
 temporary sibling renamed into place). Layout of the file:
 
 * root attributes: ``format`` ``"worldscape-demos"``, ``version``, ``task``, ``camera``,
-  ``fovy`` (the camera's vertical field of view, degrees), ``image_size``, ``control_dt`` (s), ``action_low``/``action_high``;
+  ``fovy`` (the camera's vertical field of view, degrees), ``workspace``, ``randomize``, ``image_size``, ``control_dt`` (s), ``action_low``/``action_high``;
 * one group per episode ``ep_00000`` ...: ``rgb (T+1, H, W, 3) uint8``, ``depth (T+1, H, W)
   float16`` (metres, clipped to ``MAX_DEPTH``), ``qpos (T+1, 8)``, ``qvel (T+1, 8)``,
   ``objects (T+1, 17)``, ``actions (T, 7)``; attributes ``instruction``, ``success``,
@@ -61,7 +61,8 @@ class Episode:
 
 
 def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camera: str = "task",
-                  failure_rate: float = 0.0, randomize: bool = True, progress=None) -> tuple[list[Episode], dict]:
+                  failure_rate: float = 0.0, randomize: bool = True, workspace: str = "full",
+                  progress=None) -> tuple[list[Episode], dict]:
     """Run the scripted expert for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``).
 
     Args:
@@ -69,6 +70,8 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
         size: square image side, px.
         failure_rate: the share of episodes whose expert fails on purpose (a random failure
             kind); they are kept, marked, for value learning and tests.
+        randomize, workspace: as :class:`ws_sim.piper_tasks.PiperManipEnv`'s (kept in the
+            file's attributes, so evaluations use the same setting).
         progress: optional callable ``progress(done, total)``.
 
     Returns:
@@ -83,7 +86,8 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not 0.0 <= failure_rate <= 1.0:
         raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
-    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize)
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize,
+                        workspace=workspace)
     rng = np.random.default_rng(seed)
     out = []
     try:
@@ -114,7 +118,7 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
         attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
                  "fovy": float(env.model.camera(camera).fovy[0]),
                  "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
-                 "randomize": randomize}
+                 "randomize": randomize, "workspace": workspace}
     finally:
         env.close()
     return out, attrs

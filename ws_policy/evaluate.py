@@ -38,10 +38,11 @@ def _write_video(frames, path: Path, fps: float) -> None:
 def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, camera: str = "task",
                     replan_every: int | None = None, chunk: int | None = None, latency: str | int = "measured",
                     ensemble_m: float | None = 0.1, out_dir: Path | None = None, video: bool = True,
-                    progress=None, name: str = "policy") -> dict:
+                    progress=None, name: str = "policy", workspace: str = "full") -> dict:
     """Run ``policy`` (``obs -> (chunk, 7)``, or ``"scripted"`` for the scripted expert) for
     ``episodes`` episodes on seeds ``seed ..``; see :class:`ws_policy.executor.ChunkExecutor`
-    for ``replan_every``, ``latency`` and ``ensemble_m``.
+    for ``replan_every``, ``latency`` and ``ensemble_m``; ``workspace`` as
+    :class:`ws_sim.piper_tasks.PiperManipEnv`'s (the setting the policy was trained in).
 
     Returns:
         the report: success rate, its 95 % Wilson interval, per-episode results, latency
@@ -51,7 +52,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
 
     from .executor import ChunkExecutor
 
-    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera)
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     results, videos = [], {}
@@ -96,7 +97,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         env.close()
     wins = sum(r["success"] for r in results)
     lo, hi = wilson_interval(wins, len(results))
-    report = {"policy": name, "task": task, "episodes": len(results), "seed": seed, "successes": wins,
+    report = {"policy": name, "task": task, "workspace": workspace, "episodes": len(results), "seed": seed,
+              "successes": wins,
               "success_rate": wins / len(results), "ci95": [round(lo, 3), round(hi, 3)],
               "latency": executor.latency_percentiles() if executor is not None else {},
               "gaps": gaps, "wall_s": round(time.perf_counter() - t_start, 1),

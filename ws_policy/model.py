@@ -133,7 +133,7 @@ class PolicyConfig:
     privileged: bool = False  # diagnostic: the objects' poses (17 values) join the state token
     d_model: int = 128
     heads: int = 4
-    layers: int = 4
+    layers: int = 3
     ffn_mult: int = 4
     alpha: float = 0.1  # weight of L_3D
     lam: float = 1.0  # weight of the image term inside L_3D
