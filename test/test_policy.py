@@ -237,3 +237,19 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
     assert net.cfg.fov_y_deg == 45.0  # the task camera's, from the demonstrations, for the DPE
     assert main(["policy", "train", "--demos", str(tmp_path / "missing.hdf5"), "--out", str(ckpt)]) == 2
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--episodes", "1"]) == 2
+
+
+def test_two_stage_reuses_a_trained_world_model_as_stage_one(demos, tmp_path):
+    """'ws policy train --model two_stage --init world.pt' trains only the inverse-dynamics model."""
+    from ws_cli.main import main
+
+    common = ["--demos", str(demos), "--steps", "2", "--batch-size", "2", "--d-model", "32", "--layers", "1",
+              "--chunk", "4", "--threads", "1"]
+    assert main(["policy", "train", "--model", "world", *common, "--out", str(tmp_path / "w.pt")]) == 0
+    assert main(["policy", "train", "--model", "two_stage", "--init", str(tmp_path / "w.pt"), *common,
+                 "--out", str(tmp_path / "two.pt")]) == 0
+    world, _ = load_policy(tmp_path / "w.pt")
+    two, payload = load_policy(tmp_path / "two.pt")
+    assert isinstance(two, TwoStagePolicy) and list(payload["extra"]["history"]) == ["idm"]
+    for k, v in world.state_dict().items():
+        torch.testing.assert_close(two.world.state_dict()[k], v)
