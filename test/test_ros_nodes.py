@@ -95,10 +95,26 @@ def test_ws_launch_go1_sim_walks_the_go1(ros_context):
         lst.destroy_node()
         ex.shutdown()
     finally:
-        proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=30)[0]
+        output = _stop(proc)
     assert proc.returncode == 0, output
     assert "[sim_bridge]" in output and "[mppi_controller]" in output
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> str:
+    """SIGINT, then the output. If the process does not stop in time, it and its children are killed
+    (so later tests do not meet its nodes on the same domain) and the test fails with its output."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        for pid in _children(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        proc.kill()
+        out = proc.communicate()[0]
+        raise AssertionError(f"{proc.args} did not stop within {timeout} s of SIGINT:\n{out[-3000:]}") from None
 
 
 def _children(pid: int) -> list[int]:
@@ -156,9 +172,7 @@ def test_hopper_sim_graph_in_sim_time_keeps_hopper_healthy(ros_context):
         assert _spin_until(ex, lambda: states[-1][0] > 1.2, 120), "the simulation never ran 1.2 s"
         _spin_until(ex, lambda: any("MPPI" in k for k in lst.diag) and any("simulation" in k for k in lst.diag), 10)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        outputs = [p.communicate(timeout=30)[0] for p in procs]
+        outputs = [_stop(p) for p in procs]
     t = np.array([s[0] for s in states])
     q = np.stack([s[1] for s in states])
     window = (t > 0) & (t <= 0.5)
@@ -188,7 +202,8 @@ def test_hopper_sim_graph_in_sim_time_keeps_hopper_healthy(ros_context):
 def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
     """``ws launch piper_sim --processes`` (one process per node, as ros2 launch): the PiPER on its table
     in simulated time; a point published on ``goal`` is reached by the tool (forward kinematics of the
-    joint_states it publishes) within 2 cm; SIGINT stops both node processes."""
+    joint_states it publishes) within 2 cm; SIGINT stops both node processes, even when the launcher
+    inherited an ignored SIGINT (a background job's)."""
     import mujoco
     from geometry_msgs.msg import PoseStamped
 
@@ -203,8 +218,10 @@ def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
     ex.add_node(lst)
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1"}
     ws = [sys.executable, "-c", "from ws_cli.main import main; raise SystemExit(main())"]
+    # started with SIGINT ignored, as a shell starts a background job: ws launch must stop on it anyway
     proc = subprocess.Popen(ws + ["launch", "piper_sim", "--processes", "-p", "real_time_factor:=0.5"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     goal = np.array([0.35, -0.12, 0.18])
 
     def distance():
@@ -228,8 +245,7 @@ def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
         final = distance()
         nodes = _children(proc.pid)
     finally:
-        proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=30)[0]
+        output = _stop(proc)
     assert start > 0.1 and final < 0.02, (start, final, output[-2000:])
     assert proc.returncode == 0, output
     assert len(nodes) == 2 and not any(_alive(pid) for pid in nodes), (nodes, output)  # none left behind
@@ -289,8 +305,7 @@ def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_con
             _spin_until(ex, lambda: False, 0.5)
         assert "juggle" in policy_diag()[2]["last_input_error"], policy_diag()
     finally:
-        proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=30)[0]
+        output = _stop(proc)
     assert proc.returncode == 0, output[-3000:]
     assert "task instruction" in output
     ex.remove_node(lst)
@@ -313,8 +328,7 @@ def controller():
                              "-p", "dynamics:=default", "-p", "state_timeout_s:=0.3", "-p", "max_state_age_s:=0.5"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield proc
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=20)[0]
+    out = _stop(proc, 20)
     assert proc.returncode == 0, out
 
 

@@ -507,6 +507,11 @@ def cmd_launch(args) -> int:
         overrides[name] = value
     if args.dynamics:
         overrides["dynamics"] = args.dynamics
+    import signal
+
+    # A shell starts background jobs with SIGINT ignored, and Python keeps it ignored: then neither
+    # Ctrl-C nor 'kill -INT' would stop the graph. ros2 launch handles SIGINT whatever it inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.processes:
         return run(args.graph, overrides, duration=args.duration)
     from ws_ros.graphs import run_in_process

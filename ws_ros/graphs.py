@@ -172,7 +172,8 @@ def run(name: str, overrides: dict | None = None, duration: float | None = None,
                 out.flush()
 
     for exe, argv in commands(name, overrides):
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                             preexec_fn=_default_sigint)  # the nodes stop on the SIGINT this forwards
         threading.Thread(target=forward, args=(exe, p.stdout), daemon=True).start()
         procs.append((exe, p))
     end = None if duration is None else time.monotonic() + duration
@@ -202,6 +203,14 @@ def run(name: str, overrides: dict | None = None, duration: float | None = None,
         return failed[1] or 1
     bad = [(exe, p.returncode) for exe, p in procs if p.returncode not in (0, -signal.SIGINT)]
     return bad[0][1] if bad else 0
+
+
+def _default_sigint() -> None:
+    """In a node's child process before exec: SIGINT back to its default (an ignored SIGINT, as a
+    background job inherits it, would survive exec and make the node deaf to the launcher)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_in_process(name: str, overrides: dict | None = None, duration: float | None = None) -> int:
