@@ -253,3 +253,21 @@ def test_two_stage_reuses_a_trained_world_model_as_stage_one(demos, tmp_path):
     assert isinstance(two, TwoStagePolicy) and list(payload["extra"]["history"]) == ["idm"]
     for k, v in world.state_dict().items():
         torch.testing.assert_close(two.world.state_dict()[k], v)
+
+
+def test_action_weight_scales_only_the_action_term(demos):
+    from ws_policy.train import Normalizer, batch_from_windows, policy_loss
+    from ws_policy.model import Vocabulary
+
+    eps, _ = read_demos(demos)
+    ds = DemoDataset(eps, chunk=4, frames=2, stride=4)
+    losses = {}
+    for w in (1.0, 3.0):
+        cfg = _cfg(action_weight=w)
+        torch.manual_seed(0)
+        net = WorldScapePolicy(cfg)
+        batch = batch_from_windows([ds.window(i) for i in range(4)], cfg, Normalizer.from_episodes(ds.episodes),
+                                   Vocabulary(list(cfg.vocab), cfg.max_words))
+        losses[w] = policy_loss(net, batch, torch.Generator().manual_seed(1))
+    (l1, parts), (l3, _) = losses[1.0], losses[3.0]
+    assert float((l3 - l1).detach()) == pytest.approx(2 * parts["diff_actions"], rel=1e-4)

@@ -604,7 +604,8 @@ def cmd_policy_train(args) -> int:
         callback = evaluate_now
     base = PolicyConfig.gpu if args.size == "gpu" else PolicyConfig.cpu
     over = {k: v for k, v in {"chunk": args.chunk, "frames": args.frames, "d_model": args.d_model,
-                              "layers": args.layers, "alpha": args.alpha}.items() if v is not None}
+                              "layers": args.layers, "alpha": args.alpha,
+                              "action_weight": args.action_weight}.items() if v is not None}
     if args.privileged:
         over["privileged"] = True
     kinds = {"mot": [("mot", "flow")], "mot_idm": [("mot", "idm")], "action_only": [("action_only", "flow")],
@@ -1040,6 +1041,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--d-model", type=int, default=None)
     pt.add_argument("--layers", type=int, default=None)
     pt.add_argument("--alpha", type=float, default=None, help="weight of L_3D")
+    pt.add_argument("--action-weight", type=float, default=None,
+                    help="weight of the action chunk's flow-matching term against the video and depth terms (default 1)")
     pt.add_argument("--init", type=Path, default=None,
                     help="start from this checkpoint's matching weights (with --model two_stage, a trained 'world' "
                          "checkpoint is used as stage one and only the inverse-dynamics model is trained)")

@@ -37,7 +37,9 @@ depth tokens, so every image token carries where it is in 3D.
 **Objective.** Rectified flow on all targets jointly (normalised to [-1, 1]): ``x_tau =
 tau x_1 + (1 - tau) x_0``, ``x_0 ~ N(0, I)``, the network predicts the velocity ``x_1 - x_0``;
 ``tau ~ U(0, 1)``; ``L_diff`` is the mean squared velocity error per modality, summed over
-modalities. ``L_3D`` compares the one-step clean estimate ``x^_1 = x_tau + (1 - tau) v^`` of the
+modalities (the action term times ``action_weight``, 1 by default: the seed gives no
+weights; at the end of the README's CPU runs the MoT's loss was about 60 times the
+action-only policy's). ``L_3D`` compares the one-step clean estimate ``x^_1 = x_tau + (1 - tau) v^`` of the
 future depth and images with the truth (``lambda`` weights images). Sampling: ``euler_steps``
 Euler steps from noise.
 
@@ -136,6 +138,7 @@ class PolicyConfig:
     layers: int = 3
     ffn_mult: int = 4
     alpha: float = 0.1  # weight of L_3D
+    action_weight: float = 1.0  # weight of the action chunk's term inside L_diff (the seed sums them unweighted)
     lam: float = 1.0  # weight of the image term inside L_3D
     euler_steps: int = 10
     fov_y_deg: float = 60.0  # the camera's vertical field of view (the DPE's intrinsics)

@@ -152,7 +152,8 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
             parts["diff_actions"] = (err.mean(-1) * valid).sum() / valid.sum().clamp_min(1)
         else:
             parts[f"diff_{k}"] = err.mean()
-    loss = sum(parts.values()) if parts else torch.zeros(())
+    loss = sum(v * (cfg.action_weight if k == "diff_actions" else 1.0) for k, v in parts.items()) if parts \
+        else torch.zeros(())
     if cfg.predicts_video:
         t = tau.view(-1, 1, 1, 1, 1)
         est = {k: noisy[k] + (1 - t) * out[k] for k in ("future_rgb", "future_depth")}
