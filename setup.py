@@ -41,6 +41,8 @@ setup(
         "imageio-ffmpeg>=0.5",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        "mcap>=1.2,<2",  # teleoperator recordings (DESIGN.md: MCAP, ROS 2 profile)
+        "mcap-ros2-support>=0.5,<1",
     ],
     extras_require={
         "test": ["pytest>=8"],
@@ -59,6 +61,8 @@ setup(
             "go1_bridge = ws_ros.nodes.hardware_bridge:main_go1",
             "piper_bridge = ws_ros.nodes.hardware_bridge:main_piper",
             "policy_executor = ws_ros.nodes.policy_executor:main",
+            "teleop = ws_ros.nodes.teleop:main",
+            "correction_recorder = ws_ros.nodes.correction_recorder:main",
         ],
     },
     zip_safe=False,

@@ -21,13 +21,15 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-__all__ = ["PIPER_XML", "PIPER_SCENE_XML", "ARM_JOINTS", "JOINTS", "ACTUATORS", "FINGER_STROKE", "HOME_JOINTS",
+__all__ = ["PIPER_XML", "PIPER_SCENE_XML", "ARM_JOINTS", "JOINTS", "ACTUATORS", "COMMAND_JOINTS", "FINGER_STROKE", "HOME_JOINTS",
            "READY_JOINTS", "load_piper", "tcp_pose", "solve_ik", "IKError"]
 
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 7))
 #: every joint reading, in ``qpos`` order (the PiPER ROS driver's names)
 JOINTS = ARM_JOINTS + ("joint7", "joint8")
 ACTUATORS = ARM_JOINTS + ("gripper",)
+#: the joint names of a ``joint_command`` (the ``gripper`` actuator drives ``joint7``)
+COMMAND_JOINTS = ARM_JOINTS + ("joint7",)
 #: one finger's travel, m (S2; the SDK's 0..0.07 m opening is both fingers)
 FINGER_STROKE = 0.035
 #: the arm raised, tool pointing forward (MuJoCo Menagerie's ``home`` keyframe), rad

@@ -10,6 +10,9 @@
     ws eval scalability  seed 003's Fig. 3: error against the number of pretraining environments
     ws eval routing    seed 003's Fig. 4: routing weights per system
     ws eval ablation   seed 003's Table 4: without Sys-MoE, without the structural embedding
+    ws policy ...      the video-depth-action policy: collect, train, eval
+    ws teleop          drive the PiPER from the keyboard (publishes teleop/joy for the teleop node)
+    ws hitl ...        human-in-the-loop recordings: convert, recover
 
 Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
 """
@@ -533,6 +536,45 @@ def cmd_mppi_run(args) -> int:
     return 0
 
 
+def cmd_teleop(args) -> int:
+    import importlib.util
+
+    from ws_mppi.config import ConfigError
+
+    if importlib.util.find_spec("rclpy") is None:
+        raise ConfigError("ws teleop needs rclpy: source a ROS 2 install, or pip install -e '.[ros]'")
+    if args.rate <= 0 or args.hold <= 0:
+        raise ConfigError("--rate and --hold must be positive")
+    from ws_ros.nodes.teleop import run_keyboard
+
+    return run_keyboard(rate_hz=args.rate, hold_s=args.hold)
+
+
+def cmd_hitl_convert(args) -> int:
+    from ws_policy.data import write_demos
+    from ws_ros.mcap_io import recording_to_episodes
+
+    episodes, attrs = [], None
+    for path in args.recordings:
+        eps, a = recording_to_episodes(path, task=args.task)
+        episodes += eps
+        attrs = attrs or a
+    out = write_demos(episodes, attrs, args.out)
+    human = sum(int(e.actor.sum()) for e in episodes)
+    steps = sum(len(e.actions) for e in episodes)
+    print(f"wrote {out}: {len(episodes)} episodes ({sum(e.success for e in episodes)} successful), {steps} steps, "
+          f"{human} by the human ({100 * human / max(steps, 1):.0f} %)")
+    return 0
+
+
+def cmd_hitl_recover(args) -> int:
+    from ws_ros.mcap_io import recover
+
+    n = recover(args.recording, args.out)
+    print(f"wrote {args.out}: {n} messages recovered from {args.recording}")
+    return 0
+
+
 def cmd_policy_collect(args) -> int:
     from tqdm import tqdm
 
@@ -710,8 +752,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ws_policy.data import DemoError
     from ws_policy.model import PolicyInputError
     from ws_policy.train import PolicyCheckpointError
+    from ws_ros.mcap_io import RecordingError
 
-    return (PolicyInputError, PolicyCheckpointError, ConfigError, ChannelMismatchError, CorpusError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
+    return (RecordingError, PolicyInputError, PolicyCheckpointError, ConfigError, ChannelMismatchError, CorpusError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
             CheckpointError, DemoError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
@@ -1082,6 +1125,39 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also report the chunks' offline error against these recorded episodes (vs holding still)")
     pe.add_argument("--threads", type=int, default=None)
     pe.set_defaults(func=cmd_policy_eval)
+
+    tk = sub.add_parser("teleop", help="drive the PiPER from the keyboard (teleop/joy for the teleop node)",
+                        description="Publish the terminal's keys as sensor_msgs/Joy on teleop/joy, the message a "
+                                    "gamepad gives through the joy package, for the 'teleop' node (run a graph with "
+                                    "it, e.g. 'ws launch piper_hitl_sim -p checkpoint:=policy.pt', in another "
+                                    "terminal). Space takes over from the policy and hands back; w/s a/d r/f move "
+                                    "the tool; o/c open and close the gripper; t/y/n mark episode start, success, "
+                                    "failure.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tk.add_argument("--rate", type=float, default=20.0, help="Joy messages per second, Hz")
+    tk.add_argument("--hold", type=float, default=0.3,
+                    help="a key counts as held this long after its last press or auto-repeat, s")
+    tk.set_defaults(func=cmd_teleop)
+
+    hi = sub.add_parser("hitl", help="human-in-the-loop: recordings to training data",
+                        description="Human-in-the-loop commands (seed 004, Innovation 3).")
+    hisub = hi.add_subparsers(dest="hitl_command", required=True, metavar="SUBCOMMAND")
+    hc = hisub.add_parser("convert", help="MCAP recordings -> policy training episodes (who acted kept per step)",
+                          description="Cut correction_recorder MCAP files into episodes at their 'episode' events "
+                                      "(start, success/failure), one step per joint_command, and write them as a "
+                                      "demonstration file for 'ws policy train' (with a per-step 'actor': 1 human, "
+                                      "0 policy). Truncated files (a killed recorder) are read up to their last "
+                                      "chunk.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hc.add_argument("recordings", nargs="+", type=Path, help=".mcap files")
+    hc.add_argument("--out", type=Path, required=True, help="output .hdf5")
+    hc.add_argument("--task", default=None, help="task name (default: the recording's)")
+    hc.set_defaults(func=cmd_hitl_convert)
+    hr = hisub.add_parser("recover", help="rewrite a truncated recording (killed recorder) as a complete MCAP file",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hr.add_argument("recording", type=Path)
+    hr.add_argument("--out", type=Path, required=True)
+    hr.set_defaults(func=cmd_hitl_recover)
 
     m = sub.add_parser("mppi", help="MPPI control", description="MPPI control commands.")
     msub = m.add_subparsers(dest="mppi_command", required=True, metavar="SUBCOMMAND")

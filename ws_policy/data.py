@@ -8,8 +8,9 @@ temporary sibling renamed into place). Layout of the file:
   ``fovy`` (the camera's vertical field of view, degrees), ``workspace``, ``randomize``, ``image_size``, ``control_dt`` (s), ``action_low``/``action_high``;
 * one group per episode ``ep_00000`` ...: ``rgb (T+1, H, W, 3) uint8``, ``depth (T+1, H, W)
   float16`` (metres, clipped to ``MAX_DEPTH``), ``qpos (T+1, 8)``, ``qvel (T+1, 8)``,
-  ``objects (T+1, 17)``, ``actions (T, 7)``; attributes ``instruction``, ``success``,
-  ``failure`` (``""`` for a competent expert), ``seed``.
+  ``objects (T+1, 17)``, ``actions (T, 7)``, optionally ``actor (T,) int8`` (who acted at each
+  step, 1 a human or expert teleoperator, 0 the policy: recordings and DAgger data); attributes
+  ``instruction``, ``success``, ``failure`` (``""`` for a competent expert), ``seed``.
 
 :class:`DemoDataset` reads a file back and cuts training windows (:meth:`DemoDataset.window`).
 """
@@ -52,9 +53,12 @@ class Episode:
     success: bool
     failure: str = ""
     seed: int = 0
+    actor: np.ndarray | None = None
 
     def __post_init__(self):
         t = len(self.actions)
+        if self.actor is not None and len(self.actor) != t:
+            raise DemoError(f"episode actor has {len(self.actor)} entries for {t} actions")
         for name in ("rgb", "depth", "qpos", "qvel", "objects"):
             if len(getattr(self, name)) != t + 1:
                 raise DemoError(f"episode {name} has {len(getattr(self, name))} frames for {t} actions (needs {t + 1})")
@@ -138,6 +142,8 @@ def write_demos(episodes: list[Episode], attrs: dict, path: str | os.PathLike) -
                     g.create_dataset(name, data=getattr(ep, name), compression="gzip" if name in ("rgb", "depth") else None)
                 g.attrs["instruction"], g.attrs["success"] = ep.instruction, ep.success
                 g.attrs["failure"], g.attrs["seed"] = ep.failure, ep.seed
+                if ep.actor is not None:
+                    g.create_dataset("actor", data=np.asarray(ep.actor, dtype=np.int8))
 
     return atomic_write(path, write)
 
@@ -161,7 +167,8 @@ def read_demos(path: str | os.PathLike) -> tuple[list[Episode], dict]:
                 g = f[name]
                 eps.append(Episode(**{k: g[k][()] for k in ("rgb", "depth", "qpos", "qvel", "objects", "actions")},
                                    instruction=str(g.attrs["instruction"]), success=bool(g.attrs["success"]),
-                                   failure=str(g.attrs["failure"]), seed=int(g.attrs["seed"])))
+                                   failure=str(g.attrs["failure"]), seed=int(g.attrs["seed"]),
+                                   actor=g["actor"][()] if "actor" in g else None))
     except OSError as e:
         raise DemoError(f"{path} is not a readable HDF5 file: {e}") from e
     if not eps:

@@ -25,6 +25,8 @@ EXECUTABLES = {
     "go1_bridge": ("ws_ros.nodes.hardware_bridge", "main_go1"),
     "piper_bridge": ("ws_ros.nodes.hardware_bridge", "main_piper"),
     "policy_executor": ("ws_ros.nodes.policy_executor", "main"),
+    "teleop": ("ws_ros.nodes.teleop", "main"),
+    "correction_recorder": ("ws_ros.nodes.correction_recorder", "main"),
 }
 
 #: executable -> (module, class, constructor args): the node an executable runs (``ws launch`` in one process)
@@ -34,6 +36,8 @@ NODES = {
     "go1_bridge": ("ws_ros.nodes.hardware_bridge", "HardwareBridge", ("go1",)),
     "piper_bridge": ("ws_ros.nodes.hardware_bridge", "HardwareBridge", ("piper",)),
     "policy_executor": ("ws_ros.nodes.policy_executor", "PolicyExecutorNode", ()),
+    "teleop": ("ws_ros.nodes.teleop", "TeleopNode", ()),
+    "correction_recorder": ("ws_ros.nodes.correction_recorder", "CorrectionRecorder", ()),
 }
 
 #: graph -> description and ``(executable, params file)`` per node
@@ -61,6 +65,15 @@ GRAPHS = {
                                           "(a camera driver publishes the images; activate by hand)",
                            "nodes": [("piper_bridge", "piper_policy_robot.yaml"),
                                      ("policy_executor", "piper_policy_robot.yaml")]},
+    "piper_hitl_sim": {"description": "PiPER human-in-the-loop in sim: sim_bridge + policy_executor (checkpoint:=...) "
+                                      "+ teleop (drive it with 'ws teleop' or a pad) + correction_recorder (MCAP)",
+                       "nodes": [("sim_bridge", "piper_hitl_sim.yaml"), ("policy_executor", "piper_hitl_sim.yaml"),
+                                 ("teleop", "piper_hitl_sim.yaml"), ("correction_recorder", "piper_hitl_sim.yaml")]},
+    "piper_hitl_robot": {"description": "PiPER human-in-the-loop on the robot: piper_bridge + policy_executor + teleop "
+                                        "+ correction_recorder (a camera driver publishes the images; activate by hand)",
+                         "nodes": [("piper_bridge", "piper_hitl_robot.yaml"),
+                                   ("policy_executor", "piper_hitl_robot.yaml"), ("teleop", "piper_hitl_robot.yaml"),
+                                   ("correction_recorder", "piper_hitl_robot.yaml")]},
 }
 
 

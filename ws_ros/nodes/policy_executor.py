@@ -15,10 +15,18 @@ last valid position and reports ERROR (or WARN before it has ever run) on ``/dia
 ``estop`` latches a hold until released; every command is clamped to the MJCF's limits and
 a non-finite chunk is never published.
 
+Human in the loop (issue 8): while ``teleop/intervention`` (``std_msgs/Bool``, transient local)
+is true the node publishes nothing and runs no inference (mode ``human`` on ``/diagnostics``);
+the ``teleop`` node commands the arm. When it turns false the executor starts afresh and its
+commands are slew-rate limited from the last command in force (it listens to ``joint_command``,
+whoever sent it) by ``handover_max_step`` per tick until they meet the policy's: handing back
+never jumps the commanded positions.
+
 Parameters: ``checkpoint`` (a ``ws policy train`` checkpoint), ``rate_hz``, ``replan_every``
 (0: half a chunk), ``ensemble_m`` (negative: newest chunk only), ``euler_steps`` (0: the
 checkpoint's), ``state_timeout_s``, ``max_state_age_s``, ``image_timeout_s``, ``threads``,
-``autostart`` (lifecycle: configure loads the model; activate starts the timer).
+``handover_max_step`` (rad per tick; the fingers get a tenth, in m), ``autostart``
+(lifecycle: configure loads the model; activate starts the timer).
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ class PolicyExecutorNode(LifecycleNode):
         p("max_state_age_s", 0.2, "joint readings older than this are rejected")
         p("image_timeout_s", 0.5, "images older than this are not used")
         p("threads", 1, "torch threads for inference")
+        p("handover_max_step", 0.02, "after a hand-back, the most a joint target moves per tick, rad")
         p("autostart", True, "configure and activate on start")
         self._lock = threading.Lock()
         self._rgb = self._depth = None
@@ -90,6 +99,11 @@ class PolicyExecutorNode(LifecycleNode):
         self.image_rejections = 0
         self.last_image_error = ""
         self._step = 0
+        self.human = False
+        self._handback = False
+        self._mode = None
+        self._last_seen = None
+        self.handover = None
         self._running = False
         self._last = None
         self._timer = None
@@ -136,20 +150,31 @@ class PolicyExecutorNode(LifecycleNode):
             self.create_subscription(Image, "camera/color/image_raw", lambda m: self._on_image(m, "rgb"), sensor_qos()),
             self.create_subscription(Image, "camera/depth/image_raw", lambda m: self._on_image(m, "depth"), sensor_qos()),
             self.create_subscription(String, "instruction", self._on_instruction, latched_qos()),
-            self.create_subscription(Bool, "estop", self._on_estop, latched_qos())]
+            self.create_subscription(Bool, "estop", self._on_estop, latched_qos()),
+            self.create_subscription(Bool, "teleop/intervention", self._on_intervention, latched_qos()),
+            self.create_subscription(JointTrajectory, "joint_command", self._on_command, command_qos())]
+        from ws_policy.teleop import Handover
+
+        step = float(self._g("handover_max_step"))
+        self.handover = Handover(np.r_[np.full(len(self.command_names) - 1, step), step / 10])
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"configured: {self._g('checkpoint')} ({self.size}x{self.size} images, chunk "
                                f"{self.runner.cfg.chunk}), {self.rate_hz} Hz")
         return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _new_executor(self) -> None:
         from ws_policy.executor import ChunkExecutor
 
+        if self.executor_ is not None:
+            self.executor_.wait_for_inference()
         chunk = self.runner.cfg.chunk
         m = float(self._g("ensemble_m"))
         self.executor_ = ChunkExecutor(self.runner, chunk=chunk, replan_every=int(self._g("replan_every")) or max(1, chunk // 2),
                                        ensemble_m=None if m < 0 else m, latency_steps=None)
         self._step = 0
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._new_executor()
         result = super().on_activate(state)
         self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
         self.get_logger().info("active")
@@ -214,6 +239,23 @@ class PolicyExecutorNode(LifecycleNode):
             self._instruction = msg.data
         self.get_logger().info(f"instruction: {msg.data!r}")
 
+    def _on_command(self, msg: JointTrajectory) -> None:
+        """The command in force, whoever sent it (the policy, or the teleoperator)."""
+        if msg.points and list(msg.joint_names) == self.command_names and len(msg.points[0].positions) == len(msg.joint_names):
+            c = np.asarray(msg.points[0].positions, dtype=np.float64)
+            if np.all(np.isfinite(c)):
+                with self._lock:
+                    self._last_seen = c
+
+    def _on_intervention(self, msg: Bool) -> None:
+        with self._lock:
+            if bool(msg.data) == self.human:
+                return
+            self.human = bool(msg.data)
+            if not self.human:
+                self._handback = True
+        self.get_logger().info("human in control: policy paused" if self.human else "handed back: policy resumes")
+
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
             if msg.data:
@@ -234,6 +276,20 @@ class PolicyExecutorNode(LifecycleNode):
     def _tick(self) -> None:
         now = self._now()
         with self._lock:
+            human, handback = self.human, self._handback
+            self._handback = False
+        if human:
+            self._last = None
+            self._mode = "human"
+            return
+        self._mode = None
+        if handback:
+            self._new_executor()
+            with self._lock:
+                start = self._last_seen
+            if start is not None:
+                self.handover.start(start)
+        with self._lock:
             obs = self._observation(now)
         planned, tail = None, None
         if obs is not None and not self.supervisor.estopped:
@@ -251,8 +307,14 @@ class PolicyExecutorNode(LifecycleNode):
             tail = self.supervisor.limit_plan(tail) if (tail is not None and d.mode.value == "run") else None
         self._running = self._running or d.mode.value == "run"
         self._last = d
-        if d.command is not None:
-            self._publish(d.command, tail)
+        command = d.command
+        if command is not None and d.mode.value == "run" and self.handover.active:
+            command = self.handover(command)  # catching up after a hand-back: no jump, no plan tail yet
+            tail = None
+        elif command is not None:
+            self.handover.last = np.asarray(command, dtype=np.float64)
+        if command is not None:
+            self._publish(command, tail)
 
     def _tail(self):
         """The rest of the newest chunk after this step (for the bridge to keep executing)."""
@@ -280,7 +342,9 @@ class PolicyExecutorNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         d = self._last
-        values = {"mode": d.mode.value if d else "inactive", "estop": self.supervisor.estopped,
+        human = self._mode == "human"
+        values = {"mode": "human" if human else (d.mode.value if d else "inactive"), "estop": self.supervisor.estopped,
+                  "handover": bool(self.handover is not None and self.handover.active),
                   "steps": self._step, "image_rejections": self.image_rejections,
                   "last_input_error": self.last_image_error, "instruction": self._instruction,
                   **{f"rejected_{k}": v for k, v in self.supervisor.validator.rejected.items() if v}}
@@ -290,7 +354,9 @@ class PolicyExecutorNode(LifecycleNode):
         level = d.level if d else 1
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [diagnostic_status(f"{self.get_name()}: policy executor", level, d.message if d else "inactive",
+        text = "human in control (teleop/intervention)" if human else (d.message if d else "inactive")
+        level = 0 if human else level
+        msg.status = [diagnostic_status(f"{self.get_name()}: policy executor", level, text,
                                         values, hardware_id="piper")]
         self._pub_diag.publish(msg)
 
