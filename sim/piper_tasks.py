@@ -407,6 +407,13 @@ class ScriptedExpert:
     def done(self) -> bool:
         return self._i >= len(self._plan)
 
+    def sync(self) -> None:
+        """Continue from the arm's actual state (tool position and joints) instead of the expert's own
+        cursor: for taking over from another actor (HG-DAgger gating, issue 8). The plan's progress
+        (which waypoint is next) is kept; it advances only when the real tool reaches a waypoint."""
+        self._cursor = self.env.tcp.copy()
+        self._q = self.env.data.qpos[:6].copy()
+
     def act(self) -> np.ndarray:
         """The action ``(7,)`` for the current state."""
         e = self.env

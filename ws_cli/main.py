@@ -567,6 +567,112 @@ def cmd_hitl_convert(args) -> int:
     return 0
 
 
+def cmd_hitl_dagger(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from ws_mppi.config import ConfigError
+    from ws_policy.data import read_demos, write_demos
+    from ws_policy.hitl import DaggerConfig, dagger, episode_limit, evaluate_autonomous, retrain
+    from ws_policy.train import TwoStagePolicy, load_policy, save_policy
+
+    _headless_gl()
+    _set_threads(args.threads)
+    model, payload = load_policy(args.init)
+    if isinstance(model, TwoStagePolicy) or not model.cfg.predicts_actions or model.cfg.action_head != "flow":
+        raise ConfigError(f"{args.init}: DAgger fine-tunes a one-network flow policy (mot or action_only)")
+    demos, attrs = [], None
+    for path in str(args.demos).split(","):
+        eps, a = read_demos(path)
+        demos += eps
+        attrs = attrs or a
+    if model.cfg.image_size != int(attrs["image_size"]):
+        raise ConfigError(f"the policy takes {model.cfg.image_size} px images; {args.demos} has {attrs['image_size']} px")
+    try:
+        cfg = DaggerConfig(rounds=args.rounds, episodes_per_round=args.episodes_per_round,
+                           eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, rollout_seed=args.rollout_seed,
+                           train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           conditioned=not args.plain_bc, value_steps=args.value_steps, n_step=args.n_step,
+                           threshold=args.threshold, drift_m=args.drift, min_expert_steps=args.min_expert_steps,
+                           latency=args.latency, seed=args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "advantage-conditioned" if cfg.conditioned else "plain behaviour cloning"
+    print(f"HG-DAgger ({kind}): {cfg.rounds} rounds of {cfg.episodes_per_round} rollouts, {cfg.train_steps} "
+          f"training steps each, {cfg.eval_episodes} evaluation episodes per round (seeds {cfg.eval_seed}+)")
+    extra = {"workspace": attrs.get("workspace", "full"), "dagger": dataclasses_asdict(cfg)}
+
+    def on_round(r, m, aggregate, rec):
+        path = save_policy(m, out / f"round{r}.pt", extra={**payload.get("extra", {}), **extra, "round": r})
+        rec["checkpoint"] = str(path)
+
+    bar = tqdm(total=cfg.rounds * cfg.train_steps, desc="retraining", unit="step", leave=False)
+    result = dagger(model, demos, attrs, cfg, progress=bar, log=tqdm.write, on_round=on_round)
+    bar.close()
+    write_demos(result["aggregate"], attrs, out / "aggregate.hdf5")
+    report = {"init": str(args.init), "demos": str(args.demos), "config": dataclasses_asdict(cfg),
+              "rounds": result["rounds"]}
+    if args.compare_bc:
+        import dataclasses
+
+        print("baseline: plain behaviour cloning on the same aggregated data, same steps")
+        bc_cfg = dataclasses.replace(cfg, conditioned=False, train_steps=cfg.train_steps * cfg.rounds)
+        bar = tqdm(total=bc_cfg.train_steps, desc="plain BC", unit="step", leave=False)
+        bc, _ = retrain(model, result["aggregate"], bc_cfg, episode_limit(attrs["task"]), progress=bar, log=tqdm.write)
+        bar.close()
+        save_policy(bc, out / "plain_bc.pt", extra={**payload.get("extra", {}), **extra, "baseline": "plain_bc"})
+        bc_rep = evaluate_autonomous(bc, attrs, cfg)
+        report["plain_bc"] = {k: bc_rep[k] for k in ("success_rate", "successes", "episodes", "ci95")}
+        print(f"plain BC: {bc_rep['successes']}/{bc_rep['episodes']} (95 % CI {bc_rep['ci95']})")
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out / "report.json")
+    _plot_dagger(report, out / "dagger.png")
+    print(json.dumps({"rounds": [{k: r.get(k) for k in ("round", "successes", "episodes", "ci95", "expert_share")}
+                                 for r in report["rounds"]], **({"plain_bc": report["plain_bc"]}
+                                                                if "plain_bc" in report else {})}))
+    print(f"wrote {out}/report.json, dagger.png, aggregate.hdf5 and round*.pt")
+    return 0
+
+
+def dataclasses_asdict(x) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(x)
+
+
+def _plot_dagger(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = report["rounds"]
+    x = [r["round"] for r in rounds]
+    y = [r["success_rate"] for r in rounds]
+    lo = [r["success_rate"] - r["ci95"][0] for r in rounds]
+    hi = [r["ci95"][1] - r["success_rate"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=4, label="policy (autonomous)")
+    share = [r.get("expert_share") for r in rounds if r.get("expert_share") is not None]
+    if share:
+        ax.plot(x[:len(share)], share, "s--", label="expert share of rollout steps")
+    if "plain_bc" in report:
+        ax.axhline(report["plain_bc"]["success_rate"], color="grey", ls=":", label="plain BC, same data")
+    ax.set_xlabel("DAgger round")
+    ax.set_ylabel("rate")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def cmd_hitl_recover(args) -> int:
     from ws_ros.mcap_io import recover
 
@@ -1153,6 +1259,39 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--out", type=Path, required=True, help="output .hdf5")
     hc.add_argument("--task", default=None, help="task name (default: the recording's)")
     hc.set_defaults(func=cmd_hitl_convert)
+    hd = hisub.add_parser("dagger", help="HG-DAgger in simulation with advantage conditioning (seed 004)",
+                          description="Human-in-the-loop learning in simulation: the policy runs, the scripted "
+                                      "expert stands in for the teleoperator and takes over when the policy's tool "
+                                      "target drifts from its own (HG-DAgger gating), the data aggregate, a progress "
+                                      "value function is fitted, actions are labelled improvements where their "
+                                      "advantage is positive or a human acted, and the policy is fine-tuned "
+                                      "conditioned on that indicator (runs with it set). Each round's policy is "
+                                      "evaluated autonomously on the same seeds. Writes report.json, dagger.png, "
+                                      "aggregate.hdf5 and round<N>.pt under --out-dir.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hd.add_argument("--init", type=Path, required=True, help="starting policy ('ws policy train' checkpoint)")
+    hd.add_argument("--demos", required=True, help="the demonstrations it was trained on (comma-separated files)")
+    hd.add_argument("--rounds", type=int, default=3)
+    hd.add_argument("--episodes-per-round", type=int, default=20, help="gated rollouts per round")
+    hd.add_argument("--eval-episodes", type=int, default=20, help="autonomous evaluation episodes per round")
+    hd.add_argument("--eval-seed", type=int, default=1000)
+    hd.add_argument("--rollout-seed", type=int, default=5000, help="first seed of the rollouts")
+    hd.add_argument("--steps", type=int, default=1000, help="fine-tuning steps per round")
+    hd.add_argument("--batch-size", type=int, default=32)
+    hd.add_argument("--lr", type=float, default=3e-4)
+    hd.add_argument("--value-steps", type=int, default=1000, help="value-function training steps per round")
+    hd.add_argument("--n-step", type=int, default=10, help="advantage horizon n, steps")
+    hd.add_argument("--threshold", type=float, default=0.0, help="advantage above which a policy step is an improvement")
+    hd.add_argument("--drift", type=float, default=0.03, help="tool-target distance at which the expert takes over, m")
+    hd.add_argument("--min-expert-steps", type=int, default=8, help="steps the expert keeps control once taken")
+    hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
+    hd.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
+    hd.add_argument("--compare-bc", action="store_true",
+                    help="also train plain behaviour cloning on the final aggregate (steps x rounds) and evaluate it")
+    hd.add_argument("--out-dir", type=Path, default=Path("runs/dagger"))
+    hd.add_argument("--seed", type=int, default=0)
+    hd.add_argument("--threads", type=int, default=None)
+    hd.set_defaults(func=cmd_hitl_dagger)
     hr = hisub.add_parser("recover", help="rewrite a truncated recording (killed recorder) as a complete MCAP file",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hr.add_argument("recording", type=Path)

@@ -191,11 +191,18 @@ class DemoDataset:
         frames: future frames F.
         stride: steps between future frames.
         successes_only: drop failed episodes (behaviour cloning learns from successes).
+        indicators: optional per-episode ``(T,)`` improvement indicators (0/1) for an
+            advantage-conditioned policy (:mod:`ws_policy.hitl`); a window carries its step's
+            (default 1).
     """
 
     def __init__(self, episodes: list[Episode], chunk: int = 8, frames: int = 2, stride: int = 4,
-                 successes_only: bool = True):
-        self.episodes = [e for e in episodes if e.success or not successes_only]
+                 successes_only: bool = True, indicators: list[np.ndarray] | None = None):
+        if indicators is not None and len(indicators) != len(episodes):
+            raise DemoError(f"{len(indicators)} indicator arrays for {len(episodes)} episodes")
+        keep = [i for i, e in enumerate(episodes) if e.success or not successes_only]
+        self.episodes = [episodes[i] for i in keep]
+        self.indicators = None if indicators is None else [np.asarray(indicators[i]) for i in keep]
         if not self.episodes:
             raise DemoError("no episodes left (all failed and successes_only is set)")
         self.chunk, self.frames, self.stride = int(chunk), int(frames), int(stride)
@@ -213,4 +220,5 @@ class DemoDataset:
         return {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t], "objects": e.objects[t],
                 "instruction": e.instruction, "future_rgb": e.rgb[future],
                 "future_depth": e.depth[future].astype(np.float32), "actions": e.actions[steps],
-                "valid": (t + np.arange(self.chunk)) < T}
+                "valid": (t + np.arange(self.chunk)) < T,
+                "indicator": 1 if self.indicators is None else int(self.indicators[i][t])}

@@ -145,6 +145,8 @@ class PolicyConfig:
     max_depth: float = 2.0
     vocab: tuple = ()
     max_words: int = 16
+    indicator: bool = False  # advantage conditioning (issue 8): an improvement-indicator embedding on the text token
+    indicator_dropout: float = 0.3  # share of training windows whose indicator is dropped (unconditioned)
 
     def __post_init__(self):
         if self.mode not in ("mot", "action_only", "world", "idm"):
@@ -163,6 +165,8 @@ class PolicyConfig:
             raise ValueError(f"a conv stem needs a patch size divisible by 4, got {self.patch}")
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        if not 0.0 <= self.indicator_dropout < 1.0:
+            raise ValueError(f"indicator_dropout must be in [0, 1), got {self.indicator_dropout}")
 
     @classmethod
     def cpu(cls, **kw) -> "PolicyConfig":
@@ -292,6 +296,8 @@ class WorldScapePolicy(nn.Module):
         self.dpe = nn.Sequential(nn.Linear(3 + 3 * 2 * 6, d), nn.GELU(), nn.Linear(d, d))
         self.word_emb = nn.Embedding(max(len(cfg.vocab) + 1, 2), 32, padding_idx=0)
         self.text = nn.Sequential(nn.Linear(cfg.max_words * 32, d), nn.GELU(), nn.Linear(d, d))
+        if cfg.indicator:  # 0: not an improvement, 1: an improvement, 2: unknown (dropped)
+            self.indicator_emb = nn.Embedding(3, d)
         self.state_in = nn.Linear(cfg.state_dim + (17 if cfg.privileged else 0), d)
         self.action_in, self.action_out = nn.Linear(cfg.action_dim, d), nn.Linear(d, cfg.action_dim)
         self.action_pos = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
@@ -325,7 +331,7 @@ class WorldScapePolicy(nn.Module):
         mean = F.avg_pool2d(pts, p).flatten(2).transpose(1, 2)  # (B, n, 3)
         return self.dpe(_fourier(mean / self.cfg.max_depth, 6))
 
-    def _context(self, rgb, depth, state, words):
+    def _context(self, rgb, depth, state, words, indicator=None):
         p = self.cfg.patch
         if rgb.shape[-2:] != (self.cfg.image_size,) * 2 or depth.shape[-2:] != (self.cfg.image_size,) * 2:
             raise PolicyInputError(f"images must be {self.cfg.image_size} px square, got rgb {tuple(rgb.shape)} "
@@ -338,6 +344,10 @@ class WorldScapePolicy(nn.Module):
             v, dep = self.rgb_in(_patchify(rgb, p)), self.depth_in(_patchify(depth_n, p))
         v, dep = v + self.pos_cur + dpe, dep + self.pos_cur + dpe
         txt = self.text(self.word_emb(words).flatten(1))[:, None]
+        if self.cfg.indicator:
+            if indicator is None:  # inference: ask for an improvement
+                indicator = torch.ones(rgb.shape[0], dtype=torch.long, device=rgb.device)
+            txt = txt + self.indicator_emb(indicator.long())[:, None]
         st = self.state_in(state)[:, None]
         return v, dep, torch.cat([txt, st], dim=1)
 
@@ -348,10 +358,11 @@ class WorldScapePolicy(nn.Module):
                             for i, c in enumerate(x for pair in zip(n_ctx, n_tgt) for x in pair)]).to(device)
         return ~is_ctx[:, None] | is_ctx[None, :]  # row attends to column
 
-    def forward(self, rgb, depth, state, words, tau, future_rgb=None, future_depth=None, actions=None) -> dict:
+    def forward(self, rgb, depth, state, words, tau, future_rgb=None, future_depth=None, actions=None,
+                indicator=None) -> dict:
         cfg = self.cfg
         b = rgb.shape[0]
-        v_ctx, d_ctx, a_ctx = self._context(rgb, depth, state, words)
+        v_ctx, d_ctx, a_ctx = self._context(rgb, depth, state, words, indicator)
         t_emb = self._time(tau)[:, None]
         parts = {"video": [v_ctx], "depth": [d_ctx], "action": [a_ctx]}
         if cfg.reads_future:

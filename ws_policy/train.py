@@ -119,16 +119,18 @@ def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer,
             "words": torch.as_tensor(np.stack([vocab.encode(w["instruction"]) for w in windows])),
             "future_rgb": frgb, "future_depth": fdep,
             "actions": torch.as_tensor(norm.actions(np.stack([w["actions"] for w in windows])), dtype=torch.float32),
-            "valid": torch.as_tensor(np.stack([w["valid"] for w in windows]))}
+            "valid": torch.as_tensor(np.stack([w["valid"] for w in windows])),
+            "indicator": torch.as_tensor(np.array([int(w.get("indicator", 1)) for w in windows]), dtype=torch.long)}
 
 
 def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """``L_diff + alpha L_3D`` (+ the IDM head's regression loss) on one batch; returns (loss, parts)."""
     cfg = model.cfg
     b = batch["rgb"].shape[0]
+    ind = batch.get("indicator") if cfg.indicator else None
     if cfg.mode == "idm":  # a separate inverse-dynamics model: true future frames in, the chunk out
         out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.ones(b),
-                    future_rgb=batch["future_rgb"], future_depth=batch["future_depth"])
+                    future_rgb=batch["future_rgb"], future_depth=batch["future_depth"], indicator=ind)
         valid = batch["valid"].float()
         loss = ((out["idm_actions"] - batch["actions"]).square().mean(-1) * valid).sum() / valid.sum().clamp_min(1)
         return loss, {"idm": float(loss.detach())}
@@ -143,7 +145,7 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
         x0 = torch.randn(x1.shape, generator=generator)
         t = tau.view(-1, *([1] * (x1.dim() - 1)))
         noisy[k], velocity[k] = t * x1 + (1 - t) * x0, x1 - x0
-    out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], tau, **noisy)
+    out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], tau, **noisy, indicator=ind)
     parts = {}
     valid = batch["valid"].float()
     for k in targets:
@@ -255,6 +257,9 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
             g["lr"] = _lr(step, steps, lr, max(1, steps // 20))
         idx = rng.integers(len(dataset), size=batch_size)
         batch = batch_from_windows([dataset.window(int(i)) for i in idx], cfg, norm, vocab)
+        if cfg.indicator:  # classifier-free style: some windows train the unconditioned policy
+            drop = torch.rand(batch_size, generator=gen) < cfg.indicator_dropout
+            batch["indicator"] = torch.where(drop, torch.full_like(batch["indicator"], 2), batch["indicator"])
         loss, parts = policy_loss(model, batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,161 @@
+"""Learning from corrections (issue 8), with real MuJoCo and real training: the progress value,
+advantages and indicators, advantage conditioning, HG-DAgger gating and the ``ws hitl dagger`` loop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ws_policy.data import DemoDataset, Episode, collect_demos, write_demos
+from ws_policy.hitl import (GatedExpert, advantages, gated_rollout, improvement_indicators, predict_values,
+                            train_value, value_targets)
+from ws_policy.model import PolicyConfig, default_vocabulary
+
+
+def _episode(T: int, success: bool) -> Episode:
+    return Episode(rgb=np.zeros((T + 1, 16, 16, 3), np.uint8), depth=np.ones((T + 1, 16, 16), np.float16),
+                   qpos=np.zeros((T + 1, 8), np.float32), qvel=np.zeros((T + 1, 8), np.float32),
+                   objects=np.zeros((T + 1, 17), np.float32), actions=np.zeros((T, 7), np.float32),
+                   instruction="pick up the red cube and place it on the blue target", success=success)
+
+
+def test_progress_values_and_advantages_are_consistent():
+    ok, bad = _episode(40, True), _episode(40, False)
+    v_ok, v_bad = value_targets(ok, 160), value_targets(bad, 160)
+    assert v_ok[-1] == 0 and v_ok[0] == pytest.approx(-40 / 160)
+    assert v_bad.max() < v_ok.min()  # failure is worse than any success
+    # a value function equal to the targets gives zero advantage everywhere, success or failure
+    assert np.allclose(advantages(v_ok, True, 160, n=10), 0, atol=1e-6)
+    assert np.allclose(advantages(v_bad, False, 160, n=10), 0, atol=1e-6)
+    # an action after which the value jumps is an improvement; one after which it drops is not
+    v = v_ok.copy()
+    v[21:] += 0.2
+    a = advantages(v, True, 160, n=1)
+    assert a[20] > 0.19 and a[19] == pytest.approx(0, abs=1e-6)
+    ind = improvement_indicators(-np.ones(5), np.array([0, 1, 0, 1, 0]))
+    assert ind.tolist() == [0, 1, 0, 1, 0]  # human steps are labelled improvements whatever their advantage
+    with pytest.raises(ValueError):
+        advantages(v_ok, True, 160, n=0)
+
+
+def test_value_function_learns_failure_from_success_on_real_episodes():
+    eps, _ = collect_demos("pick_place", 4, seed=3, size=32, failure_rate=0.5)
+    assert {e.success for e in eps} == {True, False}
+    net, hist = train_value(eps, 160, steps=150, batch_size=32, seed=0)
+    assert np.mean(hist["loss"][-20:]) < 0.5 * np.mean(hist["loss"][:5])
+    late_ok = np.mean([predict_values(net, e)[-10:].mean() for e in eps if e.success])
+    late_bad = np.mean([predict_values(net, e)[-10:].mean() for e in eps if not e.success])
+    assert late_ok > late_bad + 0.3
+
+
+def test_the_indicator_conditions_the_policy_and_is_dropped_in_training():
+    from ws_policy.train import PolicyRunner, batch_from_windows, train_policy
+
+    eps, _ = collect_demos("pick_place", 1, size=32)
+    base = dict(image_size=32, future_size=16, chunk=4, d_model=32, layers=1, vocab=tuple(default_vocabulary()),
+                mode="action_only")
+    plain, _ = train_policy(PolicyConfig(**base), DemoDataset(eps, chunk=4), steps=2, batch_size=4)
+    cfg = PolicyConfig(**base, indicator=True)
+    ind = [np.arange(len(eps[0].actions)) % 2]
+    data = DemoDataset(eps, chunk=4, indicators=ind)
+    assert {data.window(k)["indicator"] for k in range(4)} == {0, 1}
+    model, hist = train_policy(cfg, data, steps=3, batch_size=4, init=plain)
+    assert hist["loaded_tensors"] == len(plain.state_dict())  # everything but the new embedding carried over
+    from ws_policy.model import Vocabulary
+    from ws_policy.train import Normalizer
+
+    batch = batch_from_windows([data.window(k) for k in range(4)], cfg, Normalizer.from_episodes(eps),
+                               Vocabulary(list(cfg.vocab), cfg.max_words))
+    x = torch.zeros(4, 4, 7)
+    with torch.no_grad():
+        outs = [model(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.full((4,), 0.5),
+                      actions=x, indicator=torch.full((4,), k))["actions"] for k in (0, 1, 2)]
+        default = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.full((4,), 0.5),
+                        actions=x)["actions"]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+    assert torch.allclose(default, outs[1])  # inference asks for an improvement
+    chunk = PolicyRunner(model)({"rgb": eps[0].rgb[0], "depth": eps[0].depth[0].astype(np.float32),
+                                 "qpos": eps[0].qpos[0], "instruction": eps[0].instruction})
+    assert chunk.shape == (4, 7) and np.all(np.isfinite(chunk))
+    with pytest.raises(ValueError, match="indicator_dropout"):
+        PolicyConfig(**base, indicator=True, indicator_dropout=1.0)
+
+
+class _HoldStill:
+    """A policy that never moves: what HG-DAgger's gate must catch."""
+
+    def __init__(self, action):
+        self.action = np.asarray(action)
+
+    def __call__(self, obs):
+        return np.repeat(self.action[None], 4, axis=0)
+
+
+def test_the_gated_expert_takes_over_a_stuck_policy_and_leaves_a_good_one_alone():
+    from ws_policy.executor import ChunkExecutor
+    from ws_sim.piper_tasks import PiperManipEnv, ScriptedExpert
+
+    env = PiperManipEnv("pick_place", render_mode="rgbd", width=32, height=32, workspace="narrow")
+    try:
+        stuck = ChunkExecutor(_HoldStill(env.neutral_action), chunk=4, replan_every=2, latency_steps=0, dt=env.dt,
+                              hold=env.neutral_action)
+        gate = GatedExpert(env, drift_m=0.03, seed=0)
+        ep = gated_rollout(env, stuck, gate, seed=7)
+        assert ep.actor.mean() > 0.5 and ep.success  # the expert did the task
+        assert ep.actor.shape == (len(ep.actions),) and ep.actor[:5].any()  # the stuck policy is caught at once
+
+        class ExpertPolicy:  # the expert's own plan as the policy: nothing to correct
+            def __init__(self):
+                self.e = ScriptedExpert(env, seed=0)
+
+            def __call__(self, obs):
+                return np.repeat(self.e.act()[None], 1, axis=0)
+
+        pol = ExpertPolicy()
+        good = ChunkExecutor(pol, chunk=1, replan_every=1, ensemble_m=None, latency_steps=0, dt=env.dt,
+                             hold=env.neutral_action)
+        gate2 = GatedExpert(env, drift_m=0.03, seed=0)
+        obs, info = env.reset(seed=8)
+        pol.e.reset()
+        gate2.reset()
+        helped = 0
+        for step in range(env.max_episode_steps):
+            action, actor = gate2.decide(good.act(step, obs))
+            helped += actor
+            obs, _, term, trunc, info = env.step(action)
+            if term or trunc:
+                break
+        assert info["success"] and helped <= 0.1 * (step + 1)
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
+    """``ws hitl dagger`` end to end at toy size (1 round): rollouts with the gated expert, value,
+    indicators, retraining, per-round evaluation, the aggregate file, the report and the plot.
+    Slow: about a minute on two cores."""
+    from ws_cli.main import main
+    from ws_policy.data import read_demos
+    from ws_policy.train import save_policy, train_policy
+
+    eps, attrs = collect_demos("pick_place", 2, size=32, workspace="narrow")
+    demos = write_demos(eps, attrs, tmp_path / "demos.hdf5")
+    cfg = PolicyConfig(image_size=32, future_size=16, chunk=4, d_model=32, layers=1,
+                       vocab=tuple(default_vocabulary()), mode="action_only", fov_y_deg=attrs["fovy"])
+    model, _ = train_policy(cfg, DemoDataset(eps, chunk=4), steps=5, batch_size=4)
+    init = save_policy(model, tmp_path / "init.pt")
+    out = tmp_path / "dagger"
+    rc = main(["hitl", "dagger", "--init", str(init), "--demos", str(demos), "--rounds", "1",
+               "--episodes-per-round", "2", "--eval-episodes", "2", "--steps", "3", "--value-steps", "20",
+               "--batch-size", "4", "--out-dir", str(out), "--threads", "1"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert report["rounds"][0]["rollouts"] == 2 and report["rounds"][0]["aggregate_episodes"] == 4
+    assert (out / "round1.pt").is_file() and (out / "dagger.png").is_file()
+    agg, _ = read_demos(out / "aggregate.hdf5")
+    assert len(agg) == 4 and all(e.actor is not None for e in agg[2:])

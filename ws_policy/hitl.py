@@ -1,0 +1,400 @@
+"""Learning from corrections (issue 8): a progress value function, advantage-conditioned training,
+and HG-DAgger in simulation. Spec: seed 004, Innovation 3 (advantage-conditioned human-in-the-loop
+learning with DAgger-style on-policy collection and value prediction).
+
+Value (:class:`ValueNet`, :func:`train_value`). The value of a frame is the task progress still
+to make: ``V_t = -(T - t) / T_max`` on a successful episode of ``T`` steps (0 at the success,
+``-1`` a whole episode away) and ``V_t = -(T - t) / T_max - failure_penalty`` on a failed one
+(failure is worse than any success). A small convolutional network regresses it from the frame
+(RGB-D) and the joint state, on every episode at hand: demonstrations, autonomous rollouts and
+interventions.
+
+Advantage (:func:`advantages`). With a reward of ``-1 / T_max`` per step, the ``n``-step
+advantage of the action at ``t`` is ``A_t = -n' / T_max + V_{t+n'} - V_t`` (``n' = min(n, T -
+t)``; at the episode's end ``V`` is its terminal value, 0 or ``-failure_penalty``).
+:func:`improvement_indicators` binarises it: ``I_t = 1`` where ``A_t > threshold`` and wherever a
+human (or the expert standing in for one) acted; the policy is trained conditioned on ``I_t``
+(dropped to "unknown" for a share of windows, so it also runs unconditioned) and runs with
+``I = 1`` (:attr:`ws_policy.model.PolicyConfig.indicator`).
+
+DAgger (:func:`gated_rollout`, :func:`dagger`). The current policy runs; the scripted expert
+shadows it and takes over when the state drifts from what it would do (HG-DAgger's gating,
+Kelly et al. 2019): the tool target the policy commands is more than ``drift_m`` from the one
+the expert's plan has reached at its own pace, or the gripper disagrees for three steps. It hands back once it has acted
+``min_expert_steps`` steps and the two agree again. Every step is kept with who acted; the data
+aggregate, the value function is refitted, the policy retrains, and each round's policy is
+evaluated autonomously on fixed seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import MAX_DEPTH, DemoDataset, Episode
+
+__all__ = ["evaluate_autonomous", "episode_limit", "retrain", "ValueNet", "value_targets", "train_value", "predict_values", "advantages", "improvement_indicators",
+           "GatedExpert", "gated_rollout", "DaggerConfig", "dagger", "label_episodes"]
+
+
+# --- value ---------------------------------------------------------------------------------------
+def value_targets(episode: Episode, max_steps: int, failure_penalty: float = 1.0) -> np.ndarray:
+    """Progress targets ``(T+1,)`` of an episode's frames (see the module docstring).
+
+    Raises:
+        ValueError: ``max_steps`` not positive.
+    """
+    if max_steps <= 0:
+        raise ValueError(f"max_steps must be positive, got {max_steps}")
+    T = len(episode.actions)
+    v = -(T - np.arange(T + 1)) / max_steps
+    return (v if episode.success else v - failure_penalty).astype(np.float32)
+
+
+class ValueNet(nn.Module):
+    """``V(frame, joints)``: four stride-2 convolutions over RGB-D, then an MLP with the joint state.
+
+    Inputs: ``rgb (B, S, S, 3)`` uint8, ``depth (B, S, S)`` metres, ``qpos (B, 8)`` rad; output ``(B,)``.
+    """
+
+    def __init__(self, image_size: int = 64, state_dim: int = 8, width: int = 32):
+        super().__init__()
+        if image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, got {image_size}")
+        w = width
+        self.image_size, self.state_dim, self.width = image_size, state_dim, width
+        self.conv = nn.Sequential(nn.Conv2d(4, w, 5, 2, 2), nn.GELU(), nn.Conv2d(w, 2 * w, 3, 2, 1), nn.GELU(),
+                                  nn.Conv2d(2 * w, 2 * w, 3, 2, 1), nn.GELU(), nn.Conv2d(2 * w, 2 * w, 3, 2, 1),
+                                  nn.GELU(), nn.Flatten(), nn.Linear(2 * w * (image_size // 16) ** 2, 128))
+        self.head = nn.Sequential(nn.GELU(), nn.Linear(128 + state_dim, 128), nn.GELU(), nn.Linear(128, 1))
+
+    def forward(self, rgb, depth, qpos) -> torch.Tensor:
+        x = torch.cat([torch.as_tensor(rgb).float().permute(0, 3, 1, 2) / 127.5 - 1,
+                       torch.as_tensor(depth).float()[:, None] / MAX_DEPTH * 2 - 1], dim=1)
+        return self.head(torch.cat([self.conv(x), torch.as_tensor(qpos).float()], dim=1))[:, 0]
+
+
+def train_value(episodes: list[Episode], max_steps: int, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
+                failure_penalty: float = 1.0, seed: int = 0, progress=None) -> tuple[ValueNet, dict]:
+    """Fit a :class:`ValueNet` to :func:`value_targets` on every frame of ``episodes`` (MSE, AdamW).
+
+    Returns:
+        ``(net in eval mode, history)`` with the per-step losses.
+
+    Raises:
+        ValueError: no episodes.
+    """
+    if not episodes:
+        raise ValueError("train_value needs at least one episode")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = ValueNet(image_size=episodes[0].rgb.shape[1])
+    targets = [value_targets(e, max_steps, failure_penalty) for e in episodes]
+    index = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e.rgb))])
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    losses = []
+    net.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+        pick = index[rng.integers(len(index), size=batch_size)]
+        rgb = np.stack([episodes[i].rgb[t] for i, t in pick])
+        depth = np.stack([episodes[i].depth[t] for i, t in pick]).astype(np.float32)
+        qpos = np.stack([episodes[i].qpos[t] for i, t in pick])
+        y = torch.as_tensor(np.array([targets[i][t] for i, t in pick]))
+        loss = (net(rgb, depth, qpos) - y).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress.update(1)
+    net.eval()
+    return net, {"loss": losses}
+
+
+@torch.no_grad()
+def predict_values(net: ValueNet, episode: Episode, batch: int = 256) -> np.ndarray:
+    """``V`` of every frame of an episode, ``(T+1,)``."""
+    out = []
+    for s in range(0, len(episode.rgb), batch):
+        sl = slice(s, s + batch)
+        out.append(net(episode.rgb[sl], episode.depth[sl].astype(np.float32), episode.qpos[sl]).numpy())
+    return np.concatenate(out)
+
+
+def advantages(values: np.ndarray, success: bool, max_steps: int, n: int = 10,
+               failure_penalty: float = 1.0) -> np.ndarray:
+    """``n``-step advantages ``(T,)`` of an episode's actions from its frames' values ``(T+1,)``
+    (see the module docstring; the last frame's value is replaced by the terminal value).
+
+    Raises:
+        ValueError: ``n`` < 1 or fewer than two values.
+    """
+    if n < 1 or len(values) < 2:
+        raise ValueError(f"need n >= 1 and at least two values, got n={n}, {len(values)} values")
+    v = np.asarray(values, dtype=np.float64).copy()
+    T = len(v) - 1
+    v[T] = 0.0 if success else -failure_penalty
+    t = np.arange(T)
+    ahead = np.minimum(t + n, T)
+    return (-(ahead - t) / max_steps + v[ahead] - v[t]).astype(np.float32)
+
+
+def improvement_indicators(adv: np.ndarray, actor: np.ndarray | None, threshold: float = 0.0) -> np.ndarray:
+    """``I_t`` ``(T,)`` int8: 1 where ``A_t > threshold`` or a human (expert) acted (``actor`` 1)."""
+    ind = (np.asarray(adv) > threshold).astype(np.int8)
+    if actor is not None:
+        ind[np.asarray(actor) > 0] = 1
+    return ind
+
+
+def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1000, n: int = 10,
+                   threshold: float = 0.0, seed: int = 0, progress=None) -> tuple[list[np.ndarray], dict]:
+    """Fit the value function on ``episodes`` and return their improvement indicators (one ``(T,)``
+    array per episode; an episode without ``actor`` counts as all-human, e.g. demonstrations),
+    with a summary (value loss, share of positive policy steps)."""
+    net, hist = train_value(episodes, max_steps, steps=value_steps, seed=seed, progress=progress)
+    out, pos, total = [], 0, 0
+    for e in episodes:
+        actor = e.actor if e.actor is not None else np.ones(len(e.actions), np.int8)
+        ind = improvement_indicators(advantages(predict_values(net, e), e.success, max_steps, n), actor, threshold)
+        policy_steps = actor == 0
+        pos += int(ind[policy_steps].sum())
+        total += int(policy_steps.sum())
+        out.append(ind)
+    return out, {"value_loss": float(np.mean(hist["loss"][-50:])), "policy_steps": total,
+                 "policy_steps_positive": pos / total if total else None}
+
+
+# --- HG-DAgger in simulation ------------------------------------------------------------------------
+class GatedExpert:
+    """The scripted expert standing in for a teleoperator, with HG-DAgger gating (see the module
+    docstring).
+
+    Args:
+        env: a :class:`ws_sim.piper_tasks.PiperManipEnv` (reset before :meth:`reset`).
+        drift_m: tool-target distance above which the expert takes over, m.
+        min_expert_steps: steps the expert keeps control once it has taken it.
+        seed: the expert's seed.
+    """
+
+    def __init__(self, env, drift_m: float = 0.03, min_expert_steps: int = 8, seed: int = 0):
+        import mujoco
+
+        from ws_sim.piper_tasks import ScriptedExpert
+
+        if drift_m <= 0 or min_expert_steps < 1:
+            raise ValueError("drift_m must be positive and min_expert_steps >= 1")
+        self.env = env.unwrapped
+        self.expert = ScriptedExpert(self.env, seed=seed)
+        self.drift_m, self.min_steps = float(drift_m), int(min_expert_steps)
+        self._data = mujoco.MjData(self.env.model)
+        self._site = self.env.model.site("tcp").id
+        self.human = False
+
+    def reset(self) -> None:
+        self.expert.reset()
+        self.human = False
+        self._held = 0
+        self._grip_bad = 0
+
+    def _tool(self, action) -> np.ndarray:
+        import mujoco
+
+        self._data.qpos[:6] = action[:6]
+        mujoco.mj_kinematics(self.env.model, self._data)
+        return self._data.site_xpos[self._site].copy()
+
+    def decide(self, policy_action: np.ndarray) -> tuple[np.ndarray, int]:
+        """The action to execute and who chose it (1 the expert, 0 the policy).
+
+        While the policy acts, the expert shadows it along its own plan at its own pace (its
+        cursor is not reset to the arm), so a policy that stalls, lags or heads elsewhere drifts
+        from it; on taking over the expert continues from the arm's actual state."""
+        a_e = self.expert.act()
+        drift = float(np.linalg.norm(self._tool(policy_action) - self._tool(a_e)))
+        grip_bad = abs(float(policy_action[6]) - float(a_e[6])) > 0.0175
+        self._grip_bad = self._grip_bad + 1 if grip_bad else 0
+        if not self.human and (drift > self.drift_m or self._grip_bad >= 3):
+            self.human, self._held = True, 0
+            self.expert.sync()  # from where the arm is, not where the plan's cursor got to
+            a_e = self.expert.act()
+        elif self.human:
+            self._held += 1
+            if self._held >= self.min_steps and drift < self.drift_m / 2 and not grip_bad:
+                self.human = False
+        return (a_e, 1) if self.human else (np.asarray(policy_action, dtype=np.float64), 0)
+
+
+def gated_rollout(env, executor, gate: GatedExpert, seed: int) -> Episode:
+    """One episode of the policy (through ``executor``, a :class:`ws_policy.executor.ChunkExecutor`)
+    with the gated expert ready to take over; returns it with ``actor`` per step."""
+    obs, info = env.reset(seed=seed)
+    executor.reset()
+    gate.reset()
+    frames, actions, actors = [obs], [], []
+    for step in range(env.max_episode_steps):
+        # the executor keeps planning from the live observation while the expert acts, so the policy
+        # resumes from the state the expert left
+        action, actor = gate.decide(executor.act(step, obs))
+        obs, _, terminated, truncated, info = env.step(action)
+        frames.append(obs)
+        actions.append(np.asarray(action, dtype=np.float32))
+        actors.append(actor)
+        if terminated or truncated:
+            break
+    return Episode(rgb=np.stack([f["rgb"] for f in frames]),
+                   depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
+                   qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
+                   qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
+                   objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
+                   actions=np.stack(actions), instruction=info["instruction"], success=bool(info["success"]),
+                   failure="" if info["success"] else "policy", seed=seed, actor=np.asarray(actors, np.int8))
+
+
+@dataclasses.dataclass
+class DaggerConfig:
+    """Options of :func:`dagger` (the CLI's flags)."""
+
+    rounds: int = 3
+    episodes_per_round: int = 20
+    eval_episodes: int = 20
+    eval_seed: int = 1000
+    rollout_seed: int = 5000
+    train_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4
+    conditioned: bool = True  # advantage-conditioned (else plain behaviour cloning on all aggregated steps)
+    value_steps: int = 1000
+    n_step: int = 10
+    threshold: float = 0.0
+    drift_m: float = 0.03
+    min_expert_steps: int = 8
+    latency: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.episodes_per_round < 1 or self.eval_episodes < 1 or self.train_steps < 1:
+            raise ValueError("rounds, episodes_per_round, eval_episodes and train_steps must be >= 1")
+
+
+def _runner(model):
+    from .train import PolicyRunner
+
+    return PolicyRunner(model)
+
+
+def _executor(model, env, latency: int):
+    from .executor import ChunkExecutor
+
+    chunk = model.cfg.chunk
+    return ChunkExecutor(_runner(model), chunk=chunk, replan_every=max(1, chunk // 2), ensemble_m=0.1,
+                         latency_steps=latency, dt=env.dt, hold=env.neutral_action)
+
+
+def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, progress=None, log=print):
+    """One retraining on the aggregated ``episodes``: advantage-conditioned (value fitted, indicators
+    computed) or plain behaviour cloning, fine-tuned from ``model``. Returns ``(model, info)``."""
+    from .train import train_policy
+
+    pcfg = dataclasses.replace(model.cfg, indicator=cfg.conditioned)
+    info = {}
+    if cfg.conditioned:
+        indicators, info = label_episodes(episodes, max_steps, value_steps=cfg.value_steps, n=cfg.n_step,
+                                          threshold=cfg.threshold, seed=cfg.seed)
+        log(f"  value fitted (loss {info['value_loss']:.4f}); {info['policy_steps']} policy steps, "
+            f"{100 * (info['policy_steps_positive'] or 0):.0f} % labelled improvements")
+        data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride, successes_only=False,
+                           indicators=indicators)
+    else:
+        data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride, successes_only=False)
+    new, hist = train_policy(pcfg, data, steps=cfg.train_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                             init=model, progress=progress, normalizer=model.normalizer)
+    info["train_seconds"] = round(hist["seconds"], 1)
+    return new, info
+
+
+def episode_limit(task: str) -> int:
+    """The task's episode length in control steps (``T_max`` of the value targets)."""
+    return 240 if task == "stack" else 160
+
+
+def evaluate_autonomous(model, attrs: dict, cfg: DaggerConfig) -> dict:
+    """The policy alone (no expert) on ``cfg.eval_episodes`` seeds from ``cfg.eval_seed``, in the
+    demonstrations' task, camera and workspace; :func:`ws_policy.evaluate.evaluate_policy`'s report."""
+    from .evaluate import evaluate_policy
+
+    return evaluate_policy(_runner(model), attrs["task"], cfg.eval_episodes, cfg.eval_seed, int(attrs["image_size"]),
+                           camera=str(attrs.get("camera", "task")), chunk=model.cfg.chunk, latency=cfg.latency,
+                           out_dir=None, video=False, workspace=str(attrs.get("workspace", "full")))
+
+
+def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate=None, progress=None,
+           log=print, on_round=None) -> dict:
+    """HG-DAgger rounds in simulation (see the module docstring).
+
+    Args:
+        model: the starting policy (a trained network predicting actions).
+        demos: the demonstrations it was trained on (they stay in the aggregate, as human data).
+        attrs: their file attributes (task, image size, camera, workspace).
+        evaluate: ``evaluate(model) -> report`` (default: :func:`ws_policy.evaluate.evaluate_policy`
+            on ``cfg.eval_episodes`` seeds from ``cfg.eval_seed``).
+        on_round: optional ``on_round(round, model, aggregate, record)`` (checkpoints, files).
+
+    Returns:
+        ``{"rounds": [...], "aggregate": episodes}``: per round, the autonomous success rate of the
+        policy entering it, the rollouts' interventions and outcomes, and the data size.
+    """
+    from ws_sim.piper_tasks import PiperManipEnv
+
+    task, size = attrs["task"], int(attrs["image_size"])
+    workspace, camera = str(attrs.get("workspace", "full")), str(attrs.get("camera", "task"))
+    if evaluate is None:
+        def evaluate(m):
+            return evaluate_autonomous(m, attrs, cfg)
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace)
+    max_steps = env.max_episode_steps
+    aggregate = list(demos)
+    rounds = []
+    try:
+        for r in range(cfg.rounds + 1):
+            t0 = time.perf_counter()
+            rep = evaluate(model)
+            rec = {"round": r, "success_rate": rep["success_rate"], "successes": rep["successes"],
+                   "episodes": rep["episodes"], "ci95": rep["ci95"]}
+            log(f"round {r}: autonomous success {rep['successes']}/{rep['episodes']} (95 % CI {rep['ci95']})")
+            if r == cfg.rounds:
+                rec["seconds"] = round(time.perf_counter() - t0, 1)
+                rounds.append(rec)
+                if on_round is not None:
+                    on_round(r, model, aggregate, rec)
+                break
+            executor = _executor(model, env, cfg.latency)
+            gate = GatedExpert(env, drift_m=cfg.drift_m, min_expert_steps=cfg.min_expert_steps, seed=cfg.seed + r)
+            new = []
+            try:
+                for i in range(cfg.episodes_per_round):
+                    new.append(gated_rollout(env, executor, gate, seed=cfg.rollout_seed + r * cfg.episodes_per_round + i))
+            finally:
+                executor.wait_for_inference()
+            steps = sum(len(e.actions) for e in new)
+            human = sum(int(e.actor.sum()) for e in new)
+            rec.update(rollouts=len(new), rollout_successes=sum(e.success for e in new),
+                       expert_share=round(human / max(steps, 1), 3),
+                       episodes_with_intervention=sum(bool(e.actor.any()) for e in new))
+            log(f"  rollouts: {rec['rollout_successes']}/{len(new)} succeeded with help; the expert acted in "
+                f"{rec['episodes_with_intervention']} episodes, {100 * rec['expert_share']:.0f} % of steps")
+            aggregate += new
+            model, info = retrain(model, aggregate, cfg, max_steps, progress=progress, log=log)
+            rec.update(info, aggregate_episodes=len(aggregate), seconds=round(time.perf_counter() - t0, 1))
+            rounds.append(rec)
+            if on_round is not None:
+                on_round(r, model, aggregate, rec)
+    finally:
+        env.close()
+    return {"rounds": rounds, "aggregate": aggregate, "model": model}
