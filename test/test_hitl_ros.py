@@ -199,6 +199,66 @@ def test_recorder_reports_disk_full_and_unwritable_paths_on_diagnostics(ctx, out
         rec.destroy_node()
 
 
+def test_teleop_takes_over_from_the_command_in_force_holds_on_estop_and_hands_back(ctx):
+    from sensor_msgs.msg import Joy
+
+    from ws_policy.teleop import JoyMapping
+    from ws_ros.nodes.teleop import TeleopNode
+    from ws_sim.piper import READY_JOINTS
+
+    tele = TeleopNode(context=ctx)
+    s = Session(context=ctx)
+    joy = s.create_publisher(Joy, "teleop/joy", 10)
+    estop = s.create_publisher(Bool, "estop", latched_qos())
+    s.create_subscription(JointTrajectory, "joint_command", lambda m: s.commands.append(np.array(m.points[0].positions)),
+                          command_qos())
+    s.create_subscription(Bool, "teleop/intervention", lambda m: s.flags.append(m.data), latched_qos())
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(tele)
+    ex.add_node(s)
+    m = JoyMapping()
+
+    def pad(**kw):
+        axes, buttons = [0.0] * 8, [0] * 11
+        for k, v in kw.items():
+            (axes if k.startswith("axis") else buttons)[getattr(m, k)] = v
+        joy.publish(Joy(axes=axes, buttons=buttons))
+        _spin(ex, 0.1)
+
+    try:
+        policy_cmd = np.r_[READY_JOINTS + 0.03, 0.02]
+        assert _spin(ex, 10, lambda: s.flags == [False])  # latched: a late joiner knows the policy acts
+        for _ in range(5):
+            s.cmd.publish(JointTrajectory(joint_names=JOINTS[:7], points=[JointTrajectoryPoint(positions=list(policy_cmd))]))
+            _spin(ex, 0.05)
+        n0 = len(s.commands)
+        pad(button_intervene=1)
+        pad()
+        assert _spin(ex, 5, lambda: s.flags[-1] is True and len(s.commands) > n0 + 3)
+        assert np.allclose(s.commands[n0], policy_cmd)  # the human's first command is the one in force
+        for _ in range(10):
+            pad(axis_z=1.0)
+        moving = s.commands[-1]
+        assert np.abs(moving - policy_cmd).max() > 0.01
+        estop.publish(Bool(data=True))
+        _spin(ex, 0.5)
+        n1 = len(s.commands)
+        for _ in range(5):
+            pad(axis_z=1.0)
+        held = np.stack(s.commands[n1:])
+        assert len(held) > 3 and np.allclose(held, held[0])  # estop: the teleop holds, whatever the stick says
+        estop.publish(Bool(data=False))
+        pad(button_intervene=1)
+        pad()
+        assert _spin(ex, 5, lambda: s.flags[-1] is False)
+        n2 = len(s.commands)
+        _spin(ex, 1.0)
+        assert len(s.commands) - n2 <= 1  # handed back: the teleop falls silent
+    finally:
+        ex.remove_node(tele)
+        tele.destroy_node()
+
+
 def test_a_person_drives_the_sim_arm_from_the_keyboard_takes_over_and_hands_back(ctx, tmp_path):
     """``ws launch piper_hitl_sim`` (sim, a barely trained policy, teleop, recorder) and ``ws teleop``
     reading keys from a terminal (a pty): space takes over, r raises the tool, space hands back.

@@ -610,8 +610,11 @@ def cmd_hitl_dagger(args) -> int:
         rec["checkpoint"] = str(path)
 
     bar = tqdm(total=cfg.rounds * cfg.train_steps, desc="retraining", unit="step", leave=False)
-    result = dagger(model, demos, attrs, cfg, progress=bar, log=tqdm.write, on_round=on_round)
+    vbar = tqdm(total=cfg.rounds * cfg.value_steps if cfg.conditioned else 0, desc="value", unit="step", leave=False,
+                disable=not cfg.conditioned)
+    result = dagger(model, demos, attrs, cfg, progress=bar, log=tqdm.write, on_round=on_round, value_progress=vbar)
     bar.close()
+    vbar.close()
     write_demos(result["aggregate"], attrs, out / "aggregate.hdf5")
     report = {"init": str(args.init), "demos": str(args.demos), "config": dataclasses_asdict(cfg),
               "rounds": result["rounds"]}

@@ -297,7 +297,8 @@ def _executor(model, env, latency: int):
                          latency_steps=latency, dt=env.dt, hold=env.neutral_action)
 
 
-def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, progress=None, log=print):
+def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, progress=None, log=print,
+            value_progress=None):
     """One retraining on the aggregated ``episodes``: advantage-conditioned (value fitted, indicators
     computed) or plain behaviour cloning, fine-tuned from ``model``. Returns ``(model, info)``."""
     from .train import train_policy
@@ -306,7 +307,7 @@ def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, p
     info = {}
     if cfg.conditioned:
         indicators, info = label_episodes(episodes, max_steps, value_steps=cfg.value_steps, n=cfg.n_step,
-                                          threshold=cfg.threshold, seed=cfg.seed)
+                                          threshold=cfg.threshold, seed=cfg.seed, progress=value_progress)
         log(f"  value fitted (loss {info['value_loss']:.4f}); {info['policy_steps']} policy steps, "
             f"{100 * (info['policy_steps_positive'] or 0):.0f} % labelled improvements")
         data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride, successes_only=False,
@@ -335,7 +336,7 @@ def evaluate_autonomous(model, attrs: dict, cfg: DaggerConfig) -> dict:
 
 
 def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate=None, progress=None,
-           log=print, on_round=None) -> dict:
+           log=print, on_round=None, value_progress=None) -> dict:
     """HG-DAgger rounds in simulation (see the module docstring).
 
     Args:
@@ -390,7 +391,8 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
             log(f"  rollouts: {rec['rollout_successes']}/{len(new)} succeeded with help; the expert acted in "
                 f"{rec['episodes_with_intervention']} episodes, {100 * rec['expert_share']:.0f} % of steps")
             aggregate += new
-            model, info = retrain(model, aggregate, cfg, max_steps, progress=progress, log=log)
+            model, info = retrain(model, aggregate, cfg, max_steps, progress=progress, log=log,
+                                  value_progress=value_progress)
             rec.update(info, aggregate_episodes=len(aggregate), seconds=round(time.perf_counter() - t0, 1))
             rounds.append(rec)
             if on_round is not None:

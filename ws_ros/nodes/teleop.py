@@ -11,7 +11,8 @@ human command equals the last policy command, so the switch never moves the arm.
 publishes ``false`` and stops publishing; ``policy_executor`` resumes from the last human
 command under a slew-rate limit. Sticks move the tool in Cartesian space through inverse
 kinematics or, in joint mode, one joint (:class:`ws_policy.teleop.TeleopController`). A pad
-that goes silent for ``joy_timeout_s`` while the human acts stops the motion (the arm holds).
+that goes silent for ``joy_timeout_s`` while the human acts stops the motion (the arm holds), and
+so does ``estop`` (latched) until it is released.
 
 X / Y / B (keyboard t / y / n) publish ``start`` / ``success`` / ``failure`` on ``episode``
 (``std_msgs/String``) for the recorder: the episode boundaries and outcomes of a session.
@@ -69,6 +70,7 @@ class TeleopNode(Node):
         self.intervening = False
         self.last_command: np.ndarray | None = None
         self.last_state: np.ndarray | None = None
+        self.estopped = False
         self.joy_errors = 0
         self.last_error = ""
         self._joy_t = None
@@ -79,6 +81,7 @@ class TeleopNode(Node):
         self.create_subscription(Joy, "teleop/joy", self._on_joy, sensor_qos())
         self.create_subscription(JointTrajectory, "joint_command", self._on_command, command_qos())
         self.create_subscription(JointState, "joint_states", self._on_state, sensor_qos())
+        self.create_subscription(Bool, "estop", lambda m: setattr(self, "estopped", bool(m.data)), latched_qos())
         self._pub_flag.publish(Bool(data=False))
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -142,6 +145,9 @@ class TeleopNode(Node):
     def _tick(self) -> None:
         if not self.intervening:
             return
+        if self.estopped:
+            self._publish(self.ctl.command)  # hold where the arm was told to be
+            return
         if self._joy_t is None or self._now() - self._joy_t > self.joy_timeout:
             m = self.ctl.mapping
             self.ctl.update([0.0] * m.n_axes(), [0] * m.n_buttons())  # a silent pad: hold
@@ -157,7 +163,7 @@ class TeleopNode(Node):
         self._pub_cmd.publish(msg)
 
     def _publish_diagnostics(self) -> None:
-        values = {"intervening": self.intervening, "mode": self.ctl.mode, "joint": self.ctl.joint + 1,
+        values = {"intervening": self.intervening, "estop": self.estopped, "mode": self.ctl.mode, "joint": self.ctl.joint + 1,
                   "joy_errors": self.joy_errors, "last_error": self.last_error,
                   "joy_age_s": "never" if self._joy_t is None else f"{self._now() - self._joy_t:.2f}"}
         msg = DiagnosticArray()
