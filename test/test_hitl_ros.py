@@ -374,3 +374,24 @@ def test_a_person_drives_the_sim_arm_from_the_keyboard_takes_over_and_hands_back
     episodes, _ = recording_to_episodes(files[0])
     assert len(episodes) == 1 and episodes[0].success
     assert 0 < episodes[0].actor.sum() < len(episodes[0].actor)
+
+
+def test_ws_hitl_convert_names_what_a_recording_lacks(tmp_path, capsys):
+    from rclpy.serialization import serialize_message
+
+    from ws_cli.main import main
+    from ws_ros.mcap_io import RecordingWriter
+
+    path = tmp_path / "no_events.mcap"
+    w = RecordingWriter(path)
+    w.add_topic("/joint_states", "sensor_msgs/msg/JointState", [])
+    w.write("/joint_states", serialize_message(JointState(name=JOINTS, position=[0.0] * 8)), 1)
+    w.close()
+    with pytest.raises(OSError, match="never overwritten"):
+        RecordingWriter(path)
+    assert main(["hitl", "convert", str(path), "--out", str(tmp_path / "x.hdf5")]) == 2
+    assert "no messages on joint_command" in capsys.readouterr().err
+    (tmp_path / "text.mcap").write_text("not a recording")
+    assert main(["hitl", "convert", str(tmp_path / "text.mcap"), "--out", str(tmp_path / "x.hdf5")]) == 2
+    assert "not an MCAP file" in capsys.readouterr().err
+    assert not (tmp_path / "x.hdf5").exists()

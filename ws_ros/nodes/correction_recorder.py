@@ -83,7 +83,7 @@ class CorrectionRecorder(Node):
         task = p("task", "pick_place", "task recorded (kept in the file for conversion)")
         workspace = p("workspace", "full", "the task's workspace setting (kept in the file)")
         camera = p("camera", "task", "the camera the images come from (kept in the file)")
-        chunk = int(p("chunk_size", 256 * 1024, "uncompressed bytes per MCAP chunk"))
+        chunk = int(p("chunk_size", 1024 * 1024, "uncompressed bytes per MCAP chunk"))
         period = float(p("flush_period_s", 1.0, "chunks are written to disk at least this often, s"))
         unknown = [t for t in topics if t not in TOPICS]
         if unknown:
