@@ -389,6 +389,7 @@ class ScriptedExpert:
         self._i, self._waited = 0, 0.0
         self._q = e.data.qpos[:6].copy()
         self._cursor = e.tcp
+        self._start = e.tcp
 
     def _reachable_yaw(self, point, candidates) -> float:
         """The first finger yaw of ``candidates`` the arm can hold at ``point`` pointing down (J6 spans
@@ -406,6 +407,29 @@ class ScriptedExpert:
     @property
     def done(self) -> bool:
         return self._i >= len(self._plan)
+
+    def leg(self, ahead: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+        """A leg of the plan: ``(from, to, gripper target)``, tool positions in m (``from`` is the
+        previous waypoint, or the tool's position at reset); the current one, or ``ahead`` later."""
+        i = min(self._i + ahead, len(self._plan) - 1)
+        start = self._plan[i - 1][0] if i > 0 else self._start
+        return np.asarray(start, dtype=np.float64), np.asarray(self._plan[i][0], dtype=np.float64), \
+            float(self._plan[i][1])
+
+    def holding(self) -> bool:
+        """Whether the task's cube is lifted between the fingers (above the table, under the tool)."""
+        a = self.env._obj_pose("cube_a")[:3]
+        return bool(a[2] > CUBE_HALF + 0.01 and np.linalg.norm(a[:2] - self.env.tcp[:2]) < 0.025)
+
+    def replan(self) -> None:
+        """Plan again from the objects' current poses, for taking over from another actor that may
+        have moved them (issue 8): from the transport leg when the cube is already held in a
+        pick-and-place or stack, else from the start; the arm continues from its actual state."""
+        held = self.holding()
+        self.reset()
+        if held and self.env.task_name in ("pick_place", "stack") and self.failure is None:
+            self._i = 4  # above the goal, gripper closed
+        self.sync()
 
     def sync(self) -> None:
         """Continue from the arm's actual state (tool position and joints) instead of the expert's own

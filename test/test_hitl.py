@@ -105,7 +105,8 @@ def test_the_gated_expert_takes_over_a_stuck_policy_and_leaves_a_good_one_alone(
         gate = GatedExpert(env, drift_m=0.03, seed=0)
         ep = gated_rollout(env, stuck, gate, seed=7)
         assert ep.actor.mean() > 0.5 and ep.success  # the expert did the task
-        assert ep.actor.shape == (len(ep.actions),) and ep.actor[:5].any()  # the stuck policy is caught at once
+        assert ep.actor.shape == (len(ep.actions),)
+        assert ep.actor[:13].any() and gate.reasons["stall"] >= 1  # a policy that does not move is a stall
 
         class ExpertPolicy:  # the expert's own plan as the policy: nothing to correct
             def __init__(self):

@@ -595,6 +595,7 @@ def cmd_hitl_dagger(args) -> int:
                            train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            conditioned=not args.plain_bc, value_steps=args.value_steps, n_step=args.n_step,
                            threshold=args.threshold, drift_m=args.drift, min_expert_steps=args.min_expert_steps,
+                           stall_steps=args.stall_steps,
                            latency=args.latency, seed=args.seed)
     except ValueError as e:
         raise ConfigError(str(e)) from e
@@ -1285,8 +1286,11 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--value-steps", type=int, default=1000, help="value-function training steps per round")
     hd.add_argument("--n-step", type=int, default=10, help="advantage horizon n, steps")
     hd.add_argument("--threshold", type=float, default=0.0, help="advantage above which a policy step is an improvement")
-    hd.add_argument("--drift", type=float, default=0.03, help="tool-target distance at which the expert takes over, m")
+    hd.add_argument("--drift", type=float, default=0.03,
+                    help="the expert takes over when the policy's tool target is this far from its plan, m")
     hd.add_argument("--min-expert-steps", type=int, default=8, help="steps the expert keeps control once taken")
+    hd.add_argument("--stall-steps", type=int, default=12,
+                    help="the expert takes over when the tool gains less than 1 cm on its next waypoint in this many steps")
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
     hd.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
     hd.add_argument("--compare-bc", action="store_true",

@@ -19,11 +19,11 @@ human (or the expert standing in for one) acted; the policy is trained condition
 
 DAgger (:func:`gated_rollout`, :func:`dagger`). The current policy runs; the scripted expert
 shadows it and takes over when the state drifts from what it would do (HG-DAgger's gating,
-Kelly et al. 2019): the tool target the policy commands is more than ``drift_m`` from the one
-the expert's plan has reached at its own pace, or the gripper disagrees for three steps. It hands back once it has acted
-``min_expert_steps`` steps and the two agree again. Every step is kept with who acted; the data
-aggregate, the value function is refitted, the policy retrains, and each round's policy is
-evaluated autonomously on fixed seeds.
+Kelly et al. 2019; :class:`GatedExpert`): the policy heads off the expert's plan, stalls, or
+disagrees on the gripper. It hands back once it has acted ``min_expert_steps`` steps and the
+two agree again. Every step is kept with who acted; the data aggregate, the value function is
+refitted, the policy retrains, and each round's policy is evaluated autonomously on fixed
+seeds.
 """
 
 from __future__ import annotations
@@ -173,26 +173,40 @@ def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1
 
 # --- HG-DAgger in simulation ------------------------------------------------------------------------
 class GatedExpert:
-    """The scripted expert standing in for a teleoperator, with HG-DAgger gating (see the module
-    docstring).
+    """The scripted expert standing in for a teleoperator, with HG-DAgger gating.
 
-    Args:
-        env: a :class:`ws_sim.piper_tasks.PiperManipEnv` (reset before :meth:`reset`).
-        drift_m: tool-target distance above which the expert takes over, m.
-        min_expert_steps: steps the expert keeps control once it has taken it.
-        seed: the expert's seed.
+    While the policy acts, the expert shadows it from the arm's actual state (its plan advances
+    only as the real tool reaches each waypoint) and takes over when the policy
+
+    * heads off the plan: the tool target it commands is more than ``drift_m`` from the plan's
+      current leg (the segment from the last waypoint to the next) and from the leg after it
+      (a target a little ahead of the expert's bookkeeping is not a drift),
+    * stalls: the tool has come less than 1 cm closer to the next waypoint over ``stall_steps``
+      steps while still more than 1 cm from it, or
+    * disagrees on the gripper (open against closed) for ``grip_steps`` steps in a row.
+
+    A slower policy on the right path is left alone. Once in control, the expert continues from
+    where the arm is with a plan made from the objects' current poses (the policy may have
+    moved the cube), finishes the leg it took over on, and hands back after at least
+    ``min_expert_steps`` steps when the policy's proposal is within ``drift_m / 2`` of the plan
+    again and the gripper agrees.
+
+    Raises:
+        ValueError: non-positive thresholds.
     """
 
-    def __init__(self, env, drift_m: float = 0.03, min_expert_steps: int = 8, seed: int = 0):
+    def __init__(self, env, drift_m: float = 0.03, min_expert_steps: int = 8, stall_steps: int = 12,
+                 grip_steps: int = 5, seed: int = 0):
         import mujoco
 
         from ws_sim.piper_tasks import ScriptedExpert
 
-        if drift_m <= 0 or min_expert_steps < 1:
-            raise ValueError("drift_m must be positive and min_expert_steps >= 1")
+        if drift_m <= 0 or min_expert_steps < 1 or stall_steps < 2 or grip_steps < 1:
+            raise ValueError("drift_m must be positive, min_expert_steps and grip_steps >= 1, stall_steps >= 2")
         self.env = env.unwrapped
         self.expert = ScriptedExpert(self.env, seed=seed)
         self.drift_m, self.min_steps = float(drift_m), int(min_expert_steps)
+        self.stall_steps, self.grip_steps = int(stall_steps), int(grip_steps)
         self._data = mujoco.MjData(self.env.model)
         self._site = self.env.model.site("tcp").id
         self.human = False
@@ -202,6 +216,9 @@ class GatedExpert:
         self.human = False
         self._held = 0
         self._grip_bad = 0
+        self._dist: list[float] = []
+        self._goal = None
+        self.reasons = {"drift": 0, "stall": 0, "gripper": 0}
 
     def _tool(self, action) -> np.ndarray:
         import mujoco
@@ -210,25 +227,44 @@ class GatedExpert:
         mujoco.mj_kinematics(self.env.model, self._data)
         return self._data.site_xpos[self._site].copy()
 
-    def decide(self, policy_action: np.ndarray) -> tuple[np.ndarray, int]:
-        """The action to execute and who chose it (1 the expert, 0 the policy).
+    @staticmethod
+    def _to_segment(p, a, b) -> float:
+        ab = b - a
+        u = float(np.clip((p - a) @ ab / max(ab @ ab, 1e-12), 0.0, 1.0))
+        return float(np.linalg.norm(p - (a + u * ab)))
 
-        While the policy acts, the expert shadows it along its own plan at its own pace (its
-        cursor is not reset to the arm), so a policy that stalls, lags or heads elsewhere drifts
-        from it; on taking over the expert continues from the arm's actual state."""
+    def decide(self, policy_action: np.ndarray) -> tuple[np.ndarray, int]:
+        """The action to execute and who chose it (1 the expert, 0 the policy)."""
+        if not self.human:
+            self.expert.sync()
         a_e = self.expert.act()
-        drift = float(np.linalg.norm(self._tool(policy_action) - self._tool(a_e)))
-        grip_bad = abs(float(policy_action[6]) - float(a_e[6])) > 0.0175
+        start, goal, grip = self.expert.leg()
+        nxt = self.expert.leg(ahead=1)
+        target = self._tool(policy_action)
+        drift = min(self._to_segment(target, start, goal), self._to_segment(target, nxt[0], nxt[1]))
+        grip_bad = min(abs(float(policy_action[6]) - grip), abs(float(policy_action[6]) - nxt[2])) > 0.0175
         self._grip_bad = self._grip_bad + 1 if grip_bad else 0
-        if not self.human and (drift > self.drift_m or self._grip_bad >= 3):
-            self.human, self._held = True, 0
-            self.expert.sync()  # from where the arm is, not where the plan's cursor got to
-            a_e = self.expert.act()
-        elif self.human:
+        if self.human:
             self._held += 1
-            if self._held >= self.min_steps and drift < self.drift_m / 2 and not grip_bad:
-                self.human = False
-        return (a_e, 1) if self.human else (np.asarray(policy_action, dtype=np.float64), 0)
+            leg_done = not np.array_equal(goal, self._took_at)
+            if leg_done and self._held >= self.min_steps and drift < self.drift_m / 2 and not grip_bad:
+                self.human, self._dist = False, []
+            return (a_e, 1) if self.human else (np.asarray(policy_action, dtype=np.float64), 0)
+        to_goal = float(np.linalg.norm(self.env.tcp - goal))
+        if self._goal is None or not np.array_equal(goal, self._goal):
+            self._goal, self._dist = goal, []  # a new leg: progress is counted from here
+        self._dist = (self._dist + [to_goal])[-self.stall_steps:]
+        stalled = (len(self._dist) == self.stall_steps and to_goal > 0.01
+                   and self._dist[0] - to_goal < 0.01)
+        reason = "drift" if drift > self.drift_m else "stall" if stalled else \
+            "gripper" if self._grip_bad >= self.grip_steps else None
+        if reason is None:
+            return np.asarray(policy_action, dtype=np.float64), 0
+        self.reasons[reason] += 1
+        self.expert.replan()  # the policy may have moved the cube: plan from what is there now
+        a_e = self.expert.act()
+        self.human, self._held, self._took_at = True, 0, self.expert.leg()[1]
+        return a_e, 1
 
 
 def gated_rollout(env, executor, gate: GatedExpert, seed: int) -> Episode:
@@ -275,6 +311,7 @@ class DaggerConfig:
     threshold: float = 0.0
     drift_m: float = 0.03
     min_expert_steps: int = 8
+    stall_steps: int = 12
     latency: int = 1
     seed: int = 0
 
@@ -376,20 +413,23 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
                     on_round(r, model, aggregate, rec)
                 break
             executor = _executor(model, env, cfg.latency)
-            gate = GatedExpert(env, drift_m=cfg.drift_m, min_expert_steps=cfg.min_expert_steps, seed=cfg.seed + r)
-            new = []
+            gate = GatedExpert(env, drift_m=cfg.drift_m, min_expert_steps=cfg.min_expert_steps,
+                               stall_steps=cfg.stall_steps, seed=cfg.seed + r)
+            new, reasons = [], {}
             try:
                 for i in range(cfg.episodes_per_round):
                     new.append(gated_rollout(env, executor, gate, seed=cfg.rollout_seed + r * cfg.episodes_per_round + i))
+                    reasons = {k: reasons.get(k, 0) + v for k, v in gate.reasons.items()}
             finally:
                 executor.wait_for_inference()
             steps = sum(len(e.actions) for e in new)
             human = sum(int(e.actor.sum()) for e in new)
             rec.update(rollouts=len(new), rollout_successes=sum(e.success for e in new),
                        expert_share=round(human / max(steps, 1), 3),
-                       episodes_with_intervention=sum(bool(e.actor.any()) for e in new))
+                       episodes_with_intervention=sum(bool(e.actor.any()) for e in new), takeovers=reasons)
             log(f"  rollouts: {rec['rollout_successes']}/{len(new)} succeeded with help; the expert acted in "
-                f"{rec['episodes_with_intervention']} episodes, {100 * rec['expert_share']:.0f} % of steps")
+                f"{rec['episodes_with_intervention']} episodes, {100 * rec['expert_share']:.0f} % of steps; "
+                f"take-overs: {reasons}")
             aggregate += new
             model, info = retrain(model, aggregate, cfg, max_steps, progress=progress, log=log,
                                   value_progress=value_progress)
