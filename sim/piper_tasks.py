@@ -422,13 +422,17 @@ class ScriptedExpert:
         return bool(a[2] > CUBE_HALF + 0.01 and np.linalg.norm(a[:2] - self.env.tcp[:2]) < 0.025)
 
     def replan(self) -> None:
-        """Plan again from the objects' current poses, for taking over from another actor that may
-        have moved them (issue 8): from the transport leg when the cube is already held in a
-        pick-and-place or stack, else from the start; the arm continues from its actual state."""
+        """Continue from the arm's actual state after another actor had it (issue 8). If that actor
+        moved the task's cube away from where the plan grasps it, plan again from the objects'
+        current poses: from the transport leg when the cube is already held in a pick-and-place or
+        stack, else from the start. Otherwise the plan and its progress are kept."""
+        planned = self._plan[1][0][:2] if len(self._plan) > 1 else None
+        cube = self.env._obj_pose("cube_a")[:2]
         held = self.holding()
-        self.reset()
-        if held and self.env.task_name in ("pick_place", "stack") and self.failure is None:
-            self._i = 4  # above the goal, gripper closed
+        if planned is not None and (np.linalg.norm(cube - planned) > 0.01 or held) and not (held and self._i >= 3):
+            self.reset()
+            if held and self.env.task_name in ("pick_place", "stack") and self.failure is None:
+                self._i = 4  # above the goal, gripper closed
         self.sync()
 
     def sync(self) -> None:

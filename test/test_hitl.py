@@ -106,7 +106,7 @@ def test_the_gated_expert_takes_over_a_stuck_policy_and_leaves_a_good_one_alone(
         ep = gated_rollout(env, stuck, gate, seed=7)
         assert ep.actor.mean() > 0.5 and ep.success  # the expert did the task
         assert ep.actor.shape == (len(ep.actions),)
-        assert ep.actor[:13].any() and gate.reasons["stall"] >= 1  # a policy that does not move is a stall
+        assert ep.actor[:31].any() and gate.reasons["stall"] >= 1  # a policy that does not move is a stall
 
         class ExpertPolicy:  # the expert's own plan as the policy: nothing to correct
             def __init__(self):

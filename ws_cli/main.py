@@ -1289,7 +1289,7 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--drift", type=float, default=0.03,
                     help="the expert takes over when the policy's tool target is this far from its plan, m")
     hd.add_argument("--min-expert-steps", type=int, default=8, help="steps the expert keeps control once taken")
-    hd.add_argument("--stall-steps", type=int, default=12,
+    hd.add_argument("--stall-steps", type=int, default=30,
                     help="the expert takes over when the tool gains less than 1 cm on its next waypoint in this many steps")
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
     hd.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")

@@ -182,12 +182,12 @@ class GatedExpert:
       current leg (the segment from the last waypoint to the next) and from the leg after it
       (a target a little ahead of the expert's bookkeeping is not a drift),
     * stalls: the tool has come less than 1 cm closer to the next waypoint over ``stall_steps``
-      steps while still more than 1 cm from it, or
+      steps while still more than 2 cm from it, or
     * disagrees on the gripper (open against closed) for ``grip_steps`` steps in a row.
 
     A slower policy on the right path is left alone. Once in control, the expert continues from
-    where the arm is with a plan made from the objects' current poses (the policy may have
-    moved the cube), finishes the leg it took over on, and hands back after at least
+    where the arm is (replanning from the objects' current poses if the policy moved the cube),
+    finishes the leg it took over on, and hands back after at least
     ``min_expert_steps`` steps when the policy's proposal is within ``drift_m / 2`` of the plan
     again and the gripper agrees.
 
@@ -195,7 +195,7 @@ class GatedExpert:
         ValueError: non-positive thresholds.
     """
 
-    def __init__(self, env, drift_m: float = 0.03, min_expert_steps: int = 8, stall_steps: int = 12,
+    def __init__(self, env, drift_m: float = 0.03, min_expert_steps: int = 8, stall_steps: int = 30,
                  grip_steps: int = 5, seed: int = 0):
         import mujoco
 
@@ -254,7 +254,7 @@ class GatedExpert:
         if self._goal is None or not np.array_equal(goal, self._goal):
             self._goal, self._dist = goal, []  # a new leg: progress is counted from here
         self._dist = (self._dist + [to_goal])[-self.stall_steps:]
-        stalled = (len(self._dist) == self.stall_steps and to_goal > 0.01
+        stalled = (len(self._dist) == self.stall_steps and to_goal > 0.02
                    and self._dist[0] - to_goal < 0.01)
         reason = "drift" if drift > self.drift_m else "stall" if stalled else \
             "gripper" if self._grip_bad >= self.grip_steps else None
@@ -311,7 +311,7 @@ class DaggerConfig:
     threshold: float = 0.0
     drift_m: float = 0.03
     min_expert_steps: int = 8
-    stall_steps: int = 12
+    stall_steps: int = 30
     latency: int = 1
     seed: int = 0
 
