@@ -666,7 +666,8 @@ def _plot_dagger(report: dict, path: Path) -> None:
         ax.plot(x[:len(share)], share, "s--", label="expert share of rollout steps")
     if "plain_bc" in report:
         ax.axhline(report["plain_bc"]["success_rate"], color="grey", ls=":", label="plain BC, same data")
-    ax.set_xlabel("DAgger round")
+    ax.set_xticks(x)
+    ax.set_xlabel("DAgger round (the policy entering it)")
     ax.set_ylabel("rate")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
