@@ -604,7 +604,7 @@ def cmd_hitl_dagger(args) -> int:
     kind = "advantage-conditioned" if cfg.conditioned else "plain behaviour cloning"
     print(f"HG-DAgger ({kind}): {cfg.rounds} rounds of {cfg.episodes_per_round} rollouts, {cfg.train_steps} "
           f"training steps each, {cfg.eval_episodes} evaluation episodes per round (seeds {cfg.eval_seed}+)")
-    extra = {"workspace": attrs.get("workspace", "full"), "dagger": dataclasses_asdict(cfg)}
+    extra = {"workspace": attrs.get("workspace", "full"), "dagger": _asdict(cfg)}
 
     def on_round(r, m, aggregate, rec):
         path = save_policy(m, out / f"round{r}.pt", extra={**payload.get("extra", {}), **extra, "round": r})
@@ -617,7 +617,7 @@ def cmd_hitl_dagger(args) -> int:
     bar.close()
     vbar.close()
     write_demos(result["aggregate"], attrs, out / "aggregate.hdf5")
-    report = {"init": str(args.init), "demos": str(args.demos), "config": dataclasses_asdict(cfg),
+    report = {"init": str(args.init), "demos": str(args.demos), "config": _asdict(cfg),
               "rounds": result["rounds"]}
     if args.compare_bc:
         import dataclasses
@@ -642,7 +642,7 @@ def cmd_hitl_dagger(args) -> int:
     return 0
 
 
-def dataclasses_asdict(x) -> dict:
+def _asdict(x) -> dict:
     import dataclasses
 
     return dataclasses.asdict(x)
@@ -1266,8 +1266,9 @@ def build_parser() -> argparse.ArgumentParser:
     hc.set_defaults(func=cmd_hitl_convert)
     hd = hisub.add_parser("dagger", help="HG-DAgger in simulation with advantage conditioning (seed 004)",
                           description="Human-in-the-loop learning in simulation: the policy runs, the scripted "
-                                      "expert stands in for the teleoperator and takes over when the policy's tool "
-                                      "target drifts from its own (HG-DAgger gating), the data aggregate, a progress "
+                                      "expert stands in for the teleoperator and takes over when the policy heads off "
+                                      "its plan, stalls or holds the gripper wrong (HG-DAgger gating), the data "
+                                      "aggregate, a progress "
                                       "value function is fitted, actions are labelled improvements where their "
                                       "advantage is positive or a human acted, and the policy is fine-tuned "
                                       "conditioned on that indicator (runs with it set). Each round's policy is "
