@@ -568,6 +568,7 @@ def cmd_hitl_convert(args) -> int:
 
 
 def cmd_hitl_dagger(args) -> int:
+    import dataclasses
     import json
 
     from tqdm import tqdm
@@ -604,7 +605,7 @@ def cmd_hitl_dagger(args) -> int:
     kind = "advantage-conditioned" if cfg.conditioned else "plain behaviour cloning"
     print(f"HG-DAgger ({kind}): {cfg.rounds} rounds of {cfg.episodes_per_round} rollouts, {cfg.train_steps} "
           f"training steps each, {cfg.eval_episodes} evaluation episodes per round (seeds {cfg.eval_seed}+)")
-    extra = {"workspace": attrs.get("workspace", "full"), "dagger": _asdict(cfg)}
+    extra = {"workspace": attrs.get("workspace", "full"), "dagger": dataclasses.asdict(cfg)}
 
     def on_round(r, m, aggregate, rec):
         path = save_policy(m, out / f"round{r}.pt", extra={**payload.get("extra", {}), **extra, "round": r})
@@ -617,11 +618,9 @@ def cmd_hitl_dagger(args) -> int:
     bar.close()
     vbar.close()
     write_demos(result["aggregate"], attrs, out / "aggregate.hdf5")
-    report = {"init": str(args.init), "demos": str(args.demos), "config": _asdict(cfg),
+    report = {"init": str(args.init), "demos": str(args.demos), "config": dataclasses.asdict(cfg),
               "rounds": result["rounds"]}
     if args.compare_bc:
-        import dataclasses
-
         print("baseline: plain behaviour cloning on the same aggregated data, same steps")
         bc_cfg = dataclasses.replace(cfg, conditioned=False, train_steps=cfg.train_steps * cfg.rounds)
         bar = tqdm(total=bc_cfg.train_steps, desc="plain BC", unit="step", leave=False)
@@ -640,12 +639,6 @@ def cmd_hitl_dagger(args) -> int:
                                                                 if "plain_bc" in report else {})}))
     print(f"wrote {out}/report.json, dagger.png, aggregate.hdf5 and round*.pt")
     return 0
-
-
-def _asdict(x) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(x)
 
 
 def _plot_dagger(report: dict, path: Path) -> None:

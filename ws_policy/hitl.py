@@ -385,8 +385,9 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
         on_round: optional ``on_round(round, model, aggregate, record)`` (checkpoints, files).
 
     Returns:
-        ``{"rounds": [...], "aggregate": episodes}``: per round, the autonomous success rate of the
-        policy entering it, the rollouts' interventions and outcomes, and the data size.
+        ``{"rounds": [...], "aggregate": episodes, "model": the last policy}``: per round, the
+        autonomous success rate of the policy entering it, the rollouts' interventions (share of
+        expert steps, take-over reasons) and outcomes, the value fit and the data size.
     """
     from ws_sim.piper_tasks import PiperManipEnv
 

@@ -173,7 +173,7 @@ class TeleopController:
         m = self.mapping
         axes = np.asarray(axes, dtype=np.float64)
         buttons = np.asarray(buttons, dtype=int)
-        if axes.shape != (len(axes),) or len(axes) < m.n_axes() or len(buttons) < m.n_buttons():
+        if axes.ndim != 1 or len(axes) < m.n_axes() or len(buttons) < m.n_buttons():
             raise ValueError(f"Joy message has {len(axes)} axes and {len(buttons)} buttons; the mapping uses "
                              f"{m.n_axes()} and {m.n_buttons()}")
         if not np.all(np.isfinite(axes)):

@@ -171,8 +171,8 @@ class RecordingWriter:
 
         self.path = Path(path)
         try:
-            self._file = open(self.path, "xb") if str(self.path) != os.devnull and not str(self.path).startswith("/dev/") \
-                else open(self.path, "wb")
+            # a device (/dev/null, /dev/full) is written in place; a file is never overwritten
+            self._file = open(self.path, "wb" if str(self.path).startswith("/dev/") else "xb")
         except FileExistsError as e:
             raise RecordingError(e.errno, f"{self.path} exists; recordings are never overwritten") from e
         except OSError as e:
