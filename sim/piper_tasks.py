@@ -435,12 +435,16 @@ class ScriptedExpert:
                 self._i = 4  # above the goal, gripper closed
         self.sync()
 
-    def sync(self) -> None:
+    def sync(self, reach_m: float = 0.0) -> None:
         """Continue from the arm's actual state (tool position and joints) instead of the expert's own
         cursor: for taking over from another actor (HG-DAgger gating, issue 8). The plan's progress
-        (which waypoint is next) is kept; it advances only when the real tool reaches a waypoint."""
+        (which waypoint is next) is kept; it advances only when the real tool reaches a waypoint,
+        or, with ``reach_m`` > 0 (m), comes within that distance of it: another actor that cuts a
+        corner past a waypoint (no stop at the pre-grasp point, say) is still following the plan."""
         self._cursor = self.env.tcp.copy()
         self._q = self.env.data.qpos[:6].copy()
+        while reach_m > 0 and not self.done and np.linalg.norm(self._cursor - self._plan[self._i][0]) < reach_m:
+            self._i, self._waited = self._i + 1, 0.0
 
     def act(self) -> np.ndarray:
         """The action ``(7,)`` for the current state."""

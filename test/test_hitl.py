@@ -106,7 +106,7 @@ def test_the_gated_expert_takes_over_a_stuck_policy_and_leaves_a_good_one_alone(
         ep = gated_rollout(env, stuck, gate, seed=7)
         assert ep.actor.mean() > 0.5 and ep.success  # the expert did the task
         assert ep.actor.shape == (len(ep.actions),)
-        assert ep.actor[:31].any() and gate.reasons["stall"] >= 1  # a policy that does not move is a stall
+        assert ep.actor[:41].any() and gate.reasons["stall"] >= 1  # a policy that does not move is a stall
 
         class ExpertPolicy:  # the expert's own plan as the policy: nothing to correct
             def __init__(self):
@@ -115,21 +115,35 @@ def test_the_gated_expert_takes_over_a_stuck_policy_and_leaves_a_good_one_alone(
             def __call__(self, obs):
                 return np.repeat(self.e.act()[None], 1, axis=0)
 
-        pol = ExpertPolicy()
-        good = ChunkExecutor(pol, chunk=1, replan_every=1, ensemble_m=None, latency_steps=0, dt=env.dt,
-                             hold=env.neutral_action)
-        gate2 = GatedExpert(env, drift_m=0.03, seed=0)
-        obs, info = env.reset(seed=8)
-        pol.e.reset()
-        gate2.reset()
-        helped = 0
-        for step in range(env.max_episode_steps):
-            action, actor = gate2.decide(good.act(step, obs))
-            helped += actor
-            obs, _, term, trunc, info = env.step(action)
-            if term or trunc:
-                break
-        assert info["success"] and helped <= 0.1 * (step + 1)
+        def run(gate, corner_m=0.0):
+            """The expert's plan as the policy (its pre-grasp point ``corner_m`` lower: a policy that
+            cuts that corner); returns the episode's outcome and the expert's share of its steps."""
+            pol = ExpertPolicy()
+            good = ChunkExecutor(pol, chunk=1, replan_every=1, ensemble_m=None, latency_steps=0, dt=env.dt,
+                                 hold=env.neutral_action)
+            obs, info = env.reset(seed=8)
+            pol.e.reset()
+            p, g, w, yaw = pol.e._plan[0]
+            pol.e._plan[0] = (p - [0.0, 0.0, corner_m], g, w, yaw)
+            gate.reset()
+            helped = 0
+            for step in range(env.max_episode_steps):
+                action, actor = gate.decide(good.act(step, obs))
+                helped += actor
+                obs, _, term, trunc, info = env.step(action)
+                if term or trunc:
+                    break
+            return info["success"], helped / (step + 1)
+
+        ok, share = run(GatedExpert(env, drift_m=0.03, seed=0))
+        assert ok and share <= 0.1  # nothing to correct
+        # a policy passing 1.5 cm under the pre-grasp point is on the plan for the default gate
+        # (reach 2 cm); one that waits for the tool to reach each waypoint exactly takes over
+        ok, share = run(GatedExpert(env, drift_m=0.03, seed=0), corner_m=0.015)
+        assert ok and share <= 0.1
+        strict = GatedExpert(env, drift_m=0.03, reach_m=0.0, seed=0)
+        run(strict, corner_m=0.015)
+        assert sum(strict.reasons.values()) >= 1
     finally:
         env.close()
 

@@ -596,7 +596,7 @@ def cmd_hitl_dagger(args) -> int:
                            train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            conditioned=not args.plain_bc, value_steps=args.value_steps, n_step=args.n_step,
                            threshold=args.threshold, drift_m=args.drift, min_expert_steps=args.min_expert_steps,
-                           stall_steps=args.stall_steps,
+                           stall_steps=args.stall_steps, grip_steps=args.grip_steps, reach_m=args.reach,
                            latency=args.latency, seed=args.seed)
     except ValueError as e:
         raise ConfigError(str(e)) from e
@@ -1284,8 +1284,12 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--drift", type=float, default=0.03,
                     help="the expert takes over when the policy's tool target is this far from its plan, m")
     hd.add_argument("--min-expert-steps", type=int, default=8, help="steps the expert keeps control once taken")
-    hd.add_argument("--stall-steps", type=int, default=30,
+    hd.add_argument("--stall-steps", type=int, default=40,
                     help="the expert takes over when the tool gains less than 1 cm on its next waypoint in this many steps")
+    hd.add_argument("--grip-steps", type=int, default=20,
+                    help="the expert takes over when the policy holds the gripper against its plan this many steps")
+    hd.add_argument("--reach", type=float, default=0.02,
+                    help="while shadowing, the expert's plan moves on when the tool comes this close to a waypoint, m")
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
     hd.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
     hd.add_argument("--compare-bc", action="store_true",

@@ -176,7 +176,8 @@ class GatedExpert:
     """The scripted expert standing in for a teleoperator, with HG-DAgger gating.
 
     While the policy acts, the expert shadows it from the arm's actual state (its plan advances
-    only as the real tool reaches each waypoint) and takes over when the policy
+    as the real tool comes within ``reach_m`` of each waypoint, so a policy that cuts a corner is
+    still on the plan) and takes over when the policy
 
     * heads off the plan: the tool target it commands is more than ``drift_m`` from the plan's
       current leg (the segment from the last waypoint to the next) and from the leg after it
@@ -185,7 +186,11 @@ class GatedExpert:
       steps while still more than 2 cm from it, or
     * disagrees on the gripper (open against closed) for ``grip_steps`` steps in a row.
 
-    A slower policy on the right path is left alone. Once in control, the expert continues from
+    A slower policy on the right path is left alone. The defaults were tuned so that the gate acts
+    where a teleoperator would: watching the 50-demonstration action-only policy alone on 40
+    seeds, it would have taken over in all 16 failures and 5 of 24 successes (the first gate,
+    8 mm reach, 30 stall steps and 5 gripper steps, took over in every episode, a few steps into
+    each grasp; README, "Human in the loop"). Once in control, the expert continues from
     where the arm is (replanning from the objects' current poses if the policy moved the cube),
     finishes the leg it took over on, and hands back after at least
     ``min_expert_steps`` steps when the policy's proposal is within ``drift_m / 2`` of the plan
@@ -195,18 +200,19 @@ class GatedExpert:
         ValueError: non-positive thresholds.
     """
 
-    def __init__(self, env, drift_m: float = 0.03, min_expert_steps: int = 8, stall_steps: int = 30,
-                 grip_steps: int = 5, seed: int = 0):
+    def __init__(self, env, drift_m: float = 0.03, min_expert_steps: int = 8, stall_steps: int = 40,
+                 grip_steps: int = 20, reach_m: float = 0.02, seed: int = 0):
         import mujoco
 
         from ws_sim.piper_tasks import ScriptedExpert
 
-        if drift_m <= 0 or min_expert_steps < 1 or stall_steps < 2 or grip_steps < 1:
-            raise ValueError("drift_m must be positive, min_expert_steps and grip_steps >= 1, stall_steps >= 2")
+        if drift_m <= 0 or reach_m < 0 or min_expert_steps < 1 or stall_steps < 2 or grip_steps < 1:
+            raise ValueError("drift_m must be positive, reach_m >= 0, min_expert_steps and grip_steps >= 1, "
+                             "stall_steps >= 2")
         self.env = env.unwrapped
         self.expert = ScriptedExpert(self.env, seed=seed)
         self.drift_m, self.min_steps = float(drift_m), int(min_expert_steps)
-        self.stall_steps, self.grip_steps = int(stall_steps), int(grip_steps)
+        self.stall_steps, self.grip_steps, self.reach_m = int(stall_steps), int(grip_steps), float(reach_m)
         self._data = mujoco.MjData(self.env.model)
         self._site = self.env.model.site("tcp").id
         self.human = False
@@ -236,7 +242,7 @@ class GatedExpert:
     def decide(self, policy_action: np.ndarray) -> tuple[np.ndarray, int]:
         """The action to execute and who chose it (1 the expert, 0 the policy)."""
         if not self.human:
-            self.expert.sync()
+            self.expert.sync(self.reach_m)
         a_e = self.expert.act()
         start, goal, grip = self.expert.leg()
         nxt = self.expert.leg(ahead=1)
@@ -311,7 +317,9 @@ class DaggerConfig:
     threshold: float = 0.0
     drift_m: float = 0.03
     min_expert_steps: int = 8
-    stall_steps: int = 30
+    stall_steps: int = 40
+    grip_steps: int = 20
+    reach_m: float = 0.02
     latency: int = 1
     seed: int = 0
 
@@ -415,7 +423,8 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
                 break
             executor = _executor(model, env, cfg.latency)
             gate = GatedExpert(env, drift_m=cfg.drift_m, min_expert_steps=cfg.min_expert_steps,
-                               stall_steps=cfg.stall_steps, seed=cfg.seed + r)
+                               stall_steps=cfg.stall_steps, grip_steps=cfg.grip_steps, reach_m=cfg.reach_m,
+                               seed=cfg.seed + r)
             new, reasons = [], {}
             try:
                 for i in range(cfg.episodes_per_round):
