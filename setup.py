@@ -16,7 +16,7 @@ setup(
     description="WorldScape: learned world models for robot control (MPPI, policies, distillation)",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["ws_worldmodel", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli", "ws_ros", "ws_ros.nodes"],
+    packages=["ws_worldmodel", "ws_worldmodel.video", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli", "ws_ros", "ws_ros.nodes"],
     package_dir={"ws_sim": "sim", "ws_distill": "distill"},
     package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_sim": ["assets/*.xml"]},
     data_files=[

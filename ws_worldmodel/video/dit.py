@@ -1,0 +1,480 @@
+"""Video diffusion transformer with heterogeneous control experts and chunk-causal generation
+(seeds 000, 001, 002; issue 9).
+
+**Frames.** A frame is RGB plus depth, ``channels`` x ``image_size`` px, values in [-1, 1]
+(the policy's normalisation), cut into ``patch`` x ``patch`` pixel patches: ``(image_size /
+patch)^2`` tokens per frame, no autoencoder (the reason the policy gives in
+:mod:`ws_policy.model` holds here too: at 64 px the objects are a few pixels wide). A learned
+embedding gives each patch its place in the frame; rotary embeddings on the frame index give
+attention its time, so a cached key keeps its position and attention sees only differences.
+
+**Heterogeneous control (seed 000).** Each sample has one control kind (camera trajectory,
+joint actions, gripper keypoints, ... ``control_kinds``) with a per-frame control vector. A
+kind-specific linear encoder maps it to the frame's conditioning, added to the flow time's
+embedding; every block is modulated by it (adaLN-zero, as DiT). Each block's feed-forward is
+a *shared expert* plus the *expert of the sample's control kind*, summed, routed by the kind's
+label (seed 000: "each sample is routed through a shared expert plus the corresponding
+modality expert"; it names no learned router, so there is none). ``moe="dense"`` is the
+ablation without experts: one feed-forward of twice the hidden width (the same parameters per
+sample as shared + one expert). :meth:`VideoDiT.add_control_kind` adds a kind later, and
+:meth:`VideoDiT.tuning_parameters` gives what trains then: the new kind's encoder and experts
+and the shared weights, the other kinds' frozen (seed 000's Worldscape-MoE Tuning: the shared
+expert "continually absorbs world knowledge").
+
+**Chunks (seeds 001, 002).** Frames come in chunks of ``chunk``. The *teacher* attends
+bidirectionally over the whole clip. The *student* is chunk-causal: a frame attends to every
+frame of its own chunk and of earlier chunks, never later ones; it generates chunk by chunk,
+denoising each with ``euler_steps`` Euler steps while attending to earlier frames' cached
+keys and values, then runs the finished chunk once more as clean (``tau = 1``) to cache its
+own (as CausVid and Self-Forcing do). Which earlier frames it attends to is
+:class:`ws_worldmodel.video.memory.MemoryKVCache`'s choice (anchors, retrieved pool frames,
+window), or all of them without a memory.
+
+**Objective.** Rectified flow per frame, as the policy: ``x_tau = tau x_1 + (1 - tau) x_0``,
+the network predicts ``x_1 - x_0``. The teacher draws one ``tau`` per clip, the student one
+per chunk (diffusion forcing), and the first ``context`` frames are clean (``tau = 1``) and
+carry no loss. Geometric consistency (seed 001's depth signal) is a depth term beside the
+velocity loss: ``L = |v^ - v|^2_rgb + depth_weight |v^ - v|^2_depth + depth_weight
+|x^_1 - x_1|^2_depth`` with the clean estimate ``x^_1 = x_tau + (1 - tau) v^``. Seed 001's 3D
+Gaussian-splatting branch is not built (a documented extension: it needs a differentiable
+splatting renderer that does not train on two CPU cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass
+class VideoDiTConfig:
+    """Sizes of :class:`VideoDiT`.
+
+    Attributes:
+        image_size: frame side, px. channels: RGB + depth = 4. patch: patch side, px.
+        d_model, layers, heads, ffn_mult: transformer sizes.
+        chunk: frames per chunk (the student's generation step).
+        control_kinds: names of the control kinds, in label order.
+        control_dims: each kind's per-frame control vector length.
+        moe: ``"shared+kind"`` (seed 000's mixture) or ``"dense"`` (no experts).
+        euler_steps: Euler steps per chunk at generation.
+        depth_weight: weight of the depth terms of the loss.
+    """
+
+    image_size: int = 64
+    channels: int = 4
+    patch: int = 8
+    d_model: int = 128
+    layers: int = 4
+    heads: int = 4
+    ffn_mult: int = 4
+    chunk: int = 4
+    control_kinds: tuple = ("camera", "joints", "keypoints")
+    control_dims: tuple = (9, 7, 6)
+    moe: str = "shared+kind"
+    euler_steps: int = 4
+    depth_weight: float = 0.5
+
+    def __post_init__(self):
+        self.control_kinds, self.control_dims = tuple(self.control_kinds), tuple(int(d) for d in self.control_dims)
+        if self.image_size % self.patch:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
+        if self.d_model % self.heads or (self.d_model // self.heads) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.heads} heads of even size")
+        if len(self.control_kinds) != len(self.control_dims) or not self.control_kinds:
+            raise ValueError("control_kinds and control_dims must name the same, non-empty list of kinds")
+        if self.moe not in ("shared+kind", "dense"):
+            raise ValueError(f"moe must be 'shared+kind' or 'dense', got {self.moe!r}")
+        if self.chunk < 1 or self.euler_steps < 1 or self.layers < 1:
+            raise ValueError("chunk, euler_steps and layers must be >= 1")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.image_size // self.patch) ** 2
+
+    @classmethod
+    def cpu(cls, **kw) -> "VideoDiTConfig":
+        """Trains on two CPU cores: 64 px, 64 tokens per frame, 4 layers of 128."""
+        return cls(**kw)
+
+    @classmethod
+    def gpu(cls, **kw) -> "VideoDiTConfig":
+        """A GPU size: 12 layers of 512, 8 heads."""
+        return cls(**{"d_model": 512, "layers": 12, "heads": 8, **kw})
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, F, C, H, W)`` -> ``(B, F, (H/p)(W/p), C p p)``."""
+    b, f, c, h, w = x.shape
+    x = x.reshape(b, f, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(b, f, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    b, f = x.shape[:2]
+    x = x.reshape(b, f, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, f, c, h, w)
+
+
+def rope_table(pos: torch.Tensor, dh: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` ``(N, dh/2)`` of the rotary embedding at positions ``pos`` ``(N,)`` (frame indices)."""
+    freq = 1.0 / (10000 ** (torch.arange(0, dh, 2, device=pos.device, dtype=torch.float32) / dh))
+    ang = pos.to(torch.float32)[:, None] * freq[None]
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def _rope(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding of ``x`` ``(B, H, N, dh)`` with :func:`rope_table`'s ``(cos, sin)``."""
+    cos, sin = table
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+def _ffn(d: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+
+
+class ControlFFN(nn.Module):
+    """Feed-forward of one block: shared expert + the sample's control-kind expert (or dense)."""
+
+    def __init__(self, d: int, hidden: int, kinds: int, moe: str):
+        super().__init__()
+        self.moe = moe
+        if moe == "dense":
+            self.shared = _ffn(d, 2 * hidden)
+            self.experts = nn.ModuleList()
+        else:
+            self.shared = _ffn(d, hidden)
+            self.experts = nn.ModuleList(_ffn(d, hidden) for _ in range(kinds))
+
+    def forward(self, x: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, ..., d)``, ``kind`` ``(B,)`` labels, or one ``int`` for the whole batch."""
+        out = self.shared(x)
+        if self.moe == "dense":
+            return out
+        if isinstance(kind, int):
+            return out + self.experts[kind](x)
+        routed = torch.zeros_like(out)
+        for k in torch.unique(kind).tolist():
+            sel = kind == k
+            routed[sel] = self.experts[k](x[sel])
+        return out + routed
+
+
+class DiTBlock(nn.Module):
+    """adaLN-zero transformer block: attention over the frames' tokens (with cached keys and
+    values of earlier frames), then :class:`ControlFFN`."""
+
+    def __init__(self, cfg: VideoDiTConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.heads = cfg.heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ffn = ControlFFN(d, cfg.ffn_mult * d, len(cfg.control_kinds), cfg.moe)
+        self.ada = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x, cond, kind, pos, mask, past_k=None, past_v=None):
+        """``x`` ``(B, F, N, d)``; ``cond`` ``(B, F, d)``; ``pos`` the rotary table of the tokens'
+        frame indices (:func:`rope_table`);
+        ``mask`` ``(F*N, P + F*N)`` bool (True: may attend) or None; ``past_k/v`` ``(B, H, P, dh)``.
+        Returns ``(x, k, v)`` with this call's rotated keys and values ``(B, H, F*N, dh)``."""
+        b, f, n, d = x.shape
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + sc1) + sh1
+        q, k, v = self.qkv(h.reshape(b, f * n, d)).reshape(b, f * n, 3, self.heads, d // self.heads).permute(
+            2, 0, 3, 1, 4)
+        q, k = _rope(q, pos), _rope(k, pos)
+        ka, va = (k, v) if past_k is None else (torch.cat([past_k, k], 2), torch.cat([past_v, v], 2))
+        att = F.scaled_dot_product_attention(q, ka, va, attn_mask=mask)
+        x = x + g1 * self.proj(att.transpose(1, 2).reshape(b, f, n, d))
+        h = self.norm2(x) * (1 + sc2) + sh2
+        x = x + g2 * self.ffn(h, kind)
+        return x, k, v
+
+
+class VideoDiT(nn.Module):
+    """The video world model (module docstring). Predicts the flow velocity of every frame.
+
+    Raises:
+        ValueError: frames or controls of the wrong shape, an unknown control kind.
+    """
+
+    def __init__(self, cfg: VideoDiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p = cfg.d_model, cfg.patch
+        self.embed = nn.Linear(cfg.channels * p * p, d)
+        self.spatial = nn.Parameter(torch.randn(1, 1, cfg.tokens_per_frame, d) * 0.02)
+        self.time = nn.Sequential(nn.Linear(64, d), nn.SiLU(), nn.Linear(d, d))
+        self.controls = nn.ModuleList(nn.Linear(dim, d) for dim in cfg.control_dims)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, cfg.channels * p * p)
+        for m in (self.ada_out, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # --- control kinds --------------------------------------------------------------------------
+    def kind_index(self, kind: str) -> int:
+        if kind not in self.cfg.control_kinds:
+            raise ValueError(f"unknown control kind {kind!r}; this model knows {list(self.cfg.control_kinds)}")
+        return self.cfg.control_kinds.index(kind)
+
+    def add_control_kind(self, name: str, dim: int) -> int:
+        """Add a control kind (encoder and, with experts, one expert per block, initialised as a
+        copy of the shared expert); returns its label. Seed 000's Worldscape-MoE Tuning."""
+        if name in self.cfg.control_kinds:
+            raise ValueError(f"control kind {name!r} exists already")
+        self.cfg = dataclasses.replace(self.cfg, control_kinds=self.cfg.control_kinds + (name,),
+                                       control_dims=self.cfg.control_dims + (int(dim),))
+        ref = next(self.parameters())
+        self.controls.append(nn.Linear(int(dim), self.cfg.d_model).to(ref))
+        if self.cfg.moe != "dense":
+            for blk in self.blocks:
+                new = _ffn(self.cfg.d_model, self.cfg.ffn_mult * self.cfg.d_model).to(ref)
+                new.load_state_dict(blk.ffn.shared.state_dict())
+                blk.ffn.experts.append(new)
+        return len(self.cfg.control_kinds) - 1
+
+    def tuning_parameters(self, kind: str) -> list[nn.Parameter]:
+        """What trains when ``kind`` is added: everything but the other kinds' encoders and experts."""
+        k = self.kind_index(kind)
+        frozen = {id(p) for i, enc in enumerate(self.controls) if i != k for p in enc.parameters()}
+        for blk in self.blocks:
+            for i, ex in enumerate(blk.ffn.experts):
+                if i != k:
+                    frozen |= {id(p) for p in ex.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    # --- forward ----------------------------------------------------------------------------------
+    def _time_embedding(self, tau: torch.Tensor) -> torch.Tensor:
+        half = torch.exp(-math.log(1000.0) * torch.arange(32, device=tau.device, dtype=torch.float32) / 32)
+        ang = 1000.0 * tau.float()[..., None] * half
+        return self.time(torch.cat([ang.sin(), ang.cos()], -1).to(self.embed.weight.dtype))
+
+    def condition(self, tau: torch.Tensor, controls: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """Per-frame conditioning ``(B, F, d)`` from ``tau`` ``(B, F)`` and ``controls`` ``(B, F, D)``
+        (D at least the kind's dimension; extra columns are ignored)."""
+        cond = self._time_embedding(tau)
+        if isinstance(kind, int):
+            return cond + self.controls[kind](controls[..., : self.cfg.control_dims[kind]])
+        ctrl = torch.zeros_like(cond)
+        for k in torch.unique(kind).tolist():
+            sel = kind == k
+            ctrl[sel] = self.controls[k](controls[sel][..., : self.cfg.control_dims[k]])
+        return cond + ctrl
+
+    def chunk_of(self, frames: torch.Tensor, context: int) -> torch.Tensor:
+        """Chunk index of rollout frames ``frames`` (int tensor): the first ``context`` frames (the
+        given ones) are chunk 0, then every ``cfg.chunk`` frames a new chunk."""
+        if context <= 0:
+            return frames // self.cfg.chunk
+        return torch.where(frames < context, 0, 1 + (frames - context).div(self.cfg.chunk, rounding_mode="floor"))
+
+    def chunk_mask(self, frames: int, first_frame: int, past: int, causal: bool, device,
+                   context: int = 0) -> torch.Tensor | None:
+        """Attention mask ``(F*N, past + F*N)`` for ``frames`` new frames starting at rollout frame
+        ``first_frame`` after ``past`` cached tokens: chunk-causal (a frame sees its own and earlier
+        chunks; :meth:`chunk_of`) or None (bidirectional)."""
+        if not causal:
+            return None
+        n = self.cfg.tokens_per_frame
+        chunk_of = self.chunk_of(first_frame + torch.arange(frames, device=device), context)
+        chunk_of = chunk_of.repeat_interleave(n)
+        mask = chunk_of[None, :] <= chunk_of[:, None]
+        return torch.cat([torch.ones(len(chunk_of), past, dtype=torch.bool, device=device), mask], 1)
+
+    def forward(self, frames: torch.Tensor, tau: torch.Tensor, controls: torch.Tensor, kind: torch.Tensor,
+                first_frame: int = 0, causal: bool = True, past: list | None = None, return_kv: bool = False,
+                context: int = 0):
+        """Flow velocity of every frame.
+
+        Args:
+            frames: noisy frames ``(B, F, C, H, W)`` in [-1, 1] scale.
+            tau: flow time per frame ``(B, F)`` (1 = clean).
+            controls: ``(B, F, D)`` per-frame control vectors.
+            kind: ``(B,)`` control-kind labels, or one ``int`` label for the whole batch (no
+                device synchronisation to route: generation uses this).
+            first_frame: rollout index of the first of these frames (rotary positions, chunks).
+            causal: chunk-causal attention (the student) or bidirectional (the teacher).
+            past: per layer ``(k, v)`` ``(B, H, P, dh)`` of earlier frames to attend to.
+            return_kv: also return this call's per-layer ``(k, v)``.
+            context: the rollout's given frames, chunk 0 (:meth:`chunk_of`).
+
+        Returns:
+            velocity ``(B, F, C, H, W)``, and with ``return_kv`` the list of ``(k, v)``.
+        """
+        cfg = self.cfg
+        if frames.dim() != 5 or frames.shape[2:] != (cfg.channels, cfg.image_size, cfg.image_size):
+            raise ValueError(f"frames must be (B, F, {cfg.channels}, {cfg.image_size}, {cfg.image_size}), "
+                             f"got {tuple(frames.shape)}")
+        b, f = frames.shape[:2]
+        shape = (b,) if isinstance(kind, int) else tuple(kind.shape)
+        if tau.shape != (b, f) or controls.shape[:2] != (b, f) or shape != (b,):
+            raise ValueError(f"tau {tuple(tau.shape)}, controls {tuple(controls.shape)}, kind {shape} "
+                             f"do not match {b} clips of {f} frames")
+        lo, hi = (kind, kind) if isinstance(kind, int) else (int(kind.min()), int(kind.max()))
+        if lo < 0 or hi >= len(cfg.control_kinds):
+            raise ValueError(f"control-kind labels must be in [0, {len(cfg.control_kinds)})")
+        x = self.embed(patchify(frames, cfg.patch)) + self.spatial
+        cond = self.condition(tau, controls, kind)
+        n = cfg.tokens_per_frame
+        pos = rope_table((first_frame + torch.arange(f, device=frames.device)).repeat_interleave(n),
+                         cfg.d_model // cfg.heads, x.dtype)
+        p_len = 0 if not past else past[0][0].shape[2]
+        mask = self.chunk_mask(f, first_frame, p_len, causal, frames.device, context)
+        kv = []
+        for i, blk in enumerate(self.blocks):
+            pk, pv = past[i] if past else (None, None)
+            x, k, v = blk(x, cond, kind, pos, mask, pk, pv)
+            kv.append((k, v))
+        sh, sc = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
+        vel = unpatchify(self.out(self.norm(x) * (1 + sc) + sh), cfg.patch, cfg.channels, cfg.image_size,
+                         cfg.image_size)
+        return (vel, kv) if return_kv else vel
+
+    # --- training ---------------------------------------------------------------------------------
+    def loss(self, clip: torch.Tensor, controls: torch.Tensor, kind: torch.Tensor, context: int = 1,
+             causal: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """The flow-matching loss with the depth terms (module docstring) on clips ``(B, T, C, H, W)``
+        (last channel depth), the first ``context`` frames clean. Returns ``(loss, parts)``."""
+        b, t = clip.shape[:2]
+        if not 0 <= context < t:
+            raise ValueError(f"context must leave frames to predict: {context} of {t}")
+        dev = clip.device
+        if causal:  # one flow time per chunk (diffusion forcing)
+            chunks = self.chunk_of(torch.arange(t, device=dev), context)
+            tau = torch.rand(b, int(chunks.max()) + 1, generator=generator, device=dev)[:, chunks]
+        else:
+            tau = torch.rand(b, 1, generator=generator, device=dev).expand(b, t).clone()
+        tau[:, :context] = 1.0
+        x0 = torch.randn(clip.shape, generator=generator, device=dev)
+        tt = tau[:, :, None, None, None]
+        xt = tt * clip + (1 - tt) * x0
+        v = self(xt, tau, controls, kind, causal=causal, context=context)
+        target = clip - x0
+        w = (tau < 1).float()[:, :, None, None]  # (B, T, 1, 1): frames that carry loss
+        denom = w.sum().clamp(min=1) * clip.shape[-1] * clip.shape[-2]
+        err = (v - target) ** 2
+        rgb = (err[:, :, :-1].mean(2) * w).sum() / denom
+        dep = (err[:, :, -1] * w).sum() / denom
+        x1 = xt + (1 - tt) * v
+        dep3d = (((x1[:, :, -1] - clip[:, :, -1]) ** 2) * w).sum() / denom
+        total = rgb + self.cfg.depth_weight * (dep + dep3d)
+        return total, {"rgb": rgb.item(), "depth": dep.item(), "depth_3d": dep3d.item()}
+
+
+def _kv_of(entries) -> list | None:
+    """Concatenate cached per-frame ``(k, v)`` payloads (lists per layer) along the token axis."""
+    if not entries:
+        return None
+    layers = len(entries[0].payload)
+    return [(torch.cat([e.payload[i][0] for e in entries], 2), torch.cat([e.payload[i][1] for e in entries], 2))
+            for i in range(layers)]
+
+
+@torch.no_grad()
+def generate_chunked(model: VideoDiT, first: torch.Tensor, controls: torch.Tensor, kind: str, frames: int,
+                     memory=None, poses: torch.Tensor | None = None, steps: int | None = None,
+                     generator: torch.Generator | None = None, on_chunk=None) -> torch.Tensor:
+    """Chunk-by-chunk generation by the causal student with a KV cache.
+
+    Args:
+        model: a :class:`VideoDiT`.
+        first: ``(B, F0, C, H, W)`` given frames (clean), chunk 0 (train with ``context=F0``).
+        controls: ``(B, frames, D)`` per-frame controls for the whole rollout (given frames too).
+        kind: the control kind's name.
+        frames: total frames (given + generated).
+        memory: a :class:`ws_worldmodel.video.memory.MemoryKVCache` choosing what each chunk
+            attends to (None: every earlier frame, an unbounded cache).
+        poses: ``(frames, 4, 4)`` world-from-camera poses (for the memory's retrieval and
+            deduplication; None: identity).
+        steps: Euler steps per chunk (default ``cfg.euler_steps``).
+        on_chunk: optional ``on_chunk(first_frame, chunk_frames, attended_frames)``.
+
+    Returns:
+        ``(B, frames, C, H, W)``: the given frames, then the generated ones.
+    """
+    from .memory import MemoryConfig, MemoryKVCache
+
+    cfg = model.cfg
+    steps = steps or cfg.euler_steps
+    b, f0 = first.shape[:2]
+    if controls.shape[:2] != (b, frames):
+        raise ValueError(f"controls must be (B, {frames}, D), got {tuple(controls.shape)}")
+    if f0 < 1 or f0 >= frames:
+        raise ValueError(f"give between 1 and {frames - 1} first frames, got {f0}")
+    label = model.kind_index(kind)
+    if memory is None:
+        memory = MemoryKVCache(MemoryConfig(anchors=0, window=1 << 30, pool=0, retrieve=0))
+    eye = torch.eye(4, dtype=torch.float64)
+    pose = (lambda i: eye) if poses is None else (lambda i: poses[i].double().cpu())
+    out = [first]
+
+    def remember(clean, start):
+        ones = torch.ones(b, clean.shape[1], device=clean.device, dtype=clean.dtype)
+        _, kv = model(clean, ones, controls[:, start:start + clean.shape[1]], label, first_frame=start,
+                      past=_kv_of(memory.context(*_pose_args(pose(start)))), return_kv=True, context=f0)
+        n = cfg.tokens_per_frame
+        for j in range(clean.shape[1]):
+            payload = [(k[:, :, j * n:(j + 1) * n], v[:, :, j * n:(j + 1) * n]) for k, v in kv]
+            pm = pose(start + j)
+            # the descriptor (a copy to the host) only where deduplication reads it
+            desc = clean[:, j].reshape(-1).float().cpu().numpy() if memory.cfg.dedup_threshold > 0 else None
+            memory.add(payload, pm[:3, 3].numpy(), pm[:3, :3].numpy(), descriptor=desc)
+
+    remember(first, 0)
+    t = f0
+    while t < frames:
+        n_new = min(cfg.chunk, frames - t)
+        ctx = memory.context(*_pose_args(pose(t)))
+        past = _kv_of(ctx)
+        x = torch.randn((b, n_new) + tuple(first.shape[2:]), generator=generator, device=first.device,
+                        dtype=first.dtype)
+        ctrl = controls[:, t:t + n_new]
+        for s in range(steps):
+            tau = torch.full((b, n_new), s / steps, device=first.device, dtype=first.dtype)
+            x = x + model(x, tau, ctrl, label, first_frame=t, past=past, context=f0) / steps
+        x = x.clamp(-1, 1)
+        if on_chunk is not None:
+            on_chunk(t, n_new, len(ctx))
+        out.append(x)
+        remember(x, t)
+        t += n_new
+    return torch.cat(out, 1)
+
+
+def _pose_args(pm: torch.Tensor) -> tuple:
+    return pm[:3, 3].numpy(), pm[:3, :3].numpy()
+
+
+@torch.no_grad()
+def generate_bidirectional(model: VideoDiT, first: torch.Tensor, controls: torch.Tensor, kind: str, frames: int,
+                           steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The teacher's generation: all ``frames`` denoised together (``steps`` Euler steps, each a
+    bidirectional pass over the whole clip), the ``first`` ``(B, F0, C, H, W)`` frames held clean.
+    Returns ``(B, frames, C, H, W)``."""
+    cfg = model.cfg
+    steps = steps or cfg.euler_steps
+    b, f0 = first.shape[:2]
+    label = model.kind_index(kind)
+    x = torch.randn((b, frames - f0) + tuple(first.shape[2:]), generator=generator, device=first.device,
+                    dtype=first.dtype)
+    for s in range(steps):
+        tau = torch.cat([torch.ones(b, f0, device=first.device, dtype=first.dtype),
+                         torch.full((b, frames - f0), s / steps, device=first.device, dtype=first.dtype)], 1)
+        v = model(torch.cat([first, x], 1), tau, controls, label, causal=False)
+        x = x + v[:, f0:] / steps
+    return torch.cat([first, x.clamp(-1, 1)], 1)
