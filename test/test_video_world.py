@@ -213,3 +213,46 @@ def test_bad_inputs_get_clear_errors():
         generate_chunked(m, x[:1, :2], ctrl[:1], "teleport", 6)
     with pytest.raises(ValueError, match="multiple of patch"):
         VideoDiTConfig(image_size=20, patch=8)
+
+
+def test_action_guided_chunks_start_at_grasps_and_split_large_motions():
+    from ws_worldmodel.video import action_guided_chunks, chunk_ids
+
+    T = 40
+    a = np.zeros((T, 7))
+    a[:, 6] = 0.035
+    a[13:30, 6] = 0.0  # the gripper closes at frame 13 and opens at 30
+    a[:, 0] = np.where(np.arange(T) < 20, 0.0, np.linspace(0, 2, T))  # joint 1 sweeps from frame 20
+    lengths = action_guided_chunks(a, min_len=4, max_len=16, step=4, frac=0.5)
+    starts = np.cumsum([0] + lengths)[:-1].tolist()
+    assert sum(lengths) == T and starts[:4] == [0, 13, 21, 30]  # grasp, the sweep's jump, release
+    assert all(4 <= n <= 16 for n in lengths[:-1])
+    still = action_guided_chunks(a[:12], min_len=4, max_len=12)
+    assert still == [12]  # nothing happens: one chunk of the longest length
+    ids = chunk_ids(2, [3, 1])
+    assert ids.tolist() == [0, 0, 1, 1, 1, 2]
+    with pytest.raises(ValueError, match="actions must be"):
+        action_guided_chunks(np.zeros(5))
+
+
+def test_variable_length_chunks_mask_train_and_generate():
+    from ws_worldmodel.video import chunk_ids
+
+    m = _model()
+    x, tau, ctrl, kind = _inputs()
+    ids = chunk_ids(2, [3, 1])  # frames 0-1 | 2-4 | 5
+    base = m(x, tau, ctrl, kind, chunks=ids)
+    later = x.clone()
+    later[:, 4] += 1.0
+    out = m(later, tau, ctrl, kind, chunks=ids)
+    assert torch.allclose(out[:, :2], base[:, :2], atol=1e-6) and not torch.allclose(out[:, 2], base[:, 2], atol=1e-4)
+    loss, _ = m.loss(x.clamp(-1, 1), ctrl, kind, context=2, chunks=ids)
+    assert torch.isfinite(loss)
+    seen = []
+    out = generate_chunked(m, x[:1, :2], ctrl[:1], "camera", 6, steps=1, lengths=[3, 1],
+                           on_chunk=lambda t, n, a: seen.append((t, n)))
+    assert out.shape == (1, 6, 4, 16, 16) and seen == [(2, 3), (5, 1)]
+    with pytest.raises(ValueError, match="nondecreasing"):
+        m(x, tau, ctrl, kind, chunks=torch.tensor([0, 1, 0, 1, 2, 2]))
+    with pytest.raises(ValueError, match="sum to"):
+        generate_chunked(m, x[:1, :2], ctrl[:1], "camera", 6, lengths=[3])

@@ -284,21 +284,23 @@ class VideoDiT(nn.Module):
         return torch.where(frames < context, 0, 1 + (frames - context).div(self.cfg.chunk, rounding_mode="floor"))
 
     def chunk_mask(self, frames: int, first_frame: int, past: int, causal: bool, device,
-                   context: int = 0) -> torch.Tensor | None:
+                   context: int = 0, chunks: torch.Tensor | None = None) -> torch.Tensor | None:
         """Attention mask ``(F*N, past + F*N)`` for ``frames`` new frames starting at rollout frame
         ``first_frame`` after ``past`` cached tokens: chunk-causal (a frame sees its own and earlier
-        chunks; :meth:`chunk_of`) or None (bidirectional)."""
+        chunks: ``chunks`` ``(F,)`` nondecreasing ids, default :meth:`chunk_of`) or None
+        (bidirectional)."""
         if not causal:
             return None
         n = self.cfg.tokens_per_frame
-        chunk_of = self.chunk_of(first_frame + torch.arange(frames, device=device), context)
+        chunk_of = self.chunk_of(first_frame + torch.arange(frames, device=device), context) if chunks is None \
+            else chunks.to(device)
         chunk_of = chunk_of.repeat_interleave(n)
         mask = chunk_of[None, :] <= chunk_of[:, None]
         return torch.cat([torch.ones(len(chunk_of), past, dtype=torch.bool, device=device), mask], 1)
 
     def forward(self, frames: torch.Tensor, tau: torch.Tensor, controls: torch.Tensor, kind: torch.Tensor,
                 first_frame: int = 0, causal: bool = True, past: list | None = None, return_kv: bool = False,
-                context: int = 0):
+                context: int = 0, chunks: torch.Tensor | None = None):
         """Flow velocity of every frame.
 
         Args:
@@ -312,6 +314,8 @@ class VideoDiT(nn.Module):
             past: per layer ``(k, v)`` ``(B, H, P, dh)`` of earlier frames to attend to.
             return_kv: also return this call's per-layer ``(k, v)``.
             context: the rollout's given frames, chunk 0 (:meth:`chunk_of`).
+            chunks: ``(F,)`` chunk ids of these frames instead (variable-length chunks, e.g.
+                :func:`chunk_ids` of :func:`action_guided_chunks`).
 
         Returns:
             velocity ``(B, F, C, H, W)``, and with ``return_kv`` the list of ``(k, v)``.
@@ -334,7 +338,9 @@ class VideoDiT(nn.Module):
         pos = rope_table((first_frame + torch.arange(f, device=frames.device)).repeat_interleave(n),
                          cfg.d_model // cfg.heads, x.dtype)
         p_len = 0 if not past else past[0][0].shape[2]
-        mask = self.chunk_mask(f, first_frame, p_len, causal, frames.device, context)
+        if chunks is not None and (chunks.shape != (f,) or bool((chunks[1:] < chunks[:-1]).any())):
+            raise ValueError(f"chunks must be ({f},) nondecreasing chunk ids, got {tuple(chunks.shape)}")
+        mask = self.chunk_mask(f, first_frame, p_len, causal, frames.device, context, chunks)
         kv = []
         for i, blk in enumerate(self.blocks):
             pk, pv = past[i] if past else (None, None)
@@ -347,23 +353,25 @@ class VideoDiT(nn.Module):
 
     # --- training ---------------------------------------------------------------------------------
     def loss(self, clip: torch.Tensor, controls: torch.Tensor, kind: torch.Tensor, context: int = 1,
-             causal: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+             causal: bool = True, generator: torch.Generator | None = None,
+             chunks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The flow-matching loss with the depth terms (module docstring) on clips ``(B, T, C, H, W)``
-        (last channel depth), the first ``context`` frames clean. Returns ``(loss, parts)``."""
+        (last channel depth), the first ``context`` frames clean; ``chunks`` ``(T,)`` optional
+        chunk ids (variable-length chunks; chunk 0 should be the context). Returns ``(loss, parts)``."""
         b, t = clip.shape[:2]
         if not 0 <= context < t:
             raise ValueError(f"context must leave frames to predict: {context} of {t}")
         dev = clip.device
         if causal:  # one flow time per chunk (diffusion forcing)
-            chunks = self.chunk_of(torch.arange(t, device=dev), context)
-            tau = torch.rand(b, int(chunks.max()) + 1, generator=generator, device=dev)[:, chunks]
+            ids = self.chunk_of(torch.arange(t, device=dev), context) if chunks is None else chunks.to(dev)
+            tau = torch.rand(b, int(ids.max()) + 1, generator=generator, device=dev)[:, ids]
         else:
             tau = torch.rand(b, 1, generator=generator, device=dev).expand(b, t).clone()
         tau[:, :context] = 1.0
         x0 = torch.randn(clip.shape, generator=generator, device=dev)
         tt = tau[:, :, None, None, None]
         xt = tt * clip + (1 - tt) * x0
-        v = self(xt, tau, controls, kind, causal=causal, context=context)
+        v = self(xt, tau, controls, kind, causal=causal, context=context, chunks=chunks if causal else None)
         target = clip - x0
         w = (tau < 1).float()[:, :, None, None]  # (B, T, 1, 1): frames that carry loss
         denom = w.sum().clamp(min=1) * clip.shape[-1] * clip.shape[-2]
@@ -374,6 +382,67 @@ class VideoDiT(nn.Module):
         dep3d = (((x1[:, :, -1] - clip[:, :, -1]) ** 2) * w).sum() / denom
         total = rgb + self.cfg.depth_weight * (dep + dep3d)
         return total, {"rgb": rgb.item(), "depth": dep.item(), "depth_3d": dep3d.item()}
+
+
+def action_guided_chunks(actions, gripper_dim: int = -1, min_len: int = 4, max_len: int = 16, step: int = 4,
+                         frac: float = 0.5) -> list[int]:
+    """Variable-length chunks from the action stream (seed 002's action-guided chunking; its
+    rule is not published with the paper: this one follows the idea that a chunk is one
+    coherent action).
+
+    A chunk ends where the gripper command switches (open against closed, about the midpoint of
+    its range in the episode), so grasps and releases start chunks; otherwise it grows by
+    ``step`` frames from ``min_len`` and ends at the first length where some arm joint has
+    moved more than ``frac`` of that joint's range over the episode (a large motion is a chunk
+    of its own), or at ``max_len``. Every chunk but the last lies in ``[min_len, max_len]``, so
+    a switch in a chunk's first ``min_len`` frames stays inside it.
+
+    Args:
+        actions: ``(T, A)`` per-frame actions (arm joints and one gripper column).
+        gripper_dim: the gripper's column.
+
+    Returns:
+        chunk lengths summing to ``T``.
+
+    Raises:
+        ValueError: not a 2-D array with frames, or inconsistent lengths.
+    """
+    import numpy as np
+
+    a = np.asarray(actions, dtype=np.float64)
+    if a.ndim != 2 or len(a) == 0 or a.shape[1] < 2:
+        raise ValueError(f"actions must be (T, A) with T >= 1 and A >= 2, got {a.shape}")
+    if not 1 <= min_len <= max_len or step < 1 or not 0 < frac:
+        raise ValueError(f"need 1 <= min_len <= max_len, step >= 1, frac > 0; got {min_len}, {max_len}, {step}, {frac}")
+    T = len(a)
+    g = a[:, gripper_dim]
+    closed = g > (g.max() + g.min()) / 2
+    switches = (np.nonzero(closed[1:] != closed[:-1])[0] + 1).tolist()
+    arm = np.delete(a, gripper_dim % a.shape[1], axis=1)
+    span = arm.max(0) - arm.min(0)
+    span[span == 0] = np.inf
+    lengths, t = [], 0
+    while t < T:
+        end = min(t + max_len, T)
+        sw = [s for s in switches if t + min_len <= s < end]
+        if sw:
+            end = sw[0]
+        else:
+            for n in range(min_len, end - t + 1, step):
+                seg = arm[t:t + n]
+                if ((seg.max(0) - seg.min(0)) > frac * span).any():
+                    end = t + n
+                    break
+        lengths.append(end - t)
+        t = end
+    return lengths
+
+
+def chunk_ids(context: int, lengths: list[int]) -> torch.Tensor:
+    """Per-frame chunk ids ``(context + sum(lengths),)``: the context is chunk 0, then one id per
+    chunk of ``lengths``."""
+    ids = [0] * context + [i + 1 for i, n in enumerate(lengths) for _ in range(n)]
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def _kv_of(entries) -> list | None:
@@ -388,7 +457,8 @@ def _kv_of(entries) -> list | None:
 @torch.no_grad()
 def generate_chunked(model: VideoDiT, first: torch.Tensor, controls: torch.Tensor, kind: str, frames: int,
                      memory=None, poses: torch.Tensor | None = None, steps: int | None = None,
-                     generator: torch.Generator | None = None, on_chunk=None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, on_chunk=None,
+                     lengths: list[int] | None = None) -> torch.Tensor:
     """Chunk-by-chunk generation by the causal student with a KV cache.
 
     Args:
@@ -403,6 +473,8 @@ def generate_chunked(model: VideoDiT, first: torch.Tensor, controls: torch.Tenso
             deduplication; None: identity).
         steps: Euler steps per chunk (default ``cfg.euler_steps``).
         on_chunk: optional ``on_chunk(first_frame, chunk_frames, attended_frames)``.
+        lengths: the generated chunks' lengths (e.g. :func:`action_guided_chunks` of the
+            rollout's actions after the given frames; default ``cfg.chunk`` each).
 
     Returns:
         ``(B, frames, C, H, W)``: the given frames, then the generated ones.
@@ -435,10 +507,13 @@ def generate_chunked(model: VideoDiT, first: torch.Tensor, controls: torch.Tenso
             desc = clean[:, j].reshape(-1).float().cpu().numpy() if memory.cfg.dedup_threshold > 0 else None
             memory.add(payload, pm[:3, 3].numpy(), pm[:3, :3].numpy(), descriptor=desc)
 
+    if lengths is not None and (sum(lengths) != frames - f0 or min(lengths) < 1):
+        raise ValueError(f"chunk lengths must be positive and sum to the {frames - f0} frames to generate")
+    todo = list(lengths) if lengths is not None else []
     remember(first, 0)
     t = f0
     while t < frames:
-        n_new = min(cfg.chunk, frames - t)
+        n_new = todo.pop(0) if lengths is not None else min(cfg.chunk, frames - t)
         ctx = memory.context(*_pose_args(pose(t)))
         past = _kv_of(ctx)
         x = torch.randn((b, n_new) + tuple(first.shape[2:]), generator=generator, device=first.device,
