@@ -51,6 +51,31 @@ def test_value_function_learns_failure_from_success_on_real_episodes():
     assert late_ok > late_bad + 0.3
 
 
+@pytest.mark.slow
+def test_cross_fitted_advantages_label_failed_rollouts_negative():
+    """Each episode is labelled by a value fitted on the other fold: failed episodes' steps come
+    out far below successful ones'. Fitted in-sample, the value memorises every outcome and the
+    labels are noise around one half. Slow: about 40 s on one core."""
+    from ws_policy.hitl import label_episodes
+
+    ok, _ = collect_demos("pick_place", 4, seed=11, size=32, failure_rate=0.0)
+    bad, _ = collect_demos("pick_place", 4, seed=21, size=32, failure_rate=1.0)
+    eps = ok + bad
+    assert [e.success for e in eps] == [True] * 4 + [False] * 4
+    for e in eps:
+        e.actor = np.zeros(len(e.actions), np.int8)  # as if the policy had acted throughout
+
+    def gap(folds):
+        ind, info = label_episodes(eps, 160, value_steps=200, folds=folds, seed=0)
+        assert info["policy_steps"] == sum(len(e.actions) for e in eps)
+        return np.mean([i.mean() for i in ind[:4]]) - np.mean([i.mean() for i in ind[4:]])
+
+    crossed, in_sample = gap(2), gap(1)
+    assert crossed > 0.3 and crossed > in_sample + 0.2  # 0.63 and 0.03 when written
+    with pytest.raises(ValueError, match="folds"):
+        label_episodes(eps, 160, value_steps=1, folds=9)
+
+
 def test_the_indicator_conditions_the_policy_and_is_dropped_in_training():
     from ws_policy.train import PolicyRunner, batch_from_windows, train_policy
 
@@ -80,6 +105,16 @@ def test_the_indicator_conditions_the_policy_and_is_dropped_in_training():
     chunk = PolicyRunner(model)({"rgb": eps[0].rgb[0], "depth": eps[0].depth[0].astype(np.float32),
                                  "qpos": eps[0].qpos[0], "instruction": eps[0].instruction})
     assert chunk.shape == (4, 7) and np.all(np.isfinite(chunk))
+    # classifier-free guidance toward I = 1: w = 1 is plain conditioning, w = 2 moves further
+    from ws_policy.train import sample
+
+    args = (batch["rgb"][:1], batch["depth"][:1], batch["state"][:1], batch["words"][:1], 3)
+    one = sample(model, *args, torch.Generator().manual_seed(0))["actions"]
+    assert torch.allclose(sample(model, *args, torch.Generator().manual_seed(0), guidance=1.0)["actions"], one)
+    two = sample(model, *args, torch.Generator().manual_seed(0), guidance=2.0)["actions"]
+    assert torch.isfinite(two).all() and not torch.allclose(two, one)
+    with pytest.raises(ValueError, match="guidance"):
+        PolicyRunner(plain, guidance=2.0)
     with pytest.raises(ValueError, match="indicator_dropout"):
         PolicyConfig(**base, indicator=True, indicator_dropout=1.0)
 

@@ -594,7 +594,8 @@ def cmd_hitl_dagger(args) -> int:
         cfg = DaggerConfig(rounds=args.rounds, episodes_per_round=args.episodes_per_round,
                            eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, rollout_seed=args.rollout_seed,
                            train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           conditioned=not args.plain_bc, value_steps=args.value_steps, n_step=args.n_step,
+                           conditioned=not args.plain_bc, value_steps=args.value_steps, n_step=args.n_step or None,
+                           value_folds=args.value_folds,
                            threshold=args.threshold, drift_m=args.drift, min_expert_steps=args.min_expert_steps,
                            stall_steps=args.stall_steps, grip_steps=args.grip_steps, reach_m=args.reach,
                            latency=args.latency, seed=args.seed)
@@ -612,7 +613,7 @@ def cmd_hitl_dagger(args) -> int:
         rec["checkpoint"] = str(path)
 
     bar = tqdm(total=cfg.rounds * cfg.train_steps, desc="retraining", unit="step", leave=False)
-    vbar = tqdm(total=cfg.rounds * cfg.value_steps if cfg.conditioned else 0, desc="value", unit="step", leave=False,
+    vbar = tqdm(total=cfg.rounds * cfg.value_steps * cfg.value_folds if cfg.conditioned else 0, desc="value", unit="step", leave=False,
                 disable=not cfg.conditioned)
     result = dagger(model, demos, attrs, cfg, progress=bar, log=tqdm.write, on_round=on_round, value_progress=vbar)
     bar.close()
@@ -621,22 +622,28 @@ def cmd_hitl_dagger(args) -> int:
     report = {"init": str(args.init), "demos": str(args.demos), "config": dataclasses.asdict(cfg),
               "rounds": result["rounds"]}
     if args.compare_bc:
-        print("baseline: plain behaviour cloning on the same aggregated data, same steps")
-        bc_cfg = dataclasses.replace(cfg, conditioned=False, train_steps=cfg.train_steps * cfg.rounds)
-        bar = tqdm(total=bc_cfg.train_steps, desc="plain BC", unit="step", leave=False)
-        bc, _ = retrain(model, result["aggregate"], bc_cfg, episode_limit(attrs["task"]), progress=bar, log=tqdm.write)
-        bar.close()
-        save_policy(bc, out / "plain_bc.pt", extra={**payload.get("extra", {}), **extra, "baseline": "plain_bc"})
-        bc_rep = evaluate_autonomous(bc, attrs, cfg)
-        report["plain_bc"] = {k: bc_rep[k] for k in ("success_rate", "successes", "episodes", "ci95")}
-        print(f"plain BC: {bc_rep['successes']}/{bc_rep['episodes']} (95 % CI {bc_rep['ci95']})")
+        # the same aggregate, the same start and the same steps (rounds x steps): only the indicator differs
+        print("on the final aggregate, from the starting policy, rounds x steps each: plain behaviour cloning"
+              + (", and advantage conditioning" if cfg.conditioned else ""))
+        for name, conditioned in (("plain_bc", False), ("conditioned_final", True)):
+            if conditioned and not cfg.conditioned:
+                continue
+            b_cfg = dataclasses.replace(cfg, conditioned=conditioned, train_steps=cfg.train_steps * cfg.rounds)
+            bar = tqdm(total=b_cfg.train_steps, desc=name, unit="step", leave=False)
+            pol, _ = retrain(model, result["aggregate"], b_cfg, episode_limit(attrs["task"]), progress=bar,
+                             log=tqdm.write)
+            bar.close()
+            save_policy(pol, out / f"{name}.pt", extra={**payload.get("extra", {}), **extra, "baseline": name})
+            rep = evaluate_autonomous(pol, attrs, cfg)
+            report[name] = {k: rep[k] for k in ("success_rate", "successes", "episodes", "ci95")}
+            print(f"{name}: {rep['successes']}/{rep['episodes']} (95 % CI {rep['ci95']})")
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out / "report.json")
     _plot_dagger(report, out / "dagger.png")
     print(json.dumps({"rounds": [{k: r.get(k) for k in ("round", "successes", "episodes", "ci95", "expert_share")}
-                                 for r in report["rounds"]], **({"plain_bc": report["plain_bc"]}
-                                                                if "plain_bc" in report else {})}))
+                                 for r in report["rounds"]],
+                      **{k: report[k] for k in ("plain_bc", "conditioned_final") if k in report}}))
     print(f"wrote {out}/report.json, dagger.png, aggregate.hdf5 and round*.pt")
     return 0
 
@@ -658,7 +665,10 @@ def _plot_dagger(report: dict, path: Path) -> None:
     if share:
         ax.plot(x[:len(share)], share, "s--", label="expert share of rollout steps")
     if "plain_bc" in report:
-        ax.axhline(report["plain_bc"]["success_rate"], color="grey", ls=":", label="plain BC, same data")
+        ax.axhline(report["plain_bc"]["success_rate"], color="grey", ls=":", label="plain BC, final aggregate")
+    if "conditioned_final" in report:
+        ax.axhline(report["conditioned_final"]["success_rate"], color="tab:green", ls="-.",
+                   label="advantage-conditioned, final aggregate")
     ax.set_xticks(x)
     ax.set_xlabel("DAgger round (the policy entering it)")
     ax.set_ylabel("rate")
@@ -1279,7 +1289,10 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--batch-size", type=int, default=32)
     hd.add_argument("--lr", type=float, default=3e-4)
     hd.add_argument("--value-steps", type=int, default=1000, help="value-function training steps per round")
-    hd.add_argument("--n-step", type=int, default=10, help="advantage horizon n, steps")
+    hd.add_argument("--n-step", type=int, default=0,
+                    help="advantage horizon n, steps (0: to the episode's end, the Monte-Carlo advantage)")
+    hd.add_argument("--value-folds", type=int, default=2,
+                    help="cross-fitting: each episode's advantages come from a value fitted on the other folds")
     hd.add_argument("--threshold", type=float, default=0.0, help="advantage above which a policy step is an improvement")
     hd.add_argument("--drift", type=float, default=0.03,
                     help="the expert takes over when the policy's tool target is this far from its plan, m")
@@ -1293,7 +1306,8 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
     hd.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
     hd.add_argument("--compare-bc", action="store_true",
-                    help="also train plain behaviour cloning on the final aggregate (steps x rounds) and evaluate it")
+                    help="also train, from the starting policy on the final aggregate for steps x rounds, plain "
+                         "behaviour cloning and (unless --plain-bc) the advantage-conditioned policy, and evaluate both")
     hd.add_argument("--out-dir", type=Path, default=Path("runs/dagger"))
     hd.add_argument("--seed", type=int, default=0)
     hd.add_argument("--threads", type=int, default=None)

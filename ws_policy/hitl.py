@@ -11,7 +11,18 @@ interventions.
 
 Advantage (:func:`advantages`). With a reward of ``-1 / T_max`` per step, the ``n``-step
 advantage of the action at ``t`` is ``A_t = -n' / T_max + V_{t+n'} - V_t`` (``n' = min(n, T -
-t)``; at the episode's end ``V`` is its terminal value, 0 or ``-failure_penalty``).
+t)``; at the episode's end ``V`` is its terminal value, 0 or ``-failure_penalty``); ``n`` at
+least the episode's length gives the Monte-Carlo advantage, the return actually obtained from
+``t`` minus ``V_t`` (the default of :func:`label_episodes`: with the few hundred episodes at
+hand, the 10-step advantage was mostly the value's noise).
+
+Cross-fitting (:func:`label_episodes`). The value that labels an episode is fitted on the other
+episodes (``folds`` disjoint folds), never on the episode itself: fitted in-sample, the small
+network memorised each episode's outcome, so a failed rollout's steps looked as good as a
+successful one's (10-step advantages positive on 41 % of the policy's steps in failed and in
+successful rollouts alike). With two folds and Monte-Carlo advantages, 1 % of the policy's
+steps in failed rollouts were labelled improvements, against 55 % in rollouts that succeeded
+without help (README, "Human in the loop").
 :func:`improvement_indicators` binarises it: ``I_t = 1`` where ``A_t > threshold`` and wherever a
 human (or the expert standing in for one) acted; the policy is trained conditioned on ``I_t``
 (dropped to "unknown" for a share of windows, so it also runs unconditioned) and runs with
@@ -153,21 +164,40 @@ def improvement_indicators(adv: np.ndarray, actor: np.ndarray | None, threshold:
     return ind
 
 
-def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1000, n: int = 10,
-                   threshold: float = 0.0, seed: int = 0, progress=None) -> tuple[list[np.ndarray], dict]:
-    """Fit the value function on ``episodes`` and return their improvement indicators (one ``(T,)``
-    array per episode; an episode without ``actor`` counts as all-human, e.g. demonstrations),
-    with a summary (value loss, share of positive policy steps)."""
-    net, hist = train_value(episodes, max_steps, steps=value_steps, seed=seed, progress=progress)
+def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1000, n: int | None = None,
+                   threshold: float = 0.0, seed: int = 0, progress=None, folds: int = 2) -> tuple[list[np.ndarray], dict]:
+    """Improvement indicators of ``episodes`` (one ``(T,)`` array per episode; an episode without
+    ``actor`` counts as all-human, e.g. demonstrations), with a summary (value loss, share of
+    positive policy steps).
+
+    Args:
+        n: advantage horizon, steps (None: to the episode's end, Monte-Carlo).
+        folds: cross-fitting folds (module docstring): each episode is labelled by a value fitted
+            on the other folds, ``value_steps`` steps each; 1 fits one value on everything and
+            labels in-sample.
+
+    Raises:
+        ValueError: ``folds`` < 1 or more folds than episodes.
+    """
+    if folds < 1 or folds > len(episodes):
+        raise ValueError(f"folds must be between 1 and the {len(episodes)} episodes, got {folds}")
+    n = n or max(len(e.actions) for e in episodes)
+    fold = np.random.default_rng(seed).permutation(len(episodes)) % folds
+    nets, losses = [], []
+    for k in range(folds):
+        train = [e for e, f in zip(episodes, fold) if f != k] if folds > 1 else episodes
+        net, hist = train_value(train, max_steps, steps=value_steps, seed=seed + k, progress=progress)
+        nets.append(net)
+        losses.append(float(np.mean(hist["loss"][-50:])))
     out, pos, total = [], 0, 0
-    for e in episodes:
+    for e, f in zip(episodes, fold):
         actor = e.actor if e.actor is not None else np.ones(len(e.actions), np.int8)
-        ind = improvement_indicators(advantages(predict_values(net, e), e.success, max_steps, n), actor, threshold)
+        ind = improvement_indicators(advantages(predict_values(nets[f], e), e.success, max_steps, n), actor, threshold)
         policy_steps = actor == 0
         pos += int(ind[policy_steps].sum())
         total += int(policy_steps.sum())
         out.append(ind)
-    return out, {"value_loss": float(np.mean(hist["loss"][-50:])), "policy_steps": total,
+    return out, {"value_loss": float(np.mean(losses)), "policy_steps": total,
                  "policy_steps_positive": pos / total if total else None}
 
 
@@ -313,7 +343,8 @@ class DaggerConfig:
     lr: float = 3e-4
     conditioned: bool = True  # advantage-conditioned (else plain behaviour cloning on all aggregated steps)
     value_steps: int = 1000
-    n_step: int = 10
+    value_folds: int = 2
+    n_step: int | None = None  # None: Monte-Carlo advantages (to the episode's end)
     threshold: float = 0.0
     drift_m: float = 0.03
     min_expert_steps: int = 8
@@ -326,6 +357,8 @@ class DaggerConfig:
     def __post_init__(self):
         if self.rounds < 1 or self.episodes_per_round < 1 or self.eval_episodes < 1 or self.train_steps < 1:
             raise ValueError("rounds, episodes_per_round, eval_episodes and train_steps must be >= 1")
+        if self.value_folds < 1 or (self.n_step is not None and self.n_step < 1):
+            raise ValueError("value_folds and n_step (None: Monte-Carlo) must be >= 1")
 
 
 def _runner(model):
@@ -352,7 +385,8 @@ def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, p
     info = {}
     if cfg.conditioned:
         indicators, info = label_episodes(episodes, max_steps, value_steps=cfg.value_steps, n=cfg.n_step,
-                                          threshold=cfg.threshold, seed=cfg.seed, progress=value_progress)
+                                          threshold=cfg.threshold, seed=cfg.seed, progress=value_progress,
+                                          folds=cfg.value_folds)
         log(f"  value fitted (loss {info['value_loss']:.4f}); {info['policy_steps']} policy steps, "
             f"{100 * (info['policy_steps_positive'] or 0):.0f} % labelled improvements")
         data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride, successes_only=False,

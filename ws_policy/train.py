@@ -182,11 +182,20 @@ class TwoStagePolicy(torch.nn.Module):
 
 @torch.no_grad()
 def sample(model, rgb, depth, state, words, steps: int | None = None,
-           generator: torch.Generator | None = None) -> dict:
+           generator: torch.Generator | None = None, guidance: float = 1.0) -> dict:
     """Euler integration of the learned velocity from noise (``tau`` 0 -> 1) for every target
     the mode predicts; returns the clean targets (normalised), e.g. ``{"actions": (B, L, 7)}``.
     A :class:`TwoStagePolicy` samples the future with its world model, then reads the chunk off
-    it with its inverse-dynamics model."""
+    it with its inverse-dynamics model.
+
+    ``guidance`` ``w`` (an advantage-conditioned policy only, issue 8): the velocity is
+    ``v(I unknown) + w (v(I = 1) - v(I unknown))``, classifier-free guidance toward the
+    improvement indicator (Ho & Salimans 2022; pi*0.6's RECAP sharpens its advantage-conditioned
+    policy the same way). ``w = 1`` is plain conditioning on ``I = 1``.
+
+    Raises:
+        ValueError: ``guidance`` other than 1 for a policy without the indicator.
+    """
     if isinstance(model, TwoStagePolicy):
         fut = sample(model.world, rgb, depth, state, words, steps, generator)
         out = model.idm(rgb, depth, state, words, torch.ones(rgb.shape[0]), **fut)
@@ -200,11 +209,19 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
         shapes["future_rgb"], shapes["future_depth"] = (b, f, 3, s, s), (b, f, 1, s, s)
     if cfg.predicts_actions and cfg.action_head == "flow":
         shapes["actions"] = (b, cfg.chunk, cfg.action_dim)
+    if guidance != 1.0 and not getattr(cfg, "indicator", False):
+        raise ValueError(f"guidance {guidance} needs an advantage-conditioned policy (PolicyConfig.indicator)")
     x = {k: torch.randn(v, generator=generator) for k, v in shapes.items()}
     out = {}
     for i in range(steps):
         tau = torch.full((b,), i / steps)
-        out = model(rgb, depth, state, words, tau, **x)
+        if guidance == 1.0:
+            out = model(rgb, depth, state, words, tau, **x)
+        else:  # both indicators in one batch: 1 (improvement) and 2 (unknown)
+            ind = torch.cat([torch.ones(b, dtype=torch.long), torch.full((b,), 2, dtype=torch.long)])
+            two = model(*(torch.cat([t, t]) for t in (rgb, depth, state, words, tau)),
+                        **{k: torch.cat([v, v]) for k, v in x.items()}, indicator=ind)
+            out = {k: v[b:] + guidance * (v[:b] - v[b:]) for k, v in two.items()}
         x = {k: x[k] + out[k] / steps for k in x}
     if "idm_actions" in out or (cfg.predicts_actions and cfg.action_head == "idm"):
         out = model(rgb, depth, state, words, torch.ones(b), **x)  # the IDM reads the denoised future
@@ -332,12 +349,13 @@ class PolicyRunner:
         model: a trained network that predicts actions.
         steps: Euler steps (default: the config's).
         seed: the sampler's noise seed.
+        guidance: indicator guidance weight of an advantage-conditioned policy (:func:`sample`).
 
     Raises:
         ValueError: the model does not predict actions (a ``mode="world"`` network).
     """
 
-    def __init__(self, model, steps: int | None = None, seed: int = 0):
+    def __init__(self, model, steps: int | None = None, seed: int = 0, guidance: float = 1.0):
         if not model.cfg.predicts_actions:
             raise ValueError("this network predicts no actions (mode 'world'); fine-tune it into a policy first")
         if model.cfg.mode == "idm" and not isinstance(model, TwoStagePolicy):
@@ -348,6 +366,9 @@ class PolicyRunner:
         self._limits = Normalizer.for_piper()  # the actuators' ranges: the last word on every action
         self.vocab = Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
         self.gen = torch.Generator().manual_seed(seed)
+        if guidance != 1.0 and not getattr(model.cfg, "indicator", False):
+            raise ValueError(f"guidance {guidance} needs an advantage-conditioned policy (PolicyConfig.indicator)")
+        self.guidance = float(guidance)
 
     def check(self, obs: dict) -> None:
         """Raise :class:`PolicyInputError` naming what is wrong with an observation."""
@@ -380,7 +401,7 @@ class PolicyRunner:
             objects = objects[None]
         state = _state(np.asarray(obs["qpos"])[None], objects, self.norm)
         words = torch.as_tensor(self.vocab.encode(obs["instruction"])[None])
-        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen)
+        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance)
         return np.clip(self.norm.actions_back(out["actions"][0].numpy()), self._limits.action_low,
                        self._limits.action_high)
 
