@@ -256,3 +256,28 @@ def test_variable_length_chunks_mask_train_and_generate():
         m(x, tau, ctrl, kind, chunks=torch.tensor([0, 1, 0, 1, 2, 2]))
     with pytest.raises(ValueError, match="sum to"):
         generate_chunked(m, x[:1, :2], ctrl[:1], "camera", 6, lengths=[3])
+
+
+def test_panworld_renders_wraps_and_the_revisit_commands_run(tmp_path, capsys):
+    """The revisit test's world and commands at toy size (the measured run is in the README)."""
+    import json
+
+    from ws_worldmodel.video.revisit import PanWorld, main
+
+    w = PanWorld(size=128, seed=0, blobs=40)
+    xy = np.array([[[0.0, 0.0], [128.0, 256.0], [5.0, 7.0]]])
+    f = w.render_batch(xy, "cpu").numpy()
+    assert f.shape == (1, 3, 4, 64, 64) and np.array_equal(f[0, 0], f[0, 1])  # the plane wraps
+    assert np.array_equal(f[0], w.render(xy[0])) and np.abs(f).max() <= 1.0
+    assert np.array_equal(f[0, 2, :, 0, 0], f[0, 0, :, 7, 5])  # a frame 5 px right, 7 down
+    c = w.controls(xy[0])
+    assert c.shape == (3, 9) and np.allclose(c[2, :2], [-1.23, -2.49])
+    ck = tmp_path / "rv.pt"
+    assert main(["train", "--out", str(ck), "--steps", "2", "--batch", "2", "--frames", "12", "--d-model", "32",
+                 "--layers", "1", "--heads", "2", "--world", "128"]) == 0
+    assert main(["eval", "--checkpoint", str(ck), "--episodes", "1", "--out-frames", "12", "--steps", "1",
+                 "--window", "4", "--pool", "4", "--retrieve", "2"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["revisit_frames_per_episode"] > 0 and {"memory", "window_only"} <= set(res)
+    with pytest.raises(ValueError, match="outlast the window"):
+        main(["eval", "--checkpoint", str(ck), "--episodes", "1", "--out-frames", "4"])
