@@ -1,5 +1,6 @@
 """Learned dynamics models (core layer: NumPy and PyTorch, no ROS).
 
-Now: the MLPEnsemble baseline of seed 003 (``mlp_ensemble``), its training (``train``) and
-self-contained checkpoints (``checkpoint``). The WestWorld trajectory model comes next.
+Trajectory models (seed 003): the MLPEnsemble baseline (``mlp_ensemble``), WestWorld
+(``westworld``), the TrajWorld and TDM baselines, their training, pretraining, protocols and
+self-contained checkpoints. The video world model (seeds 000-002): ``video``.
 """
