@@ -219,8 +219,8 @@ class GatedExpert:
     A slower policy on the right path is left alone. The defaults were tuned so that the gate acts
     where a teleoperator would: watching the 50-demonstration action-only policy alone on 40
     seeds, it would have taken over in all 16 failures and 5 of 24 successes (the first gate,
-    8 mm reach, 30 stall steps and 5 gripper steps, took over in every episode, a few steps into
-    each grasp; README, "Human in the loop"). Once in control, the expert continues from
+    8 mm reach, 30 stall steps and 5 gripper steps, took over in every episode, 23-40 steps in;
+    README, "Human in the loop"). Once in control, the expert continues from
     where the arm is (replanning from the objects' current poses if the policy moved the cube),
     finishes the leg it took over on, and hands back after at least
     ``min_expert_steps`` steps when the policy's proposal is within ``drift_m / 2`` of the plan

@@ -181,6 +181,11 @@ class TwoStagePolicy(torch.nn.Module):
 
 
 @torch.no_grad()
+def _check_guidance(cfg, guidance: float) -> None:
+    if guidance != 1.0 and not getattr(cfg, "indicator", False):
+        raise ValueError(f"guidance {guidance} needs an advantage-conditioned policy (PolicyConfig.indicator)")
+
+
 def sample(model, rgb, depth, state, words, steps: int | None = None,
            generator: torch.Generator | None = None, guidance: float = 1.0) -> dict:
     """Euler integration of the learned velocity from noise (``tau`` 0 -> 1) for every target
@@ -209,8 +214,7 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
         shapes["future_rgb"], shapes["future_depth"] = (b, f, 3, s, s), (b, f, 1, s, s)
     if cfg.predicts_actions and cfg.action_head == "flow":
         shapes["actions"] = (b, cfg.chunk, cfg.action_dim)
-    if guidance != 1.0 and not getattr(cfg, "indicator", False):
-        raise ValueError(f"guidance {guidance} needs an advantage-conditioned policy (PolicyConfig.indicator)")
+    _check_guidance(cfg, guidance)
     x = {k: torch.randn(v, generator=generator) for k, v in shapes.items()}
     out = {}
     for i in range(steps):
@@ -366,8 +370,7 @@ class PolicyRunner:
         self._limits = Normalizer.for_piper()  # the actuators' ranges: the last word on every action
         self.vocab = Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
         self.gen = torch.Generator().manual_seed(seed)
-        if guidance != 1.0 and not getattr(model.cfg, "indicator", False):
-            raise ValueError(f"guidance {guidance} needs an advantage-conditioned policy (PolicyConfig.indicator)")
+        _check_guidance(model.cfg, guidance)  # at construction, not at the first observation
         self.guidance = float(guidance)
 
     def check(self, obs: dict) -> None:

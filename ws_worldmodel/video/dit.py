@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -184,8 +185,8 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, cond, kind, pos, mask, past_k=None, past_v=None):
-        """``x`` ``(B, F, N, d)``; ``cond`` ``(B, F, d)``; ``pos`` the rotary table of the tokens'
+    def forward(self, x, cond, kind, rope, mask, past_k=None, past_v=None):
+        """``x`` ``(B, F, N, d)``; ``cond`` ``(B, F, d)``; ``rope`` the rotary table of the tokens'
         frame indices (:func:`rope_table`);
         ``mask`` ``(F*N, P + F*N)`` bool (True: may attend) or None; ``past_k/v`` ``(B, H, P, dh)``.
         Returns ``(x, k, v)`` with this call's rotated keys and values ``(B, H, F*N, dh)``."""
@@ -194,7 +195,7 @@ class DiTBlock(nn.Module):
         h = self.norm1(x) * (1 + sc1) + sh1
         q, k, v = self.qkv(h.reshape(b, f * n, d)).reshape(b, f * n, 3, self.heads, d // self.heads).permute(
             2, 0, 3, 1, 4)
-        q, k = _rope(q, pos), _rope(k, pos)
+        q, k = _rope(q, rope), _rope(k, rope)
         ka, va = (k, v) if past_k is None else (torch.cat([past_k, k], 2), torch.cat([past_v, v], 2))
         att = F.scaled_dot_product_attention(q, ka, va, attn_mask=mask)
         x = x + g1 * self.proj(att.transpose(1, 2).reshape(b, f, n, d))
@@ -335,8 +336,8 @@ class VideoDiT(nn.Module):
         x = self.embed(patchify(frames, cfg.patch)) + self.spatial
         cond = self.condition(tau, controls, kind)
         n = cfg.tokens_per_frame
-        pos = rope_table((first_frame + torch.arange(f, device=frames.device)).repeat_interleave(n),
-                         cfg.d_model // cfg.heads, x.dtype)
+        rope = rope_table((first_frame + torch.arange(f, device=frames.device)).repeat_interleave(n),
+                          cfg.d_model // cfg.heads, x.dtype)
         p_len = 0 if not past else past[0][0].shape[2]
         if chunks is not None and (chunks.shape != (f,) or bool((chunks[1:] < chunks[:-1]).any())):
             raise ValueError(f"chunks must be ({f},) nondecreasing chunk ids, got {tuple(chunks.shape)}")
@@ -344,7 +345,7 @@ class VideoDiT(nn.Module):
         kv = []
         for i, blk in enumerate(self.blocks):
             pk, pv = past[i] if past else (None, None)
-            x, k, v = blk(x, cond, kind, pos, mask, pk, pv)
+            x, k, v = blk(x, cond, kind, rope, mask, pk, pv)
             kv.append((k, v))
         sh, sc = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         vel = unpatchify(self.out(self.norm(x) * (1 + sc) + sh), cfg.patch, cfg.channels, cfg.image_size,
@@ -407,8 +408,6 @@ def action_guided_chunks(actions, gripper_dim: int = -1, min_len: int = 4, max_l
     Raises:
         ValueError: not a 2-D array with frames, or inconsistent lengths.
     """
-    import numpy as np
-
     a = np.asarray(actions, dtype=np.float64)
     if a.ndim != 2 or len(a) == 0 or a.shape[1] < 2:
         raise ValueError(f"actions must be (T, A) with T >= 1 and A >= 2, got {a.shape}")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .dit import VideoDiT, VideoDiTConfig, generate_chunked
 from .memory import MemoryConfig, MemoryKVCache
@@ -161,11 +162,7 @@ def train(args) -> dict:
                     "frames": args.frames, "losses": losses}, tmp)
         tmp.replace(out)  # never a half-written checkpoint
 
-    try:
-        from tqdm import tqdm
-        bar = tqdm(range(args.steps), desc="video world model", unit="step")
-    except ImportError:  # pragma: no cover
-        bar = range(args.steps)
+    bar = tqdm(range(args.steps), desc="video world model", unit="step")
     for step in bar:
         clips, ctrl = batch(world, rng, args.batch, args.frames, args.device)
         lr = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
@@ -178,7 +175,7 @@ def train(args) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if hasattr(bar, "set_postfix") and step % 50 == 0:
+        if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         if step % 500 == 499:
             save()
@@ -199,7 +196,6 @@ def load(path, device="cpu") -> tuple[VideoDiT, dict]:
 def evaluate(args) -> dict:
     """Revisit errors with and without the memory (module docstring)."""
     model, ck = load(args.checkpoint, args.device)
-    cfg = model.cfg
     world = PanWorld(size=ck["world"]["size"], seed=ck["world"]["seed"])
     rng = np.random.default_rng(args.seed)
     context, out = ck["context"], args.out_frames
