@@ -1,0 +1,377 @@
+"""The control-expert mixture measured: against one model per control kind and against a dense
+model, on held-out clips of each kind; Worldscape-MoE Tuning of a kind added later; and long
+rollouts with action-guided chunks and the memory against the fixed-chunk baseline (issue 9;
+seeds 000 and 002).
+
+**Models** (all chunk-causal students, :class:`ws_worldmodel.video.dit.VideoDiT`):
+
+- ``mixture``: one model for all kinds; each block's feed-forward is the shared expert plus the
+  sample's kind expert (seed 000);
+- ``dense``: one model for all kinds, one feed-forward of the same per-sample width, no experts
+  (seed 000's "w/o MoE" row);
+- ``per-kind``: one model per kind, each trained only on its kind's clips (dense, the same
+  per-sample width).
+
+The fair budget is the same data and the same compute: a mixture or dense run of ``S`` steps
+sees about ``S * batch / 3`` clips of each kind, so each per-kind model trains ``S / 3`` steps
+at the same batch (``--steps`` of ``train`` is per model; the README gives the commands).
+
+**Chunks in training.** Every batch draws a random chunk layout (lengths 1 to
+``--max-chunk`` frames after the given ones, one flow time per chunk), so a student can
+generate with any chunking, fixed or action-guided, and the drift test compares chunkings on
+one model.
+
+**Held-out scores** (``eval``), on clips from episodes no model trained on:
+
+- ``flow``: the velocity error ``|v^ - (x_1 - x_0)|^2`` of the frames after the given ones at flow
+  times 0.25, 0.5 and 0.75, with the same noise for every model (lower is better);
+- ``rollout``: generate every frame after the 2 given ones chunk by chunk (2-frame chunks, 4
+  Euler steps each, the same noise for every model) and take the MSE against the true frames
+  (RGB and depth, [-1, 1] scale).
+
+**Drift** (``drift``): from 2 given frames of a held-out episode 10x the training clip length,
+generate the rest with (a) fixed chunks and the whole past in the cache (the baseline), (b)
+fixed chunks with the memory-aware cache, (c) action-guided chunks with the memory. Per-frame
+MSE against the truth, its growth (mean of the last quarter of the frames minus the first
+quarter's) and the cache's size at the end.
+
+    python -m ws_worldmodel.video.experts train --clips data/clips.hdf5 --arch mixture --out runs/mix.pt
+    python -m ws_worldmodel.video.experts eval --clips data/clips.hdf5 runs/mix.pt runs/dense.pt ...
+    python -m ws_worldmodel.video.experts drift --long data/long.hdf5 --checkpoint runs/mix.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ws_sim.atomic import atomic_write
+
+from .clips import CONTROL_DIMS, KINDS, ClipSet, frames_tensor, read_clips
+from .dit import VideoDiT, VideoDiTConfig, action_guided_chunks, chunk_ids, generate_chunked
+from .memory import MemoryConfig, MemoryKVCache
+
+ARCHS = ("mixture", "dense", "per-kind")
+FLOW_TAUS = (0.25, 0.5, 0.75)
+
+__all__ = ["ARCHS", "random_chunks", "batch_of", "train", "load", "flow_error", "evaluate", "drift"]
+
+
+def random_chunks(rng: np.random.Generator, frames: int, max_chunk: int) -> list[int]:
+    """Random chunk lengths in ``[1, max_chunk]`` summing to ``frames``."""
+    out = []
+    while sum(out) < frames:
+        out.append(int(min(rng.integers(1, max_chunk + 1), frames - sum(out))))
+    return out
+
+
+def batch_of(sets: dict[str, ClipSet], kinds: tuple, rng: np.random.Generator, b: int, control_dim: int,
+             labels: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``b`` clips, each of a kind drawn uniformly from ``kinds``: ``(clips (B, T, 4, S, S), controls
+    (B, T, control_dim) zero-padded, labels (B,))``."""
+    pick = rng.integers(0, len(kinds), b)
+    clips, ctrls = [], []
+    for k in pick:
+        s = sets[kinds[k]]
+        i = rng.integers(len(s))
+        clips.append(frames_tensor(s.rgb[i], s.depth[i], s.max_depth))
+        c = torch.zeros(s.controls.shape[1], control_dim)
+        c[:, : s.controls.shape[2]] = torch.as_tensor(s.controls[i])
+        ctrls.append(c)
+    lab = torch.tensor([labels[kinds[k]] for k in pick])
+    return torch.stack(clips), torch.stack(ctrls), lab
+
+
+def _save(path: Path, payload: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))  # never a half-written checkpoint
+
+
+def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 1500, batch: int = 8,
+          lr: float = 3e-4, d_model: int = 128, layers: int = 4, heads: int = 4, patch: int = 8,
+          context: int = 2, max_chunk: int = 4, seed: int = 0, init: str | None = None,
+          add_kind: str | None = None, threads: int | None = None, progress: bool = True) -> dict:
+    """Train one model (module docstring) on the training episodes of ``clips``.
+
+    Args:
+        arch: ``mixture`` or ``dense`` (all ``kinds`` in one model), or ``per-kind`` (exactly
+            one kind in ``kinds``).
+        init: start from this checkpoint; with ``add_kind``, add that kind to it
+            (:meth:`VideoDiT.add_control_kind`) and train only
+            :meth:`VideoDiT.tuning_parameters` (Worldscape-MoE Tuning) on batches of all its kinds.
+
+    Returns:
+        a summary (steps, seconds, first and last losses).
+
+    Raises:
+        ValueError: an unknown arch or kind, a kind missing from the file, a per-kind run with
+            more than one kind.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHS)}")
+    kinds = tuple(kinds)
+    if arch == "per-kind" and len(kinds) != 1:
+        raise ValueError(f"a per-kind model trains on one kind, got {list(kinds)}")
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    data = read_clips(clips)
+    missing = [k for k in kinds if k not in data]
+    if missing:
+        raise ValueError(f"{clips} has no clips of {missing} (it has {list(data)})")
+    sets = {k: data[k].split()[0] for k in kinds}
+    if init:
+        model, ck = load(init)
+        if add_kind:
+            if add_kind not in data:
+                raise ValueError(f"{clips} has no clips of {add_kind!r}")
+            model.add_control_kind(add_kind, CONTROL_DIMS[add_kind])
+            sets[add_kind] = data[add_kind].split()[0]
+            kinds = model.cfg.control_kinds
+        params = model.tuning_parameters(add_kind) if add_kind else list(model.parameters())
+        context = ck["context"]
+    else:
+        cfg = VideoDiTConfig(image_size=data[kinds[0]].rgb.shape[2], patch=patch, d_model=d_model, layers=layers,
+                             heads=heads, chunk=2, control_kinds=kinds,
+                             control_dims=tuple(CONTROL_DIMS[k] for k in kinds),
+                             moe="shared+kind" if arch == "mixture" else "dense")
+        model = VideoDiT(cfg)
+        params = list(model.parameters())
+    model.train()
+    cfg = model.cfg
+    labels = {k: i for i, k in enumerate(cfg.control_kinds)}
+    frames = sets[kinds[0]].rgb.shape[1]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    losses, t0 = [], time.perf_counter()
+    bar = tqdm(range(steps), desc=f"{arch} {'+'.join(kinds)}", unit="step", disable=not progress, file=sys.stderr)
+    for step in bar:
+        x, c, lab = batch_of(sets, kinds, rng, batch, max(cfg.control_dims), labels)
+        ids = chunk_ids(context, random_chunks(rng, frames - context, max_chunk))
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        loss, _ = model.loss(x, c, lab, context=context, chunks=ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    summary = {"arch": arch, "kinds": list(kinds), "steps": steps, "batch": batch,
+               "seconds": round(time.perf_counter() - t0, 1), "loss_first_50": float(np.mean(losses[:50])),
+               "loss_last_50": float(np.mean(losses[-50:])), "init": init, "add_kind": add_kind,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "trained_parameters": sum(p.numel() for p in params)}
+    _save(Path(out), {"config": dataclasses.asdict(cfg), "state_dict": model.state_dict(), "context": context,
+                      "frames": frames, "arch": arch, "losses": losses, "summary": summary})
+    return summary
+
+
+def load(path, device="cpu") -> tuple[VideoDiT, dict]:
+    """A :func:`train` checkpoint -> ``(model in eval mode, checkpoint dict)``."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    model = VideoDiT(VideoDiTConfig(**ck["config"])).to(device)
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck
+
+
+@torch.no_grad()
+def flow_error(model: VideoDiT, clip: torch.Tensor, controls: torch.Tensor, kind: str, tau: float,
+               noise: torch.Tensor, context: int, chunk: int = 2) -> torch.Tensor:
+    """Per-clip velocity MSE ``(B,)`` of the frames after ``context`` at flow time ``tau`` (all of
+    them at once, fixed ``chunk``-frame chunks), from the given ``noise`` ``(B, T, C, S, S)``."""
+    b, t = clip.shape[:2]
+    tt = torch.full((b, t), float(tau))
+    tt[:, :context] = 1.0
+    w = tt[:, :, None, None, None]
+    xt = w * clip + (1 - w) * noise
+    ids = chunk_ids(context, [chunk] * ((t - context) // chunk) + ([(t - context) % chunk] if (t - context) % chunk else []))
+    v = model(xt, tt, controls, model.kind_index(kind), context=context, chunks=ids)
+    return ((v - (clip - noise))[:, context:] ** 2).mean(dim=(1, 2, 3, 4))
+
+
+def _test_batch(s: ClipSet, n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    test = s.split()[1]
+    idx = np.random.default_rng(seed).permutation(len(test))[:n]
+    x = frames_tensor(test.rgb[idx], test.depth[idx], test.max_depth)
+    c = torch.zeros(len(idx), test.controls.shape[1], dim)
+    c[..., : test.controls.shape[2]] = torch.as_tensor(test.controls[idx])
+    return x, c
+
+
+@torch.no_grad()
+def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed: int = 0,
+             threads: int | None = None) -> dict:
+    """Held-out scores (module docstring) of every checkpoint on every kind it knows:
+    ``{kind: {label: {"flow": mean, "flow_sem", "rollout", "rollout_sem", "rollout_rgb",
+    "rollout_depth"}}}`` with ``label`` the checkpoint's arch (``per-kind`` for single-kind ones)."""
+    if threads:
+        torch.set_num_threads(threads)
+    data = read_clips(clips)
+    out: dict = {}
+    for path in checkpoints:
+        model, ck = load(path)
+        label = ck["arch"] + ("+tuned" if ck["summary"].get("add_kind") else "")
+        context = ck["context"]
+        for kind in model.cfg.control_kinds:
+            if kind not in data:
+                continue
+            x, c = _test_batch(data[kind], clips_per_kind, max(model.cfg.control_dims), seed)
+            g = torch.Generator().manual_seed(seed)
+            noise = torch.randn(x.shape, generator=g)
+            flow = torch.stack([flow_error(model, x, c, kind, tau, noise, context) for tau in FLOW_TAUS]).mean(0)
+            gen = torch.cat([generate_chunked(model, x[i:i + 1, :context], c[i:i + 1], kind, x.shape[1],
+                                              generator=torch.Generator().manual_seed(seed + i))
+                             for i in range(len(x))])
+            err = (gen[:, context:] - x[:, context:]) ** 2
+            roll = err.mean(dim=(1, 2, 3, 4))
+            sem = lambda v: float(v.std() / np.sqrt(len(v)))  # noqa: E731
+            out.setdefault(kind, {})[label] = {
+                "flow": float(flow.mean()), "flow_sem": sem(flow), "rollout": float(roll.mean()),
+                "rollout_sem": sem(roll), "rollout_rgb": float(err[:, :, :3].mean()),
+                "rollout_depth": float(err[:, :, 3].mean()), "clips": len(x), "checkpoint": str(path),
+                "flow_per_clip": flow.tolist(), "rollout_per_clip": roll.tolist()}
+    return out
+
+
+@torch.no_grad()
+def drift(long: str, checkpoint: str, kind: str = "joints", episodes: int = 16, chunk: int = 4,
+          memory: MemoryConfig | None = None, min_len: int = 2, max_len: int = 6, seed: int = 0,
+          threads: int | None = None, plot: str | None = None) -> dict:
+    """Long rollouts (module docstring) on the episodes of ``long`` (one clip per episode).
+
+    Returns per variant the per-frame MSE curve (mean over episodes), its growth, the mean
+    action-guided chunk length and the cache's frames at the end."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, ck = load(checkpoint)
+    context, train_frames = ck["context"], ck["frames"]
+    s = read_clips(long)[kind]
+    n = min(episodes, len(s))
+    memory = memory or MemoryConfig(anchors=context, window=6, pool=8, retrieve=4, dedup_threshold=0.0)
+    dim = max(model.cfg.control_dims)
+    frames = s.rgb.shape[1]
+    curves: dict = {"fixed_full_cache": [], "fixed_memory": [], "action_guided_memory": []}
+    cache_frames: dict = {k: [] for k in curves}
+    lengths_seen = []
+    for i in tqdm(range(n), desc="drift episodes", file=sys.stderr):
+        x = frames_tensor(s.rgb[i:i + 1], s.depth[i:i + 1], s.max_depth)
+        c = torch.zeros(1, frames, dim)
+        c[..., : s.controls.shape[2]] = torch.as_tensor(s.controls[i:i + 1])
+        poses = torch.as_tensor(s.poses[i])
+        todo = frames - context
+        fixed = [chunk] * (todo // chunk) + ([todo % chunk] if todo % chunk else [])
+        guided = action_guided_chunks(s.controls[i, context:], min_len=min_len, max_len=max_len, step=2) \
+            if kind == "joints" else fixed
+        lengths_seen += guided
+        for name, lengths, mem in (("fixed_full_cache", fixed, None), ("fixed_memory", fixed, memory),
+                                   ("action_guided_memory", guided, memory)):
+            cache = MemoryKVCache(mem) if mem else None
+            gen = generate_chunked(model, x[:, :context], c, kind, frames, memory=cache, poses=poses,
+                                   generator=torch.Generator().manual_seed(seed + i), lengths=lengths)
+            curves[name].append(((gen - x)[0, context:] ** 2).mean(dim=(1, 2, 3)).numpy())
+            cache_frames[name].append(len(cache) if cache else frames)
+    q = max(1, (frames - context) // 4)
+    res = {"kind": kind, "episodes": n, "frames": frames, "train_frames": train_frames, "context": context,
+           "fixed_chunk": chunk, "guided_mean_chunk": float(np.mean(lengths_seen)),
+           "memory": dataclasses.asdict(memory), "checkpoint": str(checkpoint)}
+    for name, cs in curves.items():
+        cs = np.stack(cs)
+        growth = cs[:, -q:].mean(1) - cs[:, :q].mean(1)
+        res[name] = {"mse": float(cs.mean()), "mse_sem": float(cs.mean(1).std() / np.sqrt(n)),
+                     "first_quarter": float(cs[:, :q].mean()), "last_quarter": float(cs[:, -q:].mean()),
+                     "growth": float(growth.mean()), "growth_sem": float(growth.std() / np.sqrt(n)),
+                     "cache_frames_at_end": float(np.mean(cache_frames[name])),
+                     "curve": cs.mean(0).round(5).tolist()}
+    if plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for name in curves:
+            ax.plot(np.arange(context, frames), res[name]["curve"], label=name.replace("_", " "))
+        ax.axvline(train_frames, color="grey", ls=":", label="training clip length")
+        ax.set_xlabel("frame")
+        ax.set_ylabel("MSE against the true frame")
+        ax.set_title(f"{kind}: {n} held-out episodes, {frames} frames")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+        plt.close(fig)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ws_worldmodel.video.experts", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--clips", required=True, help="python -m ws_worldmodel.video.clips output")
+    t.add_argument("--arch", choices=ARCHS, default="mixture")
+    t.add_argument("--kind", action="append", choices=KINDS, help="kinds to train on (repeat; default: all)")
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--d-model", type=int, default=128)
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--patch", type=int, default=8)
+    t.add_argument("--max-chunk", type=int, default=4, help="longest random chunk in training, frames")
+    t.add_argument("--init", help="start from this checkpoint")
+    t.add_argument("--add-kind", choices=KINDS, help="with --init: add this kind and tune (Worldscape-MoE Tuning)")
+    t.add_argument("--out", required=True)
+    e = sub.add_parser("eval", help="held-out scores of checkpoints", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--clips", required=True)
+    e.add_argument("checkpoints", nargs="+")
+    e.add_argument("--clips-per-kind", type=int, default=64)
+    d = sub.add_parser("drift", help="long rollouts against the fixed-chunk baseline",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--long", required=True, help="clip file with one long clip per episode")
+    d.add_argument("--checkpoint", required=True)
+    d.add_argument("--kind", choices=KINDS, default="joints")
+    d.add_argument("--episodes", type=int, default=16)
+    d.add_argument("--chunk", type=int, default=4, help="the baseline's fixed chunk, frames")
+    d.add_argument("--plot", help="write the per-frame error curves here (PNG)")
+    for p in (t, e, d):
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--json", help="also write the result here")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "train":
+            res = train(args.clips, args.arch, args.out, tuple(args.kind or KINDS), args.steps, args.batch, args.lr,
+                        args.d_model, args.layers, patch=args.patch, max_chunk=args.max_chunk, seed=args.seed,
+                        init=args.init, add_kind=args.add_kind, threads=args.threads)
+        elif args.cmd == "eval":
+            res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads)
+        else:
+            res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, seed=args.seed,
+                        threads=args.threads, plot=args.plot)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(res, indent=1)
+    if args.json:
+        Path(args.json).write_text(text)
+    if args.cmd == "eval":  # the per-clip lists stay in the JSON file
+        for kind in res.values():
+            for r in kind.values():
+                r.pop("flow_per_clip"), r.pop("rollout_per_clip")
+        text = json.dumps(res, indent=1)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
