@@ -108,8 +108,9 @@ def _inputs(b=2, f=6, kind=0, seed=0):
     return x, tau, ctrl, torch.full((b,), kind)
 
 
-def test_attention_is_causal_across_chunks_and_bidirectional_within():
-    m = _model()
+@pytest.mark.parametrize("chunk_experts", [0, 3])
+def test_attention_is_causal_across_chunks_and_bidirectional_within(chunk_experts):
+    m = _model(chunk_experts=chunk_experts)
     x, tau, ctrl, kind = _inputs()
     base = m(x, tau, ctrl, kind, context=2)  # chunks: frames 0-1 | 2-3 | 4-5
     later = x.clone()
@@ -121,14 +122,46 @@ def test_attention_is_causal_across_chunks_and_bidirectional_within():
     assert not torch.allclose(teacher[:, 0], m(x, tau, ctrl, kind, causal=False)[:, 0], atol=1e-4)
 
 
-def test_the_kv_cache_gives_what_the_whole_sequence_gives():
-    m = _model()
+@pytest.mark.parametrize("chunk_experts", [0, 3])
+def test_the_kv_cache_gives_what_the_whole_sequence_gives(chunk_experts):
+    m = _model(chunk_experts=chunk_experts)
     x, tau, ctrl, kind = _inputs()
     tau[:, :4] = 1.0  # earlier chunks clean, as in generation
     full = m(x, tau, ctrl, kind, context=2)
     _, kv = m(x[:, :4], tau[:, :4], ctrl[:, :4], kind, context=2, return_kv=True)
     last = m(x[:, 4:], tau[:, 4:], ctrl[:, 4:], kind, first_frame=4, past=kv, context=2)
     assert torch.allclose(last, full[:, 4:], atol=1e-5)
+
+
+def test_per_chunk_experts_route_whole_chunks_by_their_content_and_length():
+    m = _model(chunk_experts=3)
+    x, tau, ctrl, kind = _inputs(b=8, f=9)
+    chunks = torch.tensor([0, 0, 1, 1, 1, 1, 2, 3, 3])  # lengths 2, 4, 1, 2
+    m(x, tau, ctrl, kind, chunks=chunks)
+    router = m.blocks[0].chunk_ffn
+    assert router.last_route.shape == (8, 4)  # one expert per chunk, not per token
+    assert len(torch.unique(router.last_route)) > 1  # different chunks go to different experts
+    # a chunk's tokens all take its expert: swapping that expert's weights changes only those frames
+    route = router.last_route
+    e = int(route[0, 1])
+    base = m(x, tau, ctrl, kind, chunks=chunks)
+    with torch.no_grad():
+        router.experts[e][2].bias.add_(1.0)
+    out = m(x, tau, ctrl, kind, chunks=chunks)
+    changed = ~torch.isclose(out, base, atol=1e-6).flatten(2).all(-1)  # (B, F)
+    want = (route[:, chunks] == e)  # frames of chunks routed to e (in this layer; later layers follow)
+    assert changed[want].all()
+    # other cuts of the same frames: one route per chunk again
+    m(x, tau, ctrl, kind, chunks=torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1]))
+    assert router.last_route.shape == (8, 2)
+    # training: the loss carries the load-balancing term (E * sum f P >= 1, equal to 1 when balanced)
+    m.train()
+    loss, parts = m.loss(x, ctrl, kind, context=2)
+    assert parts["balance"] >= 1.0 - 1e-6 and torch.isfinite(loss)
+    loss.backward()
+    assert router.router.weight.grad is not None and router.router.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="chunk_experts"):
+        VideoDiTConfig(chunk_experts=1)
 
 
 def test_each_sample_goes_through_the_shared_expert_and_its_own_kind():

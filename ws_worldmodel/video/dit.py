@@ -21,6 +21,17 @@ sample as shared + one expert). :meth:`VideoDiT.add_control_kind` adds a kind la
 and the shared weights, the other kinds' frozen (seed 000's Worldscape-MoE Tuning: the shared
 expert "continually absorbs world knowledge").
 
+**Per-chunk experts (seed 002).** With ``chunk_experts = E > 0`` every block also has ``E``
+feed-forward experts (half the hidden width) and a router that picks one of them *per chunk*:
+its input is the chunk's mean token at that block and the log of the chunk's length (seed 002's
+"context-aware" mixture; LongScape's public code ties its experts to chunk lengths, here the
+length is one of the router's inputs and the content the other). The chunk's tokens go through
+the chosen expert scaled by its router probability (top-1, as Switch Transformers, so the router
+learns), and a load-balancing term ``E * sum_e f_e P_e`` (the share of chunks sent to ``e``
+times its mean probability, Fedus et al. 2022, eq. 4) joins the loss with weight
+``balance_weight``. A chunk's route depends on its own tokens only, so causality across chunks
+and the KV cache hold.
+
 **Chunks (seeds 001, 002).** Frames come in chunks of ``chunk``. The *teacher* attends
 bidirectionally over the whole clip. The *student* is chunk-causal: a frame attends to every
 frame of its own chunk and of earlier chunks, never later ones; it generates chunk by chunk,
@@ -64,6 +75,8 @@ class VideoDiTConfig:
         moe: ``"shared+kind"`` (seed 000's mixture) or ``"dense"`` (no experts).
         euler_steps: Euler steps per chunk at generation.
         depth_weight: weight of the depth terms of the loss.
+        chunk_experts: per-chunk experts of seed 002 (0: none).
+        balance_weight: weight of their load-balancing term in the loss.
     """
 
     image_size: int = 64
@@ -79,6 +92,8 @@ class VideoDiTConfig:
     moe: str = "shared+kind"
     euler_steps: int = 4
     depth_weight: float = 0.5
+    chunk_experts: int = 0
+    balance_weight: float = 0.01
 
     def __post_init__(self):
         self.control_kinds, self.control_dims = tuple(self.control_kinds), tuple(int(d) for d in self.control_dims)
@@ -92,6 +107,8 @@ class VideoDiTConfig:
             raise ValueError(f"moe must be 'shared+kind' or 'dense', got {self.moe!r}")
         if self.chunk < 1 or self.euler_steps < 1 or self.layers < 1:
             raise ValueError("chunk, euler_steps and layers must be >= 1")
+        if self.chunk_experts < 0 or self.chunk_experts == 1:
+            raise ValueError(f"chunk_experts must be 0 (none) or >= 2, got {self.chunk_experts}")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -168,6 +185,39 @@ class ControlFFN(nn.Module):
         return out + routed
 
 
+class ChunkExperts(nn.Module):
+    """Seed 002's context-aware per-chunk mixture (module docstring): top-1 routing of whole
+    chunks by their mean token and log length."""
+
+    def __init__(self, d: int, hidden: int, experts: int):
+        super().__init__()
+        self.router = nn.Linear(d + 1, experts)
+        self.experts = nn.ModuleList(_ffn(d, hidden) for _ in range(experts))
+        self.balance = None  # the last call's load-balancing term
+        self.last_route = None  # the last call's expert per chunk (B, chunks)
+
+    def forward(self, x: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, F, N, d)``; ``chunks`` ``(F,)`` nondecreasing chunk ids of its frames."""
+        b, f = x.shape[:2]
+        first, inverse, counts = torch.unique_consecutive(chunks, return_inverse=True, return_counts=True)
+        n = len(first)
+        one_hot = F.one_hot(inverse, n).to(x.dtype)  # (F, n)
+        mean = torch.einsum("bfd,fc->bcd", x.mean(2), one_hot) / counts.to(x.dtype)[None, :, None]
+        feats = torch.cat([mean, counts.to(x.dtype).log()[None, :, None].expand(b, n, 1)], -1)
+        probs = self.router(feats).float().softmax(-1)  # (B, n, E)
+        gate, route = probs.max(-1)
+        e = len(self.experts)
+        share = F.one_hot(route, e).float().mean((0, 1))
+        self.balance = e * (share * probs.mean((0, 1))).sum()
+        self.last_route = route.detach()
+        route_f, gate_f = route[:, inverse], gate[:, inverse].to(x.dtype)  # (B, F)
+        out = torch.zeros_like(x)
+        for k in torch.unique(route_f).tolist():
+            sel = route_f == k
+            out[sel] = self.experts[k](x[sel]) * gate_f[sel][:, None, None]
+        return out
+
+
 class DiTBlock(nn.Module):
     """adaLN-zero transformer block: attention over the frames' tokens (with cached keys and
     values of earlier frames), then :class:`ControlFFN`."""
@@ -181,13 +231,14 @@ class DiTBlock(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         self.ffn = ControlFFN(d, cfg.ffn_mult * d, len(cfg.control_kinds), cfg.moe)
+        self.chunk_ffn = ChunkExperts(d, cfg.ffn_mult * d // 2, cfg.chunk_experts) if cfg.chunk_experts else None
         self.ada = nn.Linear(d, 6 * d)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, cond, kind, rope, mask, past_k=None, past_v=None):
+    def forward(self, x, cond, kind, rope, mask, past_k=None, past_v=None, chunks=None):
         """``x`` ``(B, F, N, d)``; ``cond`` ``(B, F, d)``; ``rope`` the rotary table of the tokens'
-        frame indices (:func:`rope_table`);
+        frame indices (:func:`rope_table`); ``chunks`` ``(F,)`` chunk ids (for the per-chunk experts);
         ``mask`` ``(F*N, P + F*N)`` bool (True: may attend) or None; ``past_k/v`` ``(B, H, P, dh)``.
         Returns ``(x, k, v)`` with this call's rotated keys and values ``(B, H, F*N, dh)``."""
         b, f, n, d = x.shape
@@ -200,7 +251,10 @@ class DiTBlock(nn.Module):
         att = F.scaled_dot_product_attention(q, ka, va, attn_mask=mask)
         x = x + g1 * self.proj(att.transpose(1, 2).reshape(b, f, n, d))
         h = self.norm2(x) * (1 + sc2) + sh2
-        x = x + g2 * self.ffn(h, kind)
+        ff = self.ffn(h, kind)
+        if self.chunk_ffn is not None:
+            ff = ff + self.chunk_ffn(h, chunks)
+        x = x + g2 * ff
         return x, k, v
 
 
@@ -342,10 +396,14 @@ class VideoDiT(nn.Module):
         if chunks is not None and (chunks.shape != (f,) or bool((chunks[1:] < chunks[:-1]).any())):
             raise ValueError(f"chunks must be ({f},) nondecreasing chunk ids, got {tuple(chunks.shape)}")
         mask = self.chunk_mask(f, first_frame, p_len, causal, frames.device, context, chunks)
+        ids = None
+        if cfg.chunk_experts:
+            ids = chunks.to(frames.device) if chunks is not None else \
+                self.chunk_of(first_frame + torch.arange(f, device=frames.device), context)
         kv = []
         for i, blk in enumerate(self.blocks):
             pk, pv = past[i] if past else (None, None)
-            x, k, v = blk(x, cond, kind, rope, mask, pk, pv)
+            x, k, v = blk(x, cond, kind, rope, mask, pk, pv, ids)
             kv.append((k, v))
         sh, sc = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         vel = unpatchify(self.out(self.norm(x) * (1 + sc) + sh), cfg.patch, cfg.channels, cfg.image_size,
@@ -382,7 +440,12 @@ class VideoDiT(nn.Module):
         x1 = xt + (1 - tt) * v
         dep3d = (((x1[:, :, -1] - clip[:, :, -1]) ** 2) * w).sum() / denom
         total = rgb + self.cfg.depth_weight * (dep + dep3d)
-        return total, {"rgb": rgb.item(), "depth": dep.item(), "depth_3d": dep3d.item()}
+        parts = {"rgb": rgb.item(), "depth": dep.item(), "depth_3d": dep3d.item()}
+        if self.cfg.chunk_experts:
+            balance = torch.stack([blk.chunk_ffn.balance for blk in self.blocks]).mean()
+            total = total + self.cfg.balance_weight * balance
+            parts["balance"] = balance.item()
+        return total, parts
 
 
 def action_guided_chunks(actions, gripper_dim: int = -1, min_len: int = 4, max_len: int = 16, step: int = 4,

@@ -100,7 +100,8 @@ def _save(path: Path, payload: dict) -> None:
 def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 1500, batch: int = 8,
           lr: float = 3e-4, d_model: int = 128, layers: int = 4, heads: int = 4, patch: int = 8,
           context: int = 2, max_chunk: int = 4, seed: int = 0, init: str | None = None,
-          add_kind: str | None = None, threads: int | None = None, progress: bool = True) -> dict:
+          add_kind: str | None = None, chunk_experts: int = 0, threads: int | None = None,
+          progress: bool = True) -> dict:
     """Train one model (module docstring) on the training episodes of ``clips``.
 
     Args:
@@ -109,6 +110,7 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
         init: start from this checkpoint; with ``add_kind``, add that kind to it
             (:meth:`VideoDiT.add_control_kind`) and train only
             :meth:`VideoDiT.tuning_parameters` (Worldscape-MoE Tuning) on batches of all its kinds.
+        chunk_experts: seed 002's per-chunk experts (``VideoDiTConfig.chunk_experts``; 0: none).
 
     Returns:
         a summary (steps, seconds, first and last losses).
@@ -145,7 +147,7 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
         cfg = VideoDiTConfig(image_size=data[kinds[0]].rgb.shape[2], patch=patch, d_model=d_model, layers=layers,
                              heads=heads, chunk=2, control_kinds=kinds,
                              control_dims=tuple(CONTROL_DIMS[k] for k in kinds),
-                             moe="shared+kind" if arch == "mixture" else "dense")
+                             moe="shared+kind" if arch == "mixture" else "dense", chunk_experts=chunk_experts)
         model = VideoDiT(cfg)
         params = list(model.parameters())
     model.train()
@@ -247,9 +249,13 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
 
 @torch.no_grad()
 def drift(long: str, checkpoint: str, kind: str = "joints", episodes: int = 16, chunk: int = 4,
-          memory: MemoryConfig | None = None, min_len: int = 2, max_len: int = 6, seed: int = 0,
+          memory: MemoryConfig | None = None, min_len: int = 2, max_len: int = 4, seed: int = 0,
           threads: int | None = None, plot: str | None = None) -> dict:
     """Long rollouts (module docstring) on the episodes of ``long`` (one clip per episode).
+
+    The action-guided chunks (:func:`ws_worldmodel.video.dit.action_guided_chunks` of the joint
+    commands, lengths ``min_len`` to ``max_len`` in steps of 2) should stay within the chunk
+    lengths the model trained on (``--max-chunk``); the baseline's fixed ``chunk`` likewise.
 
     Returns per variant the per-frame MSE curve (mean over episodes), its growth, the mean
     action-guided chunk length and the cache's frames at the end."""
@@ -328,6 +334,7 @@ def main(argv=None) -> int:
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--patch", type=int, default=8)
     t.add_argument("--max-chunk", type=int, default=4, help="longest random chunk in training, frames")
+    t.add_argument("--chunk-experts", type=int, default=0, help="seed 002's per-chunk experts (0: none)")
     t.add_argument("--init", help="start from this checkpoint")
     t.add_argument("--add-kind", choices=KINDS, help="with --init: add this kind and tune (Worldscape-MoE Tuning)")
     t.add_argument("--out", required=True)
@@ -342,6 +349,8 @@ def main(argv=None) -> int:
     d.add_argument("--kind", choices=KINDS, default="joints")
     d.add_argument("--episodes", type=int, default=16)
     d.add_argument("--chunk", type=int, default=4, help="the baseline's fixed chunk, frames")
+    d.add_argument("--min-len", type=int, default=2, help="shortest action-guided chunk, frames")
+    d.add_argument("--max-len", type=int, default=4, help="longest action-guided chunk, frames")
     d.add_argument("--plot", help="write the per-frame error curves here (PNG)")
     for p in (t, e, d):
         p.add_argument("--seed", type=int, default=0)
@@ -352,12 +361,13 @@ def main(argv=None) -> int:
         if args.cmd == "train":
             res = train(args.clips, args.arch, args.out, tuple(args.kind or KINDS), args.steps, args.batch, args.lr,
                         args.d_model, args.layers, patch=args.patch, max_chunk=args.max_chunk, seed=args.seed,
-                        init=args.init, add_kind=args.add_kind, threads=args.threads)
+                        init=args.init, add_kind=args.add_kind, chunk_experts=args.chunk_experts,
+                        threads=args.threads)
         elif args.cmd == "eval":
             res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads)
         else:
-            res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, seed=args.seed,
-                        threads=args.threads, plot=args.plot)
+            res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, min_len=args.min_len,
+                        max_len=args.max_len, seed=args.seed, threads=args.threads, plot=args.plot)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
