@@ -144,3 +144,39 @@ def test_drift_measures_long_rollouts_and_the_memory_stays_bounded(tmp_path):
     assert res["action_guided_memory"]["cache_frames_at_end"] <= 2 + 6 + 8  # anchors + window + pool
     for name in ("fixed_full_cache", "fixed_memory", "action_guided_memory"):
         assert len(res[name]["curve"]) == 38 and np.isfinite(res[name]["growth"])
+
+
+def test_self_forcing_distillation_trains_the_student_on_its_own_rollouts(clip_file, tmp_path):
+    from ws_worldmodel.video.distill import distill, dmd_loss, student_rollout
+
+    kw = dict(steps=2, batch=2, d_model=32, layers=1, heads=2, patch=8, progress=False, kinds=("camera", "joints"))
+    train(clip_file, "mixture", tmp_path / "teacher.pt", causal=False, **kw)
+    train(clip_file, "mixture", tmp_path / "student.pt", **kw)
+    student, ck = load(tmp_path / "student.pt")
+    teacher, _ = load(tmp_path / "teacher.pt")
+    x = frames_tensor(*[np.asarray(a) for a in (read_clips(clip_file)["camera"].rgb[:2],
+                                                 read_clips(clip_file)["camera"].depth[:2])], 6.0)
+    ctrl = torch.randn(2, 6, 9)
+    gen = student_rollout(student.train(), x[:, :2], ctrl, 0, 6, steps=3, rng=np.random.default_rng(0))
+    assert gen.shape == x.shape and torch.equal(gen[:, :2], x[:, :2]) and gen.requires_grad
+    # DMD against a critic that models the data as the teacher does: no direction, no gradient
+    gen = gen.detach().requires_grad_(True)
+    dmd_loss(gen, ctrl, 0, teacher, teacher, context=2).backward()
+    assert gen.grad.abs().max() == 0
+    critic = load(tmp_path / "teacher.pt")[0]
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gen.grad = None
+    dmd_loss(gen, ctrl, 0, teacher, critic, context=2).backward()
+    assert gen.grad[:, 2:].abs().max() > 0 and gen.grad[:, :2].abs().max() == 0  # only generated frames move
+    summary = distill(clip_file, tmp_path / "teacher.pt", tmp_path / "student.pt", tmp_path / "d.pt", iters=2,
+                      batch=2, steps=2, progress=False)
+    assert np.isfinite(summary["dmd_last_20"])
+    distilled, dck = load(tmp_path / "d.pt")
+    assert dck["distilled"] and any(not torch.equal(a, b) for a, b in zip(distilled.parameters(), student.parameters()))
+    res = evaluate(clip_file, [tmp_path / "teacher.pt", tmp_path / "d.pt"], clips_per_kind=1, steps=2)
+    assert set(res["camera"]) == {"mixture+teacher", "mixture+distilled"}
+    with pytest.raises(ValueError, match="bidirectional"):
+        distill(clip_file, tmp_path / "student.pt", tmp_path / "student.pt", tmp_path / "e.pt", iters=1)
+    assert not (tmp_path / "e.pt").exists()

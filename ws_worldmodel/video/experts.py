@@ -57,13 +57,15 @@ from tqdm import tqdm
 from ws_sim.atomic import atomic_write
 
 from .clips import CONTROL_DIMS, KINDS, ClipSet, frames_tensor, read_clips
-from .dit import VideoDiT, VideoDiTConfig, action_guided_chunks, chunk_ids, generate_chunked
+from .dit import (VideoDiT, VideoDiTConfig, action_guided_chunks, chunk_ids, generate_bidirectional,
+                  generate_chunked)
 from .memory import MemoryConfig, MemoryKVCache
 
 ARCHS = ("mixture", "dense", "per-kind")
 FLOW_TAUS = (0.25, 0.5, 0.75)
 
-__all__ = ["ARCHS", "random_chunks", "batch_of", "train", "load", "flow_error", "evaluate", "drift"]
+__all__ = ["ARCHS", "random_chunks", "batch_of", "train", "load", "save_checkpoint", "flow_error", "evaluate",
+           "drift"]
 
 
 def random_chunks(rng: np.random.Generator, frames: int, max_chunk: int) -> list[int]:
@@ -91,7 +93,7 @@ def batch_of(sets: dict[str, ClipSet], kinds: tuple, rng: np.random.Generator, b
     return torch.stack(clips), torch.stack(ctrls), lab
 
 
-def _save(path: Path, payload: dict) -> None:
+def save_checkpoint(path: Path, payload: dict) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))  # never a half-written checkpoint
@@ -100,7 +102,7 @@ def _save(path: Path, payload: dict) -> None:
 def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 1500, batch: int = 8,
           lr: float = 3e-4, d_model: int = 128, layers: int = 4, heads: int = 4, patch: int = 8,
           context: int = 2, max_chunk: int = 4, seed: int = 0, init: str | None = None,
-          add_kind: str | None = None, chunk_experts: int = 0, threads: int | None = None,
+          add_kind: str | None = None, chunk_experts: int = 0, causal: bool = True, threads: int | None = None,
           progress: bool = True) -> dict:
     """Train one model (module docstring) on the training episodes of ``clips``.
 
@@ -111,6 +113,8 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
             (:meth:`VideoDiT.add_control_kind`) and train only
             :meth:`VideoDiT.tuning_parameters` (Worldscape-MoE Tuning) on batches of all its kinds.
         chunk_experts: seed 002's per-chunk experts (``VideoDiTConfig.chunk_experts``; 0: none).
+        causal: the chunk-causal student (default) or, False, the bidirectional teacher that
+            :mod:`ws_worldmodel.video.distill` distils into it (one flow time per clip).
 
     Returns:
         a summary (steps, seconds, first and last losses).
@@ -162,7 +166,7 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
         ids = chunk_ids(context, random_chunks(rng, frames - context, max_chunk))
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
-        loss, _ = model.loss(x, c, lab, context=context, chunks=ids)
+        loss, _ = model.loss(x, c, lab, context=context, chunks=ids, causal=causal)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -170,13 +174,14 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    summary = {"arch": arch, "kinds": list(kinds), "steps": steps, "batch": batch,
+    summary = {"arch": arch, "kinds": list(kinds), "steps": steps, "batch": batch, "causal": causal,
                "seconds": round(time.perf_counter() - t0, 1), "loss_first_50": float(np.mean(losses[:50])),
                "loss_last_50": float(np.mean(losses[-50:])), "init": init, "add_kind": add_kind,
                "parameters": sum(p.numel() for p in model.parameters()),
                "trained_parameters": sum(p.numel() for p in params)}
-    _save(Path(out), {"config": dataclasses.asdict(cfg), "state_dict": model.state_dict(), "context": context,
-                      "frames": frames, "arch": arch, "losses": losses, "summary": summary})
+    save_checkpoint(Path(out), {"config": dataclasses.asdict(cfg), "state_dict": model.state_dict(),
+                                "context": context, "frames": frames, "arch": arch, "causal": causal,
+                                "losses": losses, "summary": summary})
     return summary
 
 
@@ -190,16 +195,18 @@ def load(path, device="cpu") -> tuple[VideoDiT, dict]:
 
 @torch.no_grad()
 def flow_error(model: VideoDiT, clip: torch.Tensor, controls: torch.Tensor, kind: str, tau: float,
-               noise: torch.Tensor, context: int, chunk: int = 2) -> torch.Tensor:
+               noise: torch.Tensor, context: int, chunk: int = 2, causal: bool = True) -> torch.Tensor:
     """Per-clip velocity MSE ``(B,)`` of the frames after ``context`` at flow time ``tau`` (all of
-    them at once, fixed ``chunk``-frame chunks), from the given ``noise`` ``(B, T, C, S, S)``."""
+    them at once, fixed ``chunk``-frame chunks, or bidirectional), from the given ``noise``
+    ``(B, T, C, S, S)``."""
     b, t = clip.shape[:2]
     tt = torch.full((b, t), float(tau))
     tt[:, :context] = 1.0
     w = tt[:, :, None, None, None]
     xt = w * clip + (1 - w) * noise
     ids = chunk_ids(context, [chunk] * ((t - context) // chunk) + ([(t - context) % chunk] if (t - context) % chunk else []))
-    v = model(xt, tt, controls, model.kind_index(kind), context=context, chunks=ids)
+    v = model(xt, tt, controls, model.kind_index(kind), context=context, chunks=ids if causal else None,
+              causal=causal)
     return ((v - (clip - noise))[:, context:] ** 2).mean(dim=(1, 2, 3, 4))
 
 
@@ -214,7 +221,7 @@ def _test_batch(s: ClipSet, n: int, dim: int, seed: int) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed: int = 0,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, steps: int | None = None) -> dict:
     """Held-out scores (module docstring) of every checkpoint on every kind it knows:
     ``{kind: {label: {"flow": mean, "flow_sem", "rollout", "rollout_sem", "rollout_rgb",
     "rollout_depth"}}}`` with ``label`` the checkpoint's arch (``per-kind`` for single-kind ones)."""
@@ -224,7 +231,8 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
     out: dict = {}
     for path in checkpoints:
         model, ck = load(path)
-        label = ck["arch"] + ("+tuned" if ck["summary"].get("add_kind") else "")
+        label = ck["arch"] + ("+tuned" if ck["summary"].get("add_kind") else "") + \
+            ("" if ck.get("causal", True) else "+teacher") + ("+distilled" if ck.get("distilled") else "")
         context = ck["context"]
         for kind in model.cfg.control_kinds:
             if kind not in data:
@@ -232,13 +240,15 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
             x, c = _test_batch(data[kind], clips_per_kind, max(model.cfg.control_dims), seed)
             g = torch.Generator().manual_seed(seed)
             noise = torch.randn(x.shape, generator=g)
-            flow = torch.stack([flow_error(model, x, c, kind, tau, noise, context) for tau in FLOW_TAUS]).mean(0)
-            gen = torch.cat([generate_chunked(model, x[i:i + 1, :context], c[i:i + 1], kind, x.shape[1],
-                                              generator=torch.Generator().manual_seed(seed + i))
-                             for i in range(len(x))])
+            causal = ck.get("causal", True)
+            flow = torch.stack([flow_error(model, x, c, kind, tau, noise, context, causal=causal)
+                                for tau in FLOW_TAUS]).mean(0)
+            gen = torch.cat([(generate_chunked if causal else generate_bidirectional)(
+                model, x[i:i + 1, :context], c[i:i + 1], kind, x.shape[1], steps=steps,
+                generator=torch.Generator().manual_seed(seed + i)) for i in range(len(x))])
             err = (gen[:, context:] - x[:, context:]) ** 2
             roll = err.mean(dim=(1, 2, 3, 4))
-            sem = lambda v: float(v.std() / np.sqrt(len(v)))  # noqa: E731
+            sem = lambda v: float(v.std() / np.sqrt(len(v))) if len(v) > 1 else float("nan")  # noqa: E731
             out.setdefault(kind, {})[label] = {
                 "flow": float(flow.mean()), "flow_sem": sem(flow), "rollout": float(roll.mean()),
                 "rollout_sem": sem(roll), "rollout_rgb": float(err[:, :, :3].mean()),
@@ -335,6 +345,7 @@ def main(argv=None) -> int:
     t.add_argument("--patch", type=int, default=8)
     t.add_argument("--max-chunk", type=int, default=4, help="longest random chunk in training, frames")
     t.add_argument("--chunk-experts", type=int, default=0, help="seed 002's per-chunk experts (0: none)")
+    t.add_argument("--teacher", action="store_true", help="train the bidirectional teacher instead of the student")
     t.add_argument("--init", help="start from this checkpoint")
     t.add_argument("--add-kind", choices=KINDS, help="with --init: add this kind and tune (Worldscape-MoE Tuning)")
     t.add_argument("--out", required=True)
@@ -342,6 +353,7 @@ def main(argv=None) -> int:
     e.add_argument("--clips", required=True)
     e.add_argument("checkpoints", nargs="+")
     e.add_argument("--clips-per-kind", type=int, default=64)
+    e.add_argument("--steps", type=int, default=None, help="Euler steps per chunk (default: the model's)")
     d = sub.add_parser("drift", help="long rollouts against the fixed-chunk baseline",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--long", required=True, help="clip file with one long clip per episode")
@@ -362,9 +374,9 @@ def main(argv=None) -> int:
             res = train(args.clips, args.arch, args.out, tuple(args.kind or KINDS), args.steps, args.batch, args.lr,
                         args.d_model, args.layers, patch=args.patch, max_chunk=args.max_chunk, seed=args.seed,
                         init=args.init, add_kind=args.add_kind, chunk_experts=args.chunk_experts,
-                        threads=args.threads)
+                        causal=not args.teacher, threads=args.threads)
         elif args.cmd == "eval":
-            res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads)
+            res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads, args.steps)
         else:
             res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, min_len=args.min_len,
                         max_len=args.max_len, seed=args.seed, threads=args.threads, plot=args.plot)
