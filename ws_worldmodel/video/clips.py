@@ -144,7 +144,8 @@ def _go1_scene(rng, landmarks: int, extent: float) -> mujoco.MjModel:
             geom = spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX,
                                            size=[rng.uniform(0.08, 0.3), rng.uniform(0.08, 0.3), h / 2])
         else:
-            geom = spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[rng.uniform(0.06, 0.25), h / 2, 0])
+            geom = spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+                                           size=[rng.uniform(0.06, 0.25), h / 2, 0])
         geom.name = f"landmark{i}"
         geom.pos = [x, y, h / 2]
         a = rng.uniform(0, np.pi)

@@ -204,7 +204,8 @@ def flow_error(model: VideoDiT, clip: torch.Tensor, controls: torch.Tensor, kind
     tt[:, :context] = 1.0
     w = tt[:, :, None, None, None]
     xt = w * clip + (1 - w) * noise
-    ids = chunk_ids(context, [chunk] * ((t - context) // chunk) + ([(t - context) % chunk] if (t - context) % chunk else []))
+    todo = t - context
+    ids = chunk_ids(context, [chunk] * (todo // chunk) + ([todo % chunk] if todo % chunk else []))
     v = model(xt, tt, controls, model.kind_index(kind), context=context, chunks=ids if causal else None,
               causal=causal)
     return ((v - (clip - noise))[:, context:] ** 2).mean(dim=(1, 2, 3, 4))
@@ -349,7 +350,8 @@ def main(argv=None) -> int:
     t.add_argument("--init", help="start from this checkpoint")
     t.add_argument("--add-kind", choices=KINDS, help="with --init: add this kind and tune (Worldscape-MoE Tuning)")
     t.add_argument("--out", required=True)
-    e = sub.add_parser("eval", help="held-out scores of checkpoints", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e = sub.add_parser("eval", help="held-out scores of checkpoints",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("--clips", required=True)
     e.add_argument("checkpoints", nargs="+")
     e.add_argument("--clips-per-kind", type=int, default=64)
