@@ -164,6 +164,25 @@ def test_per_chunk_experts_route_whole_chunks_by_their_content_and_length():
         VideoDiTConfig(chunk_experts=1)
 
 
+def test_the_clean_frame_prediction_gives_a_velocity_that_lands_on_it():
+    import dataclasses
+
+    m = _model()
+    assert m.cfg.prediction == "clean"
+    raw = VideoDiT(dataclasses.replace(m.cfg, prediction="velocity")).eval()  # same weights, the raw output
+    raw.load_state_dict(m.state_dict())
+    x, tau, ctrl, kind = _inputs()
+    tau[:, :3] = tau[:, :3].clamp(max=0.9)
+    tau[:, 3:] = 0.99  # inside the clip: the velocity divides by tau_clip, not by 0.01
+    v, pred = m(x, tau, ctrl, kind), raw(x, tau, ctrl, kind)
+    gap = (1 - tau).clamp(min=m.cfg.tau_clip)[:, :, None, None, None]
+    assert torch.allclose(x + gap * v, pred, atol=1e-5)  # one Euler jump lands on the predicted frame
+    with pytest.raises(ValueError, match="prediction"):
+        VideoDiTConfig(prediction="noise")
+    with pytest.raises(ValueError, match="tau_clip"):
+        VideoDiTConfig(tau_clip=0.0)
+
+
 def test_each_sample_goes_through_the_shared_expert_and_its_own_kind():
     m = _model()
     x, tau, ctrl, _ = _inputs(b=1)

@@ -100,7 +100,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 1500, batch: int = 8,
-          lr: float = 3e-4, d_model: int = 128, layers: int = 4, heads: int = 4, patch: int = 8,
+          lr: float = 1e-3, d_model: int = 128, layers: int = 4, heads: int = 4, patch: int = 8,
           context: int = 2, max_chunk: int = 4, seed: int = 0, init: str | None = None,
           add_kind: str | None = None, chunk_experts: int = 0, causal: bool = True, threads: int | None = None,
           progress: bool = True) -> dict:
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
     t.add_argument("--kind", action="append", choices=KINDS, help="kinds to train on (repeat; default: all)")
     t.add_argument("--steps", type=int, default=1500)
     t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--d-model", type=int, default=128)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--patch", type=int, default=8)

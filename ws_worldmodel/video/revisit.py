@@ -145,7 +145,9 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     world = PanWorld(size=args.world, seed=args.world_seed)
+    # velocity prediction, as the README's figures were made (d_model 256 carries an 8 px RGB-D patch)
     cfg = VideoDiTConfig(image_size=64, patch=8, d_model=args.d_model, layers=args.layers, heads=args.heads,
+                         prediction="velocity",
                          chunk=args.chunk, control_kinds=("camera",), control_dims=(CONTROL_DIM,))
     model = VideoDiT(cfg).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -188,7 +190,7 @@ def train(args) -> dict:
 
 def load(path, device="cpu") -> tuple[VideoDiT, dict]:
     ck = torch.load(path, map_location=device, weights_only=False)
-    model = VideoDiT(VideoDiTConfig(**ck["config"])).to(device)
+    model = VideoDiT(VideoDiTConfig(**{"prediction": "velocity", **ck["config"]})).to(device)  # older files: velocity
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck
 
