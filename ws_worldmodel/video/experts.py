@@ -230,6 +230,11 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
         torch.set_num_threads(threads)
     data = read_clips(clips)
     out: dict = {}
+    for kind, s in data.items():  # the reference: hold the last given frame
+        x, _ = _test_batch(s, clips_per_kind, CONTROL_DIMS[kind], seed)
+        hold = ((x[:, 2:] - x[:, 1:2]) ** 2).mean(dim=(1, 2, 3, 4))  # 2 given frames, as train's default
+        out[kind] = {"hold-last-frame": {"rollout": float(hold.mean()), "clips": len(x),
+                                         "rollout_sem": float(hold.std() / np.sqrt(len(hold)))}}
     for path in checkpoints:
         model, ck = load(path)
         label = ck["arch"] + ("+tuned" if ck["summary"].get("add_kind") else "") + \
@@ -391,7 +396,7 @@ def main(argv=None) -> int:
     if args.cmd == "eval":  # the per-clip lists stay in the JSON file
         for kind in res.values():
             for r in kind.values():
-                r.pop("flow_per_clip"), r.pop("rollout_per_clip")
+                r.pop("flow_per_clip", None), r.pop("rollout_per_clip", None)
         text = json.dumps(res, indent=1)
     print(text)
     return 0
