@@ -220,6 +220,11 @@ def _test_batch(s: ClipSet, n: int, dim: int, seed: int) -> tuple[torch.Tensor, 
     return x, c
 
 
+def _sem(v: torch.Tensor) -> float:
+    """Standard error of the mean (NaN for a single value)."""
+    return float(v.std() / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
 @torch.no_grad()
 def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed: int = 0,
              threads: int | None = None, steps: int | None = None) -> dict:
@@ -234,7 +239,7 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
         x, _ = _test_batch(s, clips_per_kind, CONTROL_DIMS[kind], seed)
         hold = ((x[:, 2:] - x[:, 1:2]) ** 2).mean(dim=(1, 2, 3, 4))  # 2 given frames, as train's default
         out[kind] = {"hold-last-frame": {"rollout": float(hold.mean()), "clips": len(x),
-                                         "rollout_sem": float(hold.std() / np.sqrt(len(hold)))}}
+                                         "rollout_sem": _sem(hold)}}
     for path in checkpoints:
         model, ck = load(path)
         label = ck["arch"] + ("+tuned" if ck["summary"].get("add_kind") else "") + \
@@ -254,10 +259,9 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
                 generator=torch.Generator().manual_seed(seed + i)) for i in range(len(x))])
             err = (gen[:, context:] - x[:, context:]) ** 2
             roll = err.mean(dim=(1, 2, 3, 4))
-            sem = lambda v: float(v.std() / np.sqrt(len(v))) if len(v) > 1 else float("nan")  # noqa: E731
             out.setdefault(kind, {})[label] = {
-                "flow": float(flow.mean()), "flow_sem": sem(flow), "rollout": float(roll.mean()),
-                "rollout_sem": sem(roll), "rollout_rgb": float(err[:, :, :3].mean()),
+                "flow": float(flow.mean()), "flow_sem": _sem(flow), "rollout": float(roll.mean()),
+                "rollout_sem": _sem(roll), "rollout_rgb": float(err[:, :, :3].mean()),
                 "rollout_depth": float(err[:, :, 3].mean()), "clips": len(x), "checkpoint": str(path),
                 "flow_per_clip": flow.tolist(), "rollout_per_clip": roll.tolist()}
     return out
