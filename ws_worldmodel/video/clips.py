@@ -77,14 +77,14 @@ class ClipSet:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown control kind {self.kind!r}; choose one of {list(KINDS)}")
+        if self.rgb.ndim != 5 or self.rgb.shape[-1] != 3 or self.rgb.shape[2] != self.rgb.shape[3]:
+            raise ValueError(f"rgb must be (N, T, S, S, 3), got {self.rgb.shape}")
         n, t = self.rgb.shape[:2]
         want = {"rgb": (n, t) + self.rgb.shape[2:], "depth": (n, t) + self.rgb.shape[2:4],
                 "controls": (n, t, CONTROL_DIMS[self.kind]), "poses": (n, t, 4, 4), "episode": (n,)}
         for name, shape in want.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f"{self.kind} clips: {name} is {getattr(self, name).shape}, expected {shape}")
-        if self.rgb.ndim != 5 or self.rgb.shape[-1] != 3 or self.rgb.shape[2] != self.rgb.shape[3]:
-            raise ValueError(f"rgb must be (N, T, S, S, 3), got {self.rgb.shape}")
 
     def __len__(self) -> int:
         return len(self.rgb)
@@ -273,6 +273,9 @@ def collect_clips(kind: str, episodes: int, frames: int = 12, stride: int = 4, s
             20 % deliberate failures, seeds ``seed, seed + 1, ...``).
         frames: frames per clip. stride: frames between clip starts.
         size: frame side, px.
+
+    Returns:
+        a :class:`ClipSet` (depth clipped to :data:`MAX_DEPTH` of the kind).
 
     Raises:
         ValueError: unknown kind, bad counts, episodes shorter than a clip.

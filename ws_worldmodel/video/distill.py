@@ -169,7 +169,6 @@ def distill(clips: str, teacher: str, student: str, out: str, iters: int = 400, 
                "critic_last_20": float(np.mean(hist["critic"][-20:]))}
     ck = dict(s_ck)
     ck.update(state_dict=s_model.state_dict(), distilled=True, distill=summary, distill_history=hist)
-    ck["config"] = s_ck["config"]
     save_checkpoint(Path(out), ck)
     return summary
 
