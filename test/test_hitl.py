@@ -200,12 +200,16 @@ def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
     init = save_policy(model, tmp_path / "init.pt")
     out = tmp_path / "dagger"
     rc = main(["hitl", "dagger", "--init", str(init), "--demos", str(demos), "--rounds", "1",
-               "--episodes-per-round", "2", "--eval-episodes", "2", "--steps", "3", "--value-steps", "20",
-               "--batch-size", "4", "--out-dir", str(out), "--threads", "1"])
+               "--episodes-per-round", "2", "--autonomous-per-round", "1", "--eval-episodes", "2", "--steps", "3",
+               "--value-steps", "20", "--batch-size", "4", "--out-dir", str(out), "--threads", "1"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [0, 1]
-    assert report["rounds"][0]["rollouts"] == 2 and report["rounds"][0]["aggregate_episodes"] == 4
+    r0 = report["rounds"][0]
+    assert r0["rollouts"] == 2 and r0["autonomous_rollouts"] == 1 and r0["aggregate_episodes"] == 5
     assert (out / "round1.pt").is_file() and (out / "dagger.png").is_file()
     agg, _ = read_demos(out / "aggregate.hdf5")
-    assert len(agg) == 4 and all(e.actor is not None for e in agg[2:])
+    assert len(agg) == 5 and all(e.actor is not None for e in agg[2:])
+    # the autonomous rollout: the policy alone, on a seed after the gated block's
+    assert not agg[4].actor.any() and agg[4].seed == 5000 + 1 * 2
+    assert len({e.seed for e in agg[2:]}) == 3

@@ -592,6 +592,7 @@ def cmd_hitl_dagger(args) -> int:
         raise ConfigError(f"the policy takes {model.cfg.image_size} px images; {args.demos} has {attrs['image_size']} px")
     try:
         cfg = DaggerConfig(rounds=args.rounds, episodes_per_round=args.episodes_per_round,
+                           autonomous_per_round=args.autonomous_per_round,
                            eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, rollout_seed=args.rollout_seed,
                            train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            conditioned=not args.plain_bc, value_steps=args.value_steps, n_step=args.n_step or None,
@@ -1282,6 +1283,9 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--demos", required=True, help="the demonstrations it was trained on (comma-separated files)")
     hd.add_argument("--rounds", type=int, default=3)
     hd.add_argument("--episodes-per-round", type=int, default=20, help="gated rollouts per round")
+    hd.add_argument("--autonomous-per-round", type=int, default=0,
+                    help="rollouts of the policy alone (no expert) added to the aggregate each round, successes "
+                         "and failures alike, as on-policy data for the value and the indicator")
     hd.add_argument("--eval-episodes", type=int, default=20, help="autonomous evaluation episodes per round")
     hd.add_argument("--eval-seed", type=int, default=1000)
     hd.add_argument("--rollout-seed", type=int, default=5000, help="first seed of the rollouts")

@@ -303,17 +303,20 @@ class GatedExpert:
         return a_e, 1
 
 
-def gated_rollout(env, executor, gate: GatedExpert, seed: int) -> Episode:
+def gated_rollout(env, executor, gate: GatedExpert | None, seed: int) -> Episode:
     """One episode of the policy (through ``executor``, a :class:`ws_policy.executor.ChunkExecutor`)
-    with the gated expert ready to take over; returns it with ``actor`` per step."""
+    with the gated expert ready to take over; returns it with ``actor`` per step. ``gate=None``
+    runs the policy alone (an autonomous rollout: ``actor`` all 0)."""
     obs, info = env.reset(seed=seed)
     executor.reset()
-    gate.reset()
+    if gate is not None:
+        gate.reset()
     frames, actions, actors = [obs], [], []
     for step in range(env.max_episode_steps):
         # the executor keeps planning from the live observation while the expert acts, so the policy
         # resumes from the state the expert left
-        action, actor = gate.decide(executor.act(step, obs))
+        proposal = executor.act(step, obs)
+        action, actor = gate.decide(proposal) if gate is not None else (proposal, 0)
         obs, _, terminated, truncated, info = env.step(action)
         frames.append(obs)
         actions.append(np.asarray(action, dtype=np.float32))
@@ -335,6 +338,7 @@ class DaggerConfig:
 
     rounds: int = 3
     episodes_per_round: int = 20
+    autonomous_per_round: int = 0  # rollouts of the policy alone added to the aggregate each round
     eval_episodes: int = 20
     eval_seed: int = 1000
     rollout_seed: int = 5000
@@ -357,6 +361,8 @@ class DaggerConfig:
     def __post_init__(self):
         if self.rounds < 1 or self.episodes_per_round < 1 or self.eval_episodes < 1 or self.train_steps < 1:
             raise ValueError("rounds, episodes_per_round, eval_episodes and train_steps must be >= 1")
+        if self.autonomous_per_round < 0:
+            raise ValueError(f"autonomous_per_round must be >= 0, got {self.autonomous_per_round}")
         if self.value_folds < 1 or (self.n_step is not None and self.n_step < 1):
             raise ValueError("value_folds and n_step (None: Monte-Carlo) must be >= 1")
 
@@ -459,22 +465,29 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
             gate = GatedExpert(env, drift_m=cfg.drift_m, min_expert_steps=cfg.min_expert_steps,
                                stall_steps=cfg.stall_steps, grip_steps=cfg.grip_steps, reach_m=cfg.reach_m,
                                seed=cfg.seed + r)
-            new, reasons = [], {}
+            new, alone, reasons = [], [], {}
             try:
                 for i in range(cfg.episodes_per_round):
                     new.append(gated_rollout(env, executor, gate, seed=cfg.rollout_seed + r * cfg.episodes_per_round + i))
                     reasons = {k: reasons.get(k, 0) + v for k, v in gate.reasons.items()}
+                # autonomous rollouts on seeds of their own, after the gated block's
+                first = cfg.rollout_seed + cfg.rounds * cfg.episodes_per_round + r * cfg.autonomous_per_round
+                for i in range(cfg.autonomous_per_round):
+                    alone.append(gated_rollout(env, executor, None, seed=first + i))
             finally:
                 executor.wait_for_inference()
             steps = sum(len(e.actions) for e in new)
             human = sum(int(e.actor.sum()) for e in new)
             rec.update(rollouts=len(new), rollout_successes=sum(e.success for e in new),
                        expert_share=round(human / max(steps, 1), 3),
-                       episodes_with_intervention=sum(bool(e.actor.any()) for e in new), takeovers=reasons)
+                       episodes_with_intervention=sum(bool(e.actor.any()) for e in new), takeovers=reasons,
+                       autonomous_rollouts=len(alone), autonomous_successes=sum(e.success for e in alone))
             log(f"  rollouts: {rec['rollout_successes']}/{len(new)} succeeded with help; the expert acted in "
                 f"{rec['episodes_with_intervention']} episodes, {100 * rec['expert_share']:.0f} % of steps; "
                 f"take-overs: {reasons}")
-            aggregate += new
+            if alone:
+                log(f"  autonomous rollouts: {rec['autonomous_successes']}/{len(alone)} succeeded")
+            aggregate += new + alone
             model, info = retrain(model, aggregate, cfg, max_steps, progress=progress, log=log,
                                   value_progress=value_progress)
             rec.update(info, aggregate_episodes=len(aggregate), seconds=round(time.perf_counter() - t0, 1))
