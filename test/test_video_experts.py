@@ -9,7 +9,7 @@ import torch
 
 from ws_worldmodel.video.clips import (CONTROL_DIMS, camera_controls, collect_clips, frames_tensor, go1_walk_episode,
                                        read_clips, write_clips)
-from ws_worldmodel.video.experts import drift, evaluate, load, random_chunks, train
+from ws_worldmodel.video.experts import detail_ratio, drift, evaluate, load, random_chunks, train
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,18 @@ def test_random_chunks_cover_the_frames():
         assert sum(lengths) == n and all(1 <= x <= 4 for x in lengths)
 
 
+def test_detail_ratio_is_one_for_the_data_below_for_blur_and_above_for_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 4, 16, 16, generator=g) * 2 - 1
+    assert detail_ratio(x, x) == pytest.approx(1.0)
+    blur = torch.nn.functional.avg_pool2d(x.flatten(0, 1), 3, 1, 1).view_as(x)
+    assert detail_ratio(blur, x) < 0.5
+    assert detail_ratio(x + 0.5 * torch.randn(x.shape, generator=g), x) > 1.2
+    flat = x.clone()
+    flat[:, :, :3] = 0.3  # only the RGB counts: the depth channel keeps its detail here
+    assert detail_ratio(flat, x) == 0.0
+
+
 def test_mixture_dense_and_per_kind_train_and_score_on_held_out_clips(clip_file, tmp_path):
     kw = dict(steps=3, batch=4, d_model=32, layers=1, heads=2, patch=8, progress=False)
     s_mix = train(clip_file, "mixture", tmp_path / "mix.pt", **kw)
@@ -112,7 +124,7 @@ def test_mixture_dense_and_per_kind_train_and_score_on_held_out_clips(clip_file,
     for name, r in res["camera"].items():
         if name == "hold-last-frame":
             continue
-        assert np.isfinite([r["flow"], r["rollout"]]).all() and r["rollout"] > 0
+        assert np.isfinite([r["flow"], r["rollout"], r["detail"]]).all() and r["rollout"] > 0 and r["detail"] > 0
     with pytest.raises(ValueError, match="one kind"):
         train(clip_file, "per-kind", tmp_path / "x.pt", kinds=("camera", "joints"), **kw)
     assert not (tmp_path / "x.pt").exists()

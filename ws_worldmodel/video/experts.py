@@ -27,7 +27,11 @@ one model.
   times 0.25, 0.5 and 0.75, with the same noise for every model (lower is better);
 - ``rollout``: generate every frame after the 2 given ones chunk by chunk (2-frame chunks, 4
   Euler steps each, the same noise for every model) and take the MSE against the true frames
-  (RGB and depth, [-1, 1] scale).
+  (RGB and depth, [-1, 1] scale);
+- ``detail``: the generated RGB frames' mean squared spatial gradient over the true frames'
+  (1: as much fine detail as the data; below 1: blurred toward the mean, as a one-step
+  sample is; above 1: excess noise). MSE rewards blur, so a sampler that matches the data's
+  distribution (what distillation is for) shows here rather than there.
 
 **Drift** (``drift``): from 2 given frames of a held-out episode 10x the training clip length,
 generate the rest with (a) fixed chunks and the whole past in the cache (the baseline), (b)
@@ -65,7 +69,7 @@ ARCHS = ("mixture", "dense", "per-kind")
 FLOW_TAUS = (0.25, 0.5, 0.75)
 
 __all__ = ["ARCHS", "random_chunks", "batch_of", "train", "load", "save_checkpoint", "flow_error", "evaluate",
-           "drift"]
+           "drift", "detail_ratio"]
 
 
 def random_chunks(rng: np.random.Generator, frames: int, max_chunk: int) -> list[int]:
@@ -211,6 +215,16 @@ def flow_error(model: VideoDiT, clip: torch.Tensor, controls: torch.Tensor, kind
     return ((v - (clip - noise))[:, context:] ** 2).mean(dim=(1, 2, 3, 4))
 
 
+def detail_ratio(generated: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean squared spatial gradient of the RGB of ``generated`` over that of ``truth``, both
+    ``(B, T, C, S, S)`` (module docstring, ``detail``)."""
+    def energy(x):
+        x = x[:, :, :3]
+        return float(((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean() + ((x[..., :, 1:] - x[..., :, :-1]) ** 2).mean())
+
+    return energy(generated) / max(energy(truth), 1e-12)
+
+
 def _test_batch(s: ClipSet, n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     test = s.split()[1]
     idx = np.random.default_rng(seed).permutation(len(test))[:n]
@@ -230,7 +244,8 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
              threads: int | None = None, steps: int | None = None) -> dict:
     """Held-out scores (module docstring) of every checkpoint on every kind it knows:
     ``{kind: {label: {"flow": mean, "flow_sem", "rollout", "rollout_sem", "rollout_rgb",
-    "rollout_depth"}}}`` with ``label`` the checkpoint's arch (``per-kind`` for single-kind ones)."""
+    "rollout_depth", "detail", "steps"}}}`` with ``label`` the checkpoint's arch (``per-kind`` for
+    single-kind ones)."""
     if threads:
         torch.set_num_threads(threads)
     data = read_clips(clips)
@@ -262,7 +277,8 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
             out.setdefault(kind, {})[label] = {
                 "flow": float(flow.mean()), "flow_sem": _sem(flow), "rollout": float(roll.mean()),
                 "rollout_sem": _sem(roll), "rollout_rgb": float(err[:, :, :3].mean()),
-                "rollout_depth": float(err[:, :, 3].mean()), "clips": len(x), "checkpoint": str(path),
+                "rollout_depth": float(err[:, :, 3].mean()), "detail": detail_ratio(gen[:, context:], x[:, context:]),
+                "steps": steps or model.cfg.euler_steps, "clips": len(x), "checkpoint": str(path),
                 "flow_per_clip": flow.tolist(), "rollout_per_clip": roll.tolist()}
     return out
 
