@@ -183,6 +183,44 @@ def test_the_clean_frame_prediction_gives_a_velocity_that_lands_on_it():
         VideoDiTConfig(tau_clip=0.0)
 
 
+def test_a_residual_model_changes_the_last_frame_and_keeps_causality_and_the_cache():
+    from ws_worldmodel.video.dit import chunk_ids
+
+    m = _model(residual=True)
+    x, tau, ctrl, kind = _inputs()
+    chunks = chunk_ids(2, [2, 2])  # 0 0 | 1 1 | 2 2
+    base = m.base_frames(x, 2, chunks)
+    assert torch.equal(base[:, 2], x[:, 1]) and torch.equal(base[:, 3], x[:, 1])  # the last given frame
+    assert torch.equal(base[:, 4], x[:, 3]) and torch.equal(base[:, 5], x[:, 3])  # the previous chunk's last
+    assert torch.equal(base[:, :2], x[:, :2])
+    assert torch.equal(m.base_frames(x, 2, causal=False)[:, 0], x[:, 1])
+    # causality holds with the bases: they come from earlier chunks
+    ref = m(x, tau, ctrl, kind, chunks=chunks, base=base)
+    later = x.clone()
+    later[:, 4] += 1.0
+    out = m(later, tau, ctrl, kind, chunks=chunks, base=m.base_frames(later, 2, chunks))
+    assert torch.allclose(out[:, :4], ref[:, :4], atol=1e-6) and not torch.allclose(out[:, 5], ref[:, 5], atol=1e-4)
+    # the cached last chunk gives what the whole sequence gives
+    tau[:, :4] = 1.0
+    full = m(x, tau, ctrl, kind, context=2, base=m.base_frames(x, 2))
+    _, kv = m(x[:, :4], tau[:, :4], ctrl[:, :4], kind, context=2, return_kv=True, base=m.base_frames(x[:, :4], 2))
+    last = m(x[:, 4:], tau[:, 4:], ctrl[:, 4:], kind, first_frame=4, past=kv, context=2, base=x[:, 3:4])
+    assert torch.allclose(last, full[:, 4:], atol=1e-5)
+    # a network that outputs nothing repeats the last given frame, chunk after chunk
+    with torch.no_grad():
+        m.out.weight.zero_(), m.out.bias.zero_()
+    for gen in (generate_chunked(m, x[:1, :2], ctrl[:1], "camera", 6, steps=1),
+                generate_bidirectional(m, x[:1, :2], ctrl[:1], "camera", 6, steps=1)):
+        assert torch.allclose(gen[0, 2:], x[0, 1].clamp(-1, 1).expand(4, -1, -1, -1), atol=1e-6)
+    m.train()
+    loss, _ = m.loss(x, ctrl, kind, context=2, chunks=chunks)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="base frames"):
+        m(x, tau, ctrl, kind)
+    with pytest.raises(ValueError, match="residual"):
+        VideoDiTConfig(residual=True, prediction="velocity")
+
+
 def test_each_sample_goes_through_the_shared_expert_and_its_own_kind():
     m = _model()
     x, tau, ctrl, _ = _inputs(b=1)

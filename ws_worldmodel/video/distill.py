@@ -57,24 +57,26 @@ def student_rollout(student: VideoDiT, first: torch.Tensor, controls: torch.Tens
     chunk = student.cfg.chunk
     ones = lambda n: torch.ones(b, n, dtype=first.dtype)  # noqa: E731
     with torch.no_grad():
-        _, past = student(first, ones(f0), controls[:, :f0], label, return_kv=True, context=f0)
+        _, past = student(first, ones(f0), controls[:, :f0], label, return_kv=True, context=f0, base=first[:, -1:])
     out, t = [first], f0
     while t < frames:
         n = min(chunk, frames - t)
         ctrl = controls[:, t:t + n]
         x = torch.randn((b, n) + tuple(first.shape[2:]), generator=generator, dtype=first.dtype)
         exit_step = int(rng.integers(steps))
+        base = out[-1][:, -1:].detach()  # the last frame before the chunk (residual students)
         with torch.no_grad():
             for s in range(exit_step):
                 tau = torch.full((b, n), s / steps, dtype=first.dtype)
-                x = x + student(x, tau, ctrl, label, first_frame=t, past=past, context=f0) / steps
+                x = x + student(x, tau, ctrl, label, first_frame=t, past=past, context=f0, base=base) / steps
         tau_s = exit_step / steps
         v = student(x, torch.full((b, n), tau_s, dtype=first.dtype), ctrl, label, first_frame=t, past=past,
-                    context=f0)
+                    context=f0, base=base)
         x1 = (x + (1 - tau_s) * v).clamp(-1, 1)
         out.append(x1)
         with torch.no_grad():
-            _, kv = student(x1.detach(), ones(n), ctrl, label, first_frame=t, past=past, return_kv=True, context=f0)
+            _, kv = student(x1.detach(), ones(n), ctrl, label, first_frame=t, past=past, return_kv=True, context=f0,
+                            base=x1[:, -1:].detach())
         past = [(torch.cat([pk, k], 2), torch.cat([pv, vv], 2)) for (pk, pv), (k, vv) in zip(past, kv)]
         t += n
     return torch.cat(out, 1)
@@ -91,8 +93,9 @@ def dmd_loss(x: torch.Tensor, controls: torch.Tensor, label: int, teacher: Video
     w = tau[:, :, None, None, None]
     with torch.no_grad():
         xt = w * x.detach() + (1 - w) * x0
-        real = xt + (1 - w) * teacher(xt, tau, controls, label, causal=False)
-        fake = xt + (1 - w) * critic(xt, tau, controls, label, causal=False)
+        base = x.detach()[:, context - 1:context]  # the last given frame (residual teachers)
+        real = xt + (1 - w) * teacher(xt, tau, controls, label, causal=False, base=base)
+        fake = xt + (1 - w) * critic(xt, tau, controls, label, causal=False, base=base)
         gen = x.detach()[:, context:]
         scale = (gen - real[:, context:]).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-4)
         g = (fake - real)[:, context:] / scale
