@@ -117,9 +117,13 @@ def test_mixture_dense_and_per_kind_train_and_score_on_held_out_clips(clip_file,
         p.numel() for b in m.blocks for e in list(b.ffn.experts)[:n_experts] for p in e.parameters())
     assert per_sample(mix, 2) - per_sample(dense, 0) == 1 * 32
     assert s_mix["trained_parameters"] == s_mix["parameters"]
-    res = evaluate(clip_file, [tmp_path / "mix.pt", tmp_path / "dense.pt", tmp_path / "cam.pt"], clips_per_kind=2)
+    (tmp_path / "mix2.pt").write_bytes((tmp_path / "mix.pt").read_bytes())
+    res = evaluate(clip_file, [tmp_path / "mix.pt", tmp_path / "dense.pt", tmp_path / "cam.pt", tmp_path / "mix2.pt"],
+                   clips_per_kind=2)
     assert set(res) == {"camera", "joints", "keypoints"}
-    assert set(res["camera"]) == {"mixture", "dense", "per-kind", "hold-last-frame"}
+    assert set(res["camera"]) == {"mixture", "dense", "per-kind", "hold-last-frame", "mixture (mix2)"}
+    assert res["joints"]["mixture (mix2)"]["flow"] == res["joints"]["mixture"]["flow"]  # the same weights and noise
+    del res["camera"]["mixture (mix2)"], res["joints"]["mixture (mix2)"], res["keypoints"]["mixture (mix2)"]
     assert set(res["joints"]) == {"mixture", "dense", "hold-last-frame"}
     for name, r in res["camera"].items():
         if name == "hold-last-frame":

@@ -248,7 +248,7 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
     """Held-out scores (module docstring) of every checkpoint on every kind it knows:
     ``{kind: {label: {"flow": mean, "flow_sem", "rollout", "rollout_sem", "rollout_rgb",
     "rollout_depth", "detail", "steps"}}}`` with ``label`` the checkpoint's arch (``per-kind`` for
-    single-kind ones)."""
+    single-kind ones), followed by the file's stem in brackets when an earlier checkpoint took it."""
     if threads:
         torch.set_num_threads(threads)
     data = read_clips(clips)
@@ -263,6 +263,8 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
         label = ck["arch"] + ("+tuned" if ck["summary"].get("add_kind") else "") + \
             ("" if ck.get("causal", True) else "+teacher") + ("+distilled" if ck.get("distilled") else "")
         context = ck["context"]
+        if any(label in out.get(k, {}) for k in model.cfg.control_kinds):  # two of a kind: name them apart
+            label = f"{label} ({Path(path).stem})"
         for kind in model.cfg.control_kinds:
             if kind not in data:
                 continue
