@@ -59,11 +59,19 @@ velocity loss: ``L = |v^ - v|^2_rgb + depth_weight |v^ - v|^2_depth + depth_weig
 Gaussian-splatting branch is not built (a documented extension: it needs a differentiable
 splatting renderer that does not train on two CPU cores).
 
-**Residual to the last frame** (``residual=True``, with ``prediction="clean"``). The clean
-estimate is the last clean frame before the frame's chunk plus the network's output, ``x^_1 =
-x_base + net``: the previous chunk's last frame for the student (generated, at inference), the
-last given frame for the teacher (:meth:`VideoDiT.base_frames`). A network that outputs zero
-then repeats the last frame, and what it learns is the change. Predicting the difference from
+**Residual to the last frame** (``residual=True``, with ``prediction="clean"``). The base
+``b`` of a frame is the last clean frame before its chunk: the previous chunk's last frame for
+the student (generated, at inference), the last given frame for the teacher
+(:meth:`VideoDiT.base_frames`). The clean estimate is ``x^_1 = b + c(tau) (x_tau - tau b) +
+net``, with ``c(tau) = tau s^2 / (tau^2 s^2 + (1 - tau)^2)`` and ``s = residual_sigma`` the
+typical size of the change: the best linear estimate of the change ``x_1 - b`` from the noisy
+frame when the change has standard deviation ``s`` and the noise 1 (the skip connection of
+EDM's preconditioning, Karras et al. 2022, sec. 5 and app. B.6, for this flow around ``b``). At
+``tau = 0`` it is ``b``, at ``tau = 1`` the input itself, so a network that outputs zero
+repeats the last frame from pure noise and keeps a nearly clean input, and what it learns is
+the change. Without the skip (``b + net`` at every ``tau``), measured: the Go1 camera clips'
+flow error was 2.4 times the plain model's, the network having to rebuild a nearly clean
+input that it could otherwise pass through. Predicting the difference from
 the conditioning frame is an old device of video prediction; the reason here is measured: the
 4 x 128 models of the README, trained 2000 steps without it, generated PiPER frames 7 times
 worse (MSE) than repeating the last given frame, since copying a frame through attention and a
@@ -102,6 +110,7 @@ class VideoDiTConfig:
         tau_clip: with ``"clean"``, the least ``1 - tau`` the velocity divides by.
         residual: the clean frame is predicted as a change from the last clean frame before its
             chunk (module docstring); every call then passes ``base``.
+        residual_sigma: with ``residual``, the typical size of that change (its skip weight).
     """
 
     image_size: int = 64
@@ -122,6 +131,7 @@ class VideoDiTConfig:
     prediction: str = "clean"
     tau_clip: float = 0.05
     residual: bool = False
+    residual_sigma: float = 0.25
 
     def __post_init__(self):
         self.control_kinds, self.control_dims = tuple(self.control_kinds), tuple(int(d) for d in self.control_dims)
@@ -139,6 +149,8 @@ class VideoDiTConfig:
             raise ValueError(f"prediction must be 'clean' or 'velocity', got {self.prediction!r}")
         if self.residual and self.prediction != "clean":
             raise ValueError("residual=True needs prediction='clean' (it is added to the clean estimate)")
+        if self.residual_sigma <= 0:
+            raise ValueError(f"residual_sigma must be positive, got {self.residual_sigma}")
         if not 0 < self.tau_clip < 1:
             raise ValueError(f"tau_clip must be in (0, 1), got {self.tau_clip}")
         if self.chunk_experts < 0 or self.chunk_experts == 1:
@@ -452,8 +464,12 @@ class VideoDiT(nn.Module):
         sh, sc = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         out = unpatchify(self.out(self.norm(x) * (1 + sc) + sh), cfg.patch, cfg.channels, cfg.image_size,
                          cfg.image_size)
-        if cfg.residual:
-            out = out + base.to(out.dtype)
+        if cfg.residual:  # x^_1 = b + c(tau) (x_tau - tau b) + net (module docstring)
+            b_ = base.to(out.dtype)
+            t5 = tau[:, :, None, None, None].to(out.dtype)
+            s2 = cfg.residual_sigma ** 2
+            skip = t5 * s2 / (t5 ** 2 * s2 + (1 - t5) ** 2)
+            out = out + b_ + skip * (frames - t5 * b_)
         if cfg.prediction == "velocity":
             vel = out
         else:  # the network predicts the clean frame; its velocity (x^_1 - x_tau) / (1 - tau), t-clipped
