@@ -57,7 +57,7 @@ def student_rollout(student: VideoDiT, first: torch.Tensor, controls: torch.Tens
     chunk = student.cfg.chunk
     ones = lambda n: torch.ones(b, n, dtype=first.dtype)  # noqa: E731
     with torch.no_grad():
-        _, past = student(first, ones(f0), controls[:, :f0], label, return_kv=True, context=f0, base=first[:, -1:])
+        _, past = student(first, ones(f0), controls[:, :f0], label, return_kv=True, context=f0, base=first)
     out, t = [first], f0
     while t < frames:
         n = min(chunk, frames - t)
@@ -76,7 +76,7 @@ def student_rollout(student: VideoDiT, first: torch.Tensor, controls: torch.Tens
         out.append(x1)
         with torch.no_grad():
             _, kv = student(x1.detach(), ones(n), ctrl, label, first_frame=t, past=past, return_kv=True, context=f0,
-                            base=x1[:, -1:].detach())
+                            base=base)
         past = [(torch.cat([pk, k], 2), torch.cat([pv, vv], 2)) for (pk, pv), (k, vv) in zip(past, kv)]
         t += n
     return torch.cat(out, 1)

@@ -61,21 +61,19 @@ splatting renderer that does not train on two CPU cores).
 
 **Residual to the last frame** (``residual=True``, with ``prediction="clean"``). The base
 ``b`` of a frame is the last clean frame before its chunk: the previous chunk's last frame for
-the student (generated, at inference), the last given frame for the teacher
-(:meth:`VideoDiT.base_frames`). The clean estimate is ``x^_1 = b + c(tau) (x_tau - tau b) +
-net``, with ``c(tau) = tau s^2 / (tau^2 s^2 + (1 - tau)^2)`` and ``s = residual_sigma`` the
-typical size of the change: the best linear estimate of the change ``x_1 - b`` from the noisy
-frame when the change has standard deviation ``s`` and the noise 1 (the skip connection of
-EDM's preconditioning, Karras et al. 2022, sec. 5 and app. B.6, for this flow around ``b``). At
-``tau = 0`` it is ``b``, at ``tau = 1`` the input itself, so a network that outputs zero
-repeats the last frame from pure noise and keeps a nearly clean input, and what it learns is
-the change. Without the skip (``b + net`` at every ``tau``), measured: the Go1 camera clips'
-flow error was 2.4 times the plain model's, the network having to rebuild a nearly clean
-input that it could otherwise pass through. Predicting the difference from
-the conditioning frame is an old device of video prediction; the reason here is measured: the
-4 x 128 models of the README, trained 2000 steps without it, generated PiPER frames 7 times
-worse (MSE) than repeating the last given frame, since copying a frame through attention and a
-128-wide token is itself something to learn. The base comes from an earlier chunk, so
+the student (generated, at inference), the last given frame for the teacher, and itself for a
+given frame (:meth:`VideoDiT.base_frames`). The network sees the base beside the noisy frame
+(each token's embedding adds a linear embedding of the base's patch at its place, as
+image-to-video models concatenate the conditioning frame to the noisy input) and predicts the
+change: ``x^_1 = b + net``. A network that outputs zero repeats the last frame, and what it
+learns is the change. Predicting the difference from the conditioning frame is an old device of
+video prediction; the reason here is measured: the 4 x 128 models of the README, trained 2000
+steps without it, generated PiPER frames 7 times worse (MSE) than repeating the last given
+frame, copying a frame through attention being itself something to learn. Two variants were
+measured and dropped: ``b + net`` with the base only reachable through attention (the Go1
+camera clips' flow error 2.4 times the plain model's: it must fetch the base to rebuild a
+nearly clean input), and an EDM-style skip ``b + c(tau)(x_tau - tau b) + net`` (noise leaks
+through the skip; PiPER rollouts 5 times worse). The base comes from an earlier chunk, so
 causality across chunks holds.
 """
 
@@ -110,7 +108,6 @@ class VideoDiTConfig:
         tau_clip: with ``"clean"``, the least ``1 - tau`` the velocity divides by.
         residual: the clean frame is predicted as a change from the last clean frame before its
             chunk (module docstring); every call then passes ``base``.
-        residual_sigma: with ``residual``, the typical size of that change (its skip weight).
     """
 
     image_size: int = 64
@@ -131,7 +128,6 @@ class VideoDiTConfig:
     prediction: str = "clean"
     tau_clip: float = 0.05
     residual: bool = False
-    residual_sigma: float = 0.25
 
     def __post_init__(self):
         self.control_kinds, self.control_dims = tuple(self.control_kinds), tuple(int(d) for d in self.control_dims)
@@ -149,8 +145,6 @@ class VideoDiTConfig:
             raise ValueError(f"prediction must be 'clean' or 'velocity', got {self.prediction!r}")
         if self.residual and self.prediction != "clean":
             raise ValueError("residual=True needs prediction='clean' (it is added to the clean estimate)")
-        if self.residual_sigma <= 0:
-            raise ValueError(f"residual_sigma must be positive, got {self.residual_sigma}")
         if not 0 < self.tau_clip < 1:
             raise ValueError(f"tau_clip must be in (0, 1), got {self.tau_clip}")
         if self.chunk_experts < 0 or self.chunk_experts == 1:
@@ -323,6 +317,7 @@ class VideoDiT(nn.Module):
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, cfg.channels * p * p)
+        self.base_embed = nn.Linear(cfg.channels * p * p, d) if cfg.residual else None
         for m in (self.ada_out, self.out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -444,6 +439,9 @@ class VideoDiT(nn.Module):
         if lo < 0 or hi >= len(cfg.control_kinds):
             raise ValueError(f"control-kind labels must be in [0, {len(cfg.control_kinds)})")
         x = self.embed(patchify(frames, cfg.patch)) + self.spatial
+        if cfg.residual:  # the base beside the noisy frame (module docstring)
+            b_ = base.to(frames.dtype).expand(-1, f, -1, -1, -1)
+            x = x + self.base_embed(patchify(b_, cfg.patch))
         cond = self.condition(tau, controls, kind)
         n = cfg.tokens_per_frame
         rope = rope_table((first_frame + torch.arange(f, device=frames.device)).repeat_interleave(n),
@@ -464,12 +462,8 @@ class VideoDiT(nn.Module):
         sh, sc = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         out = unpatchify(self.out(self.norm(x) * (1 + sc) + sh), cfg.patch, cfg.channels, cfg.image_size,
                          cfg.image_size)
-        if cfg.residual:  # x^_1 = b + c(tau) (x_tau - tau b) + net (module docstring)
-            b_ = base.to(out.dtype)
-            t5 = tau[:, :, None, None, None].to(out.dtype)
-            s2 = cfg.residual_sigma ** 2
-            skip = t5 * s2 / (t5 ** 2 * s2 + (1 - t5) ** 2)
-            out = out + b_ + skip * (frames - t5 * b_)
+        if cfg.residual:  # x^_1 = b + net
+            out = out + b_.to(out.dtype)
         if cfg.prediction == "velocity":
             vel = out
         else:  # the network predicts the clean frame; its velocity (x^_1 - x_tau) / (1 - tau), t-clipped
@@ -642,11 +636,11 @@ def generate_chunked(model: VideoDiT, first: torch.Tensor, controls: torch.Tenso
     pose = (lambda i: eye) if poses is None else (lambda i: poses[i].double().cpu())
     out = [first]
 
-    def remember(clean, start):
+    def remember(clean, start, base):
         ones = torch.ones(b, clean.shape[1], device=clean.device, dtype=clean.dtype)
         _, kv = model(clean, ones, controls[:, start:start + clean.shape[1]], label, first_frame=start,
                       past=_kv_of(memory.context(*_pose_args(pose(start)))), return_kv=True, context=f0,
-                      base=clean[:, -1:])  # the output is not used, only the keys and values
+                      base=base)
         n = cfg.tokens_per_frame
         for j in range(clean.shape[1]):
             payload = [(k[:, :, j * n:(j + 1) * n], v[:, :, j * n:(j + 1) * n]) for k, v in kv]
@@ -658,7 +652,7 @@ def generate_chunked(model: VideoDiT, first: torch.Tensor, controls: torch.Tenso
     if lengths is not None and (sum(lengths) != frames - f0 or min(lengths) < 1):
         raise ValueError(f"chunk lengths must be positive and sum to the {frames - f0} frames to generate")
     todo = list(lengths) if lengths is not None else []
-    remember(first, 0)
+    remember(first, 0, first)  # a given frame is its own base
     t = f0
     while t < frames:
         n_new = todo.pop(0) if lengths is not None else min(cfg.chunk, frames - t)
@@ -675,7 +669,7 @@ def generate_chunked(model: VideoDiT, first: torch.Tensor, controls: torch.Tenso
         if on_chunk is not None:
             on_chunk(t, n_new, len(ctx))
         out.append(x)
-        remember(x, t)
+        remember(x, t, base)
         t += n_new
     return torch.cat(out, 1)
 
