@@ -106,7 +106,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 1500, batch: int = 8,
           lr: float = 1e-3, d_model: int = 128, layers: int = 4, heads: int = 4, patch: int = 8,
           context: int = 2, max_chunk: int = 4, seed: int = 0, init: str | None = None,
-          add_kind: str | None = None, chunk_experts: int = 0, causal: bool = True, residual: bool = False,
+          add_kind: str | None = None, chunk_experts: int = 0, causal: bool = True, residual: bool = True,
           threads: int | None = None, progress: bool = True) -> dict:
     """Train one model (module docstring) on the training episodes of ``clips``.
 
@@ -119,8 +119,8 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
         chunk_experts: seed 002's per-chunk experts (``VideoDiTConfig.chunk_experts``; 0: none).
         causal: the chunk-causal student (default) or, False, the bidirectional teacher that
             :mod:`ws_worldmodel.video.distill` distils into it (one flow time per clip).
-        residual: predict each frame as a change from the last frame before its chunk
-            (``VideoDiTConfig.residual``).
+        residual: predict each frame as a change from the last frame before its chunk, seeing
+            that frame (``VideoDiTConfig.residual``; False: the plain model).
 
     Returns:
         a summary (steps, seconds, first and last losses).
@@ -377,8 +377,9 @@ def main(argv=None) -> int:
     t.add_argument("--max-chunk", type=int, default=4, help="longest random chunk in training, frames")
     t.add_argument("--chunk-experts", type=int, default=0, help="seed 002's per-chunk experts (0: none)")
     t.add_argument("--teacher", action="store_true", help="train the bidirectional teacher instead of the student")
-    t.add_argument("--residual", action="store_true",
-                   help="predict each frame as a change from the last frame before its chunk")
+    t.add_argument("--plain", action="store_true",
+                   help="the plain model: predict each clean frame outright, not as a change from the last frame "
+                        "before its chunk (VideoDiTConfig.residual)")
     t.add_argument("--init", help="start from this checkpoint")
     t.add_argument("--add-kind", choices=KINDS, help="with --init: add this kind and tune (Worldscape-MoE Tuning)")
     t.add_argument("--out", required=True)
@@ -408,7 +409,7 @@ def main(argv=None) -> int:
             res = train(args.clips, args.arch, args.out, tuple(args.kind or KINDS), args.steps, args.batch, args.lr,
                         args.d_model, args.layers, patch=args.patch, max_chunk=args.max_chunk, seed=args.seed,
                         init=args.init, add_kind=args.add_kind, chunk_experts=args.chunk_experts,
-                        causal=not args.teacher, residual=args.residual, threads=args.threads)
+                        causal=not args.teacher, residual=not args.plain, threads=args.threads)
         elif args.cmd == "eval":
             res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads, args.steps)
         else:
