@@ -12,6 +12,9 @@ seeds 000 and 002).
 - ``per-kind``: one model per kind, each trained only on its kind's clips (dense, the same
   per-sample width).
 
+All are residual by default (``VideoDiTConfig.residual``: each frame predicted as a change from
+the last frame before its chunk; ``--plain`` trains the plain model).
+
 The fair budget is the same data and the same compute: a mixture or dense run of ``S`` steps
 sees about ``S * batch / 3`` clips of each kind, so each per-kind model trains ``S / 3`` steps
 at the same batch (``--steps`` of ``train`` is per model; the README gives the commands).
