@@ -117,6 +117,23 @@ def test_the_indicator_conditions_the_policy_and_is_dropped_in_training():
         PolicyRunner(plain, guidance=2.0)
     with pytest.raises(ValueError, match="indicator_dropout"):
         PolicyConfig(**base, indicator=True, indicator_dropout=1.0)
+    # indicator_on_actions: the embedding also reaches the noisy action tokens directly (the first
+    # block's input); without it only the instruction token carries it
+    import dataclasses
+
+    for on in (False, True):
+        m = type(model)(dataclasses.replace(cfg, indicator_on_actions=on)).eval()
+        m.load_state_dict(model.state_dict())
+        seen = []
+        hook = m.blocks[0].register_forward_pre_hook(lambda mod, a: seen.append(a[0].clone()))
+        with torch.no_grad():
+            for k in (0, 1):
+                m(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.full((4,), 0.5), actions=x,
+                  indicator=torch.full((4,), k))
+        hook.remove()
+        differ = ~torch.isclose(seen[0], seen[1]).all(-1)[0]  # (tokens,) of the first sample
+        assert differ.sum() == (1 + 4 if on else 1)  # the instruction token, and with it the 4 action tokens
+        assert differ[-4:].all() == on
 
 
 class _HoldStill:

@@ -595,7 +595,8 @@ def cmd_hitl_dagger(args) -> int:
                            autonomous_per_round=args.autonomous_per_round,
                            eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, rollout_seed=args.rollout_seed,
                            train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           conditioned=not args.plain_bc, value_steps=args.value_steps, n_step=args.n_step or None,
+                           conditioned=not args.plain_bc, indicator_on_actions=args.indicator_on_actions,
+                           value_steps=args.value_steps, n_step=args.n_step or None,
                            value_folds=args.value_folds,
                            threshold=args.threshold, drift_m=args.drift, min_expert_steps=args.min_expert_steps,
                            stall_steps=args.stall_steps, grip_steps=args.grip_steps, reach_m=args.reach,
@@ -1309,6 +1310,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="while shadowing, the expert's plan moves on when the tool comes this close to a waypoint, m")
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
     hd.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
+    hd.add_argument("--indicator-on-actions", action="store_true",
+                    help="add the improvement indicator's embedding to every action token too, not only to the "
+                         "instruction token")
     hd.add_argument("--compare-bc", action="store_true",
                     help="also train, from the starting policy on the final aggregate for steps x rounds, plain "
                          "behaviour cloning and (unless --plain-bc) the advantage-conditioned policy, and evaluate both")

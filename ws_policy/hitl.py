@@ -346,6 +346,7 @@ class DaggerConfig:
     batch_size: int = 32
     lr: float = 3e-4
     conditioned: bool = True  # advantage-conditioned (else plain behaviour cloning on all aggregated steps)
+    indicator_on_actions: bool = False  # the indicator also joins every action token (PolicyConfig)
     value_steps: int = 1000
     value_folds: int = 2
     n_step: int | None = None  # None: Monte-Carlo advantages (to the episode's end)
@@ -387,7 +388,8 @@ def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, p
     computed) or plain behaviour cloning, fine-tuned from ``model``. Returns ``(model, info)``."""
     from .train import train_policy
 
-    pcfg = dataclasses.replace(model.cfg, indicator=cfg.conditioned)
+    pcfg = dataclasses.replace(model.cfg, indicator=cfg.conditioned,
+                               indicator_on_actions=cfg.conditioned and cfg.indicator_on_actions)
     info = {}
     if cfg.conditioned:
         indicators, info = label_episodes(episodes, max_steps, value_steps=cfg.value_steps, n=cfg.n_step,

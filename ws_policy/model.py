@@ -147,6 +147,7 @@ class PolicyConfig:
     max_words: int = 16
     indicator: bool = False  # advantage conditioning (issue 8): an improvement-indicator embedding on the text token
     indicator_dropout: float = 0.3  # share of training windows whose indicator is dropped (unconditioned)
+    indicator_on_actions: bool = False  # the indicator embedding also joins every noisy action token
 
     def __post_init__(self):
         if self.mode not in ("mot", "action_only", "world", "idm"):
@@ -344,12 +345,14 @@ class WorldScapePolicy(nn.Module):
             v, dep = self.rgb_in(_patchify(rgb, p)), self.depth_in(_patchify(depth_n, p))
         v, dep = v + self.pos_cur + dpe, dep + self.pos_cur + dpe
         txt = self.text(self.word_emb(words).flatten(1))[:, None]
+        ind = None
         if self.cfg.indicator:
             if indicator is None:  # inference: ask for an improvement
                 indicator = torch.ones(rgb.shape[0], dtype=torch.long, device=rgb.device)
-            txt = txt + self.indicator_emb(indicator.long())[:, None]
+            ind = self.indicator_emb(indicator.long())[:, None]
+            txt = txt + ind
         st = self.state_in(state)[:, None]
-        return v, dep, torch.cat([txt, st], dim=1)
+        return v, dep, torch.cat([txt, st], dim=1), ind
 
     def _mask(self, n_ctx: list[int], n_tgt: list[int], device) -> torch.Tensor:
         """Boolean attention mask over [video ctx, video tgt, depth ctx, depth tgt, action ctx,
@@ -362,7 +365,7 @@ class WorldScapePolicy(nn.Module):
                 indicator=None) -> dict:
         cfg = self.cfg
         b = rgb.shape[0]
-        v_ctx, d_ctx, a_ctx = self._context(rgb, depth, state, words, indicator)
+        v_ctx, d_ctx, a_ctx, ind = self._context(rgb, depth, state, words, indicator)
         t_emb = self._time(tau)[:, None]
         parts = {"video": [v_ctx], "depth": [d_ctx], "action": [a_ctx]}
         if cfg.reads_future:
@@ -372,7 +375,10 @@ class WorldScapePolicy(nn.Module):
             parts["video"].append((fr + self.pos_fut).flatten(1, 2) + t_emb)
             parts["depth"].append((fd + self.pos_fut).flatten(1, 2) + t_emb)
         if cfg.predicts_actions and cfg.action_head == "flow":
-            parts["action"].append(self.action_in(actions) + self.action_pos + t_emb)
+            a_tok = self.action_in(actions) + self.action_pos + t_emb
+            if cfg.indicator_on_actions and ind is not None:  # a direct path, beside the text token's
+                a_tok = a_tok + ind
+            parts["action"].append(a_tok)
         n_ctx = [parts[m][0].shape[1] for m in MODALITIES]
         n_tgt = [sum(x.shape[1] for x in parts[m][1:]) for m in MODALITIES]
         seq = torch.cat([x for m in MODALITIES for x in parts[m]], dim=1)
