@@ -165,6 +165,49 @@ def test_drift_measures_long_rollouts_and_the_memory_stays_bounded(tmp_path):
         assert len(res[name]["curve"]) == 38 and np.isfinite(res[name]["growth"])
 
 
+def test_a_go1_look_around_turns_away_and_comes_back_to_the_same_view():
+    from ws_worldmodel.video.clips import look_yaw
+
+    yaw = look_yaw(12, 2, 4, 0.25)
+    np.testing.assert_allclose(yaw, 0.25 * np.array([0, 0, 0, 1, 2, 3, 4, 3, 2, 1, 0, 0]))
+    ep = go1_walk_episode(12, 16, seed=4, look=(2, 4, 0.25))
+    p = ep["poses"].astype(np.float64)
+    heading = np.unwrap(np.arctan2(p[:, 1, 0], p[:, 0, 0]))  # the camera's x axis in the ground plane
+    np.testing.assert_allclose(heading - heading[0], yaw, atol=0.05)  # the gait's sway, no more
+    np.testing.assert_allclose(p[10, :3, 3], p[0, :3, 3], atol=0.01)  # back where it looked from
+    assert np.abs(ep["rgb"][6].astype(float) - ep["rgb"][0]).mean() > 5  # it looked elsewhere on the way
+    # collected with a share of look-arounds: some episodes only turn, others walk
+    s = collect_clips("camera", 4, frames=8, stride=100, size=16, walk_frames=8, look_share=0.5, seed=1,
+                      progress=False)
+    travel = np.linalg.norm(s.poses[:, -1, :2, 3] - s.poses[:, 0, :2, 3], axis=1)
+    assert (travel < 0.3).any() and (travel > 0.3).any()
+    with pytest.raises(ValueError, match="look_share"):
+        collect_clips("camera", 1, look_share=1.5)
+
+
+def test_the_go1_revisit_test_scores_the_returning_frames_with_and_without_memory(clip_file, tmp_path):
+    from ws_worldmodel.video.experts import revisit
+    from ws_worldmodel.video.memory import MemoryConfig
+
+    clips = tmp_path / "look.hdf5"
+    write_clips(clips, [collect_clips("camera", 3, frames=12, stride=100, size=16, walk_frames=12, look_share=1.0,
+                                      progress=False)])
+    train(clips, "per-kind", tmp_path / "c.pt", kinds=("camera",), steps=2, batch=2, d_model=32, layers=1, heads=2,
+          patch=8, progress=False)
+    mem = MemoryConfig(anchors=2, window=2, pool=4, retrieve=1, dedup_threshold=0.0)
+    res = revisit(tmp_path / "c.pt", episodes=2, out=4, rate=0.3, memory=mem)
+    assert res["frames"] == 2 + 8 + 2 and res["window_only_frames"] == 5 and res["scored_frames_per_episode"] >= 2
+    for k in ("memory", "window_only", "hold_first_frame"):
+        assert np.isfinite(res[k]["mse"]) and res[k]["mse"] > 0
+    assert 0 <= res["memory_better_in"] <= 2
+    with pytest.raises(ValueError, match="outlast"):
+        revisit(tmp_path / "c.pt", episodes=1, out=2, memory=mem)
+    train(clip_file, "per-kind", tmp_path / "j.pt", kinds=("joints",), steps=1, batch=2, d_model=32, layers=1,
+          heads=2, patch=8, progress=False)
+    with pytest.raises(ValueError, match="camera kind"):
+        revisit(tmp_path / "j.pt", episodes=1, out=4, memory=mem)
+
+
 def test_self_forcing_distillation_trains_the_student_on_its_own_rollouts(clip_file, tmp_path):
     from ws_worldmodel.video.distill import distill, dmd_loss, student_rollout
 

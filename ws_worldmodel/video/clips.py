@@ -9,7 +9,10 @@ One file holds clips of any of the kinds; each kind is a group of equal-length c
   no physics, so no falls, and the pictures are what a head camera on a walking Go1 sees. The
   control of frame ``t`` is the camera's motion since frame ``t-1`` in the frame of ``t-1``:
   translation (3, m) and the rotation's first two columns (6) -- 9 numbers, the same for the
-  same motion anywhere in the world.
+  same motion anywhere in the world. A share of the episodes (``look_share``) are *look-arounds*
+  instead: the Go1 stands, trotting on the spot, turns its head away at a steady yaw rate and
+  back along the same arc (:func:`go1_walk_episode` with ``look=``), so a view is left and
+  revisited: the data of the revisit test (:func:`ws_worldmodel.video.experts.revisit`).
 - ``joints``: the PiPER's scripted expert doing pick-and-place (:func:`ws_policy.data.collect_demos`,
   domain randomisation on), from the ``scene`` camera; the control of frame ``t`` is the joint
   command that led to it (6 joints and the gripper, rad and m).
@@ -47,7 +50,7 @@ CONTROL_DIMS = {"camera": 9, "joints": 7, "keypoints": 6}
 MAX_DEPTH = {"camera": 6.0, "joints": 2.0, "keypoints": 2.0}
 
 __all__ = ["KINDS", "CONTROL_DIMS", "MAX_DEPTH", "ClipSet", "collect_clips", "write_clips", "read_clips",
-           "frames_tensor", "go1_walk_episode", "camera_controls"]
+           "frames_tensor", "go1_walk_episode", "look_yaw", "camera_controls"]
 
 
 @dataclasses.dataclass
@@ -155,10 +158,20 @@ def _go1_scene(rng, landmarks: int, extent: float) -> mujoco.MjModel:
     return spec.compile()
 
 
+def look_yaw(frames: int, hold: int, out: int, rate: float) -> np.ndarray:
+    """``(frames,)`` yaw offsets of a look-around, rad: still for ``hold`` frames, then ``out``
+    frames turning at ``rate`` rad a frame, then back along the same arc, then still."""
+    k = np.arange(frames) - hold
+    return rate * np.where(k < 0, 0, np.where(k <= out, k, np.maximum(2 * out - k, 0)))
+
+
 def go1_walk_episode(frames: int, size: int, seed: int, dt: float = 0.1, landmarks: int = 120,
-                     extent: float = 6.0) -> dict:
+                     extent: float = 6.0, look: tuple[int, int, float] | None = None) -> dict:
     """One kinematic walk of the Go1 (module docstring): ``rgb (T, S, S, 3)``, ``depth (T, S, S)``
-    metres, ``poses (T, 4, 4)`` world-from-camera and ``controls (T, 9)``."""
+    metres, ``poses (T, 4, 4)`` world-from-camera and ``controls (T, 9)``.
+
+    ``look=(hold, out, rate)`` makes it a look-around instead (:func:`look_yaw`): the Go1 stands
+    where the walk would start, trotting on the spot, and only turns."""
     from ws_sim.go1 import TrotGait
 
     rng = np.random.default_rng(seed)
@@ -173,14 +186,19 @@ def go1_walk_episode(frames: int, size: int, seed: int, dt: float = 0.1, landmar
     x, y, yaw = 0.0, 0.0, rng.uniform(-np.pi, np.pi)
     speed = rng.uniform(0.3, 0.8)
     turn = 0.0
+    if look is not None:
+        yaw0, offsets, speed = yaw, look_yaw(frames, *look), 0.0
     rgb, depth, poses = [], [], []
     try:
         for t in range(frames):
             time = t * dt
-            turn = 0.85 * turn + 0.15 * rng.normal(0.0, 0.6)  # a wandering yaw rate, rad/s
-            if np.hypot(x, y) > extent - 1.0:  # head back towards the middle of the field
-                turn += 0.3 * np.sign(np.sin(np.arctan2(-y, -x) - yaw))
-            yaw += turn * dt
+            if look is not None:
+                yaw = yaw0 + offsets[t]
+            else:
+                turn = 0.85 * turn + 0.15 * rng.normal(0.0, 0.6)  # a wandering yaw rate, rad/s
+                if np.hypot(x, y) > extent - 1.0:  # head back towards the middle of the field
+                    turn += 0.3 * np.sign(np.sin(np.arctan2(-y, -x) - yaw))
+                yaw += turn * dt
             x += speed * dt * np.cos(yaw)
             y += speed * dt * np.sin(yaw)
             bob = 0.012 * np.cos(4 * np.pi * time / gait.period)
@@ -264,7 +282,7 @@ def _cut(episodes: list[dict], frames: int, stride: int) -> dict:
 
 
 def collect_clips(kind: str, episodes: int, frames: int = 12, stride: int = 4, size: int = 32, seed: int = 0,
-                  walk_frames: int = 120, progress: bool = True) -> ClipSet:
+                  walk_frames: int = 120, progress: bool = True, look_share: float = 0.0) -> ClipSet:
     """Run the simulator for ``episodes`` episodes of ``kind`` and cut them into clips.
 
     Args:
@@ -273,6 +291,9 @@ def collect_clips(kind: str, episodes: int, frames: int = 12, stride: int = 4, s
             20 % deliberate failures, seeds ``seed, seed + 1, ...``).
         frames: frames per clip. stride: frames between clip starts.
         size: frame side, px.
+        look_share: ``camera`` only: the share of episodes that are look-arounds (module
+            docstring): a random hold, a turn of ``walk_frames / 4`` to ``walk_frames / 2``
+            frames at 0.1-0.3 rad a frame either way, and back.
 
     Returns:
         a :class:`ClipSet` (depth clipped to :data:`MAX_DEPTH` of the kind).
@@ -282,14 +303,22 @@ def collect_clips(kind: str, episodes: int, frames: int = 12, stride: int = 4, s
     """
     if kind not in KINDS:
         raise ValueError(f"unknown control kind {kind!r}; choose one of {list(KINDS)}")
+    if not 0.0 <= look_share <= 1.0:
+        raise ValueError(f"look_share must be in [0, 1], got {look_share}")
     if episodes < 1 or frames < 2 or stride < 1 or size < 8:
         raise ValueError(f"need episodes >= 1, frames >= 2, stride >= 1, size >= 8; got {episodes}, {frames}, "
                          f"{stride}, {size}")
     bar = tqdm(total=episodes, desc=f"{kind} episodes", disable=not progress, file=sys.stderr)
     if kind == "camera":
         eps = []
+        pick = np.random.default_rng([seed, 1])
         for i in range(episodes):
-            eps.append(go1_walk_episode(walk_frames, size, seed + i))
+            look = None
+            if pick.random() < look_share:
+                out = int(pick.integers(walk_frames // 4, walk_frames // 2 + 1))
+                hold = int(pick.integers(0, walk_frames - 2 * out + 1))
+                look = (hold, out, float(pick.choice([-1, 1]) * pick.uniform(0.1, 0.3)))
+            eps.append(go1_walk_episode(walk_frames, size, seed + i, look=look))
             bar.update(1)
         dt = 0.1
     else:
@@ -348,12 +377,14 @@ def main(argv=None) -> int:
     ap.add_argument("--stride", type=int, default=4, help="frames between clip starts")
     ap.add_argument("--size", type=int, default=32, help="frame side, px")
     ap.add_argument("--walk-frames", type=int, default=120, help="frames per Go1 walk")
+    ap.add_argument("--look-share", type=float, default=0.0,
+                    help="share of Go1 episodes that are look-arounds (turn the head away and back)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="HDF5 file (kinds already in it are kept)")
     args = ap.parse_args(argv)
     try:
-        sets = [collect_clips(k, args.episodes, args.frames, args.stride, args.size, args.seed, args.walk_frames)
-                for k in args.kind or KINDS]
+        sets = [collect_clips(k, args.episodes, args.frames, args.stride, args.size, args.seed, args.walk_frames,
+                              look_share=args.look_share) for k in args.kind or KINDS]
         write_clips(args.out, sets)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -42,6 +42,15 @@ fixed chunks with the memory-aware cache, (c) action-guided chunks with the memo
 MSE against the truth, its growth (mean of the last quarter of the frames minus the first
 quarter's) and the cache's size at the end.
 
+**Revisit on the Go1** (``revisit``): the revisit test of the memory on robot data. From 2
+given frames the Go1, standing, turns its head camera away at ``rate`` rad a frame for ``out``
+frames (farther than its 70-degree view, for more frames than the window holds) and back
+(:func:`ws_worldmodel.video.clips.go1_walk_episode` with ``look=``). The returning frames whose
+view overlaps the first one by more than half (yaw within 35 degrees) are scored against the
+truth, once with the memory (the given frames as anchors, a pose-retrieved pool, a short window)
+and once with a window of the most recent frames as long as the memory's whole context; the
+same model and noise. The first given frame itself, held, is the reference row.
+
     python -m ws_worldmodel.video.experts train --clips data/clips.hdf5 --arch mixture --out runs/mix.pt
     python -m ws_worldmodel.video.experts eval --clips data/clips.hdf5 runs/mix.pt runs/dense.pt ...
     python -m ws_worldmodel.video.experts drift --long data/long.hdf5 --checkpoint runs/mix.pt
@@ -63,7 +72,7 @@ from tqdm import tqdm
 
 from ws_sim.atomic import atomic_write
 
-from .clips import CONTROL_DIMS, KINDS, ClipSet, frames_tensor, read_clips
+from .clips import CONTROL_DIMS, KINDS, ClipSet, frames_tensor, look_yaw, read_clips
 from .dit import (VideoDiT, VideoDiTConfig, action_guided_chunks, chunk_ids, generate_bidirectional,
                   generate_chunked)
 from .memory import MemoryConfig, MemoryKVCache
@@ -72,7 +81,7 @@ ARCHS = ("mixture", "dense", "per-kind")
 FLOW_TAUS = (0.25, 0.5, 0.75)
 
 __all__ = ["ARCHS", "random_chunks", "batch_of", "train", "load", "save_checkpoint", "flow_error", "evaluate",
-           "drift", "detail_ratio"]
+           "drift", "detail_ratio", "revisit"]
 
 
 def random_chunks(rng: np.random.Generator, frames: int, max_chunk: int) -> list[int]:
@@ -292,6 +301,64 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
 
 
 @torch.no_grad()
+def revisit(checkpoint: str, episodes: int = 16, out: int = 10, rate: float = 0.25, after: int = 2,
+            memory: MemoryConfig | None = None, seed: int = 50000, threads: int | None = None) -> dict:
+    """The Go1 revisit test (module docstring) for a checkpoint that knows the ``camera`` kind.
+
+    Args:
+        out: frames turning away (and as many back). rate: yaw rate, rad a frame (the sign is
+            drawn per episode). after: still frames after the return.
+        memory: the memory's settings (default: the given frames as anchors, a 4-frame window,
+            an 8-frame pool, 4 retrieved).
+
+    Returns:
+        per variant the mean MSE of the scored frames, its standard error, the paired
+        difference (window minus memory) and in how many episodes the memory was better.
+
+    Raises:
+        ValueError: a model without the camera kind, or a trip no longer than the window-only
+            context (nothing would leave it).
+    """
+    from .clips import go1_walk_episode
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, ck = load(checkpoint)
+    if "camera" not in model.cfg.control_kinds:
+        raise ValueError(f"{checkpoint} does not know the camera kind")
+    context = ck["context"]
+    memory = memory or MemoryConfig(anchors=context, window=4, pool=8, retrieve=4, dedup_threshold=0.0)
+    window_only = MemoryConfig(anchors=0, window=memory.max_attended, pool=0, retrieve=0)
+    if 2 * out <= memory.max_attended:
+        raise ValueError(f"the trip ({2 * out} frames) must outlast the window ({memory.max_attended} frames)")
+    frames = context + 2 * out + after
+    dim, size = max(model.cfg.control_dims), model.cfg.image_size
+    rng = np.random.default_rng(seed)
+    errs: dict = {"memory": [], "window_only": [], "hold_first_frame": []}
+    for i in tqdm(range(episodes), desc="revisit episodes", file=sys.stderr):
+        look = (context, out, float(rng.choice([-1, 1])) * rate)
+        ep = go1_walk_episode(frames, size, seed + i, look=look)
+        x = frames_tensor(ep["rgb"][None], ep["depth"][None], 6.0)
+        c = torch.zeros(1, frames, dim)
+        c[..., :9] = torch.as_tensor(ep["controls"][None])
+        yaw = np.abs(look_yaw(frames, *look))
+        near = [t for t in range(context + out, frames) if yaw[t] < np.radians(35.0)]
+        errs["hold_first_frame"].append(float(((x[0, near] - x[0, :1]) ** 2).mean()))
+        for name, mcfg in (("memory", memory), ("window_only", window_only)):
+            gen = generate_chunked(model, x[:, :context], c, "camera", frames, memory=MemoryKVCache(mcfg),
+                                   poses=torch.as_tensor(ep["poses"]),
+                                   generator=torch.Generator().manual_seed(seed + i))
+            errs[name].append(float(((gen[0, near] - x[0, near]) ** 2).mean()))
+    paired = np.array(errs["window_only"]) - np.array(errs["memory"])
+    return {"test": "go1_revisit", "episodes": episodes, "frames": frames, "context": context, "out_frames": out,
+            "rate_rad_per_frame": rate, "scored_frames_per_episode": len(near), "memory": dataclasses.asdict(memory),
+            "window_only_frames": memory.max_attended,
+            **{k: {"mse": float(np.mean(v)), "mse_sem": _sem(torch.tensor(v))} for k, v in errs.items()},
+            "window_minus_memory": float(paired.mean()), "window_minus_memory_sem": _sem(torch.tensor(paired)),
+            "memory_better_in": int((paired > 0).sum()), "checkpoint": str(checkpoint)}
+
+
+@torch.no_grad()
 def drift(long: str, checkpoint: str, kind: str = "joints", episodes: int = 16, chunk: int = 4,
           memory: MemoryConfig | None = None, min_len: int = 2, max_len: int = 4, seed: int = 0,
           threads: int | None = None, plot: str | None = None) -> dict:
@@ -402,7 +469,16 @@ def main(argv=None) -> int:
     d.add_argument("--min-len", type=int, default=2, help="shortest action-guided chunk, frames")
     d.add_argument("--max-len", type=int, default=4, help="longest action-guided chunk, frames")
     d.add_argument("--plot", help="write the per-frame error curves here (PNG)")
-    for p in (t, e, d):
+    r = sub.add_parser("revisit", help="the memory's revisit test on the Go1 (look away and back)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--checkpoint", required=True, help="a model that knows the camera kind")
+    r.add_argument("--episodes", type=int, default=16)
+    r.add_argument("--out-frames", type=int, default=10, help="frames turning away (as many back)")
+    r.add_argument("--rate", type=float, default=0.25, help="yaw rate, rad a frame")
+    r.add_argument("--window", type=int, default=4, help="the memory's window, frames")
+    r.add_argument("--pool", type=int, default=8, help="the memory's pool, frames")
+    r.add_argument("--retrieve", type=int, default=4, help="pool frames retrieved per chunk")
+    for p in (t, e, d, r):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--json", help="also write the result here")
@@ -415,6 +491,12 @@ def main(argv=None) -> int:
                         causal=not args.teacher, residual=not args.plain, threads=args.threads)
         elif args.cmd == "eval":
             res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads, args.steps)
+        elif args.cmd == "revisit":
+            ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+            mem = MemoryConfig(anchors=ck["context"], window=args.window, pool=args.pool, retrieve=args.retrieve,
+                               dedup_threshold=0.0)
+            res = revisit(args.checkpoint, args.episodes, args.out_frames, args.rate, memory=mem,
+                          seed=args.seed + 50000, threads=args.threads)
         else:
             res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, min_len=args.min_len,
                         max_len=args.max_len, seed=args.seed, threads=args.threads, plot=args.plot)
