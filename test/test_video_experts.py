@@ -199,6 +199,7 @@ def test_the_go1_revisit_test_scores_the_returning_frames_with_and_without_memor
     assert res["frames"] == 2 + 8 + 2 and res["window_only_frames"] == 5 and res["scored_frames_per_episode"] >= 2
     for k in ("memory", "window_only", "hold_first_frame"):
         assert np.isfinite(res[k]["mse"]) and res[k]["mse"] > 0
+    assert res["memory_config"]["window"] == 2
     assert 0 <= res["memory_better_in"] <= 2
     with pytest.raises(ValueError, match="outlast"):
         revisit(tmp_path / "c.pt", episodes=1, out=2, memory=mem)

@@ -351,7 +351,7 @@ def revisit(checkpoint: str, episodes: int = 16, out: int = 10, rate: float = 0.
             errs[name].append(float(((gen[0, near] - x[0, near]) ** 2).mean()))
     paired = np.array(errs["window_only"]) - np.array(errs["memory"])
     return {"test": "go1_revisit", "episodes": episodes, "frames": frames, "context": context, "out_frames": out,
-            "rate_rad_per_frame": rate, "scored_frames_per_episode": len(near), "memory": dataclasses.asdict(memory),
+            "rate_rad_per_frame": rate, "scored_frames_per_episode": len(near), "memory_config": dataclasses.asdict(memory),
             "window_only_frames": memory.max_attended,
             **{k: {"mse": float(np.mean(v)), "mse_sem": _sem(torch.tensor(v))} for k, v in errs.items()},
             "window_minus_memory": float(paired.mean()), "window_minus_memory_sem": _sem(torch.tensor(paired)),

@@ -6,7 +6,8 @@ pose is its position on the plane (``px_per_m`` pixels a metre); a frame is the
 ``view`` x ``view`` crop under it, RGB and depth in [-1, 1]. The camera-trajectory control of
 each frame is its displacement since the last frame and its position (the ``camera`` kind of
 :class:`ws_worldmodel.video.dit.VideoDiT`). It is a stand-in with known ground truth for any
-revisited view; the Go1's camera in MuJoCo is the next data source.
+revisited view; :func:`ws_worldmodel.video.experts.revisit` runs the same test on the Go1's
+head camera in MuJoCo.
 
 Training clips mix out-and-back trips (the camera leaves, then retraces its path) with random
 walks, so that returning to a place is something the model has seen. The test: from a few
