@@ -345,14 +345,17 @@ class WorldScapePolicy(nn.Module):
             v, dep = self.rgb_in(_patchify(rgb, p)), self.depth_in(_patchify(depth_n, p))
         v, dep = v + self.pos_cur + dpe, dep + self.pos_cur + dpe
         txt = self.text(self.word_emb(words).flatten(1))[:, None]
-        ind = None
         if self.cfg.indicator:
-            if indicator is None:  # inference: ask for an improvement
-                indicator = torch.ones(rgb.shape[0], dtype=torch.long, device=rgb.device)
-            ind = self.indicator_emb(indicator.long())[:, None]
-            txt = txt + ind
+            txt = txt + self._indicator(indicator, rgb)
         st = self.state_in(state)[:, None]
-        return v, dep, torch.cat([txt, st], dim=1), ind
+        return v, dep, torch.cat([txt, st], dim=1)
+
+    def _indicator(self, indicator, like: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, d)`` embedding of the improvement indicator (None at inference: ask for an
+        improvement, ``I = 1``)."""
+        if indicator is None:
+            indicator = torch.ones(like.shape[0], dtype=torch.long, device=like.device)
+        return self.indicator_emb(indicator.long())[:, None]
 
     def _mask(self, n_ctx: list[int], n_tgt: list[int], device) -> torch.Tensor:
         """Boolean attention mask over [video ctx, video tgt, depth ctx, depth tgt, action ctx,
@@ -365,7 +368,7 @@ class WorldScapePolicy(nn.Module):
                 indicator=None) -> dict:
         cfg = self.cfg
         b = rgb.shape[0]
-        v_ctx, d_ctx, a_ctx, ind = self._context(rgb, depth, state, words, indicator)
+        v_ctx, d_ctx, a_ctx = self._context(rgb, depth, state, words, indicator)
         t_emb = self._time(tau)[:, None]
         parts = {"video": [v_ctx], "depth": [d_ctx], "action": [a_ctx]}
         if cfg.reads_future:
@@ -376,8 +379,8 @@ class WorldScapePolicy(nn.Module):
             parts["depth"].append((fd + self.pos_fut).flatten(1, 2) + t_emb)
         if cfg.predicts_actions and cfg.action_head == "flow":
             a_tok = self.action_in(actions) + self.action_pos + t_emb
-            if cfg.indicator_on_actions and ind is not None:  # a direct path, beside the text token's
-                a_tok = a_tok + ind
+            if cfg.indicator and cfg.indicator_on_actions:  # a direct path, beside the instruction token's
+                a_tok = a_tok + self._indicator(indicator, rgb)
             parts["action"].append(a_tok)
         n_ctx = [parts[m][0].shape[1] for m in MODALITIES]
         n_tgt = [sum(x.shape[1] for x in parts[m][1:]) for m in MODALITIES]
