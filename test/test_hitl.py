@@ -134,6 +134,8 @@ def test_the_indicator_conditions_the_policy_and_is_dropped_in_training():
         differ = ~torch.isclose(seen[0], seen[1]).all(-1)[0]  # (tokens,) of the first sample
         assert differ.sum() == (1 + 4 if on else 1)  # the instruction token, and with it the 4 action tokens
         assert differ[-4:].all() == on
+    with pytest.raises(ValueError, match="indicator_on_actions"):
+        PolicyConfig(**base, indicator_on_actions=True)
 
 
 class _HoldStill:

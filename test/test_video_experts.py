@@ -183,30 +183,31 @@ def test_a_go1_look_around_turns_away_and_comes_back_to_the_same_view():
     assert (travel < 0.3).any() and (travel > 0.3).any()
     with pytest.raises(ValueError, match="look_share"):
         collect_clips("camera", 1, look_share=1.5)
+    with pytest.raises(ValueError, match="look-arounds"):
+        collect_clips("joints", 1, look_share=0.5)
 
 
 def test_the_go1_revisit_test_scores_the_returning_frames_with_and_without_memory(clip_file, tmp_path):
     from ws_worldmodel.video.experts import revisit
-    from ws_worldmodel.video.memory import MemoryConfig
 
     clips = tmp_path / "look.hdf5"
     write_clips(clips, [collect_clips("camera", 3, frames=12, stride=100, size=16, walk_frames=12, look_share=1.0,
                                       progress=False)])
     train(clips, "per-kind", tmp_path / "c.pt", kinds=("camera",), steps=2, batch=2, d_model=32, layers=1, heads=2,
           patch=8, progress=False)
-    mem = MemoryConfig(anchors=2, window=2, pool=4, retrieve=1, dedup_threshold=0.0)
-    res = revisit(tmp_path / "c.pt", episodes=2, out=4, rate=0.3, memory=mem)
+    mem = dict(window=2, pool=4, retrieve=1)
+    res = revisit(tmp_path / "c.pt", episodes=2, out=4, rate=0.3, **mem)
     assert res["frames"] == 2 + 8 + 2 and res["window_only_frames"] == 5 and res["scored_frames_per_episode"] >= 2
     for k in ("memory", "window_only", "hold_first_frame"):
         assert np.isfinite(res[k]["mse"]) and res[k]["mse"] > 0
     assert res["memory_config"]["window"] == 2
     assert 0 <= res["memory_better_in"] <= 2
     with pytest.raises(ValueError, match="outlast"):
-        revisit(tmp_path / "c.pt", episodes=1, out=2, memory=mem)
+        revisit(tmp_path / "c.pt", episodes=1, out=2, **mem)
     train(clip_file, "per-kind", tmp_path / "j.pt", kinds=("joints",), steps=1, batch=2, d_model=32, layers=1,
           heads=2, patch=8, progress=False)
     with pytest.raises(ValueError, match="camera kind"):
-        revisit(tmp_path / "j.pt", episodes=1, out=4, memory=mem)
+        revisit(tmp_path / "j.pt", episodes=1, out=4, **mem)
 
 
 def test_self_forcing_distillation_trains_the_student_on_its_own_rollouts(clip_file, tmp_path):

@@ -217,6 +217,8 @@ def test_a_residual_model_changes_the_last_frame_and_keeps_causality_and_the_cac
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="base frames"):
         m(x, tau, ctrl, kind)
+    with pytest.raises(ValueError, match="at least one given frame"):  # else a frame would be its own base
+        m.loss(x, ctrl, kind, context=0)
     with pytest.raises(ValueError, match="residual"):
         VideoDiTConfig(residual=True, prediction="velocity")
 

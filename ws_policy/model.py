@@ -166,6 +166,8 @@ class PolicyConfig:
             raise ValueError(f"a conv stem needs a patch size divisible by 4, got {self.patch}")
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        if self.indicator_on_actions and not self.indicator:
+            raise ValueError("indicator_on_actions needs indicator=True (an advantage-conditioned policy)")
         if not 0.0 <= self.indicator_dropout < 1.0:
             raise ValueError(f"indicator_dropout must be in [0, 1), got {self.indicator_dropout}")
 

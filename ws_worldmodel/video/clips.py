@@ -305,6 +305,8 @@ def collect_clips(kind: str, episodes: int, frames: int = 12, stride: int = 4, s
         raise ValueError(f"unknown control kind {kind!r}; choose one of {list(KINDS)}")
     if not 0.0 <= look_share <= 1.0:
         raise ValueError(f"look_share must be in [0, 1], got {look_share}")
+    if look_share and kind != "camera":
+        raise ValueError(f"look-arounds are Go1 camera episodes; {kind!r} has none (look_share {look_share})")
     if episodes < 1 or frames < 2 or stride < 1 or size < 8:
         raise ValueError(f"need episodes >= 1, frames >= 2, stride >= 1, size >= 8; got {episodes}, {frames}, "
                          f"{stride}, {size}")

@@ -73,8 +73,9 @@ frame, copying a frame through attention being itself something to learn. Two va
 measured and dropped: ``b + net`` with the base only reachable through attention (the Go1
 camera clips' flow error 2.4 times the plain model's: it must fetch the base to rebuild a
 nearly clean input), and an EDM-style skip ``b + c(tau)(x_tau - tau b) + net`` (noise leaks
-through the skip; PiPER rollouts 5 times worse). The base comes from an earlier chunk, so
-causality across chunks holds.
+through the skip; PiPER rollouts 5 times worse than without it); their code is in the history
+(commits 575cece and 9da39f7). The base comes from an earlier chunk, so causality across
+chunks holds.
 """
 
 from __future__ import annotations
@@ -474,15 +475,20 @@ class VideoDiT(nn.Module):
     def base_frames(self, clip: torch.Tensor, context: int, chunks: torch.Tensor | None = None,
                     causal: bool = True) -> torch.Tensor | None:
         """The residual base of every frame of ``clip`` ``(B, T, C, H, W)`` (clean frames, or at
-        least clean where bases are read): the last frame before the frame's chunk for the
-        student (``chunks`` ``(T,)`` ids, default :meth:`chunk_of`), the last of the ``context``
-        given frames for the teacher. The given frames are their own base (they carry no loss).
-        None when the model is not residual."""
+        least clean where bases are read): for the student (``causal``), the last frame before
+        the frame's chunk (``chunks`` ``(T,)`` ids, default :meth:`chunk_of`), a given frame being
+        its own base (it carries no loss); for the teacher, the last given frame, ``(B, 1, C, H,
+        W)`` for all. None when the model is not residual.
+
+        Raises:
+            ValueError: ``context < 1``: a frame with loss would be its own base."""
         if not self.cfg.residual:
             return None
+        if context < 1:
+            raise ValueError(f"a residual model needs at least one given frame as the base, got context {context}")
         t = clip.shape[1]
         if not causal:
-            return clip[:, max(context, 1) - 1:max(context, 1)]
+            return clip[:, context - 1:context]
         ids = self.chunk_of(torch.arange(t, device=clip.device), context) if chunks is None else chunks.to(clip.device)
         first = torch.searchsorted(ids, ids)  # the first frame of each frame's chunk (ids nondecreasing)
         idx = torch.where(ids == 0, torch.arange(t, device=clip.device), (first - 1).clamp(min=0))

@@ -72,7 +72,7 @@ from tqdm import tqdm
 
 from ws_sim.atomic import atomic_write
 
-from .clips import CONTROL_DIMS, KINDS, ClipSet, frames_tensor, look_yaw, read_clips
+from .clips import CONTROL_DIMS, KINDS, MAX_DEPTH, ClipSet, frames_tensor, look_yaw, read_clips
 from .dit import (VideoDiT, VideoDiTConfig, action_guided_chunks, chunk_ids, generate_bidirectional,
                   generate_chunked)
 from .memory import MemoryConfig, MemoryKVCache
@@ -302,14 +302,15 @@ def evaluate(clips: str, checkpoints: list[str], clips_per_kind: int = 64, seed:
 
 @torch.no_grad()
 def revisit(checkpoint: str, episodes: int = 16, out: int = 10, rate: float = 0.25, after: int = 2,
-            memory: MemoryConfig | None = None, seed: int = 50000, threads: int | None = None) -> dict:
+            window: int = 4, pool: int = 8, retrieve: int = 4, seed: int = 50000,
+            threads: int | None = None) -> dict:
     """The Go1 revisit test (module docstring) for a checkpoint that knows the ``camera`` kind.
 
     Args:
         out: frames turning away (and as many back). rate: yaw rate, rad a frame (the sign is
             drawn per episode). after: still frames after the return.
-        memory: the memory's settings (default: the given frames as anchors, a 4-frame window,
-            an 8-frame pool, 4 retrieved).
+        window, pool, retrieve: the memory's window and pool, frames, and the pool frames
+            retrieved per chunk; its anchors are the given frames.
 
     Returns:
         per variant the mean MSE of the scored frames, its standard error, the paired
@@ -327,7 +328,7 @@ def revisit(checkpoint: str, episodes: int = 16, out: int = 10, rate: float = 0.
     if "camera" not in model.cfg.control_kinds:
         raise ValueError(f"{checkpoint} does not know the camera kind")
     context = ck["context"]
-    memory = memory or MemoryConfig(anchors=context, window=4, pool=8, retrieve=4, dedup_threshold=0.0)
+    memory = MemoryConfig(anchors=context, window=window, pool=pool, retrieve=retrieve, dedup_threshold=0.0)
     window_only = MemoryConfig(anchors=0, window=memory.max_attended, pool=0, retrieve=0)
     if 2 * out <= memory.max_attended:
         raise ValueError(f"the trip ({2 * out} frames) must outlast the window ({memory.max_attended} frames)")
@@ -338,7 +339,7 @@ def revisit(checkpoint: str, episodes: int = 16, out: int = 10, rate: float = 0.
     for i in tqdm(range(episodes), desc="revisit episodes", file=sys.stderr):
         look = (context, out, float(rng.choice([-1, 1])) * rate)
         ep = go1_walk_episode(frames, size, seed + i, look=look)
-        x = frames_tensor(ep["rgb"][None], ep["depth"][None], 6.0)
+        x = frames_tensor(ep["rgb"][None], ep["depth"][None], MAX_DEPTH["camera"])
         c = torch.zeros(1, frames, dim)
         c[..., :9] = torch.as_tensor(ep["controls"][None])
         yaw = np.abs(look_yaw(frames, *look))
@@ -492,11 +493,8 @@ def main(argv=None) -> int:
         elif args.cmd == "eval":
             res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads, args.steps)
         elif args.cmd == "revisit":
-            ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-            mem = MemoryConfig(anchors=ck["context"], window=args.window, pool=args.pool, retrieve=args.retrieve,
-                               dedup_threshold=0.0)
-            res = revisit(args.checkpoint, args.episodes, args.out_frames, args.rate, memory=mem,
-                          seed=args.seed + 50000, threads=args.threads)
+            res = revisit(args.checkpoint, args.episodes, args.out_frames, args.rate, window=args.window,
+                          pool=args.pool, retrieve=args.retrieve, seed=args.seed + 50000, threads=args.threads)
         else:
             res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, min_len=args.min_len,
                         max_len=args.max_len, seed=args.seed, threads=args.threads, plot=args.plot)
