@@ -115,6 +115,16 @@ def test_the_indicator_conditions_the_policy_and_is_dropped_in_training():
     assert torch.isfinite(two).all() and not torch.allclose(two, one)
     with pytest.raises(ValueError, match="guidance"):
         PolicyRunner(plain, guidance=2.0)
+    # asking for another indicator (the diagnostic of 'ws policy eval --indicator'): I = 2 is the
+    # unconditioned policy, I = 0 differs from I = 1; a policy without the indicator refuses both
+    asks = [sample(model, *args, torch.Generator().manual_seed(0), indicator=k)["actions"] for k in (0, 1, 2)]
+    assert torch.allclose(asks[1], one) and not torch.allclose(asks[0], one) and not torch.allclose(asks[2], one)
+    obs = {"rgb": eps[0].rgb[0], "depth": eps[0].depth[0].astype(np.float32), "qpos": eps[0].qpos[0],
+           "instruction": eps[0].instruction}
+    assert not np.allclose(PolicyRunner(model, indicator=0)(obs), PolicyRunner(model, indicator=1)(obs))
+    for bad, who in ((0, plain), (2, plain), (3, model)):
+        with pytest.raises(ValueError, match="indicator"):
+            PolicyRunner(who, indicator=bad)
     with pytest.raises(ValueError, match="indicator_dropout"):
         PolicyConfig(**base, indicator=True, indicator_dropout=1.0)
     # indicator_on_actions: the embedding also reaches the noisy action tokens directly (the first
@@ -209,7 +219,7 @@ def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
     Slow: about a minute on two cores."""
     from ws_cli.main import main
     from ws_policy.data import read_demos
-    from ws_policy.train import save_policy, train_policy
+    from ws_policy.train import load_policy, save_policy, train_policy
 
     eps, attrs = collect_demos("pick_place", 2, size=32, workspace="narrow")
     demos = write_demos(eps, attrs, tmp_path / "demos.hdf5")
@@ -232,3 +242,19 @@ def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
     # the autonomous rollout: the policy alone, on a seed after the gated block's
     assert not agg[4].actor.any() and agg[4].seed == 5000 + 1 * 2
     assert len({e.seed for e in agg[2:]}) == 3
+    # 'ws hitl retrain': one conditioned retraining on that aggregate, then asked for I = 0 by 'ws policy eval'
+    cond = tmp_path / "cond.pt"
+    assert main(["hitl", "retrain", "--init", str(init), "--aggregate", str(out / "aggregate.hdf5"), "--steps", "2",
+                 "--value-steps", "10", "--batch-size", "4", "--indicator-on-actions", "--out", str(cond),
+                 "--threads", "1"]) == 0
+    net, payload = load_policy(cond)
+    assert net.cfg.indicator and net.cfg.indicator_on_actions
+    assert payload["extra"]["retrain"]["train_steps"] == 2 and payload["extra"]["aggregate"].endswith("aggregate.hdf5")
+    ev = tmp_path / "ev"
+    assert main(["policy", "eval", "--checkpoint", str(cond), "--episodes", "1", "--no-video", "--latency", "1",
+                 "--indicator", "not-improvement", "--out", str(ev), "--threads", "1"]) == 0
+    assert json.loads((ev / "report.json").read_text())["episodes"] == 1
+    # a policy without the indicator cannot be asked for one; nothing is written
+    assert main(["policy", "eval", "--checkpoint", str(init), "--episodes", "1", "--indicator", "unknown",
+                 "--out", str(tmp_path / "no"), "--threads", "1"]) == 2
+    assert not (tmp_path / "no").exists()

@@ -567,42 +567,87 @@ def cmd_hitl_convert(args) -> int:
     return 0
 
 
+def _flow_policy_and_episodes(init, files):
+    """``(model, payload, episodes, attrs)``: a one-network flow policy and the episodes of the
+    comma-separated ``files`` (their first file's attributes), checked against each other."""
+    from ws_mppi.config import ConfigError
+    from ws_policy.data import read_demos
+    from ws_policy.train import TwoStagePolicy, load_policy
+
+    model, payload = load_policy(init)
+    if isinstance(model, TwoStagePolicy) or not model.cfg.predicts_actions or model.cfg.action_head != "flow":
+        raise ConfigError(f"{init}: DAgger fine-tunes a one-network flow policy (mot or action_only)")
+    episodes, attrs = [], None
+    for path in str(files).split(","):
+        eps, a = read_demos(path)
+        episodes += eps
+        attrs = attrs or a
+    if model.cfg.image_size != int(attrs["image_size"]):
+        raise ConfigError(f"the policy takes {model.cfg.image_size} px images; {files} has {attrs['image_size']} px")
+    return model, payload, episodes, attrs
+
+
+def _dagger_config(args, **kw):
+    """A :class:`ws_policy.hitl.DaggerConfig` from the retraining flags (:func:`_add_retrain_args`)
+    and ``kw``; a bad value is a :class:`ConfigError`."""
+    from ws_mppi.config import ConfigError
+    from ws_policy.hitl import DaggerConfig
+
+    try:
+        return DaggerConfig(train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            conditioned=not args.plain_bc, indicator_on_actions=args.indicator_on_actions,
+                            value_steps=args.value_steps, n_step=args.n_step or None, value_folds=args.value_folds,
+                            threshold=args.threshold, seed=args.seed, **kw)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def cmd_hitl_retrain(args) -> int:
+    import dataclasses
+    import json
+
+    from tqdm import tqdm
+
+    from ws_policy.hitl import episode_limit, retrain
+    from ws_policy.train import save_policy
+
+    _set_threads(args.threads)
+    model, payload, episodes, attrs = _flow_policy_and_episodes(args.init, args.aggregate)
+    cfg = _dagger_config(args)
+    kind = "advantage-conditioned" if cfg.conditioned else "plain behaviour cloning"
+    print(f"retraining {args.init} ({kind}) on {len(episodes)} episodes of {args.aggregate}, {cfg.train_steps} steps")
+    bar = tqdm(total=cfg.train_steps, desc="retraining", unit="step", leave=False)
+    vbar = tqdm(total=cfg.value_steps * cfg.value_folds if cfg.conditioned else 0, desc="value", unit="step",
+                leave=False, disable=not cfg.conditioned)
+    new, info = retrain(model, episodes, cfg, episode_limit(attrs["task"]), progress=bar, log=tqdm.write,
+                        value_progress=vbar)
+    bar.close()
+    vbar.close()
+    extra = {**payload.get("extra", {}), "workspace": attrs.get("workspace", "full"), "aggregate": str(args.aggregate),
+             "retrain": dataclasses.asdict(cfg)}
+    path = save_policy(new, args.out, extra=extra)
+    print(f"wrote {path}: " + json.dumps({k: v for k, v in info.items() if isinstance(v, (int, float, str))}))
+    return 0
+
+
 def cmd_hitl_dagger(args) -> int:
     import dataclasses
     import json
 
     from tqdm import tqdm
 
-    from ws_mppi.config import ConfigError
-    from ws_policy.data import read_demos, write_demos
-    from ws_policy.hitl import DaggerConfig, dagger, episode_limit, evaluate_autonomous, retrain
-    from ws_policy.train import TwoStagePolicy, load_policy, save_policy
+    from ws_policy.data import write_demos
+    from ws_policy.hitl import dagger, episode_limit, evaluate_autonomous, retrain
+    from ws_policy.train import save_policy
 
     _headless_gl()
     _set_threads(args.threads)
-    model, payload = load_policy(args.init)
-    if isinstance(model, TwoStagePolicy) or not model.cfg.predicts_actions or model.cfg.action_head != "flow":
-        raise ConfigError(f"{args.init}: DAgger fine-tunes a one-network flow policy (mot or action_only)")
-    demos, attrs = [], None
-    for path in str(args.demos).split(","):
-        eps, a = read_demos(path)
-        demos += eps
-        attrs = attrs or a
-    if model.cfg.image_size != int(attrs["image_size"]):
-        raise ConfigError(f"the policy takes {model.cfg.image_size} px images; {args.demos} has {attrs['image_size']} px")
-    try:
-        cfg = DaggerConfig(rounds=args.rounds, episodes_per_round=args.episodes_per_round,
-                           autonomous_per_round=args.autonomous_per_round,
-                           eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, rollout_seed=args.rollout_seed,
-                           train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           conditioned=not args.plain_bc, indicator_on_actions=args.indicator_on_actions,
-                           value_steps=args.value_steps, n_step=args.n_step or None,
-                           value_folds=args.value_folds,
-                           threshold=args.threshold, drift_m=args.drift, min_expert_steps=args.min_expert_steps,
-                           stall_steps=args.stall_steps, grip_steps=args.grip_steps, reach_m=args.reach,
-                           latency=args.latency, seed=args.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    model, payload, demos, attrs = _flow_policy_and_episodes(args.init, args.demos)
+    cfg = _dagger_config(args, rounds=args.rounds, episodes_per_round=args.episodes_per_round,
+                         autonomous_per_round=args.autonomous_per_round, eval_episodes=args.eval_episodes,
+                         eval_seed=args.eval_seed, rollout_seed=args.rollout_seed, drift_m=args.drift,
+                         min_expert_steps=args.min_expert_steps, stall_steps=args.stall_steps,
+                         grip_steps=args.grip_steps, reach_m=args.reach, latency=args.latency)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kind = "advantage-conditioned" if cfg.conditioned else "plain behaviour cloning"
@@ -803,30 +848,39 @@ def cmd_policy_train(args) -> int:
     return 0
 
 
+_INDICATORS = {"improvement": 1, "not-improvement": 0, "unknown": 2}
+
+
 def cmd_policy_eval(args) -> int:
     import json
 
     from tqdm import tqdm
 
+    from ws_mppi.config import ConfigError
     from ws_policy.evaluate import evaluate_policy
 
     _set_threads(args.threads)
     out = args.out or Path("runs") / f"policy-{args.task}-{time_tag()}"
+    runner = None
+    if args.checkpoint != "scripted":  # load and check before any progress bar
+        from ws_policy.train import PolicyRunner, load_policy
+
+        model, payload = load_policy(args.checkpoint)
+        try:
+            runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed, indicator=_INDICATORS[args.indicator])
+        except ValueError as e:
+            raise ConfigError(f"{args.checkpoint}: {e}") from e
     bar = tqdm(total=args.episodes, desc=f"eval {args.task}", unit="ep")
 
     def progress(done, total, wins):
         bar.update(1)
         bar.set_postfix(success=f"{wins}/{done}")
 
-    if args.checkpoint == "scripted":
+    if runner is None:
         report = evaluate_policy("scripted", args.task, args.episodes, args.seed, size=args.size, out_dir=out,
                                  video=not args.no_video, progress=progress, name="scripted",
                                  workspace=args.workspace or "full")
     else:
-        from ws_policy.train import PolicyRunner, load_policy
-
-        model, payload = load_policy(args.checkpoint)
-        runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed)
         if args.demos:
             from ws_policy.data import read_demos
             from ws_policy.evaluate import offline_action_error
@@ -848,6 +902,25 @@ def cmd_policy_eval(args) -> int:
           f"(95% CI {lo:.2f}-{hi:.2f}); inference latency {json.dumps(report['latency'])}; gaps {report['gaps']}")
     print(f"report: {out / 'report.json'}  videos: {report['videos']}")
     return 0
+
+
+def _add_retrain_args(p, steps_note: str) -> None:
+    """The retraining flags shared by 'ws hitl dagger' and 'ws hitl retrain'."""
+    p.add_argument("--steps", type=int, default=1000, help=f"fine-tuning steps {steps_note}".strip())
+    p.add_argument("--batch-size", type=int, default=32, help="training windows per step")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine schedule)")
+    p.add_argument("--value-steps", type=int, default=1000, help=f"value-function training steps {steps_note}".strip())
+    p.add_argument("--n-step", type=int, default=0,
+                   help="advantage horizon n, steps (0: to the episode's end, the Monte-Carlo advantage)")
+    p.add_argument("--value-folds", type=int, default=2,
+                   help="cross-fitting: each episode's advantages come from a value fitted on the other folds")
+    p.add_argument("--threshold", type=float, default=0.0, help="advantage above which a policy step is an improvement")
+    p.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
+    p.add_argument("--indicator-on-actions", action="store_true",
+                   help="add the improvement indicator's embedding to every action token too, not only to the "
+                        "instruction token")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training (and the value's folds)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
 
 def time_tag() -> str:
@@ -1239,6 +1312,10 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--no-video", action="store_true")
     pe.add_argument("--demos", default=None,
                     help="also report the chunks' offline error against these recorded episodes (vs holding still)")
+    pe.add_argument("--indicator", choices=sorted(_INDICATORS), default="improvement",
+                    help="what an advantage-conditioned policy (ws hitl dagger/retrain) is asked for: 'improvement' "
+                         "is deployment; 'not-improvement' and 'unknown' (the unconditioned policy) show how much it "
+                         "reads its indicator")
     pe.add_argument("--threads", type=int, default=None)
     pe.set_defaults(func=cmd_policy_eval)
 
@@ -1290,15 +1367,7 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--eval-episodes", type=int, default=20, help="autonomous evaluation episodes per round")
     hd.add_argument("--eval-seed", type=int, default=1000)
     hd.add_argument("--rollout-seed", type=int, default=5000, help="first seed of the rollouts")
-    hd.add_argument("--steps", type=int, default=1000, help="fine-tuning steps per round")
-    hd.add_argument("--batch-size", type=int, default=32)
-    hd.add_argument("--lr", type=float, default=3e-4)
-    hd.add_argument("--value-steps", type=int, default=1000, help="value-function training steps per round")
-    hd.add_argument("--n-step", type=int, default=0,
-                    help="advantage horizon n, steps (0: to the episode's end, the Monte-Carlo advantage)")
-    hd.add_argument("--value-folds", type=int, default=2,
-                    help="cross-fitting: each episode's advantages come from a value fitted on the other folds")
-    hd.add_argument("--threshold", type=float, default=0.0, help="advantage above which a policy step is an improvement")
+    _add_retrain_args(hd, "per round")
     hd.add_argument("--drift", type=float, default=0.03,
                     help="the expert takes over when the policy's tool target is this far from its plan, m")
     hd.add_argument("--min-expert-steps", type=int, default=8, help="steps the expert keeps control once taken")
@@ -1309,17 +1378,26 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--reach", type=float, default=0.02,
                     help="while shadowing, the expert's plan moves on when the tool comes this close to a waypoint, m")
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
-    hd.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
-    hd.add_argument("--indicator-on-actions", action="store_true",
-                    help="add the improvement indicator's embedding to every action token too, not only to the "
-                         "instruction token")
     hd.add_argument("--compare-bc", action="store_true",
                     help="also train, from the starting policy on the final aggregate for steps x rounds, plain "
                          "behaviour cloning and (unless --plain-bc) the advantage-conditioned policy, and evaluate both")
     hd.add_argument("--out-dir", type=Path, default=Path("runs/dagger"))
-    hd.add_argument("--seed", type=int, default=0)
-    hd.add_argument("--threads", type=int, default=None)
     hd.set_defaults(func=cmd_hitl_dagger)
+    hrt = hisub.add_parser("retrain", help="one retraining on an aggregate: advantage-conditioned or plain BC",
+                           description="Fine-tune a policy once on aggregated episodes (a 'ws hitl dagger' "
+                                       "aggregate.hdf5, converted recordings, demonstrations; comma-separated): fit "
+                                       "the progress value, label each policy step an improvement where its "
+                                       "advantage is positive or a human acted, and train conditioned on that "
+                                       "indicator; or, with --plain-bc, behaviour cloning on every step. The same "
+                                       "retraining 'ws hitl dagger --compare-bc' does at its end; evaluate the "
+                                       "result with 'ws policy eval' (--indicator asks a conditioned policy for "
+                                       "another indicator).",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hrt.add_argument("--init", type=Path, required=True, help="starting policy ('ws policy train' checkpoint)")
+    hrt.add_argument("--aggregate", required=True, help="episodes to train on (comma-separated .hdf5 files)")
+    hrt.add_argument("--out", type=Path, required=True, help="output checkpoint")
+    _add_retrain_args(hrt, "")
+    hrt.set_defaults(func=cmd_hitl_retrain)
     hr = hisub.add_parser("recover", help="rewrite a truncated recording (killed recorder) as a complete MCAP file",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hr.add_argument("recording", type=Path)

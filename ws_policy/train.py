@@ -181,13 +181,17 @@ class TwoStagePolicy(torch.nn.Module):
 
 
 @torch.no_grad()
-def _check_guidance(cfg, guidance: float) -> None:
+def _check_guidance(cfg, guidance: float, indicator: int = 1) -> None:
     if guidance != 1.0 and not getattr(cfg, "indicator", False):
         raise ValueError(f"guidance {guidance} needs an advantage-conditioned policy (PolicyConfig.indicator)")
+    if indicator not in (0, 1, 2):
+        raise ValueError(f"indicator must be 0 (not an improvement), 1 (an improvement) or 2 (unknown), got {indicator!r}")
+    if indicator != 1 and not getattr(cfg, "indicator", False):
+        raise ValueError(f"indicator {indicator} needs an advantage-conditioned policy (PolicyConfig.indicator)")
 
 
 def sample(model, rgb, depth, state, words, steps: int | None = None,
-           generator: torch.Generator | None = None, guidance: float = 1.0) -> dict:
+           generator: torch.Generator | None = None, guidance: float = 1.0, indicator: int = 1) -> dict:
     """Euler integration of the learned velocity from noise (``tau`` 0 -> 1) for every target
     the mode predicts; returns the clean targets (normalised), e.g. ``{"actions": (B, L, 7)}``.
     A :class:`TwoStagePolicy` samples the future with its world model, then reads the chunk off
@@ -198,8 +202,13 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
     improvement indicator (Ho & Salimans 2022; pi*0.6's RECAP sharpens its advantage-conditioned
     policy the same way). ``w = 1`` is plain conditioning on ``I = 1``.
 
+    ``indicator`` (an advantage-conditioned policy only): what to ask for, ``1`` an improvement
+    (deployment), ``0`` not an improvement, ``2`` unknown (the unconditioned policy); a diagnostic
+    of how much the policy reads its indicator. Guidance then pulls toward it from ``2``.
+
     Raises:
-        ValueError: ``guidance`` other than 1 for a policy without the indicator.
+        ValueError: ``guidance`` other than 1, or ``indicator`` other than 1, for a policy without
+            the indicator; an ``indicator`` outside 0, 1, 2.
     """
     if isinstance(model, TwoStagePolicy):
         fut = sample(model.world, rgb, depth, state, words, steps, generator)
@@ -214,15 +223,16 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
         shapes["future_rgb"], shapes["future_depth"] = (b, f, 3, s, s), (b, f, 1, s, s)
     if cfg.predicts_actions and cfg.action_head == "flow":
         shapes["actions"] = (b, cfg.chunk, cfg.action_dim)
-    _check_guidance(cfg, guidance)
+    _check_guidance(cfg, guidance, indicator)
     x = {k: torch.randn(v, generator=generator) for k, v in shapes.items()}
+    asked = torch.full((b,), int(indicator), dtype=torch.long) if getattr(cfg, "indicator", False) else None
     out = {}
     for i in range(steps):
         tau = torch.full((b,), i / steps)
         if guidance == 1.0:
-            out = model(rgb, depth, state, words, tau, **x)
-        else:  # both indicators in one batch: 1 (improvement) and 2 (unknown)
-            ind = torch.cat([torch.ones(b, dtype=torch.long), torch.full((b,), 2, dtype=torch.long)])
+            out = model(rgb, depth, state, words, tau, **x, indicator=asked)
+        else:  # both indicators in one batch: the one asked for and 2 (unknown)
+            ind = torch.cat([asked, torch.full((b,), 2, dtype=torch.long)])
             two = model(*(torch.cat([t, t]) for t in (rgb, depth, state, words, tau)),
                         **{k: torch.cat([v, v]) for k, v in x.items()}, indicator=ind)
             out = {k: v[b:] + guidance * (v[:b] - v[b:]) for k, v in two.items()}
@@ -354,12 +364,15 @@ class PolicyRunner:
         steps: Euler steps (default: the config's).
         seed: the sampler's noise seed.
         guidance: indicator guidance weight of an advantage-conditioned policy (:func:`sample`).
+        indicator: the improvement indicator asked of an advantage-conditioned policy: 1 (the
+            default, deployment), 0 or 2 (unknown) as diagnostics (:func:`sample`).
 
     Raises:
-        ValueError: the model does not predict actions (a ``mode="world"`` network).
+        ValueError: the model does not predict actions (a ``mode="world"`` network); guidance or
+            an indicator that the model cannot take.
     """
 
-    def __init__(self, model, steps: int | None = None, seed: int = 0, guidance: float = 1.0):
+    def __init__(self, model, steps: int | None = None, seed: int = 0, guidance: float = 1.0, indicator: int = 1):
         if not model.cfg.predicts_actions:
             raise ValueError("this network predicts no actions (mode 'world'); fine-tune it into a policy first")
         if model.cfg.mode == "idm" and not isinstance(model, TwoStagePolicy):
@@ -370,8 +383,8 @@ class PolicyRunner:
         self._limits = Normalizer.for_piper()  # the actuators' ranges: the last word on every action
         self.vocab = Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
         self.gen = torch.Generator().manual_seed(seed)
-        _check_guidance(model.cfg, guidance)  # at construction, not at the first observation
-        self.guidance = float(guidance)
+        _check_guidance(model.cfg, guidance, indicator)  # at construction, not at the first observation
+        self.guidance, self.indicator = float(guidance), int(indicator)
 
     def check(self, obs: dict) -> None:
         """Raise :class:`PolicyInputError` naming what is wrong with an observation."""
@@ -404,7 +417,7 @@ class PolicyRunner:
             objects = objects[None]
         state = _state(np.asarray(obs["qpos"])[None], objects, self.norm)
         words = torch.as_tensor(self.vocab.encode(obs["instruction"])[None])
-        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance)
+        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance, self.indicator)
         return np.clip(self.norm.actions_back(out["actions"][0].numpy()), self._limits.action_low,
                        self._limits.action_high)
 
