@@ -816,6 +816,27 @@ def cmd_policy_train(args) -> int:
     init = None
     if args.init:
         init, _ = load_policy(args.init)
+    video = None
+    if args.video_model == "dit":  # the video world model as the video-depth stream (issue 9)
+        from ws_mppi.config import ConfigError
+
+        if args.model not in ("mot", "world"):
+            raise ConfigError(f"--video-model dit is the video-depth stream of --model mot or world, not {args.model}")
+        over.update(video_model="dit", dit_kind=args.video_kind)
+        if args.video_init:
+            if args.init:
+                raise ConfigError("give --init (a policy) or --video-init (a world model), not both")
+            import dataclasses
+
+            from ws_worldmodel.video.experts import load as load_video
+
+            video, _ = load_video(args.video_init)
+            over.update(dit=dataclasses.asdict(video.cfg), d_model=video.cfg.d_model, heads=video.cfg.heads,
+                        layers=video.cfg.layers)
+    elif args.video_init:
+        from ws_mppi.config import ConfigError
+
+        raise ConfigError("--video-init needs --video-model dit")
     nets, hist_all = [], {}
     stages = kinds[args.model]
     if args.model == "two_stage" and init is not None and getattr(init, "cfg", None) is not None \
@@ -823,8 +844,19 @@ def cmd_policy_train(args) -> int:
         nets.append(init)
         stages = stages[1:]
     for mode, head in stages:
-        cfg = base(mode=mode, action_head=head, image_size=size, future_size=size // 2,
-                   fov_y_deg=float(attrs.get("fovy", 60.0)), vocab=tuple(default_vocabulary()), **over)
+        future = video.cfg.image_size if video is not None else size // 2
+        try:
+            cfg = base(mode=mode, action_head=head, image_size=size, future_size=future,
+                       fov_y_deg=float(attrs.get("fovy", 60.0)), vocab=tuple(default_vocabulary()), **over)
+        except ValueError as e:
+            from ws_mppi.config import ConfigError
+
+            raise ConfigError(f"policy config: {e}") from e
+        if video is not None:  # the stream starts as the trained world model (its 'video.*' weights); the rest is new
+            import torch
+
+            init = torch.nn.Module()
+            init.video = video
         ds = DemoDataset(episodes, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
                          successes_only=not args.keep_failures)
         bar = tqdm(total=args.steps, desc=f"train {mode}" + ("+idm" if head == "idm" and mode != "idm" else ""),
@@ -1278,6 +1310,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--init", type=Path, default=None,
                     help="start from this checkpoint's matching weights (with --model two_stage, a trained 'world' "
                          "checkpoint is used as stage one and only the inverse-dynamics model is trained)")
+    pt.add_argument("--video-model", choices=["mot", "dit"], default="mot",
+                    help="the video-depth stream of mot and world: the policy's own video and depth experts (mot) or "
+                         "the video world model of 'ws worldmodel experts' (dit), sharing attention with the action "
+                         "expert")
+    pt.add_argument("--video-init", type=Path, default=None,
+                    help="with --video-model dit: start the stream from this 'ws worldmodel experts train' checkpoint "
+                         "(its sizes become the stream's)")
+    pt.add_argument("--video-kind", default="joints",
+                    help="with --video-model dit: the stream's control kind (its expert)")
     pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
     pt.add_argument("--privileged", action="store_true",
                     help="diagnostic: also give the policy the simulator's object poses (tells vision from learning)")

@@ -68,7 +68,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary"]
+__all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary",
+           "build_policy"]
 
 MODALITIES = ("video", "depth", "action")
 
@@ -148,6 +149,9 @@ class PolicyConfig:
     indicator: bool = False  # advantage conditioning (issue 8): an improvement-indicator embedding on the text token
     indicator_dropout: float = 0.3  # share of training windows whose indicator is dropped (unconditioned)
     indicator_on_actions: bool = False  # the indicator embedding also joins every noisy action token
+    video_model: str = "mot"  # mot: the policy's own video and depth experts; dit: the video world model (issue 9)
+    dit: dict | None = None  # with video_model "dit": the VideoDiTConfig fields of the video-depth stream
+    dit_kind: str = "joints"  # with video_model "dit": the stream's control kind (its expert)
 
     def __post_init__(self):
         if self.mode not in ("mot", "action_only", "world", "idm"):
@@ -170,6 +174,38 @@ class PolicyConfig:
             raise ValueError("indicator_on_actions needs indicator=True (an advantage-conditioned policy)")
         if not 0.0 <= self.indicator_dropout < 1.0:
             raise ValueError(f"indicator_dropout must be in [0, 1), got {self.indicator_dropout}")
+        if self.video_model not in ("mot", "dit"):
+            raise ValueError(f"video_model must be mot or dit, got {self.video_model!r}")
+        if self.video_model == "dit":
+            self._check_dit()
+
+    def _check_dit(self) -> None:
+        from ws_worldmodel.video.dit import VideoDiTConfig
+
+        if self.mode not in ("mot", "world") or self.action_head != "flow":
+            raise ValueError(f"video_model 'dit' is the video-depth stream of mode mot or world with the flow action "
+                             f"head, got mode {self.mode!r}, action_head {self.action_head!r}")
+        if self.dit is None:
+            self.dit = dataclasses.asdict(VideoDiTConfig.cpu(image_size=self.future_size, residual=True,
+                                                             patch=max(1, self.future_size * self.patch // self.image_size),
+                                                             d_model=self.d_model, heads=self.heads,
+                                                             layers=self.layers, ffn_mult=self.ffn_mult))
+        dc = VideoDiTConfig(**self.dit)
+        self.dit = dataclasses.asdict(dc)
+        if dc.image_size != self.future_size or dc.channels != 4:
+            raise ValueError(f"the video world model makes {dc.channels}-channel {dc.image_size} px frames; the policy "
+                             f"needs RGB-D (4) at future_size {self.future_size} px")
+        if (dc.d_model, dc.heads, dc.layers) != (self.d_model, self.heads, self.layers):
+            raise ValueError(f"the video world model has {dc.layers} layers {dc.d_model} wide with {dc.heads} heads; "
+                             f"the policy's layers {self.layers}, d_model {self.d_model} and heads {self.heads} must "
+                             f"match (attention is shared layer by layer)")
+        if self.image_size // self.patch != dc.image_size // dc.patch:
+            raise ValueError(f"the Depth Positional Embedding pools the {self.image_size} px frame in {self.patch} px "
+                             f"patches: {self.image_size // self.patch} a side, but the video model has "
+                             f"{dc.image_size // dc.patch} patches a side")
+        if self.dit_kind not in dc.control_kinds:
+            raise ValueError(f"dit_kind {self.dit_kind!r} is not one of the video model's control kinds "
+                             f"{list(dc.control_kinds)}")
 
     @classmethod
     def cpu(cls, **kw) -> "PolicyConfig":
@@ -296,6 +332,17 @@ class WorldScapePolicy(nn.Module):
         self.rgb_out, self.depth_out = nn.Linear(d, 3 * p * p), nn.Linear(d, p * p)
         self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
         self.pos_fut = nn.Parameter(torch.randn(cfg.frames, n_fut, d) * 0.02)
+        self._build_inputs(cfg, d)
+        self.blocks = nn.ModuleList(MoTBlock(d, cfg.heads, cfg.ffn_mult) for _ in range(cfg.layers))
+        self.final = _ExpertNorm(d)
+        if cfg.action_head == "idm" and cfg.predicts_actions:
+            self.idm_queries = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
+            self.idm = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, 0.0, batch_first=True,
+                                                                        norm_first=True), num_layers=2)
+
+    def _build_inputs(self, cfg: PolicyConfig, d: int) -> None:
+        """The embeddings every video stream shares: DPE, instruction (and indicator), state,
+        action tokens and the flow time; the DPE's pinhole rays."""
         self.dpe = nn.Sequential(nn.Linear(3 + 3 * 2 * 6, d), nn.GELU(), nn.Linear(d, d))
         self.word_emb = nn.Embedding(max(len(cfg.vocab) + 1, 2), 32, padding_idx=0)
         self.text = nn.Sequential(nn.Linear(cfg.max_words * 32, d), nn.GELU(), nn.Linear(d, d))
@@ -305,12 +352,6 @@ class WorldScapePolicy(nn.Module):
         self.action_in, self.action_out = nn.Linear(cfg.action_dim, d), nn.Linear(d, cfg.action_dim)
         self.action_pos = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(64, d), nn.GELU(), nn.Linear(d, d))
-        self.blocks = nn.ModuleList(MoTBlock(d, cfg.heads, cfg.ffn_mult) for _ in range(cfg.layers))
-        self.final = _ExpertNorm(d)
-        if cfg.action_head == "idm" and cfg.predicts_actions:
-            self.idm_queries = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
-            self.idm = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, 0.0, batch_first=True,
-                                                                        norm_first=True), num_layers=2)
         # intrinsics of the current frame's pinhole camera, for the DPE
         s = cfg.image_size
         f = 0.5 * s / math.tan(math.radians(cfg.fov_y_deg) / 2)
@@ -346,11 +387,14 @@ class WorldScapePolicy(nn.Module):
         else:
             v, dep = self.rgb_in(_patchify(rgb, p)), self.depth_in(_patchify(depth_n, p))
         v, dep = v + self.pos_cur + dpe, dep + self.pos_cur + dpe
+        return v, dep, self._text_state(words, state, indicator, rgb)
+
+    def _text_state(self, words, state, indicator, like: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, d)``: the instruction token (plus the indicator's embedding) and the state token."""
         txt = self.text(self.word_emb(words).flatten(1))[:, None]
         if self.cfg.indicator:
-            txt = txt + self._indicator(indicator, rgb)
-        st = self.state_in(state)[:, None]
-        return v, dep, torch.cat([txt, st], dim=1)
+            txt = txt + self._indicator(indicator, like)
+        return torch.cat([txt, self.state_in(state)[:, None]], dim=1)
 
     def _indicator(self, indicator, like: torch.Tensor) -> torch.Tensor:
         """``(B, 1, d)`` embedding of the improvement indicator (None at inference: ask for an
@@ -413,3 +457,13 @@ class WorldScapePolicy(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def build_policy(cfg: PolicyConfig) -> WorldScapePolicy:
+    """The network of ``cfg``: :class:`WorldScapePolicy`, or with ``video_model="dit"`` the
+    policy whose video-depth stream is the video world model (:class:`ws_policy.dit_policy.DiTPolicy`)."""
+    if cfg.video_model == "dit":
+        from .dit_policy import DiTPolicy
+
+        return DiTPolicy(cfg)
+    return WorldScapePolicy(cfg)

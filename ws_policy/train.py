@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ws_worldmodel.checkpoint import atomic_torch_save
 
 from .data import DemoDataset
-from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy
+from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy, build_policy
 
 __all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy", "load_policy", "PolicyRunner",
            "PolicyCheckpointError", "batch_from_windows", "TwoStagePolicy"]
@@ -267,7 +267,7 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         ``(model, history)`` with per-step losses and wall time.
     """
     torch.manual_seed(seed)
-    model = WorldScapePolicy(cfg)
+    model = build_policy(cfg)
     loaded = 0
     if init is not None:
         own = model.state_dict()
@@ -342,7 +342,7 @@ def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
         raise PolicyCheckpointError(f"{path} is not a WorldScape policy checkpoint")
     def build(cfg: dict, state: dict) -> WorldScapePolicy:
         cfg = {**cfg, "vocab": tuple(cfg.get("vocab", ()))}
-        net = WorldScapePolicy(PolicyConfig(**cfg))
+        net = build_policy(PolicyConfig(**cfg))
         net.load_state_dict(state)
         return net.eval()
 

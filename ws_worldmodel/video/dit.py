@@ -277,26 +277,38 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
+    def attention_inputs(self, x: torch.Tensor, cond: torch.Tensor, rope) -> tuple:
+        """The first half of the block: ``(q, k, v, modulation)``, with ``q, k, v`` ``(B, H, F*N,
+        dh)`` (rotary positions applied) from ``x`` ``(B, F, N, d)`` modulated by ``cond``. A caller
+        that attends over more tokens than these (the policy's action tokens, :mod:`ws_policy.dit_policy`)
+        concatenates its own and gives the result to :meth:`finish`."""
+        b, f, n, d = x.shape
+        mod = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + mod[1]) + mod[0]
+        q, k, v = self.qkv(h.reshape(b, f * n, d)).reshape(b, f * n, 3, self.heads, d // self.heads).permute(
+            2, 0, 3, 1, 4)
+        return _rope(q, rope), _rope(k, rope), v, mod
+
+    def finish(self, x: torch.Tensor, att: torch.Tensor, mod: tuple, kind, chunks=None) -> torch.Tensor:
+        """The second half: the attention output ``att`` ``(B, H, F*N, dh)`` of these tokens'
+        queries, projected and gated into ``x``, then the control-expert feed-forward."""
+        b, f, n, d = x.shape
+        x = x + mod[2] * self.proj(att.transpose(1, 2).reshape(b, f, n, d))
+        h = self.norm2(x) * (1 + mod[4]) + mod[3]
+        ff = self.ffn(h, kind)
+        if self.chunk_ffn is not None:
+            ff = ff + self.chunk_ffn(h, chunks)
+        return x + mod[5] * ff
+
     def forward(self, x, cond, kind, rope, mask, past_k=None, past_v=None, chunks=None):
         """``x`` ``(B, F, N, d)``; ``cond`` ``(B, F, d)``; ``rope`` the rotary table of the tokens'
         frame indices (:func:`rope_table`); ``chunks`` ``(F,)`` chunk ids (for the per-chunk experts);
         ``mask`` ``(F*N, P + F*N)`` bool (True: may attend) or None; ``past_k/v`` ``(B, H, P, dh)``.
         Returns ``(x, k, v)`` with this call's rotated keys and values ``(B, H, F*N, dh)``."""
-        b, f, n, d = x.shape
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)
-        h = self.norm1(x) * (1 + sc1) + sh1
-        q, k, v = self.qkv(h.reshape(b, f * n, d)).reshape(b, f * n, 3, self.heads, d // self.heads).permute(
-            2, 0, 3, 1, 4)
-        q, k = _rope(q, rope), _rope(k, rope)
+        q, k, v, mod = self.attention_inputs(x, cond, rope)
         ka, va = (k, v) if past_k is None else (torch.cat([past_k, k], 2), torch.cat([past_v, v], 2))
         att = F.scaled_dot_product_attention(q, ka, va, attn_mask=mask)
-        x = x + g1 * self.proj(att.transpose(1, 2).reshape(b, f, n, d))
-        h = self.norm2(x) * (1 + sc2) + sh2
-        ff = self.ffn(h, kind)
-        if self.chunk_ffn is not None:
-            ff = ff + self.chunk_ffn(h, chunks)
-        x = x + g2 * ff
-        return x, k, v
+        return self.finish(x, att, mod, kind, chunks), k, v
 
 
 class VideoDiT(nn.Module):
@@ -439,10 +451,7 @@ class VideoDiT(nn.Module):
         lo, hi = (kind, kind) if isinstance(kind, int) else (int(kind.min()), int(kind.max()))
         if lo < 0 or hi >= len(cfg.control_kinds):
             raise ValueError(f"control-kind labels must be in [0, {len(cfg.control_kinds)})")
-        x = self.embed(patchify(frames, cfg.patch)) + self.spatial
-        if cfg.residual:  # the base beside the noisy frame (module docstring)
-            b_ = base.to(frames.dtype).expand(-1, f, -1, -1, -1)
-            x = x + self.base_embed(patchify(b_, cfg.patch))
+        x = self.frame_tokens(frames, base)
         cond = self.condition(tau, controls, kind)
         n = cfg.tokens_per_frame
         rope = rope_table((first_frame + torch.arange(f, device=frames.device)).repeat_interleave(n),
@@ -460,17 +469,33 @@ class VideoDiT(nn.Module):
             pk, pv = past[i] if past else (None, None)
             x, k, v = blk(x, cond, kind, rope, mask, pk, pv, ids)
             kv.append((k, v))
+        vel = self.velocity(x, cond, frames, tau, base)
+        return (vel, kv) if return_kv else vel
+
+    def frame_tokens(self, frames: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, F, C, H, W)`` frames (and, residual, their bases) -> input tokens ``(B, F, N, d)``."""
+        x = self.embed(patchify(frames, self.cfg.patch)) + self.spatial
+        if self.cfg.residual:  # the base beside the noisy frame (module docstring)
+            b_ = base.to(frames.dtype).expand(-1, frames.shape[1], -1, -1, -1)
+            x = x + self.base_embed(patchify(b_, self.cfg.patch))
+        return x
+
+    def velocity(self, x: torch.Tensor, cond: torch.Tensor, frames: torch.Tensor, tau: torch.Tensor,
+                 base: torch.Tensor | None = None) -> torch.Tensor:
+        """The output layer: the last block's tokens ``(B, F, N, d)`` -> the flow velocity ``(B, F,
+        C, H, W)`` of the noisy ``frames`` at ``tau`` ``(B, F)`` (module docstring: clean
+        prediction, residual to ``base``)."""
+        cfg = self.cfg
         sh, sc = self.ada_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
         out = unpatchify(self.out(self.norm(x) * (1 + sc) + sh), cfg.patch, cfg.channels, cfg.image_size,
                          cfg.image_size)
         if cfg.residual:  # x^_1 = b + net
-            out = out + b_.to(out.dtype)
+            out = out + base.to(out.dtype).expand(-1, frames.shape[1], -1, -1, -1)
         if cfg.prediction == "velocity":
-            vel = out
-        else:  # the network predicts the clean frame; its velocity (x^_1 - x_tau) / (1 - tau), t-clipped
-            gap = (1 - tau).clamp(min=cfg.tau_clip)[:, :, None, None, None].to(out.dtype)
-            vel = (out - frames) / gap
-        return (vel, kv) if return_kv else vel
+            return out
+        # the network predicts the clean frame; its velocity (x^_1 - x_tau) / (1 - tau), t-clipped
+        gap = (1 - tau).clamp(min=cfg.tau_clip)[:, :, None, None, None].to(out.dtype)
+        return (out - frames) / gap
 
     def base_frames(self, clip: torch.Tensor, context: int, chunks: torch.Tensor | None = None,
                     causal: bool = True) -> torch.Tensor | None:
