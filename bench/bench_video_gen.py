@@ -17,7 +17,7 @@ KV cache's size at the end of the rollout (MiB) and the frames attended by the l
 Prints one JSON object; nothing is asserted.
 
     python bench/bench_video_gen.py [--config cpu|gpu] [--device cpu|cuda] [--dtype float32|bfloat16]
-        [--frames 32] [--repeats 3]
+        [--frames 32] [--repeats 3] [--plain]
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-teacher", action="store_true", help="skip the teacher (long rollouts)")
+    ap.add_argument("--plain", action="store_true",
+                    help="the plain model (no residual base), as 'ws worldmodel experts train --plain'; the default is "
+                         "the residual model that command trains by default")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = VideoDiTConfig.cpu() if args.config == "cpu" else VideoDiTConfig.gpu()
+    cfg = (VideoDiTConfig.cpu if args.config == "cpu" else VideoDiTConfig.gpu)(residual=not args.plain)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     model = VideoDiT(cfg).to(args.device, dtype).eval()
@@ -70,7 +73,7 @@ def main() -> None:
     poses = torch.eye(4).repeat(f, 1, 1)
     poses[:, 0, 3] = torch.linspace(0, 0.1 * f, f)  # a camera moving 10 cm per frame
     out = {"benchmark": "video_generation_throughput", "device": args.device, "dtype": args.dtype,
-           "config": args.config, "image_size": cfg.image_size, "tokens_per_frame": cfg.tokens_per_frame,
+           "config": args.config, "residual": cfg.residual, "image_size": cfg.image_size, "tokens_per_frame": cfg.tokens_per_frame,
            "d_model": cfg.d_model, "layers": cfg.layers, "chunk": cfg.chunk, "steps": args.steps,
            "teacher_steps": args.teacher_steps or args.steps, "batch": b, "torch": torch.__version__,
            "frames": f, "generated_frames": f - c0, "parameters": sum(p.numel() for p in model.parameters()),
