@@ -138,6 +138,12 @@ class DiTPolicy(WorldScapePolicy):
 
     def forward(self, rgb, depth, state, words, tau, future_rgb=None, future_depth=None, actions=None,
                 indicator=None) -> dict:
+        """Flow velocities of the targets at flow time ``tau`` ``(B,)``: ``{"future_rgb": (B, F, 3,
+        s, s), "future_depth": (B, F, 1, s, s)}`` and, with ``mode="mot"``, ``"actions": (B, L,
+        7)`` (normalised units, as :meth:`WorldScapePolicy.forward`).
+
+        Raises:
+            PolicyInputError: current images that are not ``image_size`` px square."""
         cfg, vc = self.cfg, self.video.cfg
         b, s = rgb.shape[0], cfg.future_size
         if rgb.shape[-2:] != (cfg.image_size,) * 2 or depth.shape[-2:] != (cfg.image_size,) * 2:
