@@ -62,6 +62,36 @@ def test_the_streams_have_their_own_weights_and_share_one_attention():
     assert not {id(p) for p in model.video.parameters()} & {id(p) for p in model.action_blocks.parameters()}
 
 
+def test_the_observation_stream_sees_the_full_resolution_frame_as_context():
+    """``dit_obs``: the current frame at ``image_size`` as its own stream. A checkerboard detail that
+    averages out at the stream's resolution reaches the actions only through it; it is context
+    (it does not read the targets) and has its own weights."""
+    torch.manual_seed(0)
+    x = _inputs()
+    checker = torch.ones(32, 32)
+    checker[1::2, ::2] = checker[::2, 1::2] = -1  # zero mean in every 2x2 block: gone after the area resize
+    detail = {**x, "rgb": x["rgb"] + 0.3 * checker}
+    plain = build_policy(PolicyConfig(**TOY, stem="linear"))  # no observation stream, no 32 px stem
+    with torch.no_grad():
+        assert torch.allclose(plain(**detail)["actions"], plain(**x)["actions"], atol=1e-5)
+    model = build_policy(PolicyConfig(**TOY, dit_obs=True))
+    with torch.no_grad():
+        out = model(**x)
+        assert not torch.allclose(model(**detail)["actions"], out["actions"], atol=1e-4)
+    seen = []
+    finish = model.obs_blocks[-1].finish
+    model.obs_blocks[-1].finish = lambda xo, att: seen.append(finish(xo, att).clone()) or seen[-1]
+    with torch.no_grad():
+        model(**x)
+        model(**{**x, "future_rgb": -x["future_rgb"], "actions": -x["actions"]})
+    assert len(seen) == 2 and torch.allclose(seen[0], seen[1], atol=1e-6)
+    streams = [model.video, model.obs_blocks, model.action_blocks]
+    ids = [{id(p) for p in s.parameters()} for s in streams]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    with pytest.raises(ValueError, match="needs video_model 'dit'"):
+        PolicyConfig(dit_obs=True)
+
+
 def test_the_world_model_loads_into_the_stream_and_configs_are_checked():
     from ws_worldmodel.video.dit import VideoDiT, VideoDiTConfig
 
@@ -133,6 +163,7 @@ def test_it_trains_on_demonstrations_and_runs_from_the_command_line(tmp_path, ca
     assert isinstance(net, DiTPolicy) and net.video.cfg == world.cfg and net.cfg.dit_kind == "joints"
     # wrong combinations are one-line errors, and nothing is written
     for extra in (["--model", "action_only", "--video-model", "dit"], ["--video-init", str(tmp_path / "world.pt")],
+                  ["--obs-stream"],
                   ["--model", "mot", "--video-model", "dit", "--video-kind", "camera", "--video-init",
                    str(tmp_path / "world.pt")]):
         assert main(["policy", "train", "--demos", str(demos), "--steps", "1", "--out", str(tmp_path / "x.pt")]

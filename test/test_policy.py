@@ -271,3 +271,42 @@ def test_action_weight_scales_only_the_action_term(demos):
         losses[w] = policy_loss(net, batch, torch.Generator().manual_seed(1))
     (l1, parts), (l3, _) = losses[1.0], losses[3.0]
     assert float((l3 - l1).detach()) == pytest.approx(2 * parts["diff_actions"], rel=1e-4)
+
+
+def test_videos_train_the_future_frames_and_not_the_actions(demos, tmp_path):
+    """Episodes used as videos only (``--videos``): their windows carry the video and depth terms
+    and no action term, they join every batch, and a policy that predicts no video refuses them."""
+    from ws_cli.main import main
+    from ws_policy.model import Vocabulary
+    from ws_policy.train import Normalizer, batch_from_windows, policy_loss
+
+    eps, _ = read_demos(demos)
+    vids = DemoDataset(eps, chunk=4, frames=2, stride=4, successes_only=False, use_actions=False)
+    assert not any(vids.window(i)["valid"].any() for i in range(0, len(vids), 7))
+    cfg = _cfg()
+    torch.manual_seed(0)
+    net = WorldScapePolicy(cfg)
+    batch = batch_from_windows([vids.window(i) for i in range(4)], cfg, Normalizer.from_episodes(eps),
+                               Vocabulary(list(cfg.vocab), cfg.max_words))
+    loss, parts = policy_loss(net, batch, torch.Generator().manual_seed(1))
+    assert parts["diff_actions"] == 0.0 and parts["diff_future_rgb"] > 0
+    loss.backward()
+    assert net.action_out.weight.grad.abs().sum() == 0  # only the action term reads the action output
+    assert net.frgb_in.weight.grad.abs().sum() > 0
+    # the videos are in the batches: with the same demonstrations and seed, training differs
+    ds = DemoDataset(eps, chunk=4, frames=2, stride=4)
+    _, plain = train_policy(cfg, ds, steps=3, batch_size=4, lr=1e-3)
+    _, mixed = train_policy(cfg, ds, steps=3, batch_size=4, lr=1e-3, videos=vids, video_share=0.5)
+    assert plain["loss"] != mixed["loss"]
+    for bad, match in ((dict(videos=vids, video_share=1.0), "video_share"), (dict(videos=ds), "use_actions=False")):
+        with pytest.raises(ValueError, match=match):
+            train_policy(cfg, ds, steps=1, batch_size=4, **bad)
+    with pytest.raises(ValueError, match="predicts none"):
+        train_policy(_cfg(mode="action_only"), ds, steps=1, batch_size=4, videos=vids)
+    common = ["policy", "train", "--demos", str(demos), "--videos", str(demos), "--steps", "1", "--batch-size", "4",
+              "--d-model", "32", "--layers", "1", "--chunk", "4", "--threads", "1"]
+    assert main([*common, "--model", "action_only", "--out", str(tmp_path / "x.pt")]) == 2
+    assert main([*common, "--video-share", "0", "--out", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
+    assert main([*common, "--out", str(tmp_path / "m.pt")]) == 0
+    assert load_policy(tmp_path / "m.pt")[1]["extra"]["videos"] == str(demos)

@@ -782,6 +782,20 @@ def cmd_policy_train(args) -> int:
         episodes += eps
         attrs = attrs or a
     size = int(attrs["image_size"])
+    video_eps = []
+    if args.videos:  # episodes used as video only (seed 004's action-free data in the policy's training mix)
+        from ws_mppi.config import ConfigError
+        from ws_policy.data import DemoError
+
+        if args.model == "action_only":
+            raise ConfigError("--videos train the video and depth prediction; --model action_only predicts none")
+        if not 0.0 < args.video_share < 1.0:
+            raise ConfigError(f"--video-share must be in (0, 1), got {args.video_share}")
+        for path in str(args.videos).split(","):
+            eps, a = read_demos(path)
+            if int(a["image_size"]) != size:
+                raise DemoError(f"{path} has {a['image_size']} px images, the demonstrations {size} px: one size")
+            video_eps += eps
     curve = []
     callback = None
     if args.eval_every:  # closed-loop checks while training
@@ -822,7 +836,7 @@ def cmd_policy_train(args) -> int:
 
         if args.model not in ("mot", "world"):
             raise ConfigError(f"--video-model dit is the video-depth stream of --model mot or world, not {args.model}")
-        over.update(video_model="dit", dit_kind=args.video_kind)
+        over.update(video_model="dit", dit_kind=args.video_kind, dit_obs=args.obs_stream)
         if args.video_init:
             if args.init:
                 raise ConfigError("give --init (a policy) or --video-init (a world model), not both")
@@ -833,10 +847,10 @@ def cmd_policy_train(args) -> int:
             video, _ = load_video(args.video_init)
             over.update(dit=dataclasses.asdict(video.cfg), d_model=video.cfg.d_model, heads=video.cfg.heads,
                         layers=video.cfg.layers)
-    elif args.video_init:
+    elif args.video_init or args.obs_stream:
         from ws_mppi.config import ConfigError
 
-        raise ConfigError("--video-init needs --video-model dit")
+        raise ConfigError(f"{'--video-init' if args.video_init else '--obs-stream'} needs --video-model dit")
     nets, hist_all = [], {}
     stages = kinds[args.model]
     if args.model == "two_stage" and init is not None and getattr(init, "cfg", None) is not None \
@@ -859,10 +873,15 @@ def cmd_policy_train(args) -> int:
             init.video = video
         ds = DemoDataset(episodes, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
                          successes_only=not args.keep_failures)
+        vids = None
+        if video_eps and cfg.predicts_video:  # failed episodes' videos are still true videos
+            vids = DemoDataset(video_eps, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
+                               successes_only=False, use_actions=False)
         bar = tqdm(total=args.steps, desc=f"train {mode}" + ("+idm" if head == "idm" and mode != "idm" else ""),
                    unit="step")
         net, hist = train_policy(cfg, ds, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                 init=init if mode != "idm" else None, progress=bar, callback=callback)
+                                 init=init if mode != "idm" else None, progress=bar, callback=callback,
+                                 videos=vids, video_share=args.video_share)
         bar.close()
         nets.append(net)
         hist_all[mode] = {"loss_first": float(np.mean(hist["loss"][:20])), "loss_last": float(np.mean(hist["loss"][-20:])),
@@ -870,6 +889,7 @@ def cmd_policy_train(args) -> int:
                           "steps_run": len(hist["loss"]), "stopped_at": hist["stopped_at"], "success_curve": curve}
     model = TwoStagePolicy(*nets) if args.model == "two_stage" else nets[0]
     extra = {"task": args.eval_task or attrs.get("task"), "camera": attrs.get("camera"), "demos": str(args.demos),
+             "videos": str(args.videos) if args.videos else None,
              "workspace": attrs.get("workspace", "full"),
              "kind": args.model,
              "steps": args.steps, "history": hist_all, "init": str(args.init) if args.init else None}
@@ -1319,7 +1339,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "(its sizes become the stream's)")
     pt.add_argument("--video-kind", default="joints",
                     help="with --video-model dit: the stream's control kind (its expert)")
+    pt.add_argument("--obs-stream", action="store_true",
+                    help="with --video-model dit: the current frame also enters at full resolution as its own stream "
+                         "(the MoT's RGB and depth tokens with the Depth Positional Embedding, own weights, the same "
+                         "shared attention) beside the world model's view of it")
     pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
+    pt.add_argument("--videos", default=None,
+                    help="comma-separated .hdf5 files of episodes used as videos only: every batch mixes their "
+                         "windows (future video and depth terms, no action term) with the demonstrations' "
+                         "(seed 004 mixes action-free video into its policy's data); mot, world and two_stage")
+    pt.add_argument("--video-share", type=float, default=0.25,
+                    help="with --videos: the share of each batch taken from the videos")
     pt.add_argument("--privileged", action="store_true",
                     help="diagnostic: also give the policy the simulator's object poses (tells vision from learning)")
     pt.add_argument("--eval-every", type=int, default=0, help="evaluate closed loop every this many steps (0: never)")

@@ -194,10 +194,12 @@ class DemoDataset:
         indicators: optional per-episode ``(T,)`` improvement indicators (0/1) for an
             advantage-conditioned policy (:mod:`ws_policy.hitl`); a window carries its step's
             (default 1).
+        use_actions: False for episodes used as videos only (``ws policy train --videos``): every
+            window's ``valid`` is all False, so its action terms carry no loss.
     """
 
     def __init__(self, episodes: list[Episode], chunk: int = 8, frames: int = 2, stride: int = 4,
-                 successes_only: bool = True, indicators: list[np.ndarray] | None = None):
+                 successes_only: bool = True, indicators: list[np.ndarray] | None = None, use_actions: bool = True):
         if indicators is not None and len(indicators) != len(episodes):
             raise DemoError(f"{len(indicators)} indicator arrays for {len(episodes)} episodes")
         keep = [i for i, e in enumerate(episodes) if e.success or not successes_only]
@@ -206,6 +208,7 @@ class DemoDataset:
         if not self.episodes:
             raise DemoError("no episodes left (all failed and successes_only is set)")
         self.chunk, self.frames, self.stride = int(chunk), int(frames), int(stride)
+        self.use_actions = bool(use_actions)
         self.index = [(i, t) for i, e in enumerate(self.episodes) for t in range(len(e.actions))]
 
     def __len__(self) -> int:
@@ -220,5 +223,5 @@ class DemoDataset:
         return {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t], "objects": e.objects[t],
                 "instruction": e.instruction, "future_rgb": e.rgb[future],
                 "future_depth": e.depth[future].astype(np.float32), "actions": e.actions[steps],
-                "valid": (t + np.arange(self.chunk)) < T,
+                "valid": ((t + np.arange(self.chunk)) < T) & self.use_actions,
                 "indicator": 1 if self.indicators is None else int(self.indicators[i][t])}

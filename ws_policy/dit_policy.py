@@ -40,8 +40,20 @@ must equal ``future_size / dit patch``). Its output is added to those tokens. Me
 below the 70/100 of the MoT with its own video and depth experts, so the missing pixels are
 not what holds this policy back.
 
+**The observation stream** (``dit_obs=True``, ``ws policy train --obs-stream``). The current
+frame also enters at ``image_size`` as a third stream with its own weights in every layer: the
+MoT's RGB and depth tokens of it (its patch embeddings, positions and Depth Positional
+Embedding, :meth:`WorldScapePolicy._frame_tokens`). They are context: they read the current
+frame, instruction and state, never the targets. Their rotary position is 0, the present. The
+world model's own tokens of the current frame then get nothing added, as in its pretraining. The
+reason is measured, not assumed: closed loop, the policy without this stream missed the grasp or
+the target where the MoT did not, and offline its chunks were twice as far off the expert's
+while the arm reached for the cube and carried it (README, issue 9), which is where the cube's
+and target's positions in the image decide the action.
+
 **Depth Positional Embedding** (seed 004): as in ``WorldScapePolicy``. It is computed on the
-full-resolution current depth, pooled in the same patches, and added to the same tokens.
+full-resolution current depth and pooled in the same patches. Without the observation stream it
+is added to the stream's current-frame tokens; with it, to the observation tokens.
 
 **Objective and sampling**: unchanged (:func:`ws_policy.train.policy_loss`, ``sample``). The
 stream returns the velocities of the future RGB and depth channels. The action expert returns
@@ -114,8 +126,17 @@ class DiTPolicy(WorldScapePolicy):
         self.video = VideoDiT(dc)
         self.kind = self.video.kind_index(cfg.dit_kind)
         self._build_inputs(cfg, d)
-        # the current frame at full resolution (module docstring): one token per stream patch
-        self.cur_in = _conv_stem(4, d, cfg.patch) if cfg.stem == "conv" else None
+        self.cur_in, self.obs_blocks = None, None
+        if cfg.dit_obs:  # the observation stream (module docstring): the MoT's current-frame tokens, own weights
+            p, n_cur = cfg.patch, (cfg.image_size // cfg.patch) ** 2
+            if cfg.stem == "conv":
+                self.rgb_in, self.depth_in = _conv_stem(3, d, p), _conv_stem(1, d, p)
+            else:
+                self.rgb_in, self.depth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
+            self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
+            self.obs_blocks = nn.ModuleList(ActionExpertBlock(d, dc.heads, dc.ffn_mult) for _ in range(dc.layers))
+        elif cfg.stem == "conv":  # the current frame at full resolution, one token per stream patch
+            self.cur_in = _conv_stem(4, d, cfg.patch)
         self.action_blocks = nn.ModuleList(ActionExpertBlock(d, dc.heads, dc.ffn_mult) for _ in range(dc.layers))
         self.action_norm = nn.LayerNorm(d)
 
@@ -159,11 +180,15 @@ class DiTPolicy(WorldScapePolicy):
         tau_f = torch.cat([frames.new_ones(b, 1), tau[:, None].to(frames.dtype).expand(b, nf - 1)], dim=1)
         base = cur if vc.residual else None
         xv = self.video.frame_tokens(frames, base)
-        extra = self.depth_positional_embedding(depth)
-        if self.cur_in is not None:
-            full = torch.cat([rgb, depth / cfg.max_depth * 2 - 1], dim=1)
-            extra = extra + self.cur_in(full).flatten(2).transpose(1, 2)
-        xv = torch.cat([xv[:, :1] + extra[:, None], xv[:, 1:]], dim=1)
+        xo = None
+        if cfg.dit_obs:  # the full-resolution frame is the observation stream's; the world model's view stays its own
+            xo = torch.cat(self._frame_tokens(rgb, depth), dim=1)
+        else:
+            extra = self.depth_positional_embedding(depth)
+            if self.cur_in is not None:
+                full = torch.cat([rgb, depth / cfg.max_depth * 2 - 1], dim=1)
+                extra = extra + self.cur_in(full).flatten(2).transpose(1, 2)
+            xv = torch.cat([xv[:, :1] + extra[:, None], xv[:, 1:]], dim=1)
         cond = self.video.condition(tau_f, frames.new_zeros(b, nf, vc.control_dims[self.kind]), self.kind)
         n = vc.tokens_per_frame
         dh = vc.d_model // vc.heads
@@ -176,19 +201,27 @@ class DiTPolicy(WorldScapePolicy):
             if cfg.indicator and cfg.indicator_on_actions:
                 a_tok = a_tok + self._indicator(indicator, rgb)
             xa = torch.cat([xa, a_tok], dim=1)
-        na = xa.shape[1]
+        na, no = xa.shape[1], 0 if xo is None else xo.shape[1]
         rope_a = rope_table(self._action_positions(na, xa.device), dh, xa.dtype)
+        rope_o = rope_table(torch.zeros(no, device=xa.device), dh, xa.dtype)  # the present, as the current frame
+        # sequence order: stream frames, observation tokens (context), instruction and state (context), actions
         is_ctx = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros((nf - 1) * n, dtype=torch.bool),
-                            torch.ones(2, dtype=torch.bool), torch.zeros(na - 2, dtype=torch.bool)]).to(xv.device)
+                            torch.ones(no + 2, dtype=torch.bool), torch.zeros(na - 2, dtype=torch.bool)]).to(xv.device)
         mask = ~is_ctx[:, None] | is_ctx[None, :]  # row attends to column
         nv = nf * n
-        for blk, ablk in zip(self.video.blocks, self.action_blocks):
+        obs_blocks = self.obs_blocks if xo is not None else [None] * len(self.action_blocks)
+        for blk, oblk, ablk in zip(self.video.blocks, obs_blocks, self.action_blocks):
             qv, kv, vv, mod = blk.attention_inputs(xv, cond, rope_v)
             qa, ka, va = ablk.attention_inputs(xa, rope_a)
+            if oblk is not None:
+                qo, ko, vo = oblk.attention_inputs(xo, rope_o)
+                qa, ka, va = torch.cat([qo, qa], 2), torch.cat([ko, ka], 2), torch.cat([vo, va], 2)
             att = F.scaled_dot_product_attention(torch.cat([qv, qa], 2), torch.cat([kv, ka], 2),
                                                  torch.cat([vv, va], 2), attn_mask=mask)
             xv = blk.finish(xv, att[:, :, :nv], mod, self.kind, chunks)
-            xa = ablk.finish(xa, att[:, :, nv:])
+            if oblk is not None:
+                xo = oblk.finish(xo, att[:, :, nv:nv + no])
+            xa = ablk.finish(xa, att[:, :, nv + no:])
         out = {}
         vel = self.video.velocity(xv, cond, frames, tau_f, base)[:, 1:]
         out["future_rgb"], out["future_depth"] = vel[:, :, :3], vel[:, :, 3:]

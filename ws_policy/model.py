@@ -152,6 +152,7 @@ class PolicyConfig:
     video_model: str = "mot"  # mot: the policy's own video and depth experts; dit: the video world model (issue 9)
     dit: dict | None = None  # with video_model "dit": the VideoDiTConfig fields of the video-depth stream
     dit_kind: str = "joints"  # with video_model "dit": the stream's control kind (its expert)
+    dit_obs: bool = False  # with video_model "dit": the current frame also enters at image_size as its own stream
 
     def __post_init__(self):
         if self.mode not in ("mot", "action_only", "world", "idm"):
@@ -178,6 +179,8 @@ class PolicyConfig:
             raise ValueError(f"video_model must be mot or dit, got {self.video_model!r}")
         if self.video_model == "dit":
             self._check_dit()
+        elif self.dit_obs:
+            raise ValueError("dit_obs (an observation stream beside the video world model) needs video_model 'dit'")
 
     def _check_dit(self) -> None:
         from ws_worldmodel.video.dit import VideoDiTConfig
@@ -376,18 +379,23 @@ class WorldScapePolicy(nn.Module):
         return self.dpe(_fourier(mean / self.cfg.max_depth, 6))
 
     def _context(self, rgb, depth, state, words, indicator=None):
-        p = self.cfg.patch
         if rgb.shape[-2:] != (self.cfg.image_size,) * 2 or depth.shape[-2:] != (self.cfg.image_size,) * 2:
             raise PolicyInputError(f"images must be {self.cfg.image_size} px square, got rgb {tuple(rgb.shape)} "
                                    f"and depth {tuple(depth.shape)}")
+        v, dep = self._frame_tokens(rgb, depth)
+        return v, dep, self._text_state(words, state, indicator, rgb)
+
+    def _frame_tokens(self, rgb, depth) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current frame's RGB and depth tokens, ``(B, n_patches, d)`` each: patch embedding
+        (``stem``), position and Depth Positional Embedding."""
+        p = self.cfg.patch
         dpe = self.depth_positional_embedding(depth)
         depth_n = depth / self.cfg.max_depth * 2 - 1
         if self.cfg.stem == "conv":
             v, dep = (self.rgb_in(rgb).flatten(2).transpose(1, 2), self.depth_in(depth_n).flatten(2).transpose(1, 2))
         else:
             v, dep = self.rgb_in(_patchify(rgb, p)), self.depth_in(_patchify(depth_n, p))
-        v, dep = v + self.pos_cur + dpe, dep + self.pos_cur + dpe
-        return v, dep, self._text_state(words, state, indicator, rgb)
+        return v + self.pos_cur + dpe, dep + self.pos_cur + dpe
 
     def _text_state(self, words, state, indicator, like: torch.Tensor) -> torch.Tensor:
         """``(B, 2, d)``: the instruction token (plus the indicator's embedding) and the state token."""

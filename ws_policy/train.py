@@ -251,7 +251,8 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
 
 def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size: int = 32, lr: float = 3e-4,
                  seed: int = 0, init: WorldScapePolicy | None = None, progress=None, log_every: int = 50,
-                 callback=None, normalizer: Normalizer | None = None) -> tuple[WorldScapePolicy, dict]:
+                 callback=None, normalizer: Normalizer | None = None, videos: DemoDataset | None = None,
+                 video_share: float = 0.25) -> tuple[WorldScapePolicy, dict]:
     """Train a policy (or world model, by ``cfg.mode``) on demonstration windows.
 
     Args:
@@ -262,10 +263,27 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
             success-rate target reached).
         normalizer: the action/state normalisation (default: the demonstrations' ranges,
             :meth:`Normalizer.from_episodes`); kept on the model as ``model.normalizer``.
+        videos: episodes used as videos only (a dataset with ``use_actions=False``): each batch
+            takes ``round(video_share * batch_size)`` windows from them, which train the future
+            video and depth terms and not the action term. Seed 004 mixes action-free video into
+            its policy's training data (its "Embodied Data Pyramid"); this is that, at our scale.
+
+    Raises:
+        ValueError: ``videos`` for a mode that predicts no video, with actions in use, or a
+            ``video_share`` outside (0, 1).
 
     Returns:
         ``(model, history)`` with per-step losses and wall time.
     """
+    n_video = 0
+    if videos is not None:
+        if not cfg.predicts_video:
+            raise ValueError(f"videos train the video and depth prediction: mode {cfg.mode!r} predicts none")
+        if videos.use_actions:
+            raise ValueError("the videos dataset must be built with use_actions=False (its actions carry no loss)")
+        if not 0.0 < video_share < 1.0:
+            raise ValueError(f"video_share must be in (0, 1), got {video_share}")
+        n_video = min(batch_size - 1, max(1, round(video_share * batch_size)))
     torch.manual_seed(seed)
     model = build_policy(cfg)
     loaded = 0
@@ -286,8 +304,11 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr, max(1, steps // 20))
-        idx = rng.integers(len(dataset), size=batch_size)
-        batch = batch_from_windows([dataset.window(int(i)) for i in idx], cfg, norm, vocab)
+        idx = rng.integers(len(dataset), size=batch_size - n_video)
+        windows = [dataset.window(int(i)) for i in idx]
+        if n_video:
+            windows += [videos.window(int(i)) for i in rng.integers(len(videos), size=n_video)]
+        batch = batch_from_windows(windows, cfg, norm, vocab)
         if cfg.indicator:  # classifier-free style: some windows train the unconditioned policy
             drop = torch.rand(batch_size, generator=gen) < cfg.indicator_dropout
             batch["indicator"] = torch.where(drop, torch.full_like(batch["indicator"], 2), batch["indicator"])
