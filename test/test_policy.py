@@ -310,3 +310,23 @@ def test_videos_train_the_future_frames_and_not_the_actions(demos, tmp_path):
     assert not (tmp_path / "x.pt").exists()
     assert main([*common, "--out", str(tmp_path / "m.pt")]) == 0
     assert load_policy(tmp_path / "m.pt")[1]["extra"]["videos"] == str(demos)
+
+
+def test_the_report_says_where_pick_and_place_failed():
+    """``evaluate_policy`` splits pick-and-place failures into missed grasps and missed places:
+    a policy that holds the arm still never lifts the cube; the scripted expert lifts it and
+    puts it on the target."""
+    from ws_policy.evaluate import LIFTED_M, evaluate_policy
+
+    def hold(obs):
+        return np.tile(np.asarray(obs["qpos"][:7], dtype=np.float64), (4, 1))
+
+    still = evaluate_policy(hold, "pick_place", 1, seed=3, size=32, chunk=4, latency=0, video=False,
+                            workspace="narrow")
+    ep = still["episodes_detail"][0]
+    assert not ep["success"] and ep["cube_lift_m"] < LIFTED_M and ep["cube_to_target_m"] > 0.05
+    assert still["failure_modes"] == {"cube_not_lifted": 1, "lifted_not_placed": 0, "median_miss_m": None}
+    expert = evaluate_policy("scripted", "pick_place", 1, seed=3, size=32, video=False, workspace="narrow")
+    ep = expert["episodes_detail"][0]
+    assert ep["success"] and ep["cube_lift_m"] > LIFTED_M and ep["cube_to_target_m"] < 0.03
+    assert expert["failure_modes"] == {}

@@ -952,6 +952,11 @@ def cmd_policy_eval(args) -> int:
     lo, hi = report["ci95"]
     print(f"{args.task}: {report['successes']}/{report['episodes']} successes = {report['success_rate']:.2f} "
           f"(95% CI {lo:.2f}-{hi:.2f}); inference latency {json.dumps(report['latency'])}; gaps {report['gaps']}")
+    if report.get("failure_modes"):
+        m = report["failure_modes"]
+        miss = f" (median miss {m['median_miss_m'] * 100:.1f} cm)" if m["median_miss_m"] is not None else ""
+        print(f"failures: {m['cube_not_lifted']} with the cube never lifted, {m['lifted_not_placed']} lifted but not "
+              f"placed{miss}")
     print(f"report: {out / 'report.json'}  videos: {report['videos']}")
     return 0
 

@@ -35,6 +35,9 @@ def _write_video(frames, path: Path, fps: float) -> None:
     os.replace(tmp, path)
 
 
+LIFTED_M = 0.03  # a cube raised this far off the table was grasped (the experts carry it 6-7 cm up)
+
+
 def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, camera: str = "task",
                     replan_every: int | None = None, chunk: int | None = None, latency: str | int = "measured",
                     ensemble_m: float | None = 0.1, out_dir: Path | None = None, video: bool = True,
@@ -45,8 +48,11 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
     :class:`ws_sim.piper_tasks.PiperManipEnv`'s (the setting the policy was trained in).
 
     Returns:
-        the report: success rate, its 95 % Wilson interval, per-episode results, latency
-        percentiles (ms) and the video paths; also written to ``out_dir/report.json``.
+        the report: success rate, its 95 % Wilson interval, per-episode results (with how high
+        cube A was lifted and its final distance to the target, m), latency percentiles (ms),
+        the video paths and, for pick-and-place, the failures split into grasps missed (cube
+        never lifted :data:`LIFTED_M`) and places missed (with the median miss, m); also
+        written to ``out_dir/report.json``.
     """
     from ws_sim.piper_tasks import PiperManipEnv, ScriptedExpert
 
@@ -72,15 +78,21 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
             else:
                 executor.reset()
             frames = [obs["rgb"]]
+            z0, z_max = obs["objects"][2], obs["objects"][2]  # cube A's height (objects: env.objects)
             for step in range(env.max_episode_steps):
                 action = expert.act() if expert is not None else executor.act(step, obs)
                 obs, _, terminated, truncated, info = env.step(action)
                 frames.append(obs["rgb"])
+                z_max = max(z_max, obs["objects"][2])
                 if terminated or truncated:
                     break
             gaps += executor.gaps if executor is not None else 0
             ok = bool(info["success"])
-            results.append({"seed": seed + i, "success": ok, "steps": step + 1, "instruction": info["instruction"]})
+            o = obs["objects"]
+            results.append({"seed": seed + i, "success": ok, "steps": step + 1, "instruction": info["instruction"],
+                            "cube_lift_m": round(float(z_max - z0), 4),
+                            "cube_to_target_m": None if task == "stack"  # no target disc: cube B is the goal
+                            else round(float(np.linalg.norm(o[:2] - o[14:16])), 4)})
             key = "success" if ok else "failure"
             if video and out_dir is not None and key not in videos:
                 path = Path(out_dir) / f"{task}_{name}_{key}_seed{seed + i}.mp4"
@@ -97,8 +109,15 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         env.close()
     wins = sum(r["success"] for r in results)
     lo, hi = wilson_interval(wins, len(results))
+    failed = [r for r in results if not r["success"]]
+    modes = {}
+    if task == "pick_place" and failed:  # where it went wrong: the grasp, or the place
+        lost = sum(r["cube_lift_m"] < LIFTED_M for r in failed)
+        misses = [r["cube_to_target_m"] for r in failed if r["cube_lift_m"] >= LIFTED_M]
+        modes = {"cube_not_lifted": lost, "lifted_not_placed": len(failed) - lost,
+                 "median_miss_m": round(float(np.median(misses)), 4) if misses else None}
     report = {"policy": name, "task": task, "workspace": workspace, "episodes": len(results), "seed": seed,
-              "successes": wins,
+              "successes": wins, "failure_modes": modes,
               "success_rate": wins / len(results), "ci95": [round(lo, 3), round(hi, 3)],
               "latency": executor.latency_percentiles() if executor is not None else {},
               "gaps": gaps, "wall_s": round(time.perf_counter() - t_start, 1),
