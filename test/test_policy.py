@@ -248,6 +248,9 @@ def test_two_stage_reuses_a_trained_world_model_as_stage_one(demos, tmp_path):
     assert main(["policy", "train", "--model", "world", *common, "--out", str(tmp_path / "w.pt")]) == 0
     assert main(["policy", "train", "--model", "two_stage", "--init", str(tmp_path / "w.pt"), *common,
                  "--out", str(tmp_path / "two.pt")]) == 0
+    assert main(["policy", "train", "--model", "two_stage", "--init", str(tmp_path / "w.pt"), "--videos", str(demos),
+                 *common, "--out", str(tmp_path / "unused.pt")]) == 2  # the videos would train nothing
+    assert not (tmp_path / "unused.pt").exists()
     world, _ = load_policy(tmp_path / "w.pt")
     two, payload = load_policy(tmp_path / "two.pt")
     assert isinstance(two, TwoStagePolicy) and list(payload["extra"]["history"]) == ["idm"]

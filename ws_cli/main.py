@@ -857,6 +857,11 @@ def cmd_policy_train(args) -> int:
             and init.cfg.mode == "world":  # a trained world model is stage one as it is: train only the IDM
         nets.append(init)
         stages = stages[1:]
+    if video_eps and not any(mode in ("mot", "world") for mode, _ in stages):
+        from ws_mppi.config import ConfigError
+
+        raise ConfigError("--videos would go unused: the given world model is stage one as it is, and the "
+                          "inverse-dynamics stage predicts no video")
     for mode, head in stages:
         future = video.cfg.image_size if video is not None else size // 2
         try:

@@ -6,7 +6,7 @@ as :class:`ws_policy.model.WorldScapePolicy` (seed 004), with the video and dept
 replaced by a :class:`ws_worldmodel.video.dit.VideoDiT` (seed 000), and the action expert
 beside it.
 
-**Two streams, one attention.** The video-depth stream is a ``VideoDiT``, unchanged. It works
+**Two streams (three with the observation stream, below), one attention.** The video-depth stream is a ``VideoDiT``, unchanged. It works
 on RGB-D frames at ``future_size`` px: the current frame (clean, flow time 1, area-resized from
 ``image_size``) and the ``frames`` future frames (noisy). It uses its patch embedding, its
 residual base (the current frame), its adaLN-modulated blocks with the control-kind experts
@@ -75,7 +75,7 @@ import torch.nn.functional as F
 
 from ws_worldmodel.video.dit import VideoDiT, VideoDiTConfig, _rope, rope_table
 
-from .model import PolicyConfig, PolicyInputError, WorldScapePolicy, _conv_stem
+from .model import PolicyConfig, PolicyInputError, WorldScapePolicy, _conv_stem, _current_frame_embeddings
 
 __all__ = ["DiTPolicy", "ActionExpertBlock"]
 
@@ -110,6 +110,8 @@ class DiTPolicy(WorldScapePolicy):
     The inputs and outputs are those of :class:`WorldScapePolicy`, so training, sampling, the
     runner and the checkpoints are shared. ``future_rgb`` is ``(B, F, 3, s, s)`` and
     ``future_depth`` is ``(B, F, 1, s, s)``, with ``s = future_size``, the stream's frame size.
+    With ``cfg.dit_obs`` a third stream (``obs_blocks``) holds the current frame's ``2 (S /
+    patch)^2`` full-resolution RGB and depth tokens as context (module docstring).
 
     Raises:
         PolicyInputError: images of the wrong size.
@@ -128,12 +130,8 @@ class DiTPolicy(WorldScapePolicy):
         self._build_inputs(cfg, d)
         self.cur_in, self.obs_blocks = None, None
         if cfg.dit_obs:  # the observation stream (module docstring): the MoT's current-frame tokens, own weights
-            p, n_cur = cfg.patch, (cfg.image_size // cfg.patch) ** 2
-            if cfg.stem == "conv":
-                self.rgb_in, self.depth_in = _conv_stem(3, d, p), _conv_stem(1, d, p)
-            else:
-                self.rgb_in, self.depth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
-            self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
+            self.rgb_in, self.depth_in = _current_frame_embeddings(cfg, d)
+            self.pos_cur = nn.Parameter(torch.randn((cfg.image_size // cfg.patch) ** 2, d) * 0.02)
             self.obs_blocks = nn.ModuleList(ActionExpertBlock(d, dc.heads, dc.ffn_mult) for _ in range(dc.layers))
         elif cfg.stem == "conv":  # the current frame at full resolution, one token per stream patch
             self.cur_in = _conv_stem(4, d, cfg.patch)

@@ -259,6 +259,15 @@ def _conv_stem(c_in: int, d: int, patch: int) -> nn.Module:
                          nn.Conv2d(64, d, patch // 4, patch // 4))
 
 
+def _current_frame_embeddings(cfg: "PolicyConfig", d: int) -> tuple[nn.Module, nn.Module]:
+    """The current frame's RGB and depth patch embeddings (``cfg.stem``): ``(B, 3 | 1, S, S)`` to
+    ``(B, d, S/patch, S/patch)`` with the conv stem, ``(B, n, c patch^2)`` to ``(B, n, d)`` without."""
+    p = cfg.patch
+    if cfg.stem == "conv":
+        return _conv_stem(3, d, p), _conv_stem(1, d, p)
+    return nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
+
+
 class _ExpertLinear(nn.Module):
     """One linear map per modality, applied to that modality's slice of the sequence."""
 
@@ -327,10 +336,7 @@ class WorldScapePolicy(nn.Module):
         n_cur = (cfg.image_size // p) ** 2
         n_fut = (cfg.future_size // p) ** 2
         self.n_cur, self.n_fut = n_cur, n_fut
-        if cfg.stem == "conv":
-            self.rgb_in, self.depth_in = _conv_stem(3, d, p), _conv_stem(1, d, p)
-        else:
-            self.rgb_in, self.depth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
+        self.rgb_in, self.depth_in = _current_frame_embeddings(cfg, d)
         self.frgb_in, self.fdepth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
         self.rgb_out, self.depth_out = nn.Linear(d, 3 * p * p), nn.Linear(d, p * p)
         self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
