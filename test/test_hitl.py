@@ -55,7 +55,7 @@ def test_value_function_learns_failure_from_success_on_real_episodes():
 def test_cross_fitted_advantages_label_failed_rollouts_negative():
     """Each episode is labelled by a value fitted on the other fold: failed episodes' steps come
     out far below successful ones'. Fitted in-sample, the value memorises every outcome and the
-    labels are noise around one half. Slow: about 40 s on one core."""
+    labels are noise around one half. Slow: about 60 s on one core."""
     from ws_policy.hitl import label_episodes
 
     ok, _ = collect_demos("pick_place", 4, seed=11, size=32, failure_rate=0.0)
@@ -72,6 +72,15 @@ def test_cross_fitted_advantages_label_failed_rollouts_negative():
 
     crossed, in_sample = gap(2), gap(1)
     assert crossed > 0.3 and crossed > in_sample + 0.2  # 0.63 and 0.03 when written
+    # as demonstrations (no actor): the successful ones are all positive, the failed attempts are
+    # not corrections, so their steps are judged by the value like the policy's (about 60 s)
+    for e in eps:
+        e.actor = None
+    ind, info = label_episodes(eps, 160, value_steps=200, folds=2, seed=0)
+    assert all(i.all() for i in ind[:4])
+    assert info["policy_steps"] == 0 and info["failed_demo_steps"] == sum(len(e.actions) for e in bad)
+    assert info["failed_demo_steps_positive"] < 0.3 and info["failed_demo_steps_positive"] == \
+        pytest.approx(np.mean(np.concatenate(ind[4:])))
     with pytest.raises(ValueError, match="folds"):
         label_episodes(eps, 160, value_steps=1, folds=9)
 
@@ -250,6 +259,15 @@ def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
     net, payload = load_policy(cond)
     assert net.cfg.indicator and net.cfg.indicator_on_actions
     assert payload["extra"]["retrain"]["train_steps"] == 2 and payload["extra"]["aggregate"].endswith("aggregate.hdf5")
+    # filtered behaviour cloning (the successful episodes only) is a plain-BC baseline; asked of the
+    # conditioned policy it is a one-line error and nothing is written
+    filt = tmp_path / "filtered.pt"
+    assert main(["hitl", "retrain", "--init", str(init), "--aggregate", str(out / "aggregate.hdf5"), "--steps", "2",
+                 "--batch-size", "4", "--plain-bc", "--successes-only", "--out", str(filt), "--threads", "1"]) == 0
+    assert load_policy(filt)[1]["extra"]["retrain"]["successes_only"] and not load_policy(filt)[0].cfg.indicator
+    assert main(["hitl", "retrain", "--init", str(init), "--aggregate", str(out / "aggregate.hdf5"), "--steps", "2",
+                 "--successes-only", "--out", str(tmp_path / "bad.pt"), "--threads", "1"]) == 2
+    assert not (tmp_path / "bad.pt").exists()
     ev = tmp_path / "ev"
     assert main(["policy", "eval", "--checkpoint", str(cond), "--episodes", "1", "--no-video", "--latency", "1",
                  "--indicator", "not-improvement", "--out", str(ev), "--threads", "1"]) == 0

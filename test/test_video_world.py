@@ -371,5 +371,42 @@ def test_panworld_renders_wraps_and_the_revisit_commands_run(tmp_path, capsys):
                  "--window", "4", "--pool", "4", "--retrieve", "2"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["revisit_frames_per_episode"] > 0 and {"memory", "window_only"} <= set(res)
+    assert len(res["mse_by_frame_memory"]) == len(res["revisit_frames"]) == res["revisit_frames_per_episode"]
+    assert res["first_visit_coverage_memory"] > 0.99  # the given frames stay as anchors, the pool the way out
     with pytest.raises(ValueError, match="outlast the window"):
         main(["eval", "--checkpoint", str(ck), "--episodes", "1", "--out-frames", "4"])
+
+
+def test_revisit_coverage_counts_what_the_cache_still_holds_of_the_first_visit(capsys):
+    """The geometry behind the revisit test: a returning frame can only redraw its place from
+    attended frames that saw it. The memory keeps the given frames; a window of as many frames
+    still holds the way out after a short trip, and nothing of it after a long one."""
+    import json
+
+    import torch
+
+    from ws_worldmodel.video.memory import MemoryConfig
+    from ws_worldmodel.video.revisit import attended_frames, first_visit_coverage, main, revisit_frames, trip
+
+    mem = MemoryConfig(anchors=4, window=8, pool=16, retrieve=8, dedup_threshold=0.0)
+    win = MemoryConfig(anchors=0, window=mem.max_attended, pool=0, retrieve=0)
+    rng = np.random.default_rng(0)
+    for out in (16, 24):
+        xy = trip(rng, 512, 4, out, 4, 6.0)
+        poses = torch.eye(4, dtype=torch.float64).repeat(len(xy), 1, 1)
+        poses[:, :2, 3] = torch.as_tensor(xy / 100)
+        scored = revisit_frames(xy, 4, out, 64)
+        assert scored[-1] == len(xy) - 1 and min(scored) > 4 + out  # only frames on the way back near the start
+        a_mem, a_win = attended_frames(mem, poses, 4, 4), attended_frames(win, poses, 4, 4)
+        for t0 in a_mem:
+            assert a_win[t0] == list(range(max(0, t0 - 20), t0))  # the most recent frames
+            assert a_mem[t0][:4] == [0, 1, 2, 3] and len(a_mem[t0]) <= 20 and max(a_mem[t0]) < t0
+        assert first_visit_coverage(xy, 64, a_mem, scored, 4 + out) > 0.99
+        cov_win = [first_visit_coverage(xy, 64, a_win, [t], 4 + out) for t in scored]
+        if out == 16:  # the first returning frame is still fully seen from the way out; the start is not
+            assert cov_win[0] == 1.0 and cov_win[-1] == 0.0
+        else:
+            assert max(cov_win) == 0.0
+    assert main(["coverage", "--episodes", "4", "--out-frames", "24"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["first_visit_coverage_window_only"] == 0.0 and res["first_visit_coverage_memory"] > 0.99

@@ -595,7 +595,8 @@ def _dagger_config(args, **kw):
 
     try:
         return DaggerConfig(train_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                            conditioned=not args.plain_bc, indicator_on_actions=args.indicator_on_actions,
+                            conditioned=not args.plain_bc, successes_only=args.successes_only,
+                            indicator_on_actions=args.indicator_on_actions,
                             value_steps=args.value_steps, n_step=args.n_step or None, value_folds=args.value_folds,
                             threshold=args.threshold, seed=args.seed, **kw)
     except ValueError as e:
@@ -614,7 +615,8 @@ def cmd_hitl_retrain(args) -> int:
     _set_threads(args.threads)
     model, payload, episodes, attrs = _flow_policy_and_episodes(args.init, args.aggregate)
     cfg = _dagger_config(args)
-    kind = "advantage-conditioned" if cfg.conditioned else "plain behaviour cloning"
+    kind = "advantage-conditioned" if cfg.conditioned else \
+        "behaviour cloning on the successful episodes" if cfg.successes_only else "plain behaviour cloning"
     print(f"retraining {args.init} ({kind}) on {len(episodes)} episodes of {args.aggregate}, {cfg.train_steps} steps")
     bar = tqdm(total=cfg.train_steps, desc="retraining", unit="step", leave=False)
     vbar = tqdm(total=cfg.value_steps * cfg.value_folds if cfg.conditioned else 0, desc="value", unit="step",
@@ -670,12 +672,14 @@ def cmd_hitl_dagger(args) -> int:
               "rounds": result["rounds"]}
     if args.compare_bc:
         # the same aggregate, the same start and the same steps (rounds x steps): only the indicator differs
-        print("on the final aggregate, from the starting policy, rounds x steps each: plain behaviour cloning"
-              + (", and advantage conditioning" if cfg.conditioned else ""))
-        for name, conditioned in (("plain_bc", False), ("conditioned_final", True)):
+        print("on the final aggregate, from the starting policy, rounds x steps each: plain behaviour cloning, "
+              "behaviour cloning on the successful episodes" + (", and advantage conditioning" if cfg.conditioned else ""))
+        for name, conditioned, successes_only in (("plain_bc", False, False), ("filtered_bc", False, True),
+                                                  ("conditioned_final", True, False)):
             if conditioned and not cfg.conditioned:
                 continue
-            b_cfg = dataclasses.replace(cfg, conditioned=conditioned, train_steps=cfg.train_steps * cfg.rounds)
+            b_cfg = dataclasses.replace(cfg, conditioned=conditioned, successes_only=successes_only,
+                                        train_steps=cfg.train_steps * cfg.rounds)
             bar = tqdm(total=b_cfg.train_steps, desc=name, unit="step", leave=False)
             pol, _ = retrain(model, result["aggregate"], b_cfg, episode_limit(attrs["task"]), progress=bar,
                              log=tqdm.write)
@@ -690,7 +694,7 @@ def cmd_hitl_dagger(args) -> int:
     _plot_dagger(report, out / "dagger.png")
     print(json.dumps({"rounds": [{k: r.get(k) for k in ("round", "successes", "episodes", "ci95", "expert_share")}
                                  for r in report["rounds"]],
-                      **{k: report[k] for k in ("plain_bc", "conditioned_final") if k in report}}))
+                      **{k: report[k] for k in ("plain_bc", "filtered_bc", "conditioned_final") if k in report}}))
     print(f"wrote {out}/report.json, dagger.png, aggregate.hdf5 and round*.pt")
     return 0
 
@@ -713,6 +717,9 @@ def _plot_dagger(report: dict, path: Path) -> None:
         ax.plot(x[:len(share)], share, "s--", label="expert share of rollout steps")
     if "plain_bc" in report:
         ax.axhline(report["plain_bc"]["success_rate"], color="grey", ls=":", label="plain BC, final aggregate")
+    if "filtered_bc" in report:
+        ax.axhline(report["filtered_bc"]["success_rate"], color="tab:orange", ls="--",
+                   label="BC on successes, final aggregate")
     if "conditioned_final" in report:
         ax.axhline(report["conditioned_final"]["success_rate"], color="tab:green", ls="-.",
                    label="advantage-conditioned, final aggregate")
@@ -978,6 +985,8 @@ def _add_retrain_args(p, steps_note: str) -> None:
                    help="cross-fitting: each episode's advantages come from a value fitted on the other folds")
     p.add_argument("--threshold", type=float, default=0.0, help="advantage above which a policy step is an improvement")
     p.add_argument("--plain-bc", action="store_true", help="retrain by plain behaviour cloning (no indicator)")
+    p.add_argument("--successes-only", action="store_true",
+                   help="with --plain-bc: clone the successful episodes only (filtered behaviour cloning)")
     p.add_argument("--indicator-on-actions", action="store_true",
                    help="add the improvement indicator's embedding to every action token too, not only to the "
                         "instruction token")
@@ -1461,7 +1470,8 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
     hd.add_argument("--compare-bc", action="store_true",
                     help="also train, from the starting policy on the final aggregate for steps x rounds, plain "
-                         "behaviour cloning and (unless --plain-bc) the advantage-conditioned policy, and evaluate both")
+                         "behaviour cloning, behaviour cloning on the successful episodes (filtered BC) and (unless "
+                         "--plain-bc) the advantage-conditioned policy, and evaluate each")
     hd.add_argument("--out-dir", type=Path, default=Path("runs/dagger"))
     hd.set_defaults(func=cmd_hitl_dagger)
     hrt = hisub.add_parser("retrain", help="one retraining on an aggregate: advantage-conditioned or plain BC",

@@ -24,7 +24,8 @@ successful rollouts alike). With two folds and Monte-Carlo advantages, 1 % of th
 steps in failed rollouts were labelled improvements, against 55 % in rollouts that succeeded
 without help (README, "Human in the loop").
 :func:`improvement_indicators` binarises it: ``I_t = 1`` where ``A_t > threshold`` and wherever a
-human (or the expert standing in for one) acted; the policy is trained conditioned on ``I_t``
+human (or the expert standing in for one) corrected the policy or demonstrated successfully (a
+failed demonstration is judged by its advantages, like the policy's steps); the policy is trained conditioned on ``I_t``
 (dropped to "unknown" for a share of windows, so it also runs unconditioned) and runs with
 ``I = 1`` (:attr:`ws_policy.model.PolicyConfig.indicator`).
 
@@ -168,7 +169,11 @@ def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1
                    threshold: float = 0.0, seed: int = 0, progress=None, folds: int = 2) -> tuple[list[np.ndarray], dict]:
     """Improvement indicators of ``episodes`` (one ``(T,)`` array per episode; an episode without
     ``actor`` counts as all-human, e.g. demonstrations), with a summary (value loss, share of
-    positive policy steps).
+    positive policy steps, and of positive steps in failed demonstrations).
+
+    A human's steps are labelled positive where the human corrected the policy (an episode with
+    policy steps) or succeeded; a failed attempt made by a human alone (a failed demonstration,
+    e.g. ``ws policy collect --failures``) is labelled by its advantages, as the policy's steps are.
 
     Args:
         n: advantage horizon, steps (None: to the episode's end, Monte-Carlo).
@@ -189,16 +194,26 @@ def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1
         net, hist = train_value(train, max_steps, steps=value_steps, seed=seed + k, progress=progress)
         nets.append(net)
         losses.append(float(np.mean(hist["loss"][-50:])))
-    out, pos, total = [], 0, 0
+    out, pos, total, failed_pos, failed_total = [], 0, 0, 0, 0
     for e, f in zip(episodes, fold):
         actor = e.actor if e.actor is not None else np.ones(len(e.actions), np.int8)
-        ind = improvement_indicators(advantages(predict_values(nets[f], e), e.success, max_steps, n), actor, threshold)
+        adv = advantages(predict_values(nets[f], e), e.success, max_steps, n)
+        # a failed attempt made by a human alone (a failed demonstration) is not a correction: its
+        # steps are judged by their advantages like the policy's; a human correcting the policy is
+        # labelled positive (seed 004's human-in-the-loop data)
+        failed_attempt = not e.success and not (actor == 0).any()
+        ind = improvement_indicators(adv, None if failed_attempt else actor, threshold)
         policy_steps = actor == 0
         pos += int(ind[policy_steps].sum())
         total += int(policy_steps.sum())
+        if failed_attempt:
+            failed_pos += int(ind.sum())
+            failed_total += len(ind)
         out.append(ind)
     return out, {"value_loss": float(np.mean(losses)), "policy_steps": total,
-                 "policy_steps_positive": pos / total if total else None}
+                 "policy_steps_positive": pos / total if total else None,
+                 "failed_demo_steps": failed_total,
+                 "failed_demo_steps_positive": failed_pos / failed_total if failed_total else None}
 
 
 # --- HG-DAgger in simulation ------------------------------------------------------------------------
@@ -346,6 +361,7 @@ class DaggerConfig:
     batch_size: int = 32
     lr: float = 3e-4
     conditioned: bool = True  # advantage-conditioned (else plain behaviour cloning on all aggregated steps)
+    successes_only: bool = False  # plain behaviour cloning on successful episodes only (filtered BC)
     indicator_on_actions: bool = False  # the indicator also joins every action token (PolicyConfig)
     value_steps: int = 1000
     value_folds: int = 2
@@ -366,6 +382,9 @@ class DaggerConfig:
             raise ValueError(f"autonomous_per_round must be >= 0, got {self.autonomous_per_round}")
         if self.value_folds < 1 or (self.n_step is not None and self.n_step < 1):
             raise ValueError("value_folds and n_step (None: Monte-Carlo) must be >= 1")
+        if self.successes_only and self.conditioned:
+            raise ValueError("successes_only is a plain behaviour-cloning baseline (filtered BC); the "
+                             "advantage-conditioned policy trains on every episode")
 
 
 def _runner(model):
@@ -385,7 +404,8 @@ def _executor(model, env, latency: int):
 def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, progress=None, log=print,
             value_progress=None):
     """One retraining on the aggregated ``episodes``: advantage-conditioned (value fitted, indicators
-    computed) or plain behaviour cloning, fine-tuned from ``model``. Returns ``(model, info)``."""
+    computed) or plain behaviour cloning (on every episode, or with ``cfg.successes_only`` on the
+    successful ones), fine-tuned from ``model``. Returns ``(model, info)``."""
     from .train import train_policy
 
     pcfg = dataclasses.replace(model.cfg, indicator=cfg.conditioned,
@@ -395,12 +415,16 @@ def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, p
         indicators, info = label_episodes(episodes, max_steps, value_steps=cfg.value_steps, n=cfg.n_step,
                                           threshold=cfg.threshold, seed=cfg.seed, progress=value_progress,
                                           folds=cfg.value_folds)
+        failed = (f"; {info['failed_demo_steps']} steps of failed demonstrations, "
+                  f"{100 * info['failed_demo_steps_positive']:.0f} % labelled improvements"
+                  if info["failed_demo_steps"] else "")
         log(f"  value fitted (loss {info['value_loss']:.4f}); {info['policy_steps']} policy steps, "
-            f"{100 * (info['policy_steps_positive'] or 0):.0f} % labelled improvements")
+            f"{100 * (info['policy_steps_positive'] or 0):.0f} % labelled improvements{failed}")
         data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride, successes_only=False,
                            indicators=indicators)
     else:
-        data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride, successes_only=False)
+        data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride,
+                           successes_only=cfg.successes_only)
     new, hist = train_policy(pcfg, data, steps=cfg.train_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                              init=model, progress=progress, normalizer=model.normalizer)
     info["train_seconds"] = round(hist["seconds"], 1)

@@ -18,6 +18,12 @@ pool and the window) and once with the window alone, the same model and noise.
 
     python -m ws_worldmodel.video.revisit train --out runs/revisit.pt [--device cuda] [--steps 4000]
     python -m ws_worldmodel.video.revisit eval --checkpoint runs/revisit.pt [--episodes 32]
+    python -m ws_worldmodel.video.revisit coverage --out-frames 16     # the geometry alone
+
+A returning frame can only redraw its place from frames that saw it. :func:`first_visit_coverage`
+measures how much of each scored view the first visit's frames (given, or drawn on the way out)
+cover in what its chunk attends to: the memory keeps the given frames as anchors, and a window
+keeps the way out's frames while the trip is short enough.
 """
 
 from __future__ import annotations
@@ -196,6 +202,95 @@ def load(path, device="cpu") -> tuple[VideoDiT, dict]:
     return model.eval(), ck
 
 
+def attended_frames(cfg: MemoryConfig, poses: torch.Tensor, context: int, chunk: int) -> dict[int, list[int]]:
+    """Which frames each generated chunk attends to, replaying :func:`generate_chunked`'s cache
+    order with frame indices as payloads: ``{first frame of the chunk: [attended frame indices]}``.
+
+    Args:
+        cfg: the memory (a window alone is ``anchors=0, pool=0, retrieve=0``).
+        poses: ``(T, 4, 4)`` world-from-camera poses of the whole rollout.
+        context: given frames; ``chunk``: frames per generated chunk.
+    """
+    mem = MemoryKVCache(cfg)
+    pose = poses.double().cpu()
+    for j in range(context):
+        mem.add(j, pose[j, :3, 3].numpy(), pose[j, :3, :3].numpy())
+    out, t = {}, context
+    while t < len(pose):
+        out[t] = [m.payload for m in mem.context(pose[t, :3, 3].numpy(), pose[t, :3, :3].numpy())]
+        for j in range(t, min(t + chunk, len(pose))):
+            mem.add(j, pose[j, :3, 3].numpy(), pose[j, :3, :3].numpy())
+        t += chunk
+    return out
+
+
+def first_visit_coverage(xy: np.ndarray, view: int, attended: dict[int, list[int]], scored: list[int],
+                         first_visit: int) -> float:
+    """Mean share of each scored frame's view that the frames of the first visit (indices below
+    ``first_visit``: the given frames and the way out) attended by its chunk cover, in [0, 1].
+
+    A returning frame can only redraw the place it sees from frames that saw it: those attended,
+    whichever part of the cache holds them. ``xy``: ``(T, 2)`` top-left corners, px.
+    """
+    starts = sorted(attended)
+    ar = np.arange(view)
+    shares = []
+    for t in scored:
+        t0 = max(s for s in starts if s <= t)
+        covered = np.zeros((view, view), bool)
+        for s in attended[t0]:
+            if s < first_visit:
+                dx, dy = xy[s] - xy[t]
+                covered |= ((ar >= dy) & (ar < dy + view))[:, None] & ((ar >= dx) & (ar < dx + view))[None]
+        shares.append(float(covered.mean()))
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def trip(rng, world_size: int, context: int, out: int, after: int, speed: float) -> np.ndarray:
+    """``(context + 2 out + after, 2)`` top-left corners of one revisit episode: still, ``out``
+    frames away at ``speed`` px a frame in a random direction, back along the same path, still."""
+    start = rng.uniform(0, world_size, 2)
+    ang = rng.uniform(0, 2 * np.pi)
+    dist = np.r_[np.zeros(context), np.arange(1, out + 1), np.arange(out - 1, -1, -1), np.zeros(after)]
+    return start + dist[:, None] * speed * np.array([np.cos(ang), np.sin(ang)])
+
+
+def revisit_frames(xy: np.ndarray, context: int, out: int, view: int) -> list[int]:
+    """The frames on the way back whose view overlaps the first view by more than half."""
+    dist = np.linalg.norm(xy - xy[0], axis=1)
+    return [t for t in range(context + out, len(xy)) if dist[t] < view / 2]
+
+
+def coverage(args) -> dict:
+    """The revisit episodes' geometry alone (no model): how much of each returning view the first
+    visit's frames cover in what each cache setting attends to (:func:`first_visit_coverage`)."""
+    world_size, view, px_per_m = 512, 64, 100.0
+    rng = np.random.default_rng(args.seed)
+    mem, base = _cache_settings(args.context, args)
+    res = {"test": "revisit_coverage", "episodes": args.episodes, "context": args.context, "out_frames": args.out_frames,
+           "chunk": args.chunk, "speed_px_per_frame": args.speed, "window_only_frames": mem.max_attended}
+    cov = {"memory": [], "window_only": []}
+    for _ in range(args.episodes):
+        xy = trip(rng, world_size, args.context, args.out_frames, args.after, args.speed)
+        p = torch.eye(4, dtype=torch.float64).repeat(len(xy), 1, 1)
+        p[:, :2, 3] = torch.as_tensor(xy / px_per_m)
+        scored = revisit_frames(xy, args.context, args.out_frames, view)
+        for name, mcfg in (("memory", mem), ("window_only", base)):
+            cov[name].append(first_visit_coverage(xy, view, attended_frames(mcfg, p, args.context, args.chunk),
+                                                  scored, args.context + args.out_frames))
+    res.update({f"first_visit_coverage_{k}": float(np.mean(v)) for k, v in cov.items()})
+    return res
+
+
+def _cache_settings(context: int, args) -> tuple[MemoryConfig, MemoryConfig]:
+    """The revisit test's memory and its baseline, a window of as many frames."""
+    mem = MemoryConfig(anchors=context, window=args.window, pool=args.pool, retrieve=args.retrieve,
+                       dedup_threshold=0.0)
+    if 2 * args.out_frames <= mem.max_attended:
+        raise ValueError(f"the trip ({2 * args.out_frames} frames) must outlast the window ({mem.max_attended} frames)")
+    return mem, MemoryConfig(anchors=0, window=mem.max_attended, pool=0, retrieve=0)
+
+
 def evaluate(args) -> dict:
     """Revisit errors with and without the memory (module docstring)."""
     model, ck = load(args.checkpoint, args.device)
@@ -203,32 +298,29 @@ def evaluate(args) -> dict:
     rng = np.random.default_rng(args.seed)
     context, out = ck["context"], args.out_frames
     frames = context + 2 * out + args.after
-    window = args.window
-    mem = MemoryConfig(anchors=context, window=window, pool=args.pool, retrieve=args.retrieve, dedup_threshold=0.0)
+    mem, window_only = _cache_settings(context, args)
     # the baseline attends to as many frames, all of them the most recent
-    variants = {"memory": mem, "window_only": MemoryConfig(anchors=0, window=mem.max_attended, pool=0, retrieve=0)}
-    if 2 * out <= mem.max_attended:
-        raise ValueError(f"the trip ({2 * out} frames) must outlast the window ({mem.max_attended} frames)")
+    variants = {"memory": mem, "window_only": window_only}
     errs = {k: [] for k in variants}
+    cov = {k: [] for k in variants}
+    by_frame = {k: [] for k in variants}  # the scored frames are the same ones in every episode
     near_all = []
     for ep in range(args.episodes):
-        start = rng.uniform(0, world.size, 2)
-        ang = rng.uniform(0, 2 * np.pi)
-        dist = np.r_[np.zeros(context), np.arange(1, out + 1), np.arange(out - 1, -1, -1), np.zeros(args.after)]
-        xy = start + dist[:, None] * args.speed * np.array([np.cos(ang), np.sin(ang)])
+        xy = trip(rng, world.size, context, out, args.after, args.speed)
         truth = torch.as_tensor(world.render(xy), device=args.device)[None]
         ctrl = torch.as_tensor(world.controls(xy), device=args.device)[None]
         poses = world.poses(xy)
-        # the frames on the way back whose view overlaps the first view by more than half
-        dist = np.linalg.norm(xy - xy[0], axis=1)
-        near = [t for t in range(context + out, frames) if dist[t] < world.view / 2]
+        near = revisit_frames(xy, context, out, world.view)
         near_all.append(len(near))
         for name, mcfg in variants.items():
+            cov[name].append(first_visit_coverage(xy, world.view, attended_frames(mcfg, poses, context, model.cfg.chunk),
+                                                  near, context + out))
             g = torch.Generator(device=args.device).manual_seed(args.seed + ep)
             gen = generate_chunked(model, truth[:, :context], ctrl, "camera", frames, memory=MemoryKVCache(mcfg),
                                    poses=poses, steps=args.steps, generator=g)
             e = ((gen[0, near] - truth[0, near]) ** 2).mean(dim=(1, 2, 3))
             errs[name].append(float(e.mean()))
+            by_frame[name].append(e.cpu().numpy())
     res = {k: {"mse_mean": float(np.mean(v)), "mse_sem": float(np.std(v) / np.sqrt(len(v)))} for k, v in errs.items()}
     paired = np.array(errs["window_only"]) - np.array(errs["memory"])
     return {"test": "revisit", "episodes": args.episodes, "frames": frames, "context": context, "out_frames": out,
@@ -236,7 +328,10 @@ def evaluate(args) -> dict:
             "window_only_frames": mem.max_attended, "revisit_frames_per_episode": float(np.mean(near_all)),
             **res, "window_minus_memory_mean": float(paired.mean()),
             "window_minus_memory_sem": float(paired.std() / np.sqrt(len(paired))),
-            "memory_better_in": int((paired > 0).sum()), "checkpoint": str(args.checkpoint)}
+            "memory_better_in": int((paired > 0).sum()),
+            **{f"first_visit_coverage_{k}": float(np.mean(v)) for k, v in cov.items()},
+            "revisit_frames": near, **{f"mse_by_frame_{k}": np.mean(v, axis=0).round(4).tolist() for k, v in by_frame.items()},
+            "checkpoint": str(args.checkpoint)}
 
 
 def main(argv=None) -> int:
@@ -261,19 +356,26 @@ def main(argv=None) -> int:
     e = sub.add_parser("eval", help="revisit errors with and without the memory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--episodes", type=int, default=32)
-    e.add_argument("--out-frames", type=int, default=16, help="frames the camera pans away (and back)")
-    e.add_argument("--speed", type=float, default=6.0, help="px per frame (the view is 64 px)")
-    e.add_argument("--after", type=int, default=4, help="frames held at the start after returning")
-    e.add_argument("--window", type=int, default=8, help="sliding window, frames")
-    e.add_argument("--pool", type=int, default=16)
-    e.add_argument("--retrieve", type=int, default=8)
     e.add_argument("--steps", type=int, default=8, help="Euler steps per chunk")
+    c = sub.add_parser("coverage", help="the episodes' geometry alone, no model: how much of each returning view "
+                                        "the first visit's frames cover in what each cache setting attends to",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--context", type=int, default=4, help="given frames (the anchors)")
+    c.add_argument("--chunk", type=int, default=4, help="frames per generated chunk")
+    for p in (e, c):
+        p.add_argument("--episodes", type=int, default=32)
+        p.add_argument("--out-frames", type=int, default=16, help="frames the camera pans away (and back)")
+        p.add_argument("--speed", type=float, default=6.0, help="px per frame (the view is 64 px)")
+        p.add_argument("--after", type=int, default=4, help="frames held at the start after returning")
+        p.add_argument("--window", type=int, default=8, help="sliding window, frames")
+        p.add_argument("--pool", type=int, default=16)
+        p.add_argument("--retrieve", type=int, default=8)
+    for p in (t, e, c):
+        p.add_argument("--seed", type=int, default=0)
     for p in (t, e):
         p.add_argument("--device", default="cpu")
-        p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    res = train(args) if args.cmd == "train" else evaluate(args)
+    res = {"train": train, "eval": evaluate, "coverage": coverage}[args.cmd](args)
     print(json.dumps(res))
     return 0
 
