@@ -245,6 +245,7 @@ def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
     assert [r["round"] for r in report["rounds"]] == [0, 1]
     r0 = report["rounds"][0]
     assert r0["rollouts"] == 2 and r0["autonomous_rollouts"] == 1 and r0["aggregate_episodes"] == 5
+    assert "failure_modes" in r0  # where the round's policy failed: the grasp or the place
     assert (out / "round1.pt").is_file() and (out / "dagger.png").is_file()
     agg, _ = read_demos(out / "aggregate.hdf5")
     assert len(agg) == 5 and all(e.actor is not None for e in agg[2:])

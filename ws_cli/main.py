@@ -686,7 +686,7 @@ def cmd_hitl_dagger(args) -> int:
             bar.close()
             save_policy(pol, out / f"{name}.pt", extra={**payload.get("extra", {}), **extra, "baseline": name})
             rep = evaluate_autonomous(pol, attrs, cfg)
-            report[name] = {k: rep[k] for k in ("success_rate", "successes", "episodes", "ci95")}
+            report[name] = {k: rep.get(k) for k in ("success_rate", "successes", "episodes", "ci95", "failure_modes")}
             print(f"{name}: {rep['successes']}/{rep['episodes']} (95 % CI {rep['ci95']})")
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))

@@ -479,7 +479,7 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
             t0 = time.perf_counter()
             rep = evaluate(model)
             rec = {"round": r, "success_rate": rep["success_rate"], "successes": rep["successes"],
-                   "episodes": rep["episodes"], "ci95": rep["ci95"]}
+                   "episodes": rep["episodes"], "ci95": rep["ci95"], "failure_modes": rep.get("failure_modes")}
             log(f"round {r}: autonomous success {rep['successes']}/{rep['episodes']} (95 % CI {rep['ci95']})")
             if r == cfg.rounds:
                 rec["seconds"] = round(time.perf_counter() - t0, 1)
