@@ -718,7 +718,7 @@ def _plot_dagger(report: dict, path: Path) -> None:
     if "plain_bc" in report:
         ax.axhline(report["plain_bc"]["success_rate"], color="grey", ls=":", label="plain BC, final aggregate")
     if "filtered_bc" in report:
-        ax.axhline(report["filtered_bc"]["success_rate"], color="tab:orange", ls="--",
+        ax.axhline(report["filtered_bc"]["success_rate"], color="tab:purple", ls="--",
                    label="BC on successes, final aggregate")
     if "conditioned_final" in report:
         ax.axhline(report["conditioned_final"]["success_rate"], color="tab:green", ls="-.",
