@@ -383,18 +383,16 @@ def test_revisit_coverage_counts_what_the_cache_still_holds_of_the_first_visit(c
     still holds the way out after a short trip, and nothing of it after a long one."""
     import json
 
-    import torch
-
     from ws_worldmodel.video.memory import MemoryConfig
-    from ws_worldmodel.video.revisit import attended_frames, first_visit_coverage, main, revisit_frames, trip
+    from ws_worldmodel.video.revisit import (attended_frames, first_visit_coverage, main, pan_poses, revisit_frames,
+                                             trip)
 
     mem = MemoryConfig(anchors=4, window=8, pool=16, retrieve=8, dedup_threshold=0.0)
     win = MemoryConfig(anchors=0, window=mem.max_attended, pool=0, retrieve=0)
     rng = np.random.default_rng(0)
     for out in (16, 24):
         xy = trip(rng, 512, 4, out, 4, 6.0)
-        poses = torch.eye(4, dtype=torch.float64).repeat(len(xy), 1, 1)
-        poses[:, :2, 3] = torch.as_tensor(xy / 100)
+        poses = pan_poses(xy, 100.0)
         scored = revisit_frames(xy, 4, out, 64)
         assert scored[-1] == len(xy) - 1 and min(scored) > 4 + out  # only frames on the way back near the start
         a_mem, a_win = attended_frames(mem, poses, 4, 4), attended_frames(win, poses, 4, 4)

@@ -105,10 +105,14 @@ class PanWorld:
 
     def poses(self, xy: np.ndarray) -> torch.Tensor:
         """``(T, 4, 4)`` world-from-camera poses (translation in metres, looking down)."""
-        p = torch.eye(4, dtype=torch.float64).repeat(len(xy), 1, 1)
-        p[:, 0, 3] = torch.as_tensor(np.asarray(xy)[:, 0] / self.px_per_m)
-        p[:, 1, 3] = torch.as_tensor(np.asarray(xy)[:, 1] / self.px_per_m)
-        return p
+        return pan_poses(xy, self.px_per_m)
+
+
+def pan_poses(xy: np.ndarray, px_per_m: float) -> torch.Tensor:
+    """``(T, 4, 4)`` world-from-camera poses of a downward camera at ``xy`` ``(T, 2)`` px."""
+    p = torch.eye(4, dtype=torch.float64).repeat(len(xy), 1, 1)
+    p[:, :2, 3] = torch.as_tensor(np.asarray(xy, dtype=np.float64) / px_per_m)
+    return p
 
 
 def out_and_back(rng, frames: int, start: np.ndarray, out: int, speed: float) -> np.ndarray:
@@ -272,8 +276,7 @@ def coverage(args) -> dict:
     cov = {"memory": [], "window_only": []}
     for _ in range(args.episodes):
         xy = trip(rng, world_size, args.context, args.out_frames, args.after, args.speed)
-        p = torch.eye(4, dtype=torch.float64).repeat(len(xy), 1, 1)
-        p[:, :2, 3] = torch.as_tensor(xy / px_per_m)
+        p = pan_poses(xy, px_per_m)
         scored = revisit_frames(xy, args.context, args.out_frames, view)
         for name, mcfg in (("memory", mem), ("window_only", base)):
             cov[name].append(first_visit_coverage(xy, view, attended_frames(mcfg, p, args.context, args.chunk),
