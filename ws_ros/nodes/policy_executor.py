@@ -20,7 +20,8 @@ is true the node publishes nothing and runs no inference (mode ``human`` on ``/d
 the ``teleop`` node commands the arm. When it turns false the executor starts afresh and its
 commands are slew-rate limited from the last command in force (it listens to ``joint_command``,
 whoever sent it) by ``handover_max_step`` per tick until they meet the policy's: handing back
-never jumps the commanded positions.
+never jumps the commanded positions. Until its first chunk is ready it holds that last command
+(not the measured joints, which lag a moving arm).
 
 Parameters: ``checkpoint`` (a ``ws policy train`` checkpoint), ``rate_hz``, ``replan_every``
 (0: half a chunk), ``ensemble_m`` (negative: newest chunk only), ``euler_steps`` (0: the
@@ -311,6 +312,11 @@ class PolicyExecutorNode(LifecycleNode):
         if command is not None and d.mode.value == "run" and self.handover.active:
             command = self.handover(command)  # catching up after a hand-back: no jump, no plan tail yet
             tail = None
+        elif (command is not None and d.mode.value == "hold" and self.handover.active and self.handover.last is not None
+              and not self.supervisor.estopped):
+            # no chunk yet after a hand-back (inference still running): stay at the last command sent,
+            # not at the supervisor's older hold point, which would jump the arm
+            command, tail = self.handover.last.copy(), None
         elif command is not None:
             self.handover.last = np.asarray(command, dtype=np.float64)
         if command is not None:
