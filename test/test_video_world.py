@@ -408,3 +408,6 @@ def test_revisit_coverage_counts_what_the_cache_still_holds_of_the_first_visit(c
     assert main(["coverage", "--episodes", "4", "--out-frames", "24"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["first_visit_coverage_window_only"] == 0.0 and res["first_visit_coverage_memory"] > 0.99
+    assert len(res["first_visit_coverage_by_frame_window_only"]) == len(res["revisit_frames"]) == 10
+    with pytest.raises(ValueError, match="not generated"):
+        first_visit_coverage(xy, 64, a_mem, [2], 4 + out)  # a given frame is not scored

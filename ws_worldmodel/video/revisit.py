@@ -234,12 +234,18 @@ def first_visit_coverage(xy: np.ndarray, view: int, attended: dict[int, list[int
     ``first_visit``: the given frames and the way out) attended by its chunk cover, in [0, 1].
 
     A returning frame can only redraw the place it sees from frames that saw it: those attended,
-    whichever part of the cache holds them. ``xy``: ``(T, 2)`` top-left corners, px.
+    whichever part of the cache holds them. ``xy``: ``(T, 2)`` top-left corners, px; ``attended``:
+    :func:`attended_frames`; ``scored``: generated frame indices. NaN when ``scored`` is empty.
+
+    Raises:
+        ValueError: a scored frame before the first generated chunk (a given frame).
     """
     starts = sorted(attended)
     ar = np.arange(view)
     shares = []
     for t in scored:
+        if not starts or t < starts[0]:
+            raise ValueError(f"frame {t} is not generated (the first chunk starts at {starts[:1]})")
         t0 = max(s for s in starts if s <= t)
         covered = np.zeros((view, view), bool)
         for s in attended[t0]:
@@ -273,15 +279,18 @@ def coverage(args) -> dict:
     mem, base = _cache_settings(args.context, args)
     res = {"test": "revisit_coverage", "episodes": args.episodes, "context": args.context, "out_frames": args.out_frames,
            "chunk": args.chunk, "speed_px_per_frame": args.speed, "window_only_frames": mem.max_attended}
-    cov = {"memory": [], "window_only": []}
+    cov = {"memory": [], "window_only": []}  # per episode, per scored frame (the same frames every episode)
     for _ in range(args.episodes):
         xy = trip(rng, world_size, args.context, args.out_frames, args.after, args.speed)
         p = pan_poses(xy, px_per_m)
         scored = revisit_frames(xy, args.context, args.out_frames, view)
         for name, mcfg in (("memory", mem), ("window_only", base)):
-            cov[name].append(first_visit_coverage(xy, view, attended_frames(mcfg, p, args.context, args.chunk),
-                                                  scored, args.context + args.out_frames))
+            att = attended_frames(mcfg, p, args.context, args.chunk)
+            cov[name].append([first_visit_coverage(xy, view, att, [t], args.context + args.out_frames)
+                              for t in scored])
+    res["revisit_frames"] = scored
     res.update({f"first_visit_coverage_{k}": float(np.mean(v)) for k, v in cov.items()})
+    res.update({f"first_visit_coverage_by_frame_{k}": np.mean(v, axis=0).round(3).tolist() for k, v in cov.items()})
     return res
 
 
