@@ -161,6 +161,21 @@ def test_it_trains_on_demonstrations_and_runs_from_the_command_line(tmp_path, ca
     assert hist["mot"]["loaded_tensors"] == len(world.state_dict())  # the whole stream, nothing else
     net, _ = load_policy(tmp_path / "cli.pt")
     assert isinstance(net, DiTPolicy) and net.video.cfg == world.cfg and net.cfg.dit_kind == "joints"
+    # the observation stream pretrains with the world model ('--model world --obs-stream') and
+    # '--init' carries all of it into the policy: every tensor but the action expert's
+    common = ["--demos", str(demos), "--video-model", "dit", "--obs-stream", "--steps", "2", "--batch-size", "4",
+              "--chunk", "4", "--threads", "1", "--d-model", "32", "--layers", "2"]
+    assert main(["policy", "train", "--model", "world", "--out", str(tmp_path / "wo.pt")] + common) == 0
+    capsys.readouterr()
+    assert main(["policy", "train", "--model", "mot", "--init", str(tmp_path / "wo.pt"),
+                 "--out", str(tmp_path / "po.pt")] + common) == 0
+    printed = capsys.readouterr().out
+    loaded = json.loads(printed[printed.index("{"):])["mot"]["loaded_tensors"]
+    wo, _ = load_policy(tmp_path / "wo.pt")
+    po, _ = load_policy(tmp_path / "po.pt")
+    obs_keys = [k for k in wo.state_dict() if k.startswith(("obs_blocks.", "rgb_in", "depth_in", "pos_cur"))]
+    assert wo.obs_blocks is not None and obs_keys and loaded == len(wo.state_dict())
+    assert all(k in po.state_dict() for k in obs_keys)
     # wrong combinations are one-line errors, and nothing is written
     for extra in (["--model", "action_only", "--video-model", "dit"], ["--video-init", str(tmp_path / "world.pt")],
                   ["--obs-stream"],
