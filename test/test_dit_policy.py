@@ -162,7 +162,8 @@ def test_it_trains_on_demonstrations_and_runs_from_the_command_line(tmp_path, ca
     net, _ = load_policy(tmp_path / "cli.pt")
     assert isinstance(net, DiTPolicy) and net.video.cfg == world.cfg and net.cfg.dit_kind == "joints"
     # the observation stream pretrains with the world model ('--model world --obs-stream') and
-    # '--init' carries all of it into the policy: every tensor but the action expert's
+    # '--init' carries all of it into the policy: every tensor of the world model, whose action
+    # stream (instruction and state tokens) the policy shares
     common = ["--demos", str(demos), "--video-model", "dit", "--obs-stream", "--steps", "2", "--batch-size", "4",
               "--chunk", "4", "--threads", "1", "--d-model", "32", "--layers", "2"]
     assert main(["policy", "train", "--model", "world", "--out", str(tmp_path / "wo.pt")] + common) == 0
