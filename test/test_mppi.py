@@ -201,3 +201,71 @@ def test_oracle_plans_from_the_given_state_not_a_stale_environment(hopper_env):
     ref = oracle.rollout(other, acts.double().numpy())
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
     oracle.close()
+
+
+class RecordingIntegrator(DoubleIntegrator):
+    """The double integrator, keeping every action batch it was asked to roll out."""
+
+    def __init__(self):
+        self.seen = []
+
+    def rollout(self, state, actions):
+        self.seen.append(actions.clone())
+        return super().rollout(state, actions)
+
+
+@pytest.mark.parametrize("gap", [1, 3, 7])
+def test_warm_start_after_a_gap_of_n_steps_starts_with_the_old_plans_step_n(gap):
+    """A node replans at whatever rate it reaches: the next cycle starts from the last plan shifted by the
+    control steps elapsed since it was made, the tail from the prior (here a ramp, so any index error shows)."""
+    prior = lambda t0, n: (0.01 * (t0 + np.arange(n)))[:, None]  # noqa: E731
+    dyn = RecordingIntegrator()
+    mppi = MPPI(dyn, _quadratic_cost, [-2.0], [2.0], MPPIConfig(horizon=10, samples=8, noise_sigma=0.5),
+                seed=0, prior=prior)
+    old = mppi.plan(np.zeros(2), 5).nominal
+    assert not np.allclose(old, prior(5, 10), atol=1e-3)  # the plan moved away from the prior
+    mppi.plan(np.zeros(2), 5 + gap)
+    started_from = dyn.seen[-1][0].numpy()  # sample 0 is the unperturbed warm start
+    np.testing.assert_allclose(started_from[:10 - gap], old[gap:], atol=1e-6)
+    np.testing.assert_allclose(started_from[10 - gap:], prior(15, gap), atol=1e-6)
+
+
+@pytest.mark.parametrize("plan_hz", [7.0, 120.0])
+def test_plans_at_any_rate_keep_their_warm_start(plan_hz):
+    """The Go1's 50 Hz control steps planned at 7 Hz (gaps of ~7 steps) and at 120 Hz (replans within one
+    step): every cycle starts from the previous plan, never from the prior."""
+    dt, h = 0.02, 15
+    prior = lambda t0, n: np.zeros((n, 1))  # noqa: E731
+    dyn = RecordingIntegrator()
+    mppi = MPPI(dyn, _quadratic_cost, [-2.0], [2.0], MPPIConfig(horizon=h, samples=8, noise_sigma=0.5),
+                seed=0, prior=prior)
+    steps = [int(i / plan_hz / dt) for i in range(12)]
+    assert (max(np.diff(steps)) >= 7) if plan_hz < 10 else (min(np.diff(steps)) == 0)
+    last = None
+    for t0 in steps:
+        result = mppi.plan(np.zeros(2), t0)
+        if last is not None:
+            gap = t0 - last.t0
+            np.testing.assert_allclose(dyn.seen[-1][0, :h - gap].numpy(), last.nominal[gap:], atol=1e-6)
+        last = result
+
+
+def test_a_minus_infinite_cost_gets_no_weight_and_all_non_finite_raises():
+    """A diverged learned model can give a rollout the cost -inf; it must not take all the weight."""
+    def cost(state, actions, states, t0=0):
+        c = _quadratic_cost(state, actions, states)
+        c[3], c[5], c[6] = -float("inf"), float("nan"), float("inf")
+        return c
+
+    mppi = MPPI(DoubleIntegrator(), cost, [-2.0], [2.0], MPPIConfig(horizon=5, samples=16, noise_sigma=0.5), seed=0)
+    res = mppi.plan(np.zeros(2))
+    assert res.weights[[3, 5, 6]].tolist() == [0.0, 0.0, 0.0]
+    assert torch.isfinite(res.weights).all() and res.weights.sum().item() == pytest.approx(1.0)
+    assert np.all(np.isfinite(res.nominal))
+
+    before = mppi.nominal.clone()
+    broken = MPPI(DoubleIntegrator(), lambda *a: torch.full((16,), -float("inf")), [-2.0], [2.0],
+                  MPPIConfig(horizon=5, samples=16, noise_sigma=0.5), seed=0)
+    with pytest.raises(FloatingPointError, match="non-finite cost"):
+        broken.plan(np.zeros(2))
+    torch.testing.assert_close(mppi.nominal, before)

@@ -10,8 +10,12 @@ At each control cycle, with nominal action sequence ``U = (u_0 .. u_{H-1})``:
   temperature ``lambda``;
 * eq. (16): ``U <- U + sum_k w_k eps_k``.
 
-The first action is executed, ``U`` is shifted one step (warm start) and the cycle repeats
-(receding horizon). Everything is batched over the ``K`` samples in PyTorch.
+The first action is executed and the cycle repeats (receding horizon). The next cycle starts
+from the last plan shifted by the control steps elapsed since it was made (warm start; a
+real-time node replans at whatever rate it reaches, so the gap is 0, 1 or many steps), the
+freed tail filled from the prior. Rollouts whose cost is not finite (a diverged learned
+model: NaN or either infinity) get zero weight. Everything is batched over the ``K`` samples
+in PyTorch.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ class MPPIConfig:
         iterations: MPPI updates per control cycle (1 = classic MPPI).
         include_nominal: keep the unperturbed nominal as sample 0, so the update never
             discards a good plan only because all perturbations were worse.
-        shift_fill: how the warm start fills the freed last step: ``"zero"`` or ``"last"``.
+        shift_fill: how the warm start fills the freed last steps when no prior is given:
+            ``"zero"`` (the middle of the action bounds) or ``"last"`` (repeat the plan's last step).
     """
 
     horizon: int = 32
@@ -64,7 +69,12 @@ class PlanResult:
 
     Attributes:
         action: ``(nu,)`` the action to execute now (``U[0]`` after the update).
-        nominal: ``(H, nu)`` the updated nominal sequence (before the warm-start shift).
+        nominal: ``(H, nu)`` the updated nominal sequence; step ``i`` is for episode step
+            ``t0 + i``.
+        t0: the episode step the plan starts at.
+        predicted_states: ``(H, nx)`` where the plan is expected to lead: the importance-weighted
+            mean of the rollouts' predicted states (the same weights as the action update;
+            row ``i`` is the state after step ``i``), used to bound the plan's later commands.
         actions: ``(K, H, nu)`` the sampled sequences of the last iteration.
         states: ``(K, H, nx)`` their predicted states.
         costs: ``(K,)`` their costs.
@@ -73,6 +83,8 @@ class PlanResult:
 
     action: np.ndarray
     nominal: np.ndarray
+    t0: int
+    predicted_states: np.ndarray
     actions: torch.Tensor
     states: torch.Tensor
     costs: torch.Tensor
@@ -106,16 +118,19 @@ class MPPI:
         self.nu = int(self.low.numel())
         self.generator = torch.Generator().manual_seed(int(seed))
         self.prior = prior
-        self._t = 0
-        self.nominal = torch.zeros(self.config.horizon, self.nu)
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
         """Forget the warm start (new episode); optionally reseed the noise."""
         if seed is not None:
             self.generator.manual_seed(int(seed))
-        self._t = 0
-        self.nominal = self._prior(0, self.config.horizon)
+        self._t_plan: int | None = None  # the episode step the last plan started at
+        self._plan = self._prior(0, self.config.horizon)  # the last plan (H, nu), step i for _t_plan + i
+
+    @property
+    def nominal(self) -> torch.Tensor:
+        """``(H, nu)`` the warm start for the step after the last plan (the prior before any)."""
+        return self.warm_start(0 if self._t_plan is None else self._t_plan + 1)
 
     def _prior(self, t0: int, n: int) -> torch.Tensor:
         if self.prior is None:
@@ -123,48 +138,71 @@ class MPPI:
         p = torch.as_tensor(np.asarray(self.prior(t0, n)), dtype=torch.float32).reshape(n, self.nu)
         return torch.clamp(p, self.low, self.high)
 
+    def warm_start(self, t0: int) -> torch.Tensor:
+        """The nominal a cycle at episode step ``t0`` starts from: ``(H, nu)``.
+
+        The last plan (made at step ``t_plan``) shifted by ``n = t0 - t_plan`` steps, so that
+        its step ``n`` comes first, and its freed last ``n`` steps filled from the prior
+        (``prior(t_plan + H, n)``; without a prior: ``shift_fill``). ``n = 0`` (a replan within
+        the same control step) keeps the plan as it is. Before the first plan, after a gap of
+        ``H`` steps or more, or when ``t0`` goes backwards (a new episode), the prior
+        ``prior(t0, H)`` (without one: the middle of the bounds).
+        """
+        h = self.config.horizon
+        t0 = int(t0)
+        if self._t_plan is None:
+            return self._prior(t0, h)
+        n = t0 - self._t_plan
+        if n < 0 or n >= h:
+            return self._prior(t0, h)
+        if n == 0:
+            return self._plan.clone()
+        if self.prior is not None:
+            fill = self._prior(self._t_plan + h, n)
+        elif self.config.shift_fill == "last":
+            fill = self._plan[-1:].expand(n, -1)
+        else:
+            fill = ((self.low + self.high) / 2).expand(n, -1)
+        return torch.cat([self._plan[n:], fill], dim=0)
+
     @torch.inference_mode()
     def plan(self, state, t0: int = 0) -> PlanResult:
         """Run one MPPI cycle from ``state`` and return the action to execute.
 
         Args:
             state: ``(nx,)`` current state (validated by the caller).
-            t0: the episode step of ``state`` (used by time-indexed cost terms).
+            t0: the episode step of ``state`` (time-indexed cost terms, the prior, and the
+                warm start: see :meth:`warm_start`).
 
         Returns:
-            a :class:`PlanResult`; the nominal is then shifted for the next cycle.
+            a :class:`PlanResult`.
+
+        Raises:
+            FloatingPointError: no rollout has a finite cost (the dynamics diverged
+                everywhere); the last plan stays the warm start, and the caller should hold.
         """
         cfg = self.config
-        if self.prior is not None and t0 != self._t:  # the episode clock jumped: restart from the prior
-            self.nominal = self._prior(t0, cfg.horizon)
-        self._t = t0 + 1
+        t0 = int(t0)
+        nominal = self.warm_start(t0)
         s = torch.as_tensor(np.asarray(state), dtype=torch.float32)
         for _ in range(cfg.iterations):
             eps = torch.randn(cfg.samples, cfg.horizon, self.nu, generator=self.generator) * cfg.noise_sigma
             if cfg.include_nominal:
                 eps[0] = 0.0
-            v = torch.clamp(self.nominal + eps, self.low, self.high)
-            eps = v - self.nominal  # the perturbation actually applied after clipping
+            v = torch.clamp(nominal + eps, self.low, self.high)
+            eps = v - nominal  # the perturbation actually applied after clipping
             states = self.dynamics.rollout(s, v)
             costs = self.cost(s, v, states, t0)
-            costs = torch.nan_to_num(costs, nan=float("inf"), posinf=float("inf"))
-            finite = torch.isfinite(costs)
+            finite = torch.isfinite(costs)  # NaN, +inf and -inf alike get zero weight
             if not bool(finite.any()):
-                raise FloatingPointError("every MPPI rollout has a non-finite cost")
+                raise FloatingPointError(f"every one of the {cfg.samples} MPPI rollouts has a non-finite cost "
+                                         "(diverged dynamics?)")
+            costs = torch.where(finite, costs, torch.full_like(costs, float("inf")))
             beta = costs[finite].min()
             weights = torch.where(finite, torch.exp(-(costs - beta) / cfg.temperature), torch.zeros_like(costs))
             weights = weights / weights.sum()
-            self.nominal = self.nominal + (weights[:, None, None] * eps).sum(0)
-        result = PlanResult(action=self.nominal[0].numpy().copy(), nominal=self.nominal.numpy().copy(),
-                            actions=v, states=states, costs=costs, weights=weights)
-        self._shift()
-        return result
-
-    def _shift(self) -> None:
-        if self.prior is not None:
-            fill = self._prior(self._t + self.config.horizon - 1, 1)[0]
-        elif self.config.shift_fill == "last":
-            fill = self.nominal[-1].clone()
-        else:
-            fill = (self.low + self.high) / 2
-        self.nominal = torch.cat([self.nominal[1:], fill[None]], dim=0)
+            nominal = nominal + (weights[:, None, None] * eps).sum(0)
+        self._plan, self._t_plan = nominal, t0
+        predicted = (weights[:, None, None].to(states.dtype) * torch.nan_to_num(states)).sum(0)
+        return PlanResult(action=nominal[0].numpy().copy(), nominal=nominal.numpy().copy(), t0=t0,
+                          predicted_states=predicted.double().numpy(), actions=v, states=states, costs=costs, weights=weights)

@@ -20,6 +20,7 @@ nodes (``mppi_controller``, ``go1_bridge``, ``piper_bridge``) only convert messa
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 from typing import Sequence
@@ -166,10 +167,23 @@ class StateValidator:
         self._index = {n: i for i, n in enumerate(limits.names)}
         self.rejected = {r: 0 for r in REJECT_REASONS}
         self.accepted = 0
+        self._recent: collections.deque[tuple[float, str | None]] = collections.deque(maxlen=100_000)
+        self._now_s = 0.0
 
     def _reject(self, reason: str, message: str) -> InvalidState:
         self.rejected[reason] += 1
+        self._recent.append((self._now_s, reason))
         return InvalidState(reason, message)
+
+    def recent(self, now_s: float, window_s: float = 1.0) -> tuple[int, int, str | None]:
+        """Readings of the last ``window_s`` seconds (on the clock ``check`` was given):
+        ``(checked, rejected, top_reason)``, ``top_reason`` the most frequent rejection reason
+        in the window (None if none was rejected)."""
+        while self._recent and self._recent[0][0] < now_s - window_s:
+            self._recent.popleft()
+        reasons = collections.Counter(r for _, r in self._recent if r is not None)
+        top = reasons.most_common(1)[0][0] if reasons else None
+        return len(self._recent), sum(reasons.values()), top
 
     def check(self, names: Sequence[str], position: Sequence[float], velocity: Sequence[float], stamp_s: float,
               now_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -183,12 +197,18 @@ class StateValidator:
         Raises:
             InvalidState: with its reason code (also counted in :attr:`rejected`).
         """
+        self._now_s = float(now_s) if np.isfinite(now_s) else self._now_s
         q = np.asarray(position, dtype=np.float64)
         qd = np.asarray(velocity, dtype=np.float64)
         if q.ndim != 1 or len(q) != len(names) or qd.shape != q.shape:
             raise self._reject("length_mismatch", f"{len(names)} names, {q.size} positions, {qd.size} velocities")
-        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd)) and np.isfinite(stamp_s)):
-            raise self._reject("non_finite", "NaN or infinite position, velocity or stamp")
+        if not np.isfinite(stamp_s):
+            raise self._reject("non_finite", f"stamp {stamp_s}")
+        bad = ~(np.isfinite(q) & np.isfinite(qd))
+        if np.any(bad):
+            i = int(np.flatnonzero(bad)[0])
+            raise self._reject("non_finite", f"joint {names[i]}: position {q[i]}, velocity {qd[i]}"
+                               + (f" (and {int(bad.sum()) - 1} more)" if bad.sum() > 1 else ""))
         if len(set(names)) != len(names):
             raise self._reject("duplicate_joint", f"joint names repeat: {list(names)}")
         unknown = [n for n in names if n not in self._index]
@@ -207,9 +227,11 @@ class StateValidator:
         lo, hi = self.limits.position_min - self.range_margin, self.limits.position_max + self.range_margin
         bad = (q < lo) | (q > hi) | (np.abs(qd) > self.max_velocity)
         if np.any(bad):
-            which = [self.limits.names[i] for i in np.flatnonzero(bad)]
-            raise self._reject("out_of_range", f"joints {which} outside their range or velocity limit")
+            which = ", ".join(f"{self.limits.names[i]} q={q[i]:.4g} rad (range [{lo[i]:.4g}, {hi[i]:.4g}]) "
+                              f"qd={qd[i]:.4g} rad/s (limit {self.max_velocity:g})" for i in np.flatnonzero(bad)[:3])
+            raise self._reject("out_of_range", f"outside range or velocity limit: {which}")
         self.accepted += 1
+        self._recent.append((self._now_s, None))
         return q, qd
 
 
@@ -377,14 +399,31 @@ class SafetySupervisor:
             return None
         return self._q.copy(), self._qd.copy(), None if self._base is None else self._base.copy()
 
-    def limit_plan(self, steps: np.ndarray) -> np.ndarray | None:
-        """The later steps of a plan ``(n, nu)``, each clamped like a command against the
-        newest valid state; None if any step is non-finite (then only the command for now
-        goes out)."""
-        if self._q is None or not np.all(np.isfinite(steps)):
+    def limit_plan(self, steps: np.ndarray, predicted_q: np.ndarray | None = None,
+                   predicted_qd: np.ndarray | None = None) -> np.ndarray | None:
+        """The later steps of a plan ``(n, nu)``, step ``j`` clamped like a command against the
+        state predicted for the moment it starts (``predicted_q[j]``, ``predicted_qd[j]``: ``(n, nu)``
+        in the commanded joints' order, e.g. the planner's predicted trajectory), since the
+        torque bound of a position servo depends on where the joint will be then, not where it
+        is now.
+
+        Returns None (only the command for now goes out) when there is no valid state, any step
+        is non-finite, or a position-commanded plan comes without a finite prediction of the
+        right shape. Effort commands need no prediction (their clamp is the control range).
+        """
+        steps = np.asarray(steps, dtype=np.float64)
+        if self._q is None or steps.ndim != 2 or not np.all(np.isfinite(steps)):
             return None
-        q, qd = self._q[self._cmd_idx], self._qd[self._cmd_idx]
-        return np.stack([self.limiter(u, q, qd) for u in steps]) if len(steps) else np.zeros((0, steps.shape[-1]))
+        if not len(steps):
+            return np.zeros((0, steps.shape[-1]))
+        if self.limits.command == "effort":
+            return np.stack([self.limiter(u) for u in steps])
+        if predicted_q is None or predicted_qd is None:
+            return None
+        pq, pqd = np.asarray(predicted_q, dtype=np.float64), np.asarray(predicted_qd, dtype=np.float64)
+        if pq.shape != steps.shape or pqd.shape != steps.shape or not (np.all(np.isfinite(pq)) and np.all(np.isfinite(pqd))):
+            return None
+        return np.stack([self.limiter(u, q, qd) for u, q, qd in zip(steps, pq, pqd)])
 
     def hold_command(self) -> np.ndarray | None:
         """The safe-hold command, or None before any valid state (position joints)."""
@@ -400,9 +439,13 @@ class SafetySupervisor:
         if self._estop:
             return Decision(Mode.ESTOP, hold, 2, f"e-stop latched ({self._estop_reason}); release explicitly")
         if self.state(now_s) is None:
-            age = "never" if self._last_valid_s is None else f"{now_s - self._last_valid_s:.3f} s ago"
             why = f"; last rejection: {self.last_rejection}" if self.last_rejection else ""
-            return Decision(Mode.HOLD, hold, 2, f"no valid state (last valid {age}){why}: holding")
+            if self._last_valid_s is None:
+                # a position robot has no safe position to hold before its first valid reading: send nothing
+                action = "holding" if hold is not None else "not commanding"
+                return Decision(Mode.HOLD, hold, 2, f"no valid state yet: {action}{why}")
+            return Decision(Mode.HOLD, hold, 2,
+                            f"no valid state (last valid {now_s - self._last_valid_s:.3f} s ago){why}: holding")
         if planned_command is None:
             return Decision(Mode.HOLD, hold, 1, "no plan yet: holding")
         try:

@@ -12,18 +12,41 @@ free-running planner thread) around MPPI with the dynamics named by ``dynamics``
 * ``estop`` (``std_msgs/Bool``, transient-local): ``true`` latches the e-stop (hold),
   ``false`` is the explicit release;
 * every command is clamped to the MJCF's joint and torque limits; a non-finite plan is never
-  published.
+  published; a planning cycle in which every rollout's cost is non-finite (a diverged learned
+  model) holds and reports ERROR until a plan succeeds again;
+* more than 5 % of the readings of the last second rejected -> WARN naming the top reason,
+  even while valid readings also arrive;
+* a position-commanded robot (the Go1) that has never had a valid state sends nothing and
+  says so ("no valid state yet: not commanding").
+
+History: a history-conditioned model (WestWorld, TrajWorld, TDM, an ``.onnx`` export) is fed
+the executed transitions as ``ws mppi run``'s ``run_episode`` feeds them: before planning from
+the state at control step ``t`` (steps counted from the first state planned from, on the
+readings' stamps), each step ``k < t`` not yet reported is given to the model's ``observe`` as
+the newest valid reading at that step's start and the command in force then (the newest
+published ``joint_command`` point at or before it). A step with no reading (a gap longer than
+``state_timeout_s``) restarts the history.
+
+Parameters that are safe to change at runtime are dynamic (``ros2 param set``), validated in
+a callback and applied between planning cycles: ``temperature`` (MPPI lambda, > 0),
+``samples`` (K, 2..65536), ``goal`` (Go1: ``[x, y]`` m, PiPER: ``[x, y, z]`` m; as the ``goal``
+topic) and, for the Go1, ``desired_speed`` (m/s, 0..2). The others are read-only.
 
 The planner replans as fast as it can, but only from a state newer than the one it last
 planned from (a sensor at 125 Hz gets at most 125 plans per second; the spare CPU goes to
-the tick and the rest of the robot).
+the tick and the rest of the robot). Each cycle warm-starts from the last plan shifted by the
+control steps elapsed since it was made (:meth:`ws_mppi.mppi.MPPI.warm_start`), whatever the
+replanning rate.
 
 Commands go out on ``joint_command`` (``trajectory_msgs/JointTrajectory``; ``positions`` for
 position-servo robots, ``effort`` for motor-driven ones) at ``rate_hz``: point 0 is the
 command for now (``time_from_start`` 0, stamped now), followed while running by the rest of
 the current plan at its step times, each clamped like the command. A receiver that only
 reads point 0 gets the 90 Hz command; ``sim_bridge`` executes the points at their times, so
-that MPPI's step boundaries (8 ms on Hopper) are kept between 90 Hz ticks.
+that MPPI's step boundaries (8 ms on Hopper) are kept between 90 Hz ticks. A later point of a
+position-commanded plan is clamped against the state MPPI predicts for its start (the
+torque bound depends on the joint's position and velocity then); without a finite
+prediction only point 0 goes out.
 ``/diagnostics`` (1 Hz) carries tick period percentiles, missed ticks, replanning rate,
 planning latency, rejected readings and the safety mode. With ``unpause_service`` set, the
 controller calls that ``std_srvs/Empty`` service once its first plan exists (a paused
@@ -36,40 +59,56 @@ command loop ticks at ``rate_hz`` in simulated time and plans are shifted by the
 simulated time, so a simulation running slower than real time (a busy machine) is
 controlled as it would be at full speed with a planner that much faster. State stamps,
 timeouts and command stamps all use the node's clock; ``/diagnostics`` is published every
-wall-clock second either way (a stalled simulation is still reported).
+wall-clock second either way (a stalled simulation is still reported), and with
+``use_sim_time`` but no ``/clock`` message for a second or more it reports ERROR "no /clock
+for N s" (the tick cannot run without a clock).
 
 Lifecycle: ``configure`` loads the model and builds the planner; ``activate`` starts the
-tick and the planner; ``deactivate`` stops them and publishes one hold command. With
+tick and the planner (the log then says what it waits for: a valid state, ``/clock``; it logs
+again when the first plan is made); ``deactivate`` stops them and publishes one hold command. With
 ``autostart`` (default) the node configures and activates itself; otherwise drive it with
 ``ros2 lifecycle set /mppi_controller configure|activate|deactivate``.
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import threading
 import time
 
 import numpy as np
+import rclpy.time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Empty
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ws_mppi.safety import JointLimits, SafetySupervisor, StateValidator
+from ws_mppi.realtime import plan_step_index
+from ws_mppi.safety import Decision, JointLimits, Mode, SafetySupervisor, StateValidator
 from ws_ros.common import (command_qos, diagnostic_status, latched_qos, odom_arrays_to_free_base, run_node,
                            sensor_qos, stamp_to_s)
 
 __all__ = ["MPPIControllerNode", "main"]
 
 
-def _descriptor(text: str) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text, read_only=True)
+def _descriptor(text: str, read_only: bool = True, **kwargs) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, read_only=read_only, **kwargs)
+
+
+#: share of the last second's readings above which rejected readings give WARN
+REJECTED_WARN_SHARE = 0.05
+#: MPPI samples a runtime change may ask for
+SAMPLES_RANGE = (2, 65536)
+#: Go1 desired forward speeds a runtime change may ask for, m/s
+DESIRED_SPEED_RANGE = (0.0, 2.0)
 
 
 class MPPIControllerNode(LifecycleNode):
@@ -89,12 +128,19 @@ class MPPIControllerNode(LifecycleNode):
         p("autostart", True, _descriptor("configure and activate on start"))
         p("unpause_service", "", _descriptor("std_srvs/Empty service to call once the first plan exists "
                                              "(sim graphs: the paused sim_bridge's unpause_physics); empty: none"))
+        from rclpy.parameter import Parameter
+
+        p("goal", Parameter.Type.DOUBLE_ARRAY, _descriptor(
+            "dynamic: the goal, m: Go1 [x, y] (replaces the waypoints), PiPER [x, y, z] (the tool's goal point)",
+            read_only=False, type=ParameterType.PARAMETER_DOUBLE_ARRAY))
         self._rt = None
+        self._active = False
+        self._param_cb = None
+        self._pending: dict = {}  # validated runtime parameter changes, applied between planning cycles
         self._lock = threading.Lock()
         self._base = None
         self._base_stamp = None
         self._last = None  # last Decision
-        self._t_active = 0.0
         self._subs, self._pubs, self._timers = [], [], []
         self._unpause = None
         if self.get_parameter("autostart").value:
@@ -136,6 +182,11 @@ class MPPIControllerNode(LifecycleNode):
         self.command_names = list(limits.names)
         self.command_kind = limits.command
         self.rate_hz = float(g("rate_hz"))
+        try:
+            self._declare_dynamic(cfg)
+        except ValueError as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
         self._pub_cmd = self.create_lifecycle_publisher(JointTrajectory, "joint_command", command_qos())
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._subs = [self.create_subscription(JointState, "joint_states", self._on_joint_states, sensor_qos()),
@@ -145,6 +196,11 @@ class MPPIControllerNode(LifecycleNode):
         if self.env.name in ("go1", "piper"):
             self._subs.append(self.create_subscription(PoseStamped, "goal", self._on_goal, 10))
         self._timers = [self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))]
+        self.sim_time = bool(g("use_sim_time"))
+        self._configured_wall = time.monotonic()
+        self._clock_msgs, self._clock_wall = 0, None
+        if self.sim_time:
+            self._subs.append(self.create_subscription(ClockMsg, "/clock", self._on_clock, 10))
         service = g("unpause_service")
         self._unpause = self.create_client(Empty, service) if service else None
         self.get_logger().info(f"configured: {self.env.name}, dynamics {self.planner.name}, MPPI H={cfg.mppi.horizon} "
@@ -154,20 +210,27 @@ class MPPIControllerNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from ws_mppi.realtime import RealtimeController
 
-        self.sim_time = bool(self.get_parameter("use_sim_time").value)
         self._loop_clock = self._now if self.sim_time else time.perf_counter
-        self._t_active = None  # set by the first plan (a ROS clock may not have started yet)
         self._planned_update = -1
         self.planner.reset(int(self.get_parameter("seed").value))
+        self._reset_history()
+        self._plan_fault = ""
+        self._first_plan_logged = False
         self._rt = RealtimeController(self._plan, self._get_state, self._send, horizon=self.cfg.mppi.horizon,
                                       action_dim=len(self.command_names), plan_dt=self.env.dt, rate_hz=self.rate_hz,
                                       hold_action=np.zeros(len(self.command_names)), clock=self._loop_clock)
         result = super().on_activate(state)
         self._rt.start()
-        self.get_logger().info("active: planning and commanding")
+        self._active = True
+        waits = ["a valid joint_states reading" + (" and odom" if self.io.floating_base else "")]
+        if self.sim_time:
+            waits.append("/clock (use_sim_time)")
+        self.get_logger().info(f"active: waiting for {' and '.join(waits)}; commanding at {self.rate_hz:g} Hz "
+                               "once a plan exists (logged when the first plan is made)")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
         self._stop_loop()
         hold = self.supervisor.hold_command()
         if hold is not None:
@@ -180,6 +243,7 @@ class MPPIControllerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
         self._stop_loop()
         self._release()
         return TransitionCallbackReturn.SUCCESS
@@ -205,9 +269,117 @@ class MPPIControllerNode(LifecycleNode):
             self.planner.close()
         return super().destroy_node()
 
+    # --- runtime parameters ----------------------------------------------------------------------
+    def _declare_dynamic(self, cfg) -> None:
+        """Declare the runtime-changeable parameters with the loaded config's values as defaults
+        (a launch override wins) and validate every later change in a callback."""
+        from rclpy.parameter import Parameter
+
+        dyn = [("temperature", float(cfg.mppi.temperature), "dynamic: MPPI temperature lambda, cost units, > 0"),
+               ("samples", int(cfg.mppi.samples), f"dynamic: MPPI samples K, {SAMPLES_RANGE[0]}..{SAMPLES_RANGE[1]}")]
+        cost = getattr(getattr(self.planner, "mppi", None), "cost", None)
+        if self.env.name == "go1" and hasattr(cost, "v_des"):
+            dyn.append(("desired_speed", float(cost.v_des),
+                        f"dynamic: desired forward speed, m/s, {DESIRED_SPEED_RANGE[0]}..{DESIRED_SPEED_RANGE[1]}"))
+        for name, default, text in dyn:
+            if not self.has_parameter(name):
+                self.declare_parameter(name, default, _descriptor(text, read_only=False))
+        if self._param_cb is None:
+            self._param_cb = self.add_on_set_parameters_callback(self._on_set_parameters)
+        initial = [self.get_parameter(n) for n, _, _ in dyn]  # launch overrides apply from the first plan
+        goal = self.get_parameter_or("goal", Parameter("goal", Parameter.Type.NOT_SET))
+        if goal.type_ != Parameter.Type.NOT_SET and goal.value is not None and len(goal.value):
+            initial.append(goal)
+        result = self._on_set_parameters(initial, log=False)
+        if not result.successful:
+            raise ValueError(f"invalid parameter: {result.reason}")
+
+    def _on_set_parameters(self, params, log: bool = True) -> SetParametersResult:
+        """Validate runtime changes; a valid set is applied between planning cycles, an invalid
+        one is refused whole with the reason (``ros2 param set`` prints it)."""
+        changes = {}
+        for prm in params:
+            name, v = prm.name, prm.value
+            if name == "temperature":
+                if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                    return SetParametersResult(successful=False, reason=f"temperature must be finite and > 0, got {v}")
+                changes[name] = float(v)
+            elif name == "samples":
+                if not (isinstance(v, int) and SAMPLES_RANGE[0] <= v <= SAMPLES_RANGE[1]):
+                    return SetParametersResult(successful=False,
+                                               reason=f"samples must be an integer in {list(SAMPLES_RANGE)}, got {v}")
+                changes[name] = int(v)
+            elif name == "desired_speed":
+                if not (isinstance(v, (int, float)) and DESIRED_SPEED_RANGE[0] <= v <= DESIRED_SPEED_RANGE[1]):
+                    return SetParametersResult(successful=False, reason=f"desired_speed must be in "
+                                               f"{list(DESIRED_SPEED_RANGE)} m/s, got {v}")
+                changes[name] = float(v)
+            elif name == "goal":
+                if getattr(self, "env", None) is None:
+                    return SetParametersResult(successful=False, reason="goal: configure the node first")
+                try:
+                    changes[name] = self._check_goal(v)
+                except ValueError as e:
+                    return SetParametersResult(successful=False, reason=f"goal: {e}")
+        with self._lock:
+            self._pending.update(changes)
+        for name, v in changes.items() if log else ():
+            self.get_logger().info(f"parameter {name} = {v if name != 'goal' else np.round(v, 3).tolist()} "
+                                   "(applied from the next planning cycle)")
+        return SetParametersResult(successful=True)
+
+    def _check_goal(self, value) -> np.ndarray:
+        """A goal parameter/topic value -> the array to apply. Raises ValueError with the reason."""
+        p = np.asarray([] if value is None else list(value), dtype=np.float64)
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"non-finite position {p.tolist()}")
+        if self.env.name == "go1":
+            if p.shape not in ((2,), (3,)):
+                raise ValueError(f"the Go1 takes [x, y] (m), got {p.tolist()}")
+            return p[:2]
+        if self.env.name == "piper":
+            if p.shape != (3,):
+                raise ValueError(f"the PiPER takes [x, y, z] (m), got {p.tolist()}")
+            return p
+        raise ValueError(f"{self.env.name} has no goal")
+
+    def _apply_pending(self) -> None:
+        """Apply validated runtime changes (planner thread, between cycles)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        mppi = getattr(self.planner, "mppi", None)
+        for name, v in pending.items():
+            if name == "temperature" and mppi is not None:
+                mppi.config.temperature = v
+            elif name == "samples" and mppi is not None:
+                mppi.config.samples = v
+            elif name == "desired_speed" and mppi is not None:
+                mppi.cost.v_des = v
+            elif name == "goal":
+                self._set_goal(v)
+
+    def _set_goal(self, p: np.ndarray) -> bool:
+        if self.env.name == "go1":
+            self.env.waypoints = np.asarray(p, dtype=np.float64)[None, :2]
+            self.env.goal_index = 0
+            return True
+        from ws_sim.piper import IKError
+
+        try:
+            self.env.set_goal(p)  # inverse kinematics once; the planner's cost reads the joint goal
+        except IKError as e:
+            self.get_logger().warn(f"ignored goal {np.round(p, 3).tolist()}: {e}")
+            return False
+        self.get_logger().info(f"new goal {np.round(p, 3).tolist()} m")
+        return True
+
     # --- inputs -------------------------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_clock(self, msg) -> None:
+        self._clock_msgs += 1
+        self._clock_wall = time.monotonic()
 
     def _on_odom(self, msg: Odometry) -> None:
         pose, tw = msg.pose.pose, msg.twist.twist
@@ -223,10 +395,14 @@ class MPPIControllerNode(LifecycleNode):
             self._base_stamp = stamp_to_s(msg.header.stamp)
 
     def _on_joint_states(self, msg: JointState) -> None:
+        stamp = stamp_to_s(msg.header.stamp)
         with self._lock:
             base, base_stamp = self._base, self._base_stamp
-            self.supervisor.update_state(list(msg.name), msg.position, msg.velocity, stamp_to_s(msg.header.stamp),
-                                         self._now(), base, base_stamp)
+            ok = self.supervisor.update_state(list(msg.name), msg.position, msg.velocity, stamp, self._now(),
+                                              base, base_stamp)
+            if ok and self._active:
+                q, qd, b = self.supervisor._q, self.supervisor._qd, self.supervisor._base
+                self._state_log.append((stamp, self.io.join(q, qd, b)))
 
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
@@ -238,22 +414,59 @@ class MPPIControllerNode(LifecycleNode):
                 self.get_logger().info("e-stop released")
 
     def _on_goal(self, msg: PoseStamped) -> None:
-        p = np.array([msg.pose.position.x, msg.pose.position.y, msg.pose.position.z])
-        if not np.all(np.isfinite(p)):
-            self.get_logger().warn(f"ignored a goal with non-finite position {p.tolist()}")
-            return
-        if self.env.name == "go1":
-            self.env.waypoints = p[None, :2]
-            self.env.goal_index = 0
-            return
-        from ws_sim.piper import IKError
-
         try:
-            self.env.set_goal(p)  # inverse kinematics once; the planner's cost reads the joint goal
-        except IKError as e:
-            self.get_logger().warn(f"ignored goal {p.round(3).tolist()}: {e}")
+            p = self._check_goal([msg.pose.position.x, msg.pose.position.y, msg.pose.position.z])
+        except ValueError as e:
+            self.get_logger().warn(f"ignored a goal: {e}")
             return
-        self.get_logger().info(f"new goal {p.round(3).tolist()} m")
+        with self._lock:
+            self._pending["goal"] = p
+
+    # --- the history of a sequence model ----------------------------------------------------------
+    def _reset_history(self) -> None:
+        """A new episode: no origin, no reported steps, empty logs."""
+        with self._lock:
+            self._origin = None  # stamp of the first state planned from (control step 0)
+            self._fed = -1  # the last control step reported to the dynamics
+            n = 4 * self.cfg.mppi.horizon + 64
+            self._state_log = collections.deque(maxlen=n)  # (stamp, [qpos, qvel]) of valid readings
+            self._sent_log = collections.deque(maxlen=n)  # (stamp, point times (m,), points (m, nu)) sent
+            self._plans_log = collections.deque(maxlen=4)  # (nominal (H, nu), predicted states (H, nx))
+
+    def _step_of(self, stamp: float) -> int:
+        return int(math.floor((stamp - self._origin) / self.env.dt + 1e-6))
+
+    def _action_at(self, tau: float) -> np.ndarray | None:
+        """The command in force at time ``tau``: the newest published point at or before it."""
+        for stamp, times, rows in reversed(self._sent_log):
+            if stamp <= tau + 1e-9:
+                j = int(np.searchsorted(times, tau - stamp + 1e-9, side="right")) - 1
+                return rows[max(j, 0)]
+        return None
+
+    def _state_at(self, tau: float) -> np.ndarray | None:
+        """The newest valid reading at or before ``tau``, if no older than ``state_timeout_s``."""
+        for stamp, state in reversed(self._state_log):
+            if stamp <= tau + 1e-9:
+                return state if tau - stamp <= self.supervisor.state_timeout_s else None
+        return None
+
+    def _feed_history(self, t: int) -> None:
+        """Report control steps ``fed + 1 .. t - 1`` to a history-conditioned model (planner thread)."""
+        dyn = self.planner.mppi.dynamics
+        if not hasattr(dyn, "observe"):
+            return
+        with self._lock:
+            steps = []
+            for k in range(max(self._fed + 1, t - getattr(dyn, "history", t) - 1), t):
+                tau = self._origin + k * self.env.dt
+                steps.append((k, self._state_at(tau), self._action_at(tau)))
+            self._fed = max(self._fed, t - 1)
+        for k, state, action in steps:
+            if state is None or action is None:  # a gap: the history restarts after it
+                dyn.reset()
+                continue
+            dyn.observe(state, action)
 
     # --- the real-time loop's callbacks ---------------------------------------------------------
     def _get_state(self):
@@ -267,16 +480,31 @@ class MPPIControllerNode(LifecycleNode):
             return None
         q, qd, base = st
         state = self.io.join(q, qd, base)
+        if self._origin is None:
+            self._origin = stamp
+        t = self._step_of(stamp)
+        if t < self._fed + 1:  # a reading older than a step already reported: nothing to plan
+            return None
         if self.env.name == "go1":
             self.env.update_goal(state[:2])
-        now = self._loop_clock()
-        if self._t_active is None:
-            self._t_active = now
         # in sim time the reading's stamp is on the loop's clock: the plan starts at the state it was made from
-        return (state, int((now - self._t_active) / self.env.dt)) + ((stamp,) if self.sim_time else ())
+        return (state, t) + ((stamp,) if self.sim_time else ())
 
     def _plan(self, state, t):
-        self.planner.plan(state, t)
+        self._apply_pending()
+        self._feed_history(t)
+        try:
+            self.planner.plan(state, t)
+        except FloatingPointError as e:  # every rollout non-finite: hold (the tick reads the fault) and report
+            self._plan_fault = str(e)
+            raise
+        self._plan_fault = ""
+        last = self.planner.last
+        with self._lock:
+            self._plans_log.append((np.asarray(last.nominal, dtype=np.float64), last.predicted_states))
+        if not self._first_plan_logged:
+            self._first_plan_logged = True
+            self.get_logger().info(f"first plan made (step {t}): planning and commanding")
         if self._unpause is not None:  # once: the simulation may start now that a plan exists
             if self._unpause.service_is_ready():
                 self._unpause.call_async(Empty.Request())
@@ -284,28 +512,58 @@ class MPPIControllerNode(LifecycleNode):
                 self._unpause = None
             else:
                 self.get_logger().warn(f"waiting for the service {self._unpause.srv_name}", throttle_duration_sec=2.0)
-        return self.planner.last.nominal
+        return last.nominal
+
+    def _predicted_for(self, steps: np.ndarray):
+        """The states MPPI predicts for the starts of the plan ``steps`` ``(n, nu)`` (the tick's
+        tail): ``(q (n, nu), qd (n, nu))`` of the commanded joints, or ``(None, None)``."""
+        n = len(steps)
+        if n == 0:
+            return None, None
+        for nominal, predicted in reversed(self._plans_log):
+            h = len(nominal)
+            i = h - 1 - n  # the tick's command is the plan's step i; the tail is steps i+1 .. H-1
+            if i < 0 or not np.array_equal(nominal[i + 1:], steps):
+                continue
+            pred = np.asarray(predicted[i:i + n], dtype=np.float64)  # the state after step i+j starts step i+1+j
+            if pred.shape[0] != n:
+                return None, None
+            qs, qds = zip(*(self.io.split(x)[:2] for x in pred))
+            idx = self.supervisor._cmd_idx
+            return np.asarray(qs)[:, idx], np.asarray(qds)[:, idx]
+        return None, None
 
     def _send(self, command: np.ndarray) -> None:
         tail = None
         with self._lock:
             rt = self._rt
-            d = self.supervisor.decide(self._now(), command if rt is not None and rt.has_plan else None)
-            if d.mode.value == "run" and rt is not None:
+            now = self._now()
+            d = self.supervisor.decide(now, command if rt is not None and rt.has_plan else None)
+            if d.mode == Mode.RUN and self._plan_fault:
+                d = Decision(Mode.HOLD, self.supervisor.hold_command(), 2,
+                             f"planner fault ({self._plan_fault}): holding")
+            if d.mode == Mode.RUN and rt is not None:
                 steps, lead = rt.plan_tail()
-                tail = self.supervisor.limit_plan(steps)
-        self._last = d
+                pq, pqd = self._predicted_for(steps) if self.command_kind == "position" else (None, None)
+                tail = self.supervisor.limit_plan(steps, pq, pqd)
+            self._last = d
+            if d.command is not None and np.all(np.isfinite(d.command)):
+                rows = [d.command] if tail is None else [d.command, *tail]
+                times = np.array([0.0] + [lead + j * self.env.dt for j in range(len(rows) - 1)])
+                self._sent_log.append((now, times, np.array(rows)))
         if d.command is not None:
-            self._publish_command(d.command, tail, lead if tail is not None else 0.0)
+            self._publish_command(d.command, tail, lead if tail is not None else 0.0, stamp_s=now)
 
-    def _publish_command(self, command: np.ndarray, tail: np.ndarray | None = None, lead_s: float = 0.0) -> None:
+    def _publish_command(self, command: np.ndarray, tail: np.ndarray | None = None, lead_s: float = 0.0,
+                         stamp_s: float | None = None) -> None:
         """One ``JointTrajectory``: point 0 is the command for now (``time_from_start`` 0); when
         running, the rest of the plan follows, step ``j`` at ``lead_s + j * dt`` (MPPI's actions
         are piecewise constant: hold each point until the next)."""
         if not np.all(np.isfinite(command)):  # the supervisor never lets one through; belt and braces
             return
         msg = JointTrajectory()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = (self.get_clock().now() if stamp_s is None else
+                            rclpy.time.Time(nanoseconds=int(round(stamp_s * 1e9)), clock_type=self.get_clock().clock_type)).to_msg()
         msg.joint_names = self.command_names
         rows = [command] if tail is None else [command, *tail]
         for j, row in enumerate(rows):
@@ -319,17 +577,41 @@ class MPPIControllerNode(LifecycleNode):
             msg.points.append(pt)
         self._pub_cmd.publish(msg)
 
+    def _clock_fault(self) -> str:
+        """With ``use_sim_time``: "no /clock for N s" once no /clock message came for a second."""
+        if not getattr(self, "sim_time", False):
+            return ""
+        since = self._configured_wall if self._clock_wall is None else self._clock_wall
+        quiet = time.monotonic() - since
+        return f"no /clock for {quiet:.0f} s" if quiet >= 1.0 else ""
+
     def _publish_diagnostics(self) -> None:
         d = self._last
         rt = self._rt
         stats = rt.stats() if rt is not None else {}
+        now = self._now()
+        checked, rejected, top = self.supervisor.validator.recent(now)
         values = {**{k: v for k, v in stats.items() if v is not None},
-                  "mode": d.mode.value if d else "inactive", "estop": self.supervisor.estopped,
+                  "mode": d.mode.value if d and self._active else "inactive", "estop": self.supervisor.estopped,
                   **{f"rejected_{k}": v for k, v in self.supervisor.validator.rejected.items() if v},
                   "accepted_states": self.supervisor.validator.accepted,
+                  "readings_last_s": checked, "rejected_last_s": rejected,
                   "time_base": "sim (/clock)" if getattr(self, "sim_time", False) else "wall"}
-        level = d.level if d else 1
-        message = d.message if d else "inactive"
+        if not self._active:
+            level, message = 1, "inactive (lifecycle): not planning, not commanding"
+        elif d is None:
+            level, message = 1, "active: no tick yet (waiting for the loop's clock)"
+        else:
+            level, message = d.level, d.message
+        clock_fault = self._clock_fault() if self._active else ""
+        if clock_fault:
+            level, message = 2, f"{clock_fault}: the tick cannot run without simulated time; {message}"
+            self.get_logger().error(clock_fault + " (use_sim_time is set: is the simulator publishing /clock?)",
+                                    throttle_duration_sec=5.0)
+        if checked and rejected > REJECTED_WARN_SHARE * checked:
+            level = max(level, 1)
+            message = (f"{message}; {rejected} of {checked} readings in the last second rejected "
+                       f"({100.0 * rejected / checked:.0f} %), mostly {top}")
         if rt is not None and rt.faults:
             level, message = max(level, 1), f"{message}; planner faults {rt.faults}: {rt.last_fault}"
         msg = DiagnosticArray()
