@@ -34,7 +34,7 @@ from .channels import channels_from_model
 from .dataset import TrajectoryDataset, read_dataset, write_dataset
 
 __all__ = ["SYSTEMS", "HELD_OUT_ZERO_SHOT", "HELD_OUT_FEW_SHOT", "SystemSpec", "make_system", "coloured_noise",
-           "build_corpus", "load_system", "CorpusError"]
+           "build_corpus", "load_system", "load_datasets", "CorpusError"]
 
 log = logging.getLogger(__name__)
 
@@ -288,11 +288,18 @@ def load_system(corpus: str | os.PathLike, name: str) -> TrajectoryDataset:
     """All shards of one system as one dataset (channel ranges: the union over shards).
 
     Raises:
-        CorpusError: the system has no shard in ``corpus``.
+        CorpusError: ``corpus`` is not a folder, or holds no ``<name>/shard_NNN.hdf5``.
     """
-    shards = sorted((Path(corpus) / name).glob("shard_*.hdf5"))
+    corpus = Path(corpus)
+    expected = f"expected a corpus folder with {name}/shard_NNN.hdf5 from ws corpus build"
+    if not corpus.exists():
+        raise CorpusError(f"corpus {corpus} does not exist ({expected})")
+    if not corpus.is_dir():
+        raise CorpusError(f"corpus {corpus} is a file, not a folder ({expected}; a trajectory file is read "
+                          f"with load_datasets)")
+    shards = sorted((corpus / name).glob("shard_*.hdf5"))
     if not shards:
-        raise CorpusError(f"corpus {corpus} has no shard of {name!r}")
+        raise CorpusError(f"corpus {corpus} has no shard of {name!r} ({expected})")
     parts = [read_dataset(p) for p in shards]
     ds = TrajectoryDataset.concatenate(parts)
     lo = np.min([[c.min for c in p.state_channels] for p in parts], axis=0)
@@ -302,3 +309,59 @@ def load_system(corpus: str | os.PathLike, name: str) -> TrajectoryDataset:
     ds.state_channels = [dataclasses.replace(c, min=float(a), max=float(b)) for c, a, b in zip(ds.state_channels, lo, hi)]
     ds.action_channels = [dataclasses.replace(c, min=float(a), max=float(b)) for c, a, b in zip(ds.action_channels, alo, ahi)]
     return ds
+
+
+TRAJECTORY_SUFFIXES = (".hdf5", ".h5")
+
+
+def load_datasets(path: str | os.PathLike, systems: list[str] | None = None,
+                  env: str | None = None) -> dict[str, TrajectoryDataset]:
+    """The trajectory data at ``path``, by system name, for the evaluation protocols.
+
+    ``path`` may be:
+
+    * a corpus folder (``<path>/<system>/shard_NNN.hdf5``, :func:`build_corpus`): the named
+      ``systems`` (default :data:`HELD_OUT_ZERO_SHOT`), each its shards joined by
+      :func:`load_system`;
+    * a folder of trajectory files (``*.hdf5``/``*.h5`` directly in it, such as D4RL files):
+      one dataset per file, named by the file's stem (``systems``, when given, picks stems);
+    * one trajectory file: one dataset named by its stem.
+
+    Files are read by :func:`~ws_sim.dataset.read_dataset`; those without WorldScape metadata
+    need ``env`` (their channels, and the MuJoCo model that simulates the successors a D4RL
+    file does not store). Channel ranges are each file's data ranges (union over a corpus
+    system's shards); the protocols may replace them (see ``ws_worldmodel.protocols``).
+
+    Args:
+        path: corpus folder, folder of files, or file.
+        systems: corpus systems, or file stems, to load.
+        env: environment short name (:func:`ws_sim.envs.make_env`) of plain D4RL files.
+
+    Returns:
+        ``{name: dataset}`` in the order of ``systems`` (or of sorted file names).
+
+    Raises:
+        CorpusError: ``path`` does not exist, a folder holds neither the corpus systems nor
+            trajectory files, a named system or file is missing.
+        DatasetError: a file is unreadable or lacks what it needs (its environment, keys).
+    """
+    path = Path(path)
+    expected = ("expected a corpus folder (<system>/shard_NNN.hdf5 from ws corpus build), a folder of "
+                ".hdf5/.h5 trajectory files, or one such file")
+    if not path.exists():
+        raise CorpusError(f"{path} does not exist ({expected})")
+    if path.is_file():
+        return {path.stem: read_dataset(path, env=env)}
+    names = list(systems) if systems else list(HELD_OUT_ZERO_SHOT)
+    if any((path / n).is_dir() for n in names):
+        return {n: load_system(path, n) for n in names}
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in TRAJECTORY_SUFFIXES)
+    if not files:
+        raise CorpusError(f"{path} holds neither corpus systems {names} nor trajectory files ({expected})")
+    if systems:
+        by_stem = {p.stem: p for p in files}
+        missing = [n for n in systems if n not in by_stem]
+        if missing:
+            raise CorpusError(f"{path} has no trajectory file named {missing}; it holds {sorted(by_stem)}")
+        files = [by_stem[n] for n in systems]
+    return {p.stem: read_dataset(p, env=env) for p in files}

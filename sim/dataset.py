@@ -10,8 +10,9 @@ On disk (:func:`write_dataset`, :func:`read_dataset`):
 * **HDF5** (``*.hdf5``/``*.h5``), D4RL's layout: ``observations (N, nx)``, ``actions (N, nu)``,
   ``rewards (N,)``, ``terminals (N,)``, ``timeouts (N,)``, plus ``next_observations`` and
   ``infos/qpos``, ``infos/qvel``; metadata as JSON in the root attribute ``worldscape``.
-  Files from D4RL itself (no ``next_observations``, no metadata) load too when the caller
-  supplies the channels.
+  Plain D4RL-format files (no metadata, with or without ``next_observations``) load too
+  when the caller names their environment (or supplies its channels); see
+  :func:`read_dataset` for how their rows become transitions.
 * **Minari** (a directory), written with ``minari``'s own storage; the metadata is kept in
   the dataset's ``metadata.json`` under ``worldscape``.
 
@@ -214,19 +215,43 @@ def read_dataset(path: str | os.PathLike, state_channels: Sequence[Channel] | No
                  action_channels: Sequence[Channel] | None = None, env: str | None = None) -> TrajectoryDataset:
     """Load a D4RL-style HDF5 file or a Minari dataset directory.
 
+    A file with WorldScape metadata (``ws collect``, ``ws corpus build``) is read as written.
+    A plain D4RL-format file (no metadata) is read by D4RL's convention: row ``t`` holds
+    ``(o_t, a_t, r_t, terminals[t], timeouts[t])``; ``terminals[t]`` means the environment
+    terminated in ``s_{t+1}``, ``timeouts[t]`` that the episode was truncated after step
+    ``t``; the next row of the same episode holds ``s_{t+1}``. Every row becomes one
+    transition, flags kept (``len(result) ==`` the file's rows):
+
+    * the state is ``infos/qpos ‖ infos/qvel`` where the file has them with ``nq + nv``
+      columns (D4RL's ``observations`` omit the root x of Hopper and clip velocities), else
+      ``observations`` if those have ``nq + nv`` columns;
+    * the successor ``s_{t+1}`` is ``next_observations[t]`` when that key holds full states;
+      otherwise the next row's state within an episode, and at an episode's last row (whose
+      successor D4RL does not store) one step of the environment's own MuJoCo model from
+      ``s_t`` with ``a_t`` (:class:`~ws_sim.oracle.MuJoCoOracle`; equal to the recorded
+      physics up to float32 rounding of the stored state). ``attrs["simulated_successors"]``
+      counts those steps;
+    * a last row with neither flag (a file cut mid-episode) ends with a timeout;
+    * the channels' ``min``/``max`` become the file's own data ranges (states and
+      successors; actions), as ``ws collect`` writes them for its datasets.
+
     Args:
         path: the file or directory.
-        state_channels, action_channels: required for files without WorldScape metadata
-            (plain D4RL files); checked against the metadata when both exist.
-        env: environment name for files without metadata.
+        state_channels, action_channels: the channels of files without WorldScape metadata
+            (default: the environment's); checked against the metadata when both exist.
+        env: environment short name (:func:`ws_sim.envs.make_env`: ``"hopper"``, ...) of a
+            file without metadata: its channels, and the model that simulates missing
+            successors. Ignored for files with metadata.
 
     Raises:
-        DatasetError: missing path, unreadable or corrupt file, missing keys.
+        DatasetError: missing path, unreadable or corrupt file, missing keys, a plain file
+            without its environment (or channels), an unknown ``env``, states whose width is
+            not the environment's ``nq + nv``.
         ChannelMismatchError: the metadata disagrees with the given channels.
     """
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"dataset {path} does not exist")
+        raise DatasetError(f"dataset {path} does not exist (expected a .hdf5/.h5 file or a Minari directory)")
     try:
         ds = _read_minari(path) if path.is_dir() else _read_hdf5(path, state_channels, action_channels, env)
     except (DatasetError, ValueError) as e:
@@ -257,37 +282,97 @@ def _read_hdf5(path: Path, state_channels, action_channels, env) -> TrajectoryDa
             raise DatasetError(f"dataset {path} lacks the D4RL keys {missing}")
         obs = f["observations"][()]
         acts = f["actions"][()]
-        rew = f["rewards"][()]
-        term = f["terminals"][()].astype(bool)
-        tout = f["timeouts"][()].astype(bool)
-        if "infos/qpos" in f and "infos/qvel" in f:
-            full = np.concatenate([f["infos/qpos"][()], f["infos/qvel"][()]], axis=1)
-            if full.shape[1] != obs.shape[1]:
-                obs = full  # a D4RL file whose observations omit the root x: use the full state
+        rew = f["rewards"][()].reshape(-1)
+        term = f["terminals"][()].astype(bool).reshape(-1)
+        tout = f["timeouts"][()].astype(bool).reshape(-1)
+        full = (np.concatenate([f["infos/qpos"][()], f["infos/qvel"][()]], axis=1)
+                if "infos/qpos" in f and "infos/qvel" in f else None)
         nxt = f["next_observations"][()] if "next_observations" in f else None
         meta = _metadata_from_json(f.attrs["worldscape"], path) if "worldscape" in f.attrs else None
-    if meta is not None:
+    if meta is not None:  # written by WorldScape: observations and next_observations are full states
         sc = channels_from_records(meta["state_channels"])
         ac = channels_from_records(meta["action_channels"])
-        env = meta.get("env", env)
-        attrs = meta.get("attrs", {})
+        if nxt is None:
+            raise DatasetError(f"dataset {path} has WorldScape metadata but no next_observations")
+        return TrajectoryDataset(obs, acts, rew, nxt, term, tout, sc, ac, meta.get("env", env or "unknown"),
+                                 meta.get("attrs", {}))
+    return _read_plain_d4rl(path, obs, acts, rew, term, tout, full, nxt, state_channels, action_channels, env)
+
+
+def _read_plain_d4rl(path, obs, acts, rew, term, tout, full, nxt, state_channels, action_channels,
+                     env) -> TrajectoryDataset:
+    """A D4RL-format file without metadata: every row one transition (see :func:`read_dataset`)."""
+    from .channels import data_ranges
+
+    senv = None
+    if state_channels is None or action_channels is None:
+        if env is None:
+            raise DatasetError(f"dataset {path} carries no channel metadata; name its environment "
+                               f"(read_dataset(..., env=NAME), ws ... --env NAME)")
+        senv = _make_env(env, path)
+        state_channels = state_channels if state_channels is not None else senv.state_channels
+        action_channels = action_channels if action_channels is not None else senv.action_channels
+    sc, ac = list(state_channels), list(action_channels)
+    nx, n = len(sc), len(obs)
+    what = f"environment {env!r}" if env else "the given channels"
+    if full is not None and full.shape[1] == nx:
+        states = full
+    elif obs.ndim == 2 and obs.shape[1] == nx:
+        states = obs
     else:
-        if state_channels is None or action_channels is None:
-            raise DatasetError(f"dataset {path} carries no channel metadata; pass the environment's channels")
-        sc, ac, attrs = list(state_channels), list(action_channels), {}
-    if nxt is None:
-        # D4RL files store consecutive steps and no successor for the last step of an
-        # episode (terminal or timeout): drop those rows, as D4RL's own qlearning_dataset does.
-        rew = rew.reshape(-1)
-        has_next = ~(term | tout)
-        has_next[-1] = False
-        idx = np.flatnonzero(has_next)
-        nxt = obs[idx + 1]
-        obs, acts, rew = obs[idx], acts[idx], rew[idx]
-        tout = np.ones(len(idx), bool)
-        tout[:-1] = np.diff(idx) != 1
-        term = np.zeros(len(idx), bool)
-    return TrajectoryDataset(obs, acts, rew.reshape(-1), nxt, term, tout, sc, ac, env or "unknown", attrs)
+        got = f"infos/qpos + infos/qvel have {full.shape[1]} columns" if full is not None else (
+            f"observations have {obs.shape[-1]} columns and there is no infos/qpos, infos/qvel")
+        raise DatasetError(f"dataset {path}: {got}, but the state of {what} is qpos + qvel with {nx}")
+    if len(states) != n:
+        raise DatasetError(f"dataset {path}: infos/qpos has {len(states)} rows but observations {n}")
+    tout = tout.copy()
+    if n and not (term[-1] or tout[-1]):
+        tout[-1] = True  # the file ends mid-episode: truncated there
+    ends = term | tout
+    simulated = 0
+    if nxt is not None and nxt.ndim == 2 and nxt.shape[1] == nx:
+        succ = nxt
+    else:
+        succ = np.empty_like(states, dtype=np.float64)
+        succ[:-1] = states[1:]
+        last = np.flatnonzero(ends)
+        if len(last):
+            if env is None:
+                raise DatasetError(f"dataset {path} does not store the successors of its {len(last)} episode "
+                                   f"ends (no full-state next_observations); name its environment to simulate them")
+            if senv is None:
+                senv = _make_env(env, path)
+            succ[last] = _simulate_steps(senv, states[last], acts[last])
+            simulated = len(last)
+    if senv is not None:
+        senv.close()
+    if n:
+        sc = data_ranges(sc, np.concatenate([states, succ]))
+        ac = data_ranges(ac, acts)
+    attrs = {"source": "d4rl-format file without WorldScape metadata", "file": str(path),
+             "simulated_successors": simulated}
+    return TrajectoryDataset(states, acts, rew, succ, term, tout, sc, ac, env or "unknown", attrs)
+
+
+def _make_env(env: str, path: Path):
+    from .envs import UnknownEnvironmentError, make_env
+
+    try:
+        return make_env(env)
+    except UnknownEnvironmentError as e:
+        raise DatasetError(f"dataset {path}: {e}") from e
+
+
+def _simulate_steps(env, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """``(E, nx)`` states after one control step of ``env``'s MuJoCo model from each ``(state, action)``."""
+    from .oracle import MuJoCoOracle
+
+    oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=1)
+    try:
+        return np.stack([oracle.rollout(np.asarray(s, np.float64), np.asarray(a, np.float64)[None, None])[0, 0]
+                         for s, a in zip(states, actions)])
+    finally:
+        oracle.close()
 
 
 def _read_minari(path: Path) -> TrajectoryDataset:

@@ -71,26 +71,36 @@ def test_history_prefix_segments_are_executed_history_then_rollout(hopper_env, s
 
 
 def test_plain_d4rl_file_loads_with_given_channels(tmp_path, small_datasets):
-    """A D4RL file: consecutive steps, no next_observations, no WorldScape metadata."""
+    """A D4RL file: one row per step (o_t, a_t, r_t, flags), no next_observations, no metadata;
+    the successor of an episode's last step is not stored and is simulated (test_d4rl_cli.py
+    covers Gymnasium rollouts and the command line)."""
     _, val = small_datasets
     seg = [s for s in val.segments()][:3]
-    obs = np.concatenate([s["observations"] for s in seg])
+    obs = np.concatenate([s["observations"][:-1] for s in seg])
     n = len(obs)
+    ends = np.cumsum([len(s["actions"]) for s in seg]) - 1
+    terminals = np.zeros(n, bool)
+    terminals[ends[0]] = True
     timeouts = np.zeros(n, bool)
-    ends = np.cumsum([len(s["observations"]) for s in seg]) - 1
-    timeouts[ends] = True
+    timeouts[ends[1:]] = True
     with h5py.File(tmp_path / "d4rl.hdf5", "w") as f:
         f["observations"] = obs
-        f["actions"] = np.zeros((n, 3))
+        f["actions"] = np.concatenate([s["actions"] for s in seg])
         f["rewards"] = np.ones(n)
-        f["terminals"] = np.zeros(n, bool)
+        f["terminals"] = terminals
         f["timeouts"] = timeouts
     env = make_env("hopper")
     with pytest.raises(DatasetError, match="no channel metadata"):
         read_dataset(tmp_path / "d4rl.hdf5")
+    with pytest.raises(DatasetError, match="name its environment to simulate them"):
+        read_dataset(tmp_path / "d4rl.hdf5", env.state_channels, env.action_channels)
     ds = read_dataset(tmp_path / "d4rl.hdf5", env.state_channels, env.action_channels, env="hopper")
-    assert len(ds) == n - 3 and ds.num_segments == 3
+    assert len(ds) == n and ds.num_segments == 3
+    np.testing.assert_array_equal(ds.terminals, terminals)
+    np.testing.assert_array_equal(ds.timeouts, timeouts)
     np.testing.assert_allclose(ds.next_observations[0], seg[0]["observations"][1])
+    for e, s in zip(ends, seg):  # the oracle-collected data is reproduced by the simulated last step
+        np.testing.assert_allclose(ds.next_observations[e], s["observations"][-1], atol=1e-4)
 
 
 def test_missing_and_corrupt_datasets_are_named(tmp_path):

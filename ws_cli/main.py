@@ -107,8 +107,9 @@ def cmd_train(args) -> int:
     from ws_worldmodel.train import train_mlp_ensemble
 
     _set_threads(args.threads)
-    train = read_dataset(args.train)
-    val = read_dataset(args.val)
+    # --env names the environment of plain D4RL files (channels, missing successors) and checks the rest
+    train = read_dataset(args.train, env=args.env)
+    val = read_dataset(args.val, env=args.env)
     if args.env:
         env = make_env(args.env)
         train.check_matches(env.state_channels, env.action_channels, f"dataset {args.train}")
@@ -228,15 +229,39 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _system_model(name: str, ds, env):
+    """The MuJoCo model of a system to evaluate: ``--env``'s, a corpus system's, or that of the
+    environment the dataset names.
+
+    Raises:
+        ConfigError: none of them is known.
+    """
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import SYSTEMS, make_system
+    from ws_sim.envs import UnknownEnvironmentError, make_env
+
+    if env is not None:
+        return env.model
+    for key in (name, ds.env):
+        if key in SYSTEMS:
+            return make_system(key).model
+    try:
+        return make_env(ds.env).model
+    except UnknownEnvironmentError:
+        raise ConfigError(f"dataset {name!r} is of environment {ds.env!r}, neither a corpus system nor a "
+                          f"WorldScape environment; pass --env") from None
+
+
 def cmd_eval_zero_shot(args) -> int:
     from ws_mppi.config import ConfigError
-    from ws_sim.corpus import HELD_OUT_ZERO_SHOT, load_system, make_system
+    from ws_sim.corpus import load_datasets
+    from ws_sim.envs import make_env
     from ws_worldmodel.checkpoint import load_checkpoint
     from ws_worldmodel.protocols import format_table, zero_shot
 
     _headless_gl()
     _set_threads(args.threads)
-    systems = [s for s in (args.systems or ",".join(HELD_OUT_ZERO_SHOT)).split(",") if s]
+    systems = [s for s in args.systems.split(",") if s] or None
     models = {}
     for spec in args.checkpoints.split(","):
         name, _, path = spec.rpartition("=")
@@ -244,9 +269,14 @@ def cmd_eval_zero_shot(args) -> int:
         if not hasattr(model, "net"):
             raise ConfigError(f"checkpoint {path} is not a trajectory world model (WestWorld, TrajWorld or TDM)")
         models[name or Path(path).stem] = model
-    datasets = {s: load_system(args.corpus, s) for s in systems}
+    datasets = load_datasets(args.corpus, systems, env=args.env)
+    env = make_env(args.env) if args.env else None
+    if env is not None:
+        for s, ds in datasets.items():
+            ds.check_matches(env.state_channels, env.action_channels, f"dataset {s}")
+    mj_models = {s: _system_model(s, ds, env) for s, ds in datasets.items()}
     try:
-        results = zero_shot(models, datasets, {s: make_system(s).model for s in systems}, args.out,
+        results = zero_shot(models, datasets, mj_models, args.out,
                             history=args.history, horizon=args.horizon, stride=args.stride,
                             max_windows=args.max_windows)
     except ValueError as e:  # a system too large for a padded baseline, or without a full segment
@@ -1087,12 +1117,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train an MLPEnsemble dynamics model",
                        description="Fit a probabilistic MLP ensemble (seed 003 App. D.1) on a dataset from ws collect "
-                                   "(HDF5 or Minari) and write a self-contained checkpoint.",
+                                   "(HDF5 or Minari) or a plain D4RL-format HDF5 file (with --env), and write a "
+                                   "self-contained checkpoint.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--train", type=Path, required=True, help="training dataset (file or Minari directory)")
-    t.add_argument("--val", type=Path, required=True, help="validation dataset")
+    t.add_argument("--train", type=Path, required=True,
+                   help="training dataset: HDF5 file or Minari directory from ws collect, or a D4RL-format HDF5 file")
+    t.add_argument("--val", type=Path, required=True, help="validation dataset (same kinds as --train)")
     t.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
-    t.add_argument("--env", default=None, help="check the datasets' channels against this environment")
+    t.add_argument("--env", default=None,
+                   help=f"environment of the datasets ({envs}): checks their channels, and reads plain D4RL files "
+                        "(no WorldScape metadata) with its channels, state qpos+qvel from infos/qpos, infos/qvel, "
+                        "and its MuJoCo model for the successors of episode ends the file does not store")
     t.add_argument("--ensemble-size", type=int, default=5)
     t.add_argument("--elites", type=int, default=3)
     t.add_argument("--hidden", type=int, default=200)
@@ -1155,13 +1190,24 @@ def build_parser() -> argparse.ArgumentParser:
     zs = esub.add_parser("zero-shot", help="Table 1: predict 100 steps from 50 on systems unseen in pretraining",
                          description="Zero-shot long-horizon prediction (seed 003 Table 1, App. D.2): every episode of "
                                      "each held-out system is cut into history+horizon segments; each model predicts "
-                                     "the horizon from the history and the actions; MAE/MSE in normalised units. "
-                                     "Writes zero_shot.md, zero_shot.json and a plot per system.",
+                                     "the horizon from the history and the actions; MAE/MSE in normalised units (each "
+                                     "system min-max normalised by all of its own states and actions, as the seed "
+                                     "does). Writes zero_shot.md, zero_shot.json and a plot per system.",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    zs.add_argument("--corpus", type=Path, required=True, help="corpus holding the held-out systems")
+    zs.add_argument("--corpus", type=Path, required=True,
+                    help="the data to evaluate on: a corpus folder from ws corpus build (<system>/shard_NNN.hdf5), "
+                         "a folder of .hdf5/.h5 trajectory files (one system per file, named by its stem), or one "
+                         "such file; plain D4RL-format files need --env")
+    zs.add_argument("--env", default=None,
+                    help=f"environment of the data ({envs}): the channels of plain D4RL files (state qpos+qvel "
+                         "from infos/qpos, infos/qvel) and the MuJoCo model for the structural embedding and the "
+                         "successors of episode ends a D4RL file does not store; data with metadata is checked "
+                         "against it. Without it each dataset's own system or environment gives the model")
     zs.add_argument("--checkpoints", required=True,
                     help="comma-separated [name=]path of WestWorld/TrajWorld/TDM checkpoints from ws pretrain")
-    zs.add_argument("--systems", default="", help="systems to evaluate (default: gym-hopper,gym-walker2d)")
+    zs.add_argument("--systems", default="",
+                    help="corpus systems to evaluate (empty: gym-hopper,gym-walker2d), or file stems in a folder "
+                         "of files (empty: all of them)")
     zs.add_argument("--history", type=int, default=50)
     zs.add_argument("--horizon", type=int, default=100)
     zs.add_argument("--stride", type=int, default=150, help="step between segment starts")

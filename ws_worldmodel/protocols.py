@@ -35,6 +35,15 @@ __all__ = ["zero_shot", "few_shot", "routing", "scalability", "format_table"]
 
 
 def _eval_windows(ds: TrajectoryDataset, model, length: int, stride: int) -> SystemData:
+    """Windows of a held-out system, min-max normalised by that system's whole data.
+
+    The ranges are recomputed here, whatever the dataset's metadata carries (a corpus shard's,
+    ``ws collect``'s or a plain D4RL file's data ranges): per channel, the min and max over
+    all its states (``observations`` and ``next_observations``: histories and targets of the
+    segments alike) and all its actions. This is the seed's per-dataset normalisation; it
+    uses no statistic of any model's prediction, and every model and the reference row are
+    scored in the same units.
+    """
     ds = dataclasses.replace(ds)
     ds.state_channels = data_ranges(ds.state_channels, np.concatenate([ds.observations, ds.next_observations]))
     ds.action_channels = data_ranges(ds.action_channels, ds.actions)
@@ -69,7 +78,11 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
 
     Args:
         models: name -> a loaded :class:`~ws_worldmodel.pretrain.TrajectoryWorldModel`.
-        datasets: system name -> its :class:`TrajectoryDataset` (unseen in pretraining).
+        datasets: system name -> its :class:`TrajectoryDataset` (unseen in pretraining): corpus
+            systems, ``ws collect`` datasets or plain D4RL files
+            (:func:`ws_sim.corpus.load_datasets`). Each is normalised by the min-max ranges
+            of its own states and actions (all of them, histories and targets alike; see
+            :func:`_eval_windows`), not by the ranges its metadata carries.
         mj_models: system name -> its ``MjModel`` (for the structural indices).
         out_dir: where the table and plots go.
         history, horizon: observed and predicted steps (the seed: 50 and 100).
