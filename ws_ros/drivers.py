@@ -14,6 +14,19 @@ Which SDK speaks to which robot:
 * **AgileX PiPER**: ``piper_sdk`` (PyPI), ``C_PiperInterface_V2`` over SocketCAN (``can0`` at
   1 Mbit/s: ``sudo ip link set can0 up type can bitrate 1000000``). Angles are in 0.001
   degree, gripper width in 0.001 mm, motor speeds in 0.001 rad/s.
+
+Each driver also has the robot's own safe stop for faults (an invalid reading, an IO error),
+:meth:`damping_stop`, and :meth:`release_stop` to leave it:
+
+* Go1: the usual low-level stop, ``Kp = 0`` with damping ``Kd = 3`` N·m·s/rad on every motor
+  (Unitree's passive/damping state on the real robot, ``unitree_guide``'s ``State_Passive``);
+  the legs sink slowly under the damping instead of being held stiffly at a position.
+  It is a command like any other: it must be sent every cycle; the next :meth:`write` leaves it.
+* PiPER: the SDK's emergency stop, ``EmergencyStop(0x01)`` (``MotionCtrl_1`` quick stop,
+  CAN ID 0x150): the arm stops and lowers itself slowly under damping. It latches in the
+  arm; piper_sdk documents the release as ``EmergencyStop(0x02)`` ("resume", which resets
+  the arm's controller and clears its errors, the motors unpowered) followed by enabling
+  the motors again, which :meth:`PiperDriver.release_stop` and the next :meth:`write` do.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ class Go1Driver:
     name = "go1"
     LOWLEVEL = 0xFF
     POSITION_MODE = 0x0A  # servo (PMSM) mode of a motor command
+    DAMPING_KD = 3.0  # N·m·s/rad: the damping of the stop (Unitree's passive state on the real Go1: Kp 0, Kd 3)
 
     def __init__(self, local_port: int = 8080, robot_ip: str = "192.168.123.10", robot_port: int = 8007,
                  power_protect: int = 9):
@@ -89,6 +103,18 @@ class Go1Driver:
         self.udp.SetSend(self.cmd)
         self.udp.Send()
 
+    def damping_stop(self, q_hold: np.ndarray | None = None) -> None:
+        """The low-level stop: ``Kp = 0``, ``Kd = DAMPING_KD``, no feed-forward torque, on every
+        motor. With ``Kp = 0`` the position target has no effect; it is ``q_hold`` (the last valid
+        reading) where finite, else 0, so that nothing non-finite is ever sent. Send it every
+        cycle while stopped."""
+        q = np.zeros(12) if q_hold is None else np.asarray(q_hold, dtype=np.float64)
+        q = np.where(np.isfinite(q), q, 0.0)
+        self.write(q, np.zeros(12), np.full(12, self.DAMPING_KD))
+
+    def release_stop(self) -> None:
+        """Nothing to undo on the Go1: the next :meth:`write` sends the servo gains again."""
+
     def close(self) -> None:
         pass
 
@@ -107,6 +133,7 @@ class PiperDriver:
     """
 
     name = "piper"
+    enabled = True  # False after release_stop until EnablePiper reports every motor enabled
 
     def __init__(self, can_port: str = "can0", speed_percent: int = 50):
         try:
@@ -132,10 +159,27 @@ class PiperDriver:
                 "tau": np.r_[tau, g.grippers_effort / 1e3]}
 
     def write(self, q_target: np.ndarray, kp=None, kd=None) -> None:
-        """Joint targets (rad) and ``joint7`` (m, one finger); the arm's own servo loop tracks them."""
+        """Joint targets (rad) and ``joint7`` (m, one finger); the arm's own servo loop tracks them.
+        After :meth:`release_stop`, the motors are enabled first (``EnablePiper`` until all report
+        enabled, as piper_sdk's demos do)."""
+        if not self.enabled:
+            self.enabled = bool(self.arm.EnablePiper())
         self.arm.MotionCtrl_2(0x01, 0x01, self.speed, 0x00)  # CAN control, joint mode
         self.arm.JointCtrl(*(int(v) for v in rad_to_millideg(q_target[:6])))
         self.arm.GripperCtrl(int(abs(round(2 * float(q_target[6]) * 1e6))), 1000, 0x01, 0)
+
+    def damping_stop(self, q_hold: np.ndarray | None = None) -> None:
+        """piper_sdk's emergency stop, ``EmergencyStop(0x01)``: the arm stops and lowers itself
+        slowly under damping; it stays stopped until :meth:`release_stop`. Sent on every call
+        (a repeated stop is harmless, a lost CAN frame is not); ``q_hold`` is not used."""
+        self.arm.EmergencyStop(0x01)
+
+    def release_stop(self) -> None:
+        """Leave the emergency stop as piper_sdk documents: ``EmergencyStop(0x02)`` ("resume":
+        resets the arm's controller and clears its errors, the motors unpowered), then enable the
+        motors again (:meth:`write` does, before its first command)."""
+        self.arm.EmergencyStop(0x02)
+        self.enabled = False
 
     def close(self) -> None:
         self.arm.DisconnectPort()
