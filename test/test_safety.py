@@ -149,3 +149,31 @@ def test_floating_base_needs_fresh_valid_odometry(limits):
     assert sup.update_state(JOINTS, HOME_JOINTS, np.zeros(12), 1.0, 1.0, base, 0.99)
     q, qd, b = sup.state(1.0)
     np.testing.assert_allclose(b, base)
+
+
+def test_plan_points_are_clamped_against_the_state_predicted_for_them(limits):
+    """A joint moving at qd != 0: point j of the plan must satisfy the torque bound at the state predicted for
+    its start, not at the state measured now (which lets a far-ahead point through, or cuts a near one)."""
+    sup = SafetySupervisor(limits)
+    n = len(JOINTS)
+    q0 = np.array(HOME_JOINTS, dtype=np.float64)
+    qd0 = np.full(n, 3.0)  # every joint moving at 3 rad/s
+    assert sup.update_state(JOINTS, q0, qd0, 10.0, 10.0)
+    steps = 4
+    pq = q0 + np.outer(np.arange(1, steps + 1) * 0.02, qd0)  # where the joints will be at each point's start
+    pqd = np.tile(qd0, (steps, 1))
+    span = (limits.torque_max + limits.kd * qd0) / np.maximum(limits.kp, 1e-9)  # the servo's reach beyond q
+    plan = pq + 0.9 * span  # each point just inside the bound at its own predicted state
+    plan = np.clip(plan, limits.position_min, limits.position_max)
+    out = sup.limit_plan(plan, pq, pqd)
+    np.testing.assert_allclose(out, np.stack([CommandLimiter(limits)(u, q, qd) for u, q, qd in zip(plan, pq, pqd)]))
+    inside = (plan > limits.position_min + 1e-9) & (plan < limits.position_max - 1e-9)
+    np.testing.assert_allclose(out[inside], plan[inside])  # nothing cut that the servo can reach then
+    # against the measured state (what was done before) the far points would have been cut
+    measured = np.stack([CommandLimiter(limits)(u, q0, qd0) for u in plan])
+    assert not np.allclose(measured, out)
+    # no prediction, or a non-finite one: only the command for now goes out
+    assert sup.limit_plan(plan) is None
+    bad = pq.copy()
+    bad[2, 1] = np.nan
+    assert sup.limit_plan(plan, bad, pqd) is None
