@@ -143,3 +143,100 @@ def test_a_simulated_clock_drives_the_ticks():
         assert len(sent) > n
     finally:
         ctrl.stop()
+
+
+# --- deadline scheduling, driven by a manual clock (no wall-clock waits) ---------------------------
+RATE, T0 = 90.0, 10.0
+P = 1.0 / RATE
+
+
+class ManualWait:
+    """``wait_until`` for the tick loop on a :class:`Clock`: jumps the clock to the deadline it is
+    asked to wait for, plus ``offsets[k]`` periods for deadline ``k`` (one offset per call, in
+    order: late > 0, early < 0); stops the loop instead once a deadline reaches ``end``.
+    ``on_wait(ctrl, k)`` runs first (e.g. reading the stats as another thread would)."""
+
+    def __init__(self, clock, end, offsets=None, on_wait=None):
+        self.clock, self.end, self.on_wait, self.ctrl = clock, end, on_wait, None
+        self.offsets = {k: list(v) for k, v in (offsets or {}).items()}
+
+    def __call__(self, t, stop):
+        k = round((t - T0) / P)
+        if self.on_wait is not None:
+            self.on_wait(self.ctrl, k)
+        if t >= self.end:
+            stop.set()
+            return
+        pending = self.offsets.get(k)
+        self.clock.t = t + (pending.pop(0) if pending else 0.0) * P
+
+
+def _loop(periods, offsets=None, on_wait=None):
+    """Run the tick loop in this thread from ``T0`` until deadline ``periods`` (ticks for deadlines
+    ``0 .. periods - 1`` at most); returns the controller and the clock time of every command."""
+    clock, sent = Clock(), []
+    clock.t = T0
+    wait = ManualWait(clock, T0 + (periods - 0.5) * P, offsets, on_wait)
+    ctrl = RealtimeController(lambda s, t: np.zeros((3, 1)), lambda: None, lambda c: sent.append(clock.t),
+                              horizon=3, action_dim=1, plan_dt=0.01, rate_hz=RATE, clock=clock, wait_until=wait)
+    wait.ctrl = ctrl
+    ctrl._tick_loop()
+    return ctrl, np.array(sent)
+
+
+def test_a_late_wake_up_emits_one_tick_and_keeps_the_phase():
+    """Late by 2.5 periods once: one tick at the late wake-up, the two deadlines it slept through
+    are missed, and the ticks after it land on the original t0 + k * period deadlines again."""
+    ctrl, sent = _loop(20, offsets={5: [2.5]})
+    expected = [T0 + k * P for k in range(5)] + [T0 + 7.5 * P] + [T0 + k * P for k in range(8, 20)]
+    np.testing.assert_allclose(sent, expected, rtol=0, atol=1e-9)
+    assert ctrl.missed_ticks == 2
+    assert np.diff(sent).min() >= 0.5 * P - 1e-9  # no burst of catch-up ticks
+    assert len(sent) + ctrl.missed_ticks == 20 and ctrl.stats()["ticks"] == len(sent)
+
+
+def test_no_drift_over_n_periods():
+    """A minute at 90 Hz with wake-ups up to 0.9 period late or 0.5 period early (an early return is
+    waited out): exactly one tick per period, each within its period, none missed."""
+    n = int(60 * RATE)
+    rng = np.random.default_rng(0)
+    offsets = {k: [-0.5, 0.0] if k % 7 == 0 else [float(rng.uniform(0, 0.9))] for k in range(1, n)}
+    ctrl, sent = _loop(n, offsets=offsets)
+    assert len(sent) == n and ctrl.missed_ticks == 0
+    lag = sent - (T0 + np.arange(n) * P)
+    assert lag.min() >= -1e-9 and lag.max() < P
+
+
+def test_long_run_rate_is_rate_hz_less_the_missed_ticks():
+    """Twenty wake-ups 1.5 periods late in ten seconds: each misses one deadline, and the ticks
+    plus the missed ticks are exactly the periods elapsed (a phase reset would lose half a period
+    each time)."""
+    n = int(10 * RATE)
+    ctrl, sent = _loop(n, offsets={k: [1.5] for k in range(20, n - 10, 40)})
+    late = len(range(20, n - 10, 40))
+    assert ctrl.missed_ticks == late
+    assert len(sent) + ctrl.missed_ticks == n
+
+
+def test_missed_ticks_per_s_counts_only_the_last_second():
+    """The rolling window: late by 2.5 periods at deadline 5 and by 1.5 at deadline 150; the stats
+    read (as /diagnostics reads them while the loop runs) a quarter period after a tick."""
+    seen = {}
+
+    def on_wait(ctrl, k):
+        for k0 in (8, 100, 200):
+            if k >= k0 and k0 not in seen:
+                ctrl.clock.t += 0.25 * P
+                seen[k0] = ctrl.stats()
+
+    ctrl, sent = _loop(201, offsets={5: [2.5], 150: [1.5]}, on_wait=on_wait)
+    # right after the late tick (at deadline 7.5): deadlines 5 and 6 missed, this second
+    assert seen[8]["missed_ticks"] == 2 and seen[8]["missed_ticks_per_s"] == 2
+    assert seen[8]["command_rate_hz"] == 6  # ticks at deadlines 0-4 and 7.5
+    # a second after them (clock at deadline 99.25): no longer counted, though still in the total
+    assert seen[100]["missed_ticks"] == 2 and seen[100]["missed_ticks_per_s"] == 0
+    assert seen[100]["command_rate_hz"] == RATE  # deadlines 10 .. 99
+    # at the end: the second late wake-up (deadline 150 missed) is the only one in the last second
+    assert seen[200]["missed_ticks"] == 3 and seen[200]["missed_ticks_per_s"] == 1
+    assert seen[200]["command_rate_hz"] == RATE - 1
+    assert ctrl.stats()["missed_ticks"] == 3
