@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ws_worldmodel.checkpoint import atomic_torch_save
+from ws_worldmodel.checkpoint import atomic_torch_save, safe_torch_load
 
 from .data import DemoDataset
 from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy, build_policy
@@ -30,7 +30,7 @@ FORMAT_TAG = "worldscape-policy"
 
 
 class PolicyCheckpointError(ValueError):
-    """A missing or unreadable policy checkpoint (the message names the path)."""
+    """A missing, unreadable or unsafe policy checkpoint (the message names the path)."""
 
 
 @dataclasses.dataclass
@@ -332,7 +332,14 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
 
 
 def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write a self-contained checkpoint (config, normaliser, weights) atomically."""
+    """Write a self-contained checkpoint (config, normaliser, weights, ``extra``) atomically.
+
+    Every value is stored as tensors and plain data (configs as dicts, numpy values as Python
+    numbers and lists, paths as str), so :func:`load_policy` never runs code.
+
+    Raises:
+        TypeError: ``extra`` holds an object that is not plain data (its place is named).
+    """
     if isinstance(model, TwoStagePolicy):
         payload = {"format": FORMAT_TAG, "kind": "two_stage", "config": dataclasses.asdict(model.world.cfg),
                    "state_dict": model.world.state_dict(), "idm_config": dataclasses.asdict(model.idm.cfg),
@@ -349,16 +356,16 @@ def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | 
 def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
     """Load a checkpoint written by :func:`save_policy`; returns (model in eval mode, payload).
 
+    The file is read with ``torch.load(..., weights_only=True)``: tensors and plain data only.
+
     Raises:
-        PolicyCheckpointError: missing, unreadable or not a policy checkpoint.
+        PolicyCheckpointError: missing, unreadable, not a safe checkpoint (its unpickling would
+            run code; refused before anything runs) or not a policy checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise PolicyCheckpointError(f"no policy checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many kinds for a corrupt file
-        raise PolicyCheckpointError(f"{path} is not a readable checkpoint: {e}") from e
+    payload = safe_torch_load(path, error=PolicyCheckpointError, what="policy checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
         raise PolicyCheckpointError(f"{path} is not a WorldScape policy checkpoint")
     def build(cfg: dict, state: dict) -> WorldScapePolicy:

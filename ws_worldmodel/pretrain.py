@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ws_sim.channels import channels_from_records, channels_to_records, data_ranges
 from ws_sim.dataset import TrajectoryDataset
 
-from .checkpoint import FORMAT_TAG, FORMAT_VERSION, atomic_torch_save, code_version, read_payload
+from .checkpoint import FORMAT_TAG, FORMAT_VERSION, atomic_torch_save, code_version, read_payload, safe_torch_load
 from .data import SystemData, collate, denormalise, normalise
 from .mlp_ensemble import PaddedMLPEnsemble, PaddedMLPEnsembleConfig
 from .tdm import TDM, TDMConfig
@@ -335,7 +335,7 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
     start, since = 0, 0
     state_path = Path(f"{out}.state") if out else None
     if resume and state_path is not None and state_path.is_file():
-        st = torch.load(state_path, map_location=device, weights_only=True)
+        st = safe_torch_load(state_path, map_location=device, what="training state")  # never runs code
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -393,5 +393,10 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
 
 
 def load_pretrained(path: str | os.PathLike) -> TrajectoryWorldModel:
-    """Load a checkpoint written by :func:`pretrain`."""
+    """Load a checkpoint written by :func:`pretrain` (read with ``weights_only=True``; never runs code).
+
+    Raises:
+        CheckpointError: missing, corrupt, not a safe checkpoint (its unpickling would run code;
+            refused before anything runs) or not a WorldScape checkpoint; the message names the path.
+    """
     return TrajectoryWorldModel.from_payload(read_payload(path))

@@ -72,6 +72,7 @@ from tqdm import tqdm
 
 from ws_sim.atomic import atomic_write
 
+from ..checkpoint import CheckpointError, plain_payload, safe_torch_load
 from .clips import CONTROL_DIMS, KINDS, MAX_DEPTH, ClipSet, frames_tensor, look_yaw, read_clips
 from .dit import (VideoDiT, VideoDiTConfig, action_guided_chunks, chunk_ids, generate_bidirectional,
                   generate_chunked)
@@ -110,8 +111,15 @@ def batch_of(sets: dict[str, ClipSet], kinds: tuple, rng: np.random.Generator, b
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write ``payload`` (config dict, ``state_dict``, training record) to ``path`` atomically,
+    as tensors and plain data only (:func:`ws_worldmodel.checkpoint.plain_payload`), so that
+    :func:`load` never runs code.
+
+    Raises:
+        TypeError: ``payload`` holds an object that is not plain data (its place is named).
+    """
     buf = io.BytesIO()
-    torch.save(payload, buf)
+    torch.save(plain_payload(payload), buf)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))  # never a half-written checkpoint
 
 
@@ -205,10 +213,24 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
 
 
 def load(path, device="cpu") -> tuple[VideoDiT, dict]:
-    """A :func:`train` checkpoint -> ``(model in eval mode, checkpoint dict)``."""
-    ck = torch.load(path, map_location=device, weights_only=False)
-    model = VideoDiT(VideoDiTConfig(**ck["config"])).to(device)
-    model.load_state_dict(ck["state_dict"])
+    """A :func:`train` checkpoint -> ``(model in eval mode, checkpoint dict)``.
+
+    The file is read with ``torch.load(..., weights_only=True)`` (tensors and plain data only)
+    and the model rebuilt from its config dict.
+
+    Raises:
+        CheckpointError: missing, corrupt, not a safe checkpoint (its unpickling would run code;
+            refused before anything runs), not a video model checkpoint, or weights that do not
+            fit its config. The message names the path.
+    """
+    ck = safe_torch_load(path, map_location=device, what="video checkpoint")
+    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict) or "state_dict" not in ck:
+        raise CheckpointError(f"video checkpoint {path} is not a video world model checkpoint (no config and weights)")
+    try:
+        model = VideoDiT(VideoDiTConfig(**ck["config"])).to(device)
+        model.load_state_dict(ck["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"video checkpoint {path} does not fit its own config: {' '.join(str(e).split())}") from e
     return model.eval(), ck
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoint import CheckpointError, plain_payload, safe_torch_load
 from .dit import VideoDiT, VideoDiTConfig, generate_chunked
 from .memory import MemoryConfig, MemoryKVCache
 
@@ -170,9 +171,9 @@ def train(args) -> dict:
 
     def save():
         tmp = out.with_name(f".{out.name}.tmp")
-        torch.save({"config": dataclasses.asdict(cfg), "state_dict": model.state_dict(),
-                    "world": {"size": args.world, "seed": args.world_seed}, "context": args.context,
-                    "frames": args.frames, "losses": losses}, tmp)
+        torch.save(plain_payload({"config": dataclasses.asdict(cfg), "state_dict": model.state_dict(),
+                                  "world": {"size": args.world, "seed": args.world_seed}, "context": args.context,
+                                  "frames": args.frames, "losses": losses}), tmp)  # plain data: loads unrun
         tmp.replace(out)  # never a half-written checkpoint
 
     bar = tqdm(range(args.steps), desc="video world model", unit="step")
@@ -200,9 +201,24 @@ def train(args) -> dict:
 
 
 def load(path, device="cpu") -> tuple[VideoDiT, dict]:
-    ck = torch.load(path, map_location=device, weights_only=False)
-    model = VideoDiT(VideoDiTConfig(**{"prediction": "velocity", **ck["config"]})).to(device)  # older files: velocity
-    model.load_state_dict(ck["state_dict"])
+    """A :func:`train` checkpoint -> ``(model in eval mode on device, checkpoint dict)``.
+
+    The file is read with ``torch.load(..., weights_only=True)`` (tensors and plain data only)
+    and the model rebuilt from its config dict.
+
+    Raises:
+        CheckpointError: missing, corrupt, not a safe checkpoint (its unpickling would run code;
+            refused before anything runs), not a video model checkpoint, or weights that do not
+            fit its config. The message names the path.
+    """
+    ck = safe_torch_load(path, map_location=device, what="video checkpoint")
+    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict) or "state_dict" not in ck:
+        raise CheckpointError(f"video checkpoint {path} is not a video world model checkpoint (no config and weights)")
+    try:  # older files: velocity
+        model = VideoDiT(VideoDiTConfig(**{"prediction": "velocity", **ck["config"]})).to(device)
+        model.load_state_dict(ck["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"video checkpoint {path} does not fit its own config: {' '.join(str(e).split())}") from e
     return model.eval(), ck
 
 
