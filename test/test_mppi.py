@@ -269,3 +269,49 @@ def test_a_minus_infinite_cost_gets_no_weight_and_all_non_finite_raises():
     with pytest.raises(FloatingPointError, match="non-finite cost"):
         broken.plan(np.zeros(2))
     torch.testing.assert_close(mppi.nominal, before)
+
+
+@pytest.mark.parametrize("coeffs", [[0.5, 0.5, 0.0], [0.4, 0.6, 0.0], [1.0, 0.5, 0.3]])
+def test_ar_noise_has_the_stated_autocorrelation_and_variance(coeffs):
+    """The seed's AR filters (Hopper [0.5, 0.5, 0], Walker2d [0.4, 0.6, 0]) and an AR(2): away from the zero
+    initial conditions, lag-1 autocorrelation b1 / (1 - b2) and the stationary variance of the docstring."""
+    b0, b1, b2 = coeffs
+    sigma = 0.7
+    mppi = MPPI(DoubleIntegrator(), _quadratic_cost, [-2.0], [2.0],
+                MPPIConfig(horizon=60, samples=4000, noise_sigma=sigma, noise="ar", ar_coeffs=coeffs), seed=0)
+    e = mppi.sample_noise(4000)[:, 30:, 0].double()  # (K, 30) in the stationary regime
+    rho1 = (e[:, 1:] * e[:, :-1]).mean() / e.var()
+    var = b0 ** 2 * sigma ** 2 * (1 - b2) / ((1 + b2) * ((1 - b2) ** 2 - b1 ** 2))
+    assert rho1.item() == pytest.approx(b1 / (1 - b2), abs=0.02)
+    assert e.var().item() == pytest.approx(var, rel=0.05)
+    white = MPPI(DoubleIntegrator(), _quadratic_cost, [-2.0], [2.0],
+                 MPPIConfig(horizon=60, samples=4000, noise_sigma=sigma), seed=0).sample_noise(4000)[:, 30:, 0]
+    assert abs(((white[:, 1:] * white[:, :-1]).mean() / white.var()).item()) < 0.02
+    with pytest.raises(ValueError, match="unstable"):
+        MPPIConfig(noise="ar", ar_coeffs=[1.0, 0.9, 0.2])
+
+
+def test_smoothed_update_moves_a_step_size_of_the_way():
+    """U <- U + alpha sum_k w_k eps_k: with the same noise, alpha = 0.4 moves 0.4 of the classic update."""
+    def run(alpha):
+        m = MPPI(DoubleIntegrator(), _quadratic_cost, [-50.0], [50.0],
+                 MPPIConfig(horizon=5, samples=16, noise_sigma=0.5, step_size=alpha), seed=3)
+        start = m.warm_start(0).numpy()
+        return start, m.plan(np.zeros(2)).nominal
+
+    start, full = run(1.0)
+    _, part = run(0.4)
+    np.testing.assert_allclose(part - start, 0.4 * (full - start), atol=1e-6)
+
+
+def test_fall_penalty_is_paid_per_remaining_horizon_step(hopper_env):
+    """Falling at step 1 of 6 costs 4 remaining steps of penalty; falling at step 4 costs 1; no fall, none."""
+    c = LocomotionCost(hopper_env.task, fall_penalty_per_step=10.0)
+    s0 = torch.zeros(12, dtype=torch.float64)
+    s0[1] = 1.25
+    states = s0.repeat(3, 6, 1)
+    states[0, 1:, 1] = 0.5
+    states[1, 4:, 1] = 0.5
+    acts = torch.zeros(3, 6, 3, dtype=torch.float64)
+    base = LocomotionCost(hopper_env.task)(s0, acts, states)
+    np.testing.assert_allclose((c(s0, acts, states) - base).numpy(), [40.0, 10.0, 0.0])

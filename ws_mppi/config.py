@@ -37,6 +37,8 @@ class ControllerConfig:
     Attributes:
         mppi: the planner's hyperparameters.
         termination_penalty: cost paid once by a rollout that becomes unhealthy.
+        fall_penalty_per_step: cost per horizon step left after a rollout's fall (seed 003's
+            code: 10 Hopper, 100 Walker2d).
         reference: optional ``.npz`` with ``states (T, nq + nv)``, e.g. one written by
             ``ws mppi run`` (``states_<controller>_seed<S>.npz``), tracked by the
             expert-reference term of seed 003 eqs. (21)/(28); ``None`` disables it.
@@ -47,6 +49,7 @@ class ControllerConfig:
 
     mppi: MPPIConfig = dataclasses.field(default_factory=MPPIConfig)
     termination_penalty: float = 50.0
+    fall_penalty_per_step: float = 0.0
     reference: str | None = None
     reference_scale: float = 0.1
     reference_pos_weight: float = 1.0
@@ -73,6 +76,7 @@ class ControllerConfig:
             rest = {k: v for k, v in d.items() if k != "mppi"}
             cfg = cls(mppi=MPPIConfig(**mppi), **rest)
             cfg.termination_penalty = float(cfg.termination_penalty)
+            cfg.fall_penalty_per_step = float(cfg.fall_penalty_per_step)
             return cfg
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid controller config: {e}") from e

@@ -4,7 +4,9 @@ The per-step cost is the negative Gymnasium reward (eqs. 17-20, 24-27): forward 
 the root, a healthy bonus while the torso height and pitch (and, for Hopper, every other
 state entry) stay in Gymnasium's ranges, and a quadratic control cost. As in the
 environment, nothing accrues after the first unhealthy state (the episode would have
-ended); ``termination_penalty`` adds a fixed cost to a rollout that falls. The optional
+ended); ``termination_penalty`` adds a fixed cost to a rollout that falls, and
+``fall_penalty_per_step`` a cost for every horizon step left after the fall (the seed's code:
+10 on Hopper, 100 on Walker2d), so that falling later is cheaper than falling sooner. The optional
 expert-reference tracking term is eq. (21)/(28): ``w_ref * sum_i W_i (s_t,i - s^ref_t,i)^2``
 over ``[qpos, qvel]`` with the root x weight zero. Summed over the horizon they give the
 MPPI objective of eqs. (22)/(29).
@@ -49,16 +51,19 @@ class LocomotionCost:
         task: a ``ws_sim.envs.LocomotionTask`` (Gymnasium's reward numbers).
         termination_penalty: cost added once to a rollout that becomes unhealthy.
         reference: optional :class:`ReferenceTracking` term.
+        fall_penalty_per_step: cost per horizon step remaining after the first unhealthy
+            state (``H - 1 - t_fall``).
 
     Call with ``state (nx,)``, ``actions (K, H, nu)``, ``states (K, H, nx)`` (``s_1..s_H``)
     and the episode step ``t0`` of ``state`` (for the reference); returns costs ``(K,)``.
     """
 
     def __init__(self, task, termination_penalty: float = 0.0,
-                 reference: ReferenceTracking | None = None):
+                 reference: ReferenceTracking | None = None, fall_penalty_per_step: float = 0.0):
         self.task = task
         self.termination_penalty = float(termination_penalty)
         self.reference = reference
+        self.fall_penalty_per_step = float(fall_penalty_per_step)
 
     def healthy(self, states: torch.Tensor) -> torch.Tensor:
         """Gymnasium's health check, batched: ``(..., nx) -> (...)`` bool."""
@@ -96,9 +101,14 @@ class LocomotionCost:
                  t0: int = 0) -> torch.Tensor:
         rewards, alive = self.step_rewards(state, actions, states)
         cost = -(rewards * alive.to(rewards.dtype)).sum(1)
-        if self.termination_penalty:
-            fell = ~(self.healthy(states).all(1))
+        if self.termination_penalty or self.fall_penalty_per_step:
+            healthy = self.healthy(states)
+            fell = ~(healthy.all(1))
             cost = cost + self.termination_penalty * fell.to(cost.dtype)
+            if self.fall_penalty_per_step:
+                h = states.shape[1]
+                t_fall = torch.where(fell, (~healthy).to(torch.int8).argmax(1), torch.full_like(fell, h - 1, dtype=torch.long))
+                cost = cost + self.fall_penalty_per_step * (h - 1 - t_fall).to(cost.dtype)
         if self.reference is not None:
             ref = self.reference
             h = states.shape[1]

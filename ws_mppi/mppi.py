@@ -3,12 +3,15 @@
 At each control cycle, with nominal action sequence ``U = (u_0 .. u_{H-1})``:
 
 * eq. (13): sample ``K`` perturbed sequences ``V_k = U + eps_k``, ``eps_k ~ N(0, sigma^2 I)``
-  (clipped to the action bounds);
+  (clipped to the action bounds), white or time-correlated: an autoregressive filter
+  ``e_t = b0 w_t + b1 e_{t-1} + b2 e_{t-2}`` over white ``w_t`` (the seed's code uses AR(2)
+  noise with ``[0.5, 0.5, 0]`` on Hopper and ``[0.4, 0.6, 0]`` on Walker2d);
 * eq. (12): roll them out through the dynamics, ``s_{t+1} = f(s_t, v_{k,t})``;
 * eq. (14): trajectory cost ``S_k = sum_t c(s_t, v_{k,t})``;
 * eq. (15): importance weights ``w_k = exp(-(S_k - min S) / lambda) / eta`` with
   temperature ``lambda``;
-* eq. (16): ``U <- U + sum_k w_k eps_k``.
+* eq. (16): ``U <- U + alpha sum_k w_k eps_k``, ``alpha`` the step size of a smoothed update
+  (1: the classic update; the seed's code uses 0.4).
 
 The first action is executed and the cycle repeats (receding horizon). The next cycle starts
 from the last plan shifted by the control steps elapsed since it was made (warm start; a
@@ -37,8 +40,14 @@ class MPPIConfig:
         horizon: ``H``, planning steps (one step = the environment's control period).
         samples: ``K``, sampled action sequences per cycle.
         temperature: ``lambda`` of eq. (15), in cost units.
-        noise_sigma: standard deviation of the Gaussian perturbations, in action units
-            (Gymnasium Hopper/Walker2d actions lie in [-1, 1]).
+        noise_sigma: standard deviation of the white Gaussian innovations ``w_t``, in action
+            units (Gymnasium Hopper/Walker2d actions lie in [-1, 1]); a number or one per
+            action dimension.
+        noise: ``"white"`` (independent per step) or ``"ar"`` (the filter of ``ar_coeffs``).
+        ar_coeffs: ``[b0, b1, b2]`` of ``e_t = b0 w_t + b1 e_{t-1} + b2 e_{t-2}`` (zero initial
+            conditions). Stationary lag-1 autocorrelation ``b1 / (1 - b2)``, variance
+            ``b0^2 sigma^2 (1 - b2) / ((1 + b2) ((1 - b2)^2 - b1^2))``.
+        step_size: ``alpha`` of the smoothed update ``U <- U + alpha sum_k w_k eps_k`` (0, 1].
         iterations: MPPI updates per control cycle (1 = classic MPPI).
         include_nominal: keep the unperturbed nominal as sample 0, so the update never
             discards a good plan only because all perturbations were worse.
@@ -49,18 +58,34 @@ class MPPIConfig:
     horizon: int = 32
     samples: int = 128
     temperature: float = 0.1
-    noise_sigma: float = 0.3
+    noise_sigma: float | list[float] = 0.3
     iterations: int = 1
     include_nominal: bool = True
     shift_fill: str = "zero"
+    noise: str = "white"
+    ar_coeffs: list[float] = dataclasses.field(default_factory=lambda: [1.0, 0.0, 0.0])
+    step_size: float = 1.0
 
     def __post_init__(self):
         if self.horizon < 1 or self.samples < 2:
             raise ValueError(f"need horizon >= 1 and samples >= 2, got H={self.horizon}, K={self.samples}")
-        if self.temperature <= 0 or self.noise_sigma <= 0:
-            raise ValueError("temperature lambda and noise_sigma must be positive")
+        sigma = np.atleast_1d(np.asarray(self.noise_sigma, dtype=np.float64))
+        if not (self.temperature > 0) or sigma.ndim != 1 or not np.all(sigma > 0) or not np.all(np.isfinite(sigma)):
+            raise ValueError(f"temperature lambda and noise_sigma must be positive, got {self.temperature} and "
+                             f"{self.noise_sigma}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.shift_fill not in ("zero", "last"):
             raise ValueError(f"shift_fill must be 'zero' or 'last', got {self.shift_fill!r}")
+        if self.noise not in ("white", "ar"):
+            raise ValueError(f"noise must be 'white' or 'ar', got {self.noise!r}")
+        b = np.asarray(self.ar_coeffs, dtype=np.float64)
+        if b.shape != (3,) or not np.all(np.isfinite(b)) or b[0] == 0:
+            raise ValueError(f"ar_coeffs must be [b0, b1, b2] with b0 != 0, got {self.ar_coeffs}")
+        if self.noise == "ar" and not (abs(b[2]) < 1 and abs(b[1]) < 1 - b[2]):
+            raise ValueError(f"ar_coeffs {self.ar_coeffs} give an unstable filter (need |b2| < 1, |b1| < 1 - b2)")
+        if not 0 < self.step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {self.step_size}")
 
 
 @dataclasses.dataclass
@@ -165,6 +190,20 @@ class MPPI:
             fill = ((self.low + self.high) / 2).expand(n, -1)
         return torch.cat([self._plan[n:], fill], dim=0)
 
+    def sample_noise(self, samples: int) -> torch.Tensor:
+        """``(samples, H, nu)`` perturbations: white Gaussian innovations of std
+        ``noise_sigma``, filtered by the AR filter when ``noise == "ar"``."""
+        cfg = self.config
+        sigma = torch.as_tensor(np.broadcast_to(np.asarray(cfg.noise_sigma, dtype=np.float32), (self.nu,)).copy())
+        w = torch.randn(samples, cfg.horizon, self.nu, generator=self.generator) * sigma
+        if cfg.noise == "white":
+            return w
+        from scipy.signal import lfilter
+
+        b0, b1, b2 = (float(c) for c in cfg.ar_coeffs)
+        e = lfilter([b0], [1.0, -b1, -b2], w.numpy(), axis=1)  # e_t = b0 w_t + b1 e_{t-1} + b2 e_{t-2}
+        return torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
+
     @torch.inference_mode()
     def plan(self, state, t0: int = 0) -> PlanResult:
         """Run one MPPI cycle from ``state`` and return the action to execute.
@@ -186,7 +225,7 @@ class MPPI:
         nominal = self.warm_start(t0)
         s = torch.as_tensor(np.asarray(state), dtype=torch.float32)
         for _ in range(cfg.iterations):
-            eps = torch.randn(cfg.samples, cfg.horizon, self.nu, generator=self.generator) * cfg.noise_sigma
+            eps = self.sample_noise(cfg.samples)
             if cfg.include_nominal:
                 eps[0] = 0.0
             v = torch.clamp(nominal + eps, self.low, self.high)
@@ -201,7 +240,7 @@ class MPPI:
             beta = costs[finite].min()
             weights = torch.where(finite, torch.exp(-(costs - beta) / cfg.temperature), torch.zeros_like(costs))
             weights = weights / weights.sum()
-            nominal = nominal + (weights[:, None, None] * eps).sum(0)
+            nominal = nominal + cfg.step_size * (weights[:, None, None] * eps).sum(0)
         self._plan, self._t_plan = nominal, t0
         predicted = (weights[:, None, None].to(states.dtype) * torch.nan_to_num(states)).sum(0)
         return PlanResult(action=nominal[0].numpy().copy(), nominal=nominal.numpy().copy(), t0=t0,

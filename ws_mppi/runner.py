@@ -130,7 +130,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         prior = lambda t0, n: env.gait.reference((t0 + np.arange(n)) * env.dt)  # noqa: E731
     else:
         cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty,
-                              reference=load_reference(env, config))
+                              reference=load_reference(env, config),
+                              fall_penalty_per_step=config.fall_penalty_per_step)
     low, high = env.action_space.low, env.action_space.high
     if dynamics == "oracle":
         oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
