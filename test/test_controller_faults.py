@@ -319,7 +319,9 @@ def test_a_go1_controller_that_never_had_a_valid_state_says_it_is_not_commanding
             break
     level, message, values = robot.last_diag()
     assert level == 2 and message.startswith("no valid state yet: not commanding"), message
-    assert "missing_base" in message and int(values["rejected_missing_base"]) > 0
+    # rejected (missing_base; under load some also arrive stale), counted by reason
+    assert "last rejection" in message and sum(int(v) for k, v in values.items() if k.startswith("rejected_")
+                                              and k != "rejected_last_s") > 0, (message, values)
     assert not robot.commands
 
 
