@@ -10,6 +10,41 @@ from setuptools import setup
 
 PACKAGE = "worldscape"
 
+cmdclass = {}
+try:
+    from setuptools.command.develop import develop as _develop
+except ImportError:  # a setuptools without `develop`: nothing reads setup.cfg's [develop]
+    _develop = None
+if _develop is not None:
+
+    class develop(_develop):
+        """setup.cfg's script dirs (lib/worldscape, for `ros2 run`) for colcon's develop only.
+
+        colcon build --symlink-install runs `setup.py develop --editable ...` (setuptools < 80).
+        pip's legacy editable install (pip < 25 with `wheel` importable and no pyproject.toml,
+        e.g. setup.sh's --system-site-packages venv over a ROS 2 install) runs `setup.py develop`
+        without --editable: its scripts belong in the venv's bin/, so it drops the script dirs
+        that setup.cfg gives ([develop] script_dir, [install] install_scripts), not those given
+        on the command line. setuptools >= 80 reduced develop to `pip install -e .`, without a
+        script_dir option: it is declared here so that setup.cfg still parses there.
+        """
+
+        if not any(opt[0].rstrip("=") == "script-dir" for opt in _develop.user_options):
+            user_options = list(_develop.user_options) + [("script-dir=", None, "ignored: pip decides")]
+            script_dir = None
+
+        def finalize_options(self):
+            if not getattr(self, "editable", False):
+                for command, option in (("develop", "script_dir"), ("install", "install_scripts")):
+                    given = self.distribution.get_option_dict(command)
+                    if given.get(option, ("command line",))[0] != "command line":
+                        del given[option]
+                        if command == "develop":
+                            self.script_dir = None
+            super().finalize_options()
+
+    cmdclass["develop"] = develop
+
 setup(
     name=PACKAGE,
     version="0.1.0",
@@ -18,7 +53,9 @@ setup(
     python_requires=">=3.10",
     packages=["ws_worldmodel", "ws_worldmodel.video", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli", "ws_ros", "ws_ros.nodes"],
     package_dir={"ws_sim": "sim", "ws_distill": "distill"},
-    package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_sim": ["assets/*.xml"]},
+    package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_sim": ["assets/*.xml"],
+                  "ws_mppi": ["experts/*/*.pt", "experts/*/*.npz", "experts/*/*.json", "experts/*/*.csv",
+                              "experts/*/*.png"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
@@ -43,6 +80,7 @@ setup(
         "onnxruntime>=1.18",
         "mcap>=1.2,<2",  # teleoperator recordings (DESIGN.md: MCAP, ROS 2 profile)
         "mcap-ros2-support>=0.5,<1",
+        "stable-baselines3==2.9.2",  # trains the Hopper/Walker2d experts (ws expert; needs torch>=2.8)
     ],
     extras_require={
         "test": ["pytest>=8"],
@@ -65,5 +103,6 @@ setup(
             "correction_recorder = ws_ros.nodes.correction_recorder:main",
         ],
     },
+    cmdclass=cmdclass,
     zip_safe=False,
 )
