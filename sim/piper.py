@@ -71,7 +71,8 @@ def tcp_pose(model: mujoco.MjModel, data: mujoco.MjData) -> tuple[np.ndarray, np
 
 
 def solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, yaw: float | None = None,
-             tol: float = 1e-3, max_iter: int = 200, damping: float = 1e-3) -> np.ndarray:
+             tol: float = 1e-3, max_iter: int = 200, damping: float = 1e-3,
+             lock_at_limits: bool = False, best_effort: bool = False) -> np.ndarray:
     """Arm joint angles that put the ``tcp`` site at ``target_pos``.
 
     Damped least squares, ``dq = J^T (J J^T + damping I)^-1 e``, on a scratch ``MjData``, each
@@ -89,6 +90,12 @@ def solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, yaw: 
         tol: position tolerance in m (orientation: the same number in rad).
         max_iter: iterations before giving up.
         damping: the Levenberg-Marquardt damping.
+        lock_at_limits: a joint at a limit that a step would push beyond it is left out of
+            that step's solve, so the other joints make up for it (an active set; without it
+            the step is clipped and the others do not compensate, which can stall the solver
+            with one joint pinned).
+        best_effort: return the last iterate instead of raising when the tolerance is not met
+            (the closest the solver got within the joint ranges; for teleoperation).
 
     Returns:
         ``(6,)`` joint angles in rad, within the joint ranges.
@@ -138,6 +145,13 @@ def solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, yaw: 
         if err < tol:
             return q
         dq = J.T @ np.linalg.solve(J @ J.T + damping * np.eye(len(e)), e)
+        if lock_at_limits:
+            pinned = ((q <= lo + 1e-9) & (dq < 0)) | ((q >= hi - 1e-9) & (dq > 0))
+            if pinned.any():
+                Jf = J * ~pinned  # columns of the pinned joints zeroed
+                dq = Jf.T @ np.linalg.solve(Jf @ Jf.T + damping * np.eye(len(e)), e)
         q = np.clip(q + dq, lo, hi)
+    if best_effort:
+        return q
     raise IKError(f"no joint angles put the tool at {target.round(3).tolist()} (residual {err:.4f} after {max_iter} "
                   f"iterations): out of the PiPER's reach or joint ranges")

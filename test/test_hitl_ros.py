@@ -266,8 +266,16 @@ def test_a_person_drives_the_sim_arm_from_the_keyboard_takes_over_and_hands_back
     """``ws launch piper_hitl_sim`` (sim, a barely trained policy, teleop, recorder) and ``ws teleop``
     reading keys from a terminal (a pty): space takes over, r raises the tool, space hands back.
     The commanded positions never jump at either switch, the tool rises while the human drives,
-    and the session's recording converts with the human's steps marked."""
+    and the session's recording converts with the human's steps marked.
+
+    Every step waits for what it needs to have happened, seen over DDS (the teleop hearing the
+    keyboard, the take-over acknowledged by the executor, the arm holding the human's first
+    command, the tool risen, the policy back in control, the recorder closing the episode), never
+    for a number of seconds: a loaded machine only makes it slower. The timeouts bound a failure."""
+    import collections
+
     import mujoco
+    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 
     from ws_policy.data import DemoDataset, collect_demos
     from ws_policy.model import PolicyConfig, default_vocabulary
@@ -291,32 +299,62 @@ def test_a_person_drives_the_sim_arm_from_the_keyboard_takes_over_and_hands_back
     os.close(slave)
 
     class Watch(Node):
+        """Records every joint_command as (sent by the teleop, flag heard, positions), the arm's joints
+        and the diagnostics. The teleop's commands are told from the executor's by their publisher's
+        sequence numbers: the teleop sends nothing before the take-over, so its numbers run 1, 2, 3, ...
+        from there, while the executor's (>10 by then) carry on from where they were; ``teleop_from``
+        (set as space is typed) starts the count, ``None`` stops it."""
+
         def __init__(self, **kw):
             super().__init__("hitl_watch", **kw)
             self.cmds, self.q, self.human, self.diag = [], None, False, {}
-            self.create_subscription(JointTrajectory, "joint_command",
-                                     lambda m: self.cmds.append((self.human, np.array(m.points[0].positions))),
-                                     command_qos())
+            self.teleop_from, self._teleop_next = None, 1
+            self.js = collections.deque(maxlen=1000)  # (commands heard before it, sim time, arm joints)
+            # every command, however slowly this process spins (the nodes' own QoS keeps only the newest)
+            every = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
+                               history=QoSHistoryPolicy.KEEP_LAST, durability=QoSDurabilityPolicy.VOLATILE)
+            self.create_subscription(JointTrajectory, "joint_command", self._cmd, every)
             self.create_subscription(Bool, "teleop/intervention", lambda m: setattr(self, "human", m.data),
                                      latched_qos())
             self.create_subscription(JointState, "joint_states", self._js, sensor_qos())
             self.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 10)
 
+        def _cmd(self, m, info):
+            seq = info.get("publication_sequence_number")  # None where the RMW gives none: the flag decides
+            teleop = self.teleop_from is not None and (seq == self._teleop_next if seq is not None else self.human)
+            self._teleop_next += teleop
+            self.cmds.append((teleop, self.human, np.array(m.points[0].positions)))
+
+        def teleop(self, start=0, stop=None):
+            """Indices of the teleop's commands among ``cmds[start:stop]``."""
+            return [i for i in range(start, len(self.cmds) if stop is None else stop) if self.cmds[i][0]]
+
         def _js(self, m):
             idx = {n: i for i, n in enumerate(m.name)}
             self.q = np.array([m.position[idx[n]] for n in JOINTS[:6]])
+            self.js.append((len(self.cmds), m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec, self.q))
 
         def _diag(self, m):
             for st in m.status:
                 self.diag[st.name] = {kv.key: kv.value for kv in st.values}
+
+        def holding_still(self, after: int, span: float = 0.25, tol: float = 2e-3) -> bool:
+            """The arm has stood still (every joint within ``tol`` rad) for ``span`` s of simulated time,
+            in joint states heard after the first ``after`` commands."""
+            recent = [(t, q) for n, t, q in self.js if n > after]
+            if not recent or recent[-1][0] - recent[0][0] < span:
+                return False
+            window = np.stack([q for t, q in recent if t >= recent[-1][0] - span])
+            return float(np.ptp(window, axis=0).max()) < tol
 
     w = Watch(context=ctx)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(w)
     robot, data = load_piper()
 
-    def tool_z():
-        data.qpos[:6] = w.q
+    def tool_z(q=None):
+        """The tool's height (m) at the measured arm joints, or at the arm joints ``q``."""
+        data.qpos[:6] = w.q if q is None else q[:6]
         mujoco.mj_kinematics(robot, data)
         return data.site("tcp").xpos[2]
 
@@ -324,31 +362,49 @@ def test_a_person_drives_the_sim_arm_from_the_keyboard_takes_over_and_hands_back
         d = w.diag.get("policy_executor: policy executor")
         return d and d.get("mode")
 
-    def press(key, seconds=0.0, every=0.05):
-        end = time.monotonic() + seconds
+    def press(key, until=None, timeout=0.0):
+        """Type ``key`` once or, with ``until``, again every 0.05 s (a held key) until ``until()`` is true."""
+        end = time.monotonic() + timeout
         while True:
             os.write(master, key.encode())
-            _spin(ex, every)
-            if time.monotonic() >= end:
-                break
+            _spin(ex, 0.05, until or (lambda: False))
+            if until is None or until() or time.monotonic() >= end:
+                return until is None or until()
 
+    z0 = z1 = None
     try:
         assert _spin(ex, 150, lambda: policy_mode() == "run" and len(w.cmds) > 10 and w.q is not None), w.diag
+        # ws teleop is up and the teleop node hears its Joy messages: a key typed now is not lost
+        assert _spin(ex, 120, lambda: w.diag.get("teleop: teleop", {}).get("joy_age_s", "never") != "never"), w.diag
         press("t")
+        w.teleop_from = n_space = len(w.cmds)
         press(" ")
-        assert _spin(ex, 30, lambda: w.human and policy_mode() == "human"), w.diag
-        n_take = next(i for i, (h, _) in enumerate(w.cmds) if h)
-        _spin(ex, 1.0)
+        # the take-over acknowledged: the teleop says the human acts and the executor has stopped
+        assert _spin(ex, 60, lambda: w.human and policy_mode() == "human" and w.teleop(w.teleop_from)), w.diag
+        n_take = w.teleop(w.teleop_from)[0]  # the human's first command
+        n_ack = len(w.cmds)
+        # the human's first command applied: the teleop's commands keep coming and the arm holds still
+        assert _spin(ex, 60, lambda: w.teleop(n_ack) and w.holding_still(after=n_ack)), (len(w.cmds) - n_ack,
+                                                                                         list(w.js)[-3:])
         z0 = tool_z()
         n_r = len(w.cmds)
-        press("r", seconds=4.0)
-        _spin(ex, 1.5)
+        # r held (typed every 0.05 s) until the tool has risen 5 cm
+        assert press("r", until=lambda: tool_z() > z0 + 0.05, timeout=180), \
+            (f"the tool did not rise: z {z0:.4f} -> {tool_z():.4f} m measured; commanded "
+             f"{tool_z(w.cmds[n_r - 1][2]):.4f} -> {tool_z(w.cmds[-1][2]):.4f} m (the teleop's last command "
+             f"{np.round(w.cmds[-1][2], 4).tolist()}, {len(w.cmds) - n_r} since r)")
         z1 = tool_z()
+        w.teleop_from = None  # the executor's numbers might meet the teleop's from here on
         press(" ")
-        assert _spin(ex, 30, lambda: not w.human and policy_mode() == "run"), w.diag
-        _spin(ex, 3.0)
+        # handed back: the teleop says the policy acts, the executor runs again, and commands it
+        assert _spin(ex, 60, lambda: not w.human and policy_mode() == "run"
+                     and not all(h for _, h, _ in w.cmds[n_r:])), w.diag
+        n_back = next(i for i in range(n_r, len(w.cmds)) if not w.cmds[i][1])
+        assert _spin(ex, 60, lambda: len(w.cmds) > n_back + 10), len(w.cmds) - n_back
         press("y")
-        _spin(ex, 2.0)
+        # the recorder closed the episode (it counts a success or failure when it writes it)
+        assert _spin(ex, 60, lambda: int(w.diag.get("correction_recorder: correction recorder", {})
+                                         .get("episodes", 0)) >= 1), w.diag
     finally:
         keys.send_signal(signal.SIGINT)
         keys_out = keys.communicate(timeout=30)[0]
@@ -363,13 +419,15 @@ def test_a_person_drives_the_sim_arm_from_the_keyboard_takes_over_and_hands_back
         w.destroy_node()
     assert graph.returncode == 0, out[-3000:]
     assert "space" in keys_out  # the key help was shown
-    assert z1 > z0 + 0.05, (z0, z1)  # 4 s of 'r' at 0.08 m/s (sim at half speed: >= 0.16 m of commands)
-    cmds = np.stack([c for _, c in w.cmds])
-    held = cmds[n_r - 1]  # the human's command before moving: where the take-over started from
-    assert w.cmds[n_r - 1][0] and np.all(np.isclose(cmds[n_take:n_r], held))
-    before = cmds[max(n_take - 5, 0):n_take]
+    assert z1 > z0 + 0.05, (z0, z1)  # the tool rose while the human held r
+    cmds = np.stack([c for _, _, c in w.cmds])
+    held = cmds[n_take]  # the human's first command
+    human = w.teleop(n_take, n_r)  # the human's commands before r (numbered 1, 2, 3, ...: none missing)
+    late = [i for i in range(n_take, n_r) if i not in human]  # the executor's, sent before it heard the flag
+    assert human[-1] == n_r - 1, (n_take, n_r, human[-5:])
+    assert np.all(np.isclose(cmds[human], held)), (cmds[human], late)  # the human holds until r
+    before = cmds[max(n_space - 5, 0):n_take]
     assert np.abs(before - held).max(axis=1).min() < 1e-6, (before, held)  # = a command the policy sent
-    n_back = next(i for i in range(n_r, len(w.cmds)) if not w.cmds[i][0])
     back = np.abs(np.diff(cmds[n_back - 1:n_back + 4], axis=0))
     assert len(back) == 4 and back[:, :6].max() <= 0.02 + 1e-6, back  # hand-back: slew-limited, no jump
     files = list(rec_dir.glob("hitl_*.mcap"))

@@ -120,3 +120,25 @@ def test_handover_limits_every_step_until_it_catches_up():
     assert np.allclose(h(target + 1.0), target + 1.0)  # caught up: passes commands through
     with pytest.raises(ValueError):
         Handover(0.0)
+
+
+def test_the_tool_rises_from_a_pose_below_the_floor_with_a_joint_at_its_limit():
+    """A command taken over from a policy pressing the tool into the table (z = -0.027 m, below
+    ``min_tool_z``): holding "up" raises the tool from where it is (it is not jerked to the floor height,
+    which the IK could not reach), and past the pose where joint 5 reaches its limit (the other joints make
+    up for it). Before, the arm stayed where it was: the failure of the keyboard hand-over test."""
+    import numpy as np
+
+    from ws_policy.teleop import TeleopController
+
+    t = TeleopController()
+    t.take_over([-0.14, 1.9328, -0.7305, 0.0009, 1.1272, 1.6156, 0.0067])
+    m = t.mapping
+    axes = np.zeros(m.n_axes())
+    axes[m.axis_z] = 1.0
+    t.update(axes, np.zeros(m.n_buttons(), dtype=int))
+    z0 = t.tool_position()[2]
+    zs = [t.tool_position(t.step(0.05))[2] for _ in range(40)]
+    assert z0 < 0 and zs[0] > z0 and zs[-1] > z0 + 0.1, (z0, zs[::8])
+    assert np.all(np.diff(zs) >= -1e-9)  # never down while "up" is held
+    assert np.all(t.command >= t.lower) and np.all(t.command <= t.upper)

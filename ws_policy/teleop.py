@@ -217,13 +217,16 @@ class TeleopController:
     def step(self, dt: float) -> np.ndarray:
         """Integrate the current sticks over ``dt`` seconds; returns the new command ``(7,)``.
 
-        A Cartesian target the arm cannot reach (or that would go below ``min_tool_z``) leaves
-        the arm joints where they are.
+        A Cartesian target the arm cannot reach exactly (a joint pinned at its limit) is
+        approached as far as the joint ranges allow, if that moves the tool along the sticks'
+        direction; otherwise the arm joints stay where they are. The tool
+        is not moved below ``min_tool_z``; a tool already lower (a command taken over from a
+        policy pressing into the table) is not jerked up to it, but may rise from where it is.
 
         Raises:
             RuntimeError: called before :meth:`take_over`.
         """
-        from ws_sim.piper import IKError, solve_ik
+        from ws_sim.piper import solve_ik
 
         if self.command is None:
             raise RuntimeError("TeleopController.step before take_over: no command to start from")
@@ -232,12 +235,16 @@ class TeleopController:
         if self.mode == "cartesian":
             v = np.array([a[m.axis_x], a[m.axis_y], a[m.axis_z]]) * self.linear_speed
             if np.any(v):
-                target = self.tool_position(c) + v * dt
-                target[2] = max(target[2], self.min_tool_z)
-                try:
-                    c[:6] = solve_ik(self.model, target, q0=c[:6], tol=2e-4, max_iter=30)
-                except IKError:
-                    pass  # out of reach: hold the arm joints
+                here = self.tool_position(c)
+                target = here + v * dt
+                target[2] = max(target[2], min(self.min_tool_z, here[2]))
+                q = solve_ik(self.model, target, q0=c[:6], tol=2e-4, max_iter=30, lock_at_limits=True,
+                             best_effort=True)
+                moved = self.tool_position(np.r_[q, c[6]]) - here
+                want = target - here
+                # the closest reachable pose, if it goes the asked way (else hold: out of reach)
+                if want @ want > 0 and moved @ want >= 0.25 * (want @ want):
+                    c[:6] = q
             c[5] += a[m.axis_yaw] * self.yaw_rate * dt
         else:
             c[self.joint] += a[m.axis_x] * self.joint_speed * dt
