@@ -165,6 +165,11 @@ def run_nodes(factories, args=None, duration: float | None = None) -> int:
                 while rclpy.ok() and time.monotonic() < end:
                     executor.spin_once(timeout_sec=0.1)
         except Exception:  # a signal shut the context down under a waiting executor
+            # a Ctrl-C can land inside rclpy's take (RuntimeError) just before the context is
+            # marked shut down: give the shutdown up to a second to show before calling it a fault
+            deadline = time.monotonic() + 1.0
+            while rclpy.ok() and time.monotonic() < deadline:
+                time.sleep(0.01)
             if rclpy.ok():
                 raise
     except (KeyboardInterrupt, ExternalShutdownException):
