@@ -13,6 +13,7 @@
     ws policy ...      the video-depth-action policy: collect, train, eval
     ws teleop          drive the PiPER from the keyboard (publishes teleop/joy for the teleop node)
     ws hitl ...        human-in-the-loop recordings: convert, recover
+    ws expert ...      Hopper/Walker2d expert policies (stable-baselines3): train, export, eval
 
 Every subcommand has ``--help``; every one where randomness enters takes ``--seed``.
 """
@@ -44,8 +45,10 @@ def _add_controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None, help="override MPPI samples K")
     p.add_argument("--temperature", type=float, default=None, help="override MPPI temperature lambda")
     p.add_argument("--reference", type=Path, default=None,
-                   help="track this reference trajectory (.npz with 'states', e.g. a states_*.npz that ws mppi run "
-                        "wrote) with the expert-reference cost term of seed 003 eqs. (21)/(28)")
+                   help="track this reference trajectory with the expert-reference cost term of seed 003 eqs. "
+                        "(21)/(28): an .npz with 'states' (T, nq+nv) (a states_*.npz of ws mppi run, a shipped "
+                        "expert's ws_mppi/experts/<env>/reference.npz) or with 'qpos' and 'qvel', or a D4RL-format "
+                        "HDF5 episode (infos/qpos, infos/qvel; the first episode)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and oracle rollouts (default: all)")
 
 
@@ -773,6 +776,49 @@ def cmd_hitl_recover(args) -> int:
     return 0
 
 
+def cmd_expert_train(args) -> int:
+    import json
+
+    from ws_mppi.expert import train_expert
+
+    st = train_expert(args.env, args.out, args.steps, algo=args.algo, seed=args.seed, chunk_steps=args.chunk,
+                      threads=args.threads, progress=not args.no_progress, eval_episodes=args.eval_episodes)
+    last = st["curve"][-1] if st["curve"] else {}
+    print(json.dumps({"run": str(args.out), "steps": st["num_timesteps"], "wall_h": round(st["wall_s"] / 3600, 3),
+                      "last_return": last.get("mean_return"), "best": st["best"],
+                      "curve": str(args.out / "curve.csv")}))
+    return 0
+
+
+def cmd_expert_export(args) -> int:
+    import json
+
+    from ws_mppi.expert import export_reference
+
+    files = export_reference(args.run, args.out, n_episodes=args.episodes, seed=args.seed, which=args.which)
+    meta = json.loads((files[0].parent / "expert.json").read_text())
+    print(json.dumps({"out": str(files[0].parent), "files": [f.name for f in files],
+                      "bytes": sum(f.stat().st_size for f in files), "returns": meta["returns"],
+                      "return_mean": meta["return_mean"], "return_std": meta["return_std"]}))
+    return 0
+
+
+def cmd_expert_eval(args) -> int:
+    import json
+
+    import numpy as np
+
+    from ws_mppi.expert import evaluate_expert
+
+    eps = evaluate_expert(args.expert, episodes=args.episodes, seed=args.seed, max_steps=args.max_steps)
+    r = np.array([e["return"] for e in eps])
+    print(json.dumps({"expert": str(args.expert), "seeds": [e["seed"] for e in eps],
+                      "returns": [round(float(x), 2) for x in r], "lengths": [e["length"] for e in eps],
+                      "return_mean": round(float(r.mean()), 2),
+                      "return_std": round(float(r.std(ddof=1)) if len(r) > 1 else 0.0, 2)}))
+    return 0
+
+
 def cmd_policy_collect(args) -> int:
     from tqdm import tqdm
 
@@ -1033,6 +1079,7 @@ def time_tag() -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by what the user asked for: reported in one line, no traceback."""
     from ws_mppi.config import ConfigError
+    from ws_mppi.expert import ExpertError
     from ws_sim.channels import ChannelMismatchError
     from ws_sim.corpus import CorpusError
     from ws_sim.dataset import DatasetError
@@ -1045,7 +1092,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ws_ros.mcap_io import RecordingError
 
     return (RecordingError, PolicyInputError, PolicyCheckpointError, ConfigError, ChannelMismatchError, CorpusError, DatasetError, NonFiniteStateError, UnknownEnvironmentError,
-            CheckpointError, DemoError, FileNotFoundError, IsADirectoryError, PermissionError)
+            CheckpointError, DemoError, ExpertError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: float, eval_every: int | None,
@@ -1561,6 +1608,52 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-video", action="store_true", help="skip rendering the mp4")
     _add_controller_args(r)
     r.set_defaults(func=cmd_mppi_run)
+
+    xp = sub.add_parser("expert", help="Hopper/Walker2d expert policies trained with stable-baselines3",
+                        description="Expert policies for the MPPI reference (D4RL cannot be downloaded here): "
+                                    "train with stable-baselines3, export what MPPI needs, evaluate the export.")
+    xsub = xp.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
+    xt = xsub.add_parser("train", help="train TD3/SAC in chunks, checkpointing after each (resumable)",
+                         description="Train an expert with stable-baselines3 (rl-baselines3-zoo's MuJoCo "
+                                     "hyper-parameters) until --steps environment steps. After every --chunk steps "
+                                     "it evaluates 5 deterministic episodes, appends to OUT/curve.csv (+ curve.png) "
+                                     "and checkpoints OUT (weights, optimizers, replay buffer; no pickled code). "
+                                     "RESUMING: run the same command again with the same --out and it continues "
+                                     "from the last checkpoint (a kill loses at most one chunk); a larger --steps "
+                                     "extends a finished run. TD3 runs about 70 steps/s on one core (~4 h per 1M).",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    xt.add_argument("--env", choices=["hopper", "walker2d"], default="hopper", help="Hopper-v5 or Walker2d-v5")
+    xt.add_argument("--algo", choices=["td3", "sac"], default="td3", help="stable-baselines3 algorithm")
+    xt.add_argument("--steps", type=int, default=1_000_000, help="total environment steps (target)")
+    xt.add_argument("--out", type=Path, required=True, help="run directory (resumes if it holds a run)")
+    xt.add_argument("--seed", type=int, default=0, help="training seed (must match to resume)")
+    xt.add_argument("--chunk", type=int, default=25_000, help="steps between evaluation + checkpoint")
+    xt.add_argument("--eval-episodes", type=int, default=5, help="deterministic episodes per evaluation")
+    xt.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    xt.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    xt.set_defaults(func=cmd_expert_train)
+    xe = xsub.add_parser("export", help="roll out a trained expert and write the shipped files",
+                         description="Roll the run's deterministic policy out in MuJoCo (episode i resets with "
+                                     "seed+i) and write actor.pt (weights, loadable without SB3), episodes.npz "
+                                     "([qpos, qvel] states, actions, rewards; action mean/variance), reference.npz "
+                                     "(episode 0, for 'ws mppi run --reference'), expert.json (commands, steps, "
+                                     "training time, machine, returns) and the learning curve.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    xe.add_argument("--run", type=Path, required=True, help="run directory of 'ws expert train'")
+    xe.add_argument("--episodes", type=int, default=5, help="reference episodes (= evaluation seeds)")
+    xe.add_argument("--seed", type=int, default=20_000, help="episode i resets with seed+i")
+    xe.add_argument("--which", choices=["best", "last"], default="best",
+                    help="the checkpoint with the best evaluation during training, or the last one")
+    xe.add_argument("--out", type=Path, default=None, help="output directory (default: ws_mppi/experts/<env>)")
+    xe.set_defaults(func=cmd_expert_export)
+    xv = xsub.add_parser("eval", help="returns of an exported expert (plain PyTorch, no SB3)",
+                         description="Roll an exported expert out deterministically in MuJoCo and print the returns.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    xv.add_argument("--expert", default="hopper", help="a shipped expert (hopper, walker2d), its directory or actor.pt")
+    xv.add_argument("--episodes", type=int, default=5, help="episodes")
+    xv.add_argument("--seed", type=int, default=20_000, help="episode i resets with seed+i")
+    xv.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
+    xv.set_defaults(func=cmd_expert_eval)
     return p
 
 

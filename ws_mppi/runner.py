@@ -21,7 +21,8 @@ from .costs import LocomotionCost, ReferenceTracking
 from .dynamics import LearnedDynamics, OracleDynamics, SequenceDynamics
 from .mppi import MPPI
 
-__all__ = ["ZeroController", "MPPIController", "make_controller", "run_episode", "EpisodeResult"]
+__all__ = ["ZeroController", "MPPIController", "make_controller", "run_episode", "EpisodeResult",
+           "read_reference_states"]
 
 
 class ZeroController:
@@ -72,25 +73,68 @@ class MPPIController:
             self._closer()
 
 
+def read_reference_states(path: str | Path) -> np.ndarray:
+    """The ``(T, nq + nv)`` states ``[qpos, qvel]`` of a reference trajectory file.
+
+    Accepted (no pickled objects are read):
+
+    * ``.npz`` with ``states`` ``(T, nq + nv)`` (``ws mppi run``'s states_*.npz, the shipped
+      experts' reference.npz), or with ``qpos`` ``(T, nq)`` and ``qvel`` ``(T, nv)``, or with
+      ``states_0`` (``ws expert export``'s episodes.npz: its first episode);
+    * HDF5 in D4RL's format: ``infos/qpos`` and ``infos/qvel`` (or ``qpos`` / ``qvel``) per row;
+      with ``terminals`` / ``timeouts`` only the first episode (up to the first end) is used.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ConfigError: none of the above.
+    """
+    import h5py
+
+    from .config import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference trajectory {path} does not exist")
+    expect = ("an .npz with 'states' (or 'qpos' and 'qvel', or 'states_0') or a D4RL-format HDF5 with "
+              "infos/qpos and infos/qvel")
+    try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                pre = "infos/" if "infos/qpos" in f and "infos/qvel" in f else ""
+                states = np.concatenate([f[pre + "qpos"][()], f[pre + "qvel"][()]], axis=-1).astype(np.float64)
+                ends = np.zeros(len(states), bool)
+                for k in ("terminals", "timeouts"):
+                    if k in f:
+                        ends |= f[k][()].astype(bool).reshape(-1)[:len(states)]
+                if ends.any():
+                    states = states[:int(np.flatnonzero(ends)[0]) + 1]
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                if "states" in f:
+                    states = np.asarray(f["states"], dtype=np.float64)
+                elif "qpos" in f and "qvel" in f:
+                    states = np.concatenate([f["qpos"], f["qvel"]], axis=-1).astype(np.float64)
+                else:
+                    states = np.asarray(f["states_0"], dtype=np.float64)
+    except (OSError, KeyError, ValueError, AttributeError, TypeError) as e:  # AttributeError: a bare .npy
+        raise ConfigError(f"reference {path} is not {expect}: {e}") from e
+    return states
+
+
 def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking | None:
-    """The expert-reference term of ``config`` (None when ``config.reference`` is unset).
+    """The expert-reference term of ``config`` (None when ``config.reference`` is unset); the file
+    is read by :func:`read_reference_states` (WorldScape .npz or a D4RL-format episode).
 
     Raises:
         FileNotFoundError: the reference file is missing.
-        ConfigError: it holds no ``states`` array of ``(T, nq + nv)``.
+        ConfigError: it holds no states of ``(T, nq + nv)``.
     """
     if not config.reference:
         return None
     from .config import ConfigError
 
     path = Path(config.reference)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference trajectory {path} does not exist")
-    try:
-        with np.load(path) as f:
-            states = np.asarray(f["states"], dtype=np.float64)
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"reference {path} is not an .npz with a 'states' array: {e}") from e
+    states = read_reference_states(path)
     nx = env.nq + env.nv
     if states.ndim != 2 or states.shape[1] != nx or not np.all(np.isfinite(states)):
         raise ConfigError(f"reference {path} states have shape {states.shape}; expected finite (T, {nx})")
