@@ -315,3 +315,38 @@ def test_fall_penalty_is_paid_per_remaining_horizon_step(hopper_env):
     acts = torch.zeros(3, 6, 3, dtype=torch.float64)
     base = LocomotionCost(hopper_env.task)(s0, acts, states)
     np.testing.assert_allclose((c(s0, acts, states) - base).numpy(), [40.0, 10.0, 0.0])
+
+
+def test_an_expert_gives_the_prior_the_noise_and_the_reference(tmp_path, hopper_env):
+    """``expert: <folder>`` (the files ``ws expert export`` writes): the nominal starts from and its tail is
+    filled with the expert's mean action, the noise variance is expert_noise_scale x the expert's action
+    variance, and ``reference: expert`` tracks the folder's reference episode."""
+    from ws_mppi.config import ConfigError, ControllerConfig
+
+    rng = np.random.default_rng(0)
+    s, _ = hopper_env.reset(seed=1)
+    states, acts = [s], []
+    for _ in range(30):
+        a = rng.uniform(-0.3, 0.3, 3)
+        s, *_ = hopper_env.step(a)
+        states.append(s)
+        acts.append(a)
+    acts = np.array(acts, dtype=np.float32)
+    np.savez(tmp_path / "episodes.npz", states_0=np.array(states, np.float32), actions_0=acts,
+             action_mean=acts.mean(0) + np.float32(0.2), action_var=acts.var(0))
+    np.savez(tmp_path / "reference.npz", states=np.array(states, np.float32))
+    cfg = ControllerConfig.from_dict({"mppi": {"horizon": 6, "samples": 8}, "expert": str(tmp_path),
+                                      "expert_noise_scale": 0.8, "reference": "expert"})
+    ctrl = make_controller(hopper_env, "oracle", cfg, seed=0, nthread=1)
+    mean = acts.mean(0) + 0.2
+    np.testing.assert_allclose(ctrl.mppi.warm_start(0).numpy(), np.tile(mean, (6, 1)), atol=1e-6)
+    np.testing.assert_allclose(ctrl.mppi.config.noise_sigma, np.sqrt(0.8 * acts.var(0)), rtol=1e-5)
+    s0, _ = hopper_env.reset(seed=1)
+    ctrl.plan(s0, 0)
+    np.testing.assert_allclose(ctrl.mppi.warm_start(2).numpy()[-2:], np.tile(mean, (2, 1)), atol=1e-6)
+    np.testing.assert_allclose(ctrl.mppi.cost.reference.reference, np.array(states, np.float32))
+    ctrl.close()
+    with pytest.raises(FileNotFoundError, match="ws expert train"):
+        make_controller(hopper_env, "oracle", ControllerConfig.from_dict({"expert": str(tmp_path / "none")}))
+    with pytest.raises(ConfigError, match="needs an expert"):
+        ControllerConfig.from_dict({"reference": "expert"})

@@ -45,6 +45,13 @@ class ControllerConfig:
         reference_scale: ``w_ref`` of that term.
         reference_pos_weight, reference_vel_weight: the diagonal weights of position and
             velocity channels (root x always 0). The seed's own values are lost in its text.
+        expert: an expert made by ``ws expert export`` (its folder, or ``"default"`` for the
+            shipped one of the environment): its action mean becomes the MPPI prior (the
+            initial nominal and the tail filled after each shift), and ``reference: expert``
+            tracks its first episode. ``None``: no expert.
+        expert_noise_scale: with an expert, the noise variance is this times the expert's
+            action variance per dimension (seed 003's code: 0.8); ``None`` keeps
+            ``mppi.noise_sigma``.
     """
 
     mppi: MPPIConfig = dataclasses.field(default_factory=MPPIConfig)
@@ -54,6 +61,8 @@ class ControllerConfig:
     reference_scale: float = 0.1
     reference_pos_weight: float = 1.0
     reference_vel_weight: float = 0.1
+    expert: str | None = None
+    expert_noise_scale: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +86,10 @@ class ControllerConfig:
             cfg = cls(mppi=MPPIConfig(**mppi), **rest)
             cfg.termination_penalty = float(cfg.termination_penalty)
             cfg.fall_penalty_per_step = float(cfg.fall_penalty_per_step)
+            if cfg.expert_noise_scale is not None and not cfg.expert_noise_scale > 0:
+                raise ValueError(f"expert_noise_scale must be positive, got {cfg.expert_noise_scale}")
+            if cfg.reference == "expert" and not cfg.expert:
+                raise ValueError("reference: expert needs an expert (set expert: default or a folder)")
             return cfg
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid controller config: {e}") from e

@@ -121,6 +121,43 @@ def read_reference_states(path: str | Path) -> np.ndarray:
     return states
 
 
+def expert_folder(env: StateEnv, config: ControllerConfig) -> Path | None:
+    """The folder of ``config.expert`` (``"default"``: the shipped expert of ``env``), or None.
+
+    Raises:
+        FileNotFoundError: the folder or its ``episodes.npz`` is missing (the message says how
+            to make one).
+    """
+    if not config.expert:
+        return None
+    from .expert import SHIPPED
+
+    path = SHIPPED.get(env.name) if config.expert == "default" else Path(config.expert)
+    if path is None or not (Path(path) / "episodes.npz").is_file():
+        raise FileNotFoundError(
+            f"no expert at {path} for {env.name} (expert: {config.expert}); make one with "
+            f"'ws expert train --env {env.name}' then 'ws expert export'")
+    return Path(path)
+
+
+def expert_action_stats(folder: Path, nu: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean (nu,), var (nu,))`` of an exported expert's actions (``episodes.npz``).
+
+    Raises:
+        ConfigError: the file lacks them or they have another size.
+    """
+    from .config import ConfigError
+
+    with np.load(folder / "episodes.npz", allow_pickle=False) as f:
+        if "action_mean" not in f or "action_var" not in f:
+            raise ConfigError(f"{folder / 'episodes.npz'} has no action_mean/action_var")
+        mean, var = np.asarray(f["action_mean"], np.float64), np.asarray(f["action_var"], np.float64)
+    if mean.shape != (nu,) or var.shape != (nu,) or not (np.all(np.isfinite(mean)) and np.all(var >= 0)):
+        raise ConfigError(f"{folder / 'episodes.npz'}: action statistics of shape {mean.shape}/{var.shape}, "
+                          f"expected ({nu},)")
+    return mean, var
+
+
 def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking | None:
     """The expert-reference term of ``config`` (None when ``config.reference`` is unset); the file
     is read by :func:`read_reference_states` (WorldScape .npz or a D4RL-format episode).
@@ -133,7 +170,7 @@ def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking
         return None
     from .config import ConfigError
 
-    path = Path(config.reference)
+    path = expert_folder(env, config) / "reference.npz" if config.reference == "expert" else Path(config.reference)
     states = read_reference_states(path)
     nx = env.nq + env.nv
     if states.ndim != 2 or states.shape[1] != nx or not np.all(np.isfinite(states)):
@@ -177,6 +214,13 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
                               reference=load_reference(env, config),
                               fall_penalty_per_step=config.fall_penalty_per_step)
     low, high = env.action_space.low, env.action_space.high
+    folder = expert_folder(env, config)
+    if folder is not None:  # seed 003's code: the nominal starts from and is extended with the expert's actions
+        mean, var = expert_action_stats(folder, len(low))
+        prior = lambda t0, n: np.tile(mean, (n, 1))  # noqa: E731
+        if config.expert_noise_scale is not None:
+            config = dataclasses.replace(config, mppi=dataclasses.replace(
+                config.mppi, noise_sigma=np.sqrt(np.maximum(config.expert_noise_scale * var, 1e-6)).tolist()))
     if dynamics == "oracle":
         oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
         dyn = OracleDynamics(oracle, env.physics_state)
