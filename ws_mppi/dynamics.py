@@ -69,16 +69,23 @@ class LearnedDynamics:
     Args:
         model: an object with ``state_dim``, ``action_dim`` and
             ``predict(state (K, nx), action (K, nu)) -> next_state (K, nx)`` on tensors.
+        fused: use the model's own ``rollout(state, actions)`` (the ``H`` steps of ``predict``
+            in one call, e.g. :meth:`ws_worldmodel.mlp_ensemble.MLPEnsemble.rollout`, with the
+            same result) when it has one; ``False``: call ``predict`` once per step.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, fused: bool = True):
         self.model = model
         self.name = getattr(model, "name", type(model).__name__)
         self.state_dim = int(model.state_dim)
         self.action_dim = int(model.action_dim)
+        fn = getattr(model, "rollout", None) if fused else None
+        self._fused = fn if callable(fn) else None
 
     @torch.inference_mode()
     def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None:
+            return self._fused(state.to(actions.dtype), actions)
         k, h, _ = actions.shape
         s = state.to(actions.dtype).expand(k, -1)
         out = actions.new_empty(k, h, self.state_dim)

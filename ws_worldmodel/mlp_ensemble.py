@@ -165,6 +165,112 @@ class MLPEnsemble(nn.Module):
         mean = out[..., : self.state_dim].mean(0)
         return state + mean * self.out_std + self.out_mean
 
+    # --- fused H-step rollout ------------------------------------------------------
+    def _cache_key(self) -> tuple:
+        """Identifies the weights, statistics and elite set the prepared tensors were made from:
+        storage and in-place version of each (``load_state_dict``, optimiser steps, ``copy_`` and
+        ``.to()`` all change one of them)."""
+        ts = [p for layer in (*self.hidden_layers, self.head) for p in (layer.weight, layer.bias)]
+        ts += [self.elite_idx, self.input_state_idx, self.in_mean, self.in_std, self.out_mean, self.out_std]
+        # (an inference tensor has no version counter: it can only change inside inference mode)
+        return tuple((t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device) for t in ts)
+
+    def _elite_tensors(self) -> dict:
+        """The elites' weights stacked as ``(E, in, out)`` contiguous tensors, the head cut to
+        its mean columns, and the normalisation split into state and action parts: prepared
+        once and kept until a weight, statistic or the elite set changes."""
+        key = self._cache_key()
+        cache = getattr(self, "_fast_cache", None)
+        if cache is not None and cache["key"] == key:
+            return cache
+        with torch.inference_mode():
+            elites = self.elite_idx.clone()
+            idx = self.input_state_idx.clone()
+            ns, nx = int(idx.numel()), self.state_dim
+            contiguous = ns > 0 and bool(torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + ns,
+                                                                        device=idx.device)))
+            cache = {
+                "key": key,
+                "w": [layer.weight[elites].contiguous() for layer in self.hidden_layers],
+                "b": [layer.bias[elites].contiguous() for layer in self.hidden_layers],
+                # only the mean half of the head is read by predict: its columns are computed
+                # alone (same dot products, same values)
+                "wh": self.head.weight[elites][..., :nx].contiguous(),
+                "bh": self.head.bias[elites][..., :nx].contiguous(),
+                "state_slice": slice(int(idx[0]), int(idx[0]) + ns) if contiguous else None,
+                "state_idx": idx,
+                "ns": ns,
+                "in_mean_s": self.in_mean[:ns].clone(), "in_std_s": self.in_std[:ns].clone(),
+                "in_mean_a": self.in_mean[ns:].clone(), "in_std_a": self.in_std[ns:].clone(),
+                "out_mean": self.out_mean.clone(), "out_std": self.out_std.clone(),
+            }
+        self._fast_cache = cache
+        return cache
+
+    def __getstate__(self):  # the prepared tensors are rebuilt on demand, never pickled or deep-copied
+        state = self.__dict__.copy()
+        state.pop("_fast_cache", None)
+        return state
+
+    @torch.inference_mode()
+    def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``H`` steps of :meth:`predict` at once, with the same result (the same operations
+        on the same numbers, in the same order).
+
+        Args:
+            state: ``(nx,)`` (or ``(1, nx)``) one start state for every sequence, or ``(K, nx)``.
+            actions: ``(K, H, nu)``.
+
+        Returns:
+            ``(K, H, nx)``: row ``t`` is the state after ``actions[:, t]``.
+
+        The elites run as one batched matmul per layer on weights stacked once
+        (:meth:`_elite_tensors`); the action normalisation for the whole horizon is one
+        operation; each step writes into preallocated buffers, with no per-step indexing of
+        the weights, no concatenation and no log-variance columns.
+        """
+        k, h, nu = actions.shape
+        c = self._elite_tensors()
+        w0 = c["w"][0]
+        if actions.dtype != w0.dtype or actions.device != w0.device or nu != self.action_dim:
+            return self._rollout_stepwise(state, actions)
+        nx, ns = self.state_dim, c["ns"]
+        s = state.to(actions.dtype)
+        s = s.expand(k, -1) if s.dim() == 1 or (s.dim() == 2 and s.shape[0] == 1) else s
+        if s.shape != (k, nx):
+            raise ValueError(f"state must be ({nx},) or ({k}, {nx}), got {tuple(state.shape)}")
+        a_norm = (actions - c["in_mean_a"]) / c["in_std_a"]  # elementwise: as predict's normalisation
+        out = actions.new_empty(k, h, nx)
+        x = actions.new_empty(k, ns + nu)
+        x_s, x_a = x[:, :ns], x[:, ns:]
+        e = w0.shape[0]
+        bufs = [actions.new_empty(e, k, w.shape[2]) for w in c["w"]]
+        head = actions.new_empty(e, k, nx)
+        sl, idx = c["state_slice"], c["state_idx"]
+        im_s, is_s, om, os_ = c["in_mean_s"], c["in_std_s"], c["out_mean"], c["out_std"]
+        for t in range(h):
+            torch.sub(s[:, sl] if sl is not None else s[:, idx], im_s, out=x_s)
+            x_s.div_(is_s)
+            x_a.copy_(a_norm[:, t])
+            z = x.expand(e, -1, -1)
+            for wi, bi, buf in zip(c["w"], c["b"], bufs):
+                z = F.silu(torch.baddbmm(bi, z, wi, out=buf), inplace=True)
+            torch.baddbmm(c["bh"], z, c["wh"], out=head)
+            s = torch.add(s, head.mean(0).mul_(os_), out=out[:, t]).add_(om)
+        return out
+
+    @torch.no_grad()
+    def _rollout_stepwise(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The reference: :meth:`predict` called once per step."""
+        k, h, _ = actions.shape
+        s = state.to(actions.dtype)
+        s = s.expand(k, -1) if s.dim() == 1 else s
+        out = actions.new_empty(k, h, self.state_dim)
+        for t in range(h):
+            s = self.predict(s, actions[:, t])
+            out[:, t] = s
+        return out
+
     def check_matches(self, state_channels: Sequence[Channel], action_channels: Sequence[Channel],
                       what: str = "model") -> None:
         check_channels_match(state_channels, self.state_channels, f"{what} state")

@@ -1,0 +1,174 @@
+"""The fused MLPEnsemble rollout (stacked elite weights, one call per MPPI cycle) gives the
+same states, and MPPI the same plans, as the per-step ``predict`` loop it replaces."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ws_mppi.costs import LocomotionCost
+from ws_mppi.dynamics import LearnedDynamics
+from ws_mppi.mppi import MPPI, MPPIConfig
+from ws_worldmodel.checkpoint import DEFAULT_CHECKPOINTS, load_checkpoint
+from ws_worldmodel.mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
+
+ATOL = 1e-5
+
+
+def _reference_predict(model, state, action):
+    """``MLPEnsemble.predict`` as it was before the fused rollout (kept here verbatim, so a
+    later change of ``predict`` cannot move the reference with it)."""
+    x = (torch.cat([state[..., model.input_state_idx], action], dim=-1) - model.in_mean) / model.in_std
+    w = [layer.weight[model.elite_idx] for layer in model.hidden_layers]
+    b = [layer.bias[model.elite_idx] for layer in model.hidden_layers]
+    h = x.expand(len(model.elite_idx), -1, -1)
+    for wi, bi in zip(w, b):
+        h = F.silu(torch.baddbmm(bi, h, wi))
+    out = torch.baddbmm(model.head.bias[model.elite_idx], h, model.head.weight[model.elite_idx])
+    mean = out[..., : model.state_dim].mean(0)
+    return state + mean * model.out_std + model.out_mean
+
+
+@torch.no_grad()
+def _reference_rollout(model, state, actions):
+    """The old ``LearnedDynamics.rollout``: a Python loop over the horizon."""
+    k, h, _ = actions.shape
+    s = state.to(actions.dtype)
+    s = s.expand(k, -1) if s.dim() == 1 else s
+    out = actions.new_empty(k, h, model.state_dim)
+    for t in range(h):
+        s = _reference_predict(model, s, actions[:, t])
+        out[:, t] = s
+    return out
+
+
+@pytest.fixture(scope="module")
+def hopper_model():
+    return load_checkpoint(DEFAULT_CHECKPOINTS["hopper"])
+
+
+def _start_state(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = 0.1 * torch.randn(model.state_dim, generator=g)
+    s[1] += 1.25  # a standing hopper's height (harmless for other systems)
+    return s
+
+
+@pytest.mark.parametrize("system", ["hopper", "go1"])
+def test_fused_rollout_equals_the_per_step_predict_loop_on_shipped_weights(system):
+    model = load_checkpoint(DEFAULT_CHECKPOINTS[system])
+    g = torch.Generator().manual_seed(1)
+    k, h = 64, 20
+    actions = torch.rand(k, h, model.action_dim, generator=g) * 2 - 1
+    s0 = _start_state(model)
+    ref = _reference_rollout(model, s0, actions)
+    got = model.rollout(s0, actions)
+    assert got.shape == (k, h, model.state_dim) and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=ATOL)
+    # a random batch of distinct start states, one per sequence
+    starts = s0 + 0.05 * torch.randn(k, model.state_dim, generator=g)
+    torch.testing.assert_close(model.rollout(starts, actions), _reference_rollout(model, starts, actions),
+                               rtol=0, atol=ATOL)
+    # predict itself is unchanged
+    torch.testing.assert_close(model.predict(starts, actions[:, 0]), _reference_predict(model, starts, actions[:, 0]),
+                               rtol=0, atol=0)
+
+
+def test_learned_dynamics_fused_and_stepwise_agree(hopper_model):
+    g = torch.Generator().manual_seed(2)
+    actions = torch.rand(64, 20, 3, generator=g) * 2 - 1
+    s0 = _start_state(hopper_model, 3)
+    fused, stepwise = LearnedDynamics(hopper_model), LearnedDynamics(hopper_model, fused=False)
+    assert fused._fused is not None and stepwise._fused is None
+    torch.testing.assert_close(fused.rollout(s0, actions), stepwise.rollout(s0, actions), rtol=0, atol=ATOL)
+    torch.testing.assert_close(fused.rollout(s0, actions), _reference_rollout(hopper_model, s0, actions),
+                               rtol=0, atol=ATOL)
+    # a one-step model without its own rollout still works through predict
+    class OneStep:
+        state_dim, action_dim = 12, 3
+
+        def predict(self, s, a):
+            return _reference_predict(hopper_model, s, a)
+
+    torch.testing.assert_close(LearnedDynamics(OneStep()).rollout(s0, actions), stepwise.rollout(s0, actions),
+                               rtol=0, atol=0)
+
+
+def test_mppi_with_fused_dynamics_makes_the_same_plans(hopper_model, hopper_env):
+    cost = LocomotionCost(hopper_env.task, termination_penalty=50.0)
+    cfg = MPPIConfig(horizon=20, samples=64, temperature=0.1, noise_sigma=0.5)
+    low, high = hopper_env.action_space.low, hopper_env.action_space.high
+    new = MPPI(LearnedDynamics(hopper_model), cost, low, high, cfg, seed=7)
+    old = MPPI(LearnedDynamics(hopper_model, fused=False), cost, low, high, cfg, seed=7)
+    state, _ = hopper_env.reset(seed=5)
+    for t0 in range(4):  # consecutive cycles: the warm start carries the plans forward
+        a, b = new.plan(state, t0), old.plan(state, t0)
+        np.testing.assert_allclose(a.nominal, b.nominal, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(a.action, b.action, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(a.predicted_states, b.predicted_states, rtol=0, atol=ATOL)
+        torch.testing.assert_close(a.states, b.states, rtol=0, atol=ATOL)
+        torch.testing.assert_close(a.costs, b.costs, rtol=0, atol=ATOL)
+        torch.testing.assert_close(a.weights, b.weights, rtol=0, atol=ATOL)
+        state, *_ = hopper_env.step(a.action)
+
+
+def test_prepared_weights_follow_changes_of_the_model(hopper_model):
+    model = copy.deepcopy(hopper_model)
+    g = torch.Generator().manual_seed(4)
+    actions = torch.rand(16, 6, 3, generator=g) * 2 - 1
+    s0 = _start_state(model, 5)
+    first = model.rollout(s0, actions)
+    cache = model._fast_cache
+    assert model.rollout(s0, actions) is not None and model._fast_cache is cache  # reused while nothing changes
+
+    with torch.no_grad():  # an in-place weight update (an optimiser step)
+        model.hidden_layers[2].weight.mul_(1.05)
+    changed = model.rollout(s0, actions)
+    assert not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, _reference_rollout(model, s0, actions), rtol=0, atol=ATOL)
+
+    model.elite_idx.copy_(torch.tensor([1, 3, 0]))  # another elite set
+    torch.testing.assert_close(model.rollout(s0, actions), _reference_rollout(model, s0, actions), rtol=0, atol=ATOL)
+
+    model.load_state_dict(hopper_model.state_dict())  # back to the shipped weights
+    torch.testing.assert_close(model.rollout(s0, actions), first, rtol=0, atol=0)
+
+    with torch.no_grad():
+        model.out_std.mul_(2.0)  # statistics are part of the prepared tensors too
+    torch.testing.assert_close(model.rollout(s0, actions), _reference_rollout(model, s0, actions), rtol=0, atol=ATOL)
+
+    again = pickle.loads(pickle.dumps(model))  # the cache is not pickled; rebuilt on demand
+    assert "_fast_cache" not in again.__dict__
+    torch.testing.assert_close(again.rollout(s0, actions), model.rollout(s0, actions), rtol=0, atol=0)
+
+
+def test_other_architectures_dtypes_and_a_gathered_state_index(hopper_model):
+    cfg = MLPEnsembleConfig(ensemble_size=4, elites=2, hidden=32, layers=2)
+    torch.manual_seed(0)
+    model = MLPEnsemble(hopper_model.state_channels, hopper_model.action_channels, cfg)
+    with torch.no_grad():
+        model.in_mean.normal_()
+        model.in_std.uniform_(0.5, 2.0)
+        model.out_mean.normal_(0, 0.01)
+        model.out_std.uniform_(0.01, 0.1)
+    model.elite_idx.copy_(torch.tensor([3, 1]))
+    g = torch.Generator().manual_seed(6)
+    actions = torch.rand(8, 5, 3, generator=g) * 2 - 1
+    s0 = _start_state(model, 7)
+    torch.testing.assert_close(model.rollout(s0, actions), _reference_rollout(model, s0, actions), rtol=0, atol=ATOL)
+
+    model.input_state_idx.copy_(torch.tensor([0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]))  # not one slice: gathered
+    torch.testing.assert_close(model.rollout(s0, actions), _reference_rollout(model, s0, actions), rtol=0, atol=ATOL)
+
+    model64 = copy.deepcopy(model).double()
+    got = model64.rollout(s0.double(), actions.double())
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, _reference_rollout(model64, s0.double(), actions.double()), rtol=0, atol=1e-12)
+
+    with pytest.raises(ValueError, match="state must be"):
+        model.rollout(torch.zeros(3, 12), actions)
