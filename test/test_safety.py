@@ -177,3 +177,19 @@ def test_plan_points_are_clamped_against_the_state_predicted_for_them(limits):
     bad = pq.copy()
     bad[2, 1] = np.nan
     assert sup.limit_plan(plan, bad, pqd) is None
+
+
+def test_a_chunk_without_a_model_prediction_is_bounded_at_the_tracked_states(limits):
+    """A policy's action chunk carries no predicted states: a position servo tracking its targets is expected
+    at the previous point, moving at the previous point's rate; each later point is clamped there."""
+    sup = SafetySupervisor(limits)
+    q0 = np.array(HOME_JOINTS, dtype=np.float64)
+    assert sup.update_state(JOINTS, q0, np.zeros(len(JOINTS)), 1.0, 1.0)
+    dt = 0.05
+    cmd = q0 + 0.01
+    steps = np.stack([q0 + 0.02 * (j + 2) for j in range(3)])
+    pq, pqd = sup.tracking_prediction(cmd, steps, dt)
+    np.testing.assert_allclose(pq, np.stack([cmd, steps[0], steps[1]]))
+    np.testing.assert_allclose(pqd, np.stack([(cmd - q0) / dt, (steps[0] - cmd) / dt, (steps[1] - steps[0]) / dt]))
+    out = sup.limit_plan(steps, pq, pqd)
+    np.testing.assert_allclose(out, np.stack([CommandLimiter(limits)(u, q, qd) for u, q, qd in zip(steps, pq, pqd)]))

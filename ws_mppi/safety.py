@@ -425,6 +425,21 @@ class SafetySupervisor:
             return None
         return np.stack([self.limiter(u, q, qd) for u, q, qd in zip(steps, pq, pqd)])
 
+    def tracking_prediction(self, command: np.ndarray, steps: np.ndarray,
+                            dt: float) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """The states a position servo is predicted to be in at the starts of a plan's later
+        ``steps`` ``(n, nu)`` when it tracks its targets: at the start of step ``j`` the joints
+        are where the previous point sent them (``command`` for ``j = 0``), moving at that
+        point's rate ``(point_{j-1} - point_{j-2}) / dt`` (the newest valid position before
+        ``command``). For plans that carry no state prediction of their own (a policy's action
+        chunk); MPPI passes its model's prediction instead. ``(None, None)`` without a valid
+        state."""
+        if self._q is None:
+            return None, None
+        steps = np.asarray(steps, dtype=np.float64)
+        pts = np.vstack([self._q[self._cmd_idx], np.asarray(command, dtype=np.float64)[None], steps])
+        return pts[1:-1], (pts[1:-1] - pts[:-2]) / float(dt)
+
     def hold_command(self) -> np.ndarray | None:
         """The safe-hold command, or None before any valid state (position joints)."""
         if self.limits.command == "effort":

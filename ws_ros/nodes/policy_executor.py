@@ -305,7 +305,11 @@ class PolicyExecutorNode(LifecycleNode):
             d = self.supervisor.decide(now, planned)
             if obs is None and d.mode.value == "hold" and d.level < 2 and self._running:
                 d = d.__class__(d.mode, d.command, 2, "no fresh images or instruction: holding")
-            tail = self.supervisor.limit_plan(tail) if (tail is not None and d.mode.value == "run") else None
+            if tail is not None and d.mode.value == "run":  # each later point bounded at the state it should find
+                tail = self.supervisor.limit_plan(tail, *self.supervisor.tracking_prediction(d.command, tail,
+                                                                                         1.0 / self.rate_hz))
+            else:
+                tail = None
         self._running = self._running or d.mode.value == "run"
         self._last = d
         command = d.command
@@ -319,6 +323,9 @@ class PolicyExecutorNode(LifecycleNode):
             command, tail = self.handover.last.copy(), None
         elif command is not None:
             self.handover.last = np.asarray(command, dtype=np.float64)
+        with self._lock:
+            if self.human:  # taken over while this tick ran inference: the person's commands rule from now on
+                return
         if command is not None:
             self._publish(command, tail)
 
