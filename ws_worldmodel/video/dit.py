@@ -727,3 +727,28 @@ def generate_bidirectional(model: VideoDiT, first: torch.Tensor, controls: torch
         v = model(torch.cat([first, x], 1), tau, controls, label, causal=False, base=first[:, -1:])
         x = x + v[:, f0:] / steps
     return torch.cat([first, x.clamp(-1, 1)], 1)
+
+
+def load_video_dit(path, device="cpu", config_defaults: dict | None = None) -> tuple["VideoDiT", dict]:
+    """A video world model checkpoint -> ``(model in eval mode on device, checkpoint dict)``.
+
+    The file is read with ``torch.load(..., weights_only=True)`` (tensors and plain data only)
+    and the model rebuilt from its config dict; ``config_defaults`` fills keys that older
+    files lack (the file's own keys win).
+
+    Raises:
+        ws_worldmodel.checkpoint.CheckpointError: missing, corrupt, not a safe checkpoint (its
+            unpickling would run code; refused before anything runs), not a video model
+            checkpoint, or weights that do not fit its config. The message names the path.
+    """
+    from ..checkpoint import CheckpointError, safe_torch_load
+
+    ck = safe_torch_load(path, map_location=device, what="video checkpoint")
+    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict) or "state_dict" not in ck:
+        raise CheckpointError(f"video checkpoint {path} is not a video world model checkpoint (no config and weights)")
+    try:
+        model = VideoDiT(VideoDiTConfig(**{**(config_defaults or {}), **ck["config"]})).to(device)
+        model.load_state_dict(ck["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"video checkpoint {path} does not fit its own config: {' '.join(str(e).split())}") from e
+    return model.eval(), ck

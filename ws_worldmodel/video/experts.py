@@ -72,9 +72,9 @@ from tqdm import tqdm
 
 from ws_sim.atomic import atomic_write
 
-from ..checkpoint import CheckpointError, plain_payload, safe_torch_load
+from ..checkpoint import plain_payload
 from .clips import CONTROL_DIMS, KINDS, MAX_DEPTH, ClipSet, frames_tensor, look_yaw, read_clips
-from .dit import (VideoDiT, VideoDiTConfig, action_guided_chunks, chunk_ids, generate_bidirectional,
+from .dit import (VideoDiT, VideoDiTConfig, action_guided_chunks, load_video_dit, chunk_ids, generate_bidirectional,
                   generate_chunked)
 from .memory import MemoryConfig, MemoryKVCache
 
@@ -223,15 +223,7 @@ def load(path, device="cpu") -> tuple[VideoDiT, dict]:
             refused before anything runs), not a video model checkpoint, or weights that do not
             fit its config. The message names the path.
     """
-    ck = safe_torch_load(path, map_location=device, what="video checkpoint")
-    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict) or "state_dict" not in ck:
-        raise CheckpointError(f"video checkpoint {path} is not a video world model checkpoint (no config and weights)")
-    try:
-        model = VideoDiT(VideoDiTConfig(**ck["config"])).to(device)
-        model.load_state_dict(ck["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"video checkpoint {path} does not fit its own config: {' '.join(str(e).split())}") from e
-    return model.eval(), ck
+    return load_video_dit(path, device)
 
 
 @torch.no_grad()

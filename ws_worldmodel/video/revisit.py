@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, plain_payload, safe_torch_load
-from .dit import VideoDiT, VideoDiTConfig, generate_chunked
+from ..checkpoint import plain_payload
+from .dit import VideoDiT, VideoDiTConfig, generate_chunked, load_video_dit
 from .memory import MemoryConfig, MemoryKVCache
 
 CONTROL_DIM = 9
@@ -211,15 +211,7 @@ def load(path, device="cpu") -> tuple[VideoDiT, dict]:
             refused before anything runs), not a video model checkpoint, or weights that do not
             fit its config. The message names the path.
     """
-    ck = safe_torch_load(path, map_location=device, what="video checkpoint")
-    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict) or "state_dict" not in ck:
-        raise CheckpointError(f"video checkpoint {path} is not a video world model checkpoint (no config and weights)")
-    try:  # older files: velocity
-        model = VideoDiT(VideoDiTConfig(**{"prediction": "velocity", **ck["config"]})).to(device)
-        model.load_state_dict(ck["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"video checkpoint {path} does not fit its own config: {' '.join(str(e).split())}") from e
-    return model.eval(), ck
+    return load_video_dit(path, device, config_defaults={"prediction": "velocity"})  # older files: velocity
 
 
 def attended_frames(cfg: MemoryConfig, poses: torch.Tensor, context: int, chunk: int) -> dict[int, list[int]]:
