@@ -94,6 +94,31 @@ class Robot(Node):
             return self.diag[-1] if self.diag else None
 
 
+class Sensor:
+    """A 200 Hz sensor in wall time on its own thread: publishes ``reading(i)`` -> ``(state, qd or None)``."""
+
+    def __init__(self, robot, reading):
+        self.robot, self.reading = robot, reading
+        self._stop = threading.Event()
+        self._th = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        i = 0
+        while not self._stop.is_set():
+            state, qd = self.reading(i)
+            self.robot.publish_state(state, self.robot.get_clock().now().nanoseconds * 1e-9, qd_override=qd)
+            i += 1
+            self._stop.wait(0.005)
+
+    def __enter__(self):
+        self._th.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._th.join()
+
+
 @pytest.fixture
 def graph():
     """A context, an executor spinning in a thread, and a function to add nodes; torn down after."""
@@ -211,16 +236,7 @@ def test_a_diverged_model_holds_and_reports_until_it_plans_again(graph):
     robot = add(Robot(io, context=ctx))
     node = add(_controller(ctx, env="hopper", dynamics="oracle", seed=0))
     state, _ = env.reset(seed=0)
-    stop = threading.Event()
-
-    def feed():  # a 200 Hz sensor in wall time
-        while not stop.is_set():
-            robot.publish_state(state, robot.get_clock().now().nanoseconds * 1e-9)
-            stop.wait(0.005)
-
-    th = threading.Thread(target=feed, daemon=True)
-    th.start()
-    try:
+    with Sensor(robot, lambda i: (state, None)):
         wait_for(lambda: (robot.last_diag() or (0, "", {}))[2].get("mode") == "run", what="running")
         dyn = node.planner.mppi.dynamics
         real_rollout = dyn.rollout
@@ -235,9 +251,6 @@ def test_a_diverged_model_holds_and_reports_until_it_plans_again(graph):
         assert all(np.array_equal(rows[0], np.zeros(3)) for _, _, rows in robot.commands[n1:n1 + 5])
         dyn.rollout = real_rollout
         wait_for(lambda: (robot.last_diag() or (0, "", {}))[2].get("mode") == "run", what="running again")
-    finally:
-        stop.set()
-        th.join()
 
 
 def test_rejected_readings_among_valid_ones_warn_with_the_top_reason(graph):
@@ -252,22 +265,9 @@ def test_rejected_readings_among_valid_ones_warn_with_the_top_reason(graph):
     robot = add(Robot(io, context=ctx))
     add(_controller(ctx, env="hopper", dynamics="oracle", seed=0))
     state, _ = env.reset(seed=0)
-    stop = threading.Event()
-
-    def feed():
-        i = 0
-        while not stop.is_set():
-            qd = None
-            if i % 8 == 0:
-                qd = io.split(state)[1]
-                qd[4] = math.nan
-            robot.publish_state(state, robot.get_clock().now().nanoseconds * 1e-9, qd_override=qd)
-            i += 1
-            stop.wait(0.005)
-
-    th = threading.Thread(target=feed, daemon=True)
-    th.start()
-    try:
+    nan_qd = io.split(state)[1]
+    nan_qd[4] = math.nan
+    with Sensor(robot, lambda i: (state, nan_qd if i % 8 == 0 else None)):  # one reading in eight bad
         def warned():
             d = robot.last_diag()
             return d is not None and d[2].get("mode") == "run" and "readings in the last second rejected" in d[1]
@@ -276,9 +276,6 @@ def test_rejected_readings_among_valid_ones_warn_with_the_top_reason(graph):
         level, message, values = robot.last_diag()
         assert level == 1 and "mostly non_finite" in message, message
         assert int(values["rejected_last_s"]) > 0.05 * int(values["readings_last_s"])
-    finally:
-        stop.set()
-        th.join()
 
 
 def test_use_sim_time_without_clock_is_an_error_not_inactive(graph):
@@ -366,19 +363,7 @@ def test_runtime_parameters_are_validated_and_applied_between_cycles(graph):
     r = set_params({"samples": 24, "temperature": 0.3})
     assert all(x.successful for x in r)
     state, _ = env.reset(seed=0)
-    stop = threading.Event()
-
-    def feed():
-        while not stop.is_set():
-            robot.publish_state(state, robot.get_clock().now().nanoseconds * 1e-9)
-            stop.wait(0.005)
-
-    th = threading.Thread(target=feed, daemon=True)
-    th.start()
-    try:
+    with Sensor(robot, lambda i: (state, None)):
         wait_for(lambda: 24 in batches, what="a planning cycle with K = 24")
-    finally:
-        stop.set()
-        th.join()
     assert node.planner.mppi.config.temperature == 0.3
     assert set(batches) == {24}  # applied before the first cycle, never half-way through one
