@@ -453,7 +453,7 @@ class MPPIControllerNode(LifecycleNode):
 
     def _feed_history(self, t: int) -> None:
         """Report control steps ``fed + 1 .. t - 1`` to a history-conditioned model (planner thread)."""
-        dyn = self.planner.mppi.dynamics
+        dyn = getattr(getattr(self.planner, "mppi", None), "dynamics", None)
         if not hasattr(dyn, "observe"):
             return
         with self._lock:
