@@ -203,13 +203,9 @@ def train(args) -> dict:
 def load(path, device="cpu") -> tuple[VideoDiT, dict]:
     """A :func:`train` checkpoint -> ``(model in eval mode on device, checkpoint dict)``.
 
-    The file is read with ``torch.load(..., weights_only=True)`` (tensors and plain data only)
-    and the model rebuilt from its config dict.
-
-    Raises:
-        CheckpointError: missing, corrupt, not a safe checkpoint (its unpickling would run code;
-            refused before anything runs), not a video model checkpoint, or weights that do not
-            fit its config. The message names the path.
+    Read safely by :func:`ws_worldmodel.video.dit.load_video_dit` (its ``Raises`` apply:
+    ``CheckpointError`` naming the path for a missing, corrupt, unsafe or mismatched file). Files written before
+    the ``prediction`` setting existed predict the velocity.
     """
     return load_video_dit(path, device, config_defaults={"prediction": "velocity"})  # older files: velocity
 
