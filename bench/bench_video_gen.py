@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-teacher", action="store_true", help="skip the teacher (long rollouts)")
     ap.add_argument("--plain", action="store_true",
-                    help="the plain model (no residual base), as 'ws worldmodel experts train --plain'; the default is "
+                    help="the plain model (no residual base), as 'ws video experts train --plain'; the default is "
                          "the residual model that command trains by default")
     args = ap.parse_args()
     if args.threads:

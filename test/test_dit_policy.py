@@ -112,7 +112,7 @@ def test_the_world_model_loads_into_the_stream_and_configs_are_checked():
 
 
 def test_it_trains_on_demonstrations_and_runs_from_the_command_line(tmp_path, capsys):
-    """Real MuJoCo demonstrations and clips, a world model trained by 'ws worldmodel experts',
+    """Real MuJoCo demonstrations and clips, a world model trained by 'ws video experts',
     then 'ws policy train --video-model dit --video-init' and the runner (about 15 s)."""
     from ws_cli.main import main
     from ws_policy.train import PolicyRunner, load_policy, policy_loss, save_policy, train_policy
@@ -145,7 +145,7 @@ def test_it_trains_on_demonstrations_and_runs_from_the_command_line(tmp_path, ca
     a, b = PolicyRunner(model, seed=3)(obs), PolicyRunner(again, seed=3)(obs)
     assert a.shape == (4, 7) and np.all(np.isfinite(a)) and np.allclose(a, b, atol=1e-5)
 
-    # the command line: a world model from 'ws worldmodel experts train' starts the stream
+    # the command line: a world model from 'ws video experts train' starts the stream
     clips = tmp_path / "clips.hdf5"
     write_clips(clips, [collect_clips("joints", 2, frames=6, stride=6, size=16, progress=False)])
     train(clips, "per-kind", tmp_path / "world.pt", kinds=("joints",), steps=2, batch=4, d_model=32, layers=2,

@@ -59,7 +59,7 @@ is added to the stream's current-frame tokens; with it, to the observation token
 stream returns the velocities of the future RGB and depth channels. The action expert returns
 the velocities of the action tokens.
 
-Pretraining: a ``VideoDiT`` trained by ``ws worldmodel experts train`` can be loaded into the
+Pretraining: a ``VideoDiT`` trained by ``ws video experts train`` can be loaded into the
 stream (:meth:`DiTPolicy.load_video`, ``ws policy train --video-init``). A ``mode="world"``
 ``DiTPolicy`` trained on the policy's own demonstrations, actions unused, starts the policy
 through ``--init``, as for ``WorldScapePolicy``.
@@ -191,7 +191,7 @@ class DiTPolicy(WorldScapePolicy):
         n = vc.tokens_per_frame
         dh = vc.d_model // vc.heads
         rope_v = rope_table(torch.arange(nf, device=xv.device).repeat_interleave(n), dh, xv.dtype)
-        chunks = torch.tensor([0] + [1] * (nf - 1)) if vc.chunk_experts else None
+        chunks = torch.tensor([0] + [1] * (nf - 1), device=xv.device) if vc.chunk_experts else None
         # the action stream: instruction (and indicator), state, and the noisy action tokens
         xa = self._text_state(words, state, indicator, rgb)
         if cfg.predicts_actions:
