@@ -350,3 +350,43 @@ def test_an_expert_gives_the_prior_the_noise_and_the_reference(tmp_path, hopper_
         make_controller(hopper_env, "oracle", ControllerConfig.from_dict({"expert": str(tmp_path / "none")}))
     with pytest.raises(ConfigError, match="needs an expert"):
         ControllerConfig.from_dict({"reference": "expert"})
+
+
+def test_policy_samples_are_the_policys_closed_loop_rollout():
+    """``policy_samples``: sample 1 (after the nominal) carries the policy's actions run closed loop through the
+    planner's dynamics; sample 2 is those plus the noise; with one sample the policy must be given."""
+    gain = lambda s: np.array([2.0 * (1.0 - s[0]) - 1.5 * s[1]])  # noqa: E731  a PD law toward x = 1
+    cfg = MPPIConfig(horizon=8, samples=16, temperature=0.5, noise_sigma=0.3, policy_samples=2)
+    mppi = MPPI(DoubleIntegrator(), _quadratic_cost, [-2.0], [2.0], cfg, seed=0, policy=gain)
+    s0 = np.array([0.2, -0.1])
+    res = mppi.plan(s0)
+    s, expected = s0.copy(), []
+    for _ in range(8):
+        a = np.clip(gain(s), -2, 2)
+        expected.append(a)
+        s = np.array([s[0] + 0.1 * s[1], s[1] + 0.1 * a[0]])
+    np.testing.assert_allclose(res.actions[1].numpy(), np.array(expected), atol=1e-5)
+    assert not np.allclose(res.actions[2].numpy(), np.array(expected), atol=1e-3)  # the noisy copy
+    np.testing.assert_allclose(res.actions[0].numpy(), np.zeros((8, 1)), atol=1e-6)  # the nominal: the prior
+    with pytest.raises(ValueError, match="needs a policy"):
+        MPPI(DoubleIntegrator(), _quadratic_cost, [-2.0], [2.0], cfg)
+    with pytest.raises(ValueError, match="policy_samples"):
+        MPPIConfig(samples=4, policy_samples=4)
+
+
+def test_nearest_alignment_indexes_the_reference_by_the_current_phase():
+    """``align: nearest`` starts the reference at the row nearest the current state (weighted, root x ignored),
+    ``time`` at the episode step; both clip at the reference's end."""
+    t = np.arange(200, dtype=np.float32)
+    ref = np.stack([t * 0.01, np.sin(0.2 * t), np.cos(0.2 * t)], 1)  # x, then a periodic gait
+    w = np.array([0.0, 1.0, 1.0], np.float32)
+    near = ReferenceTracking(ref, w, align="nearest")
+    timed = ReferenceTracking(ref, w, align="time")
+    state = ref[37] + np.array([5.0, 0.0, 0.0], np.float32)  # far ahead in x, at the phase of row 37
+    idx = near.indices(state, t0=120, horizon=10)
+    assert np.allclose(ref[idx[0] - 1, 1:], ref[37, 1:], atol=1e-4)  # row 37 or one a whole period later
+    np.testing.assert_array_equal(np.diff(idx), 1)
+    np.testing.assert_array_equal(timed.indices(state, t0=120, horizon=10), np.arange(121, 131))
+    np.testing.assert_array_equal(timed.indices(state, t0=195, horizon=10)[-1], 199)
+    with pytest.raises(ValueError, match="align"):
+        ReferenceTracking(ref, w, align="phase")

@@ -45,10 +45,14 @@ class ControllerConfig:
         reference_scale: ``w_ref`` of that term.
         reference_pos_weight, reference_vel_weight: the diagonal weights of position and
             velocity channels (root x always 0). The seed's own values are lost in its text.
+        reference_align: ``"time"`` (the reference indexed by the episode step, as the seed's
+            code does) or ``"nearest"`` (by the gait phase nearest the current state; see
+            :class:`ws_mppi.costs.ReferenceTracking`).
         expert: an expert made by ``ws expert export`` (its folder, or ``"default"`` for the
             shipped one of the environment): its action mean becomes the MPPI prior (the
-            initial nominal and the tail filled after each shift), and ``reference: expert``
-            tracks its first episode. ``None``: no expert.
+            initial nominal and the tail filled after each shift), ``reference: expert``
+            tracks its first episode, and ``mppi.policy_samples`` of the samples follow its
+            actor. ``None``: no expert.
         expert_noise_scale: with an expert, the noise variance is this times the expert's
             action variance per dimension (seed 003's code: 0.8); ``None`` keeps
             ``mppi.noise_sigma``.
@@ -61,6 +65,7 @@ class ControllerConfig:
     reference_scale: float = 0.1
     reference_pos_weight: float = 1.0
     reference_vel_weight: float = 0.1
+    reference_align: str = "time"
     expert: str | None = None
     expert_noise_scale: float | None = None
 
@@ -90,6 +95,9 @@ class ControllerConfig:
                 raise ValueError(f"expert_noise_scale must be positive, got {cfg.expert_noise_scale}")
             if cfg.reference == "expert" and not cfg.expert:
                 raise ValueError("reference: expert needs an expert (set expert: default or a folder)")
+            if cfg.mppi.policy_samples and not cfg.expert:
+                raise ValueError("mppi.policy_samples needs an expert whose actor to follow (set expert: default "
+                                 "or a folder)")
             return cfg
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid controller config: {e}") from e

@@ -30,11 +30,18 @@ class ReferenceTracking:
         reference: ``(T, nx)`` reference states ``[qpos, qvel]`` indexed by episode step.
         weights: ``(nx,)`` diagonal weights ``W`` (root x weight should be 0).
         scale: the overall weight ``w_ref``.
+        align: how a plan made at episode step ``t0`` indexes the reference. ``"time"``: the
+            state after planned step ``i`` is compared with ``reference[t0 + 1 + i]`` (the
+            seed's code: the episode clock). ``"nearest"``: with the reference step ``p``
+            nearest the current state in the weighted norm ``W`` (the gait phase the robot is
+            actually in), with ``reference[p + 1 + i]``; a hopper whose stride drifts from the
+            expert's is then not pulled back to a phase it left long ago.
     """
 
     reference: np.ndarray
     weights: np.ndarray
     scale: float = 0.1
+    align: str = "time"
 
     def __post_init__(self):
         self.reference = np.asarray(self.reference, dtype=np.float32)
@@ -42,6 +49,21 @@ class ReferenceTracking:
         if self.reference.ndim != 2 or self.weights.shape != (self.reference.shape[1],):
             raise ValueError(f"reference {self.reference.shape} and weights {self.weights.shape} "
                              "must be (T, nx) and (nx,)")
+        if self.align not in ("time", "nearest"):
+            raise ValueError(f"reference align must be 'time' or 'nearest', got {self.align!r}")
+
+    def indices(self, state, t0: int, horizon: int) -> np.ndarray:
+        """``(horizon,)`` the reference rows the states after planned steps ``0 .. H-1`` are
+        compared with (clipped to the reference's last row)."""
+        n = len(self.reference)
+        if self.align == "time":
+            start = int(t0)
+        else:  # the phase: nearest reference state among those with a whole horizon after them
+            last = max(1, n - horizon)
+            s = np.asarray(state, dtype=np.float32).reshape(-1)
+            d = np.square(self.reference[:last] - s) @ self.weights
+            start = int(np.argmin(d))
+        return np.clip(np.arange(start + 1, start + 1 + horizon), 0, n - 1)
 
 
 class LocomotionCost:
@@ -112,7 +134,7 @@ class LocomotionCost:
         if self.reference is not None:
             ref = self.reference
             h = states.shape[1]
-            idx = np.clip(np.arange(t0 + 1, t0 + 1 + h), 0, len(ref.reference) - 1)
+            idx = ref.indices(state.detach().cpu().numpy() if torch.is_tensor(state) else state, t0, h)
             r = torch.as_tensor(ref.reference[idx], dtype=states.dtype)
             w = torch.as_tensor(ref.weights, dtype=states.dtype)
             track = ((states - r).square() * w).sum(-1) * alive.to(states.dtype)

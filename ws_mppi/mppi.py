@@ -13,6 +13,12 @@ At each control cycle, with nominal action sequence ``U = (u_0 .. u_{H-1})``:
 * eq. (16): ``U <- U + alpha sum_k w_k eps_k``, ``alpha`` the step size of a smoothed update
   (1: the classic update; the seed's code uses 0.4).
 
+With a policy (e.g. the expert that made the reference), ``policy_samples`` of the ``K``
+sequences are the policy's own: its closed-loop rollout through the same dynamics (the
+first exactly, the others with the same noise added), as TD-MPC (Hansen et al. 2022) mixes
+policy trajectories into its MPPI samples. The update is unchanged; the policy is one more
+candidate, so the planner is never limited to what the noise finds around the nominal.
+
 The first action is executed and the cycle repeats (receding horizon). The next cycle starts
 from the last plan shifted by the control steps elapsed since it was made (warm start; a
 real-time node replans at whatever rate it reaches, so the gap is 0, 1 or many steps), the
@@ -53,6 +59,9 @@ class MPPIConfig:
             discards a good plan only because all perturbations were worse.
         shift_fill: how the warm start fills the freed last steps when no prior is given:
             ``"zero"`` (the middle of the action bounds) or ``"last"`` (repeat the plan's last step).
+        policy_samples: how many of the ``samples`` follow the planner's policy (0: none; the
+            first is the policy's closed-loop rollout, the rest that plus noise). Needs a
+            ``policy`` given to :class:`MPPI`.
     """
 
     horizon: int = 32
@@ -65,6 +74,7 @@ class MPPIConfig:
     noise: str = "white"
     ar_coeffs: list[float] = dataclasses.field(default_factory=lambda: [1.0, 0.0, 0.0])
     step_size: float = 1.0
+    policy_samples: int = 0
 
     def __post_init__(self):
         if self.horizon < 1 or self.samples < 2:
@@ -86,6 +96,9 @@ class MPPIConfig:
             raise ValueError(f"ar_coeffs {self.ar_coeffs} give an unstable filter (need |b2| < 1, |b1| < 1 - b2)")
         if not 0 < self.step_size <= 1:
             raise ValueError(f"step_size must be in (0, 1], got {self.step_size}")
+        if not 0 <= int(self.policy_samples) <= self.samples - 1 - int(self.include_nominal):
+            raise ValueError(f"policy_samples must be in [0, samples - 1 - include_nominal] = "
+                             f"[0, {self.samples - 1 - int(self.include_nominal)}], got {self.policy_samples}")
 
 
 @dataclasses.dataclass
@@ -131,10 +144,15 @@ class MPPI:
         prior: optional callable ``prior(t0, horizon) -> (horizon, nu)`` giving the action
             sequence to start from (on reset) and to append after each shift, e.g. a gait
             scheduler's joint reference; default: the middle of the action bounds.
+        policy: optional callable ``policy(state (nx,) ndarray) -> (nu,)`` whose closed-loop
+            rollouts are ``config.policy_samples`` of the samples (e.g. the expert's actor).
+
+    Raises:
+        ValueError: ``config.policy_samples > 0`` without a policy.
     """
 
     def __init__(self, dynamics, cost: CostFn, action_low, action_high,
-                 config: MPPIConfig | None = None, seed: int = 0, prior=None):
+                 config: MPPIConfig | None = None, seed: int = 0, prior=None, policy=None):
         self.dynamics = dynamics
         self.cost = cost
         self.config = config or MPPIConfig()
@@ -143,6 +161,9 @@ class MPPI:
         self.nu = int(self.low.numel())
         self.generator = torch.Generator().manual_seed(int(seed))
         self.prior = prior
+        self.policy = policy
+        if self.config.policy_samples and policy is None:
+            raise ValueError(f"policy_samples = {self.config.policy_samples} needs a policy (e.g. an expert)")
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
@@ -205,6 +226,23 @@ class MPPI:
         return torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
 
     @torch.inference_mode()
+    def policy_rollout(self, state: torch.Tensor) -> torch.Tensor:
+        """``(H, nu)`` the actions of the policy run closed loop for ``H`` steps from ``state``
+        through the planner's dynamics (one step at a time), clipped to the bounds."""
+        h = self.config.horizon
+        s = state.to(torch.float32)
+        acts = torch.empty(h, self.nu)
+        for t in range(h):
+            a = torch.as_tensor(np.asarray(self.policy(s.numpy()), dtype=np.float32)).reshape(self.nu)
+            acts[t] = torch.clamp(a, self.low, self.high)
+            if t + 1 < h:
+                s = self.dynamics.rollout(s, acts[t].reshape(1, 1, self.nu))[0, 0].to(torch.float32)
+                if not bool(torch.isfinite(s).all()):  # a diverged model: hold the last action
+                    acts[t + 1:] = acts[t]
+                    break
+        return acts
+
+    @torch.inference_mode()
     def plan(self, state, t0: int = 0) -> PlanResult:
         """Run one MPPI cycle from ``state`` and return the action to execute.
 
@@ -224,10 +262,16 @@ class MPPI:
         t0 = int(t0)
         nominal = self.warm_start(t0)
         s = torch.as_tensor(np.asarray(state), dtype=torch.float32)
+        n_pol = int(cfg.policy_samples)
+        policy_seq = self.policy_rollout(s) if n_pol else None
         for _ in range(cfg.iterations):
             eps = self.sample_noise(cfg.samples)
             if cfg.include_nominal:
                 eps[0] = 0.0
+            if n_pol:  # samples i0 .. i0 + n_pol - 1: the policy's rollout, then it plus noise
+                i0 = int(cfg.include_nominal)
+                eps[i0] = 0.0
+                eps[i0:i0 + n_pol] += policy_seq - nominal
             v = torch.clamp(nominal + eps, self.low, self.high)
             eps = v - nominal  # the perturbation actually applied after clipping
             states = self.dynamics.rollout(s, v)

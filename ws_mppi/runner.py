@@ -177,7 +177,7 @@ def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking
         raise ConfigError(f"reference {path} states have shape {states.shape}; expected finite (T, {nx})")
     w = np.r_[np.full(env.nq, config.reference_pos_weight), np.full(env.nv, config.reference_vel_weight)]
     w[env.task.x_index] = 0.0
-    return ReferenceTracking(states, w, config.reference_scale)
+    return ReferenceTracking(states, w, config.reference_scale, align=config.reference_align)
 
 
 def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed: int = 0,
@@ -221,10 +221,16 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         if config.expert_noise_scale is not None:
             config = dataclasses.replace(config, mppi=dataclasses.replace(
                 config.mppi, noise_sigma=np.sqrt(np.maximum(config.expert_noise_scale * var, 1e-6)).tolist()))
+    policy = None
+    if config.mppi.policy_samples:  # some samples follow the expert's own actor, closed loop in the model
+        from .expert import load_expert
+
+        policy = load_expert(folder).act_state
     if dynamics == "oracle":
         oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
         dyn = OracleDynamics(oracle, env.physics_state)
-        return MPPIController("oracle", MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior), oracle.close)
+        return MPPIController("oracle", MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior,
+                                             policy=policy), oracle.close)
     from ws_worldmodel.checkpoint import load_checkpoint
 
     if str(dynamics).endswith(".onnx"):  # an exported WestWorld served by ONNX Runtime (ws export)
@@ -247,11 +253,11 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         check_channels_match(env.action_channels, meta["action_channels"], f"checkpoint {dynamics} action")
         dyn = SequenceDynamics(model, env.name)
         return MPPIController(f"{model.kind}:{Path(dynamics).name}",
-                              MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior))
+                              MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior, policy=policy))
     model.check_matches(env.state_channels, env.action_channels, f"checkpoint {dynamics}")
     dyn = LearnedDynamics(model)
     return MPPIController(f"learned:{Path(dynamics).name}",
-                          MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior))
+                          MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior, policy=policy))
 
 
 @dataclasses.dataclass
