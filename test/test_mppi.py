@@ -390,3 +390,29 @@ def test_nearest_alignment_indexes_the_reference_by_the_current_phase():
     np.testing.assert_array_equal(timed.indices(state, t0=195, horizon=10)[-1], 199)
     with pytest.raises(ValueError, match="align"):
         ReferenceTracking(ref, w, align="phase")
+
+
+def test_oracle_mppi_with_the_shipped_expert_keeps_hopper_up_past_where_zero_action_falls():
+    """The shipped Hopper config (expert prior, noise, phase-aligned reference and the expert's actor as one
+    sample), shrunk to H = 30 and K = 8 so the test stays short: 300 steps healthy, where zero action falls
+    after about 150. (Full size, 1000 steps, 5 seeds: docs/control.md.)"""
+    import dataclasses
+
+    from ws_mppi.config import load_config
+    from ws_sim.envs import make_env
+
+    env = make_env("hopper", max_episode_steps=300)
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "mppi_hopper_long_expert.yaml")
+    cfg = dataclasses.replace(cfg, mppi=dataclasses.replace(cfg.mppi, horizon=30, samples=8))
+    zero = run_episode(env, ZeroController(env), seed=1)
+    assert zero.terminated and zero.length < 200
+    ctrl = make_controller(env, "oracle", cfg, seed=1, nthread=1)
+    try:
+        res = run_episode(env, ctrl, seed=1)
+    finally:
+        ctrl.close()
+    assert not res.terminated and res.length == 300
+    assert res.reward > 2.5 * 300  # hopping forward (the healthy bonus alone gives 1 per step)
+    env.close()
