@@ -25,7 +25,7 @@ Frames are ``size`` px, 10 Hz for the Go1 (one frame every 0.1 s) and the PiPER'
 episode's index so that held-out clips can come from held-out episodes. Depth is in metres,
 clipped to the kind's ``max_depth``; :func:`frames_tensor` makes the model's ``[-1, 1]`` input.
 
-    python -m ws_worldmodel.video.clips --kind camera --episodes 40 --out data/video.hdf5
+    ws video clips --kind camera --episodes 40 --out data/video.hdf5
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ import torch
 from tqdm import tqdm
 
 from ws_sim.atomic import atomic_write
+
+from .tool import tool_main
 
 KINDS = ("camera", "joints", "keypoints")
 #: per-frame control length of each kind
@@ -370,9 +372,8 @@ def read_clips(path) -> dict[str, ClipSet]:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ws_worldmodel.video.clips", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``ws video clips`` (and ``python -m ws_worldmodel.video.clips``)."""
     ap.add_argument("--kind", action="append", choices=KINDS, help="control kind (repeat; default: all three)")
     ap.add_argument("--episodes", type=int, default=40)
     ap.add_argument("--frames", type=int, default=12, help="frames per clip")
@@ -383,17 +384,25 @@ def main(argv=None) -> int:
                     help="share of Go1 episodes that are look-arounds (turn the head away and back)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="HDF5 file (kinds already in it are kept)")
-    args = ap.parse_args(argv)
-    try:
-        sets = [collect_clips(k, args.episodes, args.frames, args.stride, args.size, args.seed, args.walk_frames,
-                              look_share=args.look_share) for k in args.kind or KINDS]
-        write_clips(args.out, sets)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+
+def run(args) -> int:
+    """Collect the clips of :func:`add_arguments`'s ``args``, write them and print a line per kind.
+
+    Raises:
+        ValueError, OSError: bad settings, an unwritable file.
+    """
+    sets = [collect_clips(k, args.episodes, args.frames, args.stride, args.size, args.seed, args.walk_frames,
+                          look_share=args.look_share) for k in args.kind or KINDS]
+    write_clips(args.out, sets)
     for s in sets:
         print(f"{s.kind}: {len(s)} clips of {s.rgb.shape[1]} frames from {len(np.unique(s.episode))} episodes")
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m ws_worldmodel.video.clips``: as ``ws video clips``."""
+    return tool_main("ws_worldmodel.video.clips", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

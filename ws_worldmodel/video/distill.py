@@ -24,7 +24,7 @@ it moves the student's samples from where the critic says they are toward where 
 says the data is. The critic takes ``critic_steps`` flow-matching steps per student step
 (DMD2 uses 5).
 
-    python -m ws_worldmodel.video.distill --clips data/clips.hdf5 --teacher runs/teacher.pt \\
+    ws video distill --clips data/clips.hdf5 --teacher runs/teacher.pt \\
         --student runs/mix.pt --out runs/distilled.pt [--iters 400]
 """
 
@@ -44,6 +44,7 @@ from tqdm import tqdm
 from .clips import read_clips
 from .dit import VideoDiT
 from .experts import batch_of, load, save_checkpoint
+from .tool import tool_main
 
 __all__ = ["student_rollout", "dmd_loss", "distill"]
 
@@ -55,22 +56,23 @@ def student_rollout(student: VideoDiT, first: torch.Tensor, controls: torch.Tens
     frames carrying gradient through one exit step per chunk."""
     b, f0 = first.shape[:2]
     chunk = student.cfg.chunk
-    ones = lambda n: torch.ones(b, n, dtype=first.dtype)  # noqa: E731
+    like = dict(dtype=first.dtype, device=first.device)
+    ones = lambda n: torch.ones(b, n, **like)  # noqa: E731
     with torch.no_grad():
         _, past = student(first, ones(f0), controls[:, :f0], label, return_kv=True, context=f0, base=first)
     out, t = [first], f0
     while t < frames:
         n = min(chunk, frames - t)
         ctrl = controls[:, t:t + n]
-        x = torch.randn((b, n) + tuple(first.shape[2:]), generator=generator, dtype=first.dtype)
+        x = torch.randn((b, n) + tuple(first.shape[2:]), generator=generator, dtype=first.dtype).to(first.device)
         exit_step = int(rng.integers(steps))
         base = out[-1][:, -1:].detach()  # the last frame before the chunk (residual students)
         with torch.no_grad():
             for s in range(exit_step):
-                tau = torch.full((b, n), s / steps, dtype=first.dtype)
+                tau = torch.full((b, n), s / steps, **like)
                 x = x + student(x, tau, ctrl, label, first_frame=t, past=past, context=f0, base=base) / steps
         tau_s = exit_step / steps
-        v = student(x, torch.full((b, n), tau_s, dtype=first.dtype), ctrl, label, first_frame=t, past=past,
+        v = student(x, torch.full((b, n), tau_s, **like), ctrl, label, first_frame=t, past=past,
                     context=f0, base=base)
         x1 = (x + (1 - tau_s) * v).clamp(-1, 1)
         out.append(x1)
@@ -87,9 +89,9 @@ def dmd_loss(x: torch.Tensor, controls: torch.Tensor, label: int, teacher: Video
     """The DMD loss (module docstring) of generated clips ``x`` ``(B, T, C, S, S)`` whose first
     ``context`` frames are given; its gradient w.r.t. the generated frames is the DMD direction."""
     b, t = x.shape[:2]
-    tau = 0.02 + 0.96 * torch.rand(b, 1, generator=generator, dtype=x.dtype).expand(b, t).clone()
+    tau = 0.02 + 0.96 * torch.rand(b, 1, generator=generator, dtype=x.dtype).to(x.device).expand(b, t).clone()
     tau[:, :context] = 1.0
-    x0 = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    x0 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     w = tau[:, :, None, None, None]
     with torch.no_grad():
         xt = w * x.detach() + (1 - w) * x0
@@ -104,7 +106,7 @@ def dmd_loss(x: torch.Tensor, controls: torch.Tensor, label: int, teacher: Video
 
 def distill(clips: str, teacher: str, student: str, out: str, iters: int = 400, batch: int = 4, steps: int = 4,
             lr: float = 1e-5, critic_lr: float = 1e-4, critic_steps: int = 2, seed: int = 0,
-            threads: int | None = None, progress: bool = True) -> dict:
+            threads: int | None = None, progress: bool = True, device: str = "cpu") -> dict:
     """Distil ``teacher`` (a bidirectional :mod:`ws_worldmodel.video.experts` checkpoint) into
     ``student`` (a causal one of the same kinds) on the training clips of ``clips``.
 
@@ -112,6 +114,7 @@ def distill(clips: str, teacher: str, student: str, out: str, iters: int = 400, 
         iters: student updates. batch: clips per update. steps: the student's Euler steps
             per chunk (the exit step is drawn among them).
         lr, critic_lr: learning rates. critic_steps: critic updates per student update.
+        device: where the models and batches live while training (``"cpu"``, ``"cuda"``).
 
     Returns:
         a summary; writes the distilled student (marked ``distilled``) to ``out``.
@@ -123,8 +126,8 @@ def distill(clips: str, teacher: str, student: str, out: str, iters: int = 400, 
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    t_model, t_ck = load(teacher)
-    s_model, s_ck = load(student)
+    t_model, t_ck = load(teacher, device)
+    s_model, s_ck = load(student, device)
     if t_ck.get("causal", True):
         raise ValueError(f"{teacher} is a causal student; the teacher must be bidirectional (train --teacher)")
     if not s_ck.get("causal", True):
@@ -148,11 +151,12 @@ def distill(clips: str, teacher: str, student: str, out: str, iters: int = 400, 
     bar = tqdm(range(iters), desc="self-forcing DMD", unit="iter", disable=not progress, file=sys.stderr)
     for _ in bar:
         kind = kinds[int(rng.integers(len(kinds)))]  # one kind a batch: generation routes by one label
-        x, c, _ = batch_of(sets, (kind,), rng, batch, max(s_model.cfg.control_dims), labels)
+        x, c, _ = (v.to(device) for v in batch_of(sets, (kind,), rng, batch, max(s_model.cfg.control_dims), labels))
         label = labels[kind]
         gen = student_rollout(s_model, x[:, :context], c, label, frames, steps, rng)
         for _ in range(critic_steps):  # the critic learns what the student generates now
-            closs, _ = critic.loss(gen.detach(), c, torch.full((batch,), label), context=context, causal=False)
+            closs, _ = critic.loss(gen.detach(), c, torch.full((batch,), label, device=device), context=context,
+                                   causal=False)
             opt_c.zero_grad(set_to_none=True)
             closs.backward()
             torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
@@ -176,11 +180,10 @@ def distill(clips: str, teacher: str, student: str, out: str, iters: int = 400, 
     return summary
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ws_worldmodel.video.distill", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``ws video distill`` (and ``python -m ws_worldmodel.video.distill``)."""
     ap.add_argument("--clips", required=True)
-    ap.add_argument("--teacher", required=True, help="bidirectional checkpoint (experts train --teacher)")
+    ap.add_argument("--teacher", required=True, help="bidirectional checkpoint ('ws video experts train --teacher')")
     ap.add_argument("--student", required=True, help="chunk-causal checkpoint of the same kinds")
     ap.add_argument("--out", required=True)
     ap.add_argument("--iters", type=int, default=400)
@@ -191,15 +194,25 @@ def main(argv=None) -> int:
     ap.add_argument("--critic-steps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    try:
-        res = distill(args.clips, args.teacher, args.student, args.out, args.iters, args.batch, args.steps, args.lr,
-                      args.critic_lr, args.critic_steps, args.seed, args.threads)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the models and batches live while training")
+
+
+def run(args) -> int:
+    """Distil as :func:`add_arguments`'s ``args`` say and print the summary as JSON.
+
+    Raises:
+        ValueError, OSError: mismatched or unreadable checkpoints and clips.
+    """
+    res = distill(args.clips, args.teacher, args.student, args.out, args.iters, args.batch, args.steps, args.lr,
+                  args.critic_lr, args.critic_steps, args.seed, args.threads, device=args.device)
     print(json.dumps(res, indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m ws_worldmodel.video.distill``: as ``ws video distill``."""
+    return tool_main("ws_worldmodel.video.distill", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

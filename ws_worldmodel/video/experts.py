@@ -51,9 +51,9 @@ truth, once with the memory (the given frames as anchors, a pose-retrieved pool,
 and once with a window of the most recent frames as long as the memory's whole context; the
 same model and noise. The first given frame itself, held, is the reference row.
 
-    python -m ws_worldmodel.video.experts train --clips data/clips.hdf5 --arch mixture --out runs/mix.pt
-    python -m ws_worldmodel.video.experts eval --clips data/clips.hdf5 runs/mix.pt runs/dense.pt ...
-    python -m ws_worldmodel.video.experts drift --long data/long.hdf5 --checkpoint runs/mix.pt
+    ws video experts train --clips data/clips.hdf5 --arch mixture --out runs/mix.pt
+    ws video experts eval --clips data/clips.hdf5 runs/mix.pt runs/dense.pt ...
+    ws video experts drift --long data/long.hdf5 --checkpoint runs/mix.pt
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ from .clips import CONTROL_DIMS, KINDS, MAX_DEPTH, ClipSet, frames_tensor, look_
 from .dit import (VideoDiT, VideoDiTConfig, action_guided_chunks, load_video_dit, chunk_ids, generate_bidirectional,
                   generate_chunked)
 from .memory import MemoryConfig, MemoryKVCache
+from .tool import tool_main
 
 ARCHS = ("mixture", "dense", "per-kind")
 FLOW_TAUS = (0.25, 0.5, 0.75)
@@ -127,7 +128,7 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
           lr: float = 1e-3, d_model: int = 128, layers: int = 4, heads: int = 4, patch: int = 8,
           context: int = 2, max_chunk: int = 4, seed: int = 0, init: str | None = None,
           add_kind: str | None = None, chunk_experts: int = 0, causal: bool = True, residual: bool = True,
-          threads: int | None = None, progress: bool = True) -> dict:
+          threads: int | None = None, progress: bool = True, device: str = "cpu") -> dict:
     """Train one model (module docstring) on the training episodes of ``clips``.
 
     Args:
@@ -141,6 +142,7 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
             :mod:`ws_worldmodel.video.distill` distils into it (one flow time per clip).
         residual: predict each frame as a change from the last frame before its chunk, seeing
             that frame (``VideoDiTConfig.residual``; False: the plain model).
+        device: where the model and batches live while training (``"cpu"``, ``"cuda"``).
 
     Returns:
         a summary (steps, seconds, first and last losses).
@@ -171,6 +173,7 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
             model.add_control_kind(add_kind, CONTROL_DIMS[add_kind])
             sets[add_kind] = data[add_kind].split()[0]
             kinds = model.cfg.control_kinds
+        model.to(device)
         params = model.tuning_parameters(add_kind) if add_kind else list(model.parameters())
         context = ck["context"]
     else:
@@ -179,7 +182,7 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
                              control_dims=tuple(CONTROL_DIMS[k] for k in kinds),
                              moe="shared+kind" if arch == "mixture" else "dense", chunk_experts=chunk_experts,
                              residual=residual)
-        model = VideoDiT(cfg)
+        model = VideoDiT(cfg).to(device)
         params = list(model.parameters())
     model.train()
     cfg = model.cfg
@@ -189,8 +192,8 @@ def train(clips: str, arch: str, out: str, kinds: tuple = KINDS, steps: int = 15
     losses, t0 = [], time.perf_counter()
     bar = tqdm(range(steps), desc=f"{arch} {'+'.join(kinds)}", unit="step", disable=not progress, file=sys.stderr)
     for step in bar:
-        x, c, lab = batch_of(sets, kinds, rng, batch, max(cfg.control_dims), labels)
-        ids = chunk_ids(context, random_chunks(rng, frames - context, max_chunk))
+        x, c, lab = (v.to(device) for v in batch_of(sets, kinds, rng, batch, max(cfg.control_dims), labels))
+        ids = chunk_ids(context, random_chunks(rng, frames - context, max_chunk)).to(device)
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
         loss, _ = model.loss(x, c, lab, context=context, chunks=ids, causal=causal)
@@ -440,12 +443,11 @@ def drift(long: str, checkpoint: str, kind: str = "joints", episodes: int = 16, 
     return res
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ws_worldmodel.video.experts", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The subcommands and options of ``ws video experts`` (and ``python -m ws_worldmodel.video.experts``)."""
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--clips", required=True, help="python -m ws_worldmodel.video.clips output")
+    t.add_argument("--clips", required=True, help="a 'ws video clips' file")
     t.add_argument("--arch", choices=ARCHS, default="mixture")
     t.add_argument("--kind", action="append", choices=KINDS, help="kinds to train on (repeat; default: all)")
     t.add_argument("--steps", type=int, default=1500)
@@ -463,6 +465,8 @@ def main(argv=None) -> int:
     t.add_argument("--init", help="start from this checkpoint")
     t.add_argument("--add-kind", choices=KINDS, help="with --init: add this kind and tune (Worldscape-MoE Tuning)")
     t.add_argument("--out", required=True)
+    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the model and batches live while training")
     e = sub.add_parser("eval", help="held-out scores of checkpoints",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("--clips", required=True)
@@ -492,24 +496,28 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--json", help="also write the result here")
-    args = ap.parse_args(argv)
-    try:
-        if args.cmd == "train":
-            res = train(args.clips, args.arch, args.out, tuple(args.kind or KINDS), args.steps, args.batch, args.lr,
-                        args.d_model, args.layers, patch=args.patch, max_chunk=args.max_chunk, seed=args.seed,
-                        init=args.init, add_kind=args.add_kind, chunk_experts=args.chunk_experts,
-                        causal=not args.teacher, residual=not args.plain, threads=args.threads)
-        elif args.cmd == "eval":
-            res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads, args.steps)
-        elif args.cmd == "revisit":
-            res = revisit(args.checkpoint, args.episodes, args.out_frames, args.rate, window=args.window,
-                          pool=args.pool, retrieve=args.retrieve, seed=args.seed + 50000, threads=args.threads)
-        else:
-            res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, min_len=args.min_len,
-                        max_len=args.max_len, seed=args.seed, threads=args.threads, plot=args.plot)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+
+def run(args) -> int:
+    """Run the subcommand ``args.cmd`` of :func:`add_arguments` and print its result as JSON
+    (also written to ``--json``).
+
+    Raises:
+        ValueError, OSError: bad settings or checkpoints, unreadable clip files.
+    """
+    if args.cmd == "train":
+        res = train(args.clips, args.arch, args.out, tuple(args.kind or KINDS), args.steps, args.batch, args.lr,
+                    args.d_model, args.layers, patch=args.patch, max_chunk=args.max_chunk, seed=args.seed,
+                    init=args.init, add_kind=args.add_kind, chunk_experts=args.chunk_experts,
+                    causal=not args.teacher, residual=not args.plain, threads=args.threads, device=args.device)
+    elif args.cmd == "eval":
+        res = evaluate(args.clips, args.checkpoints, args.clips_per_kind, args.seed, args.threads, args.steps)
+    elif args.cmd == "revisit":
+        res = revisit(args.checkpoint, args.episodes, args.out_frames, args.rate, window=args.window,
+                      pool=args.pool, retrieve=args.retrieve, seed=args.seed + 50000, threads=args.threads)
+    else:
+        res = drift(args.long, args.checkpoint, args.kind, args.episodes, args.chunk, min_len=args.min_len,
+                    max_len=args.max_len, seed=args.seed, threads=args.threads, plot=args.plot)
     text = json.dumps(res, indent=1)
     if args.json:
         Path(args.json).write_text(text)
@@ -520,6 +528,11 @@ def main(argv=None) -> int:
         text = json.dumps(res, indent=1)
     print(text)
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m ws_worldmodel.video.experts``: as ``ws video experts``."""
+    return tool_main("ws_worldmodel.video.experts", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ more frames than the sliding window holds) and comes back; the frames generated 
 near the start are compared with the true ones, once with the memory (anchors, pose-retrieved
 pool and the window) and once with the window alone, the same model and noise.
 
-    python -m ws_worldmodel.video.revisit train --out runs/revisit.pt [--device cuda] [--steps 4000]
-    python -m ws_worldmodel.video.revisit eval --checkpoint runs/revisit.pt [--episodes 32]
-    python -m ws_worldmodel.video.revisit coverage --out-frames 16     # the geometry alone
+    ws video revisit train --out runs/revisit.pt [--device cuda] [--steps 4000]
+    ws video revisit eval --checkpoint runs/revisit.pt [--episodes 32]
+    ws video revisit coverage --out-frames 16     # the geometry alone
 
 A returning frame can only redraw its place from frames that saw it. :func:`first_visit_coverage`
 measures how much of each scored view the first visit's frames (given, or drawn on the way out)
@@ -41,6 +41,7 @@ from tqdm import tqdm
 from ..checkpoint import plain_payload
 from .dit import VideoDiT, VideoDiTConfig, generate_chunked, load_video_dit
 from .memory import MemoryConfig, MemoryKVCache
+from .tool import tool_main
 
 CONTROL_DIM = 9
 
@@ -154,6 +155,8 @@ def batch(world: PanWorld, rng, b: int, frames: int, device) -> tuple[torch.Tens
 
 
 def train(args) -> dict:
+    """Train the chunk-causal video model on PanWorld clips (``args``: :func:`add_arguments`'s
+    ``train`` options, ``args.device`` included), saving every 500 steps; returns a summary."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     world = PanWorld(size=args.world, seed=args.world_seed)
@@ -350,9 +353,8 @@ def evaluate(args) -> dict:
             "checkpoint": str(args.checkpoint)}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ws_worldmodel.video.revisit", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The subcommands and options of ``ws video revisit`` (and ``python -m ws_worldmodel.video.revisit``)."""
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the chunk-causal video model on PanWorld clips",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -389,11 +391,23 @@ def main(argv=None) -> int:
     for p in (t, e, c):
         p.add_argument("--seed", type=int, default=0)
     for p in (t, e):
-        p.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
+        p.add_argument("--device", default="cpu", help="torch device of the model and clips (cpu, cuda)")
+
+
+def run(args) -> int:
+    """Run the subcommand ``args.cmd`` of :func:`add_arguments` and print its result as JSON.
+
+    Raises:
+        ValueError: a trip no longer than the window (eval, coverage); CheckpointError: a bad checkpoint.
+    """
     res = {"train": train, "eval": evaluate, "coverage": coverage}[args.cmd](args)
     print(json.dumps(res))
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m ws_worldmodel.video.revisit``: as ``ws video revisit`` (errors raise)."""
+    return tool_main("ws_worldmodel.video.revisit", __doc__, add_arguments, run, argv, errors=())
 
 
 if __name__ == "__main__":
