@@ -58,7 +58,8 @@ def student_config(teacher_cfg, n_blocks: int = 2, d_model: int | None = None, e
 
 
 def distill(teacher, train: Sequence, val: Sequence, student_cfg, cfg, out: str | os.PathLike | None,
-            alpha: float = 0.5, seed: int = 0, progress: bool = True, resume: bool = False) -> dict:
+            alpha: float = 0.5, seed: int = 0, progress: bool = True, resume: bool = False,
+            device: str | None = None) -> dict:
     """Train a student WestWorld on ``teacher``'s soft predictions and the ground truth (eq. 37).
 
     Args:
@@ -68,6 +69,7 @@ def distill(teacher, train: Sequence, val: Sequence, student_cfg, cfg, out: str 
         cfg: a ``PretrainConfig`` (optimiser, steps, early stopping on the validation CE).
         out: student checkpoint path (a ``TrajectoryWorldModel`` like any ``ws pretrain`` output).
         alpha: weight of the ground-truth cross-entropy, in [0, 1].
+        device: where the student and teacher train (``"cpu"``, ``"cuda"``; None: CUDA when present).
 
     Returns:
         the training history of :func:`ws_worldmodel.pretrain.pretrain`.
@@ -99,4 +101,5 @@ def distill(teacher, train: Sequence, val: Sequence, student_cfg, cfg, out: str 
             t_logits, _ = t_net(batch)
         return alpha * ce + (1.0 - alpha) * kd_loss(logits, t_logits, batch.state_mask)
 
-    return pretrain(train, val, student_cfg, cfg, out, seed=seed, resume=resume, progress=progress, loss_fn=loss_fn)
+    return pretrain(train, val, student_cfg, cfg, out, seed=seed, resume=resume, progress=progress, loss_fn=loss_fn,
+                    device=device)

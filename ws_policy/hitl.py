@@ -85,17 +85,20 @@ class ValueNet(nn.Module):
         self.head = nn.Sequential(nn.GELU(), nn.Linear(128 + state_dim, 128), nn.GELU(), nn.Linear(128, 1))
 
     def forward(self, rgb, depth, qpos) -> torch.Tensor:
-        x = torch.cat([torch.as_tensor(rgb).float().permute(0, 3, 1, 2) / 127.5 - 1,
-                       torch.as_tensor(depth).float()[:, None] / MAX_DEPTH * 2 - 1], dim=1)
-        return self.head(torch.cat([self.conv(x), torch.as_tensor(qpos).float()], dim=1))[:, 0]
+        dev = self.head[-1].weight.device  # arrays in, on the network's device
+        x = torch.cat([torch.as_tensor(rgb, device=dev).float().permute(0, 3, 1, 2) / 127.5 - 1,
+                       torch.as_tensor(depth, device=dev).float()[:, None] / MAX_DEPTH * 2 - 1], dim=1)
+        return self.head(torch.cat([self.conv(x), torch.as_tensor(qpos, device=dev).float()], dim=1))[:, 0]
 
 
 def train_value(episodes: list[Episode], max_steps: int, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
-                failure_penalty: float = 1.0, seed: int = 0, progress=None) -> tuple[ValueNet, dict]:
-    """Fit a :class:`ValueNet` to :func:`value_targets` on every frame of ``episodes`` (MSE, AdamW).
+                failure_penalty: float = 1.0, seed: int = 0, progress=None,
+                device: str = "cpu") -> tuple[ValueNet, dict]:
+    """Fit a :class:`ValueNet` to :func:`value_targets` on every frame of ``episodes`` (MSE, AdamW),
+    on ``device`` (``"cpu"``, ``"cuda"``).
 
     Returns:
-        ``(net in eval mode, history)`` with the per-step losses.
+        ``(net in eval mode on the CPU, history)`` with the per-step losses.
 
     Raises:
         ValueError: no episodes.
@@ -104,7 +107,7 @@ def train_value(episodes: list[Episode], max_steps: int, steps: int = 1000, batc
         raise ValueError("train_value needs at least one episode")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = ValueNet(image_size=episodes[0].rgb.shape[1])
+    net = ValueNet(image_size=episodes[0].rgb.shape[1]).to(device)
     targets = [value_targets(e, max_steps, failure_penalty) for e in episodes]
     index = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e.rgb))])
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -117,7 +120,7 @@ def train_value(episodes: list[Episode], max_steps: int, steps: int = 1000, batc
         rgb = np.stack([episodes[i].rgb[t] for i, t in pick])
         depth = np.stack([episodes[i].depth[t] for i, t in pick]).astype(np.float32)
         qpos = np.stack([episodes[i].qpos[t] for i, t in pick])
-        y = torch.as_tensor(np.array([targets[i][t] for i, t in pick]))
+        y = torch.as_tensor(np.array([targets[i][t] for i, t in pick]), device=device)
         loss = (net(rgb, depth, qpos) - y).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,7 +128,7 @@ def train_value(episodes: list[Episode], max_steps: int, steps: int = 1000, batc
         losses.append(float(loss.detach()))
         if progress is not None:
             progress.update(1)
-    net.eval()
+    net.to("cpu").eval()
     return net, {"loss": losses}
 
 
@@ -166,7 +169,8 @@ def improvement_indicators(adv: np.ndarray, actor: np.ndarray | None, threshold:
 
 
 def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1000, n: int | None = None,
-                   threshold: float = 0.0, seed: int = 0, progress=None, folds: int = 2) -> tuple[list[np.ndarray], dict]:
+                   threshold: float = 0.0, seed: int = 0, progress=None, folds: int = 2,
+                   device: str = "cpu") -> tuple[list[np.ndarray], dict]:
     """Improvement indicators of ``episodes`` (one ``(T,)`` array per episode; an episode without
     ``actor`` counts as all-human, e.g. demonstrations), with a summary (value loss, share of
     positive policy steps, and of positive steps in failed demonstrations).
@@ -180,6 +184,7 @@ def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1
         folds: cross-fitting folds (module docstring): each episode is labelled by a value fitted
             on the other folds, ``value_steps`` steps each; 1 fits one value on everything and
             labels in-sample.
+        device: where the values train (:func:`train_value`).
 
     Raises:
         ValueError: ``folds`` < 1 or more folds than episodes.
@@ -191,7 +196,7 @@ def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1
     nets, losses = [], []
     for k in range(folds):
         train = [e for e, f in zip(episodes, fold) if f != k] if folds > 1 else episodes
-        net, hist = train_value(train, max_steps, steps=value_steps, seed=seed + k, progress=progress)
+        net, hist = train_value(train, max_steps, steps=value_steps, seed=seed + k, progress=progress, device=device)
         nets.append(net)
         losses.append(float(np.mean(hist["loss"][-50:])))
     out, pos, total, failed_pos, failed_total = [], 0, 0, 0, 0
@@ -374,6 +379,7 @@ class DaggerConfig:
     reach_m: float = 0.02
     latency: int = 1
     seed: int = 0
+    device: str = "cpu"  # where the value and the policy train (rollouts and evaluations run on the CPU)
 
     def __post_init__(self):
         if self.rounds < 1 or self.episodes_per_round < 1 or self.eval_episodes < 1 or self.train_steps < 1:
@@ -414,7 +420,7 @@ def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, p
     if cfg.conditioned:
         indicators, info = label_episodes(episodes, max_steps, value_steps=cfg.value_steps, n=cfg.n_step,
                                           threshold=cfg.threshold, seed=cfg.seed, progress=value_progress,
-                                          folds=cfg.value_folds)
+                                          folds=cfg.value_folds, device=cfg.device)
         failed = (f"; {info['failed_demo_steps']} steps of failed demonstrations, "
                   f"{100 * info['failed_demo_steps_positive']:.0f} % labelled improvements"
                   if info["failed_demo_steps"] else "")
@@ -426,7 +432,7 @@ def retrain(model, episodes: list[Episode], cfg: DaggerConfig, max_steps: int, p
         data = DemoDataset(episodes, chunk=pcfg.chunk, frames=pcfg.frames, stride=pcfg.stride,
                            successes_only=cfg.successes_only)
     new, hist = train_policy(pcfg, data, steps=cfg.train_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                             init=model, progress=progress, normalizer=model.normalizer)
+                             init=model, progress=progress, normalizer=model.normalizer, device=cfg.device)
     info["train_seconds"] = round(hist["seconds"], 1)
     return new, info
 

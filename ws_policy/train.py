@@ -126,15 +126,15 @@ def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer,
 def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """``L_diff + alpha L_3D`` (+ the IDM head's regression loss) on one batch; returns (loss, parts)."""
     cfg = model.cfg
-    b = batch["rgb"].shape[0]
+    b, dev = batch["rgb"].shape[0], batch["rgb"].device  # the noise is drawn on the CPU, then moved
     ind = batch.get("indicator") if cfg.indicator else None
     if cfg.mode == "idm":  # a separate inverse-dynamics model: true future frames in, the chunk out
-        out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.ones(b),
+        out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.ones(b, device=dev),
                     future_rgb=batch["future_rgb"], future_depth=batch["future_depth"], indicator=ind)
         valid = batch["valid"].float()
         loss = ((out["idm_actions"] - batch["actions"]).square().mean(-1) * valid).sum() / valid.sum().clamp_min(1)
         return loss, {"idm": float(loss.detach())}
-    tau = torch.rand(b, generator=generator)
+    tau = torch.rand(b, generator=generator).to(dev)
     targets = {}
     if cfg.predicts_video:
         targets["future_rgb"], targets["future_depth"] = batch["future_rgb"], batch["future_depth"]
@@ -142,7 +142,7 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
         targets["actions"] = batch["actions"]
     noisy, velocity = {}, {}
     for k, x1 in targets.items():
-        x0 = torch.randn(x1.shape, generator=generator)
+        x0 = torch.randn(x1.shape, generator=generator).to(dev)
         t = tau.view(-1, *([1] * (x1.dim() - 1)))
         noisy[k], velocity[k] = t * x1 + (1 - t) * x0, x1 - x0
     out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], tau, **noisy, indicator=ind)
@@ -155,7 +155,7 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
         else:
             parts[f"diff_{k}"] = err.mean()
     loss = sum(v * (cfg.action_weight if k == "diff_actions" else 1.0) for k, v in parts.items()) if parts \
-        else torch.zeros(())
+        else torch.zeros((), device=dev)
     if cfg.predicts_video:
         t = tau.view(-1, 1, 1, 1, 1)
         est = {k: noisy[k] + (1 - t) * out[k] for k in ("future_rgb", "future_depth")}
@@ -210,9 +210,10 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
         ValueError: ``guidance`` other than 1, or ``indicator`` other than 1, for a policy without
             the indicator; an ``indicator`` outside 0, 1, 2.
     """
+    dev = rgb.device  # the noise is drawn on the CPU (``generator``), then moved
     if isinstance(model, TwoStagePolicy):
         fut = sample(model.world, rgb, depth, state, words, steps, generator)
-        out = model.idm(rgb, depth, state, words, torch.ones(rgb.shape[0]), **fut)
+        out = model.idm(rgb, depth, state, words, torch.ones(rgb.shape[0], device=dev), **fut)
         return {**fut, "actions": out["idm_actions"]}
     cfg = model.cfg
     steps = steps or cfg.euler_steps
@@ -224,21 +225,22 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
     if cfg.predicts_actions and cfg.action_head == "flow":
         shapes["actions"] = (b, cfg.chunk, cfg.action_dim)
     _check_guidance(cfg, guidance, indicator)
-    x = {k: torch.randn(v, generator=generator) for k, v in shapes.items()}
-    asked = torch.full((b,), int(indicator), dtype=torch.long) if getattr(cfg, "indicator", False) else None
+    x = {k: torch.randn(v, generator=generator).to(dev) for k, v in shapes.items()}
+    asked = torch.full((b,), int(indicator), dtype=torch.long, device=dev) if getattr(cfg, "indicator", False) \
+        else None
     out = {}
     for i in range(steps):
-        tau = torch.full((b,), i / steps)
+        tau = torch.full((b,), i / steps, device=dev)
         if guidance == 1.0:
             out = model(rgb, depth, state, words, tau, **x, indicator=asked)
         else:  # both indicators in one batch: the one asked for and 2 (unknown)
-            ind = torch.cat([asked, torch.full((b,), 2, dtype=torch.long)])
+            ind = torch.cat([asked, torch.full((b,), 2, dtype=torch.long, device=dev)])
             two = model(*(torch.cat([t, t]) for t in (rgb, depth, state, words, tau)),
                         **{k: torch.cat([v, v]) for k, v in x.items()}, indicator=ind)
             out = {k: v[b:] + guidance * (v[:b] - v[b:]) for k, v in two.items()}
         x = {k: x[k] + out[k] / steps for k in x}
     if "idm_actions" in out or (cfg.predicts_actions and cfg.action_head == "idm"):
-        out = model(rgb, depth, state, words, torch.ones(b), **x)  # the IDM reads the denoised future
+        out = model(rgb, depth, state, words, torch.ones(b, device=dev), **x)  # the IDM reads the denoised future
         x["actions"] = out["idm_actions"]
     return x
 
@@ -252,7 +254,7 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
 def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size: int = 32, lr: float = 3e-4,
                  seed: int = 0, init: WorldScapePolicy | None = None, progress=None, log_every: int = 50,
                  callback=None, normalizer: Normalizer | None = None, videos: DemoDataset | None = None,
-                 video_share: float = 0.25) -> tuple[WorldScapePolicy, dict]:
+                 video_share: float = 0.25, device: str = "cpu") -> tuple[WorldScapePolicy, dict]:
     """Train a policy (or world model, by ``cfg.mode``) on demonstration windows.
 
     Args:
@@ -267,6 +269,8 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
             takes ``round(video_share * batch_size)`` windows from them, which train the future
             video and depth terms and not the action term. Seed 004 mixes action-free video into
             its policy's training data (its "Embodied Data Pyramid"); this is that, at our scale.
+        device: where the model and batches live while training (``"cpu"``, ``"cuda"``); the
+            ``callback`` sees the model there, and it is returned on the CPU.
 
     Raises:
         ValueError: ``videos`` for a mode that predicts no video, with actions in use, or a
@@ -292,6 +296,7 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         take = {k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(take, strict=False)
         loaded = len(take)
+    model.to(device)
     norm = normalizer or Normalizer.from_episodes(dataset.episodes)
     model.normalizer = norm  # travels with the checkpoint (save_policy)
     vocab = Vocabulary(list(cfg.vocab), cfg.max_words)
@@ -308,9 +313,9 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         windows = [dataset.window(int(i)) for i in idx]
         if n_video:
             windows += [videos.window(int(i)) for i in rng.integers(len(videos), size=n_video)]
-        batch = batch_from_windows(windows, cfg, norm, vocab)
+        batch = {k: v.to(device) for k, v in batch_from_windows(windows, cfg, norm, vocab).items()}
         if cfg.indicator:  # classifier-free style: some windows train the unconditioned policy
-            drop = torch.rand(batch_size, generator=gen) < cfg.indicator_dropout
+            drop = (torch.rand(batch_size, generator=gen) < cfg.indicator_dropout).to(device)
             batch["indicator"] = torch.where(drop, torch.full_like(batch["indicator"], 2), batch["indicator"])
         loss, parts = policy_loss(model, batch, gen)
         opt.zero_grad(set_to_none=True)
@@ -327,7 +332,7 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
             history["stopped_at"] = step + 1
             break
     history["seconds"] = time.perf_counter() - t0
-    model.eval()
+    model.to("cpu").eval()
     return model, history
 
 
@@ -445,8 +450,10 @@ class PolicyRunner:
             objects = objects[None]
         state = _state(np.asarray(obs["qpos"])[None], objects, self.norm)
         words = torch.as_tensor(self.vocab.encode(obs["instruction"])[None])
+        dev = next(self.model.parameters()).device  # the CPU, or where a model being trained is
+        rgb, depth, state, words = (t.to(dev) for t in (rgb, depth, state, words))
         out = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance, self.indicator)
-        return np.clip(self.norm.actions_back(out["actions"][0].numpy()), self._limits.action_low,
+        return np.clip(self.norm.actions_back(out["actions"][0].cpu().numpy()), self._limits.action_low,
                        self._limits.action_high)
 
 

@@ -241,10 +241,11 @@ class TrajectoryWorldModel:
         return denormalise(self.net.predict(batch), meta["state_channels"]).numpy()
 
 
-def _ddp() -> tuple[int, int, bool]:
+def _ddp(device: str) -> tuple[int, int, bool]:
+    """``(rank, world size, data-parallel?)`` under torchrun (NCCL for a CUDA ``device``, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world, world > 1
@@ -295,10 +296,10 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         history: ``{"losses": [...], "evals": [...], "best_val_loss", "steps"}`` where
         ``losses[0]`` is the first step's global-batch loss (averaged over ranks).
     """
-    rank, world, ddp = _ddp()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, ddp = _ddp(device)
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} must divide evenly over {world} ranks")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and ddp:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     torch.manual_seed(seed)

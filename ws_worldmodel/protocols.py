@@ -149,7 +149,8 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
 
 def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os.PathLike,
              train_episodes: Sequence[int] = (10,), val_episodes: int = 5, test_episodes: int = 5,
-             seed: int = 0, progress: bool = False, peft_blocks: int | None = None) -> dict:
+             seed: int = 0, progress: bool = False, peft_blocks: int | None = None,
+             device: str | None = None) -> dict:
     """Few-shot adaptation (seed 003 Table 2, App. C.3 and E): fine-tune on ``n`` episodes of an
     unseen system, early-stopped on validation episodes, and test on others; the same from
     random weights. Writes ``few_shot.json``, ``few_shot.md`` and ``few_shot_curve.png``
@@ -166,6 +167,7 @@ def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os
         train_episodes: the fine-tuning set sizes of the curve.
         peft_blocks: fine-tune the pretrained model parameter-efficiently (only the last
             ``peft_blocks`` blocks, queries and head; Table 11); from scratch trains everything.
+        device: where the models train (``"cpu"``, ``"cuda"``; None: CUDA when present).
 
     Returns:
         ``{n: {"pretrained": {"mae", "mse"}, "scratch": {...}}}``.
@@ -201,7 +203,7 @@ def few_shot(model, dataset: TrajectoryDataset, mj_model, cfg, out_dir: str | os
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = Path(tmp) / "ft.pt"
                 pretrain([train_w], [val_w], model.net.cfg, cfg, ckpt, seed=seed, progress=progress, init_from=init,
-                         peft_blocks=peft_blocks if init is not None else None)
+                         peft_blocks=peft_blocks if init is not None else None, device=device)
                 from .checkpoint import load_checkpoint
 
                 best = load_checkpoint(ckpt) if ckpt.is_file() else None
@@ -279,7 +281,8 @@ def routing(model, windows: dict, out_dir: str | os.PathLike, history: int, max_
 
 
 def scalability(train: Sequence[SystemData], val: Sequence[SystemData], model_cfgs: dict, cfg, ns: Sequence[int],
-                steps_per_env: int, out_dir: str | os.PathLike, seed: int = 0, progress: bool = False) -> dict:
+                steps_per_env: int, out_dir: str | os.PathLike, seed: int = 0, progress: bool = False,
+                device: str | None = None) -> dict:
     """Scalability (seed 003 Fig. 3, App. C.4): pretrain on the first N environments with a
     fixed budget of ``steps_per_env`` optimiser steps per environment, and report the
     validation MAE/MSE of the H-step prediction averaged over those N environments. Writes
@@ -291,6 +294,7 @@ def scalability(train: Sequence[SystemData], val: Sequence[SystemData], model_cf
         cfg: a :class:`~ws_worldmodel.pretrain.PretrainConfig`; its ``steps`` is replaced by
             ``N * steps_per_env``.
         ns: the environment counts.
+        device: where the models train (``"cpu"``, ``"cuda"``; None: CUDA when present).
 
     Returns:
         ``{model: {N: {"mae", "mse"}}}``.
@@ -315,7 +319,8 @@ def scalability(train: Sequence[SystemData], val: Sequence[SystemData], model_cf
         for n in ns:
             steps = n * steps_per_env  # one validation, at the end of the fixed budget
             run = dataclasses.replace(cfg, steps=steps, eval_every=steps, patience=10**9)
-            ev = pretrain(train[:n], val[:n], mcfg, run, None, seed=seed, progress=progress)["evals"][-1]["systems"]
+            ev = pretrain(train[:n], val[:n], mcfg, run, None, seed=seed, progress=progress,
+                          device=device)["evals"][-1]["systems"]
             results[name][n] = {"mae": float(np.mean([v["mae"] for v in ev.values()])),
                                 "mse": float(np.mean([v["mse"] for v in ev.values()]))}
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -49,7 +49,7 @@ def one_step_errors(model: MLPEnsemble, ds: TrajectoryDataset) -> dict:
 
 @torch.enable_grad()
 def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config: MLPEnsembleConfig,
-                       seed: int = 0, progress: bool = True) -> tuple[MLPEnsemble, dict]:
+                       seed: int = 0, progress: bool = True, device: str = "cpu") -> tuple[MLPEnsemble, dict]:
     """Train an :class:`MLPEnsemble` on full-state transitions.
 
     Args:
@@ -57,6 +57,8 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
         config: architecture and optimiser settings.
         seed: seeds torch and the bootstrap.
         progress: show a tqdm bar over epochs.
+        device: where the model and batches live while training (``"cpu"``, ``"cuda"``); the
+            model is returned on the CPU.
 
     Returns:
         ``(model, history)`` with per-epoch validation MSE of the elites and the final
@@ -76,9 +78,10 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
     x = model.model_inputs(s, a)
     y = s2 - s
     model.set_normalisation(MLPEnsemble.fit_normalisation(x.numpy(), y.numpy()))
-    xn = (x - model.in_mean) / model.in_std
-    yn = (y - model.out_mean) / model.out_std
-    vs, va, vs2 = _tensors(val)
+    xn = ((x - model.in_mean) / model.in_std).to(device)
+    yn = ((y - model.out_mean) / model.out_std).to(device)
+    model.to(device)
+    vs, va, vs2 = (t.to(device) for t in _tensors(val))
     n = len(xn)
     e = config.ensemble_size
     boot = torch.as_tensor(rng.integers(0, n, size=(e, n)))
@@ -93,7 +96,7 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
         perm = torch.as_tensor(rng.permuted(np.tile(np.arange(n), (e, 1)), axis=1))
         for k in range(steps):
             cols = perm[:, k * config.batch_size:(k + 1) * config.batch_size]
-            idx = torch.gather(boot, 1, cols)
+            idx = torch.gather(boot, 1, cols).to(device)
             loss = model.nll_loss(xn[idx], yn[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -115,6 +118,7 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.to("cpu")
     errors = one_step_errors(model, val)
     return model, {"epochs": history, "best_val_mse_elites": best, "val_one_step": errors,
                    "train_transitions": n, "val_transitions": len(val)}
