@@ -129,7 +129,8 @@ def distill(clips: str, teacher: str, student: str, out: str, iters: int = 400, 
     t_model, t_ck = load(teacher, device)
     s_model, s_ck = load(student, device)
     if t_ck.get("causal", True):
-        raise ValueError(f"{teacher} is a causal student; the teacher must be bidirectional (train --teacher)")
+        raise ValueError(f"{teacher} is a causal student; the teacher must be bidirectional "
+                         "('ws video experts train --teacher')")
     if not s_ck.get("causal", True):
         raise ValueError(f"{student} is bidirectional; the student must be chunk-causal")
     if t_model.cfg.control_kinds != s_model.cfg.control_kinds or t_model.cfg.image_size != s_model.cfg.image_size:
