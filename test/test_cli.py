@@ -15,7 +15,8 @@ from ws_cli.main import build_parser, main
 def _subcommands():
     return [["collect"], ["train"], ["mppi"], ["mppi", "run"], ["corpus"], ["corpus", "build"], ["pretrain"],
             ["eval"], ["eval", "zero-shot"], ["eval", "few-shot"], ["eval", "routing"], ["eval", "control"],
-            ["launch"]]
+            ["launch"], ["video"], ["video", "clips"], ["video", "experts"], ["video", "experts", "train"],
+            ["video", "revisit"], ["video", "revisit", "train"], ["video", "distill"]]
 
 
 @pytest.mark.parametrize("argv", _subcommands())
@@ -109,3 +110,68 @@ def test_dataset_of_wrong_environment_is_refused_by_train(tmp_path, small_datase
                  "--out", str(tmp_path / "m.pt")]) == 2
     assert "has 12 channels but the environment has 18" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+# every trainer takes --device; (argv without --device, the library default the flag maps to)
+TRAINERS = [
+    (["train", "--train", "a", "--val", "b", "--out", "c"], "cpu"),
+    (["pretrain", "--corpus", "c", "--out", "o"], "auto"),
+    (["distill", "--teacher", "t", "--corpus", "c", "--out", "o"], "auto"),
+    (["eval", "few-shot", "--corpus", "c", "--checkpoint", "k", "--out", "o"], "auto"),
+    (["eval", "scalability", "--corpus", "c", "--out", "o"], "auto"),
+    (["eval", "ablation", "--corpus", "c", "--out", "o"], "auto"),
+    (["policy", "train", "--demos", "d", "--out", "o"], "cpu"),
+    (["hitl", "retrain", "--init", "p", "--aggregate", "a", "--out", "o"], "cpu"),
+    (["hitl", "dagger", "--init", "p", "--demos", "d"], "cpu"),
+    (["video", "experts", "train", "--clips", "c", "--out", "o"], "cpu"),
+    (["video", "revisit", "train", "--out", "o"], "cpu"),
+    (["video", "distill", "--clips", "c", "--teacher", "t", "--student", "s", "--out", "o"], "cpu"),
+]
+
+
+@pytest.mark.parametrize("argv,default", TRAINERS, ids=[" ".join(a[:2]) for a, _ in TRAINERS])
+def test_every_trainer_takes_device(argv, default):
+    p = build_parser()
+    assert p.parse_args(argv).device == default
+    assert p.parse_args(argv + ["--device", "cpu"]).device == "cpu"
+    assert p.parse_args(argv + ["--device", "cuda"]).device == "cuda"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("argv", [
+    ["train", "--train", "/nonexistent/t.hdf5", "--val", "/nonexistent/v.hdf5", "--out", "/tmp/x.pt"],
+    ["policy", "train", "--demos", "/nonexistent/d.hdf5", "--out", "/tmp/x.pt"],
+    ["video", "experts", "train", "--clips", "/nonexistent/c.hdf5", "--out", "/tmp/x.pt"],
+])
+def test_device_cuda_without_cuda_is_one_clear_line_before_any_work(argv, capsys):
+    """--device cuda on a machine without CUDA: refused before the data is even read (the
+    dataset does not exist, and that is not what the error says)."""
+    assert main(argv + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda" in err and "no CUDA GPU" in err and "Traceback" not in err
+
+
+def test_device_cpu_trains(tmp_path, small_datasets, capsys):
+    """--device cpu is accepted and trains (the MLPEnsemble, tiny)."""
+    from ws_sim.dataset import write_dataset
+
+    train, val = small_datasets
+    write_dataset(train, tmp_path / "t.hdf5")
+    write_dataset(val, tmp_path / "v.hdf5")
+    assert main(["train", "--train", str(tmp_path / "t.hdf5"), "--val", str(tmp_path / "v.hdf5"), "--out",
+                 str(tmp_path / "m.pt"), "--ensemble-size", "2", "--elites", "1", "--hidden", "16", "--layers", "2",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(tmp_path / "m.pt")
+
+
+def test_video_tools_are_ws_commands_with_the_modules_parsers(capsys):
+    """'ws video <tool>' parses with the module's own arguments, as 'python -m ws_worldmodel.video.<tool>'."""
+    args = build_parser().parse_args(["video", "experts", "train", "--clips", "c.hdf5", "--out", "m.pt",
+                                      "--arch", "dense", "--steps", "3"])
+    assert (args.video_command, args.cmd, args.arch, args.steps, args.max_chunk) == ("experts", "train", "dense", 3, 4)
+    args = build_parser().parse_args(["video", "clips", "--out", "c.hdf5", "--kind", "joints"])
+    assert (args.kind, args.episodes, args.size) == (["joints"], 40, 32)
+    assert main(["video", "distill", "--clips", "/nonexistent/c.hdf5", "--teacher", "t.pt", "--student", "s.pt",
+                 "--out", "o.pt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ws: error: ") and "Traceback" not in err

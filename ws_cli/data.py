@@ -1,0 +1,89 @@
+"""``ws collect`` (oracle-MPPI dynamics datasets) and ``ws corpus build`` (the multi-system
+pretraining corpus)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .common import add_seed, command, environments, group, headless_gl, set_threads, split_list
+from .mppi import add_controller_args, controller_config
+
+
+def cmd_collect(args) -> int:
+    """Collect an oracle-MPPI dataset and write its train and validation splits."""
+    from ws_mppi.collect import CollectConfig, collect
+    from ws_sim.dataset import write_dataset
+    from ws_sim.envs import make_env
+
+    env = make_env(args.env, max_episode_steps=args.max_steps)
+    nthread = set_threads(args.threads)
+    ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
+                         val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,
+                         max_steps=args.max_steps, seed=args.seed, history=args.history)
+    train, val, stats = collect(env, ccfg, controller_config(args), nthread=nthread)
+    suffix = ".hdf5" if args.format == "hdf5" else ""
+    out = Path(args.out)
+    tp = write_dataset(train, out / f"train{suffix}", args.format)
+    vp = write_dataset(val, out / f"val{suffix}", args.format)
+    print(f"wrote {tp} ({len(train)} transitions in {train.num_segments} segments)")
+    print(f"wrote {vp} ({len(val)} transitions in {val.num_segments} segments)")
+    print(f"oracle episode returns: {[round(r, 1) for r in stats['oracle_returns_train'] + stats['oracle_returns_full']]}")
+    return 0
+
+
+def cmd_corpus_build(args) -> int:
+    """Generate (or resume) the pretraining corpus, shard by shard."""
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, SYSTEMS, build_corpus
+
+    headless_gl()
+    systems = list(SYSTEMS) if args.systems == "all" else split_list(args.systems)
+    manifest = build_corpus(args.out, systems, args.episodes, seed=args.seed, episodes_per_shard=args.episodes_per_shard,
+                            workers=args.workers, behaviours=tuple(args.behaviours.split(",")), steps=args.steps,
+                            mppi_factory="ws_mppi.collect:corpus_mppi_policy")
+    print(f"corpus {args.out}: {len(manifest['systems'])} systems; held out of pretraining: "
+          f"zero-shot {list(HELD_OUT_ZERO_SHOT)}, few-shot {list(HELD_OUT_FEW_SHOT)}")
+    return 0
+
+
+def add_collect(sub) -> None:
+    """``ws collect``."""
+    c = command(sub, "collect", cmd_collect, help="collect an oracle-MPPI dynamics dataset (seed 003, App. C.5)",
+                description="Run oracle MPPI (MuJoCo as the model) and keep the lowest-cost sampled rollouts "
+                            "of every step as training segments (plus all samples of a few extra episodes); "
+                            "validation from other seeds. Writes OUT/train and OUT/val.")
+    c.add_argument("--env", default="hopper", help=f"environment: {environments()}")
+    c.add_argument("--out", type=Path, required=True, help="output directory")
+    c.add_argument("--format", choices=["hdf5", "minari"], default="hdf5", help="D4RL-style HDF5 or Minari")
+    c.add_argument("--train-episodes", type=int, default=10, help="episodes keeping the lowest-cost fraction")
+    c.add_argument("--full-episodes", type=int, default=2, help="extra episodes keeping every sampled rollout")
+    c.add_argument("--val-episodes", type=int, default=3, help="validation episodes (other seeds)")
+    c.add_argument("--keep-train", type=float, default=0.1, help="fraction of rollouts kept per step (train)")
+    c.add_argument("--keep-val", type=float, default=0.3, help="fraction of rollouts kept per step (val)")
+    c.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
+    add_seed(c, "first episode seed (episodes use seed, seed+1, ...)")
+    c.add_argument("--history", type=int, default=0,
+                   help="prefix each kept rollout with this many executed steps (for trajectory world models "
+                        "that plan from a history: WestWorld, TrajWorld, TDM)")
+    add_controller_args(c)
+
+
+def add_corpus(sub) -> None:
+    """``ws corpus build``."""
+    csub = group(sub, "corpus", help="multi-system pretraining corpus", description="Pretraining corpus commands.")
+    cb = command(csub, "build", cmd_corpus_build,
+                 help="generate trajectories from dm_control and Gymnasium systems (resumable)",
+                 description="Roll out dm_control suite domains and Gymnasium MuJoCo environments with a mix of "
+                             "random, coloured-noise (pink, red) and oracle-MPPI behaviours, storing the full "
+                             "MuJoCo state. Work is cut into shards written atomically as OUT/<system>/shard_NNN.hdf5; "
+                             "run the same command again to resume after an interruption. gym-hopper and "
+                             "gym-walker2d (zero-shot) and gym-pusher (few-shot) are built too but held out of "
+                             "pretraining.")
+    cb.add_argument("--out", type=Path, required=True, help="corpus directory")
+    cb.add_argument("--systems", default="all", help="comma-separated system names, or 'all' (see ws_sim.corpus.SYSTEMS)")
+    cb.add_argument("--episodes", type=int, default=20, help="episodes per system")
+    cb.add_argument("--episodes-per-shard", type=int, default=5, help="episodes per shard (resume/parallel unit)")
+    cb.add_argument("--steps", type=int, default=None, help="episode length (default: each system's, 500 or 1000)")
+    cb.add_argument("--behaviours", default="random,pink,red,mppi", help="behaviour mix drawn per episode")
+    cb.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="worker processes")
+    add_seed(cb)

@@ -1,0 +1,80 @@
+"""``ws mppi run``: MPPI closed loop with oracle, learned or zero dynamics; and the controller
+options that ``ws collect`` and ``ws eval control`` share with it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import command, config_errors, environments, group, headless_gl, set_threads, split_list
+
+
+def add_controller_args(p: argparse.ArgumentParser) -> None:
+    """The controller YAML and its overrides (:func:`controller_config`)."""
+    p.add_argument("--config", type=Path, default=None,
+                   help="controller YAML (MPPI horizon/samples/temperature/noise_sigma, termination_penalty); "
+                        "default: the environment's built-in config (see config/mppi_<env>.yaml)")
+    p.add_argument("--horizon", type=int, default=None, help="override MPPI horizon H (steps)")
+    p.add_argument("--samples", type=int, default=None, help="override MPPI samples K")
+    p.add_argument("--temperature", type=float, default=None, help="override MPPI temperature lambda")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="track this reference trajectory with the expert-reference cost term of seed 003 eqs. "
+                        "(21)/(28): an .npz with 'states' (T, nq+nv) (a states_*.npz of ws mppi run, a shipped "
+                        "expert's ws_mppi/experts/<env>/reference.npz) or with 'qpos' and 'qvel', or a D4RL-format "
+                        "HDF5 episode (infos/qpos, infos/qvel; the first episode)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and oracle rollouts (default: all)")
+
+
+def controller_config(args):
+    """The controller config of ``--config`` (or ``--env``'s built-in one) with the overrides of
+    :func:`add_controller_args` applied and checked (ConfigError)."""
+    from ws_mppi.config import default_config, load_config
+
+    cfg = load_config(args.config) if args.config else default_config(args.env)
+    if args.horizon is not None:
+        cfg.mppi.horizon = args.horizon
+    if args.samples is not None:
+        cfg.mppi.samples = args.samples
+    if args.temperature is not None:
+        cfg.mppi.temperature = args.temperature
+    if args.reference is not None:
+        cfg.reference = str(args.reference)
+    with config_errors():
+        cfg.mppi.__post_init__()  # the overrides bypassed the config's own checks
+    return cfg
+
+
+def cmd_mppi_run(args) -> int:
+    """Run MPPI closed loop with each controller on the same seeds and write the report."""
+    from ws_mppi.report import run_comparison
+
+    headless_gl()
+    nthread = set_threads(args.threads)
+    cfg = controller_config(args)
+    primary = args.dynamics
+    compare = [c for c in split_list(args.compare) if c != primary]
+    run_comparison(env_name=args.env, controllers=[primary] + compare, config=cfg, episodes=args.episodes,
+                   seed=args.seed, max_steps=args.max_steps, out_dir=args.out, video=not args.no_video,
+                   nthread=nthread)
+    return 0
+
+
+def add_mppi(sub) -> None:
+    """``ws mppi run``."""
+    msub = group(sub, "mppi", help="MPPI control", description="MPPI control commands.")
+    r = command(msub, "run", cmd_mppi_run, help="run MPPI closed loop and write a report",
+                description="Run MPPI closed loop in a Gymnasium environment. Prints per-episode accumulated "
+                            "reward, length and planner latency (median, p99) for each controller on the "
+                            "same seeds, and writes report.json, report.png and an mp4 of the first "
+                            "episode of the first controller to --out.")
+    r.add_argument("--env", default="hopper", help=f"environment: {environments()}")
+    r.add_argument("--dynamics", default="default",
+                   help="'default' (the checkpoint shipped for this env), a checkpoint path, 'oracle' or 'zero'")
+    r.add_argument("--compare", default="oracle,zero",
+                   help="comma-separated controllers run on the same seeds after --dynamics ('' for none)")
+    r.add_argument("--episodes", type=int, default=3, help="episodes per controller")
+    r.add_argument("--max-steps", type=int, default=1000, help="episode step limit")
+    r.add_argument("--seed", type=int, default=0, help="episode i resets with seed+i")
+    r.add_argument("--out", type=Path, default=None, help="report directory (default runs/mppi-<env>-<time>)")
+    r.add_argument("--no-video", action="store_true", help="skip rendering the mp4")
+    add_controller_args(r)

@@ -1,0 +1,338 @@
+"""``ws policy collect|train|eval``: the video-depth-action policy for PiPER manipulation
+(seed 004): demonstrations, training, closed-loop evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import add_device, add_seed, add_threads, command, config_errors, group, set_threads
+
+_INDICATORS = {"improvement": 1, "not-improvement": 0, "unknown": 2}
+
+
+def time_tag() -> str:
+    """The local time as ``YYYYmmdd-HHMMSS`` (default run folder names)."""
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def read_episode_files(files) -> tuple[list, dict]:
+    """The episodes of the comma-separated demonstration ``files`` and the first file's
+    attributes.
+
+    Raises:
+        DemoError: the files hold images of different sizes (and read_demos's errors).
+    """
+    from ws_policy.data import DemoError, read_demos
+
+    episodes, attrs = [], None
+    for path in str(files).split(","):
+        eps, a = read_demos(path)
+        if attrs is not None and int(a["image_size"]) != int(attrs["image_size"]):
+            raise DemoError(f"{path} has {a['image_size']} px images, {str(files).split(',')[0]} "
+                            f"{attrs['image_size']} px: train on one size")
+        episodes += eps
+        attrs = attrs or a
+    return episodes, attrs
+
+
+def cmd_policy_collect(args) -> int:
+    """Record scripted-expert demonstrations with RGB-D video to one HDF5 file."""
+    from tqdm import tqdm
+
+    from ws_policy.data import collect_demos, write_demos
+
+    with tqdm(total=args.episodes, desc=f"{args.task} demos", unit="ep") as bar, config_errors():
+        episodes, attrs = collect_demos(args.task, args.episodes, seed=args.seed, size=args.size, camera=args.camera,
+                                        failure_rate=args.failures, randomize=not args.no_randomize,
+                                        workspace=args.workspace, progress=lambda done, total: bar.update(1))
+    path = write_demos(episodes, attrs, args.out)
+    wins = sum(e.success for e in episodes)
+    steps = sum(len(e.actions) for e in episodes)
+    print(f"wrote {path}: {len(episodes)} episodes ({wins} successful, "
+          f"{sum(bool(e.failure) for e in episodes)} with a deliberate failure), {steps} steps, "
+          f"{args.size}x{args.size} RGB-D from the {args.camera!r} camera")
+    return 0
+
+
+def cmd_policy_train(args) -> int:
+    """Train the policy, a baseline or the video-depth world model on demonstrations."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ws_mppi.config import ConfigError
+    from ws_policy.data import DemoDataset, DemoError, read_demos
+    from ws_policy.model import PolicyConfig, default_vocabulary
+    from ws_policy.train import TwoStagePolicy, load_policy, save_policy, train_policy
+
+    set_threads(args.threads)
+    episodes, attrs = read_episode_files(args.demos)
+    size = int(attrs["image_size"])
+    video_eps = []
+    if args.videos:  # episodes used as video only (seed 004's action-free data in the policy's training mix)
+        if args.model == "action_only":
+            raise ConfigError("--videos train the video and depth prediction; --model action_only predicts none")
+        for path in str(args.videos).split(","):
+            eps, a = read_demos(path)
+            if int(a["image_size"]) != size:
+                raise DemoError(f"{path} has {a['image_size']} px images, the demonstrations {size} px: one size")
+            video_eps += eps
+    curve = []
+    callback = None
+    if args.eval_every:  # closed-loop checks while training
+        if args.model in ("two_stage", "world"):
+            raise ConfigError("--eval-every evaluates a policy while it trains: not for two_stage or world")
+        from ws_policy.evaluate import evaluate_policy
+        from ws_policy.train import PolicyRunner
+
+        def evaluate_now(step, net):
+            if step % args.eval_every:
+                return False
+            net.eval()
+            rep = evaluate_policy(PolicyRunner(net, seed=args.seed), args.eval_task or attrs["task"], args.eval_episodes,
+                                  args.eval_seed, size=size, camera=attrs.get("camera", "task"), chunk=net.cfg.chunk,
+                                  latency=0, video=False, workspace=attrs.get("workspace", "full"))
+            net.train()
+            curve.append({"step": step, "success_rate": rep["success_rate"], "ci95": rep["ci95"]})
+            tqdm.write(f"step {step}: success {rep['successes']}/{rep['episodes']}")
+            return args.target_success is not None and rep["success_rate"] >= args.target_success
+
+        callback = evaluate_now
+    base = PolicyConfig.gpu if args.size == "gpu" else PolicyConfig.cpu
+    over = {k: v for k, v in {"chunk": args.chunk, "frames": args.frames, "d_model": args.d_model,
+                              "layers": args.layers, "alpha": args.alpha,
+                              "action_weight": args.action_weight}.items() if v is not None}
+    if args.privileged:
+        over["privileged"] = True
+    kinds = {"mot": [("mot", "flow")], "mot_idm": [("mot", "idm")], "action_only": [("action_only", "flow")],
+             "world": [("world", "flow")], "two_stage": [("world", "flow"), ("idm", "idm")]}
+    init = None
+    if args.init:
+        init, _ = load_policy(args.init)
+    video = None
+    if args.video_model == "dit":  # the video world model as the video-depth stream (issue 9)
+        if args.model not in ("mot", "world"):
+            raise ConfigError(f"--video-model dit is the video-depth stream of --model mot or world, not {args.model}")
+        over.update(video_model="dit", dit_kind=args.video_kind, dit_obs=args.obs_stream)
+        if args.video_init:
+            if args.init:
+                raise ConfigError("give --init (a policy) or --video-init (a world model), not both")
+            import dataclasses
+
+            from ws_worldmodel.video.experts import load as load_video
+
+            video, _ = load_video(args.video_init)
+            over.update(dit=dataclasses.asdict(video.cfg), d_model=video.cfg.d_model, heads=video.cfg.heads,
+                        layers=video.cfg.layers)
+    elif args.video_init or args.obs_stream:
+        raise ConfigError(f"{'--video-init' if args.video_init else '--obs-stream'} needs --video-model dit")
+    nets, hist_all = [], {}
+    stages = kinds[args.model]
+    if args.model == "two_stage" and init is not None and getattr(init, "cfg", None) is not None \
+            and init.cfg.mode == "world":  # a trained world model is stage one as it is: train only the IDM
+        nets.append(init)
+        stages = stages[1:]
+    if video_eps and not any(mode in ("mot", "world") for mode, _ in stages):
+        raise ConfigError("--videos would go unused: the given world model is stage one as it is, and the "
+                          "inverse-dynamics stage predicts no video")
+    for mode, head in stages:
+        future = video.cfg.image_size if video is not None else size // 2
+        with config_errors("policy config: "):
+            cfg = base(mode=mode, action_head=head, image_size=size, future_size=future,
+                       fov_y_deg=float(attrs.get("fovy", 60.0)), vocab=tuple(default_vocabulary()), **over)
+        if video is not None:  # the stream starts as the trained world model (its 'video.*' weights); the rest is new
+            import torch
+
+            init = torch.nn.Module()
+            init.video = video
+        ds = DemoDataset(episodes, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
+                         successes_only=not args.keep_failures)
+        vids = None
+        if video_eps and cfg.predicts_video:  # failed episodes' videos are still true videos
+            vids = DemoDataset(video_eps, chunk=cfg.chunk, frames=cfg.frames, stride=cfg.stride,
+                               successes_only=False, use_actions=False)
+        bar = tqdm(total=args.steps, desc=f"train {mode}" + ("+idm" if head == "idm" and mode != "idm" else ""),
+                   unit="step")
+        with config_errors():  # e.g. a --video-share outside (0, 1)
+            net, hist = train_policy(cfg, ds, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                     init=init if mode != "idm" else None, progress=bar, callback=callback,
+                                     videos=vids, video_share=args.video_share, device=args.device)
+        bar.close()
+        nets.append(net)
+        hist_all[mode] = {"loss_first": float(np.mean(hist["loss"][:20])), "loss_last": float(np.mean(hist["loss"][-20:])),
+                          "seconds": round(hist["seconds"], 1), "loaded_tensors": hist["loaded_tensors"],
+                          "steps_run": len(hist["loss"]), "stopped_at": hist["stopped_at"], "success_curve": curve}
+    model = TwoStagePolicy(*nets) if args.model == "two_stage" else nets[0]
+    extra = {"task": args.eval_task or attrs.get("task"), "camera": attrs.get("camera"), "demos": str(args.demos),
+             "videos": str(args.videos) if args.videos else None,
+             "workspace": attrs.get("workspace", "full"),
+             "kind": args.model,
+             "steps": args.steps, "history": hist_all, "init": str(args.init) if args.init else None}
+    path = save_policy(model, args.out, extra)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {path} ({args.model}, {params / 1e6:.2f} M parameters): " +
+          json.dumps(hist_all))
+    return 0
+
+
+def cmd_policy_eval(args) -> int:
+    """Closed-loop success rate, latency and videos of a policy (or the scripted expert) on a task."""
+    from tqdm import tqdm
+
+    from ws_policy.evaluate import evaluate_policy
+
+    set_threads(args.threads)
+    out = args.out or Path("runs") / f"policy-{args.task}-{time_tag()}"
+    runner = None
+    if args.checkpoint != "scripted":  # load and check before any progress bar
+        from ws_policy.train import PolicyRunner, load_policy
+
+        model, payload = load_policy(args.checkpoint)
+        with config_errors(f"{args.checkpoint}: "):
+            runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed, indicator=_INDICATORS[args.indicator])
+    bar = tqdm(total=args.episodes, desc=f"eval {args.task}", unit="ep")
+
+    def progress(done, total, wins):
+        bar.update(1)
+        bar.set_postfix(success=f"{wins}/{done}")
+
+    if runner is None:
+        report = evaluate_policy("scripted", args.task, args.episodes, args.seed, size=args.size, out_dir=out,
+                                 video=not args.no_video, progress=progress, name="scripted",
+                                 workspace=args.workspace or "full")
+    else:
+        if args.demos:
+            from ws_policy.data import read_demos
+            from ws_policy.evaluate import offline_action_error
+
+            off = offline_action_error(runner, read_demos(args.demos)[0])
+            print(f"offline on {args.demos}: chunk error {off['chunk_error_rad']} rad vs holding still "
+                  f"{off['hold_still_error_rad']} rad over {off['windows']} windows")
+        latency = args.latency if args.latency == "measured" else int(args.latency)
+        extra = payload.get("extra") or {}
+        report = evaluate_policy(runner, args.task, args.episodes, args.seed, size=model.cfg.image_size,
+                                 camera=extra.get("camera") or "task",
+                                 replan_every=args.replan_every, chunk=model.cfg.chunk, latency=latency,
+                                 ensemble_m=None if args.no_ensemble else args.ensemble_m, out_dir=out,
+                                 video=not args.no_video, progress=progress,
+                                 name=extra.get("kind") or "policy",
+                                 workspace=args.workspace or extra.get("workspace") or "full")
+    bar.close()
+    lo, hi = report["ci95"]
+    print(f"{args.task}: {report['successes']}/{report['episodes']} successes = {report['success_rate']:.2f} "
+          f"(95% CI {lo:.2f}-{hi:.2f}); inference latency {json.dumps(report['latency'])}; gaps {report['gaps']}")
+    if report.get("failure_modes"):
+        m = report["failure_modes"]
+        miss = f" (median miss {m['median_miss_m'] * 100:.1f} cm)" if m["median_miss_m"] is not None else ""
+        print(f"failures: {m['cube_not_lifted']} with the cube never lifted, {m['lifted_not_placed']} lifted but not "
+              f"placed{miss}")
+    print(f"report: {out / 'report.json'}  videos: {report['videos']}")
+    return 0
+
+
+def add_policy(sub) -> None:
+    """``ws policy collect|train|eval``."""
+    posub = group(sub, "policy", help="the video-depth-action policy (PiPER manipulation)",
+                  description="WorldScape Policy commands (seed 004): demonstrations, training, evaluation.")
+    pc = command(posub, "collect", cmd_policy_collect, help="record scripted-expert demonstrations with RGB-D video",
+                 description="Run the scripted expert on a PiPER task (ws/PiperManip-v0) with domain "
+                             "randomisation and write the episodes (RGB, depth, joint states, actions, "
+                             "instruction, success) to one HDF5 file, atomically.")
+    pc.add_argument("--task", default="pick_place", help="pick_place, push or stack")
+    pc.add_argument("--episodes", type=int, default=100)
+    add_seed(pc, "episode i resets with seed+i")
+    pc.add_argument("--out", type=Path, required=True, help="output .hdf5")
+    pc.add_argument("--size", type=int, default=64, help="square image side, px")
+    pc.add_argument("--camera", default="task", help="scene camera: task, front or scene")
+    pc.add_argument("--failures", type=float, default=0.0, help="share of episodes with a deliberate expert failure")
+    pc.add_argument("--no-randomize", action="store_true", help="fixed lighting and textures")
+    pc.add_argument("--workspace", choices=["full", "narrow"], default="full",
+                    help="where the task's objects are drawn: the whole reachable band, or the small-scale setting "
+                         "(cube and target each in a 6 x 4 cm patch); kept in the file for training and evaluation")
+
+    pt = command(posub, "train", cmd_policy_train,
+                 help="train the policy (or a baseline, or the world model) on demonstrations",
+                 description="Train WorldScape Policy (seed 004: one flow-matching objective over future "
+                             "video, depth and the action chunk, plus alpha L_3D) or a baseline on the "
+                             "same demonstrations: action_only (flow matching on actions alone), "
+                             "two_stage (a video-depth world model, then a separate inverse-dynamics "
+                             "model), mot_idm (the inverse-dynamics head), world (video and depth only, "
+                             "actions unused: pretrain it, then --init the policy from it).")
+    pt.add_argument("--demos", required=True, help="demonstrations from 'ws policy collect' (several: comma-separated)")
+    pt.add_argument("--model", default="mot", choices=["mot", "mot_idm", "action_only", "two_stage", "world"])
+    pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    pt.add_argument("--steps", type=int, default=2000)
+    pt.add_argument("--batch-size", type=int, default=32)
+    pt.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, warm-up then cosine decay)")
+    pt.add_argument("--size", choices=["cpu", "gpu"], default="cpu",
+                    help="model size preset (where it trains is --device)")
+    pt.add_argument("--chunk", type=int, default=None, help="action chunk length L (default: the preset's)")
+    pt.add_argument("--frames", type=int, default=None, help="future frames F")
+    pt.add_argument("--d-model", type=int, default=None)
+    pt.add_argument("--layers", type=int, default=None)
+    pt.add_argument("--alpha", type=float, default=None, help="weight of L_3D")
+    pt.add_argument("--action-weight", type=float, default=None,
+                    help="weight of the action chunk's flow-matching term against the video and depth terms (default 1)")
+    pt.add_argument("--init", type=Path, default=None,
+                    help="start from this checkpoint's matching weights (with --model two_stage, a trained 'world' "
+                         "checkpoint is used as stage one and only the inverse-dynamics model is trained)")
+    pt.add_argument("--video-model", choices=["mot", "dit"], default="mot",
+                    help="the video-depth stream of mot and world: the policy's own video and depth experts (mot) or "
+                         "the video world model of 'ws video experts' (dit), sharing attention with the action "
+                         "expert")
+    pt.add_argument("--video-init", type=Path, default=None,
+                    help="with --video-model dit: start the stream from this 'ws video experts train' checkpoint "
+                         "(its sizes become the stream's)")
+    pt.add_argument("--video-kind", default="joints",
+                    help="with --video-model dit: the stream's control kind (its expert)")
+    pt.add_argument("--obs-stream", action="store_true",
+                    help="with --video-model dit: the current frame also enters at full resolution as its own stream "
+                         "(the MoT's RGB and depth tokens with the Depth Positional Embedding, own weights, the same "
+                         "shared attention) beside the world model's view of it")
+    pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
+    pt.add_argument("--videos", default=None,
+                    help="comma-separated .hdf5 files of episodes used as videos only: every batch mixes their "
+                         "windows (future video and depth terms, no action term) with the demonstrations' "
+                         "(seed 004 mixes action-free video into its policy's data); mot, world and two_stage")
+    pt.add_argument("--video-share", type=float, default=0.25,
+                    help="with --videos: the share of each batch taken from the videos")
+    pt.add_argument("--privileged", action="store_true",
+                    help="diagnostic: also give the policy the simulator's object poses (tells vision from learning)")
+    pt.add_argument("--eval-every", type=int, default=0, help="evaluate closed loop every this many steps (0: never)")
+    pt.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation")
+    pt.add_argument("--eval-seed", type=int, default=2000, help="first seed of the evaluations")
+    pt.add_argument("--eval-task", default=None, help="task to evaluate on (default: the demonstrations')")
+    pt.add_argument("--target-success", type=float, default=None,
+                    help="stop once an evaluation reaches this success rate (the steps it took are recorded)")
+    add_seed(pt)
+    add_threads(pt, help=None)
+    add_device(pt)
+
+    pe = command(posub, "eval", cmd_policy_eval, help="closed-loop success rate of a policy on a PiPER task",
+                 description="Run a policy checkpoint (or 'scripted', the expert) through the closed-loop "
+                             "executor for N seeded episodes; print the success rate with its 95% Wilson "
+                             "interval and the inference latency percentiles; write report.json and mp4s "
+                             "of a success and a failure.")
+    pe.add_argument("--checkpoint", required=True, help="policy checkpoint, or 'scripted'")
+    pe.add_argument("--task", default="pick_place")
+    pe.add_argument("--episodes", type=int, default=50)
+    add_seed(pe, "episode i resets with seed+i (demos use 0..)", default=1000)
+    pe.add_argument("--out", type=Path, default=None, help="report directory (default runs/policy-<task>-<time>)")
+    pe.add_argument("--size", type=int, default=64, help="image size for 'scripted' (a checkpoint knows its own)")
+    pe.add_argument("--workspace", choices=["full", "narrow"], default=None,
+                    help="object placement (default: the checkpoint's demonstrations'; 'full' for 'scripted')")
+    pe.add_argument("--replan-every", type=int, default=None, help="steps between chunks (default: half a chunk)")
+    pe.add_argument("--latency", default="measured", help="'measured' (inference time in control steps) or steps")
+    pe.add_argument("--ensemble-m", type=float, default=0.1, help="temporal-ensembling rate")
+    pe.add_argument("--no-ensemble", action="store_true", help="newest chunk only")
+    pe.add_argument("--euler-steps", type=int, default=None, help="flow-matching sampling steps")
+    pe.add_argument("--no-video", action="store_true")
+    pe.add_argument("--demos", default=None,
+                    help="also report the chunks' offline error against these recorded episodes (vs holding still)")
+    pe.add_argument("--indicator", choices=sorted(_INDICATORS), default="improvement",
+                    help="what an advantage-conditioned policy (ws hitl dagger/retrain) is asked for: 'improvement' "
+                         "is deployment; 'not-improvement' and 'unknown' (the unconditioned policy) show how much it "
+                         "reads its indicator")
+    add_threads(pe, help=None)

@@ -1,0 +1,250 @@
+"""Training world models: ``ws train`` (the MLPEnsemble on one dataset) and ``ws pretrain``
+(WestWorld or a baseline on a corpus); the corpus windows and options that ``ws eval`` and
+``ws distill`` share with them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from .common import (add_device, add_seed, add_threads, command, device_of, environments, headless_gl, set_threads,
+                     split_list)
+
+log = logging.getLogger("ws")
+
+
+def corpus_windows(corpus: Path, names: list[str], cfg) -> tuple[list, list]:
+    """Train/validation windows of each named corpus system; systems that are absent or whose
+    episodes are shorter than a window are skipped with a warning.
+
+    Raises:
+        ConfigError: no system is left.
+    """
+    from ws_mppi.config import ConfigError
+    from ws_sim.corpus import load_system, make_system
+    from ws_worldmodel.pretrain import system_windows
+
+    train, val = [], []
+    for name in names:
+        if not (Path(corpus) / name).is_dir():
+            log.warning("skipping %s: not in corpus %s", name, corpus)
+            continue
+        try:
+            tr, va = system_windows(load_system(corpus, name), make_system(name).model, cfg.history + cfg.horizon,
+                                    cfg.stride, cfg.val_fraction)
+        except ValueError as e:  # episodes shorter than a window (e.g. falls under random actions)
+            log.warning("skipping %s: %s", name, e)
+            continue
+        train.append(tr)
+        val.append(va)
+    if not train:
+        raise ConfigError(f"no system of {names} has episodes of {cfg.history + cfg.horizon} steps in both splits")
+    return train, val
+
+
+def pretraining_systems(corpus: Path, systems: str) -> list[str]:
+    """The named systems, or every corpus system but the held-out ones.
+
+    Raises:
+        FileNotFoundError: no corpus directory, or no system in it.
+    """
+    from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT
+
+    corpus = Path(corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"corpus directory {corpus} does not exist (make one with 'ws corpus build')")
+    if systems:
+        names = split_list(systems)
+    else:
+        held = set(HELD_OUT_ZERO_SHOT + HELD_OUT_FEW_SHOT)
+        names = sorted(p.name for p in corpus.iterdir() if p.is_dir() and p.name not in held)
+    if not names:
+        raise FileNotFoundError(f"corpus {corpus} holds no system to pretrain on")
+    return names
+
+
+def corpus_training_data(args, **kw) -> tuple:
+    """``(cfg, train, val)``: the :func:`pretrain_config` of ``args`` and ``kw``, and the windows
+    of ``--corpus``'s pretraining systems (``--systems``, :func:`pretraining_systems`)."""
+    names = pretraining_systems(args.corpus, args.systems)
+    cfg = pretrain_config(args, **kw)
+    train, val = corpus_windows(Path(args.corpus), names, cfg)
+    return cfg, train, val
+
+
+def pretrain_config(args, **kw):
+    """A :class:`ws_worldmodel.pretrain.PretrainConfig` from :func:`add_training_args`'s flags
+    (those the command has) and ``kw``."""
+    from ws_worldmodel.pretrain import PretrainConfig
+
+    flags = ("history", "horizon", "batch_size", "steps", "lr", "eval_every", "stride", "patience")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    return PretrainConfig(**{**given, **kw})
+
+
+def westworld_config(args, **kw):
+    """A :class:`ws_worldmodel.westworld.WestWorldConfig` from :func:`add_net_args`'s flags (without
+    ``--experts``: the config's default) and ``kw``."""
+    from ws_worldmodel.westworld import WestWorldConfig
+
+    if hasattr(args, "experts"):
+        kw["n_experts"] = args.experts
+    return WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks,
+                           expert_hidden=args.expert_hidden, bins=args.bins, d_state=args.d_state, expand=args.expand,
+                           **kw)
+
+
+def cmd_train(args) -> int:
+    """Fit an MLPEnsemble on a dataset and write its checkpoint."""
+    import json
+
+    from ws_sim.dataset import read_dataset
+    from ws_sim.envs import make_env
+    from ws_worldmodel.checkpoint import save_checkpoint
+    from ws_worldmodel.mlp_ensemble import MLPEnsembleConfig
+    from ws_worldmodel.train import train_mlp_ensemble
+
+    set_threads(args.threads)
+    # --env names the environment of plain D4RL files (channels, missing successors) and checks the rest
+    train = read_dataset(args.train, env=args.env)
+    val = read_dataset(args.val, env=args.env)
+    if args.env:
+        env = make_env(args.env)
+        train.check_matches(env.state_channels, env.action_channels, f"dataset {args.train}")
+        val.check_matches(env.state_channels, env.action_channels, f"dataset {args.val}")
+    cfg = MLPEnsembleConfig(ensemble_size=args.ensemble_size, elites=args.elites, hidden=args.hidden,
+                            layers=args.layers, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                            patience=args.patience, max_steps_per_epoch=args.steps_per_epoch)
+    model, hist = train_mlp_ensemble(train, val, cfg, seed=args.seed, device=args.device)
+    info = {"train": str(args.train), "val": str(args.val), "seed": args.seed, "env": train.env, **hist}
+    save_checkpoint(model, args.out, info)
+    err = hist["val_one_step"]
+    print(json.dumps({"checkpoint": str(args.out), "val_one_step_mse": round(err["model_mse"], 5),
+                      "unchanged_state_mse": round(err["unchanged_mse"], 5), "epochs": len(hist["epochs"])}))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    """Pretrain WestWorld (or a baseline) on the corpus's pretraining systems."""
+    import json
+
+    from ws_worldmodel.pretrain import pretrain
+    from ws_worldmodel.tdm import TDMConfig
+    from ws_worldmodel.trajworld import TrajWorldConfig
+
+    headless_gl()
+    set_threads(args.threads)
+    cfg, train, val = corpus_training_data(args)
+    if args.model == "westworld":
+        mcfg = westworld_config(args, use_moe=not args.no_moe, use_structure=not args.no_structure)
+    elif args.model == "mlp_ensemble":
+        mcfg = None  # sized from the data below
+    else:
+        cls = TrajWorldConfig if args.model == "trajworld" else TDMConfig
+        mcfg = cls(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks, bins=args.bins,
+                   mlp_hidden=args.expert_hidden)
+    names = [t.name for t in train]
+    if mcfg is None:
+        from ws_worldmodel.mlp_ensemble import PaddedMLPEnsembleConfig
+
+        mcfg = PaddedMLPEnsembleConfig(max_state_dim=args.max_state_dim or max(t.states.shape[2] for t in train),
+                                       max_action_dim=args.max_action_dim or max(t.actions.shape[2] for t in train))
+    hist = pretrain(train, val, mcfg, cfg, args.out, seed=args.seed, resume=args.resume, device=device_of(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"checkpoint": str(args.out), "model": args.model, "systems": names, "steps": hist["steps"],
+                          "first_loss": hist["losses"][0] if hist["losses"] else None,
+                          "best_val_loss": hist["best_val_loss"]}))
+    return 0
+
+
+def add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: float, eval_every: int | None,
+                      stride: int = 10, patience: bool = True, window_from: str | None = None) -> None:
+    """Window, optimisation and run options shared by pretraining and the protocols
+    (:func:`pretrain_config` reads them), ``--device`` included.
+
+    ``window_from``: name the checkpoint whose history/horizon are the defaults (None: 50/100)."""
+    if window_from:
+        p.add_argument("--history", type=int, default=None, help=f"observed steps Th (default: the {window_from}'s)")
+        p.add_argument("--horizon", type=int, default=None, help=f"predicted steps H (default: the {window_from}'s)")
+    else:
+        p.add_argument("--history", type=int, default=50, help="observed steps Th")
+        p.add_argument("--horizon", type=int, default=100, help="predicted steps H")
+    p.add_argument("--stride", type=int, default=stride, help="step between window starts")
+    if steps is not None:
+        p.add_argument("--steps", type=int, default=steps, help="optimiser steps at most")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP ranks)")
+    p.add_argument("--lr", type=float, default=lr)
+    if eval_every is not None:
+        p.add_argument("--eval-every", type=int, default=eval_every, help="steps between validations")
+    if patience:
+        p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
+    add_threads(p)
+    add_seed(p)
+    add_device(p, auto=True)
+
+
+def add_net_args(p: argparse.ArgumentParser, experts: bool = True) -> None:
+    """Network size options (WestWorld's; the baselines use the shared ones)."""
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--blocks", type=int, default=2)
+    if experts:
+        p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--expert-hidden", type=int, default=128, help="MLP hidden width (WestWorld: per expert)")
+    p.add_argument("--bins", type=int, default=64)
+    p.add_argument("--d-state", type=int, default=16, help="WestWorld: selective-SSM state size")
+    p.add_argument("--expand", type=int, default=2, help="WestWorld: selective-SSM expansion factor")
+
+
+def add_train(sub) -> None:
+    """``ws train``."""
+    t = command(sub, "train", cmd_train, help="train an MLPEnsemble dynamics model",
+                description="Fit a probabilistic MLP ensemble (seed 003 App. D.1) on a dataset from ws collect "
+                            "(HDF5 or Minari) or a plain D4RL-format HDF5 file (with --env), and write a "
+                            "self-contained checkpoint.")
+    t.add_argument("--train", type=Path, required=True,
+                   help="training dataset: HDF5 file or Minari directory from ws collect, or a D4RL-format HDF5 file")
+    t.add_argument("--val", type=Path, required=True, help="validation dataset (same kinds as --train)")
+    t.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
+    t.add_argument("--env", default=None,
+                   help=f"environment of the datasets ({environments()}): checks their channels, and reads plain "
+                        "D4RL files (no WorldScape metadata) with its channels, state qpos+qvel from infos/qpos, "
+                        "infos/qvel, and its MuJoCo model for the successors of episode ends the file does not store")
+    t.add_argument("--ensemble-size", type=int, default=5)
+    t.add_argument("--elites", type=int, default=3)
+    t.add_argument("--hidden", type=int, default=200)
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--epochs", type=int, default=100, help="maximum epochs (early stopping may end sooner)")
+    t.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    t.add_argument("--steps-per-epoch", type=int, default=400, help="gradient steps per epoch (0: full pass)")
+    add_threads(t)
+    add_seed(t)
+    add_device(t)
+
+
+def add_pretrain(sub) -> None:
+    """``ws pretrain``."""
+    pt = command(sub, "pretrain", cmd_pretrain, help="pretrain WestWorld on a corpus (one process or torchrun/DDP)",
+                 description="Pretrain the WestWorld trajectory world model (seed 003) on the systems of a corpus, "
+                             "held-out systems excluded. Runs on one process, or data-parallel under "
+                             "'torchrun --nproc_per_node N $(which ws) pretrain ...' (gloo on CPU, NCCL on CUDA). "
+                             "Writes the best checkpoint to --out and the training state to OUT.state (--resume).")
+    pt.add_argument("--model", choices=["westworld", "trajworld", "tdm", "mlp_ensemble"], default="westworld",
+                    help="WestWorld, or a baseline trained on the same data and protocol (mlp_ensemble: the padded "
+                         "multi-system MLPEnsemble of seed 003 App. D.1)")
+    pt.add_argument("--max-state-dim", type=int, default=None,
+                    help="mlp_ensemble: padded state size (default: the largest pretraining system)")
+    pt.add_argument("--max-action-dim", type=int, default=None,
+                    help="mlp_ensemble: padded action size (default: the largest pretraining system)")
+    pt.add_argument("--corpus", type=Path, required=True, help="corpus directory from ws corpus build")
+    pt.add_argument("--systems", default="", help="comma-separated systems (default: all but the held-out ones)")
+    pt.add_argument("--out", type=Path, required=True, help="checkpoint path")
+    add_training_args(pt, steps=2000, lr=3e-4, eval_every=200)
+    add_net_args(pt)
+    pt.add_argument("--no-moe", action="store_true", help="ablation: dense SSM block of comparable size")
+    pt.add_argument("--no-structure", action="store_true", help="ablation: no structural embedding")
+    pt.add_argument("--resume", action="store_true", help="continue from OUT.state")
