@@ -416,3 +416,22 @@ def test_oracle_mppi_with_the_shipped_expert_keeps_hopper_up_past_where_zero_act
     assert not res.terminated and res.length == 300
     assert res.reward > 2.5 * 300  # hopping forward (the healthy bonus alone gives 1 per step)
     env.close()
+
+
+def test_held_fall_penalty_is_the_seed_codes(hopper_env):
+    """``held``: the fall step's cost plus p x r, repeated for the r remaining steps (seed 003's code), so a fall
+    at step 1 of 6 (r = 4) adds p r (r + 1) + r c_fall, at step 4 (r = 1) p 2 + c_fall; no fall, nothing."""
+    s0 = torch.zeros(12, dtype=torch.float64)
+    s0[1] = 1.25
+    states = s0.repeat(3, 6, 1)
+    states[0, 1:, 1] = 0.5
+    states[1, 4:, 1] = 0.5
+    acts = torch.zeros(3, 6, 3, dtype=torch.float64)
+    base = LocomotionCost(hopper_env.task)
+    held = LocomotionCost(hopper_env.task, fall_penalty_per_step=10.0, fall_penalty_mode="held")
+    rewards, _ = base.step_rewards(s0, acts, states)
+    c_fall = -rewards[[0, 1], [1, 4]].numpy()
+    extra = (held(s0, acts, states) - base(s0, acts, states)).numpy()
+    np.testing.assert_allclose(extra, [10 * 4 * 5 + 4 * c_fall[0], 10 * 1 * 2 + c_fall[1], 0.0], atol=1e-9)
+    with pytest.raises(ValueError, match="fall_penalty_mode"):
+        LocomotionCost(hopper_env.task, fall_penalty_mode="quadratic")

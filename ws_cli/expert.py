@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_seed, command, group
+from .common import add_device, add_seed, command, group
 
 
 def cmd_expert_train(args) -> int:
@@ -14,7 +14,8 @@ def cmd_expert_train(args) -> int:
     from ws_mppi.expert import train_expert
 
     st = train_expert(args.env, args.out, args.steps, algo=args.algo, seed=args.seed, chunk_steps=args.chunk,
-                      threads=args.threads, progress=not args.no_progress, eval_episodes=args.eval_episodes)
+                      threads=args.threads, progress=not args.no_progress, eval_episodes=args.eval_episodes,
+                      device=args.device)
     last = st["curve"][-1] if st["curve"] else {}
     print(json.dumps({"run": str(args.out), "steps": st["num_timesteps"], "wall_h": round(st["wall_s"] / 3600, 3),
                       "last_return": last.get("mean_return"), "best": st["best"],
@@ -70,6 +71,7 @@ def add_expert(sub) -> None:
     xt.add_argument("--chunk", type=int, default=25_000, help="steps between evaluation + checkpoint")
     xt.add_argument("--eval-episodes", type=int, default=5, help="deterministic episodes per evaluation")
     xt.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_device(xt)
     xt.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     xe = command(xsub, "export", cmd_expert_export, help="roll out a trained expert and write the shipped files",
                  description="Roll the run's deterministic policy out in MuJoCo (episode i resets with "

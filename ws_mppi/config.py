@@ -39,6 +39,9 @@ class ControllerConfig:
         termination_penalty: cost paid once by a rollout that becomes unhealthy.
         fall_penalty_per_step: cost per horizon step left after a rollout's fall (seed 003's
             code: 10 Hopper, 100 Walker2d).
+        fall_penalty_mode: ``"linear"`` (penalty x remaining steps) or ``"held"`` (the seed's
+            code: the fall step's cost plus that, held for every remaining step; see
+            :class:`ws_mppi.costs.LocomotionCost`).
         reference: optional ``.npz`` with ``states (T, nq + nv)``, e.g. one written by
             ``ws mppi run`` (``states_<controller>_seed<S>.npz``), tracked by the
             expert-reference term of seed 003 eqs. (21)/(28); ``None`` disables it.
@@ -61,6 +64,7 @@ class ControllerConfig:
     mppi: MPPIConfig = dataclasses.field(default_factory=MPPIConfig)
     termination_penalty: float = 50.0
     fall_penalty_per_step: float = 0.0
+    fall_penalty_mode: str = "linear"
     reference: str | None = None
     reference_scale: float = 0.1
     reference_pos_weight: float = 1.0
@@ -95,6 +99,8 @@ class ControllerConfig:
                 raise ValueError(f"expert_noise_scale must be positive, got {cfg.expert_noise_scale}")
             if cfg.reference == "expert" and not cfg.expert:
                 raise ValueError("reference: expert needs an expert (set expert: default or a folder)")
+            if cfg.fall_penalty_mode not in ("linear", "held"):
+                raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {cfg.fall_penalty_mode!r}")
             if cfg.mppi.policy_samples and not cfg.expert:
                 raise ValueError("mppi.policy_samples needs an expert whose actor to follow (set expert: default "
                                  "or a folder)")

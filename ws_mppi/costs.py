@@ -73,19 +73,27 @@ class LocomotionCost:
         task: a ``ws_sim.envs.LocomotionTask`` (Gymnasium's reward numbers).
         termination_penalty: cost added once to a rollout that becomes unhealthy.
         reference: optional :class:`ReferenceTracking` term.
-        fall_penalty_per_step: cost per horizon step remaining after the first unhealthy
-            state (``H - 1 - t_fall``).
+        fall_penalty_per_step: ``p``, a cost per horizon step remaining after the first
+            unhealthy state (``r = H - 1 - t_fall``).
+        fall_penalty_mode: ``"linear"``: a fall adds ``p r``. ``"held"`` (the seed's code,
+            ``MPPI/hopper/hopper_mppi_expert_refcost_math.py``): the fall step's cost ``c_fall``
+            gains ``p r`` and is then repeated for each of the ``r`` remaining steps, adding
+            ``p r (r + 1) + r c_fall``, so an early fall costs quadratically more than a late one.
 
     Call with ``state (nx,)``, ``actions (K, H, nu)``, ``states (K, H, nx)`` (``s_1..s_H``)
     and the episode step ``t0`` of ``state`` (for the reference); returns costs ``(K,)``.
     """
 
     def __init__(self, task, termination_penalty: float = 0.0,
-                 reference: ReferenceTracking | None = None, fall_penalty_per_step: float = 0.0):
+                 reference: ReferenceTracking | None = None, fall_penalty_per_step: float = 0.0,
+                 fall_penalty_mode: str = "linear"):
+        if fall_penalty_mode not in ("linear", "held"):
+            raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {fall_penalty_mode!r}")
         self.task = task
         self.termination_penalty = float(termination_penalty)
         self.reference = reference
         self.fall_penalty_per_step = float(fall_penalty_per_step)
+        self.fall_penalty_mode = fall_penalty_mode
 
     def healthy(self, states: torch.Tensor) -> torch.Tensor:
         """Gymnasium's health check, batched: ``(..., nx) -> (...)`` bool."""
@@ -122,7 +130,15 @@ class LocomotionCost:
     def __call__(self, state: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
                  t0: int = 0) -> torch.Tensor:
         rewards, alive = self.step_rewards(state, actions, states)
-        cost = -(rewards * alive.to(rewards.dtype)).sum(1)
+        step_cost = -rewards  # (K, H)
+        if self.reference is not None:
+            ref = self.reference
+            h = states.shape[1]
+            idx = ref.indices(state.detach().cpu().numpy() if torch.is_tensor(state) else state, t0, h)
+            r = torch.as_tensor(ref.reference[idx], dtype=states.dtype)
+            w = torch.as_tensor(ref.weights, dtype=states.dtype)
+            step_cost = step_cost + ref.scale * ((states - r).square() * w).sum(-1)
+        cost = (step_cost * alive.to(step_cost.dtype)).sum(1)
         if self.termination_penalty or self.fall_penalty_per_step:
             healthy = self.healthy(states)
             fell = ~(healthy.all(1))
@@ -130,15 +146,12 @@ class LocomotionCost:
             if self.fall_penalty_per_step:
                 h = states.shape[1]
                 t_fall = torch.where(fell, (~healthy).to(torch.int8).argmax(1), torch.full_like(fell, h - 1, dtype=torch.long))
-                cost = cost + self.fall_penalty_per_step * (h - 1 - t_fall).to(cost.dtype)
-        if self.reference is not None:
-            ref = self.reference
-            h = states.shape[1]
-            idx = ref.indices(state.detach().cpu().numpy() if torch.is_tensor(state) else state, t0, h)
-            r = torch.as_tensor(ref.reference[idx], dtype=states.dtype)
-            w = torch.as_tensor(ref.weights, dtype=states.dtype)
-            track = ((states - r).square() * w).sum(-1) * alive.to(states.dtype)
-            cost = cost + ref.scale * track.sum(1)
+                remain = (h - 1 - t_fall).to(cost.dtype)
+                penalty = self.fall_penalty_per_step * remain
+                if self.fall_penalty_mode == "held":  # the seed's code: the fall step's cost, penalty added, held
+                    c_fall = step_cost.gather(1, t_fall[:, None])[:, 0]
+                    penalty = penalty * (remain + 1) + remain * c_fall
+                cost = cost + torch.where(fell, penalty, torch.zeros_like(penalty))
         return cost
 
 

@@ -289,12 +289,12 @@ def evaluate_expert(path: str | os.PathLike, episodes: int = 5, seed: int = 20_0
 # ----------------------------------------------------------------------------- training
 
 
-def _make_model(algo: str, env, seed: int, hp: dict):
+def _make_model(algo: str, env, seed: int, hp: dict, device: str = "cpu"):
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.noise import NormalActionNoise
 
     common = dict(learning_starts=int(hp["learning_starts"]), buffer_size=int(hp["buffer_size"]),
-                  seed=int(seed), device="cpu", verbose=0)
+                  seed=int(seed), device=device, verbose=0)
     if algo == "td3":
         n = env.action_space.shape[0]
         noise = NormalActionNoise(np.zeros(n), float(hp["noise_std"]) * np.ones(n))
@@ -360,10 +360,10 @@ def _restore(model, run: Path, state: dict) -> dict:
     path = run / state["files"]["params"]
     ck = _torch_load(path, "expert training checkpoint")
     try:
-        model.set_parameters(ck["params"], exact_match=True, device="cpu")
+        model.set_parameters(ck["params"], exact_match=True, device=model.device)
         if ck.get("log_ent_coef") is not None:
             with torch.no_grad():
-                model.log_ent_coef.copy_(ck["log_ent_coef"])  # in place: the optimizer holds this tensor
+                model.log_ent_coef.copy_(ck["log_ent_coef"].to(model.log_ent_coef.device))  # in place: the optimizer holds this tensor
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise ExpertError(f"checkpoint {path} does not fit a {state['algo']} model: {e}") from e
     _load_buffer(model.replay_buffer, run / state["files"]["buffer"])
@@ -437,7 +437,7 @@ def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
 
 def train_expert(env_name: str, out_dir: str | os.PathLike, total_steps: int, algo: str = "td3", seed: int = 0,
                  chunk_steps: int = 25_000, threads: int = 1, progress: bool = True, eval_episodes: int = 5,
-                 overrides: dict | None = None) -> dict:
+                 overrides: dict | None = None, device: str = "cpu") -> dict:
     """Train (or resume training) an expert until ``total_steps`` environment steps.
 
     Trains in chunks of ``chunk_steps`` (``model.learn(chunk, reset_num_timesteps=False)``); after
@@ -458,6 +458,7 @@ def train_expert(env_name: str, out_dir: str | os.PathLike, total_steps: int, al
         eval_episodes: evaluation episodes per chunk.
         overrides: hyper-parameters replacing :data:`HYPERPARAMS` (``learning_starts``,
             ``buffer_size``, ``noise_std``); only for a new run (a resumed run keeps its own).
+        device: torch device of the networks (``"cpu"``, ``"cuda"``); checkpoints are device-free.
 
     Returns:
         the run's state (``num_timesteps``, ``curve``, ``wall_s``, ...), as in ``state.json``.
@@ -501,7 +502,7 @@ def train_expert(env_name: str, out_dir: str | os.PathLike, total_steps: int, al
                  "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                  "machine": _machine(), "versions": _versions()}
     hp = state["hyperparams"]
-    model = _make_model(algo, env, seed, hp)
+    model = _make_model(algo, env, seed, hp, device)
     if state["num_timesteps"] > 0:  # resume
         ck = _restore(model, out, state)
         torch.set_rng_state(ck["torch_rng"])
@@ -541,12 +542,13 @@ def train_expert(env_name: str, out_dir: str | os.PathLike, total_steps: int, al
                      "std_return": round(float(np.std(returns)), 2), "returns": [round(r, 2) for r in returns]}
             bar.set_postfix(ret=f"{point['mean_return']:.0f}", sps=f"{point['steps_per_s']:.0f}")
             # checkpoint: data files first, state.json (the commit) last, then drop the old files
-            params = model.get_parameters()
+            params = torch.utils._pytree.tree_map(  # device-free: a CUDA run resumes on a CPU and back
+                lambda v: v.detach().cpu() if torch.is_tensor(v) else v, model.get_parameters())
             files = {"params": f"params_{steps}.pt", "buffer": f"buffer_{steps}.npz",
                      "best_actor": state["files"].get("best_actor")}
             ent = getattr(model, "log_ent_coef", None)  # SAC's learned entropy coefficient (not a state dict)
             _torch_save({"params": params, "torch_rng": torch.get_rng_state(),
-                         "log_ent_coef": None if ent is None else ent.detach().clone()}, out / files["params"])
+                         "log_ent_coef": None if ent is None else ent.detach().cpu().clone()}, out / files["params"])
             _save_buffer(model.replay_buffer, out / files["buffer"])
             if state["best"] is None or point["mean_return"] > state["best"]["mean_return"]:
                 files["best_actor"] = f"best_actor_{steps}.pt"

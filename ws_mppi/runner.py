@@ -212,7 +212,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     else:
         cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty,
                               reference=load_reference(env, config),
-                              fall_penalty_per_step=config.fall_penalty_per_step)
+                              fall_penalty_per_step=config.fall_penalty_per_step,
+                              fall_penalty_mode=config.fall_penalty_mode)
     low, high = env.action_space.low, env.action_space.high
     folder = expert_folder(env, config)
     if folder is not None:  # seed 003's code: the nominal starts from and is extended with the expert's actions
