@@ -137,3 +137,25 @@ def test_reference_accepts_d4rl_format_episodes(tmp_path, hopper_env, small_cont
     np.save(tmp_path / "bare.npy", qpos)
     with pytest.raises(ConfigError, match="D4RL-format HDF5"):
         load_reference(hopper_env, cfg("bare.npy"))
+
+
+def test_exported_critic_is_sb3s_first_q_network(run, tmp_path):
+    """``critic.pt`` (written when the exported actor is the run's last checkpoint) rebuilds SB3's ``critic.qf0``
+    in plain PyTorch: ``V(s) = Q(obs(s), pi(obs(s)))`` equals SB3's Q of its own deterministic action."""
+    from ws_mppi.expert import load_expert_critic
+
+    out, _, _ = run
+    export_reference(out, tmp_path / "hopper", n_episodes=1, seed=7, which="last", max_steps=20)
+    critic = load_expert_critic(tmp_path / "hopper")
+    model, _ = load_run(out)
+    with np.load(tmp_path / "hopper" / "episodes.npz", allow_pickle=False) as f:
+        states = torch.as_tensor(f["states_0"], dtype=torch.float64)
+    obs = torch.as_tensor(critic.actor.observation(states.numpy()), dtype=torch.float32)
+    with torch.no_grad():
+        a = model.actor(obs)  # TD3's actor: the scaled action in [-1, 1]
+        q_sb3 = model.critic(obs, a)[0][:, 0]
+    np.testing.assert_allclose(critic.value_state(states).numpy(), q_sb3.double().numpy(), rtol=1e-5, atol=1e-5)
+    assert critic.gamma == pytest.approx(0.99)
+    (tmp_path / "hopper" / "critic.pt").unlink()
+    with pytest.raises(ExpertError, match="no critic.pt"):
+        load_expert_critic(tmp_path / "hopper")

@@ -437,3 +437,17 @@ def test_held_fall_penalty_is_the_seed_codes(hopper_env):
     np.testing.assert_allclose(extra, [10 * 4 * 5 + 4 * c_fall[0], 10 * 1 * 2 + c_fall[1], 0.0], atol=1e-9)
     with pytest.raises(ValueError, match="fall_penalty_mode"):
         LocomotionCost(hopper_env.task, fall_penalty_mode="quadratic")
+
+
+def test_terminal_value_credits_only_rollouts_healthy_to_the_end(hopper_env):
+    """``terminal_value``: a rollout healthy through the horizon is credited w V(s_H); one that falls, nothing."""
+    s0 = torch.zeros(12, dtype=torch.float64)
+    s0[1] = 1.25
+    states = s0.repeat(2, 6, 1)
+    states[0, -1, 6] = 0.5  # a distinct last state for the healthy rollout
+    states[1, 3:, 1] = 0.5  # falls at step 3
+    acts = torch.zeros(2, 6, 3, dtype=torch.float64)
+    value = lambda s: 100.0 + 10.0 * s[:, 6]  # noqa: E731
+    base = LocomotionCost(hopper_env.task)(s0, acts, states)
+    with_v = LocomotionCost(hopper_env.task, terminal_value=value, terminal_value_weight=0.5)(s0, acts, states)
+    np.testing.assert_allclose((with_v - base).numpy(), [-0.5 * 105.0, 0.0])

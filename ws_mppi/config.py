@@ -59,6 +59,9 @@ class ControllerConfig:
         expert_noise_scale: with an expert, the noise variance is this times the expert's
             action variance per dimension (seed 003's code: 0.8); ``None`` keeps
             ``mppi.noise_sigma``.
+        expert_value_weight: with an expert that has a critic (``critic.pt``), a rollout healthy
+            to its end is credited this times the expert's value of its last state (the return
+            it expects beyond the horizon; 0: off).
     """
 
     mppi: MPPIConfig = dataclasses.field(default_factory=MPPIConfig)
@@ -72,6 +75,7 @@ class ControllerConfig:
     reference_align: str = "time"
     expert: str | None = None
     expert_noise_scale: float | None = None
+    expert_value_weight: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,6 +105,10 @@ class ControllerConfig:
                 raise ValueError("reference: expert needs an expert (set expert: default or a folder)")
             if cfg.fall_penalty_mode not in ("linear", "held"):
                 raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {cfg.fall_penalty_mode!r}")
+            cfg.expert_value_weight = float(cfg.expert_value_weight)
+            if cfg.expert_value_weight and not cfg.expert:
+                raise ValueError("expert_value_weight needs an expert whose critic to use (set expert: default "
+                                 "or a folder)")
             if cfg.mppi.policy_samples and not cfg.expert:
                 raise ValueError("mppi.policy_samples needs an expert whose actor to follow (set expert: default "
                                  "or a folder)")

@@ -79,6 +79,10 @@ class LocomotionCost:
             ``MPPI/hopper/hopper_mppi_expert_refcost_math.py``): the fall step's cost ``c_fall``
             gains ``p r`` and is then repeated for each of the ``r`` remaining steps, adding
             ``p r (r + 1) + r c_fall``, so an early fall costs quadratically more than a late one.
+        terminal_value: optional callable ``V(states (K, nx)) -> (K,)``, the return expected after
+            the horizon (e.g. :meth:`ws_mppi.expert.ExpertCritic.value_state`); a rollout that
+            stays healthy to its end is credited ``terminal_value_weight * V(s_H)``, one that falls
+            nothing.
 
     Call with ``state (nx,)``, ``actions (K, H, nu)``, ``states (K, H, nx)`` (``s_1..s_H``)
     and the episode step ``t0`` of ``state`` (for the reference); returns costs ``(K,)``.
@@ -86,7 +90,7 @@ class LocomotionCost:
 
     def __init__(self, task, termination_penalty: float = 0.0,
                  reference: ReferenceTracking | None = None, fall_penalty_per_step: float = 0.0,
-                 fall_penalty_mode: str = "linear"):
+                 fall_penalty_mode: str = "linear", terminal_value=None, terminal_value_weight: float = 1.0):
         if fall_penalty_mode not in ("linear", "held"):
             raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {fall_penalty_mode!r}")
         self.task = task
@@ -94,6 +98,8 @@ class LocomotionCost:
         self.reference = reference
         self.fall_penalty_per_step = float(fall_penalty_per_step)
         self.fall_penalty_mode = fall_penalty_mode
+        self.terminal_value = terminal_value
+        self.terminal_value_weight = float(terminal_value_weight)
 
     def healthy(self, states: torch.Tensor) -> torch.Tensor:
         """Gymnasium's health check, batched: ``(..., nx) -> (...)`` bool."""
@@ -152,6 +158,10 @@ class LocomotionCost:
                     c_fall = step_cost.gather(1, t_fall[:, None])[:, 0]
                     penalty = penalty * (remain + 1) + remain * c_fall
                 cost = cost + torch.where(fell, penalty, torch.zeros_like(penalty))
+        if self.terminal_value is not None and self.terminal_value_weight:
+            survived = self.healthy(states).all(1)
+            v = self.terminal_value(states[:, -1]).to(cost.dtype)
+            cost = cost - self.terminal_value_weight * torch.where(survived, v, torch.zeros_like(v))
         return cost
 
 

@@ -51,7 +51,8 @@ from ws_sim.atomic import atomic_write
 from ws_sim.envs import ENVIRONMENTS
 
 __all__ = ["ExpertError", "ExpertActor", "HYPERPARAMS", "SHIPPED", "train_expert", "export_reference",
-           "load_expert", "load_run", "evaluate_expert", "actor_state_dict"]
+           "load_expert", "load_run", "evaluate_expert", "actor_state_dict", "ExpertCritic", "critic_state_dict",
+           "load_expert_critic"]
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,76 @@ class ExpertActor(nn.Module):
     def act_state(self, state: np.ndarray) -> np.ndarray:
         """Action for a WorldScape state ``[qpos, qvel]`` (what MPPI plans on)."""
         return self.act(self.observation(state))
+
+
+class ExpertCritic(nn.Module):
+    """The expert's first Q-network ``Q(obs, action)`` in plain PyTorch (SB3's ``critic.qf0``:
+    ReLU hidden layers, linear output), and with its actor the state value
+    ``V(s) = Q(obs(s), pi(obs(s)))``: the discounted return the expert expects from ``s``
+    (discount ``gamma``, rewards in Gymnasium units). MPPI uses it as the value of a rollout's
+    last state, as POLO (Lowrey et al. 2019) and TD-MPC (Hansen et al. 2022) use a learned value
+    beyond the horizon.
+
+    Attributes:
+        actor: the :class:`ExpertActor` whose action ``V`` evaluates.
+        gamma: the discount the critic was trained with.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], actor: "ExpertActor", gamma: float):
+        super().__init__()
+        layers, d = [], obs_dim + act_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        layers += [nn.Linear(d, 1)]
+        self.net = nn.Sequential(*layers)
+        self.actor = actor
+        self.gamma = float(gamma)
+
+    @torch.no_grad()
+    def value_state(self, states: torch.Tensor) -> torch.Tensor:
+        """``V`` of WorldScape states ``[qpos, qvel]``: ``(..., nq + nv) -> (...)``. The critic
+        reads the action scaled to [-1, 1], as SB3 feeds it."""
+        obs = torch.as_tensor(self.actor.observation(np.asarray(states.detach().cpu(), dtype=np.float64)),
+                              dtype=torch.float32)
+        a = self.actor.net(obs)  # the tanh output in [-1, 1]
+        return self.net(torch.cat([obs, a], dim=-1))[..., 0].to(states.dtype)
+
+
+def critic_state_dict(policy_state: dict) -> dict[str, torch.Tensor]:
+    """``critic.qf0``'s weights from SB3's policy state dict, keyed as :class:`ExpertCritic`'s ``net``."""
+    names = sorted({k.split(".")[2] for k in policy_state if k.startswith("critic.qf0.")}, key=int)
+    return {f"net.{2 * j}.{p}": policy_state[f"critic.qf0.{i}.{p}"].detach().to(torch.float32).cpu().clone()
+            for j, i in enumerate(names) for p in ("weight", "bias")}
+
+
+def load_expert_critic(path: str | os.PathLike, actor: "ExpertActor | None" = None) -> ExpertCritic:
+    """Load ``critic.pt`` written by :func:`export_reference` (beside ``actor.pt``).
+
+    Args:
+        path: ``critic.pt``, the expert's directory, or a shipped expert's name.
+        actor: the expert's actor (default: loaded from the same directory).
+
+    Raises:
+        ExpertError: missing (an expert exported from a checkpoint other than the run's last has
+            none), unsafe or foreign file.
+    """
+    p = Path(path)
+    if not p.exists() and str(path).lower() in SHIPPED:
+        p = SHIPPED[str(path).lower()]
+    folder = p if p.is_dir() else p.parent
+    if p.is_dir():
+        p = p / "critic.pt"
+    if not p.is_file():
+        raise ExpertError(f"expert {folder} has no critic.pt (re-export it from a run whose last checkpoint is the "
+                          "exported actor: 'ws expert export --which last')")
+    payload = _torch_load(p, "expert critic")
+    if not isinstance(payload, dict) or payload.get("format") != EXPERT_FORMAT + "-critic":
+        raise ExpertError(f"{p} is not a WorldScape expert critic (written by 'ws expert export')")
+    actor = actor if actor is not None else load_expert(folder)
+    critic = ExpertCritic(payload["obs_dim"], payload["act_dim"], payload["hidden"], actor, payload["gamma"])
+    critic.net.load_state_dict({k[len("net."):]: v for k, v in payload["state_dict"].items()})
+    return critic.eval()
 
 
 def actor_state_dict(policy_state: dict, algo: str) -> dict[str, torch.Tensor]:
@@ -591,6 +662,8 @@ def export_reference(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     to ``out_dir``:
 
     * ``actor.pt``: the actor's weights and description (:func:`load_expert`);
+    * ``critic.pt``: its first Q-network (:func:`load_expert_critic`), when the exported actor is
+      the run's last checkpoint (the only one whose critic is kept);
     * ``episodes.npz`` (float32): per episode ``i``: ``states_i`` ``(T+1, nq+nv)`` = ``[qpos, qvel]``
       read from MuJoCo at every step, ``actions_i`` ``(T, nu)``, ``rewards_i`` ``(T,)``; and
       ``returns``, ``lengths``, ``seeds``, ``action_mean``, ``action_var`` (over all steps);
@@ -646,6 +719,16 @@ def export_reference(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     nq = payload["observation"]["nq"]
     written = [out / "actor.pt", out / "episodes.npz", out / "reference.npz", out / "expert.json"]
     _torch_save(payload, written[0])
+    params_path = run / state["files"]["params"]
+    if int(state["num_timesteps"]) == steps and params_path.is_file():  # the critic of exactly this actor
+        pol = _torch_load(params_path, "expert training checkpoint")["params"]["policy"]
+        csd = critic_state_dict(pol)
+        chidden = [int(csd[f"net.{2 * j}.weight"].shape[0]) for j in range(len(csd) // 2 - 1)]
+        gamma = float(state["hyperparams"].get("gamma", 0.99))
+        _torch_save({"format": EXPERT_FORMAT + "-critic", "version": FORMAT_VERSION, "env": env_key, "algo": algo,
+                     "obs_dim": payload["obs_dim"], "act_dim": payload["act_dim"], "hidden": chidden,
+                     "gamma": gamma, "state_dict": csd, "info": info}, out / "critic.pt")
+        written.append(out / "critic.pt")
     _savez(written[1], compressed=True, **arrays)
     s0 = arrays["states_0"]
     _savez(written[2], compressed=True, states=s0, qpos=s0[:, :nq], qvel=s0[:, nq:], actions=arrays["actions_0"])

@@ -158,6 +158,20 @@ def expert_action_stats(folder: Path, nu: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
+def expert_value(env: StateEnv, config: ControllerConfig):
+    """The expert critic's state value ``V(states (K, nx)) -> (K,)`` when
+    ``config.expert_value_weight`` is set, else None.
+
+    Raises:
+        ExpertError: the expert has no ``critic.pt``.
+    """
+    if not config.expert_value_weight:
+        return None
+    from .expert import load_expert_critic
+
+    return load_expert_critic(expert_folder(env, config)).value_state
+
+
 def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking | None:
     """The expert-reference term of ``config`` (None when ``config.reference`` is unset); the file
     is read by :func:`read_reference_states` (WorldScape .npz or a D4RL-format episode).
@@ -213,7 +227,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty,
                               reference=load_reference(env, config),
                               fall_penalty_per_step=config.fall_penalty_per_step,
-                              fall_penalty_mode=config.fall_penalty_mode)
+                              fall_penalty_mode=config.fall_penalty_mode,
+                              terminal_value=expert_value(env, config), terminal_value_weight=config.expert_value_weight)
     low, high = env.action_space.low, env.action_space.high
     folder = expert_folder(env, config)
     if folder is not None:  # seed 003's code: the nominal starts from and is extended with the expert's actions
