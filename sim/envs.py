@@ -17,6 +17,7 @@ import mujoco
 import numpy as np
 
 from .channels import channels_from_model
+from .physics_state import full_physics_state
 
 __all__ = ["ENVIRONMENTS", "LocomotionTask", "StateEnv", "make_env", "UnknownEnvironmentError",
            "NonFiniteStateError", "check_state"]
@@ -80,14 +81,6 @@ class LocomotionTask:
         fwd = self.forward_reward_weight * (next_state[self.x_index] - state[self.x_index]) / self.dt
         return float(fwd + self.healthy_reward * self.is_healthy(next_state)
                      - self.ctrl_cost_weight * float(np.sum(np.square(action))))
-
-
-def full_physics_state(model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray:
-    """MuJoCo's full physics state (``mjSTATE_FULLPHYSICS``, ``(mj_stateSize,)``) for exact oracle rollouts."""
-    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-    out = np.empty(mujoco.mj_stateSize(model, spec))
-    mujoco.mj_getState(model, data, out, spec)
-    return out
 
 
 def check_state(state: np.ndarray, nstate: int, what: str = "state") -> np.ndarray:

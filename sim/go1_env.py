@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 
 from .channels import channels_from_model
-from .envs import full_physics_state
+from .physics_state import full_physics_state
 from .go1 import HOME_JOINTS, TrotGait, load_go1, progress_reward
 
 __all__ = ["Go1WalkEnv", "Go1Task"]

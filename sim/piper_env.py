@@ -20,7 +20,7 @@ import mujoco
 import numpy as np
 
 from .channels import channels_from_model
-from .envs import full_physics_state
+from .physics_state import full_physics_state
 from .piper import READY_JOINTS, IKError, load_piper, solve_ik
 
 __all__ = ["PiperReachEnv", "PiperReachTask", "GOAL_BOX"]
