@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ws_sim.channels import channels_from_records, channels_to_records, data_ranges
 from ws_sim.dataset import TrajectoryDataset
 
-from .checkpoint import FORMAT_TAG, FORMAT_VERSION, atomic_torch_save, code_version, read_payload, safe_torch_load
+from .checkpoint_io import FORMAT_TAG, FORMAT_VERSION, atomic_torch_save, code_version, read_payload, safe_torch_load
 from .data import SystemData, collate, denormalise, normalise
 from .mlp_ensemble import PaddedMLPEnsemble, PaddedMLPEnsembleConfig
 from .tdm import TDM, TDMConfig
