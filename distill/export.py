@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ws_worldmodel.onnx_model import OnnxSequenceModel
+
 __all__ = ["export_onnx", "OnnxSequenceModel", "parity", "DEFAULT_OPSET"]
 
 DEFAULT_OPSET = 17
@@ -121,60 +123,6 @@ def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset
     onnx.save(graph, str(tmp))
     os.replace(tmp, path)
     return path
-
-
-class OnnxSequenceModel:
-    """An exported WestWorld served by ONNX Runtime, usable wherever a trajectory world model is
-    (``ws_mppi.dynamics.SequenceDynamics``, ``ws mppi run --dynamics model.onnx``).
-
-    Args:
-        path: the ``.onnx`` file from :func:`export_onnx`.
-        providers: ONNX Runtime execution providers (default: CPU).
-        threads: intra-op threads (None: ONNX Runtime's default).
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: not a WorldScape export.
-    """
-
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
-        from ws_sim.channels import channels_from_records
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} does not exist (make one with 'ws export')")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "worldscape.system" not in props:
-            raise ValueError(f"{path} is not a WorldScape world-model export (no worldscape metadata)")
-        self.system = props["worldscape.system"]
-        self.history = int(props["worldscape.history"])
-        self.horizon = int(props["worldscape.horizon"])
-        self.kind = "westworld-onnx"
-        self.name = f"onnx:{path.name}"
-        self.systems = {self.system: {
-            "state_channels": channels_from_records(json.loads(props["worldscape.state_channels"])),
-            "action_channels": channels_from_records(json.loads(props["worldscape.action_channels"]))}}
-
-    def predict(self, system: str, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Same contract as ``TrajectoryWorldModel.predict``: ``states (B, Th, Cs)``,
-        ``actions (B, Th + H, Ca)`` -> ``(B, H, Cs)``, physical units.
-
-        Raises:
-            KeyError: another system. ValueError: shapes other than the exported ``Th``/``H``.
-        """
-        if system != self.system:
-            raise KeyError(f"this ONNX model serves {self.system!r}, not {system!r}")
-        if states.shape[1] != self.history or actions.shape[1] != self.history + self.horizon:
-            raise ValueError(f"exported for {self.history} history and {self.horizon} predicted steps; got states "
-                             f"{states.shape} and actions {actions.shape} (re-export with --horizon)")
-        return self.session.run(None, {"hist_states": np.ascontiguousarray(states, dtype=np.float32),
-                                       "actions": np.ascontiguousarray(actions, dtype=np.float32)})[0]
 
 
 def parity(model, onnx_model: OnnxSequenceModel, batch_sizes=(1, 64), seed: int = 0) -> dict:

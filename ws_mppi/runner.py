@@ -250,7 +250,7 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     from ws_worldmodel.checkpoint import load_checkpoint
 
     if str(dynamics).endswith(".onnx"):  # an exported WestWorld served by ONNX Runtime (ws export)
-        from ws_distill.export import OnnxSequenceModel
+        from ws_worldmodel.onnx_model import OnnxSequenceModel
 
         from .config import ConfigError
 
