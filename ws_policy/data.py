@@ -1,7 +1,8 @@
 """Demonstrations for the policy: scripted-expert episodes with RGB-D video, stored in HDF5.
 
-:func:`collect_demos` runs :class:`ws_sim.piper_tasks.ScriptedExpert` on a task (a share of
-the episodes with deliberate failures) and :func:`write_demos` stores them atomically (a
+:func:`collect_demos` (from :mod:`ws_sim.demos`, with :class:`Episode`, :class:`DemoError` and
+:data:`MAX_DEPTH`, all importable from here) runs :class:`ws_sim.piper_tasks.ScriptedExpert` on a
+task (a share of the episodes with deliberate failures) and :func:`write_demos` stores them atomically (a
 temporary sibling renamed into place). Layout of the file:
 
 * root attributes: ``format`` ``"worldscape-demos"``, ``version``, ``task``, ``camera``,
@@ -17,7 +18,6 @@ temporary sibling renamed into place). Layout of the file:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -25,107 +25,13 @@ import h5py
 import numpy as np
 
 from ws_sim.atomic import atomic_write
+from ws_sim.demos import MAX_DEPTH, DemoError, Episode, collect_demos
 
 __all__ = ["Episode", "DemoDataset", "DemoError", "collect_demos", "write_demos", "read_demos", "MAX_DEPTH",
            "FORMAT_TAG"]
 
 FORMAT_TAG = "worldscape-demos"
 FORMAT_VERSION = 1
-#: depth beyond this (the background) is stored as this, m
-MAX_DEPTH = 2.0
-
-
-class DemoError(ValueError):
-    """A missing, corrupt or inconsistent demonstration file (the message names the path)."""
-
-
-@dataclasses.dataclass
-class Episode:
-    """One demonstration (arrays as in the module docstring)."""
-
-    rgb: np.ndarray
-    depth: np.ndarray
-    qpos: np.ndarray
-    qvel: np.ndarray
-    objects: np.ndarray
-    actions: np.ndarray
-    instruction: str
-    success: bool
-    failure: str = ""
-    seed: int = 0
-    actor: np.ndarray | None = None
-
-    def __post_init__(self):
-        t = len(self.actions)
-        if self.actor is not None and len(self.actor) != t:
-            raise DemoError(f"episode actor has {len(self.actor)} entries for {t} actions")
-        for name in ("rgb", "depth", "qpos", "qvel", "objects"):
-            if len(getattr(self, name)) != t + 1:
-                raise DemoError(f"episode {name} has {len(getattr(self, name))} frames for {t} actions (needs {t + 1})")
-
-
-def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camera: str = "task",
-                  failure_rate: float = 0.0, randomize: bool = True, workspace: str = "full",
-                  progress=None) -> tuple[list[Episode], dict]:
-    """Run the scripted expert for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``).
-
-    Args:
-        task: a :data:`ws_sim.piper_tasks.TASKS` name.
-        size: square image side, px.
-        failure_rate: the share of episodes whose expert fails on purpose (a random failure
-            kind); they are kept, marked, for value learning and tests.
-        randomize, workspace: as :class:`ws_sim.piper_tasks.PiperManipEnv`'s (kept in the
-            file's attributes, so evaluations use the same setting).
-        progress: optional callable ``progress(done, total)``.
-
-    Returns:
-        ``(episodes, attrs)``: the episodes and the file's root attributes.
-
-    Raises:
-        ValueError: bad counts, rates or task.
-    """
-    from ws_sim.piper_tasks import PiperManipEnv, ScriptedExpert
-
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if not 0.0 <= failure_rate <= 1.0:
-        raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
-    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize,
-                        workspace=workspace)
-    rng = np.random.default_rng(seed)
-    out = []
-    try:
-        for i in range(episodes):
-            fail = rng.random() < failure_rate
-            expert = ScriptedExpert(env, failure="random" if fail else None, seed=seed + i)
-            obs, info = env.reset(seed=seed + i)
-            expert.reset()
-            frames = [obs]
-            actions = []
-            for _ in range(env.max_episode_steps):
-                a = expert.act()
-                obs, _, terminated, truncated, info = env.step(a)
-                frames.append(obs)
-                actions.append(np.asarray(a, dtype=np.float32))
-                if terminated or truncated:
-                    break
-            out.append(Episode(
-                rgb=np.stack([f["rgb"] for f in frames]),
-                depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
-                qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
-                qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
-                objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
-                actions=np.stack(actions), instruction=info["instruction"], success=bool(info["success"]),
-                failure=str(expert.failure or ""), seed=seed + i))
-            if progress is not None:
-                progress(i + 1, episodes)
-        attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
-                 "fovy": float(env.model.camera(camera).fovy[0]),
-                 "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
-                 "randomize": randomize, "workspace": workspace}
-    finally:
-        env.close()
-    return out, attrs
 
 
 def write_demos(episodes: list[Episode], attrs: dict, path: str | os.PathLike) -> Path:

@@ -246,7 +246,7 @@ def _finger_keypoints(qpos: np.ndarray) -> np.ndarray:
 
 
 def _piper_episodes(kind: str, episodes: int, size: int, seed: int, progress) -> tuple[list[dict], float]:
-    from ws_policy.data import collect_demos
+    from ws_sim.demos import collect_demos
     from ws_sim.piper_tasks import PiperManipEnv
 
     task, camera = ("pick_place", "scene") if kind == "joints" else ("stack", "front")

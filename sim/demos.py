@@ -1,0 +1,122 @@
+"""Scripted-expert demonstrations on the PiPER manipulation tasks, as arrays in memory.
+
+:func:`collect_demos` runs :class:`ws_sim.piper_tasks.ScriptedExpert` in
+:class:`ws_sim.piper_tasks.PiperManipEnv` with RGB-D rendering and returns one :class:`Episode`
+per reset seed. The policy stores and trains on them (:mod:`ws_policy.data`, which re-exports
+these names and holds the HDF5 file format) and the video world model cuts them into clips
+(:mod:`ws_worldmodel.video.clips`); both sit above the simulator, so the collection lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["Episode", "DemoError", "collect_demos", "MAX_DEPTH"]
+
+#: depth beyond this (the background) is stored as this, m
+MAX_DEPTH = 2.0
+
+
+class DemoError(ValueError):
+    """A missing, corrupt or inconsistent demonstration file (the message names the path)."""
+
+
+@dataclasses.dataclass
+class Episode:
+    """One demonstration of ``T`` steps.
+
+    Attributes:
+        rgb: ``(T+1, H, W, 3)`` uint8 frames. depth: ``(T+1, H, W)`` float16, metres, clipped
+            to :data:`MAX_DEPTH`.
+        qpos, qvel: ``(T+1, 8)`` arm and gripper joints. objects: ``(T+1, 17)`` object states.
+        actions: ``(T, 7)`` commands. actor: optional ``(T,)`` int8, who acted at each step (1 a
+            human or expert teleoperator, 0 the policy: recordings and DAgger data).
+        instruction, success, failure (``""`` for a competent expert), seed: as stored in
+            :mod:`ws_policy.data`'s files.
+    """
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    qpos: np.ndarray
+    qvel: np.ndarray
+    objects: np.ndarray
+    actions: np.ndarray
+    instruction: str
+    success: bool
+    failure: str = ""
+    seed: int = 0
+    actor: np.ndarray | None = None
+
+    def __post_init__(self):
+        t = len(self.actions)
+        if self.actor is not None and len(self.actor) != t:
+            raise DemoError(f"episode actor has {len(self.actor)} entries for {t} actions")
+        for name in ("rgb", "depth", "qpos", "qvel", "objects"):
+            if len(getattr(self, name)) != t + 1:
+                raise DemoError(f"episode {name} has {len(getattr(self, name))} frames for {t} actions (needs {t + 1})")
+
+
+def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camera: str = "task",
+                  failure_rate: float = 0.0, randomize: bool = True, workspace: str = "full",
+                  progress=None) -> tuple[list[Episode], dict]:
+    """Run the scripted expert for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``).
+
+    Args:
+        task: a :data:`ws_sim.piper_tasks.TASKS` name.
+        size: square image side, px.
+        failure_rate: the share of episodes whose expert fails on purpose (a random failure
+            kind); they are kept, marked, for value learning and tests.
+        randomize, workspace: as :class:`ws_sim.piper_tasks.PiperManipEnv`'s (kept in the
+            file's attributes, so evaluations use the same setting).
+        progress: optional callable ``progress(done, total)``.
+
+    Returns:
+        ``(episodes, attrs)``: the episodes and the file's root attributes.
+
+    Raises:
+        ValueError: bad counts, rates or task.
+    """
+    from .piper_tasks import PiperManipEnv, ScriptedExpert
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not 0.0 <= failure_rate <= 1.0:
+        raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize,
+                        workspace=workspace)
+    rng = np.random.default_rng(seed)
+    out = []
+    try:
+        for i in range(episodes):
+            fail = rng.random() < failure_rate
+            expert = ScriptedExpert(env, failure="random" if fail else None, seed=seed + i)
+            obs, info = env.reset(seed=seed + i)
+            expert.reset()
+            frames = [obs]
+            actions = []
+            for _ in range(env.max_episode_steps):
+                a = expert.act()
+                obs, _, terminated, truncated, info = env.step(a)
+                frames.append(obs)
+                actions.append(np.asarray(a, dtype=np.float32))
+                if terminated or truncated:
+                    break
+            out.append(Episode(
+                rgb=np.stack([f["rgb"] for f in frames]),
+                depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
+                qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
+                qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
+                objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
+                actions=np.stack(actions), instruction=info["instruction"], success=bool(info["success"]),
+                failure=str(expert.failure or ""), seed=seed + i))
+            if progress is not None:
+                progress(i + 1, episodes)
+        attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
+                 "fovy": float(env.model.camera(camera).fovy[0]),
+                 "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
+                 "randomize": randomize, "workspace": workspace}
+    finally:
+        env.close()
+    return out, attrs
