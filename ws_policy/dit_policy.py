@@ -75,7 +75,7 @@ import torch.nn.functional as F
 
 from ws_worldmodel.video.dit import VideoDiT, VideoDiTConfig, _rope, rope_table
 
-from .model import PolicyConfig, PolicyInputError, WorldScapePolicy, _conv_stem, _current_frame_embeddings
+from .model import POLICY_CLASSES, PolicyConfig, PolicyInputError, WorldScapePolicy, _conv_stem, _current_frame_embeddings
 
 __all__ = ["DiTPolicy", "ActionExpertBlock"]
 
@@ -226,3 +226,6 @@ class DiTPolicy(WorldScapePolicy):
         if cfg.predicts_actions:
             out["actions"] = self.action_out(self.action_norm(xa[:, 2:]))
         return out
+
+
+POLICY_CLASSES["dit"] = DiTPolicy  # build_policy(PolicyConfig(video_model="dit"))

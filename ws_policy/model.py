@@ -69,7 +69,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary",
-           "build_policy"]
+           "build_policy", "POLICY_CLASSES"]
 
 MODALITIES = ("video", "depth", "action")
 
@@ -473,11 +473,23 @@ class WorldScapePolicy(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+#: ``PolicyConfig.video_model`` -> the network :func:`build_policy` makes for it. ``"dit"``
+#: (:class:`ws_policy.dit_policy.DiTPolicy`, a subclass of :class:`WorldScapePolicy`) is added by
+#: :mod:`ws_policy.dit_policy` when it is imported (:mod:`ws_policy.train` imports it), so that this
+#: module does not import the subclass that imports it.
+POLICY_CLASSES: dict[str, type[WorldScapePolicy]] = {"mot": WorldScapePolicy}
+
+
 def build_policy(cfg: PolicyConfig) -> WorldScapePolicy:
     """The network of ``cfg``: :class:`WorldScapePolicy`, or with ``video_model="dit"`` the
-    policy whose video-depth stream is the video world model (:class:`ws_policy.dit_policy.DiTPolicy`)."""
-    if cfg.video_model == "dit":
-        from .dit_policy import DiTPolicy
+    policy whose video-depth stream is the video world model (:class:`ws_policy.dit_policy.DiTPolicy`).
 
-        return DiTPolicy(cfg)
-    return WorldScapePolicy(cfg)
+    Raises:
+        ValueError: no network registered for ``cfg.video_model`` (for ``"dit"``: import
+            :mod:`ws_policy.dit_policy` or :mod:`ws_policy.train` first).
+    """
+    cls = POLICY_CLASSES.get(cfg.video_model)
+    if cls is None:
+        raise ValueError(f"no policy network for video_model {cfg.video_model!r} is registered "
+                         f"({sorted(POLICY_CLASSES)}); import ws_policy.dit_policy (or ws_policy.train) first")
+    return cls(cfg)

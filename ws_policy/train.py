@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ws_worldmodel.checkpoint import atomic_torch_save, safe_torch_load
 
+from . import dit_policy  # noqa: F401  (registers video_model 'dit' with build_policy)
 from .data import DemoDataset
 from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy, build_policy
 
