@@ -25,10 +25,10 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from ws_mppi.safety import CommandLimiter  # noqa: E402
 from ws_ros.common import command_qos  # noqa: E402
 from ws_ros.drivers import Go1Driver, PiperDriver, rad_to_millideg  # noqa: E402
 from ws_ros.nodes.hardware_bridge import HardwareBridge  # noqa: E402
+from ws_sim.safety import CommandLimiter  # noqa: E402
 
 DOMAIN = 40 + (os.getpid() + 75) % 150  # not test_ros_nodes.py's domain for the same process
 TIMEOUT = 30.0  # bounds a failure only

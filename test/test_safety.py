@@ -5,14 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ws_mppi.safety import (CommandLimiter, InvalidState, JointLimits, Mode, SafetySupervisor, StateValidator)
 from ws_sim.go1 import HOME_JOINTS, JOINTS, TORQUE_LIMITS, load_go1
+from ws_sim.safety import CommandLimiter, InvalidState, JointLimits, Mode, SafetySupervisor, StateValidator
 
 
 @pytest.fixture(scope="module")
 def limits():
     model, _ = load_go1()
     return JointLimits.from_model(model, JOINTS)
+
+
+def test_the_old_ws_mppi_safety_path_is_the_same_layer():
+    import ws_mppi.safety
+    import ws_sim.safety
+
+    assert ws_mppi.safety.__all__ == ws_sim.safety.__all__
+    assert all(getattr(ws_mppi.safety, n) is getattr(ws_sim.safety, n) for n in ws_sim.safety.__all__)
 
 
 def test_limits_come_from_the_mjcf(limits):

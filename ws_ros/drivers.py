@@ -2,7 +2,7 @@
 
 A driver reads joint positions / velocities / torques and writes joint position targets with
 PD gains, in the joint order of our MJCF and in SI units. The bridges put the shared safety
-layer (:mod:`ws_mppi.safety`) between ``joint_command`` and :meth:`write`.
+layer (:mod:`ws_sim.safety`) between ``joint_command`` and :meth:`write`.
 
 Which SDK speaks to which robot:
 

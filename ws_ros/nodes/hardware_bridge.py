@@ -1,7 +1,7 @@
 """``go1_bridge`` and ``piper_bridge``: the real robots behind the same topics as ``sim_bridge``.
 
 A driver thread (:mod:`ws_ros.drivers`) reads the robot at ``rate_hz``, checks every reading
-with the controller's own checks (:class:`ws_mppi.safety.StateValidator`: finite, inside the
+with the controller's own checks (:class:`ws_sim.safety.StateValidator`: finite, inside the
 joint range plus ``range_margin``, ``|qd| <= max_joint_velocity``), publishes the valid ones on
 ``joint_states`` (and ``imu`` for the Go1) and writes the newest ``joint_command`` through the
 shared safety layer. What each fault gives:
@@ -47,9 +47,9 @@ from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Bool
 from trajectory_msgs.msg import JointTrajectory
 
-from ws_mppi.safety import CommandLimiter, InvalidState, JointLimits, StateValidator
 from ws_ros.common import command_qos, diagnostic_status, latched_qos, quat_mj_to_ros, run_node, sensor_qos
 from ws_ros.drivers import DRIVERS
+from ws_sim.safety import CommandLimiter, InvalidState, JointLimits, StateValidator
 
 __all__ = ["HardwareBridge", "RejectionWindow", "main_go1", "main_piper"]
 

@@ -3,7 +3,7 @@
 Wraps :class:`ws_mppi.realtime.RealtimeController` (a ``rate_hz`` command tick and a
 free-running planner thread) around MPPI with the dynamics named by ``dynamics`` (``oracle``,
 ``default`` for the shipped checkpoint, or a checkpoint path), behind
-:class:`ws_mppi.safety.SafetySupervisor`:
+:class:`ws_sim.safety.SafetySupervisor`:
 
 * ``joint_states`` (and ``odom`` for a floating base) are validated before they can become
   the planner's state; rejected readings are counted by reason;
@@ -92,9 +92,9 @@ from std_srvs.srv import Empty
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ws_mppi.realtime import plan_step_index
-from ws_mppi.safety import Decision, JointLimits, Mode, SafetySupervisor, StateValidator
 from ws_ros.common import (command_qos, diagnostic_status, latched_qos, odom_arrays_to_free_base, run_node,
                            sensor_qos, stamp_to_s)
+from ws_sim.safety import Decision, JointLimits, Mode, SafetySupervisor, StateValidator
 
 __all__ = ["MPPIControllerNode", "main"]
 

@@ -7,7 +7,7 @@ transient local). A timer at ``rate_hz`` (the policy's control rate) runs
 previous one is executed (receding horizon, temporal ensembling), and every tick publishes
 ``joint_command`` (point 0 for now, the rest of the current chunk at its step times).
 
-Safety (:class:`ws_mppi.safety.SafetySupervisor`, as ``mppi_controller``): joint readings are
+Safety (:class:`ws_sim.safety.SafetySupervisor`, as ``mppi_controller``): joint readings are
 validated (NaN, unknown or missing joints, lengths, ranges, stamps) and counted by reason;
 images are checked (encoding, size, finite non-negative depth, age under
 ``image_timeout_s``); with no valid state or images, or no instruction, the node holds the
@@ -43,8 +43,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ws_mppi.safety import JointLimits, SafetySupervisor, StateValidator
 from ws_ros.common import command_qos, diagnostic_status, latched_qos, run_node, sensor_qos, stamp_to_s
+from ws_sim.safety import JointLimits, SafetySupervisor, StateValidator
 
 __all__ = ["PolicyExecutorNode", "main", "image_to_array"]
 

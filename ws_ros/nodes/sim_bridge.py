@@ -51,11 +51,11 @@ from std_msgs.msg import String
 from std_srvs.srv import Empty
 from trajectory_msgs.msg import JointTrajectory
 
-from ws_mppi.safety import JointLimits
 from ws_ros.common import (command_qos, diagnostic_status, free_base_to_odom_arrays, latched_qos, quat_to_matrix,
                            run_node, s_to_stamp, sensor_qos)
 from ws_sim.envs import make_env
 from ws_sim.robot_io import RobotIO
+from ws_sim.safety import JointLimits
 
 __all__ = ["SimBridge", "main"]
 
