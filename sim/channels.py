@@ -18,7 +18,7 @@ import mujoco
 import numpy as np
 
 __all__ = ["Channel", "channels_from_model", "channels_to_records", "channels_from_records",
-           "check_channels_match", "ChannelMismatchError", "data_ranges"]
+           "check_channels_match", "ChannelMismatchError", "data_ranges", "StateLayout", "MissingChannelError"]
 
 
 class ChannelMismatchError(ValueError):
@@ -166,3 +166,154 @@ def data_ranges(channels: Sequence[Channel], values: np.ndarray) -> list[Channel
     flat = np.asarray(values).reshape(-1, len(channels))
     lo, hi = flat.min(axis=0), flat.max(axis=0)
     return [dataclasses.replace(c, min=float(a), max=float(b)) for c, a, b in zip(channels, lo, hi)]
+
+
+class MissingChannelError(ValueError):
+    """Raised when a :class:`StateLayout` is asked for a quantity the environment's state lacks."""
+
+
+def _span(indices: Sequence[int]) -> slice | list[int]:
+    """A ``slice`` over contiguous indices (so that indexing gives the same view as a literal
+    slice), else the index list."""
+    idx = list(indices)
+    if idx and idx == list(range(idx[0], idx[0] + len(idx))):
+        return slice(idx[0], idx[-1] + 1)
+    return idx
+
+
+class StateLayout:
+    """Named views into a state vector ``[qpos, qvel]``, resolved from its :class:`Channel` list.
+
+    Costs index states with these instead of literal positions, e.g.
+    ``states[..., layout.root_vel_x]`` for the root's forward velocity. Groups of channels come back
+    as a ``slice`` when contiguous (``[..., 19:21]`` and ``[..., layout.base_vel_xy]`` are the same
+    view), single channels as an ``int``. Asking for a quantity the state has no channel for
+    raises :class:`MissingChannelError` naming the environment, the channel and the channels it has.
+
+    Planar root (Hopper, Walker2d: slide ``rootx``, slide ``rootz``, hinge ``rooty``):
+    ``root_x``, ``root_z``, ``root_pitch``, ``root_vel_x`` and ``non_root_xz`` (every channel but
+    the root's x and z positions, Gymnasium Hopper's healthy-state range).
+
+    Floating base (Go1: one free joint, channels ``qpos/<j>/x..qz``, ``qvel/<j>/vx..wz``):
+    ``base_pos``, ``base_xy``, ``base_z``, ``base_quat`` (``qw, qx, qy, qz``), ``base_linvel``,
+    ``base_vel_xy``, ``base_angvel``.
+
+    Arm (PiPER): ``arm_q`` and ``arm_qd``, the positions and velocities of the revolute joints
+    (channel unit ``rad``) that do not belong to a floating or planar root.
+    """
+
+    def __init__(self, channels: Sequence[Channel], env: str | None = None):
+        self.channels = tuple(channels)
+        self.env = env
+        self._index = {c.name: i for i, c in enumerate(self.channels)}
+
+    @classmethod
+    def from_channels(cls, channels: Sequence[Channel], env: str | None = None) -> "StateLayout":
+        return cls(channels, env)
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+    def _who(self) -> str:
+        return f"environment {self.env!r}" if self.env else "the state"
+
+    def index(self, name: str, what: str | None = None) -> int:
+        """Position of the channel called ``name``.
+
+        Raises:
+            MissingChannelError: no such channel.
+        """
+        try:
+            return self._index[name]
+        except KeyError:
+            raise MissingChannelError(
+                f"{self._who()} has no state channel {name!r}" + (f" ({what})" if what else "")
+                + f"; its state channels are {list(self._index)}") from None
+
+    def span(self, names: Sequence[str], what: str | None = None) -> slice | list[int]:
+        """Positions of several channels: a ``slice`` when contiguous, else a list."""
+        return _span([self.index(n, what) for n in names])
+
+    # --- planar root ---------------------------------------------------------------------------
+    @property
+    def root_x(self) -> int:
+        return self.index("qpos/rootx", "the root's forward position")
+
+    @property
+    def root_z(self) -> int:
+        return self.index("qpos/rootz", "the root's height")
+
+    @property
+    def root_pitch(self) -> int:
+        return self.index("qpos/rooty", "the root's pitch")
+
+    @property
+    def root_vel_x(self) -> int:
+        return self.index("qvel/rootx", "the root's forward velocity")
+
+    @property
+    def non_root_xz(self) -> slice | list[int]:
+        xz = {self.root_x, self.root_z}
+        return _span([i for i in range(len(self.channels)) if i not in xz])
+
+    # --- floating base -------------------------------------------------------------------------
+    def _free_joint(self) -> str:
+        joints = [c.joint for c in self.channels if c.kind == "qpos" and c.name == f"qpos/{c.joint}/qw"]
+        if len(joints) != 1:
+            raise MissingChannelError(
+                f"{self._who()} has {len(joints)} floating bases (free joints: {joints}); a floating-base "
+                f"view needs exactly one; its state channels are {list(self._index)}")
+        return joints[0]
+
+    def _base(self, kind: str, parts: str, what: str) -> slice | list[int]:
+        j = self._free_joint()
+        return self.span([f"{kind}/{j}/{p}" for p in parts.split()], what)
+
+    @property
+    def base_pos(self) -> slice | list[int]:
+        return self._base("qpos", "x y z", "the base position")
+
+    @property
+    def base_xy(self) -> slice | list[int]:
+        return self._base("qpos", "x y", "the base's planar position")
+
+    @property
+    def base_z(self) -> int:
+        return self.index(f"qpos/{self._free_joint()}/z", "the base height")
+
+    @property
+    def base_quat(self) -> slice | list[int]:
+        return self._base("qpos", "qw qx qy qz", "the base orientation")
+
+    @property
+    def base_linvel(self) -> slice | list[int]:
+        return self._base("qvel", "vx vy vz", "the base's linear velocity")
+
+    @property
+    def base_vel_xy(self) -> slice | list[int]:
+        return self._base("qvel", "vx vy", "the base's planar velocity")
+
+    @property
+    def base_angvel(self) -> slice | list[int]:
+        return self._base("qvel", "wx wy wz", "the base's angular velocity")
+
+    # --- arm -----------------------------------------------------------------------------------
+    def arm_joints(self) -> list[str]:
+        """Revolute joints (one ``rad`` position channel ``qpos/<joint>``) off the root body."""
+        root_bodies = {c.body for c in self.channels
+                       if c.kind == "qpos" and (c.name in ("qpos/rootx", "qpos/rootz")
+                                                or c.name == f"qpos/{c.joint}/qw")}
+        joints = [c.joint for c in self.channels
+                  if c.kind == "qpos" and c.unit == "rad" and c.name == f"qpos/{c.joint}" and c.body not in root_bodies]
+        if not joints:
+            raise MissingChannelError(f"{self._who()} has no arm joints (revolute joints off a root body); "
+                                      f"its state channels are {list(self._index)}")
+        return joints
+
+    @property
+    def arm_q(self) -> slice | list[int]:
+        return self.span([f"qpos/{j}" for j in self.arm_joints()], "an arm joint angle")
+
+    @property
+    def arm_qd(self) -> slice | list[int]:
+        return self.span([f"qvel/{j}" for j in self.arm_joints()], "an arm joint velocity")

@@ -451,3 +451,173 @@ def test_terminal_value_credits_only_rollouts_healthy_to_the_end(hopper_env):
     base = LocomotionCost(hopper_env.task)(s0, acts, states)
     with_v = LocomotionCost(hopper_env.task, terminal_value=value, terminal_value_weight=0.5)(s0, acts, states)
     np.testing.assert_allclose((with_v - base).numpy(), [-0.5 * 105.0, 0.0])
+
+
+# --- named state views (issue 25): the costs read the state by channel name, bit-identical to the old slices ---
+
+def _old_locomotion_cost(task, state, actions, states, termination_penalty=0.0, fall_penalty_per_step=0.0,
+                         fall_penalty_mode="linear"):
+    """LocomotionCost before issue 25, with its literal indices (``task.*_index`` and ``states[..., 2:]``)."""
+    def healthy(s):
+        z, ang = s[..., task.z_index], s[..., task.angle_index]
+        ok = (z > task.healthy_z_range[0]) & (z < task.healthy_z_range[1])
+        ok &= (ang > task.healthy_angle_range[0]) & (ang < task.healthy_angle_range[1])
+        if task.healthy_state_range is not None:
+            rest = s[..., 2:]
+            ok &= ((rest > task.healthy_state_range[0]) & (rest < task.healthy_state_range[1])).all(-1)
+        return ok
+    k, h, _ = states.shape
+    x = states[..., task.x_index]
+    x_prev = torch.cat([state[task.x_index].expand(k, 1).to(x.dtype), x[:, :-1]], dim=1)
+    hl = healthy(states)
+    rewards = (task.forward_reward_weight * (x - x_prev) / task.dt + task.healthy_reward * hl.to(x.dtype)
+               - task.ctrl_cost_weight * actions.square().sum(-1))
+    alive = torch.ones_like(hl)
+    alive[:, 1:] = torch.cumprod(hl[:, :-1].to(torch.int8), dim=1).bool()
+    step_cost = -rewards
+    cost = (step_cost * alive.to(step_cost.dtype)).sum(1)
+    fell = ~(hl.all(1))
+    cost = cost + termination_penalty * fell.to(cost.dtype)
+    if fall_penalty_per_step:
+        t_fall = torch.where(fell, (~hl).to(torch.int8).argmax(1), torch.full_like(fell, h - 1, dtype=torch.long))
+        remain = (h - 1 - t_fall).to(cost.dtype)
+        penalty = fall_penalty_per_step * remain
+        if fall_penalty_mode == "held":
+            penalty = penalty * (remain + 1) + remain * step_cost.gather(1, t_fall[:, None])[:, 0]
+        cost = cost + torch.where(fell, penalty, torch.zeros_like(penalty))
+    return cost
+
+
+def _random_rollouts(env, k=64, h=12, scale=0.3, seed=0, dtype=torch.float64):
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    s0 = np.r_[env.data.qpos, env.data.qvel]
+    states = s0 + scale * rng.standard_normal((k, h, s0.size))
+    actions = rng.uniform(env.action_space.low, env.action_space.high, (k, h, env.action_space.shape[0]))
+    return (torch.as_tensor(s0, dtype=dtype), torch.as_tensor(actions, dtype=dtype),
+            torch.as_tensor(states, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", ["hopper", "walker2d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_locomotion_cost_with_named_layout_is_bit_identical_to_the_old_slices(name, dtype):
+    from ws_sim.channels import StateLayout
+    from ws_sim.envs import make_env
+
+    env = make_env(name)
+    layout = StateLayout.from_channels(env.state_channels, name)
+    s0, acts, states = _random_rollouts(env, scale=0.15, dtype=dtype)
+    for kw in [{}, {"termination_penalty": 50.0}, {"fall_penalty_per_step": 10.0},
+               {"fall_penalty_per_step": 10.0, "fall_penalty_mode": "held", "termination_penalty": 7.0}]:
+        old = _old_locomotion_cost(env.task, s0, acts, states, **kw)
+        new = LocomotionCost(env.task, layout=layout, **kw)(s0, acts, states)
+        default = LocomotionCost(env.task, **kw)(s0, acts, states)
+        assert torch.equal(new, old) and torch.equal(default, old), kw
+    healthy = LocomotionCost(env.task, layout=layout).healthy(states)
+    assert 0 < int(healthy.sum()) < healthy.numel()  # the random states exercise both branches
+    env.close()
+
+
+def test_go1_cost_with_named_layout_is_bit_identical_to_the_old_slices():
+    from ws_mppi.costs import Go1WalkCost
+    from ws_sim.channels import StateLayout
+    from ws_sim.envs import make_env
+
+    env = make_env("go1")
+    layout = StateLayout.from_channels(env.state_channels, "go1")
+    for dtype in (torch.float32, torch.float64):
+        s0, acts, states = _random_rollouts(env, scale=0.1, dtype=dtype)
+        states[::3, 5:, 2] = 0.1  # some rollouts fall
+        goal = np.array([3.0, 1.0])
+        cost = Go1WalkCost(env.gait, env.dt, lambda: goal, layout=layout)
+        t0 = 7
+        # the old formula, literal slices
+        p0 = s0[:2].to(dtype)
+        d = torch.as_tensor(goal, dtype=dtype) - p0
+        d_hat = d / d.norm().clamp_min(1e-6)
+        normal = torch.stack([-d_hat[1], d_hat[0]])
+        v, q, omega = states[..., 19:21], states[..., 3:7], states[..., 22:25]
+        lateral = ((states[..., :2] - p0) * normal).sum(-1)
+        u_ref = torch.as_tensor(env.gait.reference((t0 + np.arange(states.shape[1])) * env.dt), dtype=dtype)
+        c = (4.0 * (v - 0.4 * d_hat).square().sum(-1) + 2.0 * lateral.square()
+             + 50.0 * (states[..., 2] - 0.30).square() + 20.0 * (q[..., 1].square() + q[..., 2].square())
+             + 5.0 * q[..., 3].square() + 0.05 * omega.square().sum(-1) + 1.0 * (acts - u_ref).square().sum(-1))
+        down = states[..., 2] < 0.15
+        alive = torch.ones_like(down)
+        alive[:, 1:] = torch.cumprod((~down[:, :-1]).to(torch.int8), dim=1).bool()
+        old = (c * alive.to(dtype)).sum(1) + 100.0 * down.any(1).to(dtype)
+        assert torch.equal(cost(s0, acts, states, t0), old)
+        assert torch.equal(Go1WalkCost(env.gait, env.dt, lambda: goal)(s0, acts, states, t0), old)  # default layout
+    env.close()
+
+
+def test_piper_cost_with_named_layout_is_bit_identical_to_the_old_slices():
+    from ws_mppi.costs import PiperReachCost
+    from ws_sim.channels import StateLayout
+    from ws_sim.envs import make_env
+
+    env = make_env("piper")
+    layout = StateLayout.from_channels(env.state_channels, "piper")
+    q_star = np.array([0.1, 1.2, -1.0, 0.2, 0.9, 1.5])
+    for dtype in (torch.float32, torch.float64):
+        s0, acts, states = _random_rollouts(env, scale=0.2, dtype=dtype)
+        q_goal = torch.as_tensor(q_star, dtype=dtype)
+        u_goal = torch.cat([q_goal, torch.tensor([0.035], dtype=dtype)])
+        c = (10.0 * (states[..., :6] - q_goal).square().sum(-1) + 0.05 * states[..., 8:14].square().sum(-1)
+             + 0.1 * (acts - u_goal).square().sum(-1))
+        c[:, -1] = c[:, -1] * 5.0
+        old = c.sum(1)
+        assert torch.equal(PiperReachCost(lambda: q_star, layout=layout)(s0, acts, states), old)
+        assert torch.equal(PiperReachCost(lambda: q_star)(s0, acts, states), old)
+    env.close()
+
+
+def test_state_layout_resolves_views_by_channel_name():
+    from ws_sim.channels import MissingChannelError, StateLayout
+    from ws_sim.envs import make_env
+
+    views = {}
+    for name in ("hopper", "walker2d", "go1", "piper"):
+        env = make_env(name)
+        views[name] = StateLayout.from_channels(env.state_channels, name)
+        env.close()
+    h, w, g, p = views["hopper"], views["walker2d"], views["go1"], views["piper"]
+    assert (h.root_x, h.root_z, h.root_pitch, h.root_vel_x, h.non_root_xz) == (0, 1, 2, 6, slice(2, 12))
+    assert (w.root_vel_x, w.non_root_xz) == (9, slice(2, 18))
+    assert (g.base_pos, g.base_xy, g.base_z, g.base_quat) == (slice(0, 3), slice(0, 2), 2, slice(3, 7))
+    assert (g.base_linvel, g.base_vel_xy, g.base_angvel) == (slice(19, 22), slice(19, 21), slice(22, 25))
+    assert (p.arm_q, p.arm_qd) == (slice(0, 6), slice(8, 14))
+    assert p.index("qvel/joint3") == 10 and p.span(["qpos/joint1", "qpos/joint3"]) == [0, 2]
+    with pytest.raises(MissingChannelError, match=r"'go1'.*'qvel/rootx'.*forward velocity"):
+        g.root_vel_x
+    with pytest.raises(MissingChannelError, match=r"'piper'.*floating bases"):
+        p.base_quat
+    with pytest.raises(MissingChannelError, match="'hopper'.*no state channel 'qpos/nope'"):
+        h.index("qpos/nope")
+
+
+def test_make_controller_builds_the_costs_from_config_weights_and_layout():
+    from ws_mppi.config import ConfigError, ControllerConfig, default_config
+    from ws_mppi.costs import GO1_COST_DEFAULTS, PIPER_COST_DEFAULTS
+    from ws_sim.envs import make_env
+
+    go1 = make_env("go1")
+    cost = make_controller(go1, "oracle", default_config("go1"), seed=0, nthread=1).mppi.cost
+    assert cost.layout.env == "go1" and (cost.v_des, cost.z_ref, cost.fall_penalty) == (0.4, 0.30, 100.0)
+    assert cost.w == dict(v=4.0, lat=2.0, z=50.0, tilt=20.0, yaw=5.0, w=0.05, u=1.0)
+    cfg = default_config("go1")
+    cfg.cost["w_z"] = 7.0
+    assert make_controller(go1, "oracle", cfg, seed=0, nthread=1).mppi.cost.w["z"] == 7.0
+    with pytest.raises(ConfigError, match=r"termination_penalty.*go1"):
+        make_controller(go1, "oracle", ControllerConfig(termination_penalty=3.0), seed=0, nthread=1)
+    with pytest.raises(ConfigError, match=r"w_nope.*go1"):
+        make_controller(go1, "oracle", ControllerConfig(cost={"w_nope": 1.0}), seed=0, nthread=1)
+    go1.close()
+    # the constructors' defaults are the config's built-in weights
+    import inspect
+
+    from ws_mppi.costs import Go1WalkCost, PiperReachCost
+
+    for cls, defaults in ((Go1WalkCost, GO1_COST_DEFAULTS), (PiperReachCost, PIPER_COST_DEFAULTS)):
+        params = inspect.signature(cls).parameters
+        assert {k: params[k].default for k in defaults} == defaults

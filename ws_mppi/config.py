@@ -12,6 +12,12 @@ running oracle MPPI on Hopper-v5 on two cores:
   so the update is close to the best few samples);
 * ``noise_sigma = 0.5`` in normalised action units ([-1, 1]);
 * ``termination_penalty = 50``: a rollout that falls pays 50 once.
+
+Go1 and PiPER have their own costs (:class:`ws_mppi.costs.Go1WalkCost`,
+:class:`~ws_mppi.costs.PiperReachCost`), whose weights are the ``cost:`` mapping. Settings an
+environment's controller would ignore (e.g. ``termination_penalty`` or ``reference*`` for Go1) are
+an error, raised by :meth:`ControllerConfig.validate_for` when the config is used for that
+environment (:func:`ws_mppi.runner.make_controller`, :func:`default_config`, ``load_config(path, env)``).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from .costs import GO1_COST_DEFAULTS, PIPER_COST_DEFAULTS
 from .mppi import MPPIConfig
 
-__all__ = ["ConfigError", "ControllerConfig", "DEFAULTS", "default_config", "load_config", "save_config"]
+__all__ = ["ConfigError", "ControllerConfig", "DEFAULTS", "COST_KEYS", "IGNORED_KEYS", "default_config", "load_config",
+           "save_config"]
 
 
 class ConfigError(ValueError):
@@ -62,6 +70,10 @@ class ControllerConfig:
         expert_value_weight: with an expert that has a critic (``critic.pt``), a rollout healthy
             to its end is credited this times the expert's value of its last state (the return
             it expects beyond the horizon; 0: off).
+        cost: the weights of the environment's own cost, by name (Go1: those of
+            :class:`ws_mppi.costs.Go1WalkCost`, PiPER: of :class:`~ws_mppi.costs.PiperReachCost`;
+            Hopper and Walker2d take none: their settings are the fields above). Keys are checked
+            per environment by :meth:`validate_for`.
     """
 
     mppi: MPPIConfig = dataclasses.field(default_factory=MPPIConfig)
@@ -76,6 +88,29 @@ class ControllerConfig:
     expert: str | None = None
     expert_noise_scale: float | None = None
     expert_value_weight: float = 0.0
+    cost: dict = dataclasses.field(default_factory=dict)
+
+    def validate_for(self, env: str) -> "ControllerConfig":
+        """Check that ``env``'s controller uses every setting given (returns ``self``).
+
+        Raises:
+            ConfigError: a ``cost:`` key ``env``'s cost does not take, or a field ``env``'s
+                controller ignores (:data:`IGNORED_KEYS`) that the config file names or that differs
+                from its default; the message names the key and the environment.
+        """
+        allowed = COST_KEYS.get(env, ())
+        bad = sorted(set(self.cost) - set(allowed))
+        if bad:
+            raise ConfigError(f"cost keys {bad} are not used by {env}'s cost; "
+                              + (f"valid: {sorted(allowed)}" if allowed else f"{env} takes no cost: keys"))
+        given = getattr(self, "_file_keys", frozenset())
+        defaults = ControllerConfig()
+        ignored = [k for k in IGNORED_KEYS.get(env, ()) if k in given or getattr(self, k) != getattr(defaults, k)]
+        if ignored:
+            raise ConfigError(f"{ignored} {'is' if len(ignored) == 1 else 'are'} ignored by the {env} controller "
+                              f"(its cost is {'Go1WalkCost' if env == 'go1' else 'PiperReachCost'}, weights under "
+                              "cost:); remove them")
+        return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,6 +144,11 @@ class ControllerConfig:
             if cfg.expert_value_weight and not cfg.expert:
                 raise ValueError("expert_value_weight needs an expert whose critic to use (set expert: default "
                                  "or a folder)")
+            if not isinstance(cfg.cost, dict):
+                raise ValueError(f"cost must be a mapping of weight names to numbers, got {cfg.cost!r}")
+            for k, v in cfg.cost.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"cost {k} must be a number, got {v!r}")
             if cfg.mppi.policy_samples and not cfg.expert:
                 raise ValueError("mppi.policy_samples needs an expert whose actor to follow (set expert: default "
                                  "or a folder)")
@@ -122,13 +162,25 @@ _LOCOMOTION = ControllerConfig(
     termination_penalty=50.0,
 )
 
+# The weights each environment's own cost takes under ``cost:`` (Hopper and Walker2d: none).
+COST_KEYS: dict[str, tuple[str, ...]] = {"go1": tuple(GO1_COST_DEFAULTS), "piper": tuple(PIPER_COST_DEFAULTS)}
+
+# Fields an environment's controller does not use (make_controller builds Go1WalkCost / PiperReachCost
+# without them); setting them is an error. ``expert`` and ``expert_noise_scale`` (the prior) apply to all.
+_LOCOMOTION_ONLY = ("termination_penalty", "fall_penalty_per_step", "fall_penalty_mode", "reference",
+                    "reference_scale", "reference_pos_weight", "reference_vel_weight", "reference_align",
+                    "expert_value_weight")
+IGNORED_KEYS: dict[str, tuple[str, ...]] = {"go1": _LOCOMOTION_ONLY, "piper": _LOCOMOTION_ONLY}
+
 DEFAULTS: dict[str, ControllerConfig] = {
     "hopper": _LOCOMOTION,
     "walker2d": _LOCOMOTION,
     # Go1 (issue 4): 0.3 s horizon of 0.02 s steps, noise around the trot reference (the prior)
-    "go1": ControllerConfig(mppi=MPPIConfig(horizon=15, samples=32, temperature=1.0, noise_sigma=0.1)),
+    "go1": ControllerConfig(mppi=MPPIConfig(horizon=15, samples=32, temperature=1.0, noise_sigma=0.1),
+                            cost=dict(GO1_COST_DEFAULTS)),
     # PiPER reaching: 0.2 s of 0.02 s steps, noise in rad (and m for the finger) around the IK goal (the prior)
-    "piper": ControllerConfig(mppi=MPPIConfig(horizon=10, samples=32, temperature=0.1, noise_sigma=0.05)),
+    "piper": ControllerConfig(mppi=MPPIConfig(horizon=10, samples=32, temperature=0.1, noise_sigma=0.05),
+                              cost=dict(PIPER_COST_DEFAULTS)),
 }
 
 
@@ -142,15 +194,23 @@ def default_config(env: str) -> ControllerConfig:
         from ws_sim.envs import UnknownEnvironmentError
 
         raise UnknownEnvironmentError(f"unknown environment {env!r}; choose one of {sorted(DEFAULTS)}")
-    return ControllerConfig.from_dict(DEFAULTS[env].to_dict())
+    return ControllerConfig.from_dict(DEFAULTS[env].to_dict()).validate_for(env)
 
 
-def load_config(path: str | Path) -> ControllerConfig:
+def load_config(path: str | Path, env: str | None = None) -> ControllerConfig:
     """Load a controller config from YAML.
+
+    Args:
+        path: the YAML file.
+        env: when given, the config is also checked for that environment
+            (:meth:`ControllerConfig.validate_for`); :func:`ws_mppi.runner.make_controller` checks it
+            in any case. The file's top-level keys are remembered, so that naming a field the
+            environment ignores is an error even at its default value.
 
     Raises:
         FileNotFoundError: missing file.
-        ConfigError: invalid YAML, unknown keys or invalid values.
+        ConfigError: invalid YAML, unknown keys, invalid values, or (with ``env``) keys ``env``
+            ignores.
     """
     try:
         with open(path) as f:
@@ -158,10 +218,19 @@ def load_config(path: str | Path) -> ControllerConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from e
     try:
-        return ControllerConfig.from_dict(data)
+        cfg = ControllerConfig.from_dict(data)
+        cfg._file_keys = frozenset(data or {})
+        if env is not None:
+            cfg.validate_for(env)
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"config {path}: {e}") from e
 
 
-def save_config(cfg: ControllerConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: ControllerConfig, path: str | Path, env: str | None = None) -> None:
+    """Write ``cfg`` as YAML; with ``env``, without the fields ``env``'s controller ignores (so that
+    ``load_config(path, env)`` accepts the file)."""
+    d = cfg.to_dict()
+    for k in IGNORED_KEYS.get(env, ()) if env else ():
+        d.pop(k, None)
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

@@ -10,6 +10,9 @@ ended); ``termination_penalty`` adds a fixed cost to a rollout that falls, and
 expert-reference tracking term is eq. (21)/(28): ``w_ref * sum_i W_i (s_t,i - s^ref_t,i)^2``
 over ``[qpos, qvel]`` with the root x weight zero. Summed over the horizon they give the
 MPPI objective of eqs. (22)/(29).
+
+Every cost reads the state through a :class:`ws_sim.channels.StateLayout`, named views resolved
+from the environment's state channels (``states[..., layout.root_vel_x]``), not literal slices.
 """
 
 from __future__ import annotations
@@ -19,7 +22,28 @@ import dataclasses
 import numpy as np
 import torch
 
-__all__ = ["LocomotionCost", "ReferenceTracking", "Go1WalkCost"]
+from ws_sim.channels import StateLayout
+
+__all__ = ["LocomotionCost", "ReferenceTracking", "Go1WalkCost", "PiperReachCost", "GO1_COST_DEFAULTS",
+           "PIPER_COST_DEFAULTS"]
+
+# The cost weights' built-in values (config/mppi_go1.yaml and mppi_piper.yaml's ``cost:`` mirror them).
+GO1_COST_DEFAULTS = dict(v_des=0.4, z_ref=0.30, w_v=4.0, w_lat=2.0, w_z=50.0, w_tilt=20.0, w_yaw=5.0, w_w=0.05,
+                         w_u=1.0, fall_penalty=100.0)
+PIPER_COST_DEFAULTS = dict(w_q=10.0, w_qd=0.05, w_u=0.1, w_terminal=5.0)
+
+
+class _TaskLayout:
+    """The planar-root views of a :class:`ws_sim.envs.LocomotionTask` alone (its ``x_index``,
+    ``z_index`` and ``angle_index`` are resolved by channel name in :mod:`ws_sim.envs`), for a
+    :class:`LocomotionCost` built without the environment's :class:`StateLayout`."""
+
+    def __init__(self, task):
+        self.root_x, self.root_z, self.root_pitch = task.x_index, task.z_index, task.angle_index
+        if sorted((self.root_x, self.root_z)) != [0, 1]:
+            raise ValueError("pass layout=StateLayout.from_channels(env.state_channels): the task's root x and z "
+                             f"are channels {self.root_x} and {self.root_z}, not the first two")
+        self.non_root_xz = slice(2, None)
 
 
 @dataclasses.dataclass
@@ -83,6 +107,8 @@ class LocomotionCost:
             the horizon (e.g. :meth:`ws_mppi.expert.ExpertCritic.value_state`); a rollout that
             stays healthy to its end is credited ``terminal_value_weight * V(s_H)``, one that falls
             nothing.
+        layout: the environment's :class:`ws_sim.channels.StateLayout` (root x, z, pitch and the
+            channels under Hopper's healthy-state range by name); ``None``: the task's indices.
 
     Call with ``state (nx,)``, ``actions (K, H, nu)``, ``states (K, H, nx)`` (``s_1..s_H``)
     and the episode step ``t0`` of ``state`` (for the reference); returns costs ``(K,)``.
@@ -90,10 +116,12 @@ class LocomotionCost:
 
     def __init__(self, task, termination_penalty: float = 0.0,
                  reference: ReferenceTracking | None = None, fall_penalty_per_step: float = 0.0,
-                 fall_penalty_mode: str = "linear", terminal_value=None, terminal_value_weight: float = 1.0):
+                 fall_penalty_mode: str = "linear", terminal_value=None, terminal_value_weight: float = 1.0,
+                 layout: StateLayout | None = None):
         if fall_penalty_mode not in ("linear", "held"):
             raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {fall_penalty_mode!r}")
         self.task = task
+        self.layout = _TaskLayout(task) if layout is None else layout
         self.termination_penalty = float(termination_penalty)
         self.reference = reference
         self.fall_penalty_per_step = float(fall_penalty_per_step)
@@ -103,13 +131,13 @@ class LocomotionCost:
 
     def healthy(self, states: torch.Tensor) -> torch.Tensor:
         """Gymnasium's health check, batched: ``(..., nx) -> (...)`` bool."""
-        t = self.task
-        z = states[..., t.z_index]
-        ang = states[..., t.angle_index]
+        t, lay = self.task, self.layout
+        z = states[..., lay.root_z]
+        ang = states[..., lay.root_pitch]
         ok = (z > t.healthy_z_range[0]) & (z < t.healthy_z_range[1])
         ok &= (ang > t.healthy_angle_range[0]) & (ang < t.healthy_angle_range[1])
         if t.healthy_state_range is not None:
-            rest = states[..., 2:]
+            rest = states[..., lay.non_root_xz]
             ok &= ((rest > t.healthy_state_range[0]) & (rest < t.healthy_state_range[1])).all(-1)
         return ok
 
@@ -123,8 +151,9 @@ class LocomotionCost:
         """
         t = self.task
         k, h, _ = states.shape
-        x = states[..., t.x_index]
-        x_prev = torch.cat([state[t.x_index].expand(k, 1).to(x.dtype), x[:, :-1]], dim=1)
+        xi = self.layout.root_x
+        x = states[..., xi]
+        x_prev = torch.cat([state[xi].expand(k, 1).to(x.dtype), x[:, :-1]], dim=1)
         healthy = self.healthy(states)
         rewards = (t.forward_reward_weight * (x - x_prev) / t.dt
                    + t.healthy_reward * healthy.to(x.dtype)
@@ -177,20 +206,32 @@ class Go1WalkCost:
 
     plus ``fall_penalty`` once for a rollout whose trunk drops below 0.15 m; after a fall
     nothing more accrues. ``d_hat`` points from the start of the rollout to the current
-    goal. State layout as :mod:`ws_sim.go1` (``qpos[0:3]`` position, ``qpos[3:7]`` quaternion,
-    ``qvel[0:3]`` = state[19:22] linear velocity, state[22:25] angular velocity).
+    goal. The base's planar position and height, orientation quaternion ``(qw, qx, qy, qz)``,
+    planar and angular velocity are read through ``layout`` (a
+    :class:`ws_sim.channels.StateLayout`: ``base_xy``, ``base_z``, ``base_quat``, ``base_vel_xy``,
+    ``base_angvel``; by default that of :func:`ws_sim.go1.load_go1`'s model).
 
     Args:
         gait: the :class:`ws_sim.go1.TrotGait` giving ``u_ref``.
         dt: control step in seconds.
         goal_fn: callable returning the current planar goal ``(2,)``.
-        v_des: desired forward speed in m/s; other weights as named.
+        v_des: desired forward speed in m/s; other weights as named (defaults
+            :data:`GO1_COST_DEFAULTS`, the ``cost:`` of ``config/mppi_go1.yaml``).
+        layout: the state's named views.
     """
 
     def __init__(self, gait, dt: float, goal_fn, v_des: float = 0.4, z_ref: float = 0.30, w_v: float = 4.0,
                  w_lat: float = 2.0, w_z: float = 50.0, w_tilt: float = 20.0, w_yaw: float = 5.0, w_w: float = 0.05,
-                 w_u: float = 1.0, fall_penalty: float = 100.0):
+                 w_u: float = 1.0, fall_penalty: float = 100.0, layout: StateLayout | None = None):
         self.gait, self.dt, self.goal_fn = gait, float(dt), goal_fn
+        if layout is None:
+            from ws_sim.channels import channels_from_model
+            from ws_sim.go1 import load_go1
+
+            layout = StateLayout.from_channels(channels_from_model(load_go1()[0])[0], "go1")
+        lay = self.layout = layout
+        self._xy, self._z, self._quat = lay.base_xy, lay.base_z, lay.base_quat
+        self._vxy, self._omega = lay.base_vel_xy, lay.base_angvel
         self.v_des, self.z_ref = v_des, z_ref
         self.w = dict(v=w_v, lat=w_lat, z=w_z, tilt=w_tilt, yaw=w_yaw, w=w_w, u=w_u)
         self.fall_penalty = fall_penalty
@@ -198,23 +239,24 @@ class Go1WalkCost:
     def __call__(self, state: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, t0: int = 0) -> torch.Tensor:
         k, h, _ = states.shape
         dtype = states.dtype
-        p0 = state[:2].to(dtype)
+        p0 = state[self._xy].to(dtype)
         goal = torch.as_tensor(np.asarray(self.goal_fn(), dtype=np.float64)[:2], dtype=dtype)
         d = goal - p0
         d_hat = d / d.norm().clamp_min(1e-6)
         normal = torch.stack([-d_hat[1], d_hat[0]])
-        v = states[..., 19:21]
-        lateral = ((states[..., :2] - p0) * normal).sum(-1)
-        q = states[..., 3:7]
-        omega = states[..., 22:25]
+        v = states[..., self._vxy]
+        lateral = ((states[..., self._xy] - p0) * normal).sum(-1)
+        q = states[..., self._quat]  # (qw, qx, qy, qz)
+        omega = states[..., self._omega]
+        z = states[..., self._z]
         times = (t0 + np.arange(h)) * self.dt
         u_ref = torch.as_tensor(self.gait.reference(times), dtype=dtype)  # (H, 12)
         w = self.w
         c = (w["v"] * (v - self.v_des * d_hat).square().sum(-1) + w["lat"] * lateral.square()
-             + w["z"] * (states[..., 2] - self.z_ref).square() + w["tilt"] * (q[..., 1].square() + q[..., 2].square())
+             + w["z"] * (z - self.z_ref).square() + w["tilt"] * (q[..., 1].square() + q[..., 2].square())
              + w["yaw"] * q[..., 3].square() + w["w"] * omega.square().sum(-1)
              + w["u"] * (actions - u_ref).square().sum(-1))
-        down = states[..., 2] < 0.15
+        down = z < 0.15
         alive = torch.ones_like(down)
         alive[:, 1:] = torch.cumprod((~down[:, :-1]).to(torch.int8), dim=1).bool()
         return (c * alive.to(dtype)).sum(1) + self.fall_penalty * down.any(1).to(dtype)
@@ -229,24 +271,35 @@ class PiperReachCost:
 
         c_t = w_q |q_t - q*|^2 + w_qd |qd_t|^2 + w_u |u_t - u*|^2,   terminal step x ``w_terminal``,
 
-    with ``u* = (q*, open gripper)``. State layout as :mod:`ws_sim.piper` (``qpos[0:6]`` the arm,
-    ``qvel[0:6]`` = ``state[8:14]`` its velocities).
+    with ``u* = (q*, open gripper)``. The arm's joint angles and velocities are read through
+    ``layout`` (a :class:`ws_sim.channels.StateLayout`: ``arm_q``, ``arm_qd``; by default that of
+    :func:`ws_sim.piper.load_piper`'s model).
 
     Args:
         joint_goal_fn: returns ``q*`` ``(6,)`` in rad.
         gripper: the finger target the action term pulls toward, m.
+        w_q, w_qd, w_u, w_terminal: the weights (defaults :data:`PIPER_COST_DEFAULTS`, the
+            ``cost:`` of ``config/mppi_piper.yaml``).
+        layout: the state's named views.
     """
 
     def __init__(self, joint_goal_fn, gripper: float = 0.035, w_q: float = 10.0, w_qd: float = 0.05,
-                 w_u: float = 0.1, w_terminal: float = 5.0):
+                 w_u: float = 0.1, w_terminal: float = 5.0, layout: StateLayout | None = None):
         self.joint_goal_fn, self.gripper = joint_goal_fn, float(gripper)
+        if layout is None:
+            from ws_sim.channels import channels_from_model
+            from ws_sim.piper import load_piper
+
+            layout = StateLayout.from_channels(channels_from_model(load_piper()[0])[0], "piper")
+        self.layout = layout
+        self._q, self._qd = layout.arm_q, layout.arm_qd
         self.w_q, self.w_qd, self.w_u, self.w_terminal = w_q, w_qd, w_u, w_terminal
 
     def __call__(self, state: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, t0: int = 0) -> torch.Tensor:
         dtype = states.dtype
         q_goal = torch.as_tensor(np.asarray(self.joint_goal_fn(), dtype=np.float64), dtype=dtype)
         u_goal = torch.cat([q_goal, torch.tensor([self.gripper], dtype=dtype)])
-        c = (self.w_q * (states[..., :6] - q_goal).square().sum(-1) + self.w_qd * states[..., 8:14].square().sum(-1)
+        c = (self.w_q * (states[..., self._q] - q_goal).square().sum(-1) + self.w_qd * states[..., self._qd].square().sum(-1)
              + self.w_u * (actions - u_goal).square().sum(-1))
         c[:, -1] = c[:, -1] * self.w_terminal
         return c.sum(1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ws_sim.channels import ChannelMismatchError, check_channels_match
+from ws_sim.channels import ChannelMismatchError, StateLayout, check_channels_match
 from ws_sim.envs import StateEnv, check_state
 from ws_sim.oracle import MuJoCoOracle
 
@@ -209,26 +209,31 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     Raises:
         ws_worldmodel.checkpoint.CheckpointError: unreadable checkpoint.
         ChannelMismatchError: the checkpoint was trained on other channels than ``env``'s.
+        ConfigError: ``config`` sets something ``env``'s controller would ignore
+            (:meth:`ControllerConfig.validate_for`).
     """
     if dynamics == "zero":
         return ZeroController(env)
+    config.validate_for(env.name)
     prior = None
+    layout = StateLayout.from_channels(env.state_channels, env.name)  # the costs' named views of the state
     if env.name == "piper":
         from .costs import PiperReachCost
 
-        cost = PiperReachCost(env.task.joint_goal_fn)
+        cost = PiperReachCost(env.task.joint_goal_fn, **config.cost, layout=layout)
         prior = lambda t0, n: np.tile(np.r_[env.task.joint_goal_fn(), 0.035], (n, 1))  # noqa: E731
     elif env.name == "go1":
         from .costs import Go1WalkCost
 
-        cost = Go1WalkCost(env.gait, env.dt, lambda: env.goal)
+        cost = Go1WalkCost(env.gait, env.dt, lambda: env.goal, **config.cost, layout=layout)
         prior = lambda t0, n: env.gait.reference((t0 + np.arange(n)) * env.dt)  # noqa: E731
     else:
         cost = LocomotionCost(env.task, termination_penalty=config.termination_penalty,
                               reference=load_reference(env, config),
                               fall_penalty_per_step=config.fall_penalty_per_step,
                               fall_penalty_mode=config.fall_penalty_mode,
-                              terminal_value=expert_value(env, config), terminal_value_weight=config.expert_value_weight)
+                              terminal_value=expert_value(env, config), terminal_value_weight=config.expert_value_weight,
+                              layout=layout)
     low, high = env.action_space.low, env.action_space.high
     folder = expert_folder(env, config)
     if folder is not None:  # seed 003's code: the nominal starts from and is extended with the expert's actions
