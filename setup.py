@@ -81,6 +81,7 @@ setup(
         "mcap>=1.2,<2",  # teleoperator recordings (DESIGN.md: MCAP, ROS 2 profile)
         "mcap-ros2-support>=0.5,<1",
         "stable-baselines3==2.9.2",  # trains the Hopper/Walker2d experts (ws expert; needs torch>=2.8)
+        "mink==1.3.0",  # the PiPER's inverse kinematics (ws_sim.piper.solve_ik; brings qpsolvers and daqp)
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -11,8 +11,8 @@ Core library (no ROS): the ``teleop`` node and ``ws teleop`` wrap these.
   its last press or auto-repeat).
 * :class:`TeleopController`: integrates the sticks into a joint command ``(7,)`` (six joint
   targets in rad, then the finger position in m): in ``cartesian`` mode the tool centre point
-  moves at ``linear_speed`` m/s in the base frame through damped-least-squares inverse
-  kinematics (:func:`ws_sim.piper.solve_ik`, position only, warm-started at the current
+  moves at ``linear_speed`` m/s in the base frame through inverse kinematics with mink
+  (:func:`ws_sim.piper.solve_ik`, position only, warm-started at the current
   targets, so the wrist keeps its attitude and nothing jumps) and the right stick's
   horizontal axis turns the wrist (joint 6); in ``joint`` mode the left stick drives one
   joint, chosen with the d-pad. It starts from the command in force when the human takes
