@@ -126,6 +126,8 @@ TRAINERS = [
     (["video", "experts", "train", "--clips", "c", "--out", "o"], "cpu"),
     (["video", "revisit", "train", "--out", "o"], "cpu"),
     (["video", "distill", "--clips", "c", "--teacher", "t", "--student", "s", "--out", "o"], "cpu"),
+    (["eval", "control", "--train", "a", "--val", "b", "--out", "o"], "cpu"),
+    (["expert", "train", "--out", "o"], "cpu"),
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_threads, command, config_errors, device_of, environments, group, headless_gl, set_threads, \
+from .common import add_device, add_threads, command, config_errors, device_of, environments, group, headless_gl, set_threads, \
     split_list
 from .mppi import add_controller_args, controller_config
 from .worldmodel import (add_net_args, add_training_args, corpus_training_data, corpus_windows, pretrain_config,
@@ -219,7 +219,7 @@ def cmd_eval_control(args) -> int:
         run_control_table(args.env, train, val, pretrained, args.out, tcfg, ccfg,
                           variants=split_list(args.variants),
                           seeds=range(args.seed, args.seed + args.episodes), max_steps=args.max_steps,
-                          extra=extra, nthread=nthread, seed=args.train_seed)
+                          extra=extra, nthread=nthread, seed=args.train_seed, device=args.device)
     print((Path(args.out) / "table3.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'table3.md'}, table3.json and table3.png")
     return 0
@@ -336,4 +336,5 @@ def add_eval(sub) -> None:
     ct.add_argument("--stride", type=int, default=5, help="step between window starts")
     ct.add_argument("--train-seed", type=int, default=0, help="seed of weights and batches")
     ct.add_argument("--out", type=Path, required=True, help="table directory (shared by environments)")
+    add_device(ct)
     add_controller_args(ct)

@@ -45,7 +45,7 @@ ORACLE = "oracle"
 
 
 def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cfg, out: Path, seed: int = 0,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, device: str = "cpu") -> dict:
     """Train one model on a control dataset, from the pretrained weights or from scratch.
 
     Args:
@@ -58,6 +58,7 @@ def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cf
             window length.
         out: checkpoint path (written atomically, best validation loss).
         seed: weights and batch stream.
+        device: torch device of the training (``"cpu"``, ``"cuda"``); the checkpoint is device-free.
 
     Returns:
         the training history of ``ws_worldmodel.pretrain.pretrain``.
@@ -84,7 +85,7 @@ def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cf
                          "(pretrain it with larger --max-state-dim / --max-action-dim)")
     out.parent.mkdir(parents=True, exist_ok=True)
     return pretrain([train_w], [val_w], dataclasses.replace(cfg), train_cfg, out, seed=seed, progress=progress,
-                    device="cpu", init_from=pretrained if variant == "pretrained" else None)
+                    device=device, init_from=pretrained if variant == "pretrained" else None)
 
 
 def _episode(env, spec: str, config: ControllerConfig, seed: int, nthread: int | None, bar) -> dict:
@@ -100,7 +101,7 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
                       train_cfg, controller_cfg: ControllerConfig, variants: Sequence[str] = VARIANTS,
                       seeds: Sequence[int] = range(100, 105), max_steps: int = 1000,
                       extra: dict[str, str] | None = None, nthread: int | None = None, seed: int = 0,
-                      printer=tqdm.write) -> dict:
+                      printer=tqdm.write, device: str = "cpu") -> dict:
     """Train every model variant, run MPPI with each over ``seeds``, and write the table.
 
     Args:
@@ -116,6 +117,7 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
         extra: label -> checkpoint of further learned models run as they are.
         nthread: oracle rollout threads.
         seed: training seed.
+        device: where the models train (``"cpu"``, ``"cuda"``); MPPI then runs them on the CPU.
 
     Returns:
         ``{controller: {"reward_mean", "reward_std", "episodes": [...], ...}}`` for this environment.
@@ -144,7 +146,8 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
             ckpt = env_dir / "models" / f"{kind}-{variant}.pt"
             if not ckpt.is_file():
                 printer(f"{env_name}: training {kind} ({variant}) on the control dataset -> {ckpt}")
-                hist = train_variant(base, variant, train_ds, val_ds, env.model, train_cfg, ckpt, seed=seed)
+                hist = train_variant(base, variant, train_ds, val_ds, env.model, train_cfg, ckpt, seed=seed,
+                                     device=device)
                 write_json_atomic({"kind": base.kind, "variant": variant, "pretrained_from": str(path),
                                    "steps": hist["steps"], "best_val_loss": hist["best_val_loss"],
                                    "evals": hist["evals"]}, ckpt.with_suffix(".json"))
