@@ -17,11 +17,13 @@ from typing import Iterable, Sequence
 import mujoco
 import numpy as np
 
+from .errors import SimError
+
 __all__ = ["Channel", "channels_from_model", "channels_to_records", "channels_from_records",
            "check_channels_match", "ChannelMismatchError", "data_ranges", "StateLayout", "MissingChannelError"]
 
 
-class ChannelMismatchError(ValueError):
+class ChannelMismatchError(SimError):
     """Raised when a dataset's or checkpoint's channels do not match the environment."""
 
 
@@ -168,7 +170,7 @@ def data_ranges(channels: Sequence[Channel], values: np.ndarray) -> list[Channel
     return [dataclasses.replace(c, min=float(a), max=float(b)) for c, a, b in zip(channels, lo, hi)]
 
 
-class MissingChannelError(ValueError):
+class MissingChannelError(SimError):
     """Raised when a :class:`StateLayout` is asked for a quantity the environment's state lacks."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from .channels import channels_from_model
 from .dataset import TrajectoryDataset, read_dataset, write_dataset
+from .errors import SimError
 
 __all__ = ["SYSTEMS", "HELD_OUT_ZERO_SHOT", "HELD_OUT_FEW_SHOT", "SystemSpec", "make_system", "coloured_noise",
            "build_corpus", "load_system", "load_datasets", "CorpusError"]
@@ -39,7 +40,7 @@ __all__ = ["SYSTEMS", "HELD_OUT_ZERO_SHOT", "HELD_OUT_FEW_SHOT", "SystemSpec", "
 log = logging.getLogger(__name__)
 
 
-class CorpusError(ValueError):
+class CorpusError(SimError):
     """Raised for an unknown system or an unreadable corpus directory."""
 
 

@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from .channels import Channel, channels_from_records, channels_to_records, check_channels_match
+from .errors import SimError
 
 __all__ = ["TrajectoryDataset", "DatasetError", "write_dataset", "read_dataset"]
 
@@ -41,7 +42,7 @@ FORMAT_TAG = "worldscape-trajectories"
 FORMAT_VERSION = 1
 
 
-class DatasetError(ValueError):
+class DatasetError(SimError):
     """Raised for a missing, corrupt or inconsistent dataset (the message names the path)."""
 
 

@@ -13,13 +13,15 @@ import dataclasses
 
 import numpy as np
 
+from .errors import SimError
+
 __all__ = ["Episode", "DemoError", "collect_demos", "MAX_DEPTH"]
 
 #: depth beyond this (the background) is stored as this, m
 MAX_DEPTH = 2.0
 
 
-class DemoError(ValueError):
+class DemoError(SimError):
     """A missing, corrupt or inconsistent demonstration file (the message names the path)."""
 
 

@@ -18,16 +18,17 @@ import numpy as np
 
 from .channels import channels_from_model
 from .physics_state import full_physics_state
+from .errors import SimError
 
 __all__ = ["ENVIRONMENTS", "LocomotionTask", "StateEnv", "make_env", "UnknownEnvironmentError",
            "NonFiniteStateError", "check_state"]
 
 
-class UnknownEnvironmentError(ValueError):
+class UnknownEnvironmentError(SimError):
     """Raised for an environment name WorldScape does not know."""
 
 
-class NonFiniteStateError(ValueError):
+class NonFiniteStateError(SimError):
     """Raised when a state vector holds NaN or infinite values."""
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from .errors import SimError
+
 __all__ = ["PIPER_XML", "PIPER_SCENE_XML", "ARM_JOINTS", "JOINTS", "ACTUATORS", "COMMAND_JOINTS", "FINGER_STROKE", "HOME_JOINTS",
            "READY_JOINTS", "load_piper", "tcp_pose", "solve_ik", "IKError"]
 
@@ -52,7 +54,7 @@ PIPER_XML = _asset("piper.xml")
 PIPER_SCENE_XML = _asset("piper_scene.xml")
 
 
-class IKError(ValueError):
+class IKError(SimError):
     """Raised when inverse kinematics cannot reach a target within tolerance."""
 
 

@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import SimError
+
 __all__ = ["JointLimits", "InvalidState", "StateValidator", "CommandLimiter", "Mode", "Decision",
            "SafetySupervisor", "REJECT_REASONS"]
 
@@ -140,7 +142,7 @@ class JointLimits:
                    command="position" if servo_all else "effort")
 
 
-class InvalidState(ValueError):
+class InvalidState(SimError):
     """A joint-state reading was rejected; ``reason`` is one of :data:`REJECT_REASONS`."""
 
     def __init__(self, reason: str, message: str):

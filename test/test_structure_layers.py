@@ -254,3 +254,29 @@ def test_the_checker_sees_function_level_relative_and_dynamic_imports(tmp_path):
     finally:
         ROOT = saved
     assert bad == ["l/c.py:4: low imports high (low may import no other WorldScape package)"]
+
+
+def test_each_package_has_one_error_type_the_cli_reports():
+    """Every error class a core package defines for bad input subclasses the package's one error type, and
+    the command line reports exactly those types in one line."""
+    import inspect
+
+    from ws_cli.common import user_errors
+    from ws_mppi import config, expert
+    from ws_mppi.errors import MPPIError
+    from ws_policy import model, train
+    from ws_policy.errors import PolicyError
+    from ws_sim import channels, corpus, dataset, demos, envs, piper, safety
+    from ws_sim.errors import SimError
+    from ws_worldmodel import checkpoint_io
+    from ws_worldmodel.errors import WorldModelError
+
+    for base, modules in ((SimError, (channels, corpus, dataset, demos, envs, piper, safety)),
+                          (MPPIError, (config, expert)), (WorldModelError, (checkpoint_io,)), (PolicyError, (model, train))):
+        for mod in modules:
+            errors = [c for _, c in inspect.getmembers(mod, inspect.isclass)
+                      if issubclass(c, ValueError) and c.__module__ == mod.__name__]
+            assert errors, mod.__name__
+            for c in errors:
+                assert issubclass(c, base), f"{mod.__name__}.{c.__name__} is not a {base.__name__}"
+    assert {SimError, WorldModelError, MPPIError, PolicyError} <= set(user_errors())

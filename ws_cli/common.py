@@ -115,21 +115,15 @@ def config_errors(prefix: str = "", also: tuple[type[BaseException], ...] = ()):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by what the user asked for (each library's error type): reported in one
-    line, no traceback. Imported only when an error reaches :func:`ws_cli.main.main`."""
-    from ws_mppi.config import ConfigError
-    from ws_mppi.expert import ExpertError
-    from ws_sim.channels import ChannelMismatchError
-    from ws_sim.corpus import CorpusError
-    from ws_sim.dataset import DatasetError
-    from ws_sim.envs import NonFiniteStateError, UnknownEnvironmentError
-    from ws_worldmodel.checkpoint import CheckpointError
-
-    from ws_policy.data import DemoError
-    from ws_policy.model import PolicyInputError
-    from ws_policy.train import PolicyCheckpointError
+    """Errors caused by what the user asked for: each package's one error type (``SimError``,
+    ``WorldModelError``, ``MPPIError``, ``PolicyError``; every error a package raises for bad input
+    subclasses it), recordings, and missing or unreadable files. Reported in one line, no
+    traceback. Imported only when an error reaches :func:`ws_cli.main.main`."""
+    from ws_mppi.errors import MPPIError
+    from ws_policy.errors import PolicyError
     from ws_ros.mcap_io import RecordingError
+    from ws_sim.errors import SimError
+    from ws_worldmodel.errors import WorldModelError
 
-    return (RecordingError, PolicyInputError, PolicyCheckpointError, ConfigError, ChannelMismatchError, CorpusError,
-            DatasetError, NonFiniteStateError, UnknownEnvironmentError, CheckpointError, DemoError, ExpertError,
+    return (SimError, WorldModelError, MPPIError, PolicyError, RecordingError,
             FileNotFoundError, IsADirectoryError, PermissionError)

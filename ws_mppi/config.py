@@ -29,12 +29,13 @@ import yaml
 
 from .costs import GO1_COST_DEFAULTS, PIPER_COST_DEFAULTS
 from .mppi import MPPIConfig
+from .errors import MPPIError
 
 __all__ = ["ConfigError", "ControllerConfig", "DEFAULTS", "COST_KEYS", "IGNORED_KEYS", "default_config", "load_config",
            "save_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MPPIError):
     """Raised for an unreadable config file or invalid settings (the message names them)."""
 
 

@@ -50,6 +50,8 @@ from torch import nn
 from ws_sim.atomic import atomic_write
 from ws_sim.envs import ENVIRONMENTS
 
+from .errors import MPPIError
+
 __all__ = ["ExpertError", "ExpertActor", "HYPERPARAMS", "SHIPPED", "train_expert", "export_reference",
            "load_expert", "load_run", "evaluate_expert", "actor_state_dict", "ExpertCritic", "critic_state_dict",
            "load_expert_critic"]
@@ -75,7 +77,7 @@ HYPERPARAMS: dict[str, dict] = {
 SHIPPED = {name: Path(__file__).parent / "experts" / name for name in ENVIRONMENTS}
 
 
-class ExpertError(ValueError):
+class ExpertError(MPPIError):
     """A run directory or an expert file that cannot be used (the message names the path)."""
 
 

@@ -68,13 +68,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import PolicyError
+
 __all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary",
            "build_policy", "POLICY_CLASSES"]
 
 MODALITIES = ("video", "depth", "action")
 
 
-class PolicyInputError(ValueError):
+class PolicyInputError(PolicyError):
     """A malformed observation or instruction given to the policy (the message says what)."""
 
 

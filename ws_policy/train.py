@@ -23,6 +23,7 @@ from ws_worldmodel.checkpoint import atomic_torch_save, safe_torch_load
 from . import dit_policy  # noqa: F401  (registers video_model 'dit' with build_policy)
 from .data import DemoDataset
 from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy, build_policy
+from .errors import PolicyError
 
 __all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy", "load_policy", "PolicyRunner",
            "PolicyCheckpointError", "batch_from_windows", "TwoStagePolicy"]
@@ -30,7 +31,7 @@ __all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy",
 FORMAT_TAG = "worldscape-policy"
 
 
-class PolicyCheckpointError(ValueError):
+class PolicyCheckpointError(PolicyError):
     """A missing, unreadable or unsafe policy checkpoint (the message names the path)."""
 
 

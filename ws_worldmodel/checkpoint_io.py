@@ -21,6 +21,8 @@ import torch
 
 from ws_sim.atomic import atomic_write
 
+from .errors import WorldModelError
+
 __all__ = ["FORMAT_TAG", "FORMAT_VERSION", "CheckpointError", "code_version", "plain_payload", "atomic_torch_save",
            "safe_torch_load", "read_payload"]
 
@@ -28,7 +30,7 @@ FORMAT_TAG = "worldscape-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WorldModelError):
     """Raised for a missing, corrupt or foreign checkpoint file (the message names the path)."""
 
 
