@@ -1,5 +1,5 @@
 """Inverse kinematics for the PiPER: mink (``ws_sim.piper.solve_ik``) against the damped least
-squares the project used before (issue 25), on the same goals in one run.
+squares the project used until 2026-12-05, on the same goals in one run.
 
 The goals are the tool positions of seeded random joint angles around ``READY_JOINTS`` (so all
 are reachable), solved three ways, as the callers do: position only from ``READY_JOINTS``
@@ -27,7 +27,7 @@ import numpy as np
 from ws_sim.piper import ARM_JOINTS, READY_JOINTS, IKError, load_piper, solve_ik
 
 
-# --- the solver before issue 25, verbatim, as the baseline -------------------------------------
+# --- the solver used until 2026-12-05, verbatim, as the baseline -------------------------------------
 def dls_solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, yaw: float | None = None,
                  tol: float = 1e-3, max_iter: int = 200, damping: float = 1e-3,
                  lock_at_limits: bool = False, best_effort: bool = False) -> np.ndarray:

@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch and oracle threads (default: all CPUs)")
-    p.add_argument("--sweep", default="", help="grid 'K1,K2,...:H1,H2,...' of samples and horizons (issue 4)")
+    p.add_argument("--sweep", default="", help="grid 'K1,K2,...:H1,H2,...' of samples and horizons")
     args = p.parse_args()
     nthread = args.threads or os.cpu_count() or 1
     torch.set_num_threads(nthread)

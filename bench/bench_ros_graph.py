@@ -1,4 +1,4 @@
-"""Benchmark: a sim-in-the-loop ROS 2 graph over real rclpy and Fast DDS (issue 5's command rate).
+"""Benchmark: a sim-in-the-loop ROS 2 graph over real rclpy and Fast DDS (the command rate).
 
 Starts ``ws launch GRAPH`` (in one process, or ``--processes`` for one per node) with the
 simulation slowed to ``--rtf`` of real time, listens from this process for ``--sim-seconds``

@@ -1,4 +1,4 @@
-"""Benchmark (issue 9; seed 001 claims up to 24 FPS on one GPU): generation throughput of the
+"""Benchmark (seed 001 claims up to 24 FPS on one GPU): generation throughput of the
 video world model, the chunk-causal student with its KV cache against the bidirectional teacher.
 
 Same network and weights for all three ways of generating (throughput does not depend on the

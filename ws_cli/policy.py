@@ -112,7 +112,7 @@ def cmd_policy_train(args) -> int:
     if args.init:
         init, _ = load_policy(args.init)
     video = None
-    if args.video_model == "dit":  # the video world model as the video-depth stream (issue 9)
+    if args.video_model == "dit":  # the video world model as the video-depth stream
         if args.model not in ("mot", "world"):
             raise ConfigError(f"--video-model dit is the video-depth stream of --model mot or world, not {args.model}")
         over.update(video_model="dit", dit_kind=args.video_kind, dit_obs=args.obs_stream)
