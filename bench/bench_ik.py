@@ -24,7 +24,7 @@ import time
 import mujoco
 import numpy as np
 
-from ws_sim.piper import ARM_JOINTS, READY_JOINTS, IKError, load_piper, solve_ik
+from ws_sim.piper import ARM_JOINTS, READY_JOINTS, IKError, check_ik_target, load_piper, solve_ik
 
 
 # --- the solver used until 2026-12-05, verbatim, as the baseline -------------------------------------
@@ -32,16 +32,7 @@ def dls_solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, y
                  tol: float = 1e-3, max_iter: int = 200, damping: float = 1e-3,
                  lock_at_limits: bool = False, best_effort: bool = False) -> np.ndarray:
     """Damped least squares, dq = J^T (J J^T + damping I)^-1 e, each step clipped to the joint ranges."""
-    target = np.asarray(target_pos, dtype=np.float64)
-    if target.shape != (3,) or not np.all(np.isfinite(target)):
-        raise ValueError(f"target_pos must be 3 finite numbers, got {target_pos!r}")
-    axis = None if approach is None else np.asarray(approach, dtype=np.float64)
-    if axis is not None:
-        if axis.shape != (3,) or not np.all(np.isfinite(axis)) or np.linalg.norm(axis) < 1e-9:
-            raise ValueError(f"approach must be a non-zero 3-vector, got {approach!r}")
-        axis = axis / np.linalg.norm(axis)
-    if yaw is not None and axis is None:
-        raise ValueError("yaw needs an approach axis")
+    target, axis = check_ik_target(target_pos, approach, yaw)
     data = mujoco.MjData(model)
     jids = [model.joint(n).id for n in ARM_JOINTS]
     qadr = np.array([model.jnt_qposadr[j] for j in jids])

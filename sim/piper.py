@@ -75,6 +75,25 @@ def tcp_pose(model: mujoco.MjModel, data: mujoco.MjData) -> tuple[np.ndarray, np
     return site.xpos.copy(), site.xmat.reshape(3, 3).copy()
 
 
+def check_ik_target(target_pos, approach=None, yaw=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate an IK goal: ``(target (3,) m, unit approach axis (3,) or None)``.
+
+    Raises:
+        ValueError: a non-finite or wrongly shaped target or axis, or ``yaw`` without ``approach``.
+    """
+    target = np.asarray(target_pos, dtype=np.float64)
+    if target.shape != (3,) or not np.all(np.isfinite(target)):
+        raise ValueError(f"target_pos must be 3 finite numbers, got {target_pos!r}")
+    axis = None if approach is None else np.asarray(approach, dtype=np.float64)
+    if axis is not None:
+        if axis.shape != (3,) or not np.all(np.isfinite(axis)) or np.linalg.norm(axis) < 1e-9:
+            raise ValueError(f"approach must be a non-zero 3-vector, got {approach!r}")
+        axis = axis / np.linalg.norm(axis)
+    if yaw is not None and axis is None:
+        raise ValueError("yaw needs an approach axis")
+    return target, axis
+
+
 def solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, yaw: float | None = None,
              tol: float = 1e-3, max_iter: int = 200, damping: float = 1e-3,
              lock_at_limits: bool = False, best_effort: bool = False) -> np.ndarray:
@@ -111,16 +130,7 @@ def solve_ik(model: mujoco.MjModel, target_pos, approach=None, q0=None, *, yaw: 
     """
     import mink
 
-    target = np.asarray(target_pos, dtype=np.float64)
-    if target.shape != (3,) or not np.all(np.isfinite(target)):
-        raise ValueError(f"target_pos must be 3 finite numbers, got {target_pos!r}")
-    axis = None if approach is None else np.asarray(approach, dtype=np.float64)
-    if axis is not None:
-        if axis.shape != (3,) or not np.all(np.isfinite(axis)) or np.linalg.norm(axis) < 1e-9:
-            raise ValueError(f"approach must be a non-zero 3-vector, got {approach!r}")
-        axis = axis / np.linalg.norm(axis)
-    if yaw is not None and axis is None:
-        raise ValueError("yaw needs an approach axis")
+    target, axis = check_ik_target(target_pos, approach, yaw)
     want = None
     if yaw is not None:
         want = np.array([-np.sin(yaw), np.cos(yaw), 0.0])

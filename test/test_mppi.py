@@ -304,15 +304,20 @@ def test_smoothed_update_moves_a_step_size_of_the_way():
     np.testing.assert_allclose(part - start, 0.4 * (full - start), atol=1e-6)
 
 
-def test_fall_penalty_is_paid_per_remaining_horizon_step(hopper_env):
-    """Falling at step 1 of 6 costs 4 remaining steps of penalty; falling at step 4 costs 1; no fall, none."""
-    c = LocomotionCost(hopper_env.task, fall_penalty_per_step=10.0)
+def _falling_rollouts():
+    """A healthy Hopper start and 3 six-step rollouts: falling at step 1 (torso at 0.5 m), at step 4, never."""
     s0 = torch.zeros(12, dtype=torch.float64)
     s0[1] = 1.25
     states = s0.repeat(3, 6, 1)
     states[0, 1:, 1] = 0.5
     states[1, 4:, 1] = 0.5
-    acts = torch.zeros(3, 6, 3, dtype=torch.float64)
+    return s0, torch.zeros(3, 6, 3, dtype=torch.float64), states
+
+
+def test_fall_penalty_is_paid_per_remaining_horizon_step(hopper_env):
+    """Falling at step 1 of 6 costs 4 remaining steps of penalty; falling at step 4 costs 1; no fall, none."""
+    c = LocomotionCost(hopper_env.task, fall_penalty_per_step=10.0)
+    s0, acts, states = _falling_rollouts()
     base = LocomotionCost(hopper_env.task)(s0, acts, states)
     np.testing.assert_allclose((c(s0, acts, states) - base).numpy(), [40.0, 10.0, 0.0])
 
@@ -423,12 +428,7 @@ def test_oracle_mppi_with_the_shipped_expert_keeps_hopper_up_past_where_zero_act
 def test_held_fall_penalty_is_the_seed_codes(hopper_env):
     """``held``: the fall step's cost plus p x r, repeated for the r remaining steps (seed 003's code), so a fall
     at step 1 of 6 (r = 4) adds p r (r + 1) + r c_fall, at step 4 (r = 1) p 2 + c_fall; no fall, nothing."""
-    s0 = torch.zeros(12, dtype=torch.float64)
-    s0[1] = 1.25
-    states = s0.repeat(3, 6, 1)
-    states[0, 1:, 1] = 0.5
-    states[1, 4:, 1] = 0.5
-    acts = torch.zeros(3, 6, 3, dtype=torch.float64)
+    s0, acts, states = _falling_rollouts()
     base = LocomotionCost(hopper_env.task)
     held = LocomotionCost(hopper_env.task, fall_penalty_per_step=10.0, fall_penalty_mode="held")
     rewards, _ = base.step_rewards(s0, acts, states)
