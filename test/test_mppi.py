@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ws_mppi.config import ControllerConfig
 from ws_mppi.costs import LocomotionCost, ReferenceTracking
 from ws_mppi.mppi import MPPI, MPPIConfig
 from ws_mppi.runner import ZeroController, make_controller, run_episode
@@ -173,6 +174,13 @@ def test_reference_from_a_recorded_episode_is_tracked(tmp_path, hopper_env, smal
         load_reference(hopper_env, dataclasses.replace(cfg, reference=str(tmp_path / "bad.npz")))
     with pytest.raises(FileNotFoundError, match="reference trajectory"):
         load_reference(hopper_env, dataclasses.replace(cfg, reference=str(tmp_path / "none.npz")))
+    # per-joint weights (seed 003's code gives Walker2d's that way); root x stays 0 whatever is given
+    per_joint = dataclasses.replace(cfg, reference_pos_weight=[5.0, 1.0, 2.0, 3.0, 4.0, 6.0], reference_vel_weight=0.5)
+    np.testing.assert_array_equal(load_reference(hopper_env, per_joint).weights, [0, 1, 2, 3, 4, 6] + [0.5] * 6)
+    with pytest.raises(ConfigError, match="reference_pos_weight has 3 entries; hopper has 6"):
+        load_reference(hopper_env, dataclasses.replace(cfg, reference_pos_weight=[1.0, 1.0, 1.0]))
+    with pytest.raises(ConfigError, match="reference_vel_weight must be a non-negative number"):
+        ControllerConfig.from_dict({"reference_vel_weight": [1.0, -2.0]})
 
 
 def test_filmed_oracle_episode_equals_the_unfilmed_one(tmp_path, small_controller_config):

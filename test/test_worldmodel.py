@@ -29,6 +29,15 @@ def test_validation_error_beats_an_unchanged_state(trained, small_datasets):
     assert len(model.elite_idx) == 2
 
 
+def test_large_validation_splits_are_scored_on_a_subset(small_datasets):
+    train, val = small_datasets
+    cfg = MLPEnsembleConfig(ensemble_size=2, elites=1, hidden=16, layers=1, epochs=1, max_steps_per_epoch=2)
+    _, hist = train_mlp_ensemble(train, val, cfg, seed=0, progress=False, val_subsample=100)
+    assert hist["val_scored_transitions"] == 100 and hist["val_transitions"] == len(val) > 100
+    _, full = train_mlp_ensemble(train, val, cfg, seed=0, progress=False, val_subsample=0)
+    assert full["val_scored_transitions"] == len(val)
+
+
 def test_root_x_is_not_an_input(trained):
     model, _ = trained
     assert invariant_input_channels(model.state_channels) == [0]

@@ -117,7 +117,8 @@ def cmd_train(args) -> int:
     cfg = MLPEnsembleConfig(ensemble_size=args.ensemble_size, elites=args.elites, hidden=args.hidden,
                             layers=args.layers, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                             patience=args.patience, max_steps_per_epoch=args.steps_per_epoch)
-    model, hist = train_mlp_ensemble(train, val, cfg, seed=args.seed, device=args.device)
+    model, hist = train_mlp_ensemble(train, val, cfg, seed=args.seed, device=args.device,
+                                     val_subsample=args.val_subsample)
     info = {"train": str(args.train), "val": str(args.val), "seed": args.seed, "env": train.env, **hist}
     save_checkpoint(model, args.out, info)
     err = hist["val_one_step"]
@@ -221,6 +222,9 @@ def add_train(sub) -> None:
     t.add_argument("--epochs", type=int, default=100, help="maximum epochs (early stopping may end sooner)")
     t.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     t.add_argument("--steps-per-epoch", type=int, default=400, help="gradient steps per epoch (0: full pass)")
+    t.add_argument("--val-subsample", type=int, default=65536,
+                   help="score the members each epoch on a fixed random subset of at most this many validation "
+                        "transitions (0: all); the final one-step errors use the whole split")
     add_threads(t)
     add_seed(t)
     add_device(t)

@@ -56,7 +56,8 @@ class ControllerConfig:
             expert-reference term of seed 003 eqs. (21)/(28); ``None`` disables it.
         reference_scale: ``w_ref`` of that term.
         reference_pos_weight, reference_vel_weight: the diagonal weights of position and
-            velocity channels (root x always 0). The seed's own values are lost in its text.
+            velocity channels (root x always 0): one number for every channel, or a list with
+            one per qpos (``nq``) / qvel (``nv``) entry, as seed 003's code gives Walker2d's.
         reference_align: ``"time"`` (the reference indexed by the episode step, as the seed's
             code does) or ``"nearest"`` (by the gait phase nearest the current state; see
             :class:`ws_mppi.costs.ReferenceTracking`).
@@ -83,8 +84,8 @@ class ControllerConfig:
     fall_penalty_mode: str = "linear"
     reference: str | None = None
     reference_scale: float = 0.1
-    reference_pos_weight: float = 1.0
-    reference_vel_weight: float = 0.1
+    reference_pos_weight: float | list[float] = 1.0
+    reference_vel_weight: float | list[float] = 0.1
     reference_align: str = "time"
     expert: str | None = None
     expert_noise_scale: float | None = None
@@ -142,6 +143,13 @@ class ControllerConfig:
             if cfg.fall_penalty_mode not in ("linear", "held"):
                 raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {cfg.fall_penalty_mode!r}")
             cfg.expert_value_weight = float(cfg.expert_value_weight)
+            for k in ("reference_pos_weight", "reference_vel_weight"):
+                v = getattr(cfg, k)
+                vals = v if isinstance(v, (list, tuple)) else [v]
+                if not vals or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0
+                                   for x in vals):
+                    raise ValueError(f"{k} must be a non-negative number or a list of them, got {v!r}")
+                setattr(cfg, k, [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v))
             if cfg.expert_value_weight and not cfg.expert:
                 raise ValueError("expert_value_weight needs an expert whose critic to use (set expert: default "
                                  "or a folder)")

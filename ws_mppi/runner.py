@@ -189,7 +189,14 @@ def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking
     nx = env.nq + env.nv
     if states.ndim != 2 or states.shape[1] != nx or not np.all(np.isfinite(states)):
         raise ConfigError(f"reference {path} states have shape {states.shape}; expected finite (T, {nx})")
-    w = np.r_[np.full(env.nq, config.reference_pos_weight), np.full(env.nv, config.reference_vel_weight)]
+    parts = []
+    for name, n, v in (("reference_pos_weight", env.nq, config.reference_pos_weight),
+                       ("reference_vel_weight", env.nv, config.reference_vel_weight)):
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim == 1 and v.shape[0] != n:
+            raise ConfigError(f"{name} has {v.shape[0]} entries; {env.name} has {n}")
+        parts.append(np.broadcast_to(v, (n,)))
+    w = np.concatenate(parts)
     w[env.task.x_index] = 0.0
     return ReferenceTracking(states, w, config.reference_scale, align=config.reference_align)
 

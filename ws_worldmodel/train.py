@@ -49,7 +49,8 @@ def one_step_errors(model: MLPEnsemble, ds: TrajectoryDataset) -> dict:
 
 @torch.enable_grad()
 def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config: MLPEnsembleConfig,
-                       seed: int = 0, progress: bool = True, device: str = "cpu") -> tuple[MLPEnsemble, dict]:
+                       seed: int = 0, progress: bool = True, device: str = "cpu",
+                       val_subsample: int = 65536) -> tuple[MLPEnsemble, dict]:
     """Train an :class:`MLPEnsemble` on full-state transitions.
 
     Args:
@@ -59,6 +60,9 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
         progress: show a tqdm bar over epochs.
         device: where the model and batches live while training (``"cpu"``, ``"cuda"``); the
             model is returned on the CPU.
+        val_subsample: the elites are chosen and early stopping judged on a fixed random subset
+            of at most this many validation transitions (0: all), so that an epoch's scoring does
+            not outweigh its training on large splits; the final one-step errors use them all.
 
     Returns:
         ``(model, history)`` with per-epoch validation MSE of the elites and the final
@@ -81,7 +85,11 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
     xn = ((x - model.in_mean) / model.in_std).to(device)
     yn = ((y - model.out_mean) / model.out_std).to(device)
     model.to(device)
-    vs, va, vs2 = (t.to(device) for t in _tensors(val))
+    vs, va, vs2 = _tensors(val)
+    if val_subsample and len(vs) > val_subsample:
+        pick = torch.as_tensor(np.sort(rng.choice(len(vs), size=val_subsample, replace=False)))
+        vs, va, vs2 = vs[pick], va[pick], vs2[pick]
+    vs, va, vs2 = vs.to(device), va.to(device), vs2.to(device)
     n = len(xn)
     e = config.ensemble_size
     boot = torch.as_tensor(rng.integers(0, n, size=(e, n)))
@@ -121,4 +129,4 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
     model.to("cpu")
     errors = one_step_errors(model, val)
     return model, {"epochs": history, "best_val_mse_elites": best, "val_one_step": errors,
-                   "train_transitions": n, "val_transitions": len(val)}
+                   "train_transitions": n, "val_transitions": len(val), "val_scored_transitions": len(vs)}
