@@ -169,7 +169,8 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
 
 
 def corpus_mppi_policy(system):
-    """The ``mppi`` behaviour of ``ws corpus build``: oracle MPPI for Gymnasium systems with a cost.
+    """The ``mppi`` behaviour of ``ws corpus build``: oracle MPPI for Gymnasium systems with a cost,
+    with :data:`ws_mppi.config.SHORT_HORIZON` (not the expert planner of the defaults).
 
     Args:
         system: a corpus system (``ws_sim.corpus.make_system``).
@@ -179,7 +180,7 @@ def corpus_mppi_policy(system):
     """
     from ws_sim.envs import ENVIRONMENTS, StateEnv
 
-    from .config import default_config
+    from .config import SHORT_HORIZON, ControllerConfig
 
     if system.kind != "gym":
         return None
@@ -187,5 +188,6 @@ def corpus_mppi_policy(system):
     if short is None:
         return None
     env = StateEnv(system.env, short)
-    ctrl = make_controller(env, "oracle", default_config(short), seed=0, nthread=1)
+    # the short-horizon planner, as when the corpus was first built (the expert planner is 10-50x dearer)
+    ctrl = make_controller(env, "oracle", ControllerConfig.from_dict(SHORT_HORIZON.to_dict()), seed=0, nthread=1)
     return lambda state, t: ctrl.plan(state, t)
