@@ -13,6 +13,7 @@ asserts nothing. Control quality comes from ``ws eval control`` (see README).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -20,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from ws_mppi.config import default_config
+from ws_mppi.config import default_config, load_config
 from ws_mppi.runner import make_controller
 from ws_sim.envs import make_env
 
@@ -54,8 +55,8 @@ def forward_latency(model, system: str, batch: int, horizon: int, repeats: int) 
     return _pct(lat)
 
 
-def mppi_latency(env, path: str, samples: int, horizon: int, iters: int, nthread: int) -> dict:
-    cfg = default_config(env.name)
+def mppi_latency(env, path: str, samples: int, horizon: int, iters: int, nthread: int, base=None) -> dict:
+    cfg = copy.deepcopy(base) if base is not None else default_config(env.name)
     cfg.mppi.samples, cfg.mppi.horizon = samples, horizon
     ctrl = make_controller(env, path, cfg, seed=0, nthread=nthread)
     state, _ = env.reset(seed=0)
@@ -80,6 +81,8 @@ def main() -> None:
                                                             "exports are fixed to their H: swept over K only)")
     p.add_argument("--budget-ms", type=float, default=1000 / 90)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--config", default=None, help="controller YAML (default: the environment's built-in config; "
+                                                  "2026-11-22 figures: config/mppi_short_horizon.yaml)")
     p.add_argument("--providers", default="CPUExecutionProvider",
                    help="ONNX Runtime providers for the forward benchmark, e.g. "
                         "TensorrtExecutionProvider,CUDAExecutionProvider on an NVIDIA GPU")
@@ -87,7 +90,7 @@ def main() -> None:
     nthread = args.threads or os.cpu_count() or 1
     torch.set_num_threads(nthread)
     env = make_env(args.env)
-    cfg = default_config(args.env)
+    cfg = load_config(args.config, args.env) if args.config else default_config(args.env)
     models = dict(spec.split("=", 1) for spec in args.models.split(","))
     ks, hs = ([int(v) for v in part.split(",")] for part in args.sweep.split(":"))
     out = {"benchmark": "distill_teacher_student_runtimes", "env": args.env, "threads": nthread,
@@ -103,11 +106,11 @@ def main() -> None:
                            for b in (int(v) for v in args.batches.split(","))},
                "mppi_default": {"samples": cfg.mppi.samples, "horizon": h_fixed or cfg.mppi.horizon,
                                 **mppi_latency(env, path, cfg.mppi.samples, h_fixed or cfg.mppi.horizon, args.iters,
-                                               nthread)}}
+                                               nthread, cfg)}}
         fits = []
         for k in ks:
             for h in ([h_fixed] if h_fixed else hs):
-                r = mppi_latency(env, path, k, h, args.iters, nthread)
+                r = mppi_latency(env, path, k, h, args.iters, nthread, cfg)
                 if r["p99_ms"] <= args.budget_ms:
                     fits.append({"samples": k, "horizon": h, **r})
         res["fits_budget"] = fits

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from ws_mppi.config import default_config
+from ws_mppi.config import default_config, load_config
 from ws_mppi.report import resolve_dynamics
 from ws_mppi.runner import make_controller
 from ws_sim.envs import make_env
@@ -55,12 +55,14 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch and oracle threads (default: all CPUs)")
+    p.add_argument("--config", default=None, help="controller YAML (default: the environment's built-in config; "
+                                                  "2026-11-22 figures: config/mppi_short_horizon.yaml)")
     p.add_argument("--sweep", default="", help="grid 'K1,K2,...:H1,H2,...' of samples and horizons")
     args = p.parse_args()
     nthread = args.threads or os.cpu_count() or 1
     torch.set_num_threads(nthread)
     env = make_env(args.env)
-    cfg = default_config(args.env)
+    cfg = load_config(args.config, args.env) if args.config else default_config(args.env)
     if args.horizon:
         cfg.mppi.horizon = args.horizon
     if args.samples:

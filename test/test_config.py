@@ -16,6 +16,12 @@ def test_yaml_equals_builtin_default(env):
     assert load_config(CONFIG_DIR / f"mppi_{env}.yaml").to_dict() == DEFAULTS[env].to_dict()
 
 
+def test_the_short_horizon_yaml_is_the_earlier_default():
+    from ws_mppi.config import SHORT_HORIZON
+
+    assert load_config(CONFIG_DIR / "mppi_short_horizon.yaml").to_dict() == SHORT_HORIZON.to_dict()
+
+
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("mppi_*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_controller_config_loads(path):
     """Variants beside the defaults (e.g. mppi_hopper_long.yaml, the seed's planner) stay valid configs."""
