@@ -31,6 +31,7 @@ _MODELS = {"mlp_ensemble": (MLPEnsemble, MLPEnsembleConfig)}
 #: checkpoints shipped with the package (made by ``ws collect`` + ``ws train``, see README)
 DEFAULT_CHECKPOINTS = {
     "hopper": Path(__file__).parent / "checkpoints" / "hopper_mlp_ensemble.pt",
+    "walker2d": Path(__file__).parent / "checkpoints" / "walker2d_mlp_ensemble.pt",
     "go1": Path(__file__).parent / "checkpoints" / "go1_mlp_ensemble.pt",
 }
 
