@@ -7,9 +7,9 @@ Hopper and Walker2d default to the expert planner (docs/control.md): the planner
 public code (511205787/WestWorld, ``MPPI/configs/*_mppi.yaml``: AR(2) noise, the expert's action
 distribution as prior and noise scale, temperature 0.5 / 0.25, the fall penalty per remaining
 step, 10 / 100, held) with the shipped expert (``ws_mppi/experts/<env>``) as one of the samples and
-its critic's value after the horizon, sized for the main job: ``horizon = 50`` (0.4 s) and
-``samples = 32``, so that ``ws mppi run``'s three controllers x three episodes fit 5 minutes on 2
-cores. ``config/mppi_<env>_long_expert.yaml`` are the full-size planners (H = 100, K = 64) the
+its critic's value after the horizon, sized for the main job: ``horizon = 40`` (0.32 s) and
+``samples = 24``, so that ``ws mppi run``'s three controllers x three episodes fit 5 minutes on 2
+cores (261 s on 2026-12-05; H = 50 with K = 32 took 362 s). ``config/mppi_<env>_long_expert.yaml`` are the full-size planners (H = 100, K = 64) the
 results of docs/control.md were measured with. :data:`SHORT_HORIZON` is the earlier default
 (H = 20, white noise, no expert), kept for the corpus and the speed benchmarks.
 
@@ -179,7 +179,7 @@ behaviour and the planner-speed benchmarks keep it, so their data and figures st
 def _expert_planner(temperature: float, ar_coeffs: list[float], fall_penalty: float) -> ControllerConfig:
     """The expert planner at the main job's size (module docstring); seed 003's code for the rest."""
     return ControllerConfig(
-        mppi=MPPIConfig(horizon=50, samples=32, temperature=temperature, noise_sigma=0.9, noise="ar",
+        mppi=MPPIConfig(horizon=40, samples=24, temperature=temperature, noise_sigma=0.9, noise="ar",
                         ar_coeffs=ar_coeffs, step_size=1.0, policy_samples=1),
         termination_penalty=0.0, fall_penalty_per_step=fall_penalty, fall_penalty_mode="held",
         expert="default", expert_noise_scale=0.2, expert_value_weight=1.0)
