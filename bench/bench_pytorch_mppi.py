@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from pytorch_mppi import MPPI as ReferenceMPPI
 
-from ws_mppi.config import SHORT_HORIZON, ControllerConfig
+from ws_mppi.config import short_horizon_config
 from ws_mppi.dynamics import LearnedDynamics
 from ws_mppi.mppi import MPPI, MPPIConfig
 from ws_mppi.report import resolve_dynamics
@@ -77,11 +77,11 @@ def main() -> None:
     args = p.parse_args()
     settings = args.settings
     if args.samples is not None or args.horizon is not None:
-        cfg0 = ControllerConfig.from_dict(SHORT_HORIZON.to_dict()).mppi
+        cfg0 = short_horizon_config().mppi
         settings = [(args.samples or cfg0.samples, args.horizon or cfg0.horizon)]
 
     env = make_env("hopper")
-    cfg = ControllerConfig.from_dict(SHORT_HORIZON.to_dict()).mppi
+    cfg = short_horizon_config().mppi
     lam, sigma = cfg.temperature, cfg.noise_sigma
     model = load_checkpoint(resolve_dynamics("hopper", "default"))
     task = env.task

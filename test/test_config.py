@@ -17,9 +17,12 @@ def test_yaml_equals_builtin_default(env):
 
 
 def test_the_short_horizon_yaml_is_the_earlier_default():
-    from ws_mppi.config import SHORT_HORIZON
+    from ws_mppi.config import SHORT_HORIZON, short_horizon_config
 
     assert load_config(CONFIG_DIR / "mppi_short_horizon.yaml").to_dict() == SHORT_HORIZON.to_dict()
+    fresh = short_horizon_config()
+    fresh.mppi.horizon = 5  # a copy: the module's constant is untouched
+    assert SHORT_HORIZON.mppi.horizon == 20
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("mppi_*.yaml")), ids=lambda p: p.name)

@@ -180,7 +180,7 @@ def corpus_mppi_policy(system):
     """
     from ws_sim.envs import ENVIRONMENTS, StateEnv
 
-    from .config import SHORT_HORIZON, ControllerConfig
+    from .config import short_horizon_config
 
     if system.kind != "gym":
         return None
@@ -189,5 +189,5 @@ def corpus_mppi_policy(system):
         return None
     env = StateEnv(system.env, short)
     # the short-horizon planner, as when the corpus was first built (the expert planner is 10-50x dearer)
-    ctrl = make_controller(env, "oracle", ControllerConfig.from_dict(SHORT_HORIZON.to_dict()), seed=0, nthread=1)
+    ctrl = make_controller(env, "oracle", short_horizon_config(), seed=0, nthread=1)
     return lambda state, t: ctrl.plan(state, t)

@@ -9,8 +9,9 @@ distribution as prior and noise scale, temperature 0.5 / 0.25, the fall penalty 
 step, 10 / 100, held) with the shipped expert (``ws_mppi/experts/<env>``) as one of the samples and
 its critic's value after the horizon, sized for the main job: ``horizon = 40`` (0.32 s) and
 ``samples = 24``, so that ``ws mppi run``'s three controllers x three episodes fit 5 minutes on 2
-cores (261 s on 2026-12-05; H = 50 with K = 32 took 362 s). ``config/mppi_<env>_long_expert.yaml`` are the full-size planners (H = 100, K = 64) the
-results of docs/control.md were measured with. :data:`SHORT_HORIZON` is the earlier default
+cores (261 s on 2026-12-05; H = 50 with K = 32 took 362 s). ``config/mppi_<env>_long_expert.yaml``
+are the full-size planners (H = 100, K = 64) the results of docs/control.md were measured with.
+:data:`SHORT_HORIZON` is the earlier default
 (H = 20, white noise, no expert), kept for the corpus and the speed benchmarks.
 
 Go1 and PiPER have their own costs (:class:`ws_mppi.costs.Go1WalkCost`,
@@ -31,8 +32,8 @@ from .costs import GO1_COST_DEFAULTS, PIPER_COST_DEFAULTS
 from .mppi import MPPIConfig
 from .errors import MPPIError
 
-__all__ = ["ConfigError", "ControllerConfig", "DEFAULTS", "SHORT_HORIZON", "COST_KEYS", "IGNORED_KEYS", "default_config", "load_config",
-           "save_config"]
+__all__ = ["ConfigError", "ControllerConfig", "DEFAULTS", "SHORT_HORIZON", "COST_KEYS", "IGNORED_KEYS",
+           "default_config", "short_horizon_config", "load_config", "save_config"]
 
 
 class ConfigError(MPPIError):
@@ -174,6 +175,11 @@ SHORT_HORIZON = ControllerConfig(
 K = 64, lambda 0.1, white noise sigma 0.5, a termination penalty of 50 paid once; no expert): it
 lets Hopper fall after 130-140 steps even on the oracle. ``ws corpus build``'s ``mppi``
 behaviour and the planner-speed benchmarks keep it, so their data and figures stay comparable."""
+
+
+def short_horizon_config() -> ControllerConfig:
+    """A fresh copy of :data:`SHORT_HORIZON` (``config/mppi_short_horizon.yaml``)."""
+    return ControllerConfig.from_dict(SHORT_HORIZON.to_dict())
 
 
 def _expert_planner(temperature: float, ar_coeffs: list[float], fall_penalty: float) -> ControllerConfig:

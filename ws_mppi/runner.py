@@ -178,7 +178,8 @@ def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking
 
     Raises:
         FileNotFoundError: the reference file is missing.
-        ConfigError: it holds no states of ``(T, nq + nv)``.
+        ConfigError: it holds no states of ``(T, nq + nv)``, or a per-joint weight list has
+            not ``nq`` (positions) or ``nv`` (velocities) entries.
     """
     if not config.reference:
         return None
