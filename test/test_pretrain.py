@@ -249,3 +249,57 @@ def test_trajectory_world_model_drives_mppi_with_its_history(small_datasets, tmp
     assert 0.3 < float(ctrl.last.states[..., 1].mean()) < 2.5
     with pytest.raises(ChannelMismatchError, match="was not trained on 'walker2d'"):
         make_controller(make_env("walker2d"), str(tmp_path / "ww.pt"), ControllerConfig())
+
+
+def test_the_expert_sample_on_a_sequence_model_reads_the_states_it_imagined(small_datasets, tmp_path):
+    """The policy sample's closed loop through a trajectory world model: step t's history ends with the
+    state predicted at step t - 1 and the action taken in it; the executed history is left as it was. An
+    ONNX export at a longer horizon serves both the one-step imagination and shorter rollouts."""
+    from distill.export import export_onnx
+    from ws_mppi.dynamics import SequenceDynamics
+    from ws_mppi.mppi import MPPI, MPPIConfig
+    from ws_sim.envs import make_env
+    from ws_worldmodel.onnx_model import OnnxSequenceModel
+    from ws_worldmodel.pretrain import windows_from_splits
+
+    train_ds, val_ds = small_datasets
+    env = make_env("hopper")
+    tr, va = windows_from_splits(train_ds, [val_ds], env.model, 8, 2)
+    pretrain([tr], [va], TINY, PretrainConfig(history=4, horizon=4, batch_size=4, steps=2, warmup=1, eval_every=2,
+                                              stride=2), tmp_path / "ww.pt", progress=False)
+    model = load_checkpoint(tmp_path / "ww.pt")
+    dyn = SequenceDynamics(model, "hopper")
+    s0, _ = env.reset(seed=0)
+    for _ in range(2):  # two executed steps: the window is padded before them
+        dyn.observe(s0, np.full(3, 0.1))
+    calls = []
+    real_predict = model.predict
+
+    def recording(system, states, actions):
+        out = real_predict(system, states, actions)
+        calls.append((states[0].copy(), actions[0].copy(), out[0].copy()))
+        return out
+
+    model.predict = recording
+    policy = lambda s: np.tanh(s[2:5])  # noqa: E731  (acts on the state it is given)
+    mppi = MPPI(dyn, lambda s, a: torch.zeros(s.shape[0]), -np.ones(3), np.ones(3),
+                MPPIConfig(horizon=4, samples=4, policy_samples=1), policy=policy)
+    executed = [x.copy() for x in dyn._states]
+    acts = mppi.policy_rollout(torch.as_tensor(s0, dtype=torch.float32))
+    assert len(calls) == 3 and acts.shape == (4, 3)
+    for t in range(1, 3):
+        hist_s, hist_a, _ = calls[t]
+        np.testing.assert_allclose(hist_s[-1], calls[t - 1][2][0])  # the state imagined one step before
+        np.testing.assert_allclose(hist_s[-2], s0 if t == 1 else calls[t - 2][2][0])
+        np.testing.assert_allclose(hist_a[3 - 1], acts[t - 1].numpy(), rtol=1e-6)  # the action taken there
+        np.testing.assert_allclose(acts[t].numpy(), np.clip(policy(calls[t - 1][2][0]), -1, 1), rtol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(dyn._states, executed))
+
+    model.predict = real_predict
+    onnx_dyn = SequenceDynamics(OnnxSequenceModel(export_onnx(model, "hopper", 4, tmp_path / "ww.onnx")), "hopper")
+    a = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (5, 2, 3)), dtype=torch.float32)
+    s = torch.as_tensor(s0, dtype=torch.float32)
+    np.testing.assert_allclose(onnx_dyn.rollout(s, a).numpy(), SequenceDynamics(model, "hopper").rollout(s, a).numpy(),
+                               atol=1e-3)
+    step = onnx_dyn.stepper(s)
+    assert torch.isfinite(step(a[0, 0])).all() and torch.isfinite(step(a[0, 1])).all()

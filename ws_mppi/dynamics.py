@@ -26,7 +26,8 @@ class Dynamics(Protocol):
 
     ``rollout(state, actions)`` takes ``state`` of shape ``(nx,)`` and ``actions`` of shape
     ``(K, H, nu)`` (float32 tensors) and returns the states ``s_1 .. s_H``, shape
-    ``(K, H, nx)``.
+    ``(K, H, nx)``. A model whose predictions depend on more than the last state may also
+    offer ``stepper(state)`` for closed-loop policy rollouts (see :class:`SequenceDynamics`).
     """
 
     state_dim: int
@@ -101,10 +102,15 @@ class SequenceDynamics:
     The controller reports every executed transition through :meth:`observe`; a rollout
     then conditions on the last ``history`` states and actions (the first state repeated,
     with the first action, while fewer have been seen) and predicts ``s_{t+1} .. s_{t+H}``
-    for all ``K`` action sequences in one call of the model.
+    for all ``K`` action sequences in one call of the model. A policy acting on each predicted
+    state (the planner's expert sample) imagines through :meth:`stepper`, one call per step,
+    each reading the states imagined before it. A model exported for a fixed horizon
+    (``fixed_horizon``, an ONNX export) also serves shorter horizons: their actions are
+    padded with the last one, which the causal model never reads for the steps returned.
 
     Args:
-        model: a ``ws_worldmodel.pretrain.TrajectoryWorldModel``.
+        model: a ``ws_worldmodel.pretrain.TrajectoryWorldModel`` or a
+            ``ws_worldmodel.onnx_model.OnnxSequenceModel``.
         system: the name under which the model knows the controlled system.
 
     Raises:
@@ -135,20 +141,61 @@ class SequenceDynamics:
         self._actions.append(np.asarray(action, dtype=np.float64))
         del self._states[:-self.history], self._actions[:-self.history]
 
-    def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        k, h, nu = actions.shape
+    def _window(self, s_now: np.ndarray, first_action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's input history ending in ``s_now``: ``(Th, nx)`` states and ``(Th - 1, nu)`` actions."""
         th = self.history
-        past_s = self._states[-(th - 1):] if th > 1 else []
-        past_a = self._actions[-(th - 1):] if th > 1 else []
-        s_now = state.detach().cpu().double().numpy()
-        states = past_s + [s_now]
-        acts = list(past_a)
+        states = (self._states[-(th - 1):] if th > 1 else []) + [s_now]
+        acts = list(self._actions[-(th - 1):]) if th > 1 else []
         while len(states) < th:  # early in an episode: repeat the oldest known state and action
             states.insert(0, states[0])
-            acts.insert(0, acts[0] if acts else actions[0, 0].detach().cpu().double().numpy())
-        hist_s = np.broadcast_to(np.stack(states), (k, th, self.state_dim))
-        hist_a = np.broadcast_to(np.stack(acts).reshape(th - 1, nu), (k, th - 1, nu)) if th > 1 else np.zeros((k, 0, nu))
+            acts.insert(0, acts[0] if acts else first_action)
+        return np.stack(states), np.stack(acts).reshape(th - 1, self.action_dim) if th > 1 else \
+            np.zeros((0, self.action_dim))
+
+    def _predict(self, hist_s: np.ndarray, hist_a: np.ndarray, fut: np.ndarray) -> np.ndarray:
+        """``(K, H, nx)`` from one history (``(Th, nx)``, ``(Th - 1, nu)``) and ``(K, H, nu)`` futures.
+
+        A model exported for a fixed horizon (``fixed_horizon``, e.g. an ONNX export) gets shorter futures
+        padded with their last action and returns only the steps asked for (its predictions are causal in
+        the actions)."""
+        k, h, nu = fut.shape
+        fixed = getattr(self.model, "fixed_horizon", None)
+        if fixed is not None and h < fixed:
+            fut = np.concatenate([fut, np.repeat(fut[:, -1:], fixed - h, axis=1)], axis=1)
+        th = len(hist_s)
+        all_a = np.concatenate([np.broadcast_to(hist_a, (k, th - 1, nu)), fut, fut[:, -1:]], axis=1)  # last unread
+        return self.model.predict(self.system, np.broadcast_to(hist_s, (k, th, self.state_dim)), all_a)[:, :h]
+
+    def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         fut = actions.detach().cpu().double().numpy()
-        all_a = np.concatenate([hist_a, fut, fut[:, -1:]], axis=1)  # the last action is never read
-        pred = self.model.predict(self.system, hist_s, all_a)  # (K, H, nx)
-        return torch.as_tensor(pred, dtype=actions.dtype)
+        hist_s, hist_a = self._window(state.detach().cpu().double().numpy(), fut[0, 0])
+        return torch.as_tensor(self._predict(hist_s, hist_a, fut), dtype=actions.dtype)  # (K, H, nx)
+
+    def stepper(self, state: torch.Tensor):
+        """A closed-loop imagination from ``state`` for a policy that acts on each predicted state.
+
+        Returns a callable ``step(action (nu,)) -> next state (nx,)``: each call predicts one step from the
+        executed history followed by the states predicted so far and the actions taken in them, as the
+        model would see them had they been executed (the executed history itself is not changed).
+        """
+        s_now = state.detach().cpu().double().numpy()
+        base: list = []  # the executed window, made at the first step (its padding uses the first action)
+        imagined_s: list[np.ndarray] = []
+        imagined_a: list[np.ndarray] = []
+        th = self.history
+
+        def step(action: torch.Tensor) -> torch.Tensor:
+            a = np.asarray(action.detach().cpu().double().numpy(), dtype=np.float64).reshape(self.action_dim)
+            if not base:
+                base.extend(self._window(s_now, a))
+            hist_s, hist_a = base
+            if imagined_s:  # the newest Th states: executed ones, then the imagined ones
+                hist_s = np.concatenate([hist_s, np.stack(imagined_s)])[-th:]
+                hist_a = np.concatenate([hist_a, np.stack(imagined_a)])[-(th - 1):] if th > 1 else hist_a
+            nxt = self._predict(hist_s, hist_a, a.reshape(1, 1, -1))[0, 0]
+            imagined_s.append(np.asarray(nxt, dtype=np.float64))
+            imagined_a.append(a)
+            del imagined_s[:-th], imagined_a[:-th]
+            return torch.as_tensor(nxt, dtype=torch.float32)
+
+        return step

@@ -228,15 +228,21 @@ class MPPI:
     @torch.inference_mode()
     def policy_rollout(self, state: torch.Tensor) -> torch.Tensor:
         """``(H, nu)`` the actions of the policy run closed loop for ``H`` steps from ``state``
-        through the planner's dynamics (one step at a time), clipped to the bounds."""
+        through the planner's dynamics (one step at a time), clipped to the bounds. A dynamics with a
+        ``stepper(state)`` (a sequence model) imagines the steps itself, each one reading the states
+        predicted before it."""
         h = self.config.horizon
         s = state.to(torch.float32)
         acts = torch.empty(h, self.nu)
+        make_stepper = getattr(self.dynamics, "stepper", None)
+        stepper = make_stepper(s) if callable(make_stepper) else None  # a sequence model imagines itself
         for t in range(h):
             a = torch.as_tensor(np.asarray(self.policy(s.numpy()), dtype=np.float32)).reshape(self.nu)
             acts[t] = torch.clamp(a, self.low, self.high)
             if t + 1 < h:
-                s = self.dynamics.rollout(s, acts[t].reshape(1, 1, self.nu))[0, 0].to(torch.float32)
+                nxt = stepper(acts[t]) if stepper is not None else \
+                    self.dynamics.rollout(s, acts[t].reshape(1, 1, self.nu))[0, 0]
+                s = nxt.to(torch.float32)
                 if not bool(torch.isfinite(s).all()):  # a diverged model: hold the last action
                     acts[t + 1:] = acts[t]
                     break

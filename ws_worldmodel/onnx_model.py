@@ -52,6 +52,7 @@ class OnnxSequenceModel:
         self.system = props["worldscape.system"]
         self.history = int(props["worldscape.history"])
         self.horizon = int(props["worldscape.horizon"])
+        self.fixed_horizon = self.horizon  # predict() takes exactly this many future steps
         self.kind = "westworld-onnx"
         self.name = f"onnx:{path.name}"
         self.systems = {self.system: {
