@@ -57,7 +57,7 @@ class Go1WalkEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
-    def __init__(self, frame_skip: int = 10, waypoint_spacing: float = 1.0, n_waypoints: int = 10,
+    def __init__(self, frame_skip: int = 10, waypoint_spacing: float = 1.0, n_waypoints: int = 30,
                  goal_radius: float = 0.2, progress_eps: float = 0.1, gait: TrotGait | None = None,
                  render_mode: str | None = None, width: int = 480, height: int = 360, reset_noise: float = 0.02,
                  max_episode_steps: int | None = None):

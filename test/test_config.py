@@ -47,6 +47,9 @@ def test_go1_and_piper_cost_weights_come_from_the_yaml():
     assert load_config(CONFIG_DIR / "mppi_piper.yaml", "piper").cost == PIPER_COST_DEFAULTS
     for env in ("hopper", "walker2d"):
         assert load_config(CONFIG_DIR / f"mppi_{env}.yaml", env).cost == {}
+    old = load_config(CONFIG_DIR / "mppi_go1_v04.yaml", "go1")  # the 0.4 m/s controller of the older figures
+    assert old.cost == {**GO1_COST_DEFAULTS, "v_des": 0.4}
+    assert old.mppi == load_config(CONFIG_DIR / "mppi_go1.yaml", "go1").mppi
 
 
 @pytest.mark.parametrize("env", ["go1", "piper"])

@@ -148,7 +148,7 @@ def test_go1_walk_cost_prefers_tracking_the_references():
     s0 = torch.tensor(np.concatenate([d.qpos, d.qvel]))
     good = s0.repeat(1, 5, 1).clone()
     good[..., 2] = 0.30
-    good[..., 19] = 0.4  # walking at v_des toward the goal
+    good[..., 19] = cost.v_des  # walking at v_des toward the goal
     u = torch.tensor(gait.reference(np.arange(5) * 0.02)).unsqueeze(0)
     base = cost(s0, u, good).item()
     assert base == pytest.approx(0.0, abs=1e-9)

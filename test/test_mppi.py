@@ -537,7 +537,7 @@ def test_go1_cost_with_named_layout_is_bit_identical_to_the_old_slices():
         s0, acts, states = _random_rollouts(env, scale=0.1, dtype=dtype)
         states[::3, 5:, 2] = 0.1  # some rollouts fall
         goal = np.array([3.0, 1.0])
-        cost = Go1WalkCost(env.gait, env.dt, lambda: goal, layout=layout)
+        cost = Go1WalkCost(env.gait, env.dt, lambda: goal, v_des=0.4, layout=layout)
         t0 = 7
         # the old formula, literal slices
         p0 = s0[:2].to(dtype)
@@ -555,7 +555,7 @@ def test_go1_cost_with_named_layout_is_bit_identical_to_the_old_slices():
         alive[:, 1:] = torch.cumprod((~down[:, :-1]).to(torch.int8), dim=1).bool()
         old = (c * alive.to(dtype)).sum(1) + 100.0 * down.any(1).to(dtype)
         assert torch.equal(cost(s0, acts, states, t0), old)
-        assert torch.equal(Go1WalkCost(env.gait, env.dt, lambda: goal)(s0, acts, states, t0), old)  # default layout
+        assert torch.equal(Go1WalkCost(env.gait, env.dt, lambda: goal, v_des=0.4)(s0, acts, states, t0), old)  # default layout
     env.close()
 
 
@@ -611,7 +611,7 @@ def test_make_controller_builds_the_costs_from_config_weights_and_layout():
 
     go1 = make_env("go1")
     cost = make_controller(go1, "oracle", default_config("go1"), seed=0, nthread=1).mppi.cost
-    assert cost.layout.env == "go1" and (cost.v_des, cost.z_ref, cost.fall_penalty) == (0.4, 0.30, 100.0)
+    assert cost.layout.env == "go1" and (cost.v_des, cost.z_ref, cost.fall_penalty) == (1.0, 0.30, 100.0)
     assert cost.w == dict(v=4.0, lat=2.0, z=50.0, tilt=20.0, yaw=5.0, w=0.05, u=1.0)
     cfg = default_config("go1")
     cfg.cost["w_z"] = 7.0

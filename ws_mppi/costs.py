@@ -28,7 +28,7 @@ __all__ = ["LocomotionCost", "ReferenceTracking", "Go1WalkCost", "PiperReachCost
            "PIPER_COST_DEFAULTS"]
 
 # The cost weights' built-in values (config/mppi_go1.yaml and mppi_piper.yaml's ``cost:`` mirror them).
-GO1_COST_DEFAULTS = dict(v_des=0.4, z_ref=0.30, w_v=4.0, w_lat=2.0, w_z=50.0, w_tilt=20.0, w_yaw=5.0, w_w=0.05,
+GO1_COST_DEFAULTS = dict(v_des=1.0, z_ref=0.30, w_v=4.0, w_lat=2.0, w_z=50.0, w_tilt=20.0, w_yaw=5.0, w_w=0.05,
                          w_u=1.0, fall_penalty=100.0)
 PIPER_COST_DEFAULTS = dict(w_q=10.0, w_qd=0.05, w_u=0.1, w_terminal=5.0)
 
@@ -220,7 +220,7 @@ class Go1WalkCost:
         layout: the state's named views.
     """
 
-    def __init__(self, gait, dt: float, goal_fn, v_des: float = 0.4, z_ref: float = 0.30, w_v: float = 4.0,
+    def __init__(self, gait, dt: float, goal_fn, v_des: float = 1.0, z_ref: float = 0.30, w_v: float = 4.0,
                  w_lat: float = 2.0, w_z: float = 50.0, w_tilt: float = 20.0, w_yaw: float = 5.0, w_w: float = 0.05,
                  w_u: float = 1.0, fall_penalty: float = 100.0, layout: StateLayout | None = None):
         self.gait, self.dt, self.goal_fn = gait, float(dt), goal_fn
