@@ -171,6 +171,31 @@ def test_ssm_extra_token_equals_running_it_after_the_prefix(after):
         ssm(x, extra=extra, extra_after=0)
 
 
+@pytest.mark.parametrize("after", [1, 7, 19])
+def test_the_fused_inference_scan_equals_the_training_path(after):
+    """Without autograd on CPU the SSM reads out h_t step by step without materialising every state
+    (``fused_selective_scan``); outputs, the extra token's included, equal the sequential reference
+    and a whole WestWorld's prediction equals it to 1e-5 on fixed weights."""
+    torch.manual_seed(after)
+    ssm = SelectiveSSM(16, d_state=4)
+    ref = SelectiveSSM(16, d_state=4, scan="sequential")
+    ref.load_state_dict(ssm.state_dict())
+    x, extra = torch.randn(3, 19, 16), torch.randn(3, 1, 16)
+    with torch.no_grad():
+        out, extra_out = ssm(x, extra=extra, extra_after=after)
+    want, want_extra = ref(x, extra=extra, extra_after=after)  # grad enabled: the autograd path
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(extra_out, want_extra, rtol=1e-5, atol=1e-5)
+
+    torch.manual_seed(0)
+    net = WestWorld(TINY).eval()
+    batch = _batch(b=3, t=20, th=8)
+    fused = net.predict(batch)  # predict runs without autograd
+    for blk in net.blocks:
+        blk.ssm.scan_mode = "sequential"
+    torch.testing.assert_close(fused, net.predict(batch), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["parallel", "loop"])
 def test_linear_recurrence_gradients_equal_autograd_through_the_loop(mode):
     from ws_worldmodel.ssm import linear_recurrence
