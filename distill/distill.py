@@ -85,6 +85,10 @@ def distill(teacher, train: Sequence, val: Sequence, student_cfg, cfg, out: str 
     if (student_cfg.bins, student_cfg.hl_gauss_sigma) != (tcfg.bins, tcfg.hl_gauss_sigma):
         raise ValueError(f"student bins/HL-Gauss width ({student_cfg.bins}, {student_cfg.hl_gauss_sigma}) must equal "
                          f"the teacher's ({tcfg.bins}, {tcfg.hl_gauss_sigma})")
+    if (student_cfg.target, student_cfg.delta_range, student_cfg.delta_eps) != (tcfg.target, tcfg.delta_range,
+                                                                               tcfg.delta_eps):
+        raise ValueError(f"student target encoding ({student_cfg.target}) must equal the teacher's ({tcfg.target}), "
+                         "with the same delta_range and delta_eps")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     t_net = teacher.net.eval()

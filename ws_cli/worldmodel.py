@@ -93,7 +93,7 @@ def westworld_config(args, **kw):
         kw["n_experts"] = args.experts
     return WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks,
                            expert_hidden=args.expert_hidden, bins=args.bins, d_state=args.d_state, expand=args.expand,
-                           **kw)
+                           target=getattr(args, "target", "absolute"), **kw)
 
 
 def cmd_train(args) -> int:
@@ -197,6 +197,10 @@ def add_net_args(p: argparse.ArgumentParser, experts: bool = True) -> None:
     p.add_argument("--bins", type=int, default=64)
     p.add_argument("--d-state", type=int, default=16, help="WestWorld: selective-SSM state size")
     p.add_argument("--expand", type=int, default=2, help="WestWorld: selective-SSM expansion factor")
+    p.add_argument("--target", choices=["absolute", "delta"], default="absolute",
+                   help="WestWorld: what the bins encode: the normalised future state over [0, 1] (absolute, the "
+                        "seed's) or its change from the last observed state on a symmetric log scale (delta: starts "
+                        "at 'no change' and can leave the training range)")
 
 
 def add_train(sub) -> None:

@@ -32,6 +32,11 @@ let a change of a late action alter the prediction of an earlier step; appending
 the history keeps the one-pass prediction causal in the actions (tested).
 
 A linear head gives ``bins`` logits per state channel at every query position (eq. 10).
+With ``target="delta"`` (not in the seed) the bins encode each channel's change from the last
+observed state on a symmetric log scale instead of the absolute value, the head starts at "no
+change" (an untrained model holds the last state), predictions may leave the training range,
+and history tokens also carry their unclamped value; decoding inverts the expected bin
+position (the seed's code decodes the expectation over absolute bins).
 Systems of different sizes share a batch: channels are padded to the batch's largest
 system and masked out of attention keys, routing and the loss.
 """
@@ -47,7 +52,8 @@ from torch.nn import functional as F
 
 from .ssm import SelectiveSSM
 
-__all__ = ["WestWorldConfig", "WestWorld", "TrajectoryBatch", "hl_gauss", "sinusoidal", "soft_cross_entropy"]
+__all__ = ["WestWorldConfig", "WestWorld", "TrajectoryBatch", "hl_gauss", "sinusoidal", "soft_cross_entropy",
+           "delta_to_unit", "unit_to_delta"]
 
 
 @dataclasses.dataclass
@@ -65,6 +71,16 @@ class WestWorldConfig:
         use_structure: add the structural embedding (ablation: False).
         use_moe: Sys-MoE layer; False gives the dense ablation (one MLP of ``n_experts *
             expert_hidden`` hidden units, no system embedding, no router).
+        target: what the ``bins`` encode. ``"absolute"``: the normalised future state over
+            [0, 1] (the seed's; a prediction cannot leave the training range). ``"delta"``: the
+            change of each channel from the last observed state, over bins spaced uniformly in
+            a symmetric log scale of the change (fine near "no change", wide up to
+            ``delta_range`` training ranges); the head starts at "no change", so an untrained
+            model predicts the last observed state, and predictions leave the training range
+            whenever the state does. History tokens also carry their unclamped value.
+        delta_range: the largest change the ``"delta"`` bins represent, in training ranges.
+        delta_eps: the change, in training ranges, below which the ``"delta"`` bins are
+            roughly uniform (the symmetric-log scale's linear part).
     """
 
     d_model: int = 64
@@ -80,10 +96,17 @@ class WestWorldConfig:
     dropout: float = 0.0
     use_structure: bool = True
     use_moe: bool = True
+    target: str = "absolute"
+    delta_range: float = 2.0
+    delta_eps: float = 0.01
 
     def __post_init__(self):
         if self.d_model % self.n_heads or self.d_model % 4:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) and 4")
+        if self.target not in ("absolute", "delta"):
+            raise ValueError(f"target must be 'absolute' or 'delta', got {self.target!r}")
+        if not 0 < self.delta_eps < self.delta_range:
+            raise ValueError(f"need 0 < delta_eps < delta_range, got {self.delta_eps} and {self.delta_range}")
 
 
 @dataclasses.dataclass
@@ -145,6 +168,21 @@ def hl_gauss(values: torch.Tensor, bins: int, sigma_bins: float) -> torch.Tensor
     cdf = 0.5 * (1 + torch.erf(z))
     p = cdf[..., 1:] - cdf[..., :-1]
     return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def delta_to_unit(delta: torch.Tensor, eps: float, max_delta: float) -> torch.Tensor:
+    """A change (in training ranges) to its place in [0, 1] on a symmetric log scale:
+    ``u = (1 + sign(d) log(1 + |d| / eps) / log(1 + max_delta / eps)) / 2``; 0.5 is "no change",
+    changes beyond ``max_delta`` are clamped to its end."""
+    scale = math.log1p(max_delta / eps)
+    d = delta.clamp(-max_delta, max_delta)
+    return 0.5 + 0.5 * torch.sign(d) * torch.log1p(d.abs() / eps) / scale
+
+
+def unit_to_delta(unit: torch.Tensor, eps: float, max_delta: float) -> torch.Tensor:
+    """The inverse of :func:`delta_to_unit`."""
+    z = (2.0 * unit - 1.0) * math.log1p(max_delta / eps)
+    return torch.sign(z) * eps * torch.expm1(z.abs())
 
 
 def soft_cross_entropy(logits: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, bins: int,
@@ -269,7 +307,18 @@ class WestWorld(nn.Module):
         self.blocks = nn.ModuleList(SysMoEBlock(cfg) for _ in range(cfg.n_blocks))
         self.ln_out = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.bins)
-        self.register_buffer("bin_centers", (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins)
+        centers = (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins
+        self.register_buffer("bin_centers", centers)
+        self.delta = cfg.target == "delta"
+        if self.delta:
+            # the value each bin stands for (a change, in training ranges), and a head that starts at "no change"
+            self.register_buffer("bin_values", unit_to_delta(centers, cfg.delta_eps, cfg.delta_range))
+            self.raw_proj = nn.Linear(1, d)  # the unclamped value of a history token (it may leave [0, 1])
+            # (small weights and a broad Gaussian over the bins, symmetric about "no change": the decoded
+            # change starts at zero while every bin keeps a learnable share of the probability)
+            with torch.no_grad():
+                self.head.weight.mul_(1e-2)
+                self.head.bias.copy_(-0.5 * ((centers - 0.5) / 0.15).square())
         self.name = "westworld"
 
     def _embed(self, values: torch.Tensor | None, struct: torch.Tensor, steps: torch.Tensor, modality: int,
@@ -284,7 +333,10 @@ class WestWorld(nn.Module):
             base = base + self.struct(struct)[:, None]
         if values is None:
             return base + self.query
-        return base + self.value_proj(hl_gauss(values, self.cfg.bins, self.cfg.hl_gauss_sigma))
+        tok = base + self.value_proj(hl_gauss(values, self.cfg.bins, self.cfg.hl_gauss_sigma))
+        if self.delta and modality == 0:
+            tok = tok + self.raw_proj(values.clamp(-10.0, 10.0).unsqueeze(-1))
+        return tok
 
     def forward(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         th = batch.history
@@ -305,14 +357,30 @@ class WestWorld(nn.Module):
         """Eq. (11): soft cross-entropy over bins on the real state channels of future steps."""
         return self.loss_from_logits(self(batch)[0], batch)
 
+    def targets(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """``(B, H, Cs)`` in [0, 1]: what the bins encode for the future states (see ``target``)."""
+        fut = batch.states[:, batch.history:]
+        if not self.delta:
+            return fut
+        change = fut - batch.states[:, batch.history - 1:batch.history]
+        return delta_to_unit(change, self.cfg.delta_eps, self.cfg.delta_range)
+
     def loss_from_logits(self, logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
-        """The loss of eq. (11) from ``forward``'s logits (see :func:`soft_cross_entropy`)."""
-        return soft_cross_entropy(logits, batch.states[:, batch.history:], batch.state_mask, self.cfg.bins,
-                                  self.cfg.hl_gauss_sigma)
+        """The loss of eq. (11) from ``forward``'s logits (see :func:`soft_cross_entropy`), on the
+        encoding of ``target`` (:meth:`targets`)."""
+        return soft_cross_entropy(logits, self.targets(batch), batch.state_mask, self.cfg.bins, self.cfg.hl_gauss_sigma)
+
+    def decode(self, logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
+        """Expected normalised future states ``(B, H, Cs)`` from ``forward``'s logits: the mean of
+        the bins' values (``"delta"``: the mean change, added to the last observed state)."""
+        u = torch.softmax(logits.float(), dim=-1) @ self.bin_centers
+        if not self.delta:
+            return u
+        change = unit_to_delta(u, self.cfg.delta_eps, self.cfg.delta_range)
+        return batch.states[:, batch.history - 1:batch.history] + change
 
     @torch.no_grad()
     def predict(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Expected normalised future states ``(B, H, Cs)`` (padding channels are zero)."""
         logits, _ = self(batch)
-        pred = torch.softmax(logits, dim=-1) @ self.bin_centers
-        return pred * batch.state_mask[:, None, :]
+        return self.decode(logits, batch) * batch.state_mask[:, None, :]
