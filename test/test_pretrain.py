@@ -303,3 +303,25 @@ def test_the_expert_sample_on_a_sequence_model_reads_the_states_it_imagined(smal
                                atol=1e-3)
     step = onnx_dyn.stepper(s)
     assert torch.isfinite(step(a[0, 0])).all() and torch.isfinite(step(a[0, 1])).all()
+
+
+def test_zero_shot_normalises_by_the_observed_histories_not_the_targets(small_datasets):
+    """The default zero-shot normalisation takes each state channel's range from the segments' observed
+    histories only: over all histories every varying channel spans exactly [0, 1], while the targets may
+    leave it; the seed's per-dataset normalisation puts every state, targets included, in [0, 1]."""
+    from ws_sim.envs import make_env
+    from ws_worldmodel.protocols import _eval_windows
+
+    _, val = small_datasets
+    mj = make_env("hopper").model
+    hist_norm = _eval_windows(val, mj, 10, 10, history=4)
+    hist = hist_norm.states[:, :4].reshape(-1, hist_norm.states.shape[2])
+    varying = hist.max(0) - hist.min(0) > 1e-6
+    assert varying.sum() >= 6
+    np.testing.assert_allclose(hist.min(0)[varying], 0.0, atol=1e-6)
+    np.testing.assert_allclose(hist.max(0)[varying], 1.0, atol=1e-6)
+    whole = _eval_windows(val, mj, 10, 10, history=4, normalisation="dataset").states
+    assert whole.min() >= -1e-6 and whole.max() <= 1 + 1e-6
+    assert not np.allclose(whole, hist_norm.states)
+    with pytest.raises(ValueError, match="normalisation must be one of"):
+        _eval_windows(val, mj, 10, 10, history=4, normalisation="targets")

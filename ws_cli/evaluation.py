@@ -85,7 +85,7 @@ def cmd_eval_zero_shot(args) -> int:
     with config_errors():  # a system too large for a padded baseline, or without a full segment
         results = zero_shot(models, datasets, mj_models, args.out,
                             history=args.history, horizon=args.horizon, stride=args.stride,
-                            max_windows=args.max_windows)
+                            max_windows=args.max_windows, normalisation=args.normalisation)
     print(format_table(results))
     print(f"wrote {Path(args.out) / 'zero_shot.md'}, zero_shot.json and zero_shot_<system>.png")
     return 0
@@ -183,7 +183,7 @@ def cmd_eval_ablation(args) -> int:
             params[label] = sum(p.numel() for p in models[label].net.parameters())
     res = zero_shot(models, {s: load_system(args.corpus, s) for s in eval_systems},
                     {s: make_system(s).model for s in eval_systems}, args.out, history=cfg.history,
-                    horizon=cfg.horizon, stride=cfg.history + cfg.horizon)
+                    horizon=cfg.horizon, stride=cfg.history + cfg.horizon, normalisation=args.normalisation)
     (Path(args.out) / "ablation.json").write_text(json.dumps({"parameters": params, "results": res}, indent=2))
     table = format_table(res)
     (Path(args.out) / "ablation.md").write_text(table + "\n")
@@ -234,8 +234,8 @@ def add_eval(sub) -> None:
                  description="Zero-shot long-horizon prediction (seed 003 Table 1, App. D.2): every episode of "
                              "each held-out system is cut into history+horizon segments; each model predicts "
                              "the horizon from the history and the actions; MAE/MSE in normalised units (each "
-                             "system min-max normalised by all of its own states and actions, as the seed "
-                             "does). Writes zero_shot.md, zero_shot.json and a plot per system.")
+                             "system min-max normalised by its own data: --normalisation). Writes zero_shot.md, "
+                             "zero_shot.json and a plot per system.")
     zs.add_argument("--corpus", type=Path, required=True,
                     help="the data to evaluate on: a corpus folder from ws corpus build (<system>/shard_NNN.hdf5), "
                          "a folder of .hdf5/.h5 trajectory files (one system per file, named by its stem), or one "
@@ -254,6 +254,10 @@ def add_eval(sub) -> None:
     zs.add_argument("--horizon", type=int, default=100)
     zs.add_argument("--stride", type=int, default=150, help="step between segment starts")
     zs.add_argument("--max-windows", type=int, default=64, help="segments per system at most")
+    zs.add_argument("--normalisation", choices=["history", "dataset"], default="history",
+                    help="state ranges of each held-out system: history (the segments' observed histories only, never a "
+                         "predicted step) or dataset (all of its states, targets included: the seed's protocol, and "
+                         "this project's before 2026-12-05)")
     zs.add_argument("--out", type=Path, required=True, help="report directory")
     add_threads(zs, help=None)
 
@@ -305,6 +309,10 @@ def add_eval(sub) -> None:
     ab.add_argument("--corpus", type=Path, required=True)
     ab.add_argument("--systems", default="", help="pretraining systems (default: all but the held-out ones)")
     ab.add_argument("--eval-systems", default="", help="zero-shot systems (default: gym-hopper,gym-walker2d)")
+    ab.add_argument("--normalisation", choices=["history", "dataset"], default="history",
+                    help="state ranges of each held-out system: history (the segments' observed histories only, never a "
+                    "predicted step) or dataset (all of its states, targets included: the seed's protocol, and "
+                    "this project's before 2026-12-05)")
     add_training_args(ab, steps=2000, lr=3e-4, eval_every=200, patience=False)
     add_net_args(ab)
     ab.add_argument("--out", type=Path, required=True)

@@ -34,18 +34,52 @@ from .data import SystemData, collate
 __all__ = ["zero_shot", "few_shot", "routing", "scalability", "format_table"]
 
 
-def _eval_windows(ds: TrajectoryDataset, model, length: int, stride: int) -> SystemData:
-    """Windows of a held-out system, min-max normalised by that system's whole data.
+NORMALISATIONS = ("history", "dataset")
+
+
+def _history_states(ds: TrajectoryDataset, length: int, stride: int, history: int) -> np.ndarray:
+    """The observed (first ``history``) states of every segment window that
+    :meth:`SystemData.from_dataset` cuts with ``length`` and ``stride``: ``(M, Cs)``."""
+    rows = []
+    for seg in ds.segments():
+        obs, n = seg["observations"], len(seg["actions"])
+        for start in range(0, n - length + 2, stride):
+            rows.append(obs[start:start + history])
+    if not rows:
+        raise ValueError(f"no segment of {length} steps")
+    return np.concatenate(rows)
+
+
+def _eval_windows(ds: TrajectoryDataset, model, length: int, stride: int, history: int | None = None,
+                  normalisation: str = "history") -> SystemData:
+    """Windows of a held-out system, min-max normalised by statistics of its own data.
 
     The ranges are recomputed here, whatever the dataset's metadata carries (a corpus shard's,
-    ``ws collect``'s or a plain D4RL file's data ranges): per channel, the min and max over
-    all its states (``observations`` and ``next_observations``: histories and targets of the
-    segments alike) and all its actions. This is the seed's per-dataset normalisation; it
-    uses no statistic of any model's prediction, and every model and the reference row are
-    scored in the same units.
+    ``ws collect``'s or a plain D4RL file's data ranges):
+
+    * ``"history"``: per state channel, the min and max over the observed histories (the first
+      ``history`` states) of the segments, never a predicted step (with ``stride`` at least the
+      segment length no segment's history overlaps another's future); actions, which every
+      model is given for history and horizon alike, by all of them.
+    * ``"dataset"``: the seed's per-dataset normalisation, the min and max over all the
+      system's states (``observations`` and ``next_observations``: histories and targets
+      alike) and all its actions.
+
+    Neither uses a statistic of any model's prediction, and every model and the reference row
+    are scored in the same units.
+
+    Raises:
+        ValueError: an unknown ``normalisation``, or ``"history"`` without ``history``.
     """
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     ds = dataclasses.replace(ds)
-    ds.state_channels = data_ranges(ds.state_channels, np.concatenate([ds.observations, ds.next_observations]))
+    if normalisation == "history":
+        if history is None:
+            raise ValueError("the history normalisation needs the history length")
+        ds.state_channels = data_ranges(ds.state_channels, _history_states(ds, length, stride, history))
+    else:
+        ds.state_channels = data_ranges(ds.state_channels, np.concatenate([ds.observations, ds.next_observations]))
     ds.action_channels = data_ranges(ds.action_channels, ds.actions)
     return SystemData.from_dataset(ds, model, length, stride)
 
@@ -72,7 +106,7 @@ def format_table(results: dict, metric_names: Sequence[str] = ("mae", "mse")) ->
 
 
 def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.PathLike, history: int = 50,
-              horizon: int = 100, stride: int = 150, max_windows: int = 64) -> dict:
+              horizon: int = 100, stride: int = 150, max_windows: int = 64, normalisation: str = "history") -> dict:
     """Run the zero-shot protocol and write ``zero_shot.json``, ``zero_shot.md`` and one
     ``zero_shot_<system>.png`` of predicted against true trajectories (the seed's Fig. 2).
 
@@ -80,14 +114,16 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
         models: name -> a loaded :class:`~ws_worldmodel.pretrain.TrajectoryWorldModel`.
         datasets: system name -> its :class:`TrajectoryDataset` (unseen in pretraining): corpus
             systems, ``ws collect`` datasets or plain D4RL files
-            (:func:`ws_sim.corpus.load_datasets`). Each is normalised by the min-max ranges
-            of its own states and actions (all of them, histories and targets alike; see
-            :func:`_eval_windows`), not by the ranges its metadata carries.
+            (:func:`ws_sim.corpus.load_datasets`). Each is normalised by min-max ranges of its
+            own data (see ``normalisation``), not by the ranges its metadata carries.
         mj_models: system name -> its ``MjModel`` (for the structural indices).
         out_dir: where the table and plots go.
         history, horizon: observed and predicted steps (the seed: 50 and 100).
         stride: step between segment starts (150: disjoint segments, as the seed).
         max_windows: segments per system at most (evenly spread).
+        normalisation: ``"history"`` (state ranges from the segments' observed histories only,
+            never their targets) or ``"dataset"`` (the seed's: all of the system's states, targets
+            included); see :func:`_eval_windows`. Written to ``zero_shot.json``.
 
     Returns:
         ``{model: {system: {"mae", "mse", "segments"}}}``, plus the model-free reference row
@@ -103,7 +139,8 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    windows = {s: _eval_windows(ds, mj_models[s], history + horizon, stride) for s, ds in datasets.items()}
+    windows = {s: _eval_windows(ds, mj_models[s], history + horizon, stride, history, normalisation)
+               for s, ds in datasets.items()}
     results: dict = {}
     examples: dict = {}
     for name, model in models.items():
@@ -141,8 +178,8 @@ def zero_shot(models: dict, datasets: dict, mj_models: dict, out_dir: str | os.P
         fig.tight_layout()
         fig.savefig(out_dir / f"zero_shot_{s}.png", dpi=100)
         plt.close(fig)
-    (out_dir / "zero_shot.json").write_text(json.dumps({"history": history, "horizon": horizon, "results": results},
-                                                       indent=2))
+    (out_dir / "zero_shot.json").write_text(json.dumps({"history": history, "horizon": horizon,
+                                                        "normalisation": normalisation, "results": results}, indent=2))
     (out_dir / "zero_shot.md").write_text(format_table(results) + "\n")
     return results
 
