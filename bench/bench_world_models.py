@@ -5,9 +5,14 @@ steps for H in 10..100: WestWorld in one forward pass (learnable queries), the b
 autoregressively with KV-cache decoding. Untrained weights at the default configs (latency
 does not depend on the weights). Prints one JSON object: per H and model the mean and
 standard deviation of the wall-clock latency over repeated runs after warm-up, and each
-baseline's latency as a ratio to WestWorld's in the same run. Not a test: nothing is asserted.
+baseline's latency as a ratio to WestWorld's in the same run; WestWorld also without the fused
+CPU scan (``westworld_unfused``: the selective scan that materialises every state, what ran
+before 2026-12-05) and its ratio; and with ``--train-steps N`` each model's training throughput
+(one forward, backward and AdamW step on a batch, in windows per second, the median of N
+steps), WestWorld's also unfused. Not a test: nothing is asserted.
 
     .venv/bin/python bench/bench_world_models.py [--batch 8] [--state-dim 18] [--action-dim 6] [--repeats 5]
+        [--horizons 20,50,100] [--train-steps 3]
 """
 
 from __future__ import annotations
@@ -48,6 +53,27 @@ def _time(fn, repeats: int, device: str) -> tuple[float, float]:
     return float(np.mean(out)), float(np.std(out))
 
 
+def _train_rate(model, batch: TrajectoryBatch, steps: int, device: str) -> float:
+    """Windows per second of one forward, backward and AdamW step (median of ``steps``, after one warm-up)."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for i in range(steps + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - tic)
+    model.eval()
+    return round(batch.states.shape[0] / float(np.median(times)), 2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
@@ -58,6 +84,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="also time this many training steps per model and horizon (0: inference only)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,21 +93,37 @@ def main() -> None:
               "tdm": TDM(TDMConfig())}
     for m in models.values():
         m.to(args.device).eval()
+    def unfused(flag: bool) -> None:
+        for blk in models["westworld"].blocks:
+            blk.ssm.fused_cpu = not flag
+
     rows = {}
-    with torch.inference_mode():
-        for h in [int(x) for x in args.horizons.split(",")]:
-            batch = _batch(args.batch, args.history, h, args.state_dim, args.action_dim, args.device)
-            row = {}
+    for h in [int(x) for x in args.horizons.split(",")]:
+        batch = _batch(args.batch, args.history, h, args.state_dim, args.action_dim, args.device)
+        row = {}
+        with torch.inference_mode():
             for name, m in models.items():
                 mean, std = _time(lambda: m.predict(batch), args.repeats, args.device)
                 row[name] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
-            for name in ("trajworld", "tdm"):
-                row[f"{name}_over_westworld"] = round(row[name]["mean_ms"] / row["westworld"]["mean_ms"], 2)
-            rows[str(h)] = row
+            unfused(True)
+            mean, std = _time(lambda: models["westworld"].predict(batch), args.repeats, args.device)
+            unfused(False)
+            row["westworld_unfused"] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
+        for name in ("trajworld", "tdm", "westworld_unfused"):
+            row[f"{name}_over_westworld"] = round(row[name]["mean_ms"] / row["westworld"]["mean_ms"], 2)
+        if args.train_steps > 0:
+            row["train_windows_per_s"] = {name: _train_rate(m, batch, args.train_steps, args.device)
+                                          for name, m in models.items()}
+            unfused(True)
+            row["train_windows_per_s"]["westworld_unfused"] = _train_rate(models["westworld"], batch,
+                                                                          args.train_steps, args.device)
+            unfused(False)
+        rows[str(h)] = row
     print(json.dumps({"benchmark": "world_model_inference_latency", "device": args.device,
                       "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                       "batch": args.batch, "history": args.history, "state_dim": args.state_dim,
-                      "action_dim": args.action_dim, "kv_cache": True, "horizons": rows}, indent=2))
+                      "action_dim": args.action_dim, "kv_cache": True, "train_steps": args.train_steps,
+                      "horizons": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,89 @@ def fused_selective_scan(u: torch.Tensor, dt: torch.Tensor, b: torch.Tensor, c: 
     return y.squeeze(2).transpose(0, 1), h_keep
 
 
+class _FusedSelectiveScan(torch.autograd.Function):
+    """:func:`fused_selective_scan` with an analytic backward (training on CPU).
+
+    Forward: the fused loop, keeping the state only at the start of every ``chunk`` steps.
+    Backward: chunk by chunk from the end, the chunk's states recomputed from its snapshot, then
+    the reverse recurrence ``g_h_{t-1} = exp(dt_t a) g_h_t`` with, per step,
+    ``g_c_t = h_t^T g_y_t``, ``g_(dt u)_t = b_t^T g_h_t``, ``g_b_t = g_h_t (dt u)_t``, and the
+    decay's share ``g_h_t h_{t-1} exp(dt_t a)`` to ``dt`` (times ``a``) and ``a`` (times ``dt``). No
+    ``(N, L, d_inner, N_state)`` tensor exists in either direction. Layout: states ``(N, N_state,
+    d_inner)``.
+    """
+
+    @staticmethod
+    def forward(ctx, u, dt, b, c, a, keep, chunk):
+        n, length, d = u.shape
+        ns = a.shape[-1]
+        dt_t = dt.transpose(0, 1).contiguous()
+        du_t = (dt * u).transpose(0, 1).contiguous()
+        b_t = b.transpose(0, 1).unsqueeze(-1).contiguous()
+        c_t = c.transpose(0, 1).unsqueeze(2).contiguous()
+        a_t = a.T.contiguous()
+        h = u.new_zeros(n, ns, d)
+        buf = torch.empty_like(h)
+        y = u.new_empty(length, n, 1, d)
+        snaps = u.new_empty((length + chunk - 1) // chunk, n, ns, d)  # the state before each chunk
+        h_keep = u.new_zeros(n, d, ns)
+        for t in range(length):
+            if t % chunk == 0:
+                snaps[t // chunk].copy_(h)
+            torch.mul(dt_t[t].unsqueeze(1), a_t, out=buf)
+            buf.exp_()
+            h.mul_(buf)
+            torch.mul(du_t[t].unsqueeze(1), b_t[t], out=buf)
+            h.add_(buf)
+            torch.bmm(c_t[t], h, out=y[t])
+            if t == keep:
+                h_keep.copy_(h.transpose(1, 2))
+        ctx.save_for_backward(u, dt, a_t, dt_t, du_t, b_t, c_t, snaps)
+        ctx.keep, ctx.chunk = keep, chunk
+        return y.squeeze(2).transpose(0, 1), h_keep
+
+    @staticmethod
+    def backward(ctx, g_y, g_keep):
+        u, dt, a_t, dt_t, du_t, b_t, c_t, snaps = ctx.saved_tensors
+        keep, chunk = ctx.keep, ctx.chunk
+        length, n, d = du_t.shape
+        ns = a_t.shape[0]
+        g_y_t = g_y.transpose(0, 1).unsqueeze(-1).contiguous()  # (L, N, d, 1)
+        g_keep_t = g_keep.transpose(1, 2) if g_keep is not None else None  # (N, ns, d)
+        g_du = torch.empty_like(du_t)  # (L, N, d)
+        g_dt = torch.empty_like(dt_t)
+        g_b = u.new_empty(length, n, ns, 1)
+        g_c = u.new_empty(length, n, ns, 1)
+        g_a = torch.zeros_like(a_t)  # (ns, d)
+        gh = u.new_zeros(n, ns, d)
+        buf = torch.empty_like(gh)
+        for k in range(snaps.shape[0] - 1, -1, -1):
+            t0, t1 = k * chunk, min(length, (k + 1) * chunk)
+            hs, decays = [snaps[k]], []
+            for t in range(t0, t1):  # recompute the chunk's states
+                dec = torch.exp(dt_t[t].unsqueeze(1) * a_t)
+                decays.append(dec)
+                hs.append(dec * hs[-1] + du_t[t].unsqueeze(1) * b_t[t])
+            for t in range(t1 - 1, t0 - 1, -1):
+                i = t - t0
+                h_now, h_prev, dec = hs[i + 1], hs[i], decays[i]
+                gh.baddbmm_(c_t[t].transpose(1, 2), g_y_t[t].transpose(1, 2))  # + c_t (x) g_y_t
+                if t == keep and g_keep_t is not None:
+                    gh.add_(g_keep_t)
+                torch.bmm(h_now, g_y_t[t], out=g_c[t])
+                torch.bmm(b_t[t].transpose(1, 2), gh, out=g_du[t].unsqueeze(1))
+                torch.bmm(gh, du_t[t].unsqueeze(-1), out=g_b[t])
+                torch.mul(gh, h_prev, out=buf)
+                buf.mul_(dec)  # the gradient of the decay's exponent dt_t a
+                torch.sum(buf * a_t, dim=1, out=g_dt[t])
+                g_a.add_((buf * dt_t[t].unsqueeze(1)).sum(0))
+                gh.mul_(dec)
+        g_du = g_du.transpose(0, 1)
+        g_u = g_du * dt
+        g_dtt = g_dt.transpose(0, 1) + g_du * u
+        return g_u, g_dtt, g_b.squeeze(-1).transpose(0, 1), g_c.squeeze(-1).transpose(0, 1), g_a.T, None, None
+
+
 def _scan_for(x: torch.Tensor, mode: str):
     if mode == "auto":
         mode = "parallel" if x.is_cuda else "loop"
@@ -167,6 +250,9 @@ class SelectiveSSM(nn.Module):
             ``"sequential"`` (plain autograd through the loop; the reference for tests).
     """
 
+    #: steps between the state snapshots the fused backward recomputes from
+    FUSED_CHUNK = 32
+
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, scan: str = "auto"):
         super().__init__()
         self.d_inner = expand * d_model
@@ -187,6 +273,9 @@ class SelectiveSSM(nn.Module):
         if scan not in ("auto", "parallel", "loop", "sequential"):
             raise ValueError(f"unknown scan {scan!r}")
         self.scan_mode = scan
+        #: on CPU, scan fused (:func:`fused_selective_scan`, and its analytic backward when training) instead of
+        #: materialising every state (False: the earlier path, kept for comparisons and benchmarks)
+        self.fused_cpu = True
 
     def _projections(self, u: torch.Tensor):
         """``dt (..., d_inner)`` after softplus, ``b``, ``c`` ``(..., N)`` of the input ``u``."""
@@ -218,11 +307,16 @@ class SelectiveSSM(nn.Module):
         k = int(extra_after)
         if extra is not None and not 1 <= k <= length:
             raise ValueError(f"extra_after must be in 1..{length}, got {k}")
-        fused = (self.scan_mode in ("auto", "loop") and not u.is_cuda and not torch.is_grad_enabled()
+        fused = (self.fused_cpu and self.scan_mode in ("auto", "loop") and not u.is_cuda
                  and not torch.onnx.is_in_onnx_export())
-        if fused:  # inference on CPU: the read-out without materialising every state
+        if fused and not torch.is_grad_enabled():  # inference on CPU: the read-out without materialising every state
             dt, b, c = self._projections(u)
             y, h_k = fused_selective_scan(u, dt, b, c, -torch.exp(self.A_log), keep=k - 1 if extra is not None else None)
+            y = y + self.D * u
+        elif fused:  # training on CPU: the same loop, with its analytic backward
+            dt, b, c = self._projections(u)
+            y, h_k = _FusedSelectiveScan.apply(u, dt, b, c, -torch.exp(self.A_log),
+                                               k - 1 if extra is not None else -1, self.FUSED_CHUNK)
             y = y + self.D * u
         else:
             decay, inp, c = self._selective(u)
