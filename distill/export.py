@@ -16,8 +16,8 @@ system, in physical units, with min-max normalisation and decoding inside the gr
 version, so :class:`OnnxSequenceModel` serves the graph without the checkpoint.
 
 Export traces the model with the selective scan as a plain loop (unrolled over
-``Th + H`` steps) and PyTorch's fused attention fast path off, so every operator is a
-standard ONNX one.
+``Th + H`` steps, holding one step's state at a time, as the fused CPU scan does) and
+PyTorch's fused attention fast path off, so every operator is a standard ONNX one.
 """
 
 from __future__ import annotations

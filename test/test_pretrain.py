@@ -255,7 +255,7 @@ def test_the_expert_sample_on_a_sequence_model_reads_the_states_it_imagined(smal
     """The policy sample's closed loop through a trajectory world model: step t's history ends with the
     state predicted at step t - 1 and the action taken in it; the executed history is left as it was. An
     ONNX export at a longer horizon serves both the one-step imagination and shorter rollouts."""
-    from distill.export import export_onnx
+    from ws_distill.export import export_onnx
     from ws_mppi.dynamics import SequenceDynamics
     from ws_mppi.mppi import MPPI, MPPIConfig
     from ws_sim.envs import make_env

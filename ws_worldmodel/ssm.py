@@ -196,6 +196,22 @@ class _FusedSelectiveScan(torch.autograd.Function):
         return g_u, g_dtt, g_b.squeeze(-1).transpose(0, 1), g_c.squeeze(-1).transpose(0, 1), g_a.T, None, None
 
 
+def _unrolled_selective_scan(u, dt, b, c, a, keep: int | None):
+    """The fused scan in plain traceable operators (no ``out=``), for ONNX export: unrolled over the
+    steps, each step's state ``(N, N_state, d_inner)`` only, so the exported graph never holds the
+    ``(N, L, d_inner, N_state)`` tensors either. Same results as :func:`fused_selective_scan`."""
+    a_t = a.T
+    du = dt * u
+    h = u.new_zeros(u.shape[0], a.shape[-1], u.shape[2])
+    ys, h_keep = [], None
+    for t in range(u.shape[1]):
+        h = torch.exp(dt[:, t].unsqueeze(1) * a_t) * h + du[:, t].unsqueeze(1) * b[:, t].unsqueeze(-1)
+        ys.append(torch.bmm(c[:, t].unsqueeze(1), h))
+        if t == keep:
+            h_keep = h.transpose(1, 2)
+    return torch.cat(ys, dim=1), h_keep
+
+
 def _scan_for(x: torch.Tensor, mode: str):
     if mode == "auto":
         mode = "parallel" if x.is_cuda else "loop"
@@ -309,7 +325,11 @@ class SelectiveSSM(nn.Module):
             raise ValueError(f"extra_after must be in 1..{length}, got {k}")
         fused = (self.fused_cpu and self.scan_mode in ("auto", "loop") and not u.is_cuda
                  and not torch.onnx.is_in_onnx_export())
-        if fused and not torch.is_grad_enabled():  # inference on CPU: the read-out without materialising every state
+        if torch.onnx.is_in_onnx_export() and self.fused_cpu:  # ws export: the fused loop, unrolled into the graph
+            dt, b, c = self._projections(u)
+            y, h_k = _unrolled_selective_scan(u, dt, b, c, -torch.exp(self.A_log), k - 1 if extra is not None else None)
+            y = y + self.D * u
+        elif fused and not torch.is_grad_enabled():  # inference on CPU: the read-out without materialising every state
             dt, b, c = self._projections(u)
             y, h_k = fused_selective_scan(u, dt, b, c, -torch.exp(self.A_log), keep=k - 1 if extra is not None else None)
             y = y + self.D * u
