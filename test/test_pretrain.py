@@ -106,10 +106,13 @@ def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, 
     assert "exceeds the padded sizes 4 / 2" in capsys.readouterr().err
     ckpts = ",".join(f"{k}={tmp_path / k}.pt" for k in ("westworld", "trajworld", "tdm", "mlp_ensemble"))
     assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", ckpts, "--systems", "gym-walker2d",
-                 "--history", "5", "--horizon", "5", "--stride", "10", "--out", str(tmp_path / "zs")]) == 0
+                 "--history", "5", "--horizon", "5", "--stride", "10", "--normalisation", "dataset",
+                 "--out", str(tmp_path / "zs")]) == 0
     table = capsys.readouterr().out
     assert "| westworld |" in table and "| trajworld |" in table and "| tdm |" in table
-    res = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())["results"]
+    out = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())
+    assert out["normalisation"] == "dataset"  # every state in [0, 1]: errors below 1
+    res = out["results"]
     for kind in ("westworld", "trajworld", "tdm", "mlp_ensemble", "hold-last-state"):
         r = res[kind]["gym-walker2d"]
         assert r["segments"] >= 2 and 0 < r["mae"] < 1 and r["mse"] <= r["mae"]
