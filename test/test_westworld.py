@@ -106,6 +106,16 @@ def test_mixed_dimensionality_batches_are_exact_under_padding():
     torch.testing.assert_close(out2, out)
 
 
+def test_the_batched_experts_equal_the_gated_sum_of_each_expert():
+    """Eq. (9) in two matmuls equals sum_e g_e expert_e(z) computed expert by expert (1e-5)."""
+    torch.manual_seed(0)
+    blk = WestWorld(TINY).blocks[0].eval()
+    z = torch.randn(6, 9, TINY.d_model)
+    g = torch.softmax(torch.randn(6, TINY.n_experts), dim=-1)
+    want = sum(g[:, i, None, None] * e(z) for i, e in enumerate(blk.experts))
+    torch.testing.assert_close(blk._experts(z, g), want, rtol=1e-5, atol=1e-5)
+
+
 def test_routing_weights_are_a_distribution_per_channel():
     model = WestWorld(TINY).eval()
     _, routing = model(_batch())

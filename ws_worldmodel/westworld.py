@@ -243,6 +243,17 @@ class SysMoEBlock(nn.Module):
         else:
             self.dense = _Expert(d, cfg.expert_hidden * cfg.n_experts, cfg.dropout)
 
+    def _experts(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``sum_e g_e expert_e(z)``: ``z (N, T, d)``, gates ``g (N, E)`` -> ``(N, T, d)``, without a loop
+        over the experts (their first layers as one ``(E h, d)`` matrix, their second as one ``(d, E h)``)."""
+        first = [e.net[0] for e in self.experts]
+        second = [e.net[3] for e in self.experts]
+        hidden = F.gelu(F.linear(z, torch.cat([f.weight for f in first]), torch.cat([f.bias for f in first])))
+        hidden = F.dropout(hidden, self.cfg.dropout, self.training)
+        hidden = hidden * g.repeat_interleave(self.cfg.expert_hidden, dim=-1)[:, None, :]
+        bias = g @ torch.stack([f.bias for f in second])  # (N, d)
+        return F.linear(hidden, torch.cat([f.weight for f in second], dim=1)) + bias[:, None, :]
+
     def forward(self, x: torch.Tensor, act: torch.Tensor, state_mask: torch.Tensor, action_mask: torch.Tensor,
                 history: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x (B, T, Cs, d)``, ``act (B, T, Ca, d)`` -> ``(x', routing (B, Cs, E) or None)``."""
@@ -273,9 +284,10 @@ class SysMoEBlock(nn.Module):
             y = y + self.ssm(u)
         z = self.ln_moe(y)
         if self.cfg.use_moe:
-            # eq. (9): system-conditioned mixture of experts
-            out = torch.stack([e(z) for e in self.experts], dim=-1)  # (B*Cs, T, d, E)
-            y = y + (out * g[:, None, None, :]).sum(-1)
+            # eq. (9): system-conditioned mixture of experts, all experts in two matmuls: the gate of a
+            # sequence scales its experts' hidden units, so sum_e g_e (W2_e gelu(W1_e z + c1_e) + c2_e)
+            # = (gelu(W1 z + c1) * g per hidden unit) W2 + g C2 with the experts' weights side by side
+            y = y + self._experts(z, g)
             routing = g.reshape(b, cs, -1)
         else:
             y = y + self.dense(z)
