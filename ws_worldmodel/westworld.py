@@ -250,7 +250,7 @@ class SysMoEBlock(nn.Module):
         second = [e.net[3] for e in self.experts]
         hidden = F.gelu(F.linear(z, torch.cat([f.weight for f in first]), torch.cat([f.bias for f in first])))
         hidden = F.dropout(hidden, self.cfg.dropout, self.training)
-        hidden = hidden * g.repeat_interleave(self.cfg.expert_hidden, dim=-1)[:, None, :]
+        hidden = (hidden.unflatten(-1, (len(first), -1)) * g[:, None, :, None]).flatten(-2)  # expert e's units by g_e
         bias = g @ torch.stack([f.bias for f in second])  # (N, d)
         return F.linear(hidden, torch.cat([f.weight for f in second], dim=1)) + bias[:, None, :]
 
