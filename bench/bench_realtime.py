@@ -137,7 +137,8 @@ def main() -> None:
     out = {"benchmark": "realtime_controller_go1_mppi", "dynamics": args.dynamics, "config": args.config,
            "seconds": args.seconds, "rate_hz": args.rate, "samples": cfg.mppi.samples, "horizon": cfg.mppi.horizon,
            "v_des_m_s": cfg.cost.get("v_des"), "period_ms": round(1000 / args.rate, 3), "seeds": seeds,
-           "forward_speed_m_s_mean": round(float(speed.mean()), 3), "forward_speed_m_s_std": round(float(speed.std()), 3),
+           "forward_speed_m_s_mean": round(float(speed.mean()), 3),
+           "forward_speed_m_s_std": round(float(speed.std()), 3),
            "falls": int(sum(r["fell"] for r in runs)),
            "missed_ticks_total": int(sum(r["missed_ticks"] for r in runs)),
            "tick_period_ms_p99_max": max(r["tick_period_ms_p99"] or 0.0 for r in runs), "runs": runs}

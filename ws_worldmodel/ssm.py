@@ -70,14 +70,48 @@ def _loop_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.transpose(0, 1)
 
 
+def _time_major(u, dt, b, c, a):
+    """The fused loops' layout: time-major inputs (every step's slice contiguous) and states laid out
+    ``(N, N_state, d_inner)``, so the per-step products broadcast along the contiguous ``d_inner`` and
+    the read-out is one bmm. Returns ``dt (L, N, d)``, ``dt u (L, N, d)``, ``b (L, N, N_state, 1)``,
+    ``c (L, N, 1, N_state)`` and ``a`` transposed ``(N_state, d)``."""
+    return (dt.transpose(0, 1).contiguous(), (dt * u).transpose(0, 1).contiguous(),
+            b.transpose(0, 1).unsqueeze(-1).contiguous(), c.transpose(0, 1).unsqueeze(2).contiguous(),
+            a.T.contiguous())
+
+
+def _fused_loop(dt_t, du_t, b_t, c_t, a_t, keep: int | None, chunk: int | None):
+    """The fused forward on :func:`_time_major` inputs: ``y (L, N, 1, d)``, the state after step
+    ``keep`` as ``(N, d, N_state)`` (None without ``keep``) and, with ``chunk``, the state before every
+    ``chunk`` steps ``(ceil(L / chunk), N, N_state, d)`` (else None)."""
+    length, n, d = du_t.shape
+    h = du_t.new_zeros(n, a_t.shape[0], d)
+    buf = torch.empty_like(h)
+    y = du_t.new_empty(length, n, 1, d)
+    snaps = du_t.new_empty((length + chunk - 1) // chunk, *h.shape) if chunk else None
+    h_keep = None
+    for t in range(length):
+        if chunk and t % chunk == 0:
+            snaps[t // chunk].copy_(h)
+        torch.mul(dt_t[t].unsqueeze(1), a_t, out=buf)
+        buf.exp_()
+        h.mul_(buf)
+        torch.mul(du_t[t].unsqueeze(1), b_t[t], out=buf)
+        h.add_(buf)
+        torch.bmm(c_t[t], h, out=y[t])
+        if t == keep:
+            h_keep = h.transpose(1, 2).contiguous()
+    return y, h_keep, snaps
+
+
 def fused_selective_scan(u: torch.Tensor, dt: torch.Tensor, b: torch.Tensor, c: torch.Tensor, a: torch.Tensor,
                          keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The selective scan's read-out without the ``(N, L, d_inner, N_state)`` tensors (no autograd).
 
-    ``h_t = exp(dt_t a) * h_{t-1} + (dt_t u_t) b_t`` and ``y_t = <c_t, h_t>``, one step at a time
-    on a state of ``(N, d_inner, N_state)`` held in cache-sized buffers, where the autograd path
-    materialises the decays, the inputs and every ``h_t`` (four tensors of ``N L d_inner N_state``
-    floats, which bound its speed by memory traffic).
+    ``h_t = exp(dt_t a) * h_{t-1} + (dt_t u_t) b_t`` and ``y_t = <c_t, h_t>`` (seed 003 eq. 7;
+    Gu & Dao 2023, Alg. 2), one step at a time on a state of ``(N, N_state, d_inner)`` held in
+    cache-sized buffers, where the autograd path materialises the decays, the inputs and every
+    ``h_t`` (four tensors of ``N L d_inner N_state`` floats, which bound its speed by memory traffic).
 
     Args:
         u, dt: ``(N, L, d_inner)`` the convolved input and the step sizes (after softplus).
@@ -89,27 +123,7 @@ def fused_selective_scan(u: torch.Tensor, dt: torch.Tensor, b: torch.Tensor, c: 
         ``y`` ``(N, L, d_inner)`` (without the ``D u`` skip term) and ``h_keep``
         ``(N, d_inner, N_state)`` or None.
     """
-    n, length, d = u.shape
-    # time-major inputs (every step's slice contiguous) and a state laid out (N, N_state, d_inner), so
-    # that the per-step products broadcast along the contiguous d_inner and the read-out is one bmm
-    dt_t = dt.transpose(0, 1).contiguous()
-    du_t = (dt * u).transpose(0, 1).contiguous()
-    b_t = b.transpose(0, 1).unsqueeze(-1).contiguous()  # (L, N, N_state, 1)
-    c_t = c.transpose(0, 1).unsqueeze(2).contiguous()  # (L, N, 1, N_state)
-    a_t = a.T.contiguous()  # (N_state, d_inner)
-    h = u.new_zeros(n, a.shape[-1], d)
-    buf = torch.empty_like(h)
-    y = u.new_empty(length, n, 1, d)
-    h_keep = None
-    for t in range(length):
-        torch.mul(dt_t[t].unsqueeze(1), a_t, out=buf)
-        buf.exp_()
-        h.mul_(buf)
-        torch.mul(du_t[t].unsqueeze(1), b_t[t], out=buf)
-        h.add_(buf)
-        torch.bmm(c_t[t], h, out=y[t])
-        if t == keep:
-            h_keep = h.transpose(1, 2).contiguous()
+    y, h_keep, _ = _fused_loop(*_time_major(u, dt, b, c, a), keep, None)
     return y.squeeze(2).transpose(0, 1), h_keep
 
 
@@ -122,34 +136,15 @@ class _FusedSelectiveScan(torch.autograd.Function):
     ``g_c_t = h_t^T g_y_t``, ``g_(dt u)_t = b_t^T g_h_t``, ``g_b_t = g_h_t (dt u)_t``, and the
     decay's share ``g_h_t h_{t-1} exp(dt_t a)`` to ``dt`` (times ``a``) and ``a`` (times ``dt``). No
     ``(N, L, d_inner, N_state)`` tensor exists in either direction. Layout: states ``(N, N_state,
-    d_inner)``.
+    d_inner)``. ``keep`` -1: no state is returned (a zero tensor stands in for it).
     """
 
     @staticmethod
     def forward(ctx, u, dt, b, c, a, keep, chunk):
-        n, length, d = u.shape
-        ns = a.shape[-1]
-        dt_t = dt.transpose(0, 1).contiguous()
-        du_t = (dt * u).transpose(0, 1).contiguous()
-        b_t = b.transpose(0, 1).unsqueeze(-1).contiguous()
-        c_t = c.transpose(0, 1).unsqueeze(2).contiguous()
-        a_t = a.T.contiguous()
-        h = u.new_zeros(n, ns, d)
-        buf = torch.empty_like(h)
-        y = u.new_empty(length, n, 1, d)
-        snaps = u.new_empty((length + chunk - 1) // chunk, n, ns, d)  # the state before each chunk
-        h_keep = u.new_zeros(n, d, ns)
-        for t in range(length):
-            if t % chunk == 0:
-                snaps[t // chunk].copy_(h)
-            torch.mul(dt_t[t].unsqueeze(1), a_t, out=buf)
-            buf.exp_()
-            h.mul_(buf)
-            torch.mul(du_t[t].unsqueeze(1), b_t[t], out=buf)
-            h.add_(buf)
-            torch.bmm(c_t[t], h, out=y[t])
-            if t == keep:
-                h_keep.copy_(h.transpose(1, 2))
+        dt_t, du_t, b_t, c_t, a_t = _time_major(u, dt, b, c, a)
+        y, h_keep, snaps = _fused_loop(dt_t, du_t, b_t, c_t, a_t, keep, chunk)
+        if h_keep is None:
+            h_keep = u.new_zeros(u.shape[0], u.shape[2], a.shape[-1])
         ctx.save_for_backward(u, dt, a_t, dt_t, du_t, b_t, c_t, snaps)
         ctx.keep, ctx.chunk = keep, chunk
         return y.squeeze(2).transpose(0, 1), h_keep
@@ -196,7 +191,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
         return g_u, g_dtt, g_b.squeeze(-1).transpose(0, 1), g_c.squeeze(-1).transpose(0, 1), g_a.T, None, None
 
 
-def _unrolled_selective_scan(u, dt, b, c, a, keep: int | None):
+def _unrolled_selective_scan(u, dt, b, c, a, keep: int | None = None):
     """The fused scan in plain traceable operators (no ``out=``), for ONNX export: unrolled over the
     steps, each step's state ``(N, N_state, d_inner)`` only, so the exported graph never holds the
     ``(N, L, d_inner, N_state)`` tensors either. Same results as :func:`fused_selective_scan`."""
@@ -323,20 +318,21 @@ class SelectiveSSM(nn.Module):
         k = int(extra_after)
         if extra is not None and not 1 <= k <= length:
             raise ValueError(f"extra_after must be in 1..{length}, got {k}")
-        fused = (self.fused_cpu and self.scan_mode in ("auto", "loop") and not u.is_cuda
-                 and not torch.onnx.is_in_onnx_export())
-        if torch.onnx.is_in_onnx_export() and self.fused_cpu:  # ws export: the fused loop, unrolled into the graph
+        keep = k - 1 if extra is not None else None
+        exporting = torch.onnx.is_in_onnx_export()
+        if self.fused_cpu and exporting:  # ws export: the fused loop, unrolled into the graph
+            scan = _unrolled_selective_scan
+        elif self.fused_cpu and self.scan_mode in ("auto", "loop") and not u.is_cuda and not exporting:
+            if torch.is_grad_enabled():  # training on CPU: the fused loop with its analytic backward
+                def scan(*args, keep):
+                    return _FusedSelectiveScan.apply(*args, -1 if keep is None else keep, self.FUSED_CHUNK)
+            else:  # inference on CPU: the read-out without materialising every state
+                scan = fused_selective_scan
+        else:
+            scan = None
+        if scan is not None:
             dt, b, c = self._projections(u)
-            y, h_k = _unrolled_selective_scan(u, dt, b, c, -torch.exp(self.A_log), k - 1 if extra is not None else None)
-            y = y + self.D * u
-        elif fused and not torch.is_grad_enabled():  # inference on CPU: the read-out without materialising every state
-            dt, b, c = self._projections(u)
-            y, h_k = fused_selective_scan(u, dt, b, c, -torch.exp(self.A_log), keep=k - 1 if extra is not None else None)
-            y = y + self.D * u
-        elif fused:  # training on CPU: the same loop, with its analytic backward
-            dt, b, c = self._projections(u)
-            y, h_k = _FusedSelectiveScan.apply(u, dt, b, c, -torch.exp(self.A_log),
-                                               k - 1 if extra is not None else -1, self.FUSED_CHUNK)
+            y, h_k = scan(u, dt, b, c, -torch.exp(self.A_log), keep=keep)
             y = y + self.D * u
         else:
             decay, inp, c = self._selective(u)

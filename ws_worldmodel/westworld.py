@@ -171,8 +171,8 @@ def hl_gauss(values: torch.Tensor, bins: int, sigma_bins: float) -> torch.Tensor
 
 
 def delta_to_unit(delta: torch.Tensor, eps: float, max_delta: float) -> torch.Tensor:
-    """A change (in training ranges) to its place in [0, 1] on a symmetric log scale:
-    ``u = (1 + sign(d) log(1 + |d| / eps) / log(1 + max_delta / eps)) / 2``; 0.5 is "no change",
+    """A change (in training ranges; elementwise, any shape) to its place in [0, 1] on a symmetric
+    log scale: ``u = (1 + sign(d) log(1 + |d| / eps) / log(1 + max_delta / eps)) / 2``; 0.5 is "no change",
     changes beyond ``max_delta`` are clamped to its end."""
     scale = math.log1p(max_delta / eps)
     d = delta.clamp(-max_delta, max_delta)
@@ -180,7 +180,8 @@ def delta_to_unit(delta: torch.Tensor, eps: float, max_delta: float) -> torch.Te
 
 
 def unit_to_delta(unit: torch.Tensor, eps: float, max_delta: float) -> torch.Tensor:
-    """The inverse of :func:`delta_to_unit`."""
+    """The inverse of :func:`delta_to_unit` (elementwise, any shape): a place in [0, 1] to a change
+    in training ranges."""
     z = (2.0 * unit - 1.0) * math.log1p(max_delta / eps)
     return torch.sign(z) * eps * torch.expm1(z.abs())
 
@@ -323,11 +324,9 @@ class WestWorld(nn.Module):
         self.register_buffer("bin_centers", centers)
         self.delta = cfg.target == "delta"
         if self.delta:
-            # the value each bin stands for (a change, in training ranges), and a head that starts at "no change"
-            self.register_buffer("bin_values", unit_to_delta(centers, cfg.delta_eps, cfg.delta_range))
             self.raw_proj = nn.Linear(1, d)  # the unclamped value of a history token (it may leave [0, 1])
-            # (small weights and a broad Gaussian over the bins, symmetric about "no change": the decoded
-            # change starts at zero while every bin keeps a learnable share of the probability)
+            # a head that starts at "no change": small weights and a broad Gaussian over the bins, symmetric
+            # about the middle, so the decoded change starts at zero while every bin keeps a learnable share
             with torch.no_grad():
                 self.head.weight.mul_(1e-2)
                 self.head.bias.copy_(-0.5 * ((centers - 0.5) / 0.15).square())
@@ -383,8 +382,10 @@ class WestWorld(nn.Module):
         return soft_cross_entropy(logits, self.targets(batch), batch.state_mask, self.cfg.bins, self.cfg.hl_gauss_sigma)
 
     def decode(self, logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
-        """Expected normalised future states ``(B, H, Cs)`` from ``forward``'s logits: the mean of
-        the bins' values (``"delta"``: the mean change, added to the last observed state)."""
+        """Normalised future states ``(B, H, Cs)`` from ``forward``'s logits ``(B, H, Cs, bins)``: the
+        expected bin position in [0, 1] (``"absolute"``: the value itself, as the seed's code decodes;
+        ``"delta"``: mapped back through :func:`unit_to_delta` to a change, which is added to the last
+        observed state)."""
         u = torch.softmax(logits.float(), dim=-1) @ self.bin_centers
         if not self.delta:
             return u
