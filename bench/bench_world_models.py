@@ -9,10 +9,14 @@ baseline's latency as a ratio to WestWorld's in the same run; WestWorld also wit
 CPU scan (``westworld_unfused``: the selective scan that materialises every state, what ran
 before 2026-12-05) and its ratio; and with ``--train-steps N`` each model's training throughput
 (one forward, backward and AdamW step on a batch, in windows per second, the median of N
-steps), WestWorld's also unfused. Not a test: nothing is asserted.
+steps), WestWorld's also unfused. With ``--shared-history`` every sample of the batch has the
+same history (MPPI's ``K`` futures from one past) and WestWorld and TrajWorld are also timed
+running that history once (``westworld_shared``, ``trajworld_shared``: its SSM states or its
+KV cache carried to every sample; the same predictions), with ratios against both. Not a
+test: nothing is asserted.
 
     .venv/bin/python bench/bench_world_models.py [--batch 8] [--state-dim 18] [--action-dim 6] [--repeats 5]
-        [--horizons 20,50,100] [--train-steps 3]
+        [--horizons 20,50,100] [--train-steps 3] [--shared-history]
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--train-steps", type=int, default=0,
                    help="also time this many training steps per model and horizon (0: inference only)")
+    p.add_argument("--shared-history", action="store_true",
+                   help="give every sample the same history and also time WestWorld and TrajWorld running it once")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,6 +106,11 @@ def main() -> None:
     rows = {}
     for h in [int(x) for x in args.horizons.split(",")]:
         batch = _batch(args.batch, args.history, h, args.state_dim, args.action_dim, args.device)
+        if args.shared_history:  # one past for every sample, as in MPPI
+            for name in ("states", "state_mask", "action_mask", "state_struct", "action_struct"):
+                v = getattr(batch, name)
+                v[:] = v[:1].clone()
+            batch.actions[:, :args.history - 1] = batch.actions[:1, :args.history - 1].clone()
         row = {}
         with torch.inference_mode():
             for name, m in models.items():
@@ -109,8 +120,17 @@ def main() -> None:
             mean, std = _time(lambda: models["westworld"].predict(batch), args.repeats, args.device)
             unfused(False)
             row["westworld_unfused"] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
+            if args.shared_history:
+                for name in ("westworld", "trajworld"):
+                    mean, std = _time(lambda: models[name].predict(batch, shared_history=True), args.repeats,
+                                      args.device)
+                    row[f"{name}_shared"] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
         for name in ("trajworld", "tdm", "westworld_unfused"):
             row[f"{name}_over_westworld"] = round(row[name]["mean_ms"] / row["westworld"]["mean_ms"], 2)
+        if args.shared_history:
+            for name in ("westworld", "trajworld", "trajworld_shared", "tdm"):
+                row[f"{name}_over_westworld_shared"] = round(row[name]["mean_ms"] / row["westworld_shared"]["mean_ms"],
+                                                             2)
         if args.train_steps > 0:
             row["train_windows_per_s"] = {name: _train_rate(m, batch, args.train_steps, args.device)
                                           for name, m in models.items()}
@@ -123,6 +143,7 @@ def main() -> None:
                       "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                       "batch": args.batch, "history": args.history, "state_dim": args.state_dim,
                       "action_dim": args.action_dim, "kv_cache": True, "train_steps": args.train_steps,
+                      "shared_history": args.shared_history,
                       "horizons": rows}, indent=2))
 
 

@@ -46,14 +46,21 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
     return per_sample.mean()
 
 
-def student_config(teacher_cfg, n_blocks: int = 2, d_model: int | None = None, expert_hidden: int | None = None):
-    """The student's WestWorld config: the teacher's, with ``n_blocks`` blocks (and optionally
-    a narrower width); bins and HL-Gauss width are kept so the distributions match."""
+def student_config(teacher_cfg, n_blocks: int = 2, d_model: int | None = None, expert_hidden: int | None = None,
+                   d_state: int | None = None, expand: int | None = None, n_heads: int | None = None):
+    """The student's WestWorld config: the teacher's, with ``n_blocks`` blocks and optionally a
+    narrower width, expert width, SSM state size and expansion, or fewer attention heads (what an
+    MPPI cycle's time scales with); bins, HL-Gauss width and target encoding are kept so the
+    distributions match.
+
+    Raises:
+        ValueError: a size the config refuses (e.g. ``d_model`` not divisible by ``n_heads``).
+    """
     changes = {"n_blocks": int(n_blocks)}
-    if d_model is not None:
-        changes["d_model"] = int(d_model)
-    if expert_hidden is not None:
-        changes["expert_hidden"] = int(expert_hidden)
+    for name, value in (("d_model", d_model), ("expert_hidden", expert_hidden), ("d_state", d_state),
+                        ("expand", expand), ("n_heads", n_heads)):
+        if value is not None:
+            changes[name] = int(value)
     return dataclasses.replace(teacher_cfg, **changes)
 
 

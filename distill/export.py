@@ -3,8 +3,11 @@
 Graph layout (opset 17 by default; checked with ``onnx.checker``). One graph serves one
 system, in physical units, with min-max normalisation and decoding inside the graph:
 
-* input ``hist_states``: float32 ``(batch, Th, Cs)``, the last ``Th`` observed states
-  ``[qpos, qvel]`` (SI units), oldest first;
+* input ``hist_states``: float32 ``(1, Th, Cs)``, the last ``Th`` observed states
+  ``[qpos, qvel]`` (SI units), oldest first, shared by the whole batch (MPPI's ``K`` futures
+  from one past: the history runs once and its SSM states carry to every sample); an export
+  with ``shared_history=False`` (``ws export --per-sample-history``) takes ``(batch, Th, Cs)``
+  instead and runs every sample's history;
 * input ``actions``: float32 ``(batch, Th + H, Ca)``; ``actions[:, t]`` leads from state
   ``t`` to ``t + 1``, so entries ``Th - 1 .. Th + H - 2`` are the planned actions and the last
   one is never read;
@@ -12,8 +15,9 @@ system, in physical units, with min-max normalisation and decoding inside the gr
   after the history (one forward pass, seed 003 sec. 4.3).
 
 ``batch`` is dynamic (the MPPI samples); ``Th`` and ``H`` are fixed at export. The metadata
-(``metadata_props``) records the system, ``Th``, ``H``, the channel records and the code
-version, so :class:`OnnxSequenceModel` serves the graph without the checkpoint.
+(``metadata_props``) records the system, ``Th``, ``H``, whether the history is shared, the
+channel records and the code version, so :class:`OnnxSequenceModel` serves the graph without
+the checkpoint. With a shared history, ``actions[:, :Th - 1]`` must be the same in every sample.
 
 Export traces the model with the selective scan as a plain loop (unrolled over
 ``Th + H`` steps, holding one step's state at a time, as the fused CPU scan does) and
@@ -42,8 +46,9 @@ DEFAULT_OPSET = 17
 class _PhysicalPredict(nn.Module):
     """``(hist_states, actions) -> pred_states`` in physical units for one system."""
 
-    def __init__(self, model, system: str):
+    def __init__(self, model, system: str, shared_history: bool = False):
         super().__init__()
+        self.shared_history = shared_history
         from ws_worldmodel.data import _ranges
 
         meta = model.systems[system]
@@ -59,16 +64,16 @@ class _PhysicalPredict(nn.Module):
     def forward(self, hist_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         from ws_worldmodel.westworld import TrajectoryBatch
 
-        b, th, cs = hist_states.shape
-        t = actions.shape[1]
+        hb, th, cs = hist_states.shape
+        b, t = actions.shape[:2]
         s = (hist_states - self.s_lo) / self.s_span
-        s = torch.cat([s, s.new_zeros(b, t - th, cs)], dim=1)
+        s = torch.cat([s, s.new_zeros(hb, t - th, cs)], dim=1).expand(b, -1, -1)  # hb is 1 or b
         a = (actions - self.a_lo) / self.a_span
-        ones_s = torch.ones_like(hist_states[:, 0, :], dtype=torch.bool)
+        ones_s = torch.ones_like(s[:, 0, :], dtype=torch.bool)
         ones_a = torch.ones_like(actions[:, 0, :], dtype=torch.bool)
         batch = TrajectoryBatch(s, a, ones_s, ones_a, self.s_struct.expand(b, -1, -1), self.a_struct.expand(b, -1, -1),
                                 th)
-        return self.net.predict(batch) * self.s_span + self.s_lo
+        return self.net.predict(batch, shared_history=self.shared_history) * self.s_span + self.s_lo
 
 
 @contextlib.contextmanager
@@ -83,8 +88,12 @@ def _export_mode():
         torch.backends.mha.set_fastpath_enabled(prev)
 
 
-def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                shared_history: bool = True) -> Path:
     """Export ``model`` (a WestWorld ``TrajectoryWorldModel``) for ``system`` with ``horizon`` predicted steps.
+
+    ``shared_history``: one history ``(1, Th, Cs)`` for the whole batch (MPPI; the default), or one per
+    sample (False). See the module docstring for the graph.
 
     Raises:
         ValueError: not a WestWorld (TrajWorld and TDM decode step by step with a KV cache and
@@ -103,17 +112,19 @@ def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     meta = model.systems[system]
     cs, ca, th = len(meta["state_channels"]), len(meta["action_channels"]), model.history
-    wrapper = _PhysicalPredict(model, system).eval()
-    example = (torch.zeros(2, th, cs), torch.zeros(2, th + horizon, ca))
+    wrapper = _PhysicalPredict(model, system, shared_history).eval()
+    example = (torch.zeros(1 if shared_history else 2, th, cs), torch.zeros(2, th + horizon, ca))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with _export_mode(), torch.no_grad():
         torch.onnx.export(wrapper, example, str(tmp), input_names=["hist_states", "actions"],
                           output_names=["pred_states"], opset_version=opset, dynamo=False,
-                          dynamic_axes={"hist_states": {0: "batch"}, "actions": {0: "batch"}, "pred_states": {0: "batch"}})
+                          dynamic_axes={**({} if shared_history else {"hist_states": {0: "batch"}}),
+                                        "actions": {0: "batch"}, "pred_states": {0: "batch"}})
     graph = onnx.load(str(tmp))
     props = {"worldscape.system": system, "worldscape.history": str(th), "worldscape.horizon": str(horizon),
+             "worldscape.shared_history": "1" if shared_history else "0",
              "worldscape.kind": model.kind, "worldscape.code_version": code_version(),
              "worldscape.state_channels": json.dumps(channels_to_records(meta["state_channels"])),
              "worldscape.action_channels": json.dumps(channels_to_records(meta["action_channels"]))}
@@ -128,6 +139,9 @@ def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset
 def parity(model, onnx_model: OnnxSequenceModel, batch_sizes=(1, 64), seed: int = 0) -> dict:
     """ONNX Runtime against PyTorch on the same random inputs inside the system's data ranges.
 
+    A shared-history export gets one random history per batch (and random futures), PyTorch the same
+    history in every sample.
+
     Returns:
         ``{"max_abs_diff": float, "per_batch": {B: diff}}``, in physical units of the decoded states.
     """
@@ -140,6 +154,9 @@ def parity(model, onnx_model: OnnxSequenceModel, batch_sizes=(1, 64), seed: int 
     for b in batch_sizes:
         s = denormalise(rng.uniform(size=(b, th, len(meta["state_channels"]))), meta["state_channels"])
         a = denormalise(rng.uniform(size=(b, th + h, len(meta["action_channels"]))), meta["action_channels"])
+        if onnx_model.shared_history:  # one past, b futures (MPPI)
+            s = np.repeat(s[:1], b, axis=0)
+            a[:, :th - 1] = a[:1, :th - 1]
         ref = model.predict(onnx_model.system, s, a)
         got = onnx_model.predict(onnx_model.system, s, a)
         out[int(b)] = float(np.abs(got - ref).max())

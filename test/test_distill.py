@@ -75,8 +75,21 @@ def test_onnx_export_parity_dynamic_batch_and_mppi(tmp_path, teacher, hopper_env
     path = export_onnx(model, "hopper", H, tmp_path / "m.onnx")
     ort_model = OnnxSequenceModel(path)
     assert (ort_model.history, ort_model.horizon, ort_model.system) == (TH, H, "hopper")
+    assert ort_model.shared_history  # the default: one history for the batch, run once (MPPI)
     res = parity(model, ort_model, batch_sizes=(1, 7, 64))
     assert res["max_abs_diff"] < 1e-3, res  # physical units (Hopper states span ~0.1-10)
+    rng = np.random.default_rng(0)
+    s, a = rng.uniform(0, 0.5, size=(4, TH, 12)), rng.uniform(-1, 1, size=(4, TH + H, 3))
+    with pytest.raises(ValueError, match="histories differ"):
+        ort_model.predict("hopper", s, a)
+    per_sample = OnnxSequenceModel(export_onnx(model, "hopper", H, tmp_path / "ps.onnx", shared_history=False))
+    assert not per_sample.shared_history
+    assert np.abs(per_sample.predict("hopper", s, a) - model.predict("hopper", s, a)).max() < 1e-3
+    # the PyTorch model runs one shared history once, with the predictions of one sample at a time
+    s[:], a[:, :TH - 1] = s[:1], a[:1, :TH - 1]
+    one_by_one = np.concatenate([model.predict("hopper", s[i:i + 1], a[i:i + 1]) for i in range(4)])
+    np.testing.assert_allclose(model.predict("hopper", s, a), one_by_one, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ort_model.predict("hopper", s, a), one_by_one, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="exported for"):
         ort_model.predict("hopper", np.zeros((2, TH, 12)), np.zeros((2, TH + H + 1, 3)))
     cfg = ControllerConfig(mppi=MPPIConfig(horizon=H, samples=16, temperature=0.1, noise_sigma=0.5))

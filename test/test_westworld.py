@@ -255,6 +255,77 @@ def test_the_fused_inference_scan_equals_the_training_path(after):
     torch.testing.assert_close(fused, net.predict(batch), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("scan", ["auto", "parallel", "sequential"])
+@pytest.mark.parametrize("split", [1, 2, 9])
+def test_an_ssm_run_in_two_parts_with_its_carried_state_equals_one_run(scan, split):
+    """``return_state``/``state`` continue a sequence exactly (the causal conv's last inputs and h), with and
+    without autograd, the system token's branch at the split or inside the continuation included; the
+    caller's state is not changed by the continuation."""
+    from ws_worldmodel.ssm import SSMState
+
+    torch.manual_seed(split)
+    ssm = SelectiveSSM(8, d_state=4, scan=scan)
+    x, extra = torch.randn(3, 14, 8), torch.randn(3, 1, 8)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            full, full_extra = ssm(x, extra=extra, extra_after=split)
+            head, head_extra, state = ssm(x[:, :split], extra=extra, extra_after=split, return_state=True)
+            kept = SSMState(state.conv.clone(), state.h.clone())
+            tail = ssm(x[:, split:], state=state)
+            torch.testing.assert_close(torch.cat([head, tail], 1), full, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(head_extra, full_extra, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(state.h, kept.h, rtol=0, atol=0)
+            _, inner_extra = ssm(x[:, split:], state=state, extra=extra, extra_after=3)
+            torch.testing.assert_close(inner_extra, ssm(x, extra=extra, extra_after=split + 3)[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not continue"):
+        ssm(x[:2], state=state)
+
+
+@pytest.mark.parametrize("target", ["absolute", "delta"])
+@pytest.mark.parametrize("th", [1, 2, 6])
+def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(target, th):
+    """MPPI's K futures from one past: ``shared_history`` runs the history once and carries its SSM states
+    and expert gates to every sample; logits equal the full forward's to 1e-5 (Sys-MoE and dense, delta and
+    absolute targets), the model and ``TrajectoryWorldModel.predict`` choose it for equal histories, and
+    differing histories are refused."""
+    import dataclasses
+
+    for moe in (True, False):
+        torch.manual_seed(th)
+        net = WestWorld(dataclasses.replace(TINY, target=target, use_moe=moe)).eval()
+        b = _batch(b=5, t=th + 7, th=th, seed=th)
+        b.states[:, :th] = b.states[:1, :th]
+        b.actions[:, :th - 1] = b.actions[:1, :th - 1]
+        b.state_struct[:], b.action_struct[:] = b.state_struct[:1].clone(), b.action_struct[:1].clone()
+        with torch.no_grad():
+            want, want_routing = net(b)
+            got, got_routing = net(b, shared_history=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for r_got, r_want in zip(got_routing, want_routing):
+            torch.testing.assert_close(r_got, r_want, rtol=1e-5, atol=1e-5)
+    b.states[1, 0] += 0.1
+    with pytest.raises(ValueError, match="same history"):
+        net(b, shared_history=True)
+
+
+@pytest.mark.parametrize("th", [1, 2, 6])
+def test_trajworld_runs_a_shared_history_once_with_the_same_rollout(th):
+    """TrajWorld's KV-cached rollout with ``shared_history``: the history's keys and values are computed once
+    and copied to every sample; the rollout equals the per-sample one, and differing histories are refused."""
+    from ws_worldmodel.trajworld import TrajWorld, TrajWorldConfig
+
+    torch.manual_seed(th)
+    net = TrajWorld(TrajWorldConfig(d_model=16, n_heads=2, n_blocks=2, bins=16)).eval()
+    b = _batch(b=5, t=th + 6, th=th, seed=th)
+    b.states[:, :th] = b.states[:1, :th]
+    b.actions[:, :th - 1] = b.actions[:1, :th - 1]
+    torch.testing.assert_close(net.predict(b, shared_history=True), net.predict(b), rtol=1e-5, atol=1e-5)
+    if th > 1:
+        b.actions[2, 0] += 0.1
+        with pytest.raises(ValueError, match="same history"):
+            net.predict(b, shared_history=True)
+
+
 @pytest.mark.parametrize("after", [3, 40])
 def test_the_fused_training_scan_has_the_gradients_of_the_sequential_reference(after):
     """Training on CPU runs the fused scan with its analytic, chunk-recomputing backward: the output and

@@ -23,7 +23,10 @@ def cmd_distill(args) -> int:
         raise ConfigError(f"{args.teacher} is not a WestWorld checkpoint (ws pretrain --model westworld)")
     cfg, train, val = corpus_training_data(args, history=args.history or teacher.history,
                                            horizon=args.horizon or teacher.horizon)
-    scfg = student_config(teacher.net.cfg, n_blocks=args.blocks, d_model=args.d_model, expert_hidden=args.expert_hidden)
+    with config_errors():
+        scfg = student_config(teacher.net.cfg, n_blocks=args.blocks, d_model=args.d_model,
+                              expert_hidden=args.expert_hidden, d_state=args.d_state, expand=args.expand,
+                              n_heads=args.heads)
     with config_errors():
         hist = distill(teacher, train, val, scfg, cfg, args.out, alpha=args.alpha, seed=args.seed,
                        device=device_of(args))
@@ -48,10 +51,11 @@ def cmd_export(args) -> int:
     if system is None:
         raise ConfigError(f"the checkpoint knows {sorted(model.systems)}: choose one with --system")
     with config_errors():
-        path = export_onnx(model, system, args.horizon, args.out, opset=args.opset)
+        path = export_onnx(model, system, args.horizon, args.out, opset=args.opset,
+                           shared_history=not args.per_sample_history)
     res = parity(model, OnnxSequenceModel(path), batch_sizes=(1, 64))
     print(json.dumps({"onnx": str(path), "system": system, "history": model.history, "horizon": args.horizon,
-                      "opset": args.opset, "parity_max_abs_diff": res["max_abs_diff"], "per_batch": res["per_batch"]}))
+                      "shared_history": not args.per_sample_history, "opset": args.opset, "parity_max_abs_diff": res["max_abs_diff"], "per_batch": res["per_batch"]}))
     return 0
 
 
@@ -70,6 +74,9 @@ def add_distill(sub) -> None:
     di.add_argument("--blocks", type=int, default=2, help="student Sys-MoE blocks (the seed: 2)")
     di.add_argument("--d-model", type=int, default=None, help="student width (default: the teacher's)")
     di.add_argument("--expert-hidden", type=int, default=None, help="student expert width (default: the teacher's)")
+    di.add_argument("--d-state", type=int, default=None, help="student SSM state size (default: the teacher's)")
+    di.add_argument("--expand", type=int, default=None, help="student SSM expansion (default: the teacher's)")
+    di.add_argument("--heads", type=int, default=None, help="student attention heads (default: the teacher's)")
     di.add_argument("--alpha", type=float, default=0.5, help="weight of the ground-truth cross-entropy (eq. 37)")
     add_training_args(di, steps=1000, lr=1e-3, eval_every=100, stride=10, window_from="teacher")
 
@@ -78,13 +85,17 @@ def add_export(sub) -> None:
     """``ws export``."""
     ex = command(sub, "export", cmd_export,
                  help="export a WestWorld to ONNX (dynamic batch) and check parity with ONNX Runtime",
-                 description="Write an ONNX graph (opset 17; inputs hist_states (batch, Th, Cs) and actions "
-                             "(batch, Th+H, Ca), output pred_states (batch, H, Cs), physical units; see "
-                             "ws_distill/export.py), check it with onnx.checker, and print the largest "
+                 description="Write an ONNX graph (opset 17; inputs hist_states (1, Th, Cs), one history "
+                             "shared by the batch, and actions (batch, Th+H, Ca), output pred_states "
+                             "(batch, H, Cs), physical units; see ws_distill/export.py), check it with "
+                             "onnx.checker, and print the largest "
                              "difference between ONNX Runtime and PyTorch on the same inputs. MPPI runs it "
                              "with 'ws mppi run --dynamics MODEL.onnx'.")
     ex.add_argument("--checkpoint", type=Path, required=True, help="WestWorld checkpoint (teacher or student)")
     ex.add_argument("--system", default="", help="system to serve (default: the checkpoint's only one)")
     ex.add_argument("--horizon", type=int, default=20, help="predicted steps H (the MPPI horizon)")
     ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--per-sample-history", action="store_true",
+                    help="take a history per sample, hist_states (batch, Th, Cs) (default: one history for the "
+                         "batch, run once, as MPPI needs; faster)")
     ex.add_argument("--out", type=Path, required=True, help="ONNX file")

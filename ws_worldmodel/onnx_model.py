@@ -53,6 +53,8 @@ class OnnxSequenceModel:
         self.history = int(props["worldscape.history"])
         self.horizon = int(props["worldscape.horizon"])
         self.fixed_horizon = self.horizon  # predict() takes exactly this many future steps
+        #: one history for the whole batch (inputs hist_states (1, Th, Cs)); exports older than this flag take one per sample
+        self.shared_history = props.get("worldscape.shared_history", "0") == "1"
         self.kind = "westworld-onnx"
         self.name = f"onnx:{path.name}"
         self.systems = {self.system: {
@@ -63,13 +65,23 @@ class OnnxSequenceModel:
         """Same contract as ``TrajectoryWorldModel.predict``: ``states (B, Th, Cs)``,
         ``actions (B, Th + H, Ca)`` -> ``(B, H, Cs)``, physical units.
 
+        A shared-history export (:attr:`shared_history`) takes ``states`` with one row or ``B`` equal rows,
+        and ``actions[:, :Th - 1]`` equal in every sample (one past, ``B`` futures, as MPPI asks).
+
         Raises:
-            KeyError: another system. ValueError: shapes other than the exported ``Th``/``H``.
+            KeyError: another system. ValueError: shapes other than the exported ``Th``/``H``, or
+            different histories given to a shared-history export.
         """
         if system != self.system:
             raise KeyError(f"this ONNX model serves {self.system!r}, not {system!r}")
         if states.shape[1] != self.history or actions.shape[1] != self.history + self.horizon:
             raise ValueError(f"exported for {self.history} history and {self.horizon} predicted steps; got states "
                              f"{states.shape} and actions {actions.shape} (re-export with --horizon)")
+        if self.shared_history:
+            th = self.history
+            if np.any(states != states[:1]) or np.any(actions[:, :th - 1] != actions[:1, :th - 1]):
+                raise ValueError("this export shares one history across the batch, but the samples' histories differ "
+                                 "(re-export with 'ws export --per-sample-history')")
+            states = states[:1]
         return self.session.run(None, {"hist_states": np.ascontiguousarray(states, dtype=np.float32),
                                        "actions": np.ascontiguousarray(actions, dtype=np.float32)})[0]

@@ -223,6 +223,10 @@ class TrajectoryWorldModel:
             states: ``(B, Th, Cs)`` observed states.
             actions: ``(B, Th + H, Ca)`` actions of history and future.
 
+        A WestWorld or TrajWorld given one history for every sample (equal ``states`` rows and
+        ``actions[:, :Th - 1]``, as MPPI's ``K`` futures from one past are) runs that history once
+        (``shared_history``; the same predictions, fewer steps per sample).
+
         Returns:
             ``(B, H, Cs)`` predicted states.
 
@@ -232,13 +236,16 @@ class TrajectoryWorldModel:
         meta = self.systems[system]
         b, th, cs = states.shape
         t = actions.shape[1]
+        shared = (self.kind in ("westworld", "trajworld") and b > 1 and bool(np.all(states == states[:1]))
+                  and bool(np.all(actions[:, :th - 1] == actions[:1, :th - 1])))
         s = torch.zeros(b, t, cs)
         s[:, :th] = torch.as_tensor(normalise(states, meta["state_channels"]), dtype=torch.float32)
         a = torch.as_tensor(normalise(actions, meta["action_channels"]), dtype=torch.float32)
         batch = TrajectoryBatch(s, a, torch.ones(b, cs, dtype=torch.bool), torch.ones(b, a.shape[2], dtype=torch.bool),
                                 torch.as_tensor(meta["state_struct"]).expand(b, -1, -1),
                                 torch.as_tensor(meta["action_struct"]).expand(b, -1, -1), th)
-        return denormalise(self.net.predict(batch), meta["state_channels"]).numpy()
+        pred = self.net.predict(batch, shared_history=True) if shared else self.net.predict(batch)
+        return denormalise(pred, meta["state_channels"]).numpy()
 
 
 def _ddp(device: str) -> tuple[int, int, bool]:

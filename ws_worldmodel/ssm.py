@@ -24,12 +24,26 @@ Shapes: ``x (N, L, d_model) -> (N, L, d_model)``; causal along ``L``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["parallel_scan", "sequential_scan", "linear_recurrence", "fused_selective_scan", "SelectiveSSM"]
+__all__ = ["parallel_scan", "sequential_scan", "linear_recurrence", "fused_selective_scan", "SelectiveSSM", "SSMState"]
+
+
+class SSMState(NamedTuple):
+    """What :class:`SelectiveSSM` carries from one part of a sequence to the next.
+
+    Attributes:
+        conv: ``(N, d_conv - 1, d_inner)`` the last inputs of the causal convolution (zeros before
+            the sequence's start).
+        h: ``(N, d_inner, N_state)`` the recurrent state after the last step.
+    """
+
+    conv: torch.Tensor
+    h: torch.Tensor
 
 
 def parallel_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -80,12 +94,16 @@ def _time_major(u, dt, b, c, a):
             a.T.contiguous())
 
 
-def _fused_loop(dt_t, du_t, b_t, c_t, a_t, keep: int | None, chunk: int | None):
+def _fused_loop(dt_t, du_t, b_t, c_t, a_t, keep: int | None, chunk: int | None, h0: torch.Tensor | None = None):
     """The fused forward on :func:`_time_major` inputs: ``y (L, N, 1, d)``, the state after step
-    ``keep`` as ``(N, d, N_state)`` (None without ``keep``) and, with ``chunk``, the state before every
-    ``chunk`` steps ``(ceil(L / chunk), N, N_state, d)`` (else None)."""
+    ``keep`` as ``(N, d, N_state)`` (None without ``keep``), with ``chunk`` the state before every
+    ``chunk`` steps ``(ceil(L / chunk), N, N_state, d)`` (else None), and the state after the last step
+    ``(N, N_state, d)``. ``h0 (N, d, N_state)``: the state before the first step (default zero)."""
     length, n, d = du_t.shape
-    h = du_t.new_zeros(n, a_t.shape[0], d)
+    if h0 is None:
+        h = du_t.new_zeros(n, a_t.shape[0], d)
+    else:  # a copy: the loop updates h in place, and the caller's state must survive
+        h = h0.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     buf = torch.empty_like(h)
     y = du_t.new_empty(length, n, 1, d)
     snaps = du_t.new_empty((length + chunk - 1) // chunk, *h.shape) if chunk else None
@@ -101,11 +119,12 @@ def _fused_loop(dt_t, du_t, b_t, c_t, a_t, keep: int | None, chunk: int | None):
         torch.bmm(c_t[t], h, out=y[t])
         if t == keep:
             h_keep = h.transpose(1, 2).contiguous()
-    return y, h_keep, snaps
+    return y, h_keep, snaps, h
 
 
 def fused_selective_scan(u: torch.Tensor, dt: torch.Tensor, b: torch.Tensor, c: torch.Tensor, a: torch.Tensor,
-                         keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         keep: int | None = None, h0: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """The selective scan's read-out without the ``(N, L, d_inner, N_state)`` tensors (no autograd).
 
     ``h_t = exp(dt_t a) * h_{t-1} + (dt_t u_t) b_t`` and ``y_t = <c_t, h_t>`` (seed 003 eq. 7;
@@ -118,13 +137,15 @@ def fused_selective_scan(u: torch.Tensor, dt: torch.Tensor, b: torch.Tensor, c: 
         b, c: ``(N, L, N_state)`` the selective input and output matrices.
         a: ``(d_inner, N_state)`` the (negative) state matrix ``-exp(A_log)``.
         keep: also return ``h`` after this step (0-based), e.g. for a branch off the recurrence.
+        h0: ``(N, d_inner, N_state)`` the state before the first step (None: zero), to continue a
+            recurrence run on an earlier part of the sequence.
 
     Returns:
-        ``y`` ``(N, L, d_inner)`` (without the ``D u`` skip term) and ``h_keep``
-        ``(N, d_inner, N_state)`` or None.
+        ``y`` ``(N, L, d_inner)`` (without the ``D u`` skip term), ``h_keep`` ``(N, d_inner, N_state)``
+        or None, and the state after the last step ``(N, d_inner, N_state)``.
     """
-    y, h_keep, _ = _fused_loop(*_time_major(u, dt, b, c, a), keep, None)
-    return y.squeeze(2).transpose(0, 1), h_keep
+    y, h_keep, _, h_last = _fused_loop(*_time_major(u, dt, b, c, a), keep, None, h0)
+    return y.squeeze(2).transpose(0, 1), h_keep, h_last.transpose(1, 2)
 
 
 class _FusedSelectiveScan(torch.autograd.Function):
@@ -142,7 +163,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, dt, b, c, a, keep, chunk):
         dt_t, du_t, b_t, c_t, a_t = _time_major(u, dt, b, c, a)
-        y, h_keep, snaps = _fused_loop(dt_t, du_t, b_t, c_t, a_t, keep, chunk)
+        y, h_keep, snaps, _ = _fused_loop(dt_t, du_t, b_t, c_t, a_t, keep, chunk)
         if h_keep is None:
             h_keep = u.new_zeros(u.shape[0], u.shape[2], a.shape[-1])
         ctx.save_for_backward(u, dt, a_t, dt_t, du_t, b_t, c_t, snaps)
@@ -191,20 +212,20 @@ class _FusedSelectiveScan(torch.autograd.Function):
         return g_u, g_dtt, g_b.squeeze(-1).transpose(0, 1), g_c.squeeze(-1).transpose(0, 1), g_a.T, None, None
 
 
-def _unrolled_selective_scan(u, dt, b, c, a, keep: int | None = None):
+def _unrolled_selective_scan(u, dt, b, c, a, keep: int | None = None, h0: torch.Tensor | None = None):
     """The fused scan in plain traceable operators (no ``out=``), for ONNX export: unrolled over the
     steps, each step's state ``(N, N_state, d_inner)`` only, so the exported graph never holds the
     ``(N, L, d_inner, N_state)`` tensors either. Same results as :func:`fused_selective_scan`."""
     a_t = a.T
     du = dt * u
-    h = u.new_zeros(u.shape[0], a.shape[-1], u.shape[2])
+    h = u.new_zeros(u.shape[0], a.shape[-1], u.shape[2]) if h0 is None else h0.transpose(1, 2)
     ys, h_keep = [], None
     for t in range(u.shape[1]):
         h = torch.exp(dt[:, t].unsqueeze(1) * a_t) * h + du[:, t].unsqueeze(1) * b[:, t].unsqueeze(-1)
         ys.append(torch.bmm(c[:, t].unsqueeze(1), h))
         if t == keep:
             h_keep = h.transpose(1, 2)
-    return torch.cat(ys, dim=1), h_keep
+    return torch.cat(ys, dim=1), h_keep, h.transpose(1, 2)
 
 
 def _scan_for(x: torch.Tensor, mode: str):
@@ -299,7 +320,8 @@ class SelectiveSSM(nn.Module):
         inp = (dt * u).unsqueeze(-1) * b.unsqueeze(-2)  # (..., d_inner, N)
         return decay, inp, c
 
-    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None, extra_after: int = 0):
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None, extra_after: int = 0,
+                state: SSMState | None = None, return_state: bool = False):
         """Run the layer along the sequence.
 
         Args:
@@ -308,13 +330,32 @@ class SelectiveSSM(nn.Module):
                 ``extra_after`` tokens of ``x`` (a branch off the recurrence: the main
                 sequence is not affected). WestWorld's system embedding uses this.
             extra_after: how many tokens of ``x`` the extra token follows (1..L).
+            state: the :class:`SSMState` after an earlier part of the sequence (``return_state``
+                of a call on it): ``x`` continues that sequence, exactly as if both parts had run
+                in one call. None: ``x`` starts the sequence.
+            return_state: also return the :class:`SSMState` after the last token of ``x``.
 
         Returns:
-            ``(N, L, d_model)``; with ``extra``, also its output ``(N, d_model)``.
+            ``(N, L, d_model)``; with ``extra``, also its output ``(N, d_model)``; with
+            ``return_state``, also the state (last).
+
+        Raises:
+            ValueError: ``extra_after`` outside 1..L, or a ``state`` of another batch or width.
         """
         n, length, _ = x.shape
+        width = self.conv.kernel_size[0]
         u_pre, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv(u_pre.transpose(1, 2))[..., :length].transpose(1, 2))  # causal: drop right padding
+        if state is None:
+            u_conv = self.conv(u_pre.transpose(1, 2))[..., :length]  # causal: drop right padding
+            h0 = None
+        else:
+            if state.conv.shape != (n, width - 1, self.d_inner) or state.h.shape != (n, self.d_inner, self.d_state):
+                raise ValueError(f"state of shapes {tuple(state.conv.shape)}, {tuple(state.h.shape)} does not continue "
+                                 f"{n} sequences of width {self.d_inner} and state size {self.d_state}")
+            u_conv = F.conv1d(torch.cat([state.conv, u_pre], dim=1).transpose(1, 2), self.conv.weight, self.conv.bias,
+                              groups=self.d_inner)
+            h0 = state.h
+        u = F.silu(u_conv.transpose(1, 2))
         k = int(extra_after)
         if extra is not None and not 1 <= k <= length:
             raise ValueError(f"extra_after must be in 1..{length}, got {k}")
@@ -323,34 +364,44 @@ class SelectiveSSM(nn.Module):
         if self.fused_cpu and exporting:  # ws export: the fused loop, unrolled into the graph
             scan = _unrolled_selective_scan
         elif self.fused_cpu and self.scan_mode in ("auto", "loop") and not u.is_cuda and not exporting:
-            if torch.is_grad_enabled():  # training on CPU: the fused loop with its analytic backward
-                def scan(*args, keep):
-                    return _FusedSelectiveScan.apply(*args, -1 if keep is None else keep, self.FUSED_CHUNK)
-            else:  # inference on CPU: the read-out without materialising every state
+            if not torch.is_grad_enabled():  # inference on CPU: the read-out without materialising every state
                 scan = fused_selective_scan
+            elif h0 is None and not return_state:  # training on CPU: the fused loop with its analytic backward
+                def scan(*args, keep):
+                    return (*_FusedSelectiveScan.apply(*args, -1 if keep is None else keep, self.FUSED_CHUNK), None)
+            else:  # a carried state under autograd (not a training path here): the plain recurrence
+                scan = None
         else:
             scan = None
         if scan is not None:
             dt, b, c = self._projections(u)
-            y, h_k = scan(u, dt, b, c, -torch.exp(self.A_log), keep=keep)
+            y, h_k, h_last = scan(u, dt, b, c, -torch.exp(self.A_log), keep=keep, **({} if h0 is None else {"h0": h0}))
             y = y + self.D * u
         else:
             decay, inp, c = self._selective(u)
+            if h0 is not None:  # h_0 = a_0 h_{-1} + b_0: fold the carried state into the first input
+                inp = torch.cat([inp[:, :1] + decay[:, :1] * h0.unsqueeze(1), inp[:, 1:]], dim=1)
             if self.scan_mode == "sequential":
                 h = sequential_scan(decay, inp)
             else:
                 h = linear_recurrence(decay, inp, self.scan_mode)  # (n, L, d_inner, N)
             y = (h * c.unsqueeze(2)).sum(-1) + self.D * u
             h_k = h[:, k - 1] if extra is not None else None
+            h_last = h[:, -1]
         out = self.out_proj(y * F.silu(z))
-        if extra is None:
-            return out
-        ue_pre, ze = self.in_proj(extra[:, 0]).chunk(2, dim=-1)  # (n, d_inner)
-        width = self.conv.kernel_size[0]
-        window = torch.cat([u_pre[:, max(0, k - width + 1):k], ue_pre[:, None]], dim=1)  # (n, <=width, d_inner)
-        weight = self.conv.weight[:, 0, width - window.shape[1]:].T  # the taps that reach real inputs
-        ue = F.silu((window * weight).sum(1) + self.conv.bias)
-        decay_e, inp_e, c_e = self._selective(ue)
-        h_e = decay_e * h_k + inp_e
-        y_e = (h_e * c_e.unsqueeze(-2)).sum(-1) + self.D * ue
-        return out, self.out_proj(y_e * F.silu(ze))
+        result = [out]
+        if extra is not None:
+            ue_pre, ze = self.in_proj(extra[:, 0]).chunk(2, dim=-1)  # (n, d_inner)
+            past = u_pre if state is None else torch.cat([state.conv, u_pre], dim=1)
+            k_past = k + (0 if state is None else width - 1)
+            window = torch.cat([past[:, max(0, k_past - width + 1):k_past], ue_pre[:, None]], dim=1)  # (n, <=width, d)
+            weight = self.conv.weight[:, 0, width - window.shape[1]:].T  # the taps that reach real inputs
+            ue = F.silu((window * weight).sum(1) + self.conv.bias)
+            decay_e, inp_e, c_e = self._selective(ue)
+            h_e = decay_e * h_k + inp_e
+            y_e = (h_e * c_e.unsqueeze(-2)).sum(-1) + self.D * ue
+            result.append(self.out_proj(y_e * F.silu(ze)))
+        if return_state:
+            past = torch.cat([u_pre.new_zeros(n, width - 1, self.d_inner) if state is None else state.conv, u_pre], dim=1)
+            result.append(SSMState(past[:, past.shape[1] - (width - 1):], h_last))
+        return result[0] if len(result) == 1 else tuple(result)

@@ -197,18 +197,36 @@ class TrajWorld(nn.Module):
                                   self.cfg.bins, self.cfg.hl_gauss_sigma)
 
     @torch.no_grad()
-    def predict(self, batch: TrajectoryBatch, use_cache: bool = True) -> torch.Tensor:
+    def predict(self, batch: TrajectoryBatch, use_cache: bool = True, shared_history: bool = False) -> torch.Tensor:
         """Autoregressive rollout ``(B, H, Cs)``: row ``j`` is ``s_{history + j}`` (padding is 0).
 
         Reads ``states[:, :history]`` and ``actions[:, :T-1]`` only. ``use_cache`` keeps the
         temporal attention keys/values of past steps; False recomputes the whole prefix at
-        every step (the same numbers, slower).
+        every step (the same numbers, slower). ``shared_history`` (with the cache): every sample
+        has the same history (states ``[:, :Th]``, actions ``[:, :Th - 1]``, masks; MPPI's ``K``
+        futures from one past), so steps ``0 .. Th - 2`` run once and their keys and values are
+        copied to every sample (the same predictions). Raises ValueError if the histories differ.
         """
         th, t_len = batch.history, batch.states.shape[1]
         smask = batch.state_mask
         states = batch.states[:, :th] * smask[:, None]
         preds = []
-        if use_cache:
+        if use_cache and shared_history and th > 1 and states.shape[0] > 1:
+            if not all(torch.equal(v, v[:1].expand_as(v)) for v in (batch.states[:, :th], batch.actions[:, :th - 1],
+                                                                     batch.state_mask, batch.action_mask)):
+                raise ValueError("shared_history needs the same history (states, actions, masks) in every sample")
+            caches = [{} for _ in self.blocks]
+            one = TrajectoryBatch(*(getattr(batch, f.name)[:1] for f in dataclasses.fields(batch)[:6]), th)
+            self._run(one, states[:1, :th - 1], batch.actions[:1, :th - 1], 0, caches)
+            b = states.shape[0]
+            for cache in caches:  # (C, heads, Th - 1, dh) -> (B * C, ...), sample-major like the batch
+                cache["k"], cache["v"] = cache["k"].repeat(b, 1, 1, 1), cache["v"].repeat(b, 1, 1, 1)
+            logits = self._run(batch, states[:, th - 1:], batch.actions[:, th - 1:th], th - 1, caches)[:, -1]
+            preds.append(self._decode(logits, smask))
+            for t in range(th, t_len - 1):
+                logits = self._run(batch, preds[-1][:, None], batch.actions[:, t:t + 1], t, caches)[:, -1]
+                preds.append(self._decode(logits, smask))
+        elif use_cache:
             caches = [{} for _ in self.blocks]
             logits = self._run(batch, states, batch.actions[:, :th], 0, caches)[:, -1]
             preds.append(self._decode(logits, smask))

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .ssm import SelectiveSSM
+from .ssm import SelectiveSSM, SSMState
 
 __all__ = ["WestWorldConfig", "WestWorld", "TrajectoryBatch", "hl_gauss", "sinusoidal", "soft_cross_entropy",
            "delta_to_unit", "unit_to_delta"]
@@ -255,44 +255,97 @@ class SysMoEBlock(nn.Module):
         bias = g @ torch.stack([f.bias for f in second])  # (N, d)
         return F.linear(hidden, torch.cat([f.weight for f in second], dim=1)) + bias[:, None, :]
 
-    def forward(self, x: torch.Tensor, act: torch.Tensor, state_mask: torch.Tensor, action_mask: torch.Tensor,
-                history: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x (B, T, Cs, d)``, ``act (B, T, Ca, d)`` -> ``(x', routing (B, Cs, E) or None)``."""
+    def _attend(self, x: torch.Tensor, prev: torch.Tensor, state_mask: torch.Tensor, action_mask: torch.Tensor,
+                first_has_action: bool) -> torch.Tensor:
+        """Eqs. (4)-(5) on ``x (B, T, Cs, d)``: self-attention across the state channels of each step, then
+        cross-attention to ``prev (B, T, Ca, d)``, the action tokens that led to each step (and a null token,
+        never masked). ``first_has_action`` False: no action precedes the first step (only the null token)."""
         b, t, cs, d = x.shape
-        ca = act.shape[2]
-        # eq. (4): self-attention across the state channels of each step
-        h = x.reshape(b * t, cs, d)
-        pad = (~state_mask).repeat_interleave(t, dim=0)
-        q = self.ln_self(h)
-        h = h + self.self_attn(q, q, q, key_padding_mask=pad, need_weights=False)[0]
-        # eq. (5): cross-attention to the previous step's actions (+ a null token, never masked)
-        prev = torch.cat([act.new_zeros(b, 1, ca, d), act[:, :-1]], dim=1).reshape(b * t, ca, d)
-        keys = torch.cat([self.null_action.expand(b * t, 1, d), prev], dim=1)
-        amask = (~action_mask).unsqueeze(1).expand(b, t, ca).clone()
-        amask[:, 0] = True  # no action precedes the first step
-        kpad = torch.cat([torch.zeros(b * t, 1, dtype=torch.bool, device=x.device), amask.reshape(b * t, ca)], dim=1)
-        h = h + self.cross_attn(self.ln_cross(h), keys, keys, key_padding_mask=kpad, need_weights=False)[0]
-        # eqs. (6)-(7): per channel, a selective SSM along time
-        y = h.reshape(b, t, cs, d).permute(0, 2, 1, 3).reshape(b * cs, t, d)
-        u = self.ln_ssm(y)
-        routing = None
-        if self.cfg.use_moe:
-            # eq. (8): the system embedding, appended after the history, read out of the same SSM
-            ssm_out, sys_out = self.ssm(u, extra=self.system.expand(b * cs, 1, d), extra_after=history)
-            y = y + ssm_out
-            g = torch.softmax(self.router(sys_out), dim=-1)  # (B*Cs, E)
+        ca = prev.shape[2]
+        pad = None if bool(state_mask.all()) else (~state_mask).repeat_interleave(t, dim=0)  # None: the fast path
+        if x.stride(0) == 0 and b > 1:  # every sample's tokens are one tensor expanded: attend once
+            h = x[:1].reshape(t, cs, d)
+            q = self.ln_self(h)
+            h = (h + self.self_attn(q, q, q, key_padding_mask=None if pad is None else pad[:t],
+                                    need_weights=False)[0]).repeat(b, 1, 1)
         else:
-            y = y + self.ssm(u)
+            h = x.reshape(b * t, cs, d)
+            q = self.ln_self(h)
+            h = h + self.self_attn(q, q, q, key_padding_mask=pad, need_weights=False)[0]
+        keys = torch.cat([self.null_action.expand(b * t, 1, d), prev.reshape(b * t, ca, d)], dim=1)
+        if first_has_action and bool(action_mask.all()):
+            kpad = None
+        else:
+            amask = (~action_mask).unsqueeze(1).expand(b, t, ca).clone()
+            if not first_has_action:
+                amask[:, 0] = True  # no action precedes the first step
+            kpad = torch.cat([torch.zeros(b * t, 1, dtype=torch.bool, device=x.device), amask.reshape(b * t, ca)], 1)
+        h = h + self.cross_attn(self.ln_cross(h), keys, keys, key_padding_mask=kpad, need_weights=False)[0]
+        return h.reshape(b, t, cs, d)
+
+    def _along_time(self, h: torch.Tensor, history: int | None, state: SSMState | None = None,
+                    gates: torch.Tensor | None = None, return_state: bool = False):
+        """Eqs. (6)-(9) on ``h (B, T, Cs, d)`` from :meth:`_attend`: per channel, the selective SSM along time
+        (continuing ``state`` if given), then the system-conditioned mixture of experts. Its gates are read
+        out of the SSM from the system token placed after ``history`` steps, or given as ``gates (B * Cs, E)``
+        (a continuation). Returns ``(x' (B, T, Cs, d), gates or None, SSMState or None)``."""
+        b, t, cs, d = h.shape
+        y = h.permute(0, 2, 1, 3).reshape(b * cs, t, d)
+        u = self.ln_ssm(y)
+        new_state = None
+        if self.cfg.use_moe and gates is None:
+            # eq. (8): the system embedding, appended after the history, read out of the same SSM
+            out = self.ssm(u, extra=self.system.expand(b * cs, 1, d), extra_after=history, state=state,
+                           return_state=return_state)
+            y = y + out[0]
+            gates = torch.softmax(self.router(out[1]), dim=-1)  # (B*Cs, E)
+            new_state = out[2] if return_state else None
+        else:
+            out = self.ssm(u, state=state, return_state=return_state)
+            y = y + (out[0] if return_state else out)
+            new_state = out[1] if return_state else None
         z = self.ln_moe(y)
         if self.cfg.use_moe:
             # eq. (9): system-conditioned mixture of experts, all experts in two matmuls: the gate of a
             # sequence scales its experts' hidden units, so sum_e g_e (W2_e gelu(W1_e z + c1_e) + c2_e)
             # = (gelu(W1 z + c1) * g per hidden unit) W2 + g C2 with the experts' weights side by side
-            y = y + self._experts(z, g)
-            routing = g.reshape(b, cs, -1)
+            y = y + self._experts(z, gates)
         else:
             y = y + self.dense(z)
-        return y.reshape(b, cs, t, d).permute(0, 2, 1, 3), routing
+        return y.reshape(b, cs, t, d).permute(0, 2, 1, 3), (gates if self.cfg.use_moe else None), new_state
+
+    def forward(self, x: torch.Tensor, act: torch.Tensor, state_mask: torch.Tensor, action_mask: torch.Tensor,
+                history: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x (B, T, Cs, d)``, ``act (B, T, Ca, d)`` -> ``(x', routing (B, Cs, E) or None)``."""
+        b, t, cs, d = x.shape
+        prev = torch.cat([act.new_zeros(b, 1, act.shape[2], d), act[:, :-1]], dim=1)  # the action into each step
+        h = self._attend(x, prev, state_mask, action_mask, first_has_action=False)
+        y, g, _ = self._along_time(h, history)
+        return y, (g.reshape(b, cs, -1) if g is not None else None)
+
+    def forward_shared(self, x_hist: torch.Tensor, x_fut: torch.Tensor, act: torch.Tensor, state_mask: torch.Tensor,
+                       action_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The block when every sample shares its history (MPPI: ``K`` futures from one past).
+
+        Args:
+            x_hist: ``(1, Th, Cs, d)`` the shared history's tokens.
+            x_fut: ``(B, H, Cs, d)`` the future steps' tokens.
+            act: ``(B, Th + H, Ca, d)`` action tokens; ``act[:, :Th - 1]`` must be the same for all samples.
+            state_mask, action_mask: ``(B, Cs)``, ``(B, Ca)``, the same for all samples.
+
+        Returns:
+            ``(x_hist', x_fut', routing (1, Cs, E) or None)``, equal to :meth:`forward` on the whole batch
+            (the history's part once, its SSM state and gates carried to every sample).
+        """
+        th, cs, d = x_hist.shape[1:]
+        b = x_fut.shape[0]
+        prev_hist = torch.cat([act.new_zeros(1, 1, act.shape[2], d), act[:1, :th - 1]], dim=1)
+        hh = self._attend(x_hist, prev_hist, state_mask[:1], action_mask[:1], first_has_action=False)
+        hf = self._attend(x_fut, act[:, th - 1:-1], state_mask, action_mask, first_has_action=True)
+        yh, g, st = self._along_time(hh, th, return_state=True)
+        st = SSMState(*(v.repeat(b, 1, 1) for v in st))  # (Cs, ...) -> (B * Cs, ...), sample-major like the batch
+        yf, _, _ = self._along_time(hf, None, state=st, gates=None if g is None else g.repeat(b, 1))
+        return yh, yf, (g.reshape(1, cs, -1) if g is not None else None)
 
 
 class WestWorld(nn.Module):
@@ -349,7 +402,16 @@ class WestWorld(nn.Module):
             tok = tok + self.raw_proj(values.clamp(-10.0, 10.0).unsqueeze(-1))
         return tok
 
-    def forward(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, batch: TrajectoryBatch, shared_history: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``(B, H, Cs, bins)`` and each block's routing weights.
+
+        ``shared_history``: every sample has the same history (states ``[:, :Th]``, actions ``[:, :Th - 1]``,
+        masks and structure; MPPI's ``K`` futures from one past). The history is then run once and its SSM
+        states and expert gates carried to every sample, which gives the same logits (to float rounding)
+        for ``H`` instead of ``Th + H`` steps per sample. Raises ValueError if the histories differ.
+        """
+        if shared_history:
+            return self._forward_shared(batch)
         th = batch.history
         b, t, cs = batch.states.shape
         steps = torch.arange(t, device=batch.states.device)
@@ -363,6 +425,27 @@ class WestWorld(nn.Module):
             if g is not None:
                 routing.append(g)
         return self.head(self.ln_out(x[:, th:])), routing
+
+    def _forward_shared(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        th = batch.history
+        b, t, cs = batch.states.shape
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            same = [torch.equal(v, v[:1].expand_as(v)) for v in (batch.states[:, :th], batch.actions[:, :th - 1],
+                                                                  batch.state_mask, batch.action_mask,
+                                                                  batch.state_struct, batch.action_struct)]
+            if not all(same):
+                raise ValueError("shared_history needs the same history (states, actions, masks, structure) in every "
+                                 "sample")
+        steps = torch.arange(t, device=batch.states.device)
+        x_hist = self._embed(batch.states[:1, :th], batch.state_struct[:1], steps[:th], 0, cs)
+        x_fut = self._embed(None, batch.state_struct[:1], steps[th:], 0, cs).expand(b, -1, -1, -1)
+        act = self._embed(batch.actions, batch.action_struct, steps, 1, batch.actions.shape[2])
+        routing = []
+        for blk in self.blocks:
+            x_hist, x_fut, g = blk.forward_shared(x_hist, x_fut, act, batch.state_mask, batch.action_mask)
+            if g is not None:
+                routing.append(g.expand(b, -1, -1))
+        return self.head(self.ln_out(x_fut)), routing
 
     def loss(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Eq. (11): soft cross-entropy over bins on the real state channels of future steps."""
@@ -393,7 +476,8 @@ class WestWorld(nn.Module):
         return batch.states[:, batch.history - 1:batch.history] + change
 
     @torch.no_grad()
-    def predict(self, batch: TrajectoryBatch) -> torch.Tensor:
-        """Expected normalised future states ``(B, H, Cs)`` (padding channels are zero)."""
-        logits, _ = self(batch)
+    def predict(self, batch: TrajectoryBatch, shared_history: bool = False) -> torch.Tensor:
+        """Expected normalised future states ``(B, H, Cs)`` (padding channels are zero); ``shared_history``
+        as in :meth:`forward`."""
+        logits, _ = self(batch, shared_history=shared_history)
         return self.decode(logits, batch) * batch.state_mask[:, None, :]
