@@ -469,7 +469,9 @@ class WestWorld(nn.Module):
         expected bin position in [0, 1] (``"absolute"``: the value itself, as the seed's code decodes;
         ``"delta"``: mapped back through :func:`unit_to_delta` to a change, which is added to the last
         observed state)."""
-        u = torch.softmax(logits.float(), dim=-1) @ self.bin_centers
+        # a (bins, 1) matrix, not a vector: ONNX Runtime runs the product as a GEMM (its matrix-vector
+        # MatMul was a tenth of a small student's MPPI cycle)
+        u = (torch.softmax(logits.float(), dim=-1) @ self.bin_centers[:, None]).squeeze(-1)
         if not self.delta:
             return u
         change = unit_to_delta(u, self.cfg.delta_eps, self.cfg.delta_range)
