@@ -190,6 +190,8 @@ class TrajectoryWorldModel:
         self.systems = systems
         self.history = history
         self.horizon = horizon
+        #: run one history shared by every sample once (:meth:`predict`); False: once per sample (benchmarks)
+        self.share_history = True
 
     def payload(self, info: dict | None = None) -> dict:
         return {"format": FORMAT_TAG, "version": FORMAT_VERSION, "model_type": self.kind,
@@ -236,7 +238,7 @@ class TrajectoryWorldModel:
         meta = self.systems[system]
         b, th, cs = states.shape
         t = actions.shape[1]
-        shared = (self.kind in ("westworld", "trajworld") and b > 1 and bool(np.all(states == states[:1]))
+        shared = (self.share_history and self.kind in ("westworld", "trajworld") and b > 1 and bool(np.all(states == states[:1]))
                   and bool(np.all(actions[:, :th - 1] == actions[:1, :th - 1])))
         s = torch.zeros(b, t, cs)
         s[:, :th] = torch.as_tensor(normalise(states, meta["state_channels"]), dtype=torch.float32)

@@ -1,0 +1,144 @@
+"""Benchmark: the MPPI cycle of a WestWorld against students of several sizes, PyTorch and ONNX Runtime.
+
+What a student may cost: for each size (``LABEL:key=value,...`` over ``WestWorldConfig`` fields, on top
+of the teacher's config) an untrained WestWorld is built for the environment's channels (latency does
+not depend on the weights), saved, exported to ONNX (one shared history, as ``ws export`` writes it) and
+planned with in MPPI at ``--samples`` K and ``--horizon`` H: the whole cycle (sample, predict, weigh),
+median and p99 over ``--iters`` cycles after warm-up. The teacher's size runs first, also with a history
+per sample (``teacher_per_sample``: what every sequence model ran before 2026-12-06), and every row has
+its ratio to the teacher's shared-history PyTorch cycle in the same run. Prints one JSON object; asserts
+nothing. Controller: ``config/mppi_short_horizon.yaml`` (the Go1's own config on the Go1) with ``--samples``
+and ``--horizon`` (64 and 20 by default) and no policy samples.
+
+    .venv/bin/python bench/bench_student_sizes.py --env hopper --threads 2 \\
+        --sizes "paper:n_blocks=2,d_model=16,expert_hidden=32;small:n_blocks=2,d_model=8,expert_hidden=8,d_state=2,n_heads=1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ws_mppi.config import default_config, load_config
+from ws_mppi.runner import make_controller
+from ws_sim.channels import data_ranges
+from ws_sim.envs import make_env
+from ws_worldmodel.checkpoint import load_checkpoint
+from ws_worldmodel.checkpoint_io import atomic_torch_save
+from ws_worldmodel.pretrain import TrajectoryWorldModel
+from ws_worldmodel.structure import channel_structure, structure_from_model
+from ws_worldmodel.westworld import WestWorld
+
+DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "ws_worldmodel" / "checkpoints" / "hopper_westworld.pt"
+
+
+def _sizes(spec: str) -> dict[str, dict]:
+    """``"a:k=v,k=v;b:..."`` -> ``{"a": {"k": v}}`` (integer values)."""
+    out = {}
+    for part in filter(None, spec.split(";")):
+        label, _, kvs = part.partition(":")
+        out[label.strip()] = {k.strip(): int(v) for k, v in (kv.split("=") for kv in filter(None, kvs.split(",")))}
+    return out
+
+
+def _model_for(env, cfg, history: int, horizon: int) -> TrajectoryWorldModel:
+    """An untrained WestWorld that knows ``env``'s system: its channels with ranges from 200 random-action
+    steps, and its kinematic structure."""
+    rng = np.random.default_rng(0)
+    state, _ = env.reset(seed=0)
+    states, actions = [state], []
+    for _ in range(200):
+        actions.append(rng.uniform(env.action_space.low, env.action_space.high))
+        state, _, terminated, truncated, _ = env.step(actions[-1])
+        states.append(state)
+        if terminated or truncated:
+            state, _ = env.reset()
+    structure = structure_from_model(env.model)
+    s_idx = channel_structure(structure, list(env.state_channels))
+    a_idx = channel_structure(structure, list(env.action_channels))
+    s_idx[:, 0] += 1
+    a_idx[:, 0] += 1
+    meta = {"state_channels": data_ranges(env.state_channels, np.stack(states)),
+            "action_channels": data_ranges(env.action_channels, np.stack(actions)),
+            "state_struct": s_idx, "action_struct": a_idx}
+    return TrajectoryWorldModel(WestWorld(cfg).eval(), {env.name: meta}, history, horizon)
+
+
+def _cycle(env, path: str, cfg, iters: int, threads: int, shared: bool = True) -> dict:
+    ctrl = make_controller(env, path, cfg, seed=0, nthread=threads)
+    if not shared:  # the history run for every sample, as before the shared-history path
+        ctrl.mppi.dynamics.model.share_history = False
+    state, _ = env.reset(seed=0)
+    for _ in range(2):
+        ctrl.plan(state, 0)
+    lat = []
+    for i in range(iters):
+        tic = time.perf_counter()
+        ctrl.plan(state, i)
+        lat.append((time.perf_counter() - tic) * 1e3)
+    ctrl.close()
+    return {"median_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="hopper", help="hopper, walker2d or go1")
+    p.add_argument("--teacher", default=str(DEFAULT_TEACHER), help="WestWorld checkpoint whose config and history "
+                                                                     "the sizes start from")
+    p.add_argument("--sizes", default="paper:n_blocks=2,d_model=16,expert_hidden=32",
+                   help="LABEL:field=value,...;LABEL:... (WestWorldConfig fields changed from the teacher's)")
+    p.add_argument("--config", default=None, help="controller YAML whose settings but K and H are used (default: "
+                                                  "config/mppi_short_horizon.yaml, the Go1's own config on the Go1)")
+    p.add_argument("--samples", type=int, default=64, help="MPPI samples K")
+    p.add_argument("--horizon", type=int, default=20, help="MPPI horizon H (steps)")
+    p.add_argument("--iters", type=int, default=30, help="timed MPPI cycles per row")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch and ONNX Runtime threads (default: all cores)")
+    p.add_argument("--budget-ms", type=float, default=1000 / 90, help="the cycle that fits 90 Hz")
+    args = p.parse_args()
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    from ws_distill.export import export_onnx
+
+    env = make_env(args.env)
+    teacher = load_checkpoint(args.teacher)
+    root = Path(__file__).resolve().parents[1]
+    config = args.config or (None if args.env == "go1" else str(root / "config" / "mppi_short_horizon.yaml"))
+    base = load_config(config, args.env) if config else default_config(args.env)
+    cfg = dataclasses.replace(base, mppi=dataclasses.replace(base.mppi, samples=args.samples, horizon=args.horizon,
+                                                             policy_samples=0))
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, changes in {"teacher": {}, **_sizes(args.sizes)}.items():
+            model = _model_for(env, dataclasses.replace(teacher.net.cfg, **changes), teacher.history, args.horizon)
+            pt = Path(tmp) / f"{label}.pt"
+            atomic_torch_save(model.payload(), pt)
+            onnx = export_onnx(model, env.name, args.horizon, Path(tmp) / f"{label}.onnx")
+            row = {"changes": changes, "parameters": sum(q.numel() for q in model.net.parameters()),
+                   "torch": _cycle(env, str(pt), cfg, args.iters, threads),
+                   "onnxruntime": _cycle(env, str(onnx), cfg, args.iters, threads)}
+            if label == "teacher":
+                row["torch_per_sample_history"] = _cycle(env, str(pt), cfg, args.iters, threads, shared=False)
+            rows[label] = row
+    ref = rows["teacher"]["torch"]["median_ms"]
+    for row in rows.values():
+        for runtime in ("torch", "onnxruntime", "torch_per_sample_history"):
+            if runtime in row:
+                row[runtime]["over_teacher_torch"] = round(row[runtime]["median_ms"] / ref, 3)
+                row[runtime]["fits_budget_p99"] = row[runtime]["p99_ms"] <= args.budget_ms
+    print(json.dumps({"benchmark": "student_sizes_mppi_cycle", "env": args.env, "samples": args.samples,
+                      "horizon": args.horizon, "history": teacher.history, "config": config or "default", "threads": threads,
+                      "cpu": platform.processor() or platform.machine(), "budget_ms": round(args.budget_ms, 3),
+                      "teacher": args.teacher, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
