@@ -62,6 +62,22 @@ def test_resume_continues_where_it_stopped(corpus, tmp_path):
     np.testing.assert_allclose(resumed["losses"], full["losses"], rtol=1e-5)
 
 
+def test_a_time_budget_ends_training_with_a_validation_and_wall_clock_adds_up_over_resumes(corpus, tmp_path):
+    """``time_budget_s`` (``--time-budget-min``): once spent, the run validates, checkpoints and stops; every
+    validation records the training wall-clock and the mean normalised MAE (learning curves against time),
+    and a resumed run adds its time to the earlier one's."""
+    cfg = PretrainConfig(history=4, horizon=4, batch_size=4, steps=50, warmup=2, eval_every=25, stride=4,
+                         time_budget_s=1e-9)  # spent by the first step
+    train, val = _windows(corpus, cfg)
+    first = pretrain(train, val, TINY, cfg, tmp_path / "t.pt", progress=False)
+    assert first["steps"] == 1 and len(first["evals"]) == 1 and (tmp_path / "t.pt").is_file()
+    ev = first["evals"][0]
+    assert ev["wall_s"] > 0 and ev["val_mae"] == pytest.approx(np.mean([v["mae"] for v in ev["systems"].values()]))
+    again = pretrain(train, val, TINY, cfg, tmp_path / "t.pt", resume=True, progress=False)
+    assert again["steps"] == 2 and len(again["evals"]) == 2
+    assert again["evals"][1]["wall_s"] >= again["evals"][0]["wall_s"] == ev["wall_s"]
+
+
 def dataclasses_replace(cfg, **kw):
     import dataclasses
 

@@ -81,6 +81,8 @@ def pretrain_config(args, **kw):
 
     flags = ("history", "horizon", "batch_size", "steps", "lr", "eval_every", "stride", "patience")
     given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    if getattr(args, "time_budget_min", None):
+        given["time_budget_s"] = 60.0 * args.time_budget_min
     return PretrainConfig(**{**given, **kw})
 
 
@@ -181,6 +183,11 @@ def add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: floa
         p.add_argument("--eval-every", type=int, default=eval_every, help="steps between validations")
     if patience:
         p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
+    if steps is not None:
+        p.add_argument("--time-budget-min", type=float, default=None,
+                       help="stop after this many minutes of training, summed over --resume'd runs, after a last "
+                            "validation; the learning-rate decay follows the time when it is further along than "
+                            "the steps (default: no limit)")
     add_threads(p)
     add_seed(p)
     add_device(p, auto=True)

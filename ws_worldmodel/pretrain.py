@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -87,6 +88,9 @@ class PretrainConfig:
         val_fraction: share of each system's episodes kept for validation.
         stride: step between window starts.
         amp: bfloat16 autocast on CUDA.
+        time_budget_s: stop after this much training wall-clock (seconds, summed over resumed runs; None:
+            no limit), after a last validation; the cosine decay then follows whichever of the steps
+            and the time is further along, so a budgeted run ends at the low learning rate.
     """
 
     history: int = 50
@@ -102,6 +106,7 @@ class PretrainConfig:
     val_fraction: float = 0.1
     stride: int = 10
     amp: bool = True
+    time_budget_s: float | None = None
 
 
 def episode_subset(ds: TrajectoryDataset, start: int, stop: int) -> TrajectoryDataset:
@@ -331,17 +336,21 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
 
+    clock = {"wall_s": 0.0}  # training wall-clock so far, this run's and resumed runs'
+
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        if cfg.time_budget_s:
+            frac = max(frac, clock["wall_s"] / cfg.time_budget_s)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     sampler = GlobalSampler(train, cfg.batch_size, seed)
     systems_meta = {s.name: {"state_channels": s.state_channels, "action_channels": s.action_channels,
                              "state_struct": s.state_struct, "action_struct": s.action_struct} for s in train}
-    history = {"losses": [], "evals": [], "best_val_loss": float("inf"), "steps": 0}
+    history = {"losses": [], "evals": [], "best_val_loss": float("inf"), "steps": 0, "wall_s": 0.0}
     start, since = 0, 0
     state_path = Path(f"{out}.state") if out else None
     if resume and state_path is not None and state_path.is_file():
@@ -350,6 +359,8 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start, history, since = st["step"], st["history"], st["since"]
+        history.setdefault("wall_s", 0.0)
+        clock["wall_s"] = history["wall_s"]
         # the schedule follows this run's cfg.steps (resuming may extend training)
         for group, base in zip(opt.param_groups, sched.base_lrs):
             group["lr"] = base * lr_at(start)
@@ -359,7 +370,9 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
     bar = tqdm(range(start, cfg.steps), desc=f"pretrain {kind_of(model_cfg)}", unit="step", disable=not progress or rank != 0,
                initial=start, total=cfg.steps)
     net.train()
+    tic, wall_before = time.perf_counter(), history["wall_s"]
     for step in bar:
+        clock["wall_s"] = wall_before + time.perf_counter() - tic
         items = sampler.items(step)[rank::world]
         batch = collate(items, cfg.history).to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -376,11 +389,18 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         history["losses"].append(float(logged))
         history["steps"] = step + 1
         bar.set_postfix(loss=f"{float(logged):.3f}")
-        last = step + 1 == cfg.steps
+        history["wall_s"] = clock["wall_s"] = wall_before + time.perf_counter() - tic
+        out_of_time = bool(cfg.time_budget_s) and history["wall_s"] >= cfg.time_budget_s
+        if ddp and cfg.time_budget_s:  # every rank stops at the same step
+            flag = torch.tensor(float(out_of_time), device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        last = step + 1 == cfg.steps or out_of_time
         if (step + 1) % cfg.eval_every == 0 or last:
             ev = evaluate(net, val, cfg.history, device=device)
             vloss = float(np.mean([v["loss"] for v in ev.values()]))
-            history["evals"].append({"step": step + 1, "val_loss": vloss, "systems": ev})
+            history["evals"].append({"step": step + 1, "wall_s": history["wall_s"], "val_loss": vloss,
+                                     "val_mae": float(np.mean([v["mae"] for v in ev.values()])), "systems": ev})
             improved = vloss < history["best_val_loss"] - 1e-6
             if improved:
                 history["best_val_loss"], since = vloss, 0
@@ -398,6 +418,10 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
                 if rank == 0:
                     log.info("early stop at step %d (best val loss %.4f)", step + 1, history["best_val_loss"])
                 break
+        if out_of_time:
+            if rank == 0:
+                log.info("time budget of %.0f s spent at step %d", cfg.time_budget_s, step + 1)
+            break
     bar.close()
     return history
 
