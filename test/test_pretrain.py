@@ -117,6 +117,14 @@ def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, 
     assert main(["pretrain", "--model", "mlp_ensemble", "--max-state-dim", "18", "--max-action-dim", "6",
                  "--out", str(tmp_path / "mlp_ensemble.pt"), *common]) == 0
     capsys.readouterr()
+    # every run wrote its validations against wall-clock beside its checkpoint: one plot compares them
+    runs = ",".join(f"{k}={tmp_path / k}.pt.curve.json" for k in ("westworld", "trajworld", "tdm", "mlp_ensemble"))
+    assert main(["eval", "curves", "--runs", runs, "--out", str(tmp_path / "curves")]) == 0
+    curves = json.loads((tmp_path / "curves" / "curves.json").read_text())
+    assert (tmp_path / "curves" / "curves.png").stat().st_size > 0
+    assert {curves["summary"][k]["steps"] for k in ("westworld", "trajworld", "tdm", "mlp_ensemble")} == {3}
+    assert curves["summary"]["hold_last_state"] > 0 and "best MAE" in capsys.readouterr().out
+    assert main(["eval", "curves", "--runs", f"x={tmp_path / 'none.json'}", "--out", str(tmp_path / "c2")]) == 2
     assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", str(tmp_path / "small_mlp.pt"),
                  "--systems", "gym-walker2d", "--history", "5", "--horizon", "5", "--out", str(tmp_path / "bad")]) == 2
     assert "exceeds the padded sizes 4 / 2" in capsys.readouterr().err

@@ -131,6 +131,37 @@ def cmd_eval_routing(args) -> int:
     return 0
 
 
+def cmd_eval_curves(args) -> int:
+    """Plot pretraining runs' validation MAE against wall-clock (their ``CHECKPOINT.curve.json``)."""
+    import json
+
+    from ws_mppi.config import ConfigError
+    from ws_worldmodel.protocols import learning_curves
+
+    runs = {}
+    for spec in split_list(args.runs):
+        label, sep, path = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--runs takes LABEL=FILE.curve.json pairs, got {spec!r}")
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist (ws pretrain writes CHECKPOINT.curve.json beside its checkpoint)")
+        try:
+            runs[label] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not a curve file: {e}") from e
+    with config_errors():
+        summary = learning_curves(runs, args.out)
+    for label, row in summary.items():
+        if isinstance(row, dict):
+            print(f"{label:<24} best MAE {row['best_val_mae']:.4f} at {row['at_wall_s'] / 60:.1f} min, final "
+                  f"{row['final_val_mae']:.4f} after {row['wall_s'] / 60:.1f} min ({row['steps']} steps)")
+    if "hold_last_state" in summary:
+        print(f"{'hold the last state':<24} MAE {summary['hold_last_state']:.4f}")
+    print(f"wrote {Path(args.out) / 'curves.png'} and curves.json")
+    return 0
+
+
 def cmd_eval_scalability(args) -> int:
     """Error against the number of pretraining environments, WestWorld and TrajWorld (Fig. 3)."""
     from ws_sim.corpus import HELD_OUT_FEW_SHOT, HELD_OUT_ZERO_SHOT, SYSTEMS
@@ -286,6 +317,13 @@ def add_eval(sub) -> None:
     ro.add_argument("--systems", default="", help="systems (default: those the checkpoint was trained on)")
     ro.add_argument("--stride", type=int, default=50)
     ro.add_argument("--out", type=Path, required=True)
+
+    cu = command(esub, "curves", cmd_eval_curves, help="learning curves: validation MAE against training wall-clock",
+                 description="Plot the validation MAE (normalised, the pretraining systems' validation windows) of "
+                             "pretraining runs against their training wall-clock, from the CHECKPOINT.curve.json "
+                             "files ws pretrain writes, with holding the last state as a dashed line.")
+    cu.add_argument("--runs", required=True, help="comma-separated LABEL=CHECKPOINT.curve.json")
+    cu.add_argument("--out", type=Path, required=True, help="folder for curves.png and curves.json")
 
     sc = command(esub, "scalability", cmd_eval_scalability,
                  help="Fig. 3: error against the number of pretraining environments",

@@ -156,9 +156,14 @@ def cmd_pretrain(args) -> int:
                                        max_action_dim=args.max_action_dim or max(t.actions.shape[2] for t in train))
     hist = pretrain(train, val, mcfg, cfg, args.out, seed=args.seed, resume=args.resume, device=device_of(args))
     if int(os.environ.get("RANK", "0")) == 0:
+        curve = Path(f"{args.out}.curve.json")  # the validations against wall-clock (ws eval curves plots them)
+        tmp = curve.with_name(f".{curve.name}.tmp")
+        tmp.write_text(json.dumps(hist["evals"]))
+        os.replace(tmp, curve)
         print(json.dumps({"checkpoint": str(args.out), "model": args.model, "systems": names, "steps": hist["steps"],
+                          "wall_s": round(hist.get("wall_s", 0.0), 1),
                           "first_loss": hist["losses"][0] if hist["losses"] else None,
-                          "best_val_loss": hist["best_val_loss"]}))
+                          "best_val_loss": hist["best_val_loss"], "curve": str(curve)}))
     return 0
 
 

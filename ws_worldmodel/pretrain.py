@@ -269,7 +269,8 @@ def _ddp(device: str) -> tuple[int, int, bool]:
 def evaluate(net: torch.nn.Module, systems: Sequence[SystemData], history: int, max_windows: int = 64,
              device: str = "cpu") -> dict:
     """Loss and normalised MAE/MSE of the ``H``-step prediction (autoregressive for the
-    baselines, one pass for WestWorld) over up to ``max_windows`` windows per system."""
+    baselines, one pass for WestWorld) over up to ``max_windows`` windows per system, and the MAE
+    of holding the last observed state on the same windows (``hold_last_mae``)."""
     was_training = net.training
     net.eval()
     out = {}
@@ -278,7 +279,9 @@ def evaluate(net: torch.nn.Module, systems: Sequence[SystemData], history: int, 
         batch = collate([(sysd, int(i)) for i in idx], history).to(device)
         loss = float(net.loss(batch))
         err = net.predict(batch) - batch.states[:, history:]
-        out[sysd.name] = {"loss": loss, "mae": float(err.abs().mean()), "mse": float(err.square().mean())}
+        hold = batch.states[:, history - 1:history] - batch.states[:, history:]  # holding the last observed state
+        out[sysd.name] = {"loss": loss, "mae": float(err.abs().mean()), "mse": float(err.square().mean()),
+                          "hold_last_mae": float(hold.abs().mean())}
     net.train(was_training)
     return out
 

@@ -378,3 +378,59 @@ def scalability(train: Sequence[SystemData], val: Sequence[SystemData], model_cf
               + " |" for n in ns]
     (out_dir / "scalability.md").write_text("\n".join(lines) + "\n")
     return results
+
+
+def learning_curves(runs: dict, out_dir: str | os.PathLike) -> dict:
+    """Validation MAE against training wall-clock for several pretraining runs, on one plot.
+
+    Args:
+        runs: label -> the run's validations, each ``{"step", "wall_s", "val_mae", ...}`` (what
+            :func:`ws_worldmodel.pretrain.pretrain` records in ``history["evals"]`` and ``ws pretrain``
+            writes to ``CHECKPOINT.curve.json``). Holding the last observed state, when the runs recorded
+            it (``systems[*]["hold_last_mae"]``), is drawn as a dashed line.
+        out_dir: where ``curves.png`` and ``curves.json`` go.
+
+    Returns:
+        ``{label: {"best_val_mae", "at_wall_s", "final_val_mae", "wall_s", "steps"}}``, and
+        ``"hold_last_state"``'s MAE if recorded.
+
+    Raises:
+        ValueError: no runs, or a run without validations.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise ValueError("no runs to plot")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary, hold = {}, None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, evals in runs.items():
+        if not evals:
+            raise ValueError(f"run {label!r} has no validations")
+        wall = np.array([e["wall_s"] for e in evals]) / 60.0
+        mae = np.array([e["val_mae"] for e in evals])
+        ax.plot(wall, mae, marker="o", ms=3, label=label)
+        best = int(np.argmin(mae))
+        summary[label] = {"best_val_mae": float(mae[best]), "at_wall_s": float(evals[best]["wall_s"]),
+                          "final_val_mae": float(mae[-1]), "wall_s": float(evals[-1]["wall_s"]),
+                          "steps": int(evals[-1]["step"])}
+        systems = evals[-1].get("systems", {})
+        if hold is None and systems and all("hold_last_mae" in v for v in systems.values()):
+            hold = float(np.mean([v["hold_last_mae"] for v in systems.values()]))
+    if hold is not None:
+        ax.axhline(hold, ls="--", c="grey", label="hold the last state")
+        summary["hold_last_state"] = hold
+    ax.set_xlabel("training wall-clock (min)")
+    ax.set_ylabel("validation MAE (normalised)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "curves.png", dpi=120)
+    plt.close(fig)
+    (out_dir / "curves.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    return summary
