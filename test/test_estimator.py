@@ -1,0 +1,112 @@
+"""The Go1's base state estimator (IMU + leg kinematics Kalman filter) on the real MuJoCo Go1."""
+
+from __future__ import annotations
+
+import json
+
+import mujoco
+import numpy as np
+import pytest
+
+from ws_mppi.estimation import FEET, walk
+from ws_sim.envs import make_env
+from ws_sim.estimator import BaseStateEstimator, LegKinematics, quat_to_rot
+
+
+@pytest.fixture(scope="module")
+def go1():
+    return make_env("go1")
+
+
+class _Trot:
+    """The open-loop trot reference as a controller (walks about 0.17 m/s without a planner)."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def plan(self, state, t):
+        return self.env.gait.reference((t + 1) * self.env.dt)
+
+
+def test_leg_kinematics_give_the_simulators_foot_contact_points_and_their_velocities(go1):
+    """r(q) is each foot sphere's lowest point relative to the base in the base frame (MuJoCo's own geom
+    positions after mj_forward), and r_dot equals its finite difference along a joint motion."""
+    kin = LegKinematics(go1.model, FEET)
+    data = mujoco.MjData(go1.model)
+    rng = np.random.default_rng(0)
+    data.qpos[:3] = (0.3, -0.2, 0.31)
+    quat = rng.normal(size=4)
+    data.qpos[3:7] = quat / np.linalg.norm(quat)
+    data.qpos[7:] = np.tile([0.0, 0.8, -1.6], 4) + rng.uniform(-0.2, 0.2, 12)
+    mujoco.mj_forward(go1.model, data)
+    rot = quat_to_rot(data.qpos[3:7])
+    dq = rng.normal(size=12)
+    r, r_dot = kin(data.qpos[7:], dq, rot)
+    feet = np.array([data.geom_xpos[go1.model.geom(f).id] for f in FEET]) - np.array([0, 0, 0.02])
+    np.testing.assert_allclose(data.qpos[:3] + r @ rot.T, feet, atol=1e-9)
+    # r_dot: the velocity of the calf's material point now at the contact point (a standing ball foot rolls
+    # about it), against that point's finite difference along the joint motion
+    eps = 1e-6
+    q = data.qpos[7:].copy()
+    kin(q, dq, rot)
+    local = [kin.data.xmat[b].reshape(3, 3).T @ (r[k] - kin.data.xpos[b]) for k, b in enumerate(kin.bodies)]
+    kin(q + eps * dq, dq, rot)
+    moved = np.array([kin.data.xpos[b] + kin.data.xmat[b].reshape(3, 3) @ local[k] for k, b in enumerate(kin.bodies)])
+    np.testing.assert_allclose((moved - r) / eps, r_dot, atol=1e-4)
+
+
+def test_joint_efforts_of_a_standing_robot_hold_its_weight_on_its_feet(go1):
+    """Standing still in the home pose, the ground forces computed from the joint torques add up to the
+    robot's weight (the legs' own weight neglected), shared by all four feet."""
+    state, _ = go1.reset(seed=0)
+    for _ in range(50):
+        state, *_ = go1.step(go1.neutral_action)
+    kin = LegKinematics(go1.model, FEET)
+    forces = kin.foot_forces(state[7:19], go1.data.actuator_force.copy()) @ quat_to_rot(state[3:7]).T
+    weight = float(np.sum(go1.model.body_mass)) * 9.81
+    assert forces[:, 2].sum() == pytest.approx(weight, rel=0.15)
+    assert np.all(forces[:, 2] > 0.1 * weight)
+
+
+@pytest.mark.parametrize("ideal", [True, False])
+def test_the_estimator_follows_a_trotting_robot_from_its_own_sensors(go1, ideal):
+    """2 s of trotting: with ideal or noisy IMU and encoders (biases, heading drift), the estimated base
+    velocity stays within 0.1 m/s RMS of the truth and the height within 2 cm, as the hardware goal asks."""
+    res = walk(go1, _Trot(go1), seed=0, steps=100, closed_loop=False, ideal=ideal)
+    assert not res["fell"] and res["progress_m"] > 0.2
+    assert res["velocity_rmse"] < 0.1 and res["height_error_max"] < 0.02
+    assert abs(res["yaw_drift_rad"]) < 0.05
+
+
+def test_bad_readings_are_refused_and_leave_the_estimate_as_it_was(go1):
+    state, _ = go1.reset(seed=1)
+    est = BaseStateEstimator(LegKinematics(go1.model, FEET))
+    est.reset(state[:3], state[3:7], state[7:19])
+    before = (est.position, est.velocity, est.covariance)
+    q, dq, contact = state[7:19], state[25:37], np.ones(4, dtype=bool)
+    for bad in ({"gyro": np.array([np.nan, 0, 0])}, {"accel": np.array([0, np.inf, 9.8])}, {"dt": 0.0},
+                {"contact": np.ones(3, dtype=bool)}):
+        args = {"dt": 0.02, "quat": state[3:7], "gyro": np.zeros(3), "accel": np.array([0, 0, 9.81]), "q": q,
+                "dq": dq, "contact": contact, **bad}
+        with pytest.raises(ValueError):
+            est.step(**args)
+        for a, b in zip(before, (est.position, est.velocity, est.covariance)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="finite"):
+        est.reset(np.array([0, 0, np.nan]), state[3:7], q)
+
+
+def test_ws_mppi_estimate_walks_on_the_truth_and_on_the_estimate(tmp_path, capsys):
+    """`ws mppi estimate` (one short seed): its report has both walks, the estimator's errors and a plot;
+    another robot is refused in one line."""
+    from ws_cli.main import main
+
+    assert main(["mppi", "estimate", "--seeds", "0", "--seconds", "1", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "estimation.json").read_text())
+    assert set(report["per_seed"]["0"]) == {"on_true_state", "on_estimate"}
+    assert report["summary"]["estimator_on_true_state_walk"]["velocity_rmse"][0] < 0.2
+    assert (tmp_path / "estimation.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["mppi", "estimate", "--env", "hopper", "--out", str(tmp_path / "h")]) == 2
+    assert "go1" in capsys.readouterr().err
