@@ -16,7 +16,7 @@ KV cache carried to every sample; the same predictions), with ratios against bot
 test: nothing is asserted.
 
     .venv/bin/python bench/bench_world_models.py [--batch 8] [--state-dim 18] [--action-dim 6] [--repeats 5]
-        [--horizons 20,50,100] [--train-steps 3] [--shared-history]
+        [--horizons 20,50,100] [--train-steps 3] [--shared-history] [--skip tdm,westworld_unfused]
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def main() -> None:
                    help="also time this many training steps per model and horizon (0: inference only)")
     p.add_argument("--shared-history", action="store_true",
                    help="give every sample the same history and also time WestWorld and TrajWorld running it once")
+    p.add_argument("--skip", default="", help="comma-separated rows not to time (e.g. tdm,westworld_unfused: "
+                                              "the slow ones at large batches)")
     args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     if args.threads:
         torch.set_num_threads(args.threads)
     models = {"westworld": WestWorld(WestWorldConfig()), "trajworld": TrajWorld(TrajWorldConfig()),
@@ -112,38 +115,36 @@ def main() -> None:
                 v[:] = v[:1].clone()
             batch.actions[:, :args.history - 1] = batch.actions[:1, :args.history - 1].clone()
         row = {}
-        with torch.inference_mode():
-            for name, m in models.items():
-                mean, std = _time(lambda: m.predict(batch), args.repeats, args.device)
-                row[name] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
-            unfused(True)
-            mean, std = _time(lambda: models["westworld"].predict(batch), args.repeats, args.device)
-            unfused(False)
-            row["westworld_unfused"] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
-            if args.shared_history:
-                for name in ("westworld", "trajworld"):
-                    mean, std = _time(lambda: models[name].predict(batch, shared_history=True), args.repeats,
-                                      args.device)
-                    row[f"{name}_shared"] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
-        for name in ("trajworld", "tdm", "westworld_unfused"):
-            row[f"{name}_over_westworld"] = round(row[name]["mean_ms"] / row["westworld"]["mean_ms"], 2)
+        timed = {name: (lambda m=m: m.predict(batch)) for name, m in models.items()}
+        timed["westworld_unfused"] = lambda: models["westworld"].predict(batch)
         if args.shared_history:
-            for name in ("westworld", "trajworld", "trajworld_shared", "tdm"):
-                row[f"{name}_over_westworld_shared"] = round(row[name]["mean_ms"] / row["westworld_shared"]["mean_ms"],
-                                                             2)
+            timed["westworld_shared"] = lambda: models["westworld"].predict(batch, shared_history=True)
+            timed["trajworld_shared"] = lambda: models["trajworld"].predict(batch, shared_history=True)
+        with torch.inference_mode():
+            for name, fn in timed.items():
+                if name in skip:
+                    continue
+                unfused(name == "westworld_unfused")
+                mean, std = _time(fn, args.repeats, args.device)
+                row[name] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
+            unfused(False)
+        for ref in ("westworld", "westworld_shared"):
+            for name in [n for n in timed if n in row and n != ref and ref in row]:
+                row[f"{name}_over_{ref}"] = round(row[name]["mean_ms"] / row[ref]["mean_ms"], 2)
         if args.train_steps > 0:
             row["train_windows_per_s"] = {name: _train_rate(m, batch, args.train_steps, args.device)
-                                          for name, m in models.items()}
-            unfused(True)
-            row["train_windows_per_s"]["westworld_unfused"] = _train_rate(models["westworld"], batch,
-                                                                          args.train_steps, args.device)
-            unfused(False)
+                                          for name, m in models.items() if name not in skip}
+            if "westworld_unfused" not in skip:
+                unfused(True)
+                row["train_windows_per_s"]["westworld_unfused"] = _train_rate(models["westworld"], batch,
+                                                                              args.train_steps, args.device)
+                unfused(False)
         rows[str(h)] = row
     print(json.dumps({"benchmark": "world_model_inference_latency", "device": args.device,
                       "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                       "batch": args.batch, "history": args.history, "state_dim": args.state_dim,
                       "action_dim": args.action_dim, "kv_cache": True, "train_steps": args.train_steps,
-                      "shared_history": args.shared_history,
+                      "shared_history": args.shared_history, "skipped": sorted(skip),
                       "horizons": rows}, indent=2))
 
 
