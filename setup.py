@@ -102,6 +102,7 @@ setup(
             "policy_executor = ws_ros.nodes.policy_executor:main",
             "teleop = ws_ros.nodes.teleop:main",
             "correction_recorder = ws_ros.nodes.correction_recorder:main",
+            "state_estimator = ws_ros.nodes.state_estimator:main",
         ],
     },
     cmdclass=cmdclass,

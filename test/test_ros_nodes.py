@@ -485,3 +485,49 @@ def test_sim_bridge_publishes_camera_images_and_rejects_bad_commands(ros_context
             ex.remove_node(n)
             n.destroy_node()
         ex.shutdown()
+
+
+def test_state_estimator_makes_odom_from_the_hardware_like_sim_bridge(ros_context):
+    """sim_bridge with hardware-like sensors publishes no odom, only a noisy imu and joint_states; state_estimator
+    turns them into odom (with covariances) that agrees with the simulator's truth for a standing Go1, and drops
+    non-finite readings, counting them."""
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Imu
+
+    from ws_ros.nodes.sim_bridge import SimBridge
+    from ws_ros.nodes.state_estimator import StateEstimatorNode
+
+    bridge = SimBridge(context=ros_context, parameter_overrides=[
+        Parameter("env", value="go1"), Parameter("sensors", value="hardware"), Parameter("publish_clock", value=True),
+        Parameter("real_time_factor", value=0.5), Parameter("publish_rate_hz", value=200.0)])
+    est = StateEstimatorNode(context=ros_context)
+    lst = Listener(context=ros_context)
+    odoms = []
+    lst.create_subscription(Odometry, "odom", odoms.append, sensor_qos())
+    imu_pub = lst.create_publisher(Imu, "imu", sensor_qos())
+    ex = SingleThreadedExecutor(context=ros_context)
+    for n in (bridge, est, lst):
+        ex.add_node(n)
+    try:
+        assert _spin_until(ex, lambda: len(odoms) >= 100, 60), f"{len(odoms)} odom messages, {est.rejected} rejected"
+        assert lst.count_publishers("odom") == 1  # the estimator's: the bridge keeps the truth to itself
+        last = odoms[-1]
+        with bridge._lock:
+            true_z = float(bridge.data.qpos[2])
+        assert last.pose.pose.position.z == pytest.approx(true_z, abs=0.02)
+        v = last.twist.twist.linear
+        assert math.hypot(v.x, v.y, v.z) < 0.1  # standing still
+        cov = np.asarray(last.pose.covariance).reshape(6, 6)
+        assert np.all(np.diag(cov) > 0) and np.allclose(cov, cov.T)
+        before = est.rejected
+        bad = Imu()
+        bad.header.stamp = last.header.stamp
+        bad.orientation.w, bad.angular_velocity.x = 1.0, float("nan")
+        imu_pub.publish(bad)
+        assert _spin_until(ex, lambda: est.rejected > before, 20)
+        assert "non-finite" in est.last_rejection
+    finally:
+        for n in (bridge, est, lst):
+            ex.remove_node(n)
+            n.destroy_node()
+        ex.shutdown()

@@ -27,6 +27,7 @@ EXECUTABLES = {
     "policy_executor": ("ws_ros.nodes.policy_executor", "main"),
     "teleop": ("ws_ros.nodes.teleop", "main"),
     "correction_recorder": ("ws_ros.nodes.correction_recorder", "main"),
+    "state_estimator": ("ws_ros.nodes.state_estimator", "main"),
 }
 
 #: executable -> (module, class, constructor args): the node an executable runs (``ws launch`` in one process)
@@ -38,15 +39,22 @@ NODES = {
     "policy_executor": ("ws_ros.nodes.policy_executor", "PolicyExecutorNode", ()),
     "teleop": ("ws_ros.nodes.teleop", "TeleopNode", ()),
     "correction_recorder": ("ws_ros.nodes.correction_recorder", "CorrectionRecorder", ()),
+    "state_estimator": ("ws_ros.nodes.state_estimator", "StateEstimatorNode", ()),
 }
 
 #: graph -> description and ``(executable, params file)`` per node
 GRAPHS = {
     "go1_sim": {"description": "Go1 sim-in-the-loop: sim_bridge + mppi_controller (learned dynamics)",
                 "nodes": [("sim_bridge", "go1_sim.yaml"), ("mppi_controller", "go1_sim.yaml")]},
-    "go1_robot": {"description": "Go1 on the robot: go1_bridge (unitree_legged_sdk) + mppi_controller "
-                                 "(activate by hand; needs an odom source)",
-                  "nodes": [("go1_bridge", "go1_robot.yaml"), ("mppi_controller", "go1_robot.yaml")]},
+    "go1_sim_estimated": {"description": "Go1 sim-in-the-loop on its own sensors: sim_bridge (hardware-like: imu and "
+                                         "joint_states only, with noise) + state_estimator (odom) + mppi_controller",
+                          "nodes": [("sim_bridge", "go1_sim_estimated.yaml"),
+                                    ("state_estimator", "go1_sim_estimated.yaml"),
+                                    ("mppi_controller", "go1_sim_estimated.yaml")]},
+    "go1_robot": {"description": "Go1 on the robot: go1_bridge (unitree_legged_sdk) + state_estimator (odom from "
+                                 "imu and joints) + mppi_controller (activate by hand)",
+                  "nodes": [("go1_bridge", "go1_robot.yaml"), ("state_estimator", "go1_robot.yaml"),
+                            ("mppi_controller", "go1_robot.yaml")]},
     "hopper_sim": {"description": "Hopper sim-in-the-loop: sim_bridge + mppi_controller (shipped MLPEnsemble)",
                    "nodes": [("sim_bridge", "hopper_sim.yaml"), ("mppi_controller", "hopper_sim.yaml")]},
     "walker2d_sim": {"description": "Walker2d sim-in-the-loop: sim_bridge + mppi_controller (oracle MPPI)",

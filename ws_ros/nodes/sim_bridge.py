@@ -29,7 +29,12 @@ optical axis) and ``camera/color/camera_info`` (pinhole intrinsics from the came
 ``fovy``) at ``camera_rate_hz``, rendering a copy of the state offscreen so that the physics
 thread never waits for it (``MUJOCO_GL=osmesa`` on a machine without a GPU).
 
-Parameters (``config/ros/*.yaml``): ``env``, ``seed``, ``real_time_factor``,
+Hardware-like sensors (``sensors: hardware``): only what a real robot measures, ``imu`` with white
+noise, random-walk biases and a drifting heading (:class:`ws_sim.estimator.ImuModel`; its specific
+force the mean over the publishing interval) and ``joint_states`` with encoder and effort noise;
+no ``odom`` (``state_estimator`` makes it, as on the robot).
+
+Parameters (``config/ros/*.yaml``): ``env``, ``seed``, ``sensors``, ``real_time_factor``,
 ``publish_clock``, ``clock_rate_hz``, ``start_paused``, ``publish_rate_hz``, ``frame_id``/``base_frame_id``, ``camera``,
 ``camera_rate_hz``, ``camera_width``/``camera_height``.
 """
@@ -81,14 +86,21 @@ class SimBridge(Node):
         clock_rate = float(p("clock_rate_hz", 1000.0, _descriptor(
             "/clock rate, Hz of simulated time (at most one per physics step); a sim-time 90 Hz "
             "controller ticks no finer than this")).value)
+        self.sensors = p("sensors", "truth", _descriptor(
+            "truth: odom and an ideal imu from the simulator; hardware: only what a real robot measures, imu with "
+            "noise, biases and a drifting heading and joint_states with encoder and effort noise, no odom (run "
+            "state_estimator beside it)")).value
         self.frame_id = p("frame_id", "odom", _descriptor("odometry frame")).value
         self.base_frame_id = p("base_frame_id", "base_link", _descriptor("robot base frame")).value
         if self.rtf < 0:
             raise ValueError(f"real_time_factor must be >= 0, got {self.rtf}")
         if self.rtf == 0 and not self.publish_clock:
             raise ValueError("real_time_factor 0 (unthrottled) needs publish_clock: true")
+        if self.sensors not in ("truth", "hardware"):
+            raise ValueError(f"sensors must be 'truth' or 'hardware', got {self.sensors!r}")
         self.env = make_env(self.env_name)
         self.env.reset(seed=int(seed))
+        self._rng = np.random.default_rng(int(seed) + 1)  # the hardware-like sensors' noise
         self.model, self.data = self.env.model, self.env.data
         self.io = RobotIO.from_model(self.model)
         self.limits = JointLimits.from_model(self.model)
@@ -105,7 +117,9 @@ class SimBridge(Node):
         self._every = max(1, int(round(1.0 / (rate * self.model.opt.timestep))))
         self._clock_every = max(1, int(round(1.0 / (clock_rate * self.model.opt.timestep))))
         self.pub_js = self.create_publisher(JointState, "joint_states", sensor_qos())
-        self.pub_odom = self.create_publisher(Odometry, "odom", sensor_qos()) if self.io.floating_base else None
+        hardware = self.sensors == "hardware"
+        self.pub_odom = self.create_publisher(Odometry, "odom", sensor_qos()) \
+            if self.io.floating_base and not hardware else None
         self.pub_imu = self.create_publisher(Imu, "imu", sensor_qos()) if self.io.floating_base else None
         self.pub_clock = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -136,6 +150,12 @@ class SimBridge(Node):
             self.pub_info = self.create_publisher(CameraInfo, "camera/color/camera_info", sensor_qos())
             self._cam_thread = threading.Thread(target=self._render_loop, args=(cam,), name="sim_bridge-camera",
                                                 daemon=True)
+        self._imu = None
+        if hardware and self.io.floating_base:
+            from ws_sim.estimator import ImuModel
+
+            self._imu = ImuModel(self._rng)
+            self._imu_last = (self.data.time, self.data.qvel[:3].copy())
         self._stop = threading.Event()
         self._steps = 0
         self._t_start = time.perf_counter()
@@ -253,15 +273,31 @@ class SimBridge(Node):
         js = JointState()
         js.header.stamp = stamp
         js.name = list(self.io.joint_names)
-        js.position = q.tolist()
-        js.velocity = qd.tolist()
         force = np.zeros(len(self.io.joint_names))
         force[[self.io.joint_names.index(n) for n in self.io.command_joints]] = self.data.actuator_force
+        if self.sensors == "hardware":  # encoders and current sensing are not perfect (stds chosen here)
+            q, qd = q + self._rng.normal(0.0, 1e-3, q.shape), qd + self._rng.normal(0.0, 0.05, qd.shape)
+            force = force + self._rng.normal(0.0, 0.2, force.shape)
+        js.position = q.tolist()
+        js.velocity = qd.tolist()
         js.effort = force.tolist()
         self.pub_js.publish(js)
         if base is None:
             return
         o = free_base_to_odom_arrays(base[:7], base[7:])
+        if self._imu is not None:  # hardware-like: no odom; the IMU's view of the motion since the last sample
+            t_prev, v_prev = self._imu_last
+            dt = self.data.time - t_prev
+            acc_world = (base[7:10] - v_prev) / dt if dt > 0 else np.zeros(3)
+            self._imu_last = (self.data.time, base[7:10].copy())
+            reading = self._imu.measure(base[3:7], base[10:13], acc_world, max(dt, self.model.opt.timestep))
+            imu = Imu()
+            imu.header.stamp, imu.header.frame_id = stamp, self.base_frame_id
+            imu.orientation.w, imu.orientation.x, imu.orientation.y, imu.orientation.z = reading.quat.tolist()
+            imu.angular_velocity.x, imu.angular_velocity.y, imu.angular_velocity.z = reading.gyro.tolist()
+            imu.linear_acceleration.x, imu.linear_acceleration.y, imu.linear_acceleration.z = reading.accel.tolist()
+            self.pub_imu.publish(imu)
+            return
         odom = Odometry()
         odom.header.stamp, odom.header.frame_id, odom.child_frame_id = stamp, self.frame_id, self.base_frame_id
         pose, tw = odom.pose.pose, odom.twist.twist
