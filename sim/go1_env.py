@@ -122,16 +122,21 @@ class Go1WalkEnv(gym.Env):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (12,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 12 finite joint targets, got shape {a.shape}")
-        self.data.ctrl[:] = np.clip(a, self.model.actuator_ctrlrange[:, 0], self.model.actuator_ctrlrange[:, 1])
+        ctrl = np.clip(a, self.model.actuator_ctrlrange[:, 0], self.model.actuator_ctrlrange[:, 1])
         p_before = self.data.qpos[:2].copy()
         goal = self.goal.copy()
-        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        self._advance(ctrl)
         reward = progress_reward(p_before, self.data.qpos[:2], goal, self.progress_eps)
         self.update_goal(self.data.qpos[:2])
         terminated = self.fallen()
         self._steps += 1
         truncated = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
         return self.state, reward, terminated, bool(truncated), self._info()
+
+    def _advance(self, ctrl: np.ndarray) -> None:
+        """Apply ``ctrl`` and step the physics over one control step (a subclass may delay it)."""
+        self.data.ctrl[:] = ctrl
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
 
     def render(self):
         if self._renderer is None:

@@ -13,7 +13,7 @@ from ws_cli.main import build_parser, main
 
 
 def _subcommands():
-    return [["collect"], ["train"], ["mppi"], ["mppi", "run"], ["mppi", "estimate"], ["corpus"], ["corpus", "build"], ["pretrain"],
+    return [["collect"], ["train"], ["mppi"], ["mppi", "run"], ["mppi", "estimate"], ["mppi", "randomised"], ["corpus"], ["corpus", "build"], ["pretrain"],
             ["eval"], ["eval", "zero-shot"], ["eval", "few-shot"], ["eval", "routing"], ["eval", "control"], ["eval", "curves"],
             ["launch"], ["video"], ["video", "clips"], ["video", "experts"], ["video", "experts", "train"],
             ["video", "revisit"], ["video", "revisit", "train"], ["video", "distill"]]

@@ -203,7 +203,7 @@ def load_reference(env: StateEnv, config: ControllerConfig) -> ReferenceTracking
 
 
 def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed: int = 0,
-                    nthread: int | None = None):
+                    nthread: int | None = None, oracle_model=None):
     """Build a controller for ``env``.
 
     Args:
@@ -213,6 +213,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         config: MPPI and cost settings.
         seed: the planner's noise seed.
         nthread: oracle rollout threads.
+        oracle_model: the ``MjModel`` the oracle plans with (default ``env.model``; e.g. the nominal
+            model while ``env`` steps a randomised one).
 
     Raises:
         ws_worldmodel.checkpoint.CheckpointError: unreadable checkpoint.
@@ -256,7 +258,7 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
 
         policy = load_expert(folder).act_state
     if dynamics == "oracle":
-        oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
+        oracle = MuJoCoOracle(env.model if oracle_model is None else oracle_model, env.frame_skip, nthread=nthread)
         dyn = OracleDynamics(oracle, env.physics_state)
         return MPPIController("oracle", MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior,
                                              policy=policy), oracle.close)
