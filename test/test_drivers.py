@@ -118,3 +118,31 @@ def test_piper_stop_is_the_sdks_emergency_stop_and_release_re_enables(monkeypatc
     assert calls[-2] == ("JointCtrl", tuple(int(v) for v in rad_to_millideg(q[:6])))
     assert calls[-1] == ("GripperCtrl", (40000, 1000, 0x01, 0))
     assert ("MotionCtrl_2", (0x01, 0x01, 30, 0x00)) in calls
+
+
+def test_go1_motor_order_and_units_follow_the_unitree_legged_sdk_layout(monkeypatch):
+    """unitree_legged_sdk's quadruped.h numbers the motors FR_0 = 0, FR_1, FR_2, FL_0 = 3, ..., RL_2 = 11 (legs FR,
+    FL, RR, RL; joints 0 hip, 1 thigh, 2 calf), with q in rad, Kp in N m/rad and Kd in N m s/rad: the driver sends
+    the model's joint i (ws_sim.go1.JOINTS, the order of joint_states and joint_command) to motor i, in the
+    units it was given, and reads motor i back into joint i."""
+    from ws_sim.go1 import JOINTS
+
+    sdk_index = {f"{leg}_{k}": 3 * li + k for li, leg in enumerate(("FR", "FL", "RR", "RL")) for k in range(3)}
+    part = {"hip": 0, "thigh": 1, "calf": 2}
+    for i, name in enumerate(JOINTS):
+        leg, joint, _ = name.split("_")
+        assert sdk_index[f"{leg}_{part[joint]}"] == i, name
+    calls = _Calls()
+    sdk = _fake_robot_interface(calls)
+    monkeypatch.setitem(sys.modules, "robot_interface", sdk)
+    drv = Go1Driver()
+    q = np.arange(12) * 0.1
+    drv.write(q, np.full(12, 80.0), np.full(12, 2.0))
+    motors = [c for c in calls if c[0] == "SetSend"][-1][1]
+    assert [m[1] for m in motors] == pytest.approx(q.tolist())
+    assert all(m[4] == 80.0 and m[5] == 2.0 and m[2] == 0.0 and m[3] == 0.0 for m in motors)
+    for i in range(12):
+        drv.state.motorState[i].q, drv.state.motorState[i].tauEst = -0.01 * i, 0.5 * i
+    reading = drv.read()
+    np.testing.assert_allclose(reading["q"], -0.01 * np.arange(12))
+    np.testing.assert_allclose(reading["tau"], 0.5 * np.arange(12))
