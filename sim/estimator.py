@@ -132,6 +132,10 @@ class EstimatorNoise:
         kin_velocity: leg-kinematics base velocity error, m/s.
         foot_height: a standing foot's height error, m.
         swing_scale: the factor on the measurement noise of a swinging foot.
+        reference_dt: the update period (s) at which the measurement noise levels hold; at a period
+            ``dt`` they are scaled by ``reference_dt / dt``.
+        gate_chi2: a standing foot whose base-velocity measurement's squared Mahalanobis distance
+            exceeds this (chi-square, 3 degrees of freedom; 16.3 is the 99.9 % point) counts as swinging.
     """
 
     accel: float = 0.5
@@ -142,6 +146,8 @@ class EstimatorNoise:
     kin_velocity: float = 0.1
     foot_height: float = 0.005
     swing_scale: float = 1e3
+    reference_dt: float = 0.02
+    gate_chi2: float = 16.3
 
 
 class BaseStateEstimator:
@@ -165,6 +171,8 @@ class BaseStateEstimator:
         self.P = np.eye(self.n)
         self.quat = np.array([1.0, 0.0, 0.0, 0.0])
         self.omega = np.zeros(3)
+        #: standing feet the last update's gate counted as swinging
+        self.rejected_feet = 0
 
     def reset(self, position: np.ndarray, quat: np.ndarray, q: np.ndarray, velocity: np.ndarray | None = None) -> None:
         """Start at base ``position`` (m, world) and orientation ``quat``, at rest unless ``velocity`` is given,
@@ -193,6 +201,10 @@ class BaseStateEstimator:
     def velocity(self) -> np.ndarray:
         """Base linear velocity ``(3,)``, m/s, world frame."""
         return self.x[3:6].copy()
+
+    def base_state(self) -> np.ndarray:
+        """The current estimate in :meth:`step`'s layout ``[position, quaternion, velocity, angular rate]`` (13,)."""
+        return np.concatenate([self.x[0:3], self.quat, self.x[3:6], self.omega])
 
     @property
     def covariance(self) -> np.ndarray:
@@ -251,17 +263,29 @@ class BaseStateEstimator:
             H[3 * k:3 * k + 3, 6 + 3 * k:9 + 3 * k] = np.eye(3)
             H[3 * nf + 3 * k:3 * nf + 3 * k + 3, 3:6] = np.eye(3)
             H[6 * nf + k, 6 + 3 * k + 2] = 1.0
-        scale = np.where(contact, 1.0, nz.swing_scale)
+        # a foot said to stand whose velocity measurement is far outside what the filter expects is slipping or
+        # not down yet (touch-down, a contact misread from the efforts): chi-square gate, that foot counts as swing
+        stand = contact.copy()
+        for k in np.flatnonzero(contact):
+            innov = v_from_foot[k] - self.x[3:6]
+            s_k = self.P[3:6, 3:6] + np.eye(3) * nz.kin_velocity ** 2 * (nz.reference_dt / dt)
+            if innov @ np.linalg.solve(s_k, innov) > nz.gate_chi2:
+                stand[k] = False
+        self.rejected_feet = int(contact.sum() - stand.sum())
+        scale = np.where(stand, 1.0, nz.swing_scale)
+        # the levels are per update at the reference period: a faster rate updates more often with errors that
+        # are correlated in time (slips, touch-downs), so each update counts for less and the filter's balance
+        # does not depend on the rate
         r_diag = np.r_[np.full(3 * nf, nz.kin_position ** 2),
                        np.repeat(scale, 3) * nz.kin_velocity ** 2,
-                       scale * nz.foot_height ** 2]
+                       scale * nz.foot_height ** 2] * (nz.reference_dt / dt)
         S = H @ self.P @ H.T + np.diag(r_diag)
         K = np.linalg.solve(S, H @ self.P).T
         self.x = self.x + K @ (y - H @ self.x)
         ikh = np.eye(self.n) - K @ H
         self.P = ikh @ self.P @ ikh.T + K @ np.diag(r_diag) @ K.T  # Joseph form: stays symmetric positive
         self.P = 0.5 * (self.P + self.P.T)
-        return np.concatenate([self.x[0:3], self.quat, self.x[3:6], self.omega])
+        return self.base_state()
 
 
 @dataclasses.dataclass

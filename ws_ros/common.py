@@ -97,8 +97,8 @@ def s_to_stamp(t: float):
     """Seconds -> ``builtin_interfaces/Time``."""
     from builtin_interfaces.msg import Time
 
-    sec = int(np.floor(t))
-    return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+    ns = int(round(float(t) * 1e9))  # whole nanoseconds first: 0.9999999999 s is 1 s, never 0 s
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 # --- diagnostics ------------------------------------------------------------------------------

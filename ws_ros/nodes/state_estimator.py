@@ -1,10 +1,12 @@
 """``state_estimator``: the Go1's ``odom`` from its ``imu`` and ``joint_states``, as a real robot needs.
 
 A thin node around :class:`ws_sim.estimator.BaseStateEstimator` (the linear Kalman filter over
-base position, velocity and feet of Bloesch et al. 2013; see that module). Every ``imu`` message
-(orientation, angular rate, specific force, base frame) steps the filter with the newest
-``joint_states`` (positions, velocities and efforts of the 12 leg joints, any order, by name);
-a foot stands when the ground force its joint efforts hold pushes up harder than
+base position, velocity and feet of Bloesch et al. 2013; see that module). Each ``imu`` message
+(orientation, angular rate, specific force, base frame) steps the filter together with the
+``joint_states`` message of the same instant (positions, velocities and efforts of the 12 leg
+joints, any order, by name; stamps within ``sync_tolerance_s``), as both bridges publish them:
+the two are paired by stamp, whichever arrives first, because an effort from another instant
+puts a swinging foot on the ground and drags the velocity estimate down. A foot stands when the ground force its joint efforts hold pushes up harder than
 ``contact_force_n``. Publishes ``nav_msgs/Odometry`` on ``odom`` (pose in ``frame_id``, twist in
 ``base_frame_id``, as ``sim_bridge`` publishes the truth) with covariances: position and
 velocity from the filter, orientation and angular rate from the IMU's (or the
@@ -14,10 +16,11 @@ Start: the first ``imu`` message after a joint reading starts the estimate at ``
 the base as high as the standing feet put it (all four on the ground). Readings that are not
 finite, IMU stamps that go backwards or jump more than ``max_dt_s`` are dropped and counted
 (the estimate is kept; after a jump the next message restarts the time base), and
-``/diagnostics`` reports it.
+``/diagnostics`` reports it. A message with the previous stamp again (a paused simulation)
+republishes the estimate as it is.
 
 Parameters: ``robot`` (go1), ``contact_force_n``, ``frame_id``, ``base_frame_id``,
-``max_dt_s``, ``orientation_std``, ``gyro_std``, ``ground_height``.
+``max_dt_s``, ``sync_tolerance_s``, ``orientation_std``, ``gyro_std``, ``ground_height``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class StateEstimatorNode(Node):
         self.orientation_std = float(p("orientation_std", 0.01, _descriptor(
             "orientation std (rad) when the IMU reports none")).value)
         self.gyro_std = float(p("gyro_std", 0.01, _descriptor("angular rate std (rad/s) when the IMU reports none")).value)
+        self.sync_tol = float(p("sync_tolerance_s", 0.002, _descriptor(
+            "an imu and a joint_states message this close in time are one instant")).value)
         ground = float(p("ground_height", 0.0, _descriptor("flat ground height, m")).value)
         if robot not in ROBOTS:
             raise ValueError(f"state_estimator knows robots {sorted(ROBOTS)}, not {robot!r}")
@@ -68,7 +73,8 @@ class StateEstimatorNode(Node):
         env.close()
         self.joint_names = [self.kin.model.joint(j).name for j in range(1, self.kin.model.njnt)]
         self.estimator = BaseStateEstimator(self.kin, ground_height=ground)
-        self._joints = None  # (q, dq, tau) in the model's order
+        self._joints = None  # (stamp, (q, dq, tau) in the model's order) of the newest joint_states
+        self._imu = None  # the newest imu message not yet used
         self._last_stamp = None
         self.started = False
         self.updates = 0
@@ -96,11 +102,23 @@ class StateEstimatorNode(Node):
         if not all(np.all(np.isfinite(v)) for v in (q, dq, tau)):
             self._reject("non-finite joint_states")
             return
-        self._joints = (q, dq, tau)
+        self._joints = (stamp_to_s(msg.header.stamp), (q, dq, tau))
+        self._pair()
 
     def _on_imu(self, msg: Imu) -> None:
-        if self._joints is None:
+        self._imu = msg
+        self._pair()
+
+    def _pair(self) -> None:
+        """Step once an imu message and a joint_states message of the same instant have both arrived."""
+        if self._imu is None or self._joints is None:
             return
+        if abs(stamp_to_s(self._imu.header.stamp) - self._joints[0]) > self.sync_tol:
+            return  # the other half of this instant is still on its way (or was lost: the next pair steps)
+        msg, self._imu = self._imu, None
+        self._step(msg, *self._joints[1])
+
+    def _step(self, msg: Imu, q: np.ndarray, dq: np.ndarray, tau: np.ndarray) -> None:
         o, w, a = msg.orientation, msg.angular_velocity, msg.linear_acceleration
         quat = np.array([o.w, o.x, o.y, o.z])
         gyro, accel = np.array([w.x, w.y, w.z]), np.array([a.x, a.y, a.z])
@@ -109,15 +127,18 @@ class StateEstimatorNode(Node):
             self._reject("non-finite or zero IMU reading")
             return
         stamp = stamp_to_s(msg.header.stamp)
-        q, dq, tau = self._joints
         rot = quat_to_rot(quat)
         if not self.started:
             r, _ = self.kin(q, np.zeros_like(q), rot)
             height = self.estimator.ground - float(np.mean((r @ rot.T)[:, 2]))  # all four feet on the ground
             self.estimator.reset(np.array([0.0, 0.0, height]), quat, q)
             self.started, self._last_stamp = True, stamp
+            self._publish(msg, self.estimator.base_state(), rot)
             return
         dt = stamp - self._last_stamp
+        if dt == 0.0:  # the same instant again (a paused simulation): the estimate as it is
+            self._publish(msg, self.estimator.base_state(), rot)
+            return
         if not 0.0 < dt <= self.max_dt:
             self._reject(f"IMU stamp step {dt:.4f} s outside (0, {self.max_dt}]")
             self._last_stamp = stamp if dt > 0 else self._last_stamp
