@@ -106,6 +106,11 @@ class StateEstimatorNode(Node):
         self._pair()
 
     def _on_imu(self, msg: Imu) -> None:
+        o, w, a = msg.orientation, msg.angular_velocity, msg.linear_acceleration
+        values = np.array([o.w, o.x, o.y, o.z, w.x, w.y, w.z, a.x, a.y, a.z])
+        if not np.all(np.isfinite(values)) or np.linalg.norm(values[:4]) < 0.5:
+            self._reject("non-finite or zero IMU reading")  # dropped on arrival: it never pairs
+            return
         self._imu = msg
         self._pair()
 
@@ -122,10 +127,6 @@ class StateEstimatorNode(Node):
         o, w, a = msg.orientation, msg.angular_velocity, msg.linear_acceleration
         quat = np.array([o.w, o.x, o.y, o.z])
         gyro, accel = np.array([w.x, w.y, w.z]), np.array([a.x, a.y, a.z])
-        if not (np.all(np.isfinite(quat)) and np.all(np.isfinite(gyro)) and np.all(np.isfinite(accel))) \
-                or np.linalg.norm(quat) < 0.5:
-            self._reject("non-finite or zero IMU reading")
-            return
         stamp = stamp_to_s(msg.header.stamp)
         rot = quat_to_rot(quat)
         if not self.started:
