@@ -110,3 +110,27 @@ def test_ws_mppi_estimate_walks_on_the_truth_and_on_the_estimate(tmp_path, capsy
     capsys.readouterr()
     assert main(["mppi", "estimate", "--env", "hopper", "--out", str(tmp_path / "h")]) == 2
     assert "go1" in capsys.readouterr().err
+
+
+def test_the_gate_keeps_feet_misread_as_standing_from_dragging_the_velocity(go1):
+    """Every foot reported standing, the swinging ones too (a contact misread from the efforts): the chi-square
+    gate on each foot's velocity measurement keeps the estimate within 0.15 m/s RMS over 2 s of trotting, where
+    the same filter without the gate is more than twice as far off."""
+    from ws_sim.estimator import EstimatorNoise, ImuModel
+
+    rmse = {}
+    for gate in (EstimatorNoise().gate_chi2, np.inf):
+        state, _ = go1.reset(seed=0)
+        est = BaseStateEstimator(LegKinematics(go1.model, FEET), EstimatorNoise(gate_chi2=gate))
+        est.reset(state[:3], state[3:7], state[7:19])
+        imu = ImuModel(np.random.default_rng(0), ideal=True)
+        errors = []
+        for t in range(100):
+            v_before = go1.data.qvel[:3].copy()
+            state, *_ = go1.step(go1.gait.reference((t + 1) * go1.dt))
+            reading = imu.measure(state[3:7], state[22:25], (state[19:22] - v_before) / go1.dt, go1.dt)
+            est.step(go1.dt, reading.quat, reading.gyro, reading.accel, state[7:19], state[25:37], np.ones(4, bool))
+            errors.append(est.velocity - state[19:22])
+        rmse[gate] = float(np.sqrt(np.mean(np.sum(np.square(errors), axis=1))))
+    gated, ungated = rmse.values()
+    assert gated < 0.15 and ungated > 2 * gated, rmse
