@@ -59,5 +59,9 @@ def test_ws_mppi_randomised_reports_nominal_and_randomised_walks(tmp_path, capsy
         rows = report["controllers"][label]
         assert rows["randomised"]["per_seed"][0]["draw"]["latency_s"] >= 0
         assert rows["nominal"]["per_seed"][0]["draw"] is None and rows["nominal"]["walks"] == 1
+    assert main(["mppi", "randomised", "--dynamics", "default", "--seeds", "1", "--seconds", "0.2", "--on-estimate",
+                 "--threads", "1", "--out", str(tmp_path / "e")]) == 0
+    on_est = json.loads((tmp_path / "e" / "randomised.json").read_text())
+    assert on_est["on_estimate"] and "velocity_rmse" in on_est["controllers"]["default"]["randomised"]["per_seed"][0]
     capsys.readouterr()
     assert main(["mppi", "randomised", "--env", "hopper", "--out", str(tmp_path / "h")]) == 2

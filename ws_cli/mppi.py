@@ -110,7 +110,7 @@ def cmd_mppi_randomised(args) -> int:
                                                                            oracle_model=nominal))
                    for label, path in dynamics.items()}
     out = args.out or Path("runs") / "randomised-go1"
-    summary = evaluate(controllers, seeds, args.seconds, out_dir=out)
+    summary = evaluate(controllers, seeds, args.seconds, out_dir=out, on_estimate=args.on_estimate)
     for label, kinds in summary["controllers"].items():
         for kind, row in kinds.items():
             print(f"{label:<10} {kind:<10} progress {row['progress_m'][0]:6.2f} ± {row['progress_m'][1]:.2f} m "
@@ -173,5 +173,8 @@ def add_mppi(sub) -> None:
                          "model) or checkpoint paths")
     rz.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (episode and physics draw)")
     rz.add_argument("--seconds", type=float, default=10.0, help="walk length per episode")
+    rz.add_argument("--on-estimate", action="store_true",
+                    help="plan on the state estimated from simulated IMU (biases drawn per walk), encoder and effort "
+                         "readings (ws mppi estimate's), not on the true state")
     rz.add_argument("--out", type=Path, default=None, help="report directory (default runs/randomised-go1)")
     add_controller_args(rz)

@@ -19,9 +19,15 @@ from ws_sim.randomisation import Go1Randomisation, RandomisedGo1Env
 __all__ = ["walk", "evaluate"]
 
 
-def walk(env, controller, seed: int, steps: int) -> dict:
-    """``steps`` control steps from ``env.reset(seed=seed)`` on the true state:
-    ``{"progress_m", "steps", "fell"}`` (the base's forward progress along x)."""
+def walk(env, controller, seed: int, steps: int, on_estimate: bool = False) -> dict:
+    """``steps`` control steps from ``env.reset(seed=seed)`` on the true state (or, ``on_estimate``, on the
+    state estimated from simulated IMU, encoder and effort readings, whose IMU biases are drawn per walk:
+    :func:`ws_mppi.estimation.walk`): ``{"progress_m", "steps", "fell"}`` (the base's forward progress along x)."""
+    if on_estimate:
+        from .estimation import walk as walk_on_estimate
+
+        res = walk_on_estimate(env, controller, seed, steps, closed_loop=True)
+        return {k: res[k] for k in ("progress_m", "steps", "fell")} | {"velocity_rmse": res["velocity_rmse"]}
     state, _ = env.reset(seed=seed)
     controller.reset()
     x0, fell, t = state[0], False, 0
@@ -44,7 +50,7 @@ def _draw_json(draw: dict | None) -> dict | None:
 
 
 def evaluate(controllers: dict, seeds, seconds: float, randomisation: Go1Randomisation | None = None,
-             out_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+             out_dir: str | os.PathLike | None = None, progress: bool = True, on_estimate: bool = False) -> dict:
     """Walk every controller on the nominal and on a randomised Go1 for each seed.
 
     Args:
@@ -54,6 +60,7 @@ def evaluate(controllers: dict, seeds, seconds: float, randomisation: Go1Randomi
         seconds: walk length.
         randomisation: the ranges (default :class:`Go1Randomisation`).
         out_dir: where ``randomised.json`` goes.
+        on_estimate: the controllers plan on the estimated base state (:func:`walk`).
 
     Returns:
         ``{label: {"nominal": {...}, "randomised": {...}}}`` with the progress (m, mean and std over seeds),
@@ -72,7 +79,7 @@ def evaluate(controllers: dict, seeds, seconds: float, randomisation: Go1Randomi
         steps = int(round(seconds / env.dt))
         ctrl = controllers[label](env, env.nominal_model)
         try:
-            res = walk(env, ctrl, seed, steps)
+            res = walk(env, ctrl, seed, steps, on_estimate=on_estimate)
         finally:
             getattr(ctrl, "close", lambda: None)()
             env.close()
@@ -83,7 +90,7 @@ def evaluate(controllers: dict, seeds, seconds: float, randomisation: Go1Randomi
             prog = np.array([r["progress_m"] for r in rs])
             out[label][kind] = {"progress_m": [float(prog.mean()), float(prog.std())],
                                 "falls": int(sum(r["fell"] for r in rs)), "walks": len(rs), "per_seed": rs}
-    summary = {"seeds": seeds, "seconds": seconds, "ranges": {k: v for k, v in vars(randomisation).items()},
+    summary = {"seeds": seeds, "seconds": seconds, "on_estimate": on_estimate, "ranges": {k: v for k, v in vars(randomisation).items()},
                "controllers": out}
     if out_dir is not None:
         path = Path(out_dir)
