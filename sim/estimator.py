@@ -29,8 +29,8 @@ import dataclasses
 import mujoco
 import numpy as np
 
-__all__ = ["LegKinematics", "EstimatorNoise", "BaseStateEstimator", "ImuModel", "ImuReading", "quat_to_rot",
-           "yaw_of"]
+__all__ = ["LegKinematics", "EstimatorNoise", "BaseStateEstimator", "ImuModel", "ImuReading", "EncoderNoise",
+           "quat_to_rot", "yaw_of"]
 
 GRAVITY = np.array([0.0, 0.0, -9.81])
 
@@ -289,6 +289,21 @@ class BaseStateEstimator:
 
 
 @dataclasses.dataclass
+class EncoderNoise:
+    """What a real robot's joint readings add to the truth (white noise standard deviations; chosen here, not
+    measured): joint angle ``q`` rad, rate ``dq`` rad/s, effort ``tau`` N m."""
+
+    q: float = 1e-3
+    dq: float = 0.05
+    tau: float = 0.2
+
+    def apply(self, rng: np.random.Generator, q: np.ndarray, dq: np.ndarray, tau: np.ndarray):
+        """``(q, dq, tau)`` as read: each ``(n,)`` plus its noise (unchanged where the level is 0)."""
+        return tuple(v + rng.normal(0.0, std, np.shape(v)) if std else np.asarray(v, dtype=np.float64)
+                     for v, std in ((q, self.q), (dq, self.dq), (tau, self.tau)))
+
+
+@dataclasses.dataclass
 class ImuReading:
     """One IMU sample: orientation ``(w, x, y, z)``, angular rate (rad/s, body) and specific force (m/s^2, body)."""
 
@@ -325,8 +340,8 @@ class ImuModel:
         self.yaw_error = 0.0
 
     def measure(self, quat: np.ndarray, omega_body: np.ndarray, acc_world: np.ndarray, dt: float) -> ImuReading:
-        """The reading for true orientation ``quat``, body angular velocity and world linear acceleration
-        (m/s^2, gravity not included) over a sample period ``dt`` (s)."""
+        """The reading for true orientation ``quat`` ``(4,)`` (w, x, y, z), body angular velocity ``(3,)`` rad/s
+        and world linear acceleration ``(3,)`` (m/s^2, gravity not included) over a sample period ``dt`` (s)."""
         rot = quat_to_rot(quat)
         specific = rot.T @ (np.asarray(acc_world) - GRAVITY)
         if self.ideal:

@@ -59,24 +59,35 @@ def cmd_mppi_run(args) -> int:
     return 0
 
 
+def _go1_evaluation(args, what: str) -> tuple[int | None, object, list[int]]:
+    """The Go1 evaluations' common start: ``(threads, controller config, seeds)``.
+
+    Raises:
+        ConfigError: another robot than the Go1, or seeds that are not integers."""
+    from ws_mppi.config import ConfigError
+
+    if args.env != "go1":
+        raise ConfigError(f"{what} is for the legged robot (--env go1), not {args.env}")
+    headless_gl()
+    nthread = set_threads(args.threads)
+    cfg = controller_config(args)
+    with config_errors():
+        seeds = [int(s) for s in split_list(args.seeds)]
+    return nthread, cfg, seeds
+
+
 def cmd_mppi_estimate(args) -> int:
     """Walk the Go1 with MPPI on its true state and on the state estimated from its own sensors."""
     import json
 
-    from ws_mppi.config import ConfigError
     from ws_mppi.estimation import evaluate
     from ws_mppi.report import resolve_dynamics
     from ws_mppi.runner import make_controller
     from ws_sim.envs import make_env
 
-    if args.env != "go1":
-        raise ConfigError(f"base state estimation is for the legged robot (--env go1), not {args.env}")
-    headless_gl()
-    nthread = set_threads(args.threads)
-    cfg = controller_config(args)
+    nthread, cfg, seeds = _go1_evaluation(args, "base state estimation")
     env = make_env(args.env)
     with config_errors():
-        seeds = [int(s) for s in split_list(args.seeds)]
         dynamics = resolve_dynamics(args.env, args.dynamics)
         make_controller(env, dynamics, cfg, seed=0, nthread=nthread).close()  # bad settings fail before walking
     out = args.out or Path("runs") / "estimate-go1"
@@ -96,13 +107,8 @@ def cmd_mppi_randomised(args) -> int:
     from ws_mppi.runner import make_controller
     from ws_mppi.sim_to_real import evaluate
 
-    if args.env != "go1":
-        raise ConfigError(f"the randomised evaluation is for the Go1 (--env go1), not {args.env}")
-    headless_gl()
-    nthread = set_threads(args.threads)
-    cfg = controller_config(args)
+    nthread, cfg, seeds = _go1_evaluation(args, "the randomised evaluation")
     with config_errors():
-        seeds = [int(s) for s in split_list(args.seeds)]
         dynamics = {d: resolve_dynamics("go1", d) for d in split_list(args.dynamics)}
     if not dynamics:
         raise ConfigError("--dynamics names no controller")

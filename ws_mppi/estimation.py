@@ -11,29 +11,20 @@ the true state (the estimator riding along, to measure it) or on the estimated o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ws_sim.estimator import BaseStateEstimator, EstimatorNoise, ImuModel, LegKinematics, quat_to_rot, yaw_of
+from ws_sim.estimator import (BaseStateEstimator, EncoderNoise, EstimatorNoise, ImuModel, LegKinematics, quat_to_rot,
+                              yaw_of)
 
 __all__ = ["Go1Sensors", "walk", "evaluate", "CONTACT_FORCE_N"]
 
 #: a foot stands when the ground pushes it up with more than this (N), from the joint efforts
 CONTACT_FORCE_N = 20.0
 FEET = ("FR_foot", "FL_foot", "RR_foot", "RL_foot")
-
-
-@dataclasses.dataclass
-class SensorNoise:
-    """Encoder and effort noise (standard deviations; chosen here): joint angle rad, rate rad/s, effort N m."""
-
-    q: float = 1e-3
-    dq: float = 0.05
-    tau: float = 0.2
 
 
 class Go1Sensors:
@@ -51,7 +42,7 @@ class Go1Sensors:
         self.rng = rng
         self.ideal = ideal
         self.imu = ImuModel(rng, ideal=ideal)
-        self.sensor_noise = SensorNoise(0.0, 0.0, 0.0) if ideal else SensorNoise()
+        self.sensor_noise = EncoderNoise(0.0, 0.0, 0.0) if ideal else EncoderNoise()
         self.kin = LegKinematics(env.model, FEET)
         self.estimator = BaseStateEstimator(self.kin, noise)
         self._v_before = None
@@ -73,9 +64,7 @@ class Go1Sensors:
         env, sn, rng = self.env, self.sensor_noise, self.rng
         acc_world = (state[19:22] - self._v_before) / env.dt  # the mean acceleration over the step
         reading = self.imu.measure(state[3:7], state[22:25], acc_world, env.dt)
-        q = state[7:19] + rng.normal(0.0, sn.q, 12) if sn.q else state[7:19]
-        dq = state[25:37] + rng.normal(0.0, sn.dq, 12) if sn.dq else state[25:37]
-        tau = env.data.actuator_force.copy() + (rng.normal(0.0, sn.tau, 12) if sn.tau else 0.0)
+        q, dq, tau = sn.apply(rng, state[7:19], state[25:37], env.data.actuator_force.copy())
         rot = quat_to_rot(reading.quat)
         contact = (self.kin.foot_forces(q, tau) @ rot.T)[:, 2] > CONTACT_FORCE_N
         base = self.estimator.step(env.dt, reading.quat, reading.gyro, reading.accel, q, dq, contact)

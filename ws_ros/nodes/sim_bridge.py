@@ -150,10 +150,11 @@ class SimBridge(Node):
             self.pub_info = self.create_publisher(CameraInfo, "camera/color/camera_info", sensor_qos())
             self._cam_thread = threading.Thread(target=self._render_loop, args=(cam,), name="sim_bridge-camera",
                                                 daemon=True)
+        from ws_sim.estimator import EncoderNoise, ImuModel
+
+        self._encoder_noise = EncoderNoise()
         self._imu = None
         if hardware and self.io.floating_base:
-            from ws_sim.estimator import ImuModel
-
             self._imu = ImuModel(self._rng)
             self._imu_last = (self.data.time, self.data.qvel[:3].copy())
         self._stop = threading.Event()
@@ -275,9 +276,8 @@ class SimBridge(Node):
         js.name = list(self.io.joint_names)
         force = np.zeros(len(self.io.joint_names))
         force[[self.io.joint_names.index(n) for n in self.io.command_joints]] = self.data.actuator_force
-        if self.sensors == "hardware":  # encoders and current sensing are not perfect (stds chosen here)
-            q, qd = q + self._rng.normal(0.0, 1e-3, q.shape), qd + self._rng.normal(0.0, 0.05, qd.shape)
-            force = force + self._rng.normal(0.0, 0.2, force.shape)
+        if self.sensors == "hardware":  # encoders and current sensing are not perfect
+            q, qd, force = self._encoder_noise.apply(self._rng, q, qd, force)
         js.position = q.tolist()
         js.velocity = qd.tolist()
         js.effort = force.tolist()
