@@ -109,6 +109,31 @@ class LegKinematics:
             out[k] = -np.linalg.solve(jac.T, np.asarray(tau)[cols])
         return out
 
+    def contact(self, q: np.ndarray, tau: np.ndarray, rot: np.ndarray, force_n: float = 20.0,
+                height_margin_m: float | None = 0.02) -> np.ndarray:
+        """``(F,)`` bool: the feet on the ground, from the joints' efforts and the legs' geometry.
+
+        A foot stands when the ground force its joint torques hold (:meth:`foot_forces`, world frame) pushes up
+        with more than ``force_n`` newtons and, on flat ground, its contact point is within ``height_margin_m``
+        of the lowest foot's (kinematics and orientation only; None: no height test). The height test
+        removes swinging legs whose efforts look like ground forces: a servo's transient toward a new target
+        (a command that arrives late in the control step) or a leg accelerating in swing; these legs carry
+        their foot several centimetres up.
+
+        Args:
+            q, tau: joint angles (rad) and efforts (N m), the model's joint order.
+            rot: base orientation (body to world).
+            force_n: the upward force threshold, N.
+            height_margin_m: how far above the lowest foot a standing foot may be, m.
+        """
+        rot = np.asarray(rot, dtype=np.float64)
+        standing = (self.foot_forces(q, tau) @ rot.T)[:, 2] > force_n
+        if height_margin_m is not None:
+            r, _ = self(q, np.zeros_like(q), rot)
+            z = (r @ rot.T)[:, 2]
+            standing &= z - z.min() <= height_margin_m
+        return standing
+
     def _set(self, q: np.ndarray, dq: np.ndarray) -> None:
         d = self.data
         d.qpos[:7] = (0, 0, 0, 1, 0, 0, 0)

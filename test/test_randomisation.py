@@ -65,3 +65,38 @@ def test_ws_mppi_randomised_reports_nominal_and_randomised_walks(tmp_path, capsy
     assert on_est["on_estimate"] and "velocity_rmse" in on_est["controllers"]["default"]["randomised"]["per_seed"][0]
     capsys.readouterr()
     assert main(["mppi", "randomised", "--env", "hopper", "--out", str(tmp_path / "h")]) == 2
+
+
+def test_randomised_collection_plans_each_episode_on_its_own_physics():
+    """``ws collect --randomise``: every episode gets its own draw, and its kept rollouts are that draw's
+    MuJoCo trajectories (the nominal model does not reproduce them); no draw repeats an evaluation seed's."""
+    from ws_mppi.collect import CollectConfig, collect, randomised_go1_episodes
+    from ws_mppi.config import ControllerConfig
+    from ws_mppi.mppi import MPPIConfig
+    from ws_sim.oracle import MuJoCoOracle
+
+    make = randomised_go1_episodes(max_episode_steps=3)
+    envs = {}
+
+    def env_for_seed(seed):
+        envs[seed] = make(seed)
+        return envs[seed]
+
+    env_for_seed.describe = make.describe
+
+    cfg = ControllerConfig(mppi=MPPIConfig(horizon=4, samples=8, temperature=1.0, noise_sigma=0.1))
+    base = RandomisedGo1Env(None)
+    _, val, _ = collect(base, CollectConfig(train_episodes=1, full_episodes=0, val_episodes=1, max_steps=3, seed=7),
+                        cfg, nthread=1, env_for_seed=env_for_seed)
+    assert sorted(envs) == [7, 8]
+    assert envs[7].draw["ground_friction"] != envs[8].draw["ground_friction"]
+    eval_draw = Go1Randomisation().sample(np.random.default_rng(8))  # what 'ws mppi randomised --seeds 8' walks on
+    assert eval_draw["ground_friction"] != envs[8].draw["ground_friction"]
+    seg = next(iter(val.segments()))
+    own = MuJoCoOracle(envs[8].model, envs[8].frame_skip, nthread=1)
+    nominal = MuJoCoOracle(base.nominal_model, base.frame_skip, nthread=1)
+    pred_own = own.rollout(seg["observations"][0], seg["actions"][None])[0]
+    pred_nominal = nominal.rollout(seg["observations"][0], seg["actions"][None])[0]
+    np.testing.assert_allclose(pred_own, seg["observations"][1:], atol=1e-4)
+    assert np.abs(pred_nominal - seg["observations"][1:]).max() > 1e-3
+    assert val.attrs["episode_envs"]["draw_stream"] == "numpy.random.default_rng([seed, 1])"

@@ -21,7 +21,15 @@ def cmd_collect(args) -> int:
     ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
                          val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,
                          max_steps=args.max_steps, seed=args.seed, history=args.history)
-    train, val, stats = collect(env, ccfg, controller_config(args), nthread=nthread)
+    env_for_seed = None
+    if args.randomise:
+        from ws_mppi.config import ConfigError
+        from ws_mppi.collect import randomised_go1_episodes
+
+        if env.name != "go1":
+            raise ConfigError(f"--randomise draws the Go1's sim-to-real physics; --env {args.env} has none")
+        env_for_seed = randomised_go1_episodes(max_episode_steps=args.max_steps)
+    train, val, stats = collect(env, ccfg, controller_config(args), nthread=nthread, env_for_seed=env_for_seed)
     suffix = ".hdf5" if args.format == "hdf5" else ""
     out = Path(args.out)
     tp = write_dataset(train, out / f"train{suffix}", args.format)
@@ -65,6 +73,11 @@ def add_collect(sub) -> None:
     c.add_argument("--history", type=int, default=0,
                    help="prefix each kept rollout with this many executed steps (for trajectory world models "
                         "that plan from a history: WestWorld, TrajWorld, TDM)")
+    c.add_argument("--randomise", action="store_true",
+                   help="Go1 only: each episode on its own draw of the sim-to-real ranges (latency, PD gains, joint "
+                        "damping and friction, trunk mass and centre of mass, ground friction; "
+                        "ws_sim.randomisation.Go1Randomisation), the oracle planning with that episode's physics; "
+                        "the draws never repeat those of 'ws mppi randomised'")
     add_controller_args(c)
 
 

@@ -34,7 +34,7 @@ from ws_sim.envs import StateEnv
 from .config import ControllerConfig
 from .runner import make_controller
 
-__all__ = ["CollectConfig", "collect", "corpus_mppi_policy"]
+__all__ = ["CollectConfig", "collect", "corpus_mppi_policy", "randomised_go1_episodes"]
 
 
 @dataclasses.dataclass
@@ -80,12 +80,13 @@ def _segments_from_plan(env: StateEnv, state: np.ndarray, actions: np.ndarray, s
     return out
 
 
-def _run(env: StateEnv, controller, seeds: list[int], keep_frac: float, max_steps: int, desc: str,
-         history: int = 0):
+def _run(episode, seeds: list[int], keep_frac: float, max_steps: int, desc: str, history: int = 0):
+    """Closed-loop oracle MPPI over ``seeds``; ``episode(seed) -> (env, controller)``."""
     parts = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
     returns = []
     bar = tqdm(total=len(seeds) * max_steps, desc=desc, unit="step", leave=False)
     for seed in seeds:
+        env, controller = episode(seed)
         state, _ = env.reset(seed=seed)
         controller.reset(seed)
         ret = 0.0
@@ -127,16 +128,19 @@ def _to_dataset(env: StateEnv, parts: dict, attrs: dict) -> TrajectoryDataset:
 
 
 def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerConfig,
-            nthread: int | None = None) -> tuple[TrajectoryDataset, TrajectoryDataset, dict]:
+            nthread: int | None = None, env_for_seed=None) -> tuple[TrajectoryDataset, TrajectoryDataset, dict]:
     """Collect training and validation datasets with oracle MPPI.
 
     Args:
-        env: the environment.
+        env: the environment (its channels and task describe the data).
         config: episode counts, kept fractions, step limit and seed. Episode ``i`` resets
             with seed ``config.seed + i``: training first, then the full-sample episodes,
             then validation, so the three never share a seed.
         controller_config: the oracle MPPI settings.
         nthread: oracle rollout threads.
+        env_for_seed: ``seed -> env`` for a fresh environment per episode, e.g. one draw of randomised
+            physics (:func:`randomised_go1_episodes`); the oracle then plans with that episode's own
+            model. Default: every episode in ``env``.
 
     Returns:
         ``(train, val, stats)``; ``stats`` holds the oracle's episode returns.
@@ -147,25 +151,60 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
         raise ValueError(f"history must be >= 0, got {config.history}")
     if config.train_episodes + config.full_episodes < 1 or config.val_episodes < 1:
         raise ValueError("need at least one training and one validation episode")
-    ctrl = make_controller(env, "oracle", controller_config, seed=config.seed, nthread=nthread)
     s0, n_tr, n_full = config.seed, config.train_episodes, config.full_episodes
     train_seeds = list(range(s0, s0 + n_tr))
     full_seeds = list(range(s0 + n_tr, s0 + n_tr + n_full))
     val_seeds = list(range(s0 + n_tr + n_full, s0 + n_tr + n_full + config.val_episodes))
+    current: dict = {}  # the episode's environment and oracle planner, rebuilt per episode with env_for_seed
+
+    def episode(seed: int):
+        if env_for_seed is None and current:
+            return current["env"], current["ctrl"]
+        if current:
+            current["ctrl"].close()
+        e = env if env_for_seed is None else env_for_seed(seed)
+        current.update(env=e, ctrl=make_controller(e, "oracle", controller_config, seed=config.seed, nthread=nthread))
+        return e, current["ctrl"]
+
     try:
         h = config.history
-        tr, r1 = _run(env, ctrl, train_seeds, config.keep_train, config.max_steps, "collect train", h)
-        fu, r2 = _run(env, ctrl, full_seeds, 1.0, config.max_steps, "collect all-samples", h)
-        va, r3 = _run(env, ctrl, val_seeds, config.keep_val, config.max_steps, "collect val", h)
+        tr, r1 = _run(episode, train_seeds, config.keep_train, config.max_steps, "collect train", h)
+        fu, r2 = _run(episode, full_seeds, 1.0, config.max_steps, "collect all-samples", h)
+        va, r3 = _run(episode, val_seeds, config.keep_val, config.max_steps, "collect val", h)
     finally:
-        ctrl.close()
+        if current:
+            current["ctrl"].close()
     for k in tr:
         tr[k].extend(fu[k])
     attrs = {"collect": dataclasses.asdict(config), "controller": controller_config.to_dict()}
+    if env_for_seed is not None:
+        attrs["episode_envs"] = getattr(env_for_seed, "describe", "one environment per episode")
     train = _to_dataset(env, tr, {**attrs, "split": "train", "seeds": train_seeds + full_seeds})
     val = _to_dataset(env, va, {**attrs, "split": "val", "seeds": val_seeds})
     stats = {"oracle_returns_train": r1, "oracle_returns_full": r2, "oracle_returns_val": r3}
     return train, val, stats
+
+
+def randomised_go1_episodes(randomisation=None, max_episode_steps: int | None = None):
+    """``seed -> RandomisedGo1Env`` for :func:`collect`: each episode on its own draw of the sim-to-real
+    ranges (:class:`ws_sim.randomisation.Go1Randomisation`).
+
+    The draw of episode ``seed`` comes from ``numpy.random.default_rng([seed, 1])``, a stream that the
+    randomised evaluation (``ws mppi randomised``, ``default_rng(seed)``) never uses, so training data
+    never repeats an evaluation draw. Latency is in the executed steps only: the oracle's sampled
+    rollouts (most of the data) step the episode's model without it.
+    """
+    from ws_sim.randomisation import Go1Randomisation, RandomisedGo1Env
+
+    randomisation = randomisation or Go1Randomisation()
+
+    def make(seed: int):
+        draw = randomisation.sample(np.random.default_rng([int(seed), 1]))
+        return RandomisedGo1Env(draw, max_episode_steps=max_episode_steps)
+
+    make.describe = {"randomisation": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(randomisation).items()},
+                     "draw_stream": "numpy.random.default_rng([seed, 1])"}
+    return make
 
 
 def corpus_mppi_policy(system):

@@ -20,10 +20,12 @@ import numpy as np
 from ws_sim.estimator import (BaseStateEstimator, EncoderNoise, EstimatorNoise, ImuModel, LegKinematics, quat_to_rot,
                               yaw_of)
 
-__all__ = ["Go1Sensors", "walk", "evaluate", "CONTACT_FORCE_N"]
+__all__ = ["Go1Sensors", "walk", "evaluate", "CONTACT_FORCE_N", "CONTACT_HEIGHT_MARGIN_M"]
 
 #: a foot stands when the ground pushes it up with more than this (N), from the joint efforts
 CONTACT_FORCE_N = 20.0
+#: a standing foot is at most this high above the lowest foot, m (``LegKinematics.contact``)
+CONTACT_HEIGHT_MARGIN_M = 0.02
 FEET = ("FR_foot", "FL_foot", "RR_foot", "RL_foot")
 
 
@@ -66,7 +68,7 @@ class Go1Sensors:
         reading = self.imu.measure(state[3:7], state[22:25], acc_world, env.dt)
         q, dq, tau = sn.apply(rng, state[7:19], state[25:37], env.data.actuator_force.copy())
         rot = quat_to_rot(reading.quat)
-        contact = (self.kin.foot_forces(q, tau) @ rot.T)[:, 2] > CONTACT_FORCE_N
+        contact = self.kin.contact(q, tau, rot, CONTACT_FORCE_N, CONTACT_HEIGHT_MARGIN_M)
         base = self.estimator.step(env.dt, reading.quat, reading.gyro, reading.accel, q, dq, contact)
         return np.concatenate([base[:7], q, base[7:13], dq]), contact
 

@@ -7,7 +7,8 @@ base position, velocity and feet of Bloesch et al. 2013; see that module). Each 
 joints, any order, by name; stamps within ``sync_tolerance_s``), as both bridges publish them:
 the two are paired by stamp, whichever arrives first, because an effort from another instant
 puts a swinging foot on the ground and drags the velocity estimate down. A foot stands when the ground force its joint efforts hold pushes up harder than
-``contact_force_n``. Publishes ``nav_msgs/Odometry`` on ``odom`` (pose in ``frame_id``, twist in
+``contact_force_n`` and its contact point is within ``contact_height_margin_m`` of the lowest foot's
+(``LegKinematics.contact``; 0 turns the height test off). Publishes ``nav_msgs/Odometry`` on ``odom`` (pose in ``frame_id``, twist in
 ``base_frame_id``, as ``sim_bridge`` publishes the truth) with covariances: position and
 velocity from the filter, orientation and angular rate from the IMU's (or the
 ``orientation_std``/``gyro_std`` parameters where the IMU leaves them unknown).
@@ -19,7 +20,7 @@ finite, IMU stamps that go backwards or jump more than ``max_dt_s`` are dropped 
 ``/diagnostics`` reports it. A message with the previous stamp again (a paused simulation)
 republishes the estimate as it is.
 
-Parameters: ``robot`` (go1), ``contact_force_n``, ``frame_id``, ``base_frame_id``,
+Parameters: ``robot`` (go1), ``contact_force_n``, ``contact_height_margin_m``, ``frame_id``, ``base_frame_id``,
 ``max_dt_s``, ``sync_tolerance_s``, ``orientation_std``, ``gyro_std``, ``ground_height``.
 """
 
@@ -53,6 +54,8 @@ class StateEstimatorNode(Node):
         robot = p("robot", "go1", _descriptor(f"legged robot: {sorted(ROBOTS)}")).value
         self.contact_force = float(p("contact_force_n", 20.0, _descriptor(
             "a foot stands when its joint efforts hold more than this upward ground force, N")).value)
+        self.height_margin = float(p("contact_height_margin_m", 0.02, _descriptor(
+            "a standing foot is at most this high above the lowest foot (flat ground), m; 0: no height test")).value)
         self.frame_id = p("frame_id", "odom", _descriptor("odometry frame")).value
         self.base_frame_id = p("base_frame_id", "base_link", _descriptor("robot base frame")).value
         self.max_dt = float(p("max_dt_s", 0.1, _descriptor("larger gaps between IMU stamps restart the time base")).value)
@@ -66,6 +69,8 @@ class StateEstimatorNode(Node):
             raise ValueError(f"state_estimator knows robots {sorted(ROBOTS)}, not {robot!r}")
         if self.contact_force <= 0 or self.max_dt <= 0:
             raise ValueError("contact_force_n and max_dt_s must be positive")
+        if self.height_margin < 0:
+            raise ValueError(f"contact_height_margin_m must be >= 0, got {self.height_margin}")
         from ws_sim.envs import make_env
 
         env = make_env(robot)
@@ -145,7 +150,7 @@ class StateEstimatorNode(Node):
             self._last_stamp = stamp if dt > 0 else self._last_stamp
             return
         self._last_stamp = stamp
-        contact = (self.kin.foot_forces(q, tau) @ rot.T)[:, 2] > self.contact_force
+        contact = self.kin.contact(q, tau, rot, self.contact_force, self.height_margin or None)
         state = self.estimator.step(dt, quat, gyro, accel, q, dq, contact)
         self.updates += 1
         self._publish(msg, state, rot)
