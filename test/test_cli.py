@@ -75,6 +75,7 @@ def test_main_job_default_prints_learned_oracle_and_zero(tmp_path):
     (["mppi", "run", "--env", "cheetah"], "unknown environment 'cheetah'"),
     (["mppi", "run", "--dynamics", "/nonexistent/model.pt"], "checkpoint /nonexistent/model.pt does not exist"),
     (["mppi", "run", "--env", "piper"], "no default checkpoint ships for 'piper'"),
+    (["collect", "--env", "hopper", "--randomise", "--out", "/tmp/never"], "--env hopper has none"),
     (["train", "--train", "/nonexistent/t.hdf5", "--val", "/nonexistent/v.hdf5", "--out", "/tmp/x.pt"],
      "dataset /nonexistent/t.hdf5 does not exist"),
     (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x"], "nothing to evaluate"),
