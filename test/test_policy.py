@@ -235,6 +235,17 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
     assert "successes" in printed and "holding still" in printed
     net, _ = load_policy(ckpt)
     assert net.cfg.fov_y_deg == 45.0  # the task camera's, from the demonstrations, for the DPE
+    # the keypoint encoder: random crops of 7/8 of the frame by default, evaluated on the centre crop
+    kp = tmp_path / "kp.pt"
+    assert main(["policy", "train", "--demos", str(demos), "--model", "mot", "--encoder", "keypoints", "--steps", "2",
+                 "--batch-size", "4", "--d-model", "32", "--layers", "1", "--chunk", "4", "--threads", "1",
+                 "--out", str(kp)]) == 0
+    net, _ = load_policy(kp)
+    assert (net.cfg.encoder, net.cfg.crop, net.cfg.keypoints) == ("keypoints", 28, 16)
+    assert main(["policy", "eval", "--checkpoint", str(kp), "--task", "push", "--episodes", "1", "--no-video",
+                 "--threads", "1", "--out", str(tmp_path / "kp_eval"), "--latency", "1"]) == 0
+    assert main(["policy", "train", "--demos", str(demos), "--crop", "24", "--out", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
     assert main(["policy", "train", "--demos", str(tmp_path / "missing.hdf5"), "--out", str(ckpt)]) == 2
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--episodes", "1"]) == 2
 

@@ -106,6 +106,11 @@ def cmd_policy_train(args) -> int:
                               "action_weight": args.action_weight}.items() if v is not None}
     if args.privileged:
         over["privileged"] = True
+    if args.encoder == "keypoints":
+        over.update(encoder="keypoints", keypoints=args.keypoints, trunk_width=args.trunk_width,
+                    crop=args.crop if args.crop is not None else size - size // 8)
+    elif args.crop:
+        raise ConfigError("--crop is for --encoder keypoints")
     kinds = {"mot": [("mot", "flow")], "mot_idm": [("mot", "idm")], "action_only": [("action_only", "flow")],
              "world": [("world", "flow")], "two_stage": [("world", "flow"), ("idm", "idm")]}
     init = None
@@ -291,6 +296,15 @@ def add_policy(sub) -> None:
                     help="with --video-model dit: the current frame also enters at full resolution as its own stream "
                          "(the MoT's RGB and depth tokens with the Depth Positional Embedding, own weights, the same "
                          "shared attention) beside the world model's view of it")
+    pt.add_argument("--encoder", choices=["patch", "keypoints"], default="patch",
+                    help="how the current frame becomes tokens: patches with the Depth Positional Embedding (patch), "
+                         "or a GroupNorm conv trunk with spatial-softmax keypoints whose depth makes 3D points "
+                         "(keypoints; robomimic / Diffusion Policy's encoder, see ws_policy/vision.py)")
+    pt.add_argument("--keypoints", type=int, default=16, help="with --encoder keypoints: keypoint tokens per modality")
+    pt.add_argument("--trunk-width", type=int, default=16, help="with --encoder keypoints: the trunk's first width")
+    pt.add_argument("--crop", type=int, default=None,
+                    help="with --encoder keypoints: random crops of this many px while training, the centre crop at "
+                         "inference (default: 7/8 of the image, 56 of 64 px; 0: none)")
     pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
     pt.add_argument("--videos", default=None,
                     help="comma-separated .hdf5 files of episodes used as videos only: every batch mixes their "

@@ -21,6 +21,11 @@ no download, and an unknown word is an error, not a silent guess); its word embe
 in order, are concatenated and mapped by an MLP to one token, so which colour is the
 cube's and which the target's survives; the proprioceptive state is one token.
 
+**Keypoint encoder** (``encoder="keypoints"``, :mod:`ws_policy.vision`): instead of patches, a
+GroupNorm conv trunk over the current RGB-D frame with spatial-softmax keypoints; each keypoint is a
+video token (its features and image position) and a depth token (its back-projected 3D point),
+trained on random crops and run on the centre crop. The future frames stay patches.
+
 **Mixture-of-Transformers.** Three experts, one per modality: *video* (current and future
 RGB tokens), *depth* (current and future depth tokens) and *action* (action tokens, and the
 instruction and state tokens that condition them). Every block has per-expert norms, QKV
@@ -130,6 +135,11 @@ class PolicyConfig:
     future_size: int = 32
     patch: int = 16
     stem: str = "conv"  # conv | linear: the current frames' patch embedding
+    encoder: str = "patch"  # patch: patch tokens of the current frame | keypoints: ws_policy.vision.KeypointEncoder
+    keypoints: int = 16  # with encoder "keypoints": tokens per modality (spatial-softmax maps)
+    trunk_width: int = 16  # with encoder "keypoints": the GroupNorm trunk's width (doubled after its second stride)
+    trunk_blocks: int = 2  # with encoder "keypoints": residual blocks at a quarter of the resolution
+    crop: int = 0  # with encoder "keypoints": random crops of this many px in training, the centre crop at inference (0: none)
     frames: int = 2
     stride: int = 4
     chunk: int = 8
@@ -169,6 +179,18 @@ class PolicyConfig:
                                  f"{self.patch}")
         if self.stem not in ("conv", "linear"):
             raise ValueError(f"stem must be conv or linear, got {self.stem!r}")
+        if self.encoder not in ("patch", "keypoints"):
+            raise ValueError(f"encoder must be patch or keypoints, got {self.encoder!r}")
+        if self.encoder == "keypoints":
+            if self.video_model != "mot":
+                raise ValueError("encoder 'keypoints' is for the policy's own video and depth experts (video_model mot)")
+            if self.keypoints < 1 or self.trunk_width < 8 or self.trunk_blocks < 1:
+                raise ValueError(f"keypoints >= 1, trunk_width >= 8 and trunk_blocks >= 1, got {self.keypoints}, "
+                                 f"{self.trunk_width}, {self.trunk_blocks}")
+            if not (self.crop == 0 or 8 <= self.crop <= self.image_size):
+                raise ValueError(f"crop must be 0 (none) or 8..{self.image_size} px, got {self.crop}")
+        elif self.crop:
+            raise ValueError("random crops (crop > 0) are for encoder 'keypoints'")
         if self.stem == "conv" and self.patch % 4:
             raise ValueError(f"a conv stem needs a patch size divisible by 4, got {self.patch}")
         if self.d_model % self.heads:
@@ -335,13 +357,19 @@ class WorldScapePolicy(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, p = cfg.d_model, cfg.patch
-        n_cur = (cfg.image_size // p) ** 2
+        n_cur = cfg.keypoints if cfg.encoder == "keypoints" else (cfg.image_size // p) ** 2
         n_fut = (cfg.future_size // p) ** 2
         self.n_cur, self.n_fut = n_cur, n_fut
-        self.rgb_in, self.depth_in = _current_frame_embeddings(cfg, d)
+        if cfg.encoder == "keypoints":
+            from .vision import KeypointEncoder
+
+            self.keypoint_encoder = KeypointEncoder(d, cfg.image_size, cfg.fov_y_deg, cfg.keypoints, cfg.trunk_width,
+                                                    cfg.trunk_blocks, cfg.max_depth)
+        else:
+            self.rgb_in, self.depth_in = _current_frame_embeddings(cfg, d)
+            self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
         self.frgb_in, self.fdepth_in = nn.Linear(3 * p * p, d), nn.Linear(p * p, d)
         self.rgb_out, self.depth_out = nn.Linear(d, 3 * p * p), nn.Linear(d, p * p)
-        self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
         self.pos_fut = nn.Parameter(torch.randn(cfg.frames, n_fut, d) * 0.02)
         self._build_inputs(cfg, d)
         self.blocks = nn.ModuleList(MoTBlock(d, cfg.heads, cfg.ffn_mult) for _ in range(cfg.layers))
@@ -394,8 +422,22 @@ class WorldScapePolicy(nn.Module):
         return v, dep, self._text_state(words, state, indicator, rgb)
 
     def _frame_tokens(self, rgb, depth) -> tuple[torch.Tensor, torch.Tensor]:
-        """The current frame's RGB and depth tokens, ``(B, n_patches, d)`` each: patch embedding
-        (``stem``), position and Depth Positional Embedding."""
+        """The current frame's RGB and depth tokens, ``(B, n_cur, d)`` each: patch embedding
+        (``stem``), position and Depth Positional Embedding; or, with ``encoder="keypoints"``, the
+        keypoint tokens of :class:`ws_policy.vision.KeypointEncoder` on a random crop (training) or the
+        centre crop (inference)."""
+        if self.cfg.encoder == "keypoints":
+            from .vision import centre_crop, random_crop
+
+            c = self.cfg.crop
+            if not c:
+                off = torch.zeros(rgb.shape[0], 2, device=rgb.device, dtype=rgb.dtype)
+            elif self.training:
+                rgb, depth, off = random_crop(rgb, depth, c)
+            else:
+                rgb, depth, off = centre_crop(rgb, depth, c)
+            v, dep, _ = self.keypoint_encoder(rgb, depth, off)
+            return v, dep
         p = self.cfg.patch
         dpe = self.depth_positional_embedding(depth)
         depth_n = depth / self.cfg.max_depth * 2 - 1
