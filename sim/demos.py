@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import SimError
 
-__all__ = ["Episode", "DemoError", "collect_demos", "MAX_DEPTH"]
+__all__ = ["Episode", "DemoError", "collect_demos", "latin_hypercube", "MAX_DEPTH"]
 
 #: depth beyond this (the background) is stored as this, m
 MAX_DEPTH = 2.0
@@ -60,9 +60,15 @@ class Episode:
                 raise DemoError(f"episode {name} has {len(getattr(self, name))} frames for {t} actions (needs {t + 1})")
 
 
+def latin_hypercube(n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, dims)`` points in [0, 1): each column has exactly one point in each of its ``n`` equal strata
+    ``[k / n, (k + 1) / n)``, placed uniformly within it, the strata paired at random across columns."""
+    return np.stack([(rng.permutation(n) + rng.random(n)) / n for _ in range(dims)], axis=1)
+
+
 def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camera: str = "task",
                   failure_rate: float = 0.0, randomize: bool = True, workspace: str = "full",
-                  progress=None) -> tuple[list[Episode], dict]:
+                  stratified: bool = False, progress=None) -> tuple[list[Episode], dict]:
     """Run the scripted expert for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``).
 
     Args:
@@ -72,6 +78,11 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
             kind); they are kept, marked, for value learning and tests.
         randomize, workspace: as :class:`ws_sim.piper_tasks.PiperManipEnv`'s (kept in the
             file's attributes, so evaluations use the same setting).
+        stratified: spread the layouts evenly over the workspace: a Latin hypercube over the cube's
+            radius, bearing and yaw and the target's radius and bearing (each range cut into
+            ``episodes`` equal strata, one episode in each stratum of every variable; McKay et al. 1979),
+            instead of independent uniform draws. The rest of each episode (colours, distractor, lights)
+            still comes from its reset seed.
         progress: optional callable ``progress(done, total)``.
 
     Returns:
@@ -89,12 +100,15 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
     env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize,
                         workspace=workspace)
     rng = np.random.default_rng(seed)
+    strata = None
+    if stratified:  # its own stream: the failure draws stay those of an unstratified collection
+        strata = latin_hypercube(episodes, 5, np.random.default_rng([seed, 2]))
     out = []
     try:
         for i in range(episodes):
             fail = rng.random() < failure_rate
             expert = ScriptedExpert(env, failure="random" if fail else None, seed=seed + i)
-            obs, info = env.reset(seed=seed + i)
+            obs, info = env.reset(seed=seed + i, options=None if strata is None else {"layout_u": strata[i]})
             expert.reset()
             frames = [obs]
             actions = []
@@ -118,7 +132,7 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
         attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
                  "fovy": float(env.model.camera(camera).fovy[0]),
                  "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
-                 "randomize": randomize, "workspace": workspace}
+                 "randomize": randomize, "workspace": workspace, "stratified": bool(stratified)}
     finally:
         env.close()
     return out, attrs

@@ -223,6 +223,28 @@ class PiperManipEnv(gym.Env):
                 return xy
         raise RuntimeError("could not place the objects apart; widen the workspace band")
 
+    def _layout_from_unit(self, u, max_yaw: float, rng) -> tuple[np.ndarray, float, np.ndarray]:
+        """``options["layout_u"]`` (5 numbers in [0, 1): cube radius, cube bearing, cube yaw, target radius, target
+        bearing, each a fraction of its range) to the cube's xy and yaw and the target's xy. A target closer than
+        0.1 m to the cube is drawn again at random (``rng``), as without strata."""
+        u = np.asarray(u, dtype=np.float64)
+        if u.shape != (5,) or not np.all((u >= 0) & (u <= 1)):
+            raise ValueError(f"layout_u must be 5 numbers in [0, 1], got {u!r}")
+
+        def place(ur, ub, role):
+            radius, bearing = _RADIUS, _BEARING
+            if self.workspace == "narrow":
+                (r0, dr), (b0, db) = _NARROW[role]
+                radius, bearing = (r0 - dr, r0 + dr), (b0 - db, b0 + db)
+            r, b = radius[0] + ur * (radius[1] - radius[0]), bearing[0] + ub * (bearing[1] - bearing[0])
+            return r * np.array([np.cos(b), np.sin(b)])
+
+        xa = place(u[0], u[1], "cube")
+        xt = place(u[3], u[4], "target")
+        if np.linalg.norm(xt - xa) <= 0.1:
+            xt = self._sample_xy(rng, [xa], 0.1, role="target")
+        return xa, float(-max_yaw + u[2] * 2 * max_yaw), xt
+
     def _randomize_scene(self, rng) -> None:
         m = self.model
         diffuse, pos, head = self._light0
@@ -245,10 +267,15 @@ class PiperManipEnv(gym.Env):
         a, b, t = (names[i] for i in rng.permutation(len(names))[:3])
         for name, col in (("cube_a", a), ("cube_b", b), ("target", t)):
             self.model.geom_rgba[self._geom[name]] = COLORS[col]
-        xa = self._sample_xy(rng, [], 0, role="cube")
-        xt = self._sample_xy(rng, [xa], 0.1, role="target")
         max_yaw = _NARROW["yaw"] if self.workspace == "narrow" else np.pi / 4
-        self._set_obj("cube_a", np.r_[xa, CUBE_HALF], rng.uniform(-max_yaw, max_yaw))
+        strata = None if options is None else options.get("layout_u")
+        if strata is None:
+            xa = self._sample_xy(rng, [], 0, role="cube")
+            xt = self._sample_xy(rng, [xa], 0.1, role="target")
+            yaw = rng.uniform(-max_yaw, max_yaw)
+        else:
+            xa, yaw, xt = self._layout_from_unit(strata, max_yaw, rng)
+        self._set_obj("cube_a", np.r_[xa, CUBE_HALF], yaw)
         self.data.mocap_pos[self._target_mocap] = np.r_[xt, 0.0]
         distractor = self.task_name == "stack" or (self.randomize and rng.random() < 0.5)
         if distractor:

@@ -88,6 +88,32 @@ def test_the_narrow_workspace_keeps_cube_and_target_in_their_patches():
         PiperManipEnv("pick_place", workspace="tiny")
 
 
+def test_stratified_layouts_cover_the_band_evenly():
+    """``reset(options={"layout_u": u})`` puts the cube where the fractions of its ranges say; the demonstrations'
+    Latin hypercube has one layout in each stratum of every variable."""
+    from ws_sim.demos import latin_hypercube
+    from ws_sim.piper_tasks import _BEARING, _RADIUS
+
+    env = PiperManipEnv("pick_place", randomize=False)
+    u = latin_hypercube(40, 5, np.random.default_rng(0))
+    for k in range(5):
+        assert sorted(np.floor(u[:, k] * 40).astype(int)) == list(range(40))
+    yaws, moved = [], 0
+    for row in u:
+        obs, _ = env.reset(seed=1, options={"layout_u": row})
+        cube, target = obs["objects"][:2], obs["objects"][14:16]
+        assert np.hypot(*cube) == pytest.approx(_RADIUS[0] + row[0] * (_RADIUS[1] - _RADIUS[0]))
+        assert np.arctan2(cube[1], cube[0]) == pytest.approx(_BEARING[0] + row[1] * (_BEARING[1] - _BEARING[0]))
+        q = obs["objects"][3:7]
+        yaws.append(2 * np.arctan2(q[3], q[0]))
+        assert np.linalg.norm(target - cube) > 0.1
+        moved += np.hypot(*target) != pytest.approx(_RADIUS[0] + row[3] * (_RADIUS[1] - _RADIUS[0]))
+    np.testing.assert_allclose(yaws, -np.pi / 4 + u[:, 2] * np.pi / 2, atol=1e-6)
+    assert moved < 20  # a target too near the cube is drawn again; most keep their stratum
+    with pytest.raises(ValueError, match="layout_u"):
+        env.reset(seed=0, options={"layout_u": [0.5] * 4})
+
+
 def test_bad_actions_and_tasks_are_refused():
     with pytest.raises(ValueError, match="unknown task"):
         PiperManipEnv("fold_laundry")

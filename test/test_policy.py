@@ -221,7 +221,8 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
 
     demos = tmp_path / "d.hdf5"
     assert main(["policy", "collect", "--task", "push", "--episodes", "2", "--size", "32", "--workspace", "narrow",
-                 "--out", str(demos)]) == 0
+                 "--stratified", "--out", str(demos)]) == 0
+    assert read_demos(demos)[1]["stratified"]
     ckpt = tmp_path / "p.pt"
     assert main(["policy", "train", "--demos", str(demos), "--model", "action_only", "--steps", "3", "--batch-size", "4",
                  "--d-model", "32", "--layers", "1", "--chunk", "4", "--threads", "1", "--out", str(ckpt)]) == 0

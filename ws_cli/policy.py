@@ -47,7 +47,8 @@ def cmd_policy_collect(args) -> int:
     with tqdm(total=args.episodes, desc=f"{args.task} demos", unit="ep") as bar, config_errors():
         episodes, attrs = collect_demos(args.task, args.episodes, seed=args.seed, size=args.size, camera=args.camera,
                                         failure_rate=args.failures, randomize=not args.no_randomize,
-                                        workspace=args.workspace, progress=lambda done, total: bar.update(1))
+                                        workspace=args.workspace, stratified=args.stratified,
+                                        progress=lambda done, total: bar.update(1))
     path = write_demos(episodes, attrs, args.out)
     wins = sum(e.success for e in episodes)
     steps = sum(len(e.actions) for e in episodes)
@@ -253,6 +254,9 @@ def add_policy(sub) -> None:
     pc.add_argument("--camera", default="task", help="scene camera: task, front or scene")
     pc.add_argument("--failures", type=float, default=0.0, help="share of episodes with a deliberate expert failure")
     pc.add_argument("--no-randomize", action="store_true", help="fixed lighting and textures")
+    pc.add_argument("--stratified", action="store_true",
+                    help="spread the layouts evenly: a Latin hypercube over the cube's radius, bearing and yaw and the "
+                         "target's radius and bearing, one episode per stratum of each (instead of independent draws)")
     pc.add_argument("--workspace", choices=["full", "narrow"], default="full",
                     help="where the task's objects are drawn: the whole reachable band, or the small-scale setting "
                          "(cube and target each in a 6 x 4 cm patch); kept in the file for training and evaluation")
