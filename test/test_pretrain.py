@@ -76,6 +76,15 @@ def test_a_time_budget_ends_training_with_a_validation_and_wall_clock_adds_up_ov
     again = pretrain(train, val, TINY, cfg, tmp_path / "t.pt", resume=True, progress=False)
     assert again["steps"] == 2 and len(again["evals"]) == 2
     assert again["evals"][1]["wall_s"] >= again["evals"][0]["wall_s"] == ev["wall_s"]
+    # the CPU clock (the process's CPU time over its threads): a budget that other jobs on the cores cannot spend
+    busy = dataclasses_replace(cfg, time_budget_s=3600.0, budget_clock="cpu", steps=3, eval_every=3)
+    hist = pretrain(train, val, TINY, busy, tmp_path / "c.pt", progress=False)
+    e = hist["evals"][-1]
+    assert hist["steps"] == 3 and e["clock"] == "cpu" and 0 < e["cpu_s"] and 0 < e["wall_s"]
+    spent = dataclasses_replace(busy, time_budget_s=1e-9)
+    assert pretrain(train, val, TINY, spent, tmp_path / "d.pt", progress=False)["steps"] == 1
+    with pytest.raises(ValueError, match="budget_clock"):
+        PretrainConfig(budget_clock="gpu")
 
 
 def dataclasses_replace(cfg, **kw):
@@ -110,8 +119,9 @@ def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, 
     common = ["--corpus", str(corpus), "--systems", ",".join(SYSTEMS), "--history", "4", "--horizon", "4",
               "--stride", "4", "--steps", "3", "--batch-size", "4", "--d-model", "32", "--blocks", "1",
               "--bins", "32", "--expert-hidden", "32", "--eval-every", "3", "--threads", "1"]
-    for kind in ("westworld", "trajworld", "tdm"):
-        assert main(["pretrain", "--model", kind, "--out", str(tmp_path / f"{kind}.pt"), *common]) == 0
+    for kind in ("westworld", "trajworld", "tdm"):  # one on the CPU clock: its curve is drawn against that
+        clock = ["--time-budget-min", "60", "--budget-clock", "cpu"] if kind == "westworld" else []
+        assert main(["pretrain", "--model", kind, "--out", str(tmp_path / f"{kind}.pt"), *common, *clock]) == 0
     # the padded MLPEnsemble is sized from the pretraining systems (4 channels): too small for walker2d
     assert main(["pretrain", "--model", "mlp_ensemble", "--out", str(tmp_path / "small_mlp.pt"), *common]) == 0
     assert main(["pretrain", "--model", "mlp_ensemble", "--max-state-dim", "18", "--max-action-dim", "6",
@@ -123,6 +133,7 @@ def test_zero_shot_protocol_compares_models_on_unseen_systems(corpus, tmp_path, 
     curves = json.loads((tmp_path / "curves" / "curves.json").read_text())
     assert (tmp_path / "curves" / "curves.png").stat().st_size > 0
     assert {curves["summary"][k]["steps"] for k in ("westworld", "trajworld", "tdm", "mlp_ensemble")} == {3}
+    assert (curves["summary"]["westworld"]["clock"], curves["summary"]["trajworld"]["clock"]) == ("cpu", "wall")
     assert curves["summary"]["hold_last_state"] > 0 and "best MAE" in capsys.readouterr().out
     assert main(["eval", "curves", "--runs", f"x={tmp_path / 'none.json'}", "--out", str(tmp_path / "c2")]) == 2
     assert main(["eval", "zero-shot", "--corpus", str(corpus), "--checkpoints", str(tmp_path / "small_mlp.pt"),

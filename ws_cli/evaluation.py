@@ -154,8 +154,9 @@ def cmd_eval_curves(args) -> int:
         summary = learning_curves(runs, args.out)
     for label, row in summary.items():
         if isinstance(row, dict):
-            print(f"{label:<24} best MAE {row['best_val_mae']:.4f} at {row['at_wall_s'] / 60:.1f} min, final "
-                  f"{row['final_val_mae']:.4f} after {row['wall_s'] / 60:.1f} min ({row['steps']} steps)")
+            print(f"{label:<24} best MAE {row['best_val_mae']:.4f} at {row['at_time_s'] / 60:.1f} min, final "
+                  f"{row['final_val_mae']:.4f} after {row['time_s'] / 60:.1f} min ({row['steps']} steps, "
+                  f"{row['clock']} clock)")
     if "hold_last_state" in summary:
         print(f"{'hold the last state':<24} MAE {summary['hold_last_state']:.4f}")
     print(f"wrote {Path(args.out) / 'curves.png'} and curves.json")

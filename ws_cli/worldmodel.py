@@ -83,6 +83,8 @@ def pretrain_config(args, **kw):
     given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     if getattr(args, "time_budget_min", None):
         given["time_budget_s"] = 60.0 * args.time_budget_min
+    if getattr(args, "budget_clock", None):
+        given["budget_clock"] = args.budget_clock
     return PretrainConfig(**{**given, **kw})
 
 
@@ -193,6 +195,10 @@ def add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: floa
                        help="stop after this many minutes of training, summed over --resume'd runs, after a last "
                             "validation; the learning-rate decay follows the time when it is further along than "
                             "the steps (default: no limit)")
+        p.add_argument("--budget-clock", choices=["wall", "cpu"], default="wall",
+                       help="what --time-budget-min counts: wall-clock, or the process's CPU time over its threads "
+                            "(the wall-clock of an idle machine: other jobs on the cores do not spend the budget; "
+                            "CPU training only)")
     add_threads(p)
     add_seed(p)
     add_device(p, auto=True)

@@ -91,6 +91,9 @@ class PretrainConfig:
         time_budget_s: stop after this much training wall-clock (seconds, summed over resumed runs; None:
             no limit), after a last validation; the cosine decay then follows whichever of the steps
             and the time is further along, so a budgeted run ends at the low learning rate.
+        budget_clock: what ``time_budget_s`` counts: ``"wall"`` (wall-clock) or ``"cpu"`` (the process's CPU
+            time divided by torch's thread count: the wall-clock the run would take with its cores to itself,
+            so other jobs on a shared machine do not spend its budget; CPU training only).
     """
 
     history: int = 50
@@ -107,6 +110,11 @@ class PretrainConfig:
     stride: int = 10
     amp: bool = True
     time_budget_s: float | None = None
+    budget_clock: str = "wall"
+
+    def __post_init__(self):
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
 
 
 def episode_subset(ds: TrajectoryDataset, start: int, stop: int) -> TrajectoryDataset:
@@ -339,21 +347,23 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
 
-    clock = {"wall_s": 0.0}  # training wall-clock so far, this run's and resumed runs'
+    if cfg.budget_clock == "cpu" and device != "cpu":
+        raise ValueError("budget_clock 'cpu' counts CPU time: for training on the CPU (use 'wall' on a GPU)")
+    clock = {"spent_s": 0.0}  # the budget's clock so far, this run's and resumed runs'
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         if cfg.time_budget_s:
-            frac = max(frac, clock["wall_s"] / cfg.time_budget_s)
+            frac = max(frac, clock["spent_s"] / cfg.time_budget_s)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     sampler = GlobalSampler(train, cfg.batch_size, seed)
     systems_meta = {s.name: {"state_channels": s.state_channels, "action_channels": s.action_channels,
                              "state_struct": s.state_struct, "action_struct": s.action_struct} for s in train}
-    history = {"losses": [], "evals": [], "best_val_loss": float("inf"), "steps": 0, "wall_s": 0.0}
+    history = {"losses": [], "evals": [], "best_val_loss": float("inf"), "steps": 0, "wall_s": 0.0, "cpu_s": 0.0}
     start, since = 0, 0
     state_path = Path(f"{out}.state") if out else None
     if resume and state_path is not None and state_path.is_file():
@@ -363,7 +373,8 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         sched.load_state_dict(st["scheduler"])
         start, history, since = st["step"], st["history"], st["since"]
         history.setdefault("wall_s", 0.0)
-        clock["wall_s"] = history["wall_s"]
+        history.setdefault("cpu_s", history["wall_s"])  # a run from before the CPU clock: its wall-clock
+        clock["spent_s"] = history[f"{cfg.budget_clock}_s"]
         # the schedule follows this run's cfg.steps (resuming may extend training)
         for group, base in zip(opt.param_groups, sched.base_lrs):
             group["lr"] = base * lr_at(start)
@@ -374,8 +385,15 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
                initial=start, total=cfg.steps)
     net.train()
     tic, wall_before = time.perf_counter(), history["wall_s"]
+    cpu_tic, cpu_before, threads = time.process_time(), history["cpu_s"], max(1, torch.get_num_threads())
+
+    def tick() -> None:
+        history["wall_s"] = wall_before + time.perf_counter() - tic
+        history["cpu_s"] = cpu_before + (time.process_time() - cpu_tic) / threads
+        clock["spent_s"] = history[f"{cfg.budget_clock}_s"]
+
     for step in bar:
-        clock["wall_s"] = wall_before + time.perf_counter() - tic
+        tick()
         items = sampler.items(step)[rank::world]
         batch = collate(items, cfg.history).to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -392,8 +410,8 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         history["losses"].append(float(logged))
         history["steps"] = step + 1
         bar.set_postfix(loss=f"{float(logged):.3f}")
-        history["wall_s"] = clock["wall_s"] = wall_before + time.perf_counter() - tic
-        out_of_time = bool(cfg.time_budget_s) and history["wall_s"] >= cfg.time_budget_s
+        tick()
+        out_of_time = bool(cfg.time_budget_s) and clock["spent_s"] >= cfg.time_budget_s
         if ddp and cfg.time_budget_s:  # every rank stops at the same step
             flag = torch.tensor(float(out_of_time), device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -402,7 +420,8 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
         if (step + 1) % cfg.eval_every == 0 or last:
             ev = evaluate(net, val, cfg.history, device=device)
             vloss = float(np.mean([v["loss"] for v in ev.values()]))
-            history["evals"].append({"step": step + 1, "wall_s": history["wall_s"], "val_loss": vloss,
+            history["evals"].append({"step": step + 1, "wall_s": history["wall_s"], "cpu_s": history["cpu_s"],
+                                     "clock": cfg.budget_clock, "val_loss": vloss,
                                      "val_mae": float(np.mean([v["mae"] for v in ev.values()])), "systems": ev})
             improved = vloss < history["best_val_loss"] - 1e-6
             if improved:
