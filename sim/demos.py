@@ -35,6 +35,7 @@ class Episode:
         qpos, qvel: ``(T+1, 8)`` arm and gripper joints. objects: ``(T+1, 17)`` object states.
         actions: ``(T, 7)`` commands. actor: optional ``(T,)`` int8, who acted at each step (1 a
             human or expert teleoperator, 0 the policy: recordings and DAgger data).
+        wrist_rgb, wrist_depth: optional, the wrist camera's frames, as ``rgb`` and ``depth``.
         instruction, success, failure (``""`` for a competent expert), seed: as stored in
             :mod:`ws_policy.data`'s files.
     """
@@ -50,9 +51,33 @@ class Episode:
     failure: str = ""
     seed: int = 0
     actor: np.ndarray | None = None
+    wrist_rgb: np.ndarray | None = None
+    wrist_depth: np.ndarray | None = None
+
+    @classmethod
+    def from_frames(cls, frames: list[dict], actions: list[np.ndarray], instruction: str, success: bool,
+                    failure: str = "", seed: int = 0, actor=None) -> "Episode":
+        """An episode from ``PiperManipEnv`` observations (``T + 1`` of them, with ``render_mode="rgbd"``; the wrist
+        camera's too where they have it) and the ``T`` actions taken between them."""
+        wrist = "wrist_rgb" in frames[0]
+        return cls(rgb=np.stack([f["rgb"] for f in frames]),
+                   depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
+                   qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
+                   qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
+                   objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
+                   actions=np.stack(actions).astype(np.float32), instruction=instruction, success=success,
+                   failure=failure, seed=seed, actor=None if actor is None else np.asarray(actor, np.int8),
+                   wrist_rgb=np.stack([f["wrist_rgb"] for f in frames]) if wrist else None,
+                   wrist_depth=np.stack([np.minimum(f["wrist_depth"], MAX_DEPTH) for f in frames]).astype(np.float16)
+                   if wrist else None)
 
     def __post_init__(self):
         t = len(self.actions)
+        if (self.wrist_rgb is None) != (self.wrist_depth is None):
+            raise DemoError("an episode has both wrist camera streams (rgb and depth) or neither")
+        if self.wrist_rgb is not None and (len(self.wrist_rgb) != t + 1 or len(self.wrist_depth) != t + 1):
+            raise DemoError(f"episode wrist frames: {len(self.wrist_rgb)} and {len(self.wrist_depth)} for {t} actions "
+                            f"(needs {t + 1})")
         if self.actor is not None and len(self.actor) != t:
             raise DemoError(f"episode actor has {len(self.actor)} entries for {t} actions")
         for name in ("rgb", "depth", "qpos", "qvel", "objects"):
@@ -68,7 +93,7 @@ def latin_hypercube(n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
 
 def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camera: str = "task",
                   failure_rate: float = 0.0, randomize: bool = True, workspace: str = "full",
-                  stratified: bool = False, progress=None) -> tuple[list[Episode], dict]:
+                  stratified: bool = False, wrist: bool = False, progress=None) -> tuple[list[Episode], dict]:
     """Run the scripted expert for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``).
 
     Args:
@@ -83,6 +108,7 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
             ``episodes`` equal strata, one episode in each stratum of every variable; McKay et al. 1979),
             instead of independent uniform draws. The rest of each episode (colours, distractor, lights)
             still comes from its reset seed.
+        wrist: also record the wrist camera (``wrist_rgb``, ``wrist_depth``).
         progress: optional callable ``progress(done, total)``.
 
     Returns:
@@ -98,7 +124,7 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
     if not 0.0 <= failure_rate <= 1.0:
         raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
     env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize,
-                        workspace=workspace)
+                        workspace=workspace, wrist=wrist)
     rng = np.random.default_rng(seed)
     strata = None
     if stratified:  # its own stream: the failure draws stay those of an unstratified collection
@@ -119,20 +145,16 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
                 actions.append(np.asarray(a, dtype=np.float32))
                 if terminated or truncated:
                     break
-            out.append(Episode(
-                rgb=np.stack([f["rgb"] for f in frames]),
-                depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
-                qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
-                qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
-                objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
-                actions=np.stack(actions), instruction=info["instruction"], success=bool(info["success"]),
-                failure=str(expert.failure or ""), seed=seed + i))
+            out.append(Episode.from_frames(frames, actions, info["instruction"], bool(info["success"]),
+                                           failure=str(expert.failure or ""), seed=seed + i))
             if progress is not None:
                 progress(i + 1, episodes)
         attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
                  "fovy": float(env.model.camera(camera).fovy[0]),
                  "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
-                 "randomize": randomize, "workspace": workspace, "stratified": bool(stratified)}
+                 "randomize": randomize, "workspace": workspace, "stratified": bool(stratified), "wrist": bool(wrist)}
+        if wrist:
+            attrs["wrist_fovy"] = float(env.model.camera("wrist").fovy[0])
     finally:
         env.close()
     return out, attrs

@@ -277,3 +277,53 @@ def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
     assert main(["policy", "eval", "--checkpoint", str(init), "--episodes", "1", "--indicator", "unknown",
                  "--out", str(tmp_path / "no"), "--threads", "1"]) == 2
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.slow
+def test_a_privileged_teacher_labels_every_state_the_student_visits(tmp_path, capsys):
+    """DAgger with a privileged teacher (slow: about a minute on two cores): the student (an image policy) acts, the teacher labels each frame it saw;
+    the episode holds the student's frames and the teacher's actions. A teacher that cannot see the object poses
+    is refused; 'ws hitl dagger --teacher' runs the rounds on labelled rollouts."""
+    from ws_cli.main import main
+    from ws_policy.data import read_demos
+    from ws_policy.hitl import PrivilegedTeacher, _executor, teacher_rollout
+    from ws_policy.train import save_policy, train_policy
+    from ws_sim.piper_tasks import PiperManipEnv
+
+    eps, attrs = collect_demos("pick_place", 2, size=32, workspace="narrow")
+    student_cfg = PolicyConfig(image_size=32, future_size=16, chunk=4, d_model=32, layers=1,
+                               vocab=tuple(default_vocabulary()), mode="action_only", fov_y_deg=attrs["fovy"])
+    student, _ = train_policy(student_cfg, DemoDataset(eps, chunk=4), steps=2, batch_size=4)
+    with pytest.raises(ValueError, match="object poses"):
+        PrivilegedTeacher(student)
+
+    seen = []
+
+    def teacher_fn(obs):  # a deterministic teacher: it reaches toward the cube, read from the object poses
+        seen.append(obs["objects"][:3].copy())
+        return np.tile(np.r_[obs["objects"][:3], np.zeros(4)], (4, 1)).astype(np.float32)
+
+    env = PiperManipEnv("pick_place", render_mode="rgbd", width=32, height=32, workspace="narrow")
+    try:
+        ep = teacher_rollout(env, _executor(student, env, 1), PrivilegedTeacher(teacher_fn), seed=11)
+    finally:
+        env.close()
+    assert len(seen) == len(ep.actions) and ep.actor.all()
+    np.testing.assert_allclose(ep.actions[:, :3], np.stack(seen), atol=1e-6)  # the labels are the teacher's
+    np.testing.assert_allclose(ep.objects[:-1, :3], np.stack(seen), atol=1e-6)  # at the frames the student visited
+    assert not np.allclose(ep.qpos[1:, :6], ep.actions[:, :6], atol=0.05)  # the student moved, not the teacher
+
+    teacher_cfg = PolicyConfig(**{**student_cfg.__dict__, "privileged": True})
+    teacher, _ = train_policy(teacher_cfg, DemoDataset(eps, chunk=4), steps=2, batch_size=4)
+    demos = write_demos(eps, attrs, tmp_path / "demos.hdf5")
+    init, tpath = save_policy(student, tmp_path / "student.pt"), save_policy(teacher, tmp_path / "teacher.pt")
+    out = tmp_path / "dagger"
+    assert main(["hitl", "dagger", "--init", str(init), "--demos", str(demos), "--teacher", str(tpath), "--rounds", "1",
+                 "--episodes-per-round", "1", "--eval-episodes", "1", "--steps", "2", "--batch-size", "4",
+                 "--out-dir", str(out), "--threads", "1"]) == 0
+    assert "privileged teacher" in capsys.readouterr().out
+    agg, _ = read_demos(out / "aggregate.hdf5")
+    assert len(agg) == 3 and agg[2].actor.all() and agg[2].seed == 5000
+    assert main(["hitl", "dagger", "--init", str(init), "--demos", str(demos), "--teacher", str(init), "--rounds", "1",
+                 "--out-dir", str(tmp_path / "bad"), "--threads", "1"]) == 2
+    assert "object poses" in capsys.readouterr().err

@@ -456,3 +456,26 @@ def test_ws_hitl_convert_names_what_a_recording_lacks(tmp_path, capsys):
     assert main(["hitl", "convert", str(tmp_path / "text.mcap"), "--out", str(tmp_path / "x.hdf5")]) == 2
     assert "not an MCAP file" in capsys.readouterr().err
     assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_the_policy_executor_refuses_a_wrist_camera_policy_at_configure(ctx, tmp_path):
+    """A policy that reads the wrist camera cannot run on policy_executor's scene camera alone: configure fails
+    (the node stays unconfigured, no command publisher), instead of the policy failing at its first image."""
+    from ws_policy.model import PolicyConfig, build_policy, default_vocabulary
+    from ws_policy.train import save_policy
+    from ws_ros.nodes.policy_executor import PolicyExecutorNode
+
+    net = build_policy(PolicyConfig(mode="action_only", encoder="keypoints", wrist=True, crop=56, d_model=32, heads=2,
+                                    layers=1, vocab=tuple(default_vocabulary())))
+    path = save_policy(net, tmp_path / "wrist.pt")
+    with pytest.raises(RuntimeError, match="failed to configure"):  # autostart (the default) says so at once
+        PolicyExecutorNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(path))])
+    node = PolicyExecutorNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(path)),
+                                                                Parameter("autostart", value=False)])
+    try:
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert getattr(node, "_pub_cmd", None) is None
+    finally:
+        node.destroy_node()

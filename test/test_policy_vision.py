@@ -128,3 +128,38 @@ def test_keypoints_learn_where_the_cube_is_across_the_whole_band():
         err = ((head(torch.cat([v, dt], -1).flatten(1)) - target[n:]) * std).norm(dim=-1).mean()
     baseline = (xy[n:] - mean).norm(dim=-1).mean()
     assert float(err) < 0.8 * float(baseline), (float(err), float(baseline))
+
+
+def test_a_wrist_camera_policy_from_recording_to_evaluation(tmp_path, capsys):
+    """'ws policy collect --wrist' records both cameras; a keypoint policy trained on them reads both (one encoder
+    each), is evaluated closed loop with both, and names the missing camera when an observation lacks it."""
+    import json
+
+    from ws_cli.main import main
+    from ws_policy.data import read_demos
+    from ws_policy.model import PolicyInputError
+    from ws_policy.train import PolicyRunner, load_policy
+
+    demos = tmp_path / "d.hdf5"
+    assert main(["policy", "collect", "--task", "push", "--episodes", "2", "--size", "32", "--workspace", "narrow",
+                 "--wrist", "--out", str(demos)]) == 0
+    eps, attrs = read_demos(demos)
+    assert attrs["wrist"] and attrs["wrist_fovy"] == 75.0
+    assert eps[0].wrist_rgb.shape == eps[0].rgb.shape and eps[0].wrist_depth.shape == eps[0].depth.shape
+    assert not np.array_equal(eps[0].wrist_rgb[0], eps[0].rgb[0])
+    ckpt = tmp_path / "w.pt"
+    assert main(["policy", "train", "--demos", str(demos), "--model", "action_only", "--encoder", "keypoints",
+                 "--steps", "2", "--batch-size", "4", "--d-model", "32", "--layers", "1", "--chunk", "4",
+                 "--threads", "1", "--out", str(ckpt)]) == 0
+    net, _ = load_policy(ckpt)
+    assert net.cfg.wrist and net.cfg.wrist_fov_y_deg == 75.0 and net.n_cur == 2 * net.cfg.keypoints
+    out = tmp_path / "eval"
+    assert main(["policy", "eval", "--checkpoint", str(ckpt), "--task", "push", "--episodes", "1", "--no-video",
+                 "--threads", "1", "--out", str(out), "--demos", str(demos), "--latency", "1"]) == 0
+    assert json.loads((out / "report.json").read_text())["episodes"] == 1
+    obs = {"rgb": eps[0].rgb[0], "depth": eps[0].depth[0].astype(np.float32), "qpos": eps[0].qpos[0],
+           "instruction": eps[0].instruction}
+    with pytest.raises(PolicyInputError, match="wrist_rgb"):
+        PolicyRunner(net)(obs)
+    obs.update(wrist_rgb=eps[0].wrist_rgb[0], wrist_depth=eps[0].wrist_depth[0].astype(np.float32))
+    assert PolicyRunner(net)(obs).shape == (4, 7)

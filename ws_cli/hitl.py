@@ -107,6 +107,18 @@ def cmd_hitl_dagger(args) -> int:
     headless_gl()
     set_threads(args.threads)
     model, payload, demos, attrs = _flow_policy_and_episodes(args.init, args.demos)
+    teacher = None
+    if args.teacher:
+        from ws_mppi.config import ConfigError
+        from ws_policy.hitl import PrivilegedTeacher
+        from ws_policy.train import load_policy
+
+        if args.successes_only:
+            raise ConfigError("--teacher labels every step the student visits: every step is cloned "
+                              "(not --successes-only)")
+        args.plain_bc = True
+        with config_errors(f"--teacher {args.teacher}: "):
+            teacher = PrivilegedTeacher(load_policy(args.teacher)[0])
     cfg = _dagger_config(args, rounds=args.rounds, episodes_per_round=args.episodes_per_round,
                          autonomous_per_round=args.autonomous_per_round, eval_episodes=args.eval_episodes,
                          eval_seed=args.eval_seed, rollout_seed=args.rollout_seed, drift_m=args.drift,
@@ -115,7 +127,9 @@ def cmd_hitl_dagger(args) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kind = "advantage-conditioned" if cfg.conditioned else "plain behaviour cloning"
-    print(f"HG-DAgger ({kind}): {cfg.rounds} rounds of {cfg.episodes_per_round} rollouts, {cfg.train_steps} "
+    if teacher is not None:
+        kind = f"a privileged teacher, {args.teacher}, labelling every step; plain behaviour cloning"
+    print(f"{'DAgger' if teacher is not None else 'HG-DAgger'} ({kind}): {cfg.rounds} rounds of {cfg.episodes_per_round} rollouts, {cfg.train_steps} "
           f"training steps each, {cfg.eval_episodes} evaluation episodes per round (seeds {cfg.eval_seed}+)")
     extra = {"workspace": attrs.get("workspace", "full"), "dagger": dataclasses.asdict(cfg)}
 
@@ -124,7 +138,8 @@ def cmd_hitl_dagger(args) -> int:
         rec["checkpoint"] = str(path)
 
     bar, vbar = _progress_bars(cfg, cfg.rounds)
-    result = dagger(model, demos, attrs, cfg, progress=bar, log=tqdm.write, on_round=on_round, value_progress=vbar)
+    result = dagger(model, demos, attrs, cfg, progress=bar, log=tqdm.write, on_round=on_round, value_progress=vbar,
+                    teacher=teacher)
     bar.close()
     vbar.close()
     write_demos(result["aggregate"], attrs, out / "aggregate.hdf5")
@@ -274,6 +289,10 @@ def add_hitl(sub) -> None:
     hd.add_argument("--reach", type=float, default=0.02,
                     help="while shadowing, the expert's plan moves on when the tool comes this close to a waypoint, m")
     hd.add_argument("--latency", type=int, default=1, help="simulated inference latency, control steps")
+    hd.add_argument("--teacher", type=Path, default=None,
+                    help="DAgger with a privileged teacher instead of the gated expert: a policy that reads the object "
+                         "poses ('ws policy train --privileged') labels every state the image policy visits, and the "
+                         "image policy clones the labels (plain behaviour cloning on every step)")
     hd.add_argument("--compare-bc", action="store_true",
                     help="also train, from the starting policy on the final aggregate for steps x rounds, plain "
                          "behaviour cloning, behaviour cloning on the successful episodes (filtered BC) and (unless "

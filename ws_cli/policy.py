@@ -47,7 +47,7 @@ def cmd_policy_collect(args) -> int:
     with tqdm(total=args.episodes, desc=f"{args.task} demos", unit="ep") as bar, config_errors():
         episodes, attrs = collect_demos(args.task, args.episodes, seed=args.seed, size=args.size, camera=args.camera,
                                         failure_rate=args.failures, randomize=not args.no_randomize,
-                                        workspace=args.workspace, stratified=args.stratified,
+                                        workspace=args.workspace, stratified=args.stratified, wrist=args.wrist,
                                         progress=lambda done, total: bar.update(1))
     path = write_demos(episodes, attrs, args.out)
     wins = sum(e.success for e in episodes)
@@ -109,7 +109,9 @@ def cmd_policy_train(args) -> int:
         over["privileged"] = True
     if args.encoder == "keypoints":
         over.update(encoder="keypoints", keypoints=args.keypoints, trunk_width=args.trunk_width,
-                    crop=args.crop if args.crop is not None else size - size // 8)
+                    crop=args.crop if args.crop is not None else size - size // 8, wrist=bool(attrs.get("wrist", False)))
+        if attrs.get("wrist"):
+            over["wrist_fov_y_deg"] = float(attrs["wrist_fovy"])
     elif args.crop:
         raise ConfigError("--crop is for --encoder keypoints")
     kinds = {"mot": [("mot", "flow")], "mot_idm": [("mot", "idm")], "action_only": [("action_only", "flow")],
@@ -254,6 +256,8 @@ def add_policy(sub) -> None:
     pc.add_argument("--camera", default="task", help="scene camera: task, front or scene")
     pc.add_argument("--failures", type=float, default=0.0, help="share of episodes with a deliberate expert failure")
     pc.add_argument("--no-randomize", action="store_true", help="fixed lighting and textures")
+    pc.add_argument("--wrist", action="store_true",
+                    help="also record the wrist camera (for 'ws policy train --encoder keypoints', which then reads both)")
     pc.add_argument("--stratified", action="store_true",
                     help="spread the layouts evenly: a Latin hypercube over the cube's radius, bearing and yaw and the "
                          "target's radius and bearing, one episode per stratum of each (instead of independent draws)")

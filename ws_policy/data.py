@@ -11,7 +11,8 @@ temporary sibling renamed into place). Layout of the file:
   float16`` (metres, clipped to ``MAX_DEPTH``), ``qpos (T+1, 8)``, ``qvel (T+1, 8)``,
   ``objects (T+1, 17)``, ``actions (T, 7)``, optionally ``actor (T,) int8`` (who acted at each
   step, 1 a human or expert teleoperator, 0 the policy: recordings and DAgger data); attributes
-  ``instruction``, ``success``, ``failure`` (``""`` for a competent expert), ``seed``.
+  ``instruction``, ``success``, ``failure`` (``""`` for a competent expert), ``seed``;
+  with ``wrist`` (root attribute, and ``wrist_fovy``) also ``wrist_rgb`` and ``wrist_depth`` like ``rgb`` and ``depth``.
 
 :class:`DemoDataset` reads a file back and cuts training windows (:meth:`DemoDataset.window`).
 """
@@ -50,6 +51,9 @@ def write_demos(episodes: list[Episode], attrs: dict, path: str | os.PathLike) -
                 g.attrs["failure"], g.attrs["seed"] = ep.failure, ep.seed
                 if ep.actor is not None:
                     g.create_dataset("actor", data=np.asarray(ep.actor, dtype=np.int8))
+                if ep.wrist_rgb is not None:
+                    for name in ("wrist_rgb", "wrist_depth"):
+                        g.create_dataset(name, data=getattr(ep, name), compression="gzip")
 
     return atomic_write(path, write)
 
@@ -74,7 +78,8 @@ def read_demos(path: str | os.PathLike) -> tuple[list[Episode], dict]:
                 eps.append(Episode(**{k: g[k][()] for k in ("rgb", "depth", "qpos", "qvel", "objects", "actions")},
                                    instruction=str(g.attrs["instruction"]), success=bool(g.attrs["success"]),
                                    failure=str(g.attrs["failure"]), seed=int(g.attrs["seed"]),
-                                   actor=g["actor"][()] if "actor" in g else None))
+                                   actor=g["actor"][()] if "actor" in g else None,
+                                   **{k: g[k][()] for k in ("wrist_rgb", "wrist_depth") if k in g}))
     except OSError as e:
         raise DemoError(f"{path} is not a readable HDF5 file: {e}") from e
     if not eps:
@@ -126,7 +131,9 @@ class DemoDataset:
         T = len(e.actions)
         steps = np.minimum(t + np.arange(self.chunk), T - 1)
         future = np.minimum(t + self.stride * np.arange(1, self.frames + 1), T)
-        return {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t], "objects": e.objects[t],
+        wrist = {} if e.wrist_rgb is None else {"wrist_rgb": e.wrist_rgb[t],
+                                                "wrist_depth": e.wrist_depth[t].astype(np.float32)}
+        return {**wrist, "rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t], "objects": e.objects[t],
                 "instruction": e.instruction, "future_rgb": e.rgb[future],
                 "future_depth": e.depth[future].astype(np.float32), "actions": e.actions[steps],
                 "valid": ((t + np.arange(self.chunk)) < T) & self.use_actions,

@@ -58,7 +58,9 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
 
     from .executor import ChunkExecutor
 
-    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace)
+    wrist = bool(getattr(getattr(policy, "cfg", None), "wrist", False))  # a policy that reads the wrist camera
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace,
+                        wrist=wrist)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     results, videos = [], {}
@@ -141,8 +143,11 @@ def offline_action_error(runner, episodes, windows_per_episode: int = 6, seed: i
     err, hold = [], []
     for e in (e for e in episodes if e.success):
         for t in rng.integers(0, len(e.actions), windows_per_episode):
-            chunk = runner({"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t],
-                            "objects": e.objects[t], "instruction": e.instruction})
+            obs = {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t],
+                   "objects": e.objects[t], "instruction": e.instruction}
+            if e.wrist_rgb is not None:
+                obs.update(wrist_rgb=e.wrist_rgb[t], wrist_depth=e.wrist_depth[t].astype(np.float32))
+            chunk = runner(obs)
             true = e.actions[t:t + len(chunk), :6]
             err.append(np.abs(chunk[:len(true), :6] - true).mean())
             hold.append(np.abs(e.qpos[t][:6] - true).mean())

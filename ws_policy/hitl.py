@@ -35,7 +35,9 @@ Kelly et al. 2019; :class:`GatedExpert`): the policy heads off the expert's plan
 disagrees on the gripper. It hands back once it has acted ``min_expert_steps`` steps and the
 two agree again. Every step is kept with who acted; the data aggregate, the value function is
 refitted, the policy retrains, and each round's policy is evaluated autonomously on fixed
-seeds.
+seeds. With a privileged teacher (:class:`PrivilegedTeacher`, :func:`teacher_rollout`) the
+rounds are plain DAgger instead: the image policy runs alone, a policy that reads the object poses
+labels every state it visits, and the image policy clones the labels.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import torch.nn as nn
 
 from .data import MAX_DEPTH, DemoDataset, Episode
 
-__all__ = ["evaluate_autonomous", "episode_limit", "retrain", "ValueNet", "value_targets", "train_value", "predict_values", "advantages", "improvement_indicators",
+__all__ = ["PrivilegedTeacher", "teacher_rollout", "evaluate_autonomous", "episode_limit", "retrain", "ValueNet", "value_targets", "train_value", "predict_values", "advantages", "improvement_indicators",
            "GatedExpert", "gated_rollout", "DaggerConfig", "dagger", "label_episodes"]
 
 
@@ -343,13 +345,53 @@ def gated_rollout(env, executor, gate: GatedExpert | None, seed: int) -> Episode
         actors.append(actor)
         if terminated or truncated:
             break
-    return Episode(rgb=np.stack([f["rgb"] for f in frames]),
-                   depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
-                   qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
-                   qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
-                   objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
-                   actions=np.stack(actions), instruction=info["instruction"], success=bool(info["success"]),
-                   failure="" if info["success"] else "policy", seed=seed, actor=np.asarray(actors, np.int8))
+    return Episode.from_frames(frames, actions, info["instruction"], bool(info["success"]),
+                               failure="" if info["success"] else "policy", seed=seed, actor=actors)
+
+
+class PrivilegedTeacher:
+    """A teacher that labels any state it is shown: a policy that reads the simulator's object poses (``ws policy
+    train --privileged``), or any ``obs -> (chunk, 7)`` callable. DAgger (Ross et al. 2011) with such a teacher
+    labels every state the student visits with the teacher's action there; the student, which sees only
+    images, learns to act where its own mistakes lead (the privileged-teacher recipe of Chen et al. 2019,
+    "Learning by cheating").
+
+    Args:
+        policy: a privileged policy network, or a callable ``obs -> (chunk, 7)``.
+
+    Raises:
+        ValueError: a policy network that does not read the object poses.
+    """
+
+    def __init__(self, policy):
+        cfg = getattr(policy, "cfg", None)
+        if cfg is not None:
+            if not getattr(cfg, "privileged", False):
+                raise ValueError("the teacher must read the object poses ('ws policy train --privileged'); this "
+                                 "policy sees only what the student sees")
+            policy = _runner(policy)
+        self.policy = policy
+
+    def label(self, obs: dict) -> np.ndarray:
+        """The teacher's action ``(7,)`` for ``obs``: the first of its chunk."""
+        return np.asarray(self.policy(obs), dtype=np.float32)[0]
+
+
+def teacher_rollout(env, executor, teacher: PrivilegedTeacher, seed: int) -> Episode:
+    """One episode of the student (through ``executor``) with every step labelled by ``teacher``: the frames are
+    the student's, each step's action is the teacher's label at that frame (``actor`` 1 throughout: not the
+    student's own action), and ``success`` is the student's outcome."""
+    obs, info = env.reset(seed=seed)
+    executor.reset()
+    frames, labels = [obs], []
+    for step in range(env.max_episode_steps):
+        labels.append(teacher.label(obs))
+        obs, _, terminated, truncated, info = env.step(executor.act(step, obs))
+        frames.append(obs)
+        if terminated or truncated:
+            break
+    return Episode.from_frames(frames, labels, info["instruction"], bool(info["success"]),
+                               failure="" if info["success"] else "policy", seed=seed, actor=np.ones(len(labels)))
 
 
 @dataclasses.dataclass
@@ -453,8 +495,9 @@ def evaluate_autonomous(model, attrs: dict, cfg: DaggerConfig) -> dict:
 
 
 def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate=None, progress=None,
-           log=print, on_round=None, value_progress=None) -> dict:
-    """HG-DAgger rounds in simulation (see the module docstring).
+           log=print, on_round=None, value_progress=None, teacher: PrivilegedTeacher | None = None) -> dict:
+    """HG-DAgger rounds in simulation (see the module docstring); with ``teacher``, DAgger with a privileged
+    teacher instead: the student runs alone and the teacher labels every step (:func:`teacher_rollout`).
 
     Args:
         model: the starting policy (a trained network predicting actions).
@@ -473,10 +516,14 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
 
     task, size = attrs["task"], int(attrs["image_size"])
     workspace, camera = str(attrs.get("workspace", "full")), str(attrs.get("camera", "task"))
+    if teacher is not None and (cfg.conditioned or cfg.successes_only):
+        raise ValueError("with a privileged teacher every step is a teacher's label: retrain by plain behaviour "
+                         "cloning on all of them (conditioned=False, successes_only=False)")
     if evaluate is None:
         def evaluate(m):
             return evaluate_autonomous(m, attrs, cfg)
-    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace)
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace,
+                        wrist=bool(getattr(getattr(model, "cfg", None), "wrist", False)))
     max_steps = env.max_episode_steps
     aggregate = list(demos)
     rounds = []
@@ -500,7 +547,11 @@ def dagger(model, demos: list[Episode], attrs: dict, cfg: DaggerConfig, evaluate
             new, alone, reasons = [], [], {}
             try:
                 for i in range(cfg.episodes_per_round):
-                    new.append(gated_rollout(env, executor, gate, seed=cfg.rollout_seed + r * cfg.episodes_per_round + i))
+                    seed = cfg.rollout_seed + r * cfg.episodes_per_round + i
+                    if teacher is not None:
+                        new.append(teacher_rollout(env, executor, teacher, seed))
+                        continue
+                    new.append(gated_rollout(env, executor, gate, seed=seed))
                     reasons = {k: reasons.get(k, 0) + v for k, v in gate.reasons.items()}
                 # autonomous rollouts on seeds of their own, after the gated block's
                 first = cfg.rollout_seed + cfg.rounds * cfg.episodes_per_round + r * cfg.autonomous_per_round

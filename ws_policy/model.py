@@ -140,6 +140,8 @@ class PolicyConfig:
     trunk_width: int = 16  # with encoder "keypoints": the GroupNorm trunk's width (doubled after its second stride)
     trunk_blocks: int = 2  # with encoder "keypoints": residual blocks at a quarter of the resolution
     crop: int = 0  # with encoder "keypoints": random crops of this many px in training, the centre crop at inference (0: none)
+    wrist: bool = False  # with encoder "keypoints": the wrist camera too, its own encoder (rgb and depth carry both cameras)
+    wrist_fov_y_deg: float = 75.0  # the wrist camera's vertical field of view
     frames: int = 2
     stride: int = 4
     chunk: int = 8
@@ -189,8 +191,8 @@ class PolicyConfig:
                                  f"{self.trunk_width}, {self.trunk_blocks}")
             if not (self.crop == 0 or 8 <= self.crop <= self.image_size):
                 raise ValueError(f"crop must be 0 (none) or 8..{self.image_size} px, got {self.crop}")
-        elif self.crop:
-            raise ValueError("random crops (crop > 0) are for encoder 'keypoints'")
+        elif self.crop or self.wrist:
+            raise ValueError("random crops (crop > 0) and the wrist camera are for encoder 'keypoints'")
         if self.stem == "conv" and self.patch % 4:
             raise ValueError(f"a conv stem needs a patch size divisible by 4, got {self.patch}")
         if self.d_model % self.heads:
@@ -343,7 +345,8 @@ class WorldScapePolicy(nn.Module):
     """The policy network (see the module docstring). Inputs are normalised tensors:
 
     * ``rgb`` ``(B, 3, S, S)`` in [-1, 1] and ``depth`` ``(B, 1, S, S)`` in metres (``S`` =
-      ``image_size``): the current frame;
+      ``image_size``): the current frame (with ``wrist``, the scene and the wrist camera stacked:
+      ``(B, 6, S, S)`` and ``(B, 2, S, S)``);
     * ``state`` ``(B, 8)`` in [-1, 1]; ``words`` ``(B, max_words)`` token ids;
     * noisy targets at flow time ``tau`` ``(B,)``: ``future_rgb`` ``(B, F, 3, s, s)``,
       ``future_depth`` ``(B, F, 1, s, s)`` (both in [-1, 1], ``s`` = ``future_size``),
@@ -357,7 +360,7 @@ class WorldScapePolicy(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, p = cfg.d_model, cfg.patch
-        n_cur = cfg.keypoints if cfg.encoder == "keypoints" else (cfg.image_size // p) ** 2
+        n_cur = cfg.keypoints * (1 + cfg.wrist) if cfg.encoder == "keypoints" else (cfg.image_size // p) ** 2
         n_fut = (cfg.future_size // p) ** 2
         self.n_cur, self.n_fut = n_cur, n_fut
         if cfg.encoder == "keypoints":
@@ -365,6 +368,9 @@ class WorldScapePolicy(nn.Module):
 
             self.keypoint_encoder = KeypointEncoder(d, cfg.image_size, cfg.fov_y_deg, cfg.keypoints, cfg.trunk_width,
                                                     cfg.trunk_blocks, cfg.max_depth)
+            if cfg.wrist:  # one encoder per camera (robomimic, Diffusion Policy)
+                self.wrist_encoder = KeypointEncoder(d, cfg.image_size, cfg.wrist_fov_y_deg, cfg.keypoints,
+                                                     cfg.trunk_width, cfg.trunk_blocks, cfg.max_depth)
         else:
             self.rgb_in, self.depth_in = _current_frame_embeddings(cfg, d)
             self.pos_cur = nn.Parameter(torch.randn(n_cur, d) * 0.02)
@@ -418,6 +424,10 @@ class WorldScapePolicy(nn.Module):
         if rgb.shape[-2:] != (self.cfg.image_size,) * 2 or depth.shape[-2:] != (self.cfg.image_size,) * 2:
             raise PolicyInputError(f"images must be {self.cfg.image_size} px square, got rgb {tuple(rgb.shape)} "
                                    f"and depth {tuple(depth.shape)}")
+        cams = 1 + self.cfg.wrist
+        if rgb.shape[1] != 3 * cams or depth.shape[1] != cams:
+            raise PolicyInputError(f"this policy reads {cams} camera(s): rgb needs {3 * cams} channels and depth "
+                                   f"{cams}, got {rgb.shape[1]} and {depth.shape[1]}")
         v, dep = self._frame_tokens(rgb, depth)
         return v, dep, self._text_state(words, state, indicator, rgb)
 
@@ -430,14 +440,21 @@ class WorldScapePolicy(nn.Module):
             from .vision import centre_crop, random_crop
 
             c = self.cfg.crop
-            if not c:
-                off = torch.zeros(rgb.shape[0], 2, device=rgb.device, dtype=rgb.dtype)
-            elif self.training:
-                rgb, depth, off = random_crop(rgb, depth, c)
-            else:
-                rgb, depth, off = centre_crop(rgb, depth, c)
-            v, dep, _ = self.keypoint_encoder(rgb, depth, off)
-            return v, dep
+            cams = [(self.keypoint_encoder, rgb[:, :3], depth[:, :1])]
+            if self.cfg.wrist:
+                cams.append((self.wrist_encoder, rgb[:, 3:6], depth[:, 1:2]))
+            vs, ds = [], []
+            for enc, r, dpt in cams:
+                if not c:
+                    off = torch.zeros(r.shape[0], 2, device=r.device, dtype=r.dtype)
+                elif self.training:
+                    r, dpt, off = random_crop(r, dpt, c)
+                else:
+                    r, dpt, off = centre_crop(r, dpt, c)
+                v, dep, _ = enc(r, dpt, off)
+                vs.append(v)
+                ds.append(dep)
+            return torch.cat(vs, dim=1), torch.cat(ds, dim=1)
         p = self.cfg.patch
         dpe = self.depth_positional_embedding(depth)
         depth_n = depth / self.cfg.max_depth * 2 - 1

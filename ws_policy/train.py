@@ -109,6 +109,13 @@ def _state(qpos: np.ndarray, objects: np.ndarray | None, norm: "Normalizer") -> 
 def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer, vocab: Vocabulary) -> dict:
     """Stack :meth:`DemoDataset.window` dicts into the network's normalised tensors."""
     rgb, depth = _images(np.stack([w["rgb"] for w in windows]), np.stack([w["depth"] for w in windows]), cfg.max_depth)
+    if cfg.wrist:
+        if any("wrist_rgb" not in w for w in windows):
+            raise PolicyError("this policy reads the wrist camera; the demonstrations have none "
+                              "(record them with 'ws policy collect --wrist')")
+        wr, wd = _images(np.stack([w["wrist_rgb"] for w in windows]), np.stack([w["wrist_depth"] for w in windows]),
+                         cfg.max_depth)
+        rgb, depth = torch.cat([rgb, wr], dim=1), torch.cat([depth, wd], dim=1)
     frgb, fdep = _images(np.stack([w["future_rgb"] for w in windows]), np.stack([w["future_depth"] for w in windows]),
                          cfg.max_depth)
     b, f = frgb.shape[:2]
@@ -424,26 +431,32 @@ class PolicyRunner:
     def check(self, obs: dict) -> None:
         """Raise :class:`PolicyInputError` naming what is wrong with an observation."""
         s = self.cfg.image_size
-        rgb, depth = obs.get("rgb"), obs.get("depth")
-        if rgb is None or depth is None:
-            raise PolicyInputError(f"observation needs 'rgb' and 'depth' images, got keys {sorted(obs)}")
-        rgb, depth = np.asarray(rgb), np.asarray(depth)
-        if rgb.shape != (s, s, 3) or rgb.dtype != np.uint8:
-            raise PolicyInputError(f"rgb must be a ({s}, {s}, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
-        if depth.shape != (s, s):
-            raise PolicyInputError(f"depth must be a ({s}, {s}) image in metres, got {depth.shape}")
-        if not np.all(np.isfinite(depth)) or depth.min() < 0:
-            raise PolicyInputError("depth holds NaN, infinite or negative values")
+        for rk, dk in self._cameras():
+            rgb, depth = obs.get(rk), obs.get(dk)
+            if rgb is None or depth is None:
+                raise PolicyInputError(f"observation needs '{rk}' and '{dk}' images, got keys {sorted(obs)}")
+            rgb, depth = np.asarray(rgb), np.asarray(depth)
+            if rgb.shape != (s, s, 3) or rgb.dtype != np.uint8:
+                raise PolicyInputError(f"{rk} must be a ({s}, {s}, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
+            if depth.shape != (s, s):
+                raise PolicyInputError(f"{dk} must be a ({s}, {s}) image in metres, got {depth.shape}")
+            if not np.all(np.isfinite(depth)) or depth.min() < 0:
+                raise PolicyInputError(f"{dk} holds NaN, infinite or negative values")
         q = np.asarray(obs.get("qpos", []), dtype=np.float64)
         if q.shape != (self.cfg.state_dim,) or not np.all(np.isfinite(q)):
             raise PolicyInputError(f"qpos must be {self.cfg.state_dim} finite joint positions, got {q.shape}")
         self.vocab.encode(obs.get("instruction", ""))
 
+    def _cameras(self) -> list[tuple[str, str]]:
+        """The observation's image keys this policy reads: the scene camera, and the wrist camera with ``wrist``."""
+        return [("rgb", "depth")] + ([("wrist_rgb", "wrist_depth")] if getattr(self.cfg, "wrist", False) else [])
+
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
         """``(chunk, 7)`` joint targets (rad, finger m) for the steps from now on."""
         self.check(obs)
-        rgb, depth = _images(obs["rgb"][None], obs["depth"][None], self.cfg.max_depth)
+        ims = [_images(obs[rk][None], obs[dk][None], self.cfg.max_depth) for rk, dk in self._cameras()]
+        rgb, depth = torch.cat([r for r, _ in ims], dim=1), torch.cat([d for _, d in ims], dim=1)
         objects = None
         if self.cfg.privileged:
             objects = np.asarray(obs.get("objects", []), dtype=np.float64)

@@ -130,6 +130,9 @@ class PolicyExecutorNode(LifecycleNode):
             if not self._g("checkpoint"):
                 raise ValueError("parameter 'checkpoint' is empty: give a 'ws policy train' checkpoint")
             model, _ = load_policy(self._g("checkpoint"))
+            if getattr(getattr(model, "cfg", None), "wrist", False):
+                raise ValueError("this policy reads the wrist camera too; policy_executor subscribes to the scene "
+                                 "camera only (camera/color, camera/depth): use a scene-camera policy")
             self.runner = PolicyRunner(model, steps=int(self._g("euler_steps")) or None)
             robot = load_piper(PIPER_XML)[0]
             limits = JointLimits.from_model(robot)
