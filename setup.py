@@ -53,7 +53,7 @@ setup(
     python_requires=">=3.10",
     packages=["ws_worldmodel", "ws_worldmodel.video", "ws_mppi", "ws_policy", "ws_sim", "ws_distill", "ws_cli", "ws_ros", "ws_ros.nodes"],
     package_dir={"ws_sim": "sim", "ws_distill": "distill"},
-    package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_sim": ["assets/*.xml"],
+    package_data={"ws_worldmodel": ["checkpoints/*.pt"], "ws_policy": ["checkpoints/*.pt"], "ws_sim": ["assets/*.xml"],
                   "ws_mppi": ["experts/*/*.pt", "experts/*/*.npz", "experts/*/*.json", "experts/*/*.csv",
                               "experts/*/*.png"]},
     data_files=[

@@ -213,7 +213,7 @@ def test_executor_keeps_acting_from_the_old_chunk_while_the_model_thinks():
     assert calls[:2] == [0, 2]  # the first chunk at step 0, the next requested at step 2 (and waited for)
 
 
-def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
+def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys, monkeypatch):
     """The command line a user runs: demonstrations, a (tiny) policy, a closed-loop evaluation report."""
     import json
 
@@ -247,6 +247,17 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys):
                  "--threads", "1", "--out", str(tmp_path / "kp_eval"), "--latency", "1"]) == 0
     assert main(["policy", "train", "--demos", str(demos), "--crop", "24", "--out", str(tmp_path / "x.pt")]) == 2
     assert not (tmp_path / "x.pt").exists()
+    # 'default' is the policy shipped for the task: a clear error where none ships, the file where one does
+    from ws_policy import train as train_mod
+
+    monkeypatch.setitem(train_mod.DEFAULT_POLICIES, "push", tmp_path / "not_shipped.pt")
+    capsys.readouterr()
+    assert main(["policy", "eval", "--checkpoint", "default", "--task", "push", "--episodes", "1", "--no-video"]) == 2
+    assert "no default policy ships for 'push'" in capsys.readouterr().err
+    monkeypatch.setitem(train_mod.DEFAULT_POLICIES, "push", ckpt)
+    assert main(["policy", "eval", "--checkpoint", "default", "--task", "push", "--episodes", "1", "--no-video",
+                 "--threads", "1", "--out", str(tmp_path / "eval_default"), "--latency", "1"]) == 0
+    assert json.loads((tmp_path / "eval_default" / "report.json").read_text())["episodes"] == 1
     assert main(["policy", "train", "--demos", str(tmp_path / "missing.hdf5"), "--out", str(ckpt)]) == 2
     assert main(["policy", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--episodes", "1"]) == 2
 

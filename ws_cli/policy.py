@@ -195,8 +195,10 @@ def cmd_policy_eval(args) -> int:
     out = args.out or Path("runs") / f"policy-{args.task}-{time_tag()}"
     runner = None
     if args.checkpoint != "scripted":  # load and check before any progress bar
-        from ws_policy.train import PolicyRunner, load_policy
+        from ws_policy.train import PolicyRunner, load_policy, resolve_policy
 
+        with config_errors():
+            args.checkpoint = resolve_policy(args.checkpoint, args.task)
         model, payload = load_policy(args.checkpoint)
         with config_errors(f"{args.checkpoint}: "):
             runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed, indicator=_INDICATORS[args.indicator])
@@ -337,7 +339,8 @@ def add_policy(sub) -> None:
                              "executor for N seeded episodes; print the success rate with its 95% Wilson "
                              "interval and the inference latency percentiles; write report.json and mp4s "
                              "of a success and a failure.")
-    pe.add_argument("--checkpoint", required=True, help="policy checkpoint, or 'scripted'")
+    pe.add_argument("--checkpoint", required=True,
+                    help="policy checkpoint, 'default' (the policy shipped for --task, where one ships) or 'scripted'")
     pe.add_argument("--task", default="pick_place")
     pe.add_argument("--episodes", type=int, default=50)
     add_seed(pe, "episode i resets with seed+i (demos use 0..)", default=1000)

@@ -26,7 +26,26 @@ from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy,
 from .errors import PolicyError
 
 __all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy", "load_policy", "PolicyRunner",
-           "PolicyCheckpointError", "batch_from_windows", "TwoStagePolicy"]
+           "PolicyCheckpointError", "batch_from_windows", "TwoStagePolicy", "DEFAULT_POLICIES", "resolve_policy"]
+
+#: policies shipped with the package, by task (``ws policy eval --checkpoint default``, ``policy_executor``'s
+#: ``checkpoint: default``); how each was made is in docs/policy.md
+DEFAULT_POLICIES = {"pick_place": Path(__file__).parent / "checkpoints" / "pick_place.pt"}
+
+
+def resolve_policy(checkpoint: str | os.PathLike, task: str = "pick_place") -> str:
+    """``"default"`` to the policy shipped for ``task``; any other value as it is.
+
+    Raises:
+        FileNotFoundError: no policy ships for ``task``.
+    """
+    if str(checkpoint) != "default":
+        return str(checkpoint)
+    path = DEFAULT_POLICIES.get(task)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"no default policy ships for {task!r} yet: train one with 'ws policy collect' and "
+                                f"'ws policy train' (docs/policy.md) and give its path")
+    return str(path)
 
 FORMAT_TAG = "worldscape-policy"
 

@@ -82,7 +82,7 @@ class PolicyExecutorNode(LifecycleNode):
         def p(name, default, text):
             self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=True))
 
-        p("checkpoint", "", "policy checkpoint from 'ws policy train'")
+        p("checkpoint", "", "policy checkpoint from 'ws policy train', or 'default' (the shipped pick-and-place policy)")
         p("rate_hz", 20.0, "control rate, Hz (the rate the policy was trained at: 20 for the PiPER tasks)")
         p("replan_every", 0, "control steps between chunk requests (0: half a chunk)")
         p("ensemble_m", 0.1, "temporal-ensembling rate (negative: newest chunk only)")
@@ -122,14 +122,14 @@ class PolicyExecutorNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         import torch
 
-        from ws_policy.train import PolicyRunner, load_policy
+        from ws_policy.train import PolicyRunner, load_policy, resolve_policy
         from ws_sim.piper import PIPER_XML, load_piper
 
         try:
             torch.set_num_threads(int(self._g("threads")))
             if not self._g("checkpoint"):
                 raise ValueError("parameter 'checkpoint' is empty: give a 'ws policy train' checkpoint")
-            model, _ = load_policy(self._g("checkpoint"))
+            model, _ = load_policy(resolve_policy(self._g("checkpoint")))
             if getattr(getattr(model, "cfg", None), "wrist", False):
                 raise ValueError("this policy reads the wrist camera too; policy_executor subscribes to the scene "
                                  "camera only (camera/color, camera/depth): use a scene-camera policy")
