@@ -198,7 +198,8 @@ def add_training_args(p: argparse.ArgumentParser, *, steps: int | None, lr: floa
         p.add_argument("--budget-clock", choices=["wall", "cpu"], default="wall",
                        help="what --time-budget-min counts: wall-clock, or the process's CPU time over its threads "
                             "(the wall-clock of an idle machine: other jobs on the cores do not spend the budget; "
-                            "CPU training only)")
+                            "CPU training only; on a shared machine set OMP_WAIT_POLICY=PASSIVE, as spin-waiting "
+                            "threads count too)")
     add_threads(p)
     add_seed(p)
     add_device(p, auto=True)
