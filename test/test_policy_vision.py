@@ -94,19 +94,20 @@ def test_the_keypoint_policy_crops_at_random_in_training_and_at_the_centre_at_in
 
 
 def test_keypoints_learn_where_the_cube_is_across_the_whole_band():
-    """800 steps of regression from rendered frames (cube anywhere in the full workspace, random yaw; a distractor
-    cube and the target in view) to the cube's table position, on random crops: on held-out frames (centre crop)
-    the keypoint encoder's error ends well below guessing the mean position. (It needs a few hundred steps before
-    the maps lock on; far more steps bring the centimetre precision a grasp needs.)"""
+    """800 steps of regression from rendered frames (the cube anywhere in the full workspace, any yaw, lights and
+    table randomised) to the cube's table position, on random crops: on held-out frames (centre crop) the
+    keypoint encoder's error ends far below guessing the mean position. Frames with the distractor cube are left
+    out: from the image alone it is ambiguous which cube is meant (the policy reads the instruction for that)."""
     from ws_sim.piper_tasks import PiperManipEnv
 
     env = PiperManipEnv("pick_place", render_mode="rgbd", width=64, height=64, camera="task", workspace="full")
-    frames = [env.reset(seed=s)[0] for s in range(464)]
+    frames = [f for f in (env.reset(seed=s)[0] for s in range(560)) if f["objects"][7] < -0.5]  # cube B parked
     env.close()
     rgb = torch.as_tensor(np.stack([f["rgb"] for f in frames]), dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
     depth = torch.as_tensor(np.stack([f["depth"] for f in frames]), dtype=torch.float32)[:, None]
     xy = torch.as_tensor(np.stack([f["objects"][:2] for f in frames]), dtype=torch.float32)
-    n = 400
+    n = len(frames) - 50
+    assert n > 150
     mean, std = xy[:n].mean(0), xy[:n].std(0)
     target = (xy - mean) / std
     torch.manual_seed(0)
@@ -122,12 +123,13 @@ def test_keypoints_learn_where_the_cube_is_across_the_whole_band():
         opt.zero_grad()
         loss.backward()
         opt.step()
+    enc.eval()
     with torch.no_grad():
         r, d, off = centre_crop(rgb[n:], depth[n:], 56)
         v, dt, _ = enc(r, d, off)
         err = ((head(torch.cat([v, dt], -1).flatten(1)) - target[n:]) * std).norm(dim=-1).mean()
     baseline = (xy[n:] - mean).norm(dim=-1).mean()
-    assert float(err) < 0.8 * float(baseline), (float(err), float(baseline))
+    assert float(err) < 0.35 * float(baseline), (float(err), float(baseline))
 
 
 def test_a_wrist_camera_policy_from_recording_to_evaluation(tmp_path, capsys):
