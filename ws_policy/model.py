@@ -74,6 +74,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import PolicyError
+from .vision import KeypointEncoder, centre_crop, fourier_features, random_crop
 
 __all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary",
            "build_policy", "POLICY_CLASSES"]
@@ -272,12 +273,6 @@ def _unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor
     return x.reshape(b, c, h, w)
 
 
-def _fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
-    freqs = 2.0 ** torch.arange(bands, dtype=x.dtype, device=x.device) * math.pi
-    ang = x[..., None] * freqs
-    return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
-
-
 def _conv_stem(c_in: int, d: int, patch: int) -> nn.Module:
     """``(B, c_in, S, S) -> (B, d, S/patch, S/patch)``: two stride-2 3x3 convolutions, then one
     ``patch/4`` kernel and stride."""
@@ -364,8 +359,6 @@ class WorldScapePolicy(nn.Module):
         n_fut = (cfg.future_size // p) ** 2
         self.n_cur, self.n_fut = n_cur, n_fut
         if cfg.encoder == "keypoints":
-            from .vision import KeypointEncoder
-
             self.keypoint_encoder = KeypointEncoder(d, cfg.image_size, cfg.fov_y_deg, cfg.keypoints, cfg.trunk_width,
                                                     cfg.trunk_blocks, cfg.max_depth)
             if cfg.wrist:  # one encoder per camera (robomimic, Diffusion Policy)
@@ -418,7 +411,7 @@ class WorldScapePolicy(nn.Module):
         pts = torch.stack([self.ray_x * z, self.ray_y * z, z], dim=1)  # (B, 3, S, S)
         p = self.cfg.patch
         mean = F.avg_pool2d(pts, p).flatten(2).transpose(1, 2)  # (B, n, 3)
-        return self.dpe(_fourier(mean / self.cfg.max_depth, 6))
+        return self.dpe(fourier_features(mean / self.cfg.max_depth, 6))
 
     def _context(self, rgb, depth, state, words, indicator=None):
         if rgb.shape[-2:] != (self.cfg.image_size,) * 2 or depth.shape[-2:] != (self.cfg.image_size,) * 2:
@@ -437,8 +430,6 @@ class WorldScapePolicy(nn.Module):
         keypoint tokens of :class:`ws_policy.vision.KeypointEncoder` on a random crop (training) or the
         centre crop (inference)."""
         if self.cfg.encoder == "keypoints":
-            from .vision import centre_crop, random_crop
-
             c = self.cfg.crop
             cams = [(self.keypoint_encoder, rgb[:, :3], depth[:, :1])]
             if self.cfg.wrist:

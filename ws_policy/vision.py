@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SpatialSoftmax", "GroupNormTrunk", "KeypointEncoder", "random_crop", "centre_crop"]
+__all__ = ["SpatialSoftmax", "GroupNormTrunk", "KeypointEncoder", "random_crop", "centre_crop", "fourier_features"]
 
 
 def _groups(channels: int) -> int:
@@ -133,7 +133,8 @@ def centre_crop(rgb: torch.Tensor, depth: torch.Tensor, size: int):
     return rgb[..., o:o + size, o:o + size], depth[..., o:o + size, o:o + size], off
 
 
-def _fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
+def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
+    """``(..., c) -> (..., c (1 + 2 bands))``: ``x`` with ``sin`` and ``cos`` of ``2^k pi x``, ``k < bands``."""
     freqs = 2.0 ** torch.arange(bands, dtype=x.dtype, device=x.device) * math.pi
     ang = x[..., None] * freqs
     return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
@@ -176,9 +177,9 @@ class KeypointEncoder(nn.Module):
         pooled = torch.einsum("bkhw,bchw->bkc", att, feat)
         z = torch.einsum("bkhw,bhw->bk", att, F.adaptive_avg_pool2d(depth, feat.shape[-2:])[:, 0])  # expected depth
         points, full = self.back_project(pos, z, offset, s)
-        video = self.video(torch.cat([pooled, _fourier(full, 4)], dim=-1))
+        video = self.video(torch.cat([pooled, fourier_features(full, 4)], dim=-1))
         spread = self._spread(att)  # (B, K): how sharp each map is
-        depth_tok = self.depth(torch.cat([_fourier(points / self.max_depth, 6), spread[..., None]], dim=-1))
+        depth_tok = self.depth(torch.cat([fourier_features(points / self.max_depth, 6), spread[..., None]], dim=-1))
         return video + self.identity, depth_tok + self.identity, points
 
     def back_project(self, pos: torch.Tensor, z: torch.Tensor, offset: torch.Tensor, crop: int):
