@@ -236,6 +236,15 @@ def test_ws_policy_collect_train_eval_end_to_end(tmp_path, capsys, monkeypatch):
     assert "successes" in printed and "holding still" in printed
     net, _ = load_policy(ckpt)
     assert net.cfg.fov_y_deg == 45.0  # the task camera's, from the demonstrations, for the DPE
+    assert not list(tmp_path.glob("p.pt.*.state"))  # the finished run's training state is gone
+    # an interrupted run's state is never overwritten unasked, and a foreign file is refused by name
+    (tmp_path / "r.pt.action_only.state").write_bytes(b"not a state")
+    again = ["policy", "train", "--demos", str(demos), "--model", "action_only", "--steps", "3", "--batch-size", "4",
+             "--d-model", "32", "--layers", "1", "--chunk", "4", "--threads", "1", "--out", str(tmp_path / "r.pt")]
+    capsys.readouterr()
+    assert main(again) == 2 and "add --resume" in capsys.readouterr().err
+    assert main([*again, "--resume"]) == 2 and "r.pt.action_only.state" in capsys.readouterr().err
+    assert not (tmp_path / "r.pt").exists()
     # the keypoint encoder: random crops of 7/8 of the frame by default, evaluated on the centre crop
     kp = tmp_path / "kp.pt"
     assert main(["policy", "train", "--demos", str(demos), "--model", "mot", "--encoder", "keypoints", "--steps", "2",
@@ -356,3 +365,71 @@ def test_the_report_says_where_pick_and_place_failed():
     ep = expert["episodes_detail"][0]
     assert ep["success"] and ep["cube_lift_m"] > LIFTED_M and ep["cube_to_target_m"] < 0.03
     assert expert["failure_modes"] == {}
+
+
+def test_training_resumes_to_the_weights_of_an_uninterrupted_run(demos, tmp_path):
+    """An interrupted run continued from its training state ends where one run of all the steps ends."""
+    from ws_policy.errors import PolicyError
+
+    eps, _ = read_demos(demos)
+    ds = DemoDataset(eps, chunk=4, frames=2, stride=4)
+    cfg = _cfg(mode="action_only", object_aux=0.5)
+    whole, _ = train_policy(cfg, ds, steps=6, batch_size=4, lr=2e-3, seed=3)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_5(step, net):
+        if step == 5:
+            raise Interrupted
+        return False
+
+    state, extra = tmp_path / "run.state", {"curve": [{"step": 2}]}
+    with pytest.raises(Interrupted):  # the state of step 3 was written; steps 4 and 5 are lost
+        train_policy(cfg, ds, steps=6, batch_size=4, lr=2e-3, seed=3, state_path=state, save_every=3,
+                     callback=stop_at_5, state_extra=extra)
+    extra_now = {"curve": []}
+    resumed, hist = train_policy(cfg, ds, steps=6, batch_size=4, lr=2e-3, seed=3, state_path=state, save_every=3,
+                                 state_extra=extra_now)
+    assert extra_now == {"curve": [{"step": 2}]} and len(hist["loss"]) == 6
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(PolicyError, match="another run: lr"):
+        train_policy(cfg, ds, steps=6, batch_size=4, lr=1e-3, seed=3, state_path=state)
+    with pytest.raises(PolicyError, match="config fields: object_aux"):
+        train_policy(_cfg(mode="action_only", object_aux=1.0), ds, steps=6, batch_size=4, lr=2e-3, seed=3,
+                     state_path=state)
+
+
+def test_the_object_auxiliary_reads_the_context_and_trains_the_vision(demos):
+    """``object_aux``: a loss term on the cube's and target's positions from the state token, whose
+    gradient reaches the keypoint trunk; it needs the object state, and nothing of it runs at inference."""
+    from ws_policy.model import Vocabulary, object_targets
+    from ws_policy.train import Normalizer, batch_from_windows, policy_loss
+
+    yaw = np.deg2rad(30.0)  # cube A at the band's middle, turned 30 degrees; the target 10 cm to the left
+    objects = np.r_[0.26, 0.0, 0.03, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2), np.zeros(7), 0.26, 0.1, 0.03]
+    np.testing.assert_allclose(object_targets(objects), [0, 0, 0, 0, 1, 0, np.sin(4 * yaw), np.cos(4 * yaw)],
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="17 values"):
+        object_targets(np.zeros(16))
+    with pytest.raises(ValueError, match="object_aux"):
+        _cfg(object_aux=-1.0)
+    eps, _ = read_demos(demos)
+    ds = DemoDataset(eps, chunk=4, frames=2, stride=4)
+    cfg = _cfg(encoder="keypoints", keypoints=4, trunk_width=8, trunk_blocks=1, crop=28, object_aux=2.0)
+    torch.manual_seed(0)
+    net = WorldScapePolicy(cfg)
+    windows = [ds.window(i) for i in range(4)]
+    batch = batch_from_windows(windows, cfg, Normalizer.from_episodes(ds.episodes), Vocabulary(list(cfg.vocab)))
+    loss, parts = policy_loss(net, batch, torch.Generator().manual_seed(1))
+    flow = sum(v for k, v in parts.items() if k.startswith("diff_")) + cfg.alpha * parts["3d"]
+    assert float(loss.detach()) == pytest.approx(flow + 2.0 * parts["objects"], rel=1e-5) and parts["objects"] > 0
+    net.zero_grad()  # the auxiliary's output alone sends gradient into the camera's trunk
+    out = net(batch["rgb"], batch["depth"], batch["state"], batch["words"], torch.full((4,), 0.5),
+              future_rgb=batch["future_rgb"], future_depth=batch["future_depth"], actions=batch["actions"])
+    out["objects"].square().sum().backward()
+    assert net.keypoint_encoder.trunk.net[0].weight.grad.abs().sum() > 0
+    with pytest.raises(Exception, match="object state"):
+        batch_from_windows([{k: v for k, v in w.items() if k != "objects"} for w in windows], cfg,
+                           Normalizer.from_episodes(ds.episodes), Vocabulary(list(cfg.vocab)))

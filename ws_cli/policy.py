@@ -107,6 +107,8 @@ def cmd_policy_train(args) -> int:
                               "action_weight": args.action_weight}.items() if v is not None}
     if args.privileged:
         over["privileged"] = True
+    if args.object_aux:
+        over["object_aux"] = args.object_aux
     if args.encoder == "keypoints":
         over.update(encoder="keypoints", keypoints=args.keypoints, trunk_width=args.trunk_width,
                     crop=args.crop if args.crop is not None else size - size // 8, wrist=bool(attrs.get("wrist", False)))
@@ -145,6 +147,11 @@ def cmd_policy_train(args) -> int:
     if video_eps and not any(mode in ("mot", "world") for mode, _ in stages):
         raise ConfigError("--videos would go unused: the given world model is stage one as it is, and the "
                           "inverse-dynamics stage predicts no video")
+    state_paths = {mode: Path(f"{args.out}.{mode}.state") for mode, _ in stages}
+    found = [str(p) for p in state_paths.values() if p.is_file()]
+    if found and not args.resume:
+        raise ConfigError(f"a training state of an interrupted run exists ({', '.join(found)}): add --resume to "
+                          f"continue it, or remove it to start afresh")
     for mode, head in stages:
         future = video.cfg.image_size if video is not None else size // 2
         with config_errors("policy config: "):
@@ -166,7 +173,9 @@ def cmd_policy_train(args) -> int:
         with config_errors():  # e.g. a --video-share outside (0, 1)
             net, hist = train_policy(cfg, ds, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                      init=init if mode != "idm" else None, progress=bar, callback=callback,
-                                     videos=vids, video_share=args.video_share, device=args.device)
+                                     videos=vids, video_share=args.video_share, device=args.device,
+                                     state_path=state_paths[mode], save_every=args.save_every,
+                                     state_extra={"curve": curve})
         bar.close()
         nets.append(net)
         hist_all[mode] = {"loss_first": float(np.mean(hist["loss"][:20])), "loss_last": float(np.mean(hist["loss"][-20:])),
@@ -179,6 +188,8 @@ def cmd_policy_train(args) -> int:
              "kind": args.model,
              "steps": args.steps, "history": hist_all, "init": str(args.init) if args.init else None}
     path = save_policy(model, args.out, extra)
+    for p in state_paths.values():  # the checkpoint holds everything now
+        p.unlink(missing_ok=True)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {path} ({args.model}, {params / 1e6:.2f} M parameters): " +
           json.dumps(hist_all))
@@ -315,6 +326,14 @@ def add_policy(sub) -> None:
     pt.add_argument("--crop", type=int, default=None,
                     help="with --encoder keypoints: random crops of this many px while training, the centre crop at "
                          "inference (default: 7/8 of the image, 56 of 64 px; 0: none)")
+    pt.add_argument("--object-aux", type=float, default=0.0,
+                    help="weight of an auxiliary loss that regresses the task's cube and target positions (from the "
+                         "simulator's object state) from the policy's context while training; nothing of it runs at "
+                         "inference (0: off; see ws_policy/model.py)")
+    pt.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from its training state (OUT.<mode>.state, written every "
+                         "--save-every steps; removed once OUT is written); the other settings must be the run's")
+    pt.add_argument("--save-every", type=int, default=500, help="steps between two writes of the training state")
     pt.add_argument("--keep-failures", action="store_true", help="train on failed episodes too")
     pt.add_argument("--videos", default=None,
                     help="comma-separated .hdf5 files of episodes used as videos only: every batch mixes their "

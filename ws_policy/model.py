@@ -48,6 +48,17 @@ action-only policy's). ``L_3D`` compares the one-step clean estimate ``x^_1 = x_
 future depth and images with the truth (``lambda`` weights images). Sampling: ``euler_steps``
 Euler steps from noise.
 
+**Object-position auxiliary** (``object_aux > 0``, training only): a linear head reads the state
+token's final embedding and regresses where the task's cube and the target are
+(:func:`object_targets`: 8 values), with weight ``object_aux`` beside the flow-matching loss. The
+context attends only to itself, so the probe depends on the current frames, the instruction and the
+joint state alone: it asks the context the action tokens attend to to say where the objects are.
+Localising a 4 cm cube in a 64 px frame anywhere over the band is what the action loss alone teaches
+slowly; auxiliary state prediction from privileged simulator state is the standard remedy (e.g.
+Pinto et al. 2018, "Asymmetric actor critic for image-based robot learning"; Levine et al. 2016
+pretrain their visuomotor policies' spatial-softmax keypoints on object positions). Nothing of it
+runs at inference.
+
 **Diagnostic**: ``privileged=True`` adds the simulator's object poses to the state token, to
 tell a learning or pipeline problem from a vision problem; never for deployment.
 
@@ -77,9 +88,39 @@ from .errors import PolicyError
 from .vision import KeypointEncoder, centre_crop, fourier_features, random_crop
 
 __all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary",
-           "build_policy", "POLICY_CLASSES"]
+           "build_policy", "POLICY_CLASSES", "object_targets", "N_OBJECT_TARGETS"]
 
 MODALITIES = ("video", "depth", "action")
+
+#: the auxiliary head's targets per frame (:func:`object_targets`)
+N_OBJECT_TARGETS = 8
+_OBJECT_CENTRE_M = np.array([0.26, 0.0, 0.03])  # about the middle of the PiPER's reachable band (docs/policy.md)
+_OBJECT_SCALE_M = 0.1
+
+
+def object_targets(objects: np.ndarray) -> np.ndarray:
+    """The object-position auxiliary's targets from the simulator's object state.
+
+    Args:
+        objects: ``(..., 17)`` as :class:`ws_sim.piper_tasks.PiperManipEnv` reports them (cube A
+            position and quaternion ``wxyz``, cube B position and quaternion, target position; metres).
+
+    Returns:
+        ``(..., 8)`` float32: the task's cube (A) and the target positions, each minus the band's
+        middle ``(0.26, 0, 0.03)`` m and over 0.1 m, then ``sin 4 psi`` and ``cos 4 psi`` of cube A's
+        yaw ``psi`` (a cube looks the same every 90 degrees).
+
+    Raises:
+        ValueError: the last axis is not 17 long.
+    """
+    o = np.asarray(objects, dtype=np.float64)
+    if o.shape[-1] != 17:
+        raise ValueError(f"objects must have 17 values on the last axis, got shape {o.shape}")
+    w, z = o[..., 3], o[..., 6]
+    yaw = 2.0 * np.arctan2(z, w)
+    pos = (np.stack([o[..., 0:3], o[..., 14:17]], axis=-2) - _OBJECT_CENTRE_M) / _OBJECT_SCALE_M
+    return np.concatenate([pos.reshape(*o.shape[:-1], 6), np.sin(4 * yaw)[..., None], np.cos(4 * yaw)[..., None]],
+                          axis=-1).astype(np.float32)
 
 
 class PolicyInputError(PolicyError):
@@ -149,6 +190,7 @@ class PolicyConfig:
     action_dim: int = 7
     state_dim: int = 8
     privileged: bool = False  # diagnostic: the objects' poses (17 values) join the state token
+    object_aux: float = 0.0  # weight of the object-position auxiliary (training only; 0: none)
     d_model: int = 128
     heads: int = 4
     layers: int = 3
@@ -204,6 +246,10 @@ class PolicyConfig:
             raise ValueError(f"indicator_dropout must be in [0, 1), got {self.indicator_dropout}")
         if self.video_model not in ("mot", "dit"):
             raise ValueError(f"video_model must be mot or dit, got {self.video_model!r}")
+        if not (math.isfinite(self.object_aux) and self.object_aux >= 0):
+            raise ValueError(f"object_aux must be a finite weight >= 0, got {self.object_aux}")
+        if self.object_aux and self.video_model != "mot":
+            raise ValueError("the object-position auxiliary (object_aux) is for video_model 'mot'")
         if self.video_model == "dit":
             self._check_dit()
         elif self.dit_obs:
@@ -373,6 +419,8 @@ class WorldScapePolicy(nn.Module):
         self._build_inputs(cfg, d)
         self.blocks = nn.ModuleList(MoTBlock(d, cfg.heads, cfg.ffn_mult) for _ in range(cfg.layers))
         self.final = _ExpertNorm(d)
+        if cfg.object_aux:
+            self.object_head = nn.Linear(d, N_OBJECT_TARGETS)
         if cfg.action_head == "idm" and cfg.predicts_actions:
             self.idm_queries = nn.Parameter(torch.randn(cfg.chunk, d) * 0.02)
             self.idm = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, 0.0, batch_first=True,
@@ -505,6 +553,8 @@ class WorldScapePolicy(nn.Module):
             seq = blk(seq, slices, mask)
         seq = self.final(seq, slices)
         out = {}
+        if cfg.object_aux:  # the state token: context only (see the mask)
+            out["objects"] = self.object_head(seq[:, slices[2].start + 1])
         if cfg.predicts_video:
             f, s, p = cfg.frames, cfg.future_size, cfg.patch
             vt = seq[:, slices[0]][:, n_ctx[0]:]

@@ -22,7 +22,7 @@ from ws_worldmodel.checkpoint import atomic_torch_save, safe_torch_load
 
 from . import dit_policy  # noqa: F401  (registers video_model 'dit' with build_policy)
 from .data import DemoDataset
-from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy, build_policy
+from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy, build_policy, object_targets
 from .errors import PolicyError
 
 __all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy", "load_policy", "PolicyRunner",
@@ -126,7 +126,16 @@ def _state(qpos: np.ndarray, objects: np.ndarray | None, norm: "Normalizer") -> 
 
 
 def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer, vocab: Vocabulary) -> dict:
-    """Stack :meth:`DemoDataset.window` dicts into the network's normalised tensors."""
+    """Stack :meth:`DemoDataset.window` dicts into the network's normalised tensors (with
+    ``cfg.object_aux``, also ``"objects"``: :func:`ws_policy.model.object_targets` of each window's
+    object state).
+
+    Raises:
+        PolicyError: the policy reads the wrist camera or learns the object-position auxiliary and a
+            window lacks the wrist frames or the object state.
+    """
+    if cfg.object_aux and any("objects" not in w for w in windows):
+        raise PolicyError("the object-position auxiliary (object_aux) needs each window's object state ('objects')")
     rgb, depth = _images(np.stack([w["rgb"] for w in windows]), np.stack([w["depth"] for w in windows]), cfg.max_depth)
     if cfg.wrist:
         if any("wrist_rgb" not in w for w in windows):
@@ -148,11 +157,23 @@ def batch_from_windows(windows: list[dict], cfg: PolicyConfig, norm: Normalizer,
             "future_rgb": frgb, "future_depth": fdep,
             "actions": torch.as_tensor(norm.actions(np.stack([w["actions"] for w in windows])), dtype=torch.float32),
             "valid": torch.as_tensor(np.stack([w["valid"] for w in windows])),
-            "indicator": torch.as_tensor(np.array([int(w.get("indicator", 1)) for w in windows]), dtype=torch.long)}
+            "indicator": torch.as_tensor(np.array([int(w.get("indicator", 1)) for w in windows]), dtype=torch.long),
+            **({"objects": torch.as_tensor(object_targets(np.stack([w["objects"] for w in windows])))}
+               if cfg.object_aux else {})}
 
 
 def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """``L_diff + alpha L_3D`` (+ the IDM head's regression loss) on one batch; returns (loss, parts)."""
+    """``L_diff + alpha L_3D`` (+ the IDM head's regression loss, + ``object_aux`` times the
+    object-position auxiliary's mean squared error) on one batch; returns (loss, parts)."""
+    loss, parts = _flow_loss(model, batch, generator)
+    if model.cfg.object_aux:
+        parts["objects"] = (parts.pop("_objects") - batch["objects"]).square().mean()
+        loss = loss + model.cfg.object_aux * parts["objects"]
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _flow_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+    """:func:`policy_loss` without the auxiliary: (loss, parts as tensors; ``"_objects"`` the head's output)."""
     cfg = model.cfg
     b, dev = batch["rgb"].shape[0], batch["rgb"].device  # the noise is drawn on the CPU, then moved
     ind = batch.get("indicator") if cfg.indicator else None
@@ -161,7 +182,7 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
                     future_rgb=batch["future_rgb"], future_depth=batch["future_depth"], indicator=ind)
         valid = batch["valid"].float()
         loss = ((out["idm_actions"] - batch["actions"]).square().mean(-1) * valid).sum() / valid.sum().clamp_min(1)
-        return loss, {"idm": float(loss.detach())}
+        return loss, {"idm": loss, **({"_objects": out["objects"]} if "objects" in out else {})}
     tau = torch.rand(b, generator=generator).to(dev)
     targets = {}
     if cfg.predicts_video:
@@ -194,7 +215,9 @@ def policy_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator
     if "idm_actions" in out:
         parts["idm"] = ((out["idm_actions"] - batch["actions"]).square().mean(-1) * valid).sum() / valid.sum().clamp_min(1)
         loss = loss + parts["idm"]
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
+    if "objects" in out:
+        parts["_objects"] = out["objects"]
+    return loss, parts
 
 
 class TwoStagePolicy(torch.nn.Module):
@@ -282,8 +305,15 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
 def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size: int = 32, lr: float = 3e-4,
                  seed: int = 0, init: WorldScapePolicy | None = None, progress=None, log_every: int = 50,
                  callback=None, normalizer: Normalizer | None = None, videos: DemoDataset | None = None,
-                 video_share: float = 0.25, device: str = "cpu") -> tuple[WorldScapePolicy, dict]:
+                 video_share: float = 0.25, device: str = "cpu", state_path: str | os.PathLike | None = None,
+                 save_every: int = 500, state_extra: dict | None = None) -> tuple[WorldScapePolicy, dict]:
     """Train a policy (or world model, by ``cfg.mode``) on demonstration windows.
+
+    Resumable: with ``state_path``, the whole training state (weights, optimiser, the batch and
+    noise generators, the step, the history and ``state_extra``) is written there atomically every
+    ``save_every`` steps and at the end; a later call with the same ``state_path`` continues from
+    it, and gives the same weights as an uninterrupted run. The caller removes the file once it
+    has kept the model.
 
     Args:
         init: a trained network whose matching weights (same names and shapes, e.g. a
@@ -299,10 +329,16 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
             its policy's training data (its "Embodied Data Pyramid"); this is that, at our scale.
         device: where the model and batches live while training (``"cpu"``, ``"cuda"``); the
             ``callback`` sees the model there, and it is returned on the CPU.
+        state_path: the training state's file (``None``: not resumable).
+        save_every: steps between two writes of the training state.
+        state_extra: plain data the caller keeps with the state (e.g. its evaluation curve):
+            saved with it, and on resume updated in place from it (lists keep their identity).
 
     Raises:
         ValueError: ``videos`` for a mode that predicts no video, with actions in use, or a
-            ``video_share`` outside (0, 1).
+            ``video_share`` outside (0, 1); ``save_every`` < 1.
+        PolicyError: a training state at ``state_path`` made with another configuration, number
+            of steps, batch size, learning rate or seed, or not a training state.
 
     Returns:
         ``(model, history)`` with per-step losses and wall time.
@@ -332,9 +368,27 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     history = {"loss": [], "parts": [], "loaded_tensors": loaded, "seconds": 0.0, "stopped_at": None}
+    if save_every < 1:
+        raise ValueError(f"save_every must be >= 1, got {save_every}")
+    run = {"config": dataclasses.asdict(cfg), "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
+           "seed": int(seed), "video_share": float(video_share) if n_video else None}
+    start = 0
+    if state_path is not None and Path(state_path).is_file():
+        start, history = _load_train_state(state_path, run, model, opt, rng, gen, state_extra, device)
+    seconds_before = history["seconds"]
     t0 = time.perf_counter()
+
+    def save_state(done: int) -> None:
+        history["seconds"] = seconds_before + time.perf_counter() - t0
+        atomic_torch_save({"format": TRAIN_STATE_TAG, "run": run, "step": done, "model": model.state_dict(),
+                           "optimizer": opt.state_dict(), "batch_rng": rng.bit_generator.state,
+                           "noise_rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                           "extra": state_extra or {}}, state_path)
+
+    if progress is not None and start:
+        progress.update(start)
     model.train()
-    for step in range(steps):
+    for step in range(start if history["stopped_at"] is None else steps, steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr, max(1, steps // 20))
         idx = rng.integers(len(dataset), size=batch_size - n_video)
@@ -359,9 +413,46 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         if callback is not None and callback(step + 1, model):
             history["stopped_at"] = step + 1
             break
-    history["seconds"] = time.perf_counter() - t0
+        if state_path is not None and (step + 1) % save_every == 0 and step + 1 < steps:
+            save_state(step + 1)
+    history["seconds"] = seconds_before + time.perf_counter() - t0
+    if state_path is not None:
+        save_state(history["stopped_at"] or steps)
     model.to("cpu").eval()
     return model, history
+
+
+TRAIN_STATE_TAG = "worldscape-policy-train-state"
+
+
+def _load_train_state(path, run: dict, model, opt, rng: np.random.Generator, gen: torch.Generator,
+                      extra: dict | None, device: str) -> tuple[int, dict]:
+    """Restore :func:`train_policy`'s state from ``path`` (read without running code); returns
+    (the step to continue from, the history). Raises :class:`PolicyError` for a file of another
+    run or not a training state."""
+    st = safe_torch_load(path, map_location=device, error=PolicyCheckpointError, what="policy training state")
+    if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_TAG:
+        raise PolicyError(f"{path} is not a policy training state")
+    differ = sorted(k for k in run if st["run"].get(k) != run[k])
+    if differ:
+        detail = ", ".join(k if k == "config" else f"{k} {st['run'].get(k)!r} (now {run[k]!r})" for k in differ)
+        if "config" in differ:
+            detail += " (config fields: " + ", ".join(sorted(
+                k for k in run["config"] if st["run"]["config"].get(k) != run["config"][k])) + ")"
+        raise PolicyError(f"the training state {path} belongs to another run: {detail} differ; give the same "
+                          f"settings to resume it, or remove it to start afresh")
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    rng.bit_generator.state = st["batch_rng"]
+    gen.set_state(st["noise_rng"])
+    torch.set_rng_state(st["torch_rng"])
+    if extra is not None:
+        for k, v in st["extra"].items():
+            if isinstance(extra.get(k), list) and isinstance(v, list):
+                extra[k][:] = v
+            else:
+                extra[k] = v
+    return int(st["step"]), st["history"]
 
 
 def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | None = None) -> Path:
