@@ -14,10 +14,14 @@ Besides the two planners, the same loop times ``matmul_floor``: only the batched
 the elites' square (hidden x hidden) layers for the ``H`` steps (no input layer, activation,
 head or MPPI), work no exact float32 implementation can skip; so
 ``pytorch_mppi_over_floor_median`` bounds the ratio any exact implementation could reach on
-this machine. ``--also`` adds
+this machine in float32. ``ours_bf16`` is our MPPI with the model's matmuls in bfloat16
+(``LearnedDynamics(model, precision="bfloat16")``, states in float32; ``model_precision`` in the
+controller config), and ``matmul_floor_bf16`` that floor in bfloat16. ``--also`` adds
 ``ours_stepwise`` (our MPPI over the old per-step ``predict`` loop) and
 ``pytorch_mppi_cached_step`` (pytorch-mppi over one step of the fused rollout, i.e. over a
-``predict`` that keeps its stacked elite weights).
+``predict`` that keeps its stacked elite weights) and ``pytorch_mppi_bf16`` (pytorch-mppi
+driving a bfloat16 copy of the model, ``model.to(torch.bfloat16)``, as a user would make it:
+each step's state and action rounded to bfloat16 going in, the next state back to float32).
 
 Prints one JSON object: per setting the median and p90 latency (ms) of one planning cycle of
 each, and the ratio pytorch_mppi / ours of the medians. Not a test: nothing is asserted.
@@ -30,6 +34,7 @@ Needs the bench extra: ``pip install -e .[bench]``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -46,7 +51,7 @@ from ws_mppi.report import resolve_dynamics
 from ws_sim.envs import make_env
 from ws_worldmodel.checkpoint import load_checkpoint
 
-EXTRAS = ("ours_stepwise", "pytorch_mppi_cached_step")
+EXTRAS = ("ours_stepwise", "pytorch_mppi_cached_step", "pytorch_mppi_bf16")
 
 
 def _setting(text: str) -> tuple[int, int]:
@@ -109,6 +114,7 @@ def main() -> None:
         for k, h in settings:
             mcfg = MPPIConfig(horizon=h, samples=k, temperature=lam, noise_sigma=sigma)
             ours = MPPI(LearnedDynamics(model), trajectory_cost, low, high, mcfg, seed=0)
+            ours_bf16 = MPPI(LearnedDynamics(model, precision="bfloat16"), trajectory_cost, low, high, mcfg, seed=0)
 
             def reference(dyn):
                 return ReferenceMPPI(dyn, step_cost, model.state_dim,
@@ -119,13 +125,18 @@ def main() -> None:
             c = model._elite_tensors()
             x = torch.randn(len(c["w"][0]), k, c["w"][1].shape[1])
 
-            def floor(x=x, c=c, h=h):
+            def floor(x=x, ws=c["w"][1:], h=h):
                 for _ in range(h):
-                    for w in c["w"][1:]:
+                    for w in ws:
                         torch.bmm(x, w)
 
-            planners = {"ours": lambda: ours.plan(state), "pytorch_mppi": lambda: ref.command(s32),
-                        "matmul_floor": floor}
+            planners = {"ours": lambda: ours.plan(state), "ours_bf16": lambda: ours_bf16.plan(state),
+                        "pytorch_mppi": lambda: ref.command(s32), "matmul_floor": floor,
+                        "matmul_floor_bf16": lambda: floor(x.to(torch.bfloat16), c["lp"]["w"][1:])}
+            if "pytorch_mppi_bf16" in args.also:
+                low_model = copy.deepcopy(model).to(torch.bfloat16)
+                ref_bf16 = reference(lambda s, a: low_model.predict(s.bfloat16(), a.bfloat16()).float())
+                planners["pytorch_mppi_bf16"] = lambda: ref_bf16.command(s32)
             if "ours_stepwise" in args.also:
                 old = MPPI(LearnedDynamics(model, fused=False), trajectory_cost, low, high, mcfg, seed=0)
                 planners["ours_stepwise"] = lambda: old.plan(state)
@@ -147,6 +158,10 @@ def main() -> None:
             med = {n: float(np.median(times[n])) for n in names}
             ratio = lambda a, b: round(med[a] / med[b], 3)  # noqa: E731
             row["pytorch_mppi_over_ours_median"] = ratio("pytorch_mppi", "ours")
+            row["pytorch_mppi_over_ours_bf16_median"] = ratio("pytorch_mppi", "ours_bf16")
+            row["pytorch_mppi_over_floor_bf16_median"] = ratio("pytorch_mppi", "matmul_floor_bf16")
+            if "pytorch_mppi_bf16" in med:
+                row["pytorch_mppi_bf16_over_ours_bf16_median"] = ratio("pytorch_mppi_bf16", "ours_bf16")
             row["pytorch_mppi_over_floor_median"] = ratio("pytorch_mppi", "matmul_floor")
             if "ours_stepwise" in med:
                 row["pytorch_mppi_over_ours_stepwise_median"] = ratio("pytorch_mppi", "ours_stepwise")

@@ -172,3 +172,42 @@ def test_other_architectures_dtypes_and_a_gathered_state_index(hopper_model):
 
     with pytest.raises(ValueError, match="state must be"):
         model.rollout(torch.zeros(3, 12), actions)
+
+
+@pytest.mark.parametrize("system", ["hopper", "walker2d", "go1"])
+def test_bfloat16_rollout_predicts_each_change_to_about_one_percent(system):
+    """``precision="bfloat16"``: the layers in bfloat16, the state summed in float32. Each step's
+    predicted change stays within a few percent of float32's, and the states stay float32."""
+    model = load_checkpoint(DEFAULT_CHECKPOINTS[system])
+    g = torch.Generator().manual_seed(4)
+    actions = torch.rand(256, 5, model.action_dim, generator=g) * 2 - 1
+    s0 = _start_state(model)
+    exact = model.rollout(s0, actions)
+    low = model.rollout(s0, actions, precision="bfloat16")
+    assert low.dtype == torch.float32 and low.shape == exact.shape
+    steps = torch.cat([s0.expand(256, 1, -1), exact], 1).diff(dim=1)  # float32's change per step
+    err = (low - exact).diff(dim=1, prepend=torch.zeros(256, 1, model.state_dim))  # what bfloat16 adds per step
+    rel = err.norm(dim=-1) / steps.norm(dim=-1)
+    assert float(rel.median()) < 0.03 and float(rel.max()) < 0.2, (float(rel.median()), float(rel.max()))
+    assert float(rel.median()) > 1e-4  # it did run in bfloat16 (float32 would agree to 1e-6)
+    with pytest.raises(ValueError, match="precision"):
+        model.rollout(s0, actions, precision="float16")
+    with pytest.raises(ValueError, match="float32 actions"):
+        model.rollout(s0.double(), actions.double(), precision="bfloat16")
+
+
+def test_bfloat16_planner_is_chosen_by_config_and_refused_without_a_fused_model(hopper_model):
+    from ws_mppi.config import ConfigError, ControllerConfig
+
+    dyn = LearnedDynamics(hopper_model, precision="bfloat16")
+    s0 = _start_state(hopper_model)
+    actions = torch.rand(8, 3, 3, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    torch.testing.assert_close(dyn.rollout(s0, actions), hopper_model.rollout(s0, actions, precision="bfloat16"),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="fused rollout"):
+        LearnedDynamics(hopper_model, fused=False, precision="bfloat16")
+    with pytest.raises(ValueError, match="precision"):
+        LearnedDynamics(hopper_model, precision="half")
+    assert ControllerConfig.from_dict({"model_precision": "bfloat16"}).model_precision == "bfloat16"
+    with pytest.raises(ConfigError, match="model_precision"):
+        ControllerConfig.from_dict({"model_precision": "int8"})

@@ -12,6 +12,7 @@ trajectories (seed 003, Appendix D.3, eq. 12: ``s_{t+1} = f(s_t, a_t)``). Two ki
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -73,19 +74,35 @@ class LearnedDynamics:
         fused: use the model's own ``rollout(state, actions)`` (the ``H`` steps of ``predict``
             in one call, e.g. :meth:`ws_worldmodel.mlp_ensemble.MLPEnsemble.rollout`, with the
             same result) when it has one; ``False``: call ``predict`` once per step.
+        precision: ``"float32"``, or ``"bfloat16"`` for the model's matmuls (its fused
+            ``rollout(..., precision=)``, e.g. the MLPEnsemble's: about twice as fast on CPUs
+            with AVX512-BF16 or AMX; the states stay float32).
+
+    Raises:
+        ValueError: ``precision`` is not one of the two, or ``"bfloat16"`` for a model without
+            a fused rollout that takes it (or with ``fused=False``).
     """
 
-    def __init__(self, model, fused: bool = True):
+    def __init__(self, model, fused: bool = True, precision: str = "float32"):
         self.model = model
         self.name = getattr(model, "name", type(model).__name__)
         self.state_dim = int(model.state_dim)
         self.action_dim = int(model.action_dim)
         fn = getattr(model, "rollout", None) if fused else None
         self._fused = fn if callable(fn) else None
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        if precision != "float32" and (self._fused is None
+                                       or "precision" not in inspect.signature(self._fused).parameters):
+            raise ValueError(f"precision {precision!r} needs a model with a fused rollout(..., precision=) "
+                             f"(the MLPEnsemble); {self.name} has none")
+        self.precision = precision
 
     @torch.inference_mode()
     def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         if self._fused is not None:
+            if self.precision != "float32":
+                return self._fused(state.to(actions.dtype), actions, precision=self.precision)
             return self._fused(state.to(actions.dtype), actions)
         k, h, _ = actions.shape
         s = state.to(actions.dtype).expand(k, -1)

@@ -286,8 +286,9 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         return MPPIController(f"{model.kind}:{Path(dynamics).name}",
                               MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior, policy=policy))
     model.check_matches(env.state_channels, env.action_channels, f"checkpoint {dynamics}")
-    dyn = LearnedDynamics(model)
-    return MPPIController(f"learned:{Path(dynamics).name}",
+    dyn = LearnedDynamics(model, precision=config.model_precision)
+    return MPPIController(f"learned:{Path(dynamics).name}" + ("" if config.model_precision == "float32" else
+                                                             f"@{config.model_precision}"),
                           MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior, policy=policy))
 
 
