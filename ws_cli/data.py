@@ -78,7 +78,7 @@ def add_collect(sub) -> None:
                         "damping and friction, trunk mass and centre of mass, ground friction; "
                         "ws_sim.randomisation.Go1Randomisation), the oracle planning with that episode's physics; "
                         "the draws never repeat those of 'ws mppi randomised'")
-    add_controller_args(c)
+    add_controller_args(c, learned=False)  # oracle MPPI only
 
 
 def add_corpus(sub) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from .common import command, config_errors, environments, group, headless_gl, set_threads, split_list
 
 
-def add_controller_args(p: argparse.ArgumentParser) -> None:
-    """The controller YAML and its overrides (:func:`controller_config`)."""
+def add_controller_args(p: argparse.ArgumentParser, learned: bool = True) -> None:
+    """The controller YAML and its overrides (:func:`controller_config`); ``learned``: the command
+    may plan with a learned model (``--model-precision``)."""
     p.add_argument("--config", type=Path, default=None,
                    help="controller YAML (MPPI horizon/samples/temperature/noise_sigma, termination_penalty); "
                         "default: the environment's built-in config (see config/mppi_<env>.yaml)")
@@ -22,9 +23,11 @@ def add_controller_args(p: argparse.ArgumentParser) -> None:
                         "(21)/(28): an .npz with 'states' (T, nq+nv) (a states_*.npz of ws mppi run, a shipped "
                         "expert's ws_mppi/experts/<env>/reference.npz) or with 'qpos' and 'qvel', or a D4RL-format "
                         "HDF5 episode (infos/qpos, infos/qvel; the first episode)")
-    p.add_argument("--model-precision", choices=["float32", "bfloat16"], default=None,
-                   help="precision of a learned MLPEnsemble's matmuls in the rollouts (bfloat16: about twice as fast "
-                        "on CPUs with AVX512-BF16 or AMX, states kept in float32; default: the config's, float32)")
+    if learned:
+        p.add_argument("--model-precision", choices=["float32", "bfloat16"], default=None,
+                       help="precision of a learned MLPEnsemble's matmuls in the rollouts (bfloat16: about twice as "
+                            "fast at K >= 256 on CPUs with AVX512-BF16 or AMX, no faster at small K; states kept in "
+                            "float32; default: the config's, float32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and oracle rollouts (default: all)")
 
 
