@@ -458,24 +458,57 @@ def test_ws_hitl_convert_names_what_a_recording_lacks(tmp_path, capsys):
     assert not (tmp_path / "x.hdf5").exists()
 
 
-def test_the_policy_executor_refuses_a_wrist_camera_policy_at_configure(ctx, tmp_path):
-    """A policy that reads the wrist camera cannot run on policy_executor's scene camera alone: configure fails
-    (the node stays unconfigured, no command publisher), instead of the policy failing at its first image."""
+def test_a_wrist_camera_policy_holds_until_both_cameras_publish_then_runs(ctx, tmp_path):
+    """A policy that reads the wrist camera too: policy_executor subscribes to ``wrist_camera/`` as well,
+    holds with "no fresh images" while only the scene camera publishes, and runs once both do."""
     from ws_policy.model import PolicyConfig, build_policy, default_vocabulary
     from ws_policy.train import save_policy
     from ws_ros.nodes.policy_executor import PolicyExecutorNode
 
     net = build_policy(PolicyConfig(mode="action_only", encoder="keypoints", wrist=True, crop=56, d_model=32, heads=2,
-                                    layers=1, vocab=tuple(default_vocabulary())))
+                                    layers=1, keypoints=4, trunk_width=8, trunk_blocks=1, euler_steps=2,
+                                    vocab=tuple(default_vocabulary())))
     path = save_policy(net, tmp_path / "wrist.pt")
-    with pytest.raises(RuntimeError, match="failed to configure"):  # autostart (the default) says so at once
-        PolicyExecutorNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(path))])
-    node = PolicyExecutorNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(path)),
-                                                                Parameter("autostart", value=False)])
-    try:
-        from rclpy.lifecycle import TransitionCallbackReturn
+    node = PolicyExecutorNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(path))])
+    s = Session(context=ctx)
+    wrist_rgb = s.create_publisher(Image, "wrist_camera/color/image_raw", sensor_qos())
+    wrist_depth = s.create_publisher(Image, "wrist_camera/depth/image_raw", sensor_qos())
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    ex.add_node(s)
+    rgb = Image(height=64, width=64, encoding="rgb8", step=192, data=bytes([90] * 64 * 64 * 3))
+    depth = Image(height=64, width=64, encoding="32FC1", step=256, data=np.full((64, 64), 0.6, np.float32).tobytes())
+    s.instr.publish(String(data="pick up the red cube and place it on the blue target"))
 
-        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
-        assert getattr(node, "_pub_cmd", None) is None
+    def publish(wrist: bool):
+        js = JointState(name=JOINTS, position=[0.0] * 8, velocity=[0.0] * 8)
+        js.header.stamp = s.get_clock().now().to_msg()
+        s.js.publish(js)
+        s.rgb.publish(rgb)
+        s.depth.publish(depth)
+        if wrist:
+            wrist_rgb.publish(rgb)
+            wrist_depth.publish(depth)
+
+    def scene_only(ready=True):
+        publish(False)
+        return ready and node._rgb is not None and node._instruction and node.supervisor.state(node._now()) is not None
+
+    try:
+        assert node.wrist
+        assert _spin(ex, 30, scene_only), node._last  # a valid state, the scene images and the instruction
+        _spin(ex, 0.5, lambda: scene_only(ready=False))
+        assert node._step == 0 and node._wrist_rgb is None  # no observation, so no inference, without the wrist camera
+        assert node._last.mode.value == "hold"
+
+        def running():
+            publish(True)
+            return node._step > 0 and node._last.mode.value == "run"
+
+        assert _spin(ex, 60, running), (node._last, node._step)
     finally:
+        ex.remove_node(node)
+        ex.remove_node(s)
         node.destroy_node()
+        s.destroy_node()
+        ex.shutdown()

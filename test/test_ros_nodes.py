@@ -275,6 +275,8 @@ def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_con
     lst = Listener(context=ros_context)
     bad_img = lst.create_publisher(Image, "camera/color/image_raw", sensor_qos())
     instr = lst.create_publisher(String, "instruction", latched_qos())
+    wrist_depth = []  # the graph's sim_bridge renders the wrist camera too (wrist_camera: wrist)
+    lst.create_subscription(Image, "wrist_camera/depth/image_raw", wrist_depth.append, sensor_qos())
     ex = SingleThreadedExecutor(context=ros_context)
     ex.add_node(lst)
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "osmesa"}
@@ -291,6 +293,11 @@ def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_con
                            and policy_diag()[2]["mode"] == "run", 120), (policy_diag(), len(lst.commands))
         cmds = np.stack(lst.commands[-10:])
         assert cmds.shape == (10, 7) and np.all(np.isfinite(cmds))
+        assert _spin_until(ex, lambda: len(wrist_depth) > 0, 30)
+        w = wrist_depth[-1]
+        wd = np.frombuffer(bytes(w.data), np.float32)
+        assert (w.width, w.height, w.encoding, w.header.frame_id) == (32, 32, "32FC1", "wrist_optical_frame")
+        assert np.all(np.isfinite(wd)) and 0 < wd.min() < 0.5  # the fingers and the table, close to the wrist
         assert np.all(cmds >= lo - 1e-6) and np.all(cmds <= hi + 1e-6)
         small = Image(height=8, width=8, encoding="rgb8", step=24, data=bytes(8 * 8 * 3))
         end = time.monotonic() + 30

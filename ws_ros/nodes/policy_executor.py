@@ -1,8 +1,9 @@
 """``policy_executor``: WorldScape Policy on the robot, behind the same safety layer as MPPI.
 
 Inputs: ``camera/color/image_raw`` (``rgb8``) and ``camera/depth/image_raw`` (``32FC1``
-metres, or ``16UC1`` millimetres), ``joint_states`` and ``instruction`` (``std_msgs/String``,
-transient local). A timer at ``rate_hz`` (the policy's control rate) runs
+metres, or ``16UC1`` millimetres), for a policy that reads a wrist camera too (``ws policy
+collect --wrist``) also ``wrist_camera/color/image_raw`` and ``wrist_camera/depth/image_raw``,
+``joint_states`` and ``instruction`` (``std_msgs/String``, transient local). A timer at ``rate_hz`` (the policy's control rate) runs
 :class:`ws_policy.executor.ChunkExecutor`: chunks are inferred on a worker thread while the
 previous one is executed (receding horizon, temporal ensembling), and every tick publishes
 ``joint_command`` (point 0 for now, the rest of the current chunk at its step times).
@@ -94,8 +95,9 @@ class PolicyExecutorNode(LifecycleNode):
         p("handover_max_step", 0.02, "after a hand-back, the most a joint target moves per tick, rad")
         p("autostart", True, "configure and activate on start")
         self._lock = threading.Lock()
-        self._rgb = self._depth = None
-        self._img_t = {"rgb": -1.0, "depth": -1.0}
+        self._rgb = self._depth = self._wrist_rgb = self._wrist_depth = None
+        self._img_t = {"rgb": -1.0, "depth": -1.0, "wrist_rgb": -1.0, "wrist_depth": -1.0}
+        self.wrist = False
         self._instruction = ""
         self.image_rejections = 0
         self.last_image_error = ""
@@ -130,9 +132,7 @@ class PolicyExecutorNode(LifecycleNode):
             if not self._g("checkpoint"):
                 raise ValueError("parameter 'checkpoint' is empty: give a 'ws policy train' checkpoint")
             model, _ = load_policy(resolve_policy(self._g("checkpoint")))
-            if getattr(getattr(model, "cfg", None), "wrist", False):
-                raise ValueError("this policy reads the wrist camera too; policy_executor subscribes to the scene "
-                                 "camera only (camera/color, camera/depth): use a scene-camera policy")
+            self.wrist = bool(getattr(getattr(model, "cfg", None), "wrist", False))
             self.runner = PolicyRunner(model, steps=int(self._g("euler_steps")) or None)
             robot = load_piper(PIPER_XML)[0]
             limits = JointLimits.from_model(robot)
@@ -153,6 +153,11 @@ class PolicyExecutorNode(LifecycleNode):
             self.create_subscription(JointState, "joint_states", self._on_joint_states, sensor_qos()),
             self.create_subscription(Image, "camera/color/image_raw", lambda m: self._on_image(m, "rgb"), sensor_qos()),
             self.create_subscription(Image, "camera/depth/image_raw", lambda m: self._on_image(m, "depth"), sensor_qos()),
+            *([self.create_subscription(Image, "wrist_camera/color/image_raw", lambda m: self._on_image(m, "wrist_rgb"),
+                                        sensor_qos()),
+               self.create_subscription(Image, "wrist_camera/depth/image_raw",
+                                        lambda m: self._on_image(m, "wrist_depth"), sensor_qos())]
+              if self.wrist else []),
             self.create_subscription(String, "instruction", self._on_instruction, latched_qos()),
             self.create_subscription(Bool, "estop", self._on_estop, latched_qos()),
             self.create_subscription(Bool, "teleop/intervention", self._on_intervention, latched_qos()),
@@ -162,7 +167,8 @@ class PolicyExecutorNode(LifecycleNode):
         step = float(self._g("handover_max_step"))
         self.handover = Handover(np.r_[np.full(len(self.command_names) - 1, step), step / 10])
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.get_logger().info(f"configured: {self._g('checkpoint')} ({self.size}x{self.size} images, chunk "
+        self.get_logger().info(f"configured: {self._g('checkpoint')} ({self.size}x{self.size} images"
+                               f"{' from the scene and wrist cameras' if self.wrist else ''}, chunk "
                                f"{self.runner.cfg.chunk}), {self.rate_hz} Hz")
         return TransitionCallbackReturn.SUCCESS
 
@@ -218,12 +224,13 @@ class PolicyExecutorNode(LifecycleNode):
     def _on_image(self, msg: Image, kind: str) -> None:
         try:
             arr = image_to_array(msg, self.size)
-            if kind == "depth" and (not np.all(np.isfinite(arr)) or arr.min() < 0):
-                raise ValueError("depth image holds NaN, infinite or negative values")
-            if kind == "rgb" and arr.ndim != 3:
-                raise ValueError(f"expected an rgb8 colour image, got {msg.encoding}")
-            if kind == "depth" and arr.ndim != 2:
+            depth = kind.endswith("depth")
+            if depth and arr.ndim != 2:
                 raise ValueError(f"expected a depth image, got {msg.encoding}")
+            if depth and (not np.all(np.isfinite(arr)) or arr.min() < 0):
+                raise ValueError("depth image holds NaN, infinite or negative values")
+            if not depth and arr.ndim != 3:
+                raise ValueError(f"expected an rgb8 colour image, got {msg.encoding}")
         except ValueError as e:
             self.image_rejections += 1
             self.last_image_error = f"{kind}: {e}"
@@ -270,12 +277,13 @@ class PolicyExecutorNode(LifecycleNode):
     # --- the control tick ---------------------------------------------------------------------------
     def _observation(self, now: float):
         st = self.supervisor.state(now)
-        fresh = all(now - self._img_t[k] <= float(self._g("image_timeout_s")) for k in ("rgb", "depth"))
+        kinds = ("rgb", "depth", "wrist_rgb", "wrist_depth") if self.wrist else ("rgb", "depth")
+        fresh = all(now - self._img_t[k] <= float(self._g("image_timeout_s")) for k in kinds)
         if st is None or not fresh or not self._instruction:
             return None
         q = np.zeros(len(self.names))
         q[:] = st[0]
-        return {"rgb": self._rgb, "depth": self._depth, "qpos": q[:8], "instruction": self._instruction}
+        return {**{k: getattr(self, f"_{k}") for k in kinds}, "qpos": q[:8], "instruction": self._instruction}
 
     def _tick(self) -> None:
         now = self._now()

@@ -26,7 +26,8 @@ instruction once on ``instruction`` (``std_msgs/String``, transient local) for t
 Cameras: with ``camera`` set to one of the model's cameras, a rendering thread publishes
 ``camera/color/image_raw`` (``rgb8``), ``camera/depth/image_raw`` (``32FC1``, metres along the
 optical axis) and ``camera/color/camera_info`` (pinhole intrinsics from the camera's
-``fovy``) at ``camera_rate_hz``, rendering a copy of the state offscreen so that the physics
+``fovy``) at ``camera_rate_hz`` (with ``wrist_camera`` also a second camera's, under
+``wrist_camera/``, rendered from the same state), rendering a copy of the state offscreen so that the physics
 thread never waits for it (``MUJOCO_GL=osmesa`` on a machine without a GPU).
 
 Hardware-like sensors (``sensors: hardware``): only what a real robot measures, ``imu`` with white
@@ -36,7 +37,7 @@ no ``odom`` (``state_estimator`` makes it, as on the robot).
 
 Parameters (``config/ros/*.yaml``): ``env``, ``seed``, ``sensors``, ``real_time_factor``,
 ``publish_clock``, ``clock_rate_hz``, ``start_paused``, ``publish_rate_hz``, ``frame_id``/``base_frame_id``, ``camera``,
-``camera_rate_hz``, ``camera_width``/``camera_height``.
+``camera_rate_hz``, ``camera_width``/``camera_height``, ``wrist_camera``.
 """
 
 from __future__ import annotations
@@ -139,16 +140,25 @@ class SimBridge(Node):
         self.camera_rate = float(p("camera_rate_hz", 10.0, _descriptor("camera frame rate, Hz")).value)
         self.camera_size = (int(p("camera_width", 320, _descriptor("image width, px")).value),
                             int(p("camera_height", 240, _descriptor("image height, px")).value))
+        self.wrist_camera = p("wrist_camera", "", _descriptor(
+            "a second camera of the model published under wrist_camera/ at the same size and rate, for policies "
+            "that read a wrist camera too (empty: none)")).value
         self.frames_published = 0
+        if self.wrist_camera and not self.camera:
+            raise ValueError("wrist_camera needs camera (the scene camera) set too")
         if self.camera:
-            cam = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, self.camera)
-            if cam < 0:
-                names = [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(self.model.ncam)]
-                raise ValueError(f"model {self.env_name} has no camera {self.camera!r} (cameras: {names})")
-            self.pub_rgb = self.create_publisher(Image, "camera/color/image_raw", sensor_qos())
-            self.pub_depth = self.create_publisher(Image, "camera/depth/image_raw", sensor_qos())
-            self.pub_info = self.create_publisher(CameraInfo, "camera/color/camera_info", sensor_qos())
-            self._cam_thread = threading.Thread(target=self._render_loop, args=(cam,), name="sim_bridge-camera",
+            cams = []
+            for name, ns in ((self.camera, "camera"), (self.wrist_camera, "wrist_camera")):
+                if not name:
+                    continue
+                cam = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, name)
+                if cam < 0:
+                    names = [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(self.model.ncam)]
+                    raise ValueError(f"model {self.env_name} has no camera {name!r} (cameras: {names})")
+                cams.append((cam, f"{name}_optical_frame", self.create_publisher(Image, f"{ns}/color/image_raw", sensor_qos()),
+                             self.create_publisher(Image, f"{ns}/depth/image_raw", sensor_qos()),
+                             self.create_publisher(CameraInfo, f"{ns}/color/camera_info", sensor_qos())))
+            self._cam_thread = threading.Thread(target=self._render_loop, args=(cams,), name="sim_bridge-camera",
                                                 daemon=True)
         from ws_sim.estimator import EncoderNoise, ImuModel
 
@@ -315,41 +325,45 @@ class SimBridge(Node):
         self.pub_imu.publish(imu)
 
     # --- camera ----------------------------------------------------------------------------------
-    def _render_loop(self, cam: int) -> None:
+    def _render_loop(self, cams: list) -> None:
+        """Render every camera of ``cams`` ((id, frame, rgb, depth and info publishers)) from one copy
+        of the state per frame, so the scene and wrist images show the same instant."""
         w, h = self.camera_size
         renderer = mujoco.Renderer(self.model, h, w)  # the GL context belongs to this thread
         data = mujoco.MjData(self.model)
-        f = 0.5 * h / np.tan(np.radians(self.model.cam_fovy[cam]) / 2)
-        info = CameraInfo(width=w, height=h, distortion_model="plumb_bob", d=[0.0] * 5,
-                          k=[f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0],
-                          r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                          p=[f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0])
-        frame = f"{self.camera}_optical_frame"
+        infos = []
+        for cam, *_ in cams:
+            f = 0.5 * h / np.tan(np.radians(self.model.cam_fovy[cam]) / 2)
+            infos.append(CameraInfo(width=w, height=h, distortion_model="plumb_bob", d=[0.0] * 5,
+                                    k=[f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0],
+                                    r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                                    p=[f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]))
         try:
-            self._render_frames(cam, renderer, data, info, frame, w, h)
+            self._render_frames(cams, infos, renderer, data, w, h)
         except Exception:
             if self.context.ok():
                 raise
         finally:
             renderer.close()
 
-    def _render_frames(self, cam, renderer, data, info, frame, w, h) -> None:
+    def _render_frames(self, cams, infos, renderer, data, w, h) -> None:
         while not self._stop.wait(1.0 / self.camera_rate):
             with self._lock:
                 data.qpos[:], data.qvel[:], data.time = self.data.qpos, self.data.qvel, self.data.time
             mujoco.mj_forward(self.model, data)
-            renderer.update_scene(data, camera=cam)
-            rgb = renderer.render()
-            renderer.enable_depth_rendering()
-            depth = renderer.render().astype(np.float32)
-            renderer.disable_depth_rendering()
             stamp = s_to_stamp(data.time) if self.publish_clock else self.get_clock().now().to_msg()
-            for pub, img, enc, step in ((self.pub_rgb, rgb, "rgb8", 3 * w), (self.pub_depth, depth, "32FC1", 4 * w)):
-                msg = Image(height=h, width=w, encoding=enc, is_bigendian=0, step=step, data=img.tobytes())
-                msg.header.stamp, msg.header.frame_id = stamp, frame
-                pub.publish(msg)
-            info.header.stamp, info.header.frame_id = stamp, frame
-            self.pub_info.publish(info)
+            for (cam, frame, pub_rgb, pub_depth, pub_info), info in zip(cams, infos):
+                renderer.update_scene(data, camera=cam)
+                rgb = renderer.render()
+                renderer.enable_depth_rendering()
+                depth = renderer.render().astype(np.float32)
+                renderer.disable_depth_rendering()
+                for pub, img, enc, step in ((pub_rgb, rgb, "rgb8", 3 * w), (pub_depth, depth, "32FC1", 4 * w)):
+                    msg = Image(height=h, width=w, encoding=enc, is_bigendian=0, step=step, data=img.tobytes())
+                    msg.header.stamp, msg.header.frame_id = stamp, frame
+                    pub.publish(msg)
+                info.header.stamp, info.header.frame_id = stamp, frame
+                pub_info.publish(info)
             self.frames_published += 1
 
     def _publish_diagnostics(self) -> None:
