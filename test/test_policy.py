@@ -396,6 +396,9 @@ def test_training_resumes_to_the_weights_of_an_uninterrupted_run(demos, tmp_path
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
     with pytest.raises(PolicyError, match="another run: lr"):
         train_policy(cfg, ds, steps=6, batch_size=4, lr=1e-3, seed=3, state_path=state)
+    with pytest.raises(PolicyError, match="another run: windows"):  # other demonstrations
+        train_policy(cfg, DemoDataset(eps[:2], chunk=4, frames=2, stride=4), steps=6, batch_size=4, lr=2e-3, seed=3,
+                     state_path=state)
     with pytest.raises(PolicyError, match="config fields: object_aux"):
         train_policy(_cfg(mode="action_only", object_aux=1.0), ds, steps=6, batch_size=4, lr=2e-3, seed=3,
                      state_path=state)

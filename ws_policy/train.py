@@ -338,7 +338,8 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         ValueError: ``videos`` for a mode that predicts no video, with actions in use, or a
             ``video_share`` outside (0, 1); ``save_every`` < 1.
         PolicyError: a training state at ``state_path`` made with another configuration, number
-            of steps, batch size, learning rate or seed, or not a training state.
+            of steps, batch size, learning rate, seed or number of training windows, or not a
+            training state.
 
     Returns:
         ``(model, history)`` with per-step losses and wall time.
@@ -371,7 +372,8 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
     if save_every < 1:
         raise ValueError(f"save_every must be >= 1, got {save_every}")
     run = {"config": dataclasses.asdict(cfg), "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
-           "seed": int(seed), "video_share": float(video_share) if n_video else None}
+           "seed": int(seed), "video_share": float(video_share) if n_video else None,
+           "windows": len(dataset), "video_windows": len(videos) if n_video else 0}
     start = 0
     if state_path is not None and Path(state_path).is_file():
         start, history = _load_train_state(state_path, run, model, opt, rng, gen, state_extra, device)
@@ -433,7 +435,7 @@ def _load_train_state(path, run: dict, model, opt, rng: np.random.Generator, gen
     st = safe_torch_load(path, map_location=device, error=PolicyCheckpointError, what="policy training state")
     if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_TAG:
         raise PolicyError(f"{path} is not a policy training state")
-    differ = sorted(k for k in run if st["run"].get(k) != run[k])
+    differ = sorted(k for k in run if k in st["run"] and st["run"][k] != run[k])  # (states of older runs lack some)
     if differ:
         detail = ", ".join(k if k == "config" else f"{k} {st['run'].get(k)!r} (now {run[k]!r})" for k in differ)
         if "config" in differ:
