@@ -433,6 +433,16 @@ def test_the_object_auxiliary_reads_the_context_and_trains_the_vision(demos):
               future_rgb=batch["future_rgb"], future_depth=batch["future_depth"], actions=batch["actions"])
     out["objects"].square().sum().backward()
     assert net.keypoint_encoder.trunk.net[0].weight.grad.abs().sum() > 0
+    # the runner reports where the head places the objects, in metres, for a policy with the auxiliary only
+    from ws_policy.train import PolicyRunner
+
+    net.normalizer = Normalizer.from_episodes(ds.episodes)
+    w0 = windows[0]
+    obs = {"rgb": w0["rgb"], "depth": w0["depth"], "qpos": w0["qpos"], "instruction": w0["instruction"]}
+    where = PolicyRunner(net.eval()).object_positions(obs)
+    assert where["cube"].shape == (3,) and np.all(np.abs(where["cube"] - [0.26, 0.0, 0.03]) < 2.0)
+    with pytest.raises(ValueError, match="without the object-position auxiliary"):
+        PolicyRunner(WorldScapePolicy(_cfg()).eval()).object_positions(obs)
     with pytest.raises(Exception, match="object state"):
         batch_from_windows([{k: v for k, v in w.items() if k != "objects"} for w in windows], cfg,
                            Normalizer.from_episodes(ds.episodes), Vocabulary(list(cfg.vocab)))

@@ -229,8 +229,11 @@ def cmd_policy_eval(args) -> int:
             from ws_policy.evaluate import offline_action_error
 
             off = offline_action_error(runner, read_demos(args.demos)[0])
+            where = (f"; the object-position head misses the cube by {off['cube_position_error_m'] * 100:.1f} cm and "
+                     f"the target by {off['target_position_error_m'] * 100:.1f} cm (medians)"
+                     if "cube_position_error_m" in off else "")
             print(f"offline on {args.demos}: chunk error {off['chunk_error_rad']} rad vs holding still "
-                  f"{off['hold_still_error_rad']} rad over {off['windows']} windows")
+                  f"{off['hold_still_error_rad']} rad over {off['windows']} windows{where}")
         latency = args.latency if args.latency == "measured" else int(args.latency)
         extra = payload.get("extra") or {}
         report = evaluate_policy(runner, args.task, args.episodes, args.seed, size=model.cfg.image_size,

@@ -138,9 +138,13 @@ def offline_action_error(runner, episodes, windows_per_episode: int = 6, seed: i
     For random steps of each successful episode: the mean absolute error of the predicted
     chunk's arm joints against the expert's next actions (rad), beside the same error of
     holding the current joint positions (a policy must beat that to be moving the right way).
+    A policy trained with the object-position auxiliary also gets the median distance (m) from
+    where its head places the task's cube and the target to where they are
+    (:meth:`ws_policy.train.PolicyRunner.object_positions`).
     """
     rng = np.random.default_rng(seed)
-    err, hold = [], []
+    err, hold, cube, target = [], [], [], []
+    locate = bool(getattr(getattr(runner, "cfg", None), "object_aux", 0))
     for e in (e for e in episodes if e.success):
         for t in rng.integers(0, len(e.actions), windows_per_episode):
             obs = {"rgb": e.rgb[t], "depth": e.depth[t].astype(np.float32), "qpos": e.qpos[t],
@@ -151,5 +155,13 @@ def offline_action_error(runner, episodes, windows_per_episode: int = 6, seed: i
             true = e.actions[t:t + len(chunk), :6]
             err.append(np.abs(chunk[:len(true), :6] - true).mean())
             hold.append(np.abs(e.qpos[t][:6] - true).mean())
-    return {"windows": len(err), "chunk_error_rad": round(float(np.mean(err)), 4),
-            "hold_still_error_rad": round(float(np.mean(hold)), 4)}
+            if locate:
+                where = runner.object_positions(obs)
+                cube.append(np.linalg.norm(where["cube"] - e.objects[t][:3]))
+                target.append(np.linalg.norm(where["target"] - e.objects[t][14:17]))
+    out = {"windows": len(err), "chunk_error_rad": round(float(np.mean(err)), 4),
+           "hold_still_error_rad": round(float(np.mean(hold)), 4)}
+    if locate:
+        out.update(cube_position_error_m=round(float(np.median(cube)), 4),
+                   target_position_error_m=round(float(np.median(target)), 4))
+    return out

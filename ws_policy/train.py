@@ -566,6 +566,37 @@ class PolicyRunner:
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
         """``(chunk, 7)`` joint targets (rad, finger m) for the steps from now on."""
+        rgb, depth, state, words = self._tensors(obs)
+        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance, self.indicator)
+        return np.clip(self.norm.actions_back(out["actions"][0].cpu().numpy()), self._limits.action_low,
+                       self._limits.action_high)
+
+    @torch.no_grad()
+    def object_positions(self, obs: dict) -> dict:
+        """Where the object-position auxiliary head (``PolicyConfig.object_aux``) places the task's cube
+        and the target from this observation: ``{"cube": (3,), "target": (3,)}`` in metres (a
+        diagnostic of what the policy's context has learnt; no action depends on it).
+
+        Raises:
+            ValueError: the policy was trained without the auxiliary.
+            PolicyInputError: a malformed observation.
+        """
+        from .model import _OBJECT_CENTRE_M, _OBJECT_SCALE_M
+
+        net = self.model.idm if isinstance(self.model, TwoStagePolicy) else self.model
+        if not getattr(net.cfg, "object_aux", 0):
+            raise ValueError("this policy was trained without the object-position auxiliary (--object-aux)")
+        rgb, depth, state, words = self._tensors(obs)
+        c, dev = net.cfg, rgb.device
+        f, s = c.frames, c.future_size
+        out = net(rgb, depth, state, words, torch.zeros(1, device=dev),
+                  future_rgb=torch.zeros(1, f, 3, s, s, device=dev), future_depth=torch.zeros(1, f, 1, s, s, device=dev),
+                  actions=torch.zeros(1, c.chunk, c.action_dim, device=dev))
+        pos = out["objects"][0, :6].cpu().numpy().reshape(2, 3) * _OBJECT_SCALE_M + _OBJECT_CENTRE_M
+        return {"cube": pos[0], "target": pos[1]}
+
+    def _tensors(self, obs: dict):
+        """The checked observation as the network's batch-of-one tensors ``(rgb, depth, state, words)``."""
         self.check(obs)
         ims = [_images(obs[rk][None], obs[dk][None], self.cfg.max_depth) for rk, dk in self._cameras()]
         rgb, depth = torch.cat([r for r, _ in ims], dim=1), torch.cat([d for _, d in ims], dim=1)
@@ -578,10 +609,7 @@ class PolicyRunner:
         state = _state(np.asarray(obs["qpos"])[None], objects, self.norm)
         words = torch.as_tensor(self.vocab.encode(obs["instruction"])[None])
         dev = next(self.model.parameters()).device  # the CPU, or where a model being trained is
-        rgb, depth, state, words = (t.to(dev) for t in (rgb, depth, state, words))
-        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance, self.indicator)
-        return np.clip(self.norm.actions_back(out["actions"][0].cpu().numpy()), self._limits.action_low,
-                       self._limits.action_high)
+        return tuple(t.to(dev) for t in (rgb, depth, state, words))
 
 
 if __name__ == "__main__":  # pragma: no cover
