@@ -256,21 +256,18 @@ def test_ws_launch_piper_sim_reaches_the_goal_it_is_sent(ros_context):
 
 
 def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_context, tmp_path):
-    """``ws launch piper_policy_sim`` with a (barely trained) policy: the executor commands finite joint
-    targets within the PiPER's ranges from the simulated camera and instruction; a wrongly sized image
-    and an instruction with an unknown word are rejected with a reason on /diagnostics."""
+    """``ws launch piper_policy_sim`` as a user runs it, with no checkpoint given: the shipped policy reads the
+    simulated scene and wrist cameras and the instruction and commands finite joint targets within the
+    PiPER's ranges; a wrongly sized image and an instruction with an unknown word are rejected with a reason
+    on /diagnostics."""
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from ws_policy.data import DemoDataset, collect_demos
-    from ws_policy.model import PolicyConfig, default_vocabulary
-    from ws_policy.train import save_policy, train_policy
+    from ws_policy.train import DEFAULT_POLICIES, load_policy
     from ws_sim.piper import load_piper
 
-    eps, _ = collect_demos("pick_place", 1, size=32)
-    cfg = PolicyConfig(image_size=32, future_size=16, chunk=4, d_model=32, layers=1, vocab=tuple(default_vocabulary()))
-    model, _ = train_policy(cfg, DemoDataset(eps, chunk=4), steps=2, batch_size=4)
-    ckpt = save_policy(model, tmp_path / "policy.pt")
+    shipped, _ = load_policy(DEFAULT_POLICIES["pick_place"])
+    assert shipped.cfg.wrist and shipped.cfg.image_size == 64
     lo, hi = load_piper()[0].actuator_ctrlrange.T
     lst = Listener(context=ros_context)
     bad_img = lst.create_publisher(Image, "camera/color/image_raw", sensor_qos())
@@ -281,8 +278,7 @@ def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_con
     ex.add_node(lst)
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "osmesa"}
     ws = [sys.executable, "-c", "from ws_cli.main import main; raise SystemExit(main())"]
-    proc = subprocess.Popen(ws + ["launch", "piper_policy_sim", "-p", f"checkpoint:={ckpt}", "-p", "camera_width:=32",
-                                  "-p", "camera_height:=32", "-p", "real_time_factor:=0.5"], env=env,
+    proc = subprocess.Popen(ws + ["launch", "piper_policy_sim", "-p", "real_time_factor:=0.5"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def policy_diag():
@@ -296,7 +292,7 @@ def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_con
         assert _spin_until(ex, lambda: len(wrist_depth) > 0, 30)
         w = wrist_depth[-1]
         wd = np.frombuffer(bytes(w.data), np.float32)
-        assert (w.width, w.height, w.encoding, w.header.frame_id) == (32, 32, "32FC1", "wrist_optical_frame")
+        assert (w.width, w.height, w.encoding, w.header.frame_id) == (64, 64, "32FC1", "wrist_optical_frame")
         assert np.all(np.isfinite(wd)) and 0 < wd.min() < 0.5  # the fingers and the table, close to the wrist
         assert np.all(cmds >= lo - 1e-6) and np.all(cmds <= hi + 1e-6)
         small = Image(height=8, width=8, encoding="rgb8", step=24, data=bytes(8 * 8 * 3))
