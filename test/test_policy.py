@@ -407,13 +407,16 @@ def test_training_resumes_to_the_weights_of_an_uninterrupted_run(demos, tmp_path
 def test_the_object_auxiliary_reads_the_context_and_trains_the_vision(demos):
     """``object_aux``: a loss term on the cube's and target's positions from the state token, whose
     gradient reaches the keypoint trunk; it needs the object state, and nothing of it runs at inference."""
-    from ws_policy.model import Vocabulary, object_targets
+    from ws_policy.model import Vocabulary, object_positions, object_targets
     from ws_policy.train import Normalizer, batch_from_windows, policy_loss
 
     yaw = np.deg2rad(30.0)  # cube A at the band's middle, turned 30 degrees; the target 10 cm to the left
     objects = np.r_[0.26, 0.0, 0.03, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2), np.zeros(7), 0.26, 0.1, 0.03]
     np.testing.assert_allclose(object_targets(objects), [0, 0, 0, 0, 1, 0, np.sin(4 * yaw), np.cos(4 * yaw)],
                                atol=1e-6)
+    cube, target = object_positions(object_targets(objects))
+    np.testing.assert_allclose(cube, objects[:3], atol=1e-6)
+    np.testing.assert_allclose(target, objects[14:], atol=1e-6)
     with pytest.raises(ValueError, match="17 values"):
         object_targets(np.zeros(16))
     with pytest.raises(ValueError, match="object_aux"):

@@ -88,7 +88,7 @@ from .errors import PolicyError
 from .vision import KeypointEncoder, centre_crop, fourier_features, random_crop
 
 __all__ = ["PolicyConfig", "WorldScapePolicy", "Vocabulary", "PolicyInputError", "MODALITIES", "default_vocabulary",
-           "build_policy", "POLICY_CLASSES", "object_targets", "N_OBJECT_TARGETS"]
+           "build_policy", "POLICY_CLASSES", "object_targets", "object_positions", "N_OBJECT_TARGETS"]
 
 MODALITIES = ("video", "depth", "action")
 
@@ -121,6 +121,14 @@ def object_targets(objects: np.ndarray) -> np.ndarray:
     pos = (np.stack([o[..., 0:3], o[..., 14:17]], axis=-2) - _OBJECT_CENTRE_M) / _OBJECT_SCALE_M
     return np.concatenate([pos.reshape(*o.shape[:-1], 6), np.sin(4 * yaw)[..., None], np.cos(4 * yaw)[..., None]],
                           axis=-1).astype(np.float32)
+
+
+def object_positions(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`object_targets` for the positions: ``(..., 8)`` -> (cube ``(..., 3)``,
+    target ``(..., 3)``) in metres."""
+    t = np.asarray(targets, dtype=np.float64)
+    pos = t[..., :6].reshape(*t.shape[:-1], 2, 3) * _OBJECT_SCALE_M + _OBJECT_CENTRE_M
+    return pos[..., 0, :], pos[..., 1, :]
 
 
 class PolicyInputError(PolicyError):

@@ -581,7 +581,7 @@ class PolicyRunner:
             ValueError: the policy was trained without the auxiliary.
             PolicyInputError: a malformed observation.
         """
-        from .model import _OBJECT_CENTRE_M, _OBJECT_SCALE_M
+        from .model import object_positions
 
         net = self.model.idm if isinstance(self.model, TwoStagePolicy) else self.model
         if not getattr(net.cfg, "object_aux", 0):
@@ -592,8 +592,8 @@ class PolicyRunner:
         out = net(rgb, depth, state, words, torch.zeros(1, device=dev),
                   future_rgb=torch.zeros(1, f, 3, s, s, device=dev), future_depth=torch.zeros(1, f, 1, s, s, device=dev),
                   actions=torch.zeros(1, c.chunk, c.action_dim, device=dev))
-        pos = out["objects"][0, :6].cpu().numpy().reshape(2, 3) * _OBJECT_SCALE_M + _OBJECT_CENTRE_M
-        return {"cube": pos[0], "target": pos[1]}
+        cube, target = object_positions(out["objects"][0].cpu().numpy())
+        return {"cube": cube, "target": target}
 
     def _tensors(self, obs: dict):
         """The checked observation as the network's batch-of-one tensors ``(rgb, depth, state, words)``."""
