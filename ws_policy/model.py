@@ -124,8 +124,14 @@ def object_targets(objects: np.ndarray) -> np.ndarray:
 
 
 def object_positions(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of :func:`object_targets` for the positions: ``(..., 8)`` -> (cube ``(..., 3)``,
-    target ``(..., 3)``) in metres."""
+    """The inverse of :func:`object_targets` for the positions.
+
+    Args:
+        targets: ``(..., 8)`` as :func:`object_targets` makes them (or the auxiliary head predicts them).
+
+    Returns:
+        ``(cube (..., 3), target (..., 3))`` in metres, in the world frame of the PiPER scene.
+    """
     t = np.asarray(targets, dtype=np.float64)
     pos = t[..., :6].reshape(*t.shape[:-1], 2, 3) * _OBJECT_SCALE_M + _OBJECT_CENTRE_M
     return pos[..., 0, :], pos[..., 1, :]
