@@ -454,3 +454,44 @@ def test_the_object_auxiliary_reads_the_context_and_trains_the_vision(demos):
     with pytest.raises(Exception, match="object state"):
         batch_from_windows([{k: v for k, v in w.items() if k != "objects"} for w in windows], cfg,
                            Normalizer.from_episodes(ds.episodes), Vocabulary(list(cfg.vocab)))
+
+
+def test_sample_prediction_learns_the_clean_chunk_and_sampling_lands_on_it(demos):
+    """x-prediction (``action_prediction="sample"``): the action term is the clean chunk's squared error,
+    and Euler sampling ends exactly on the network's clean estimate, whatever the starting noise."""
+    from ws_policy.model import Vocabulary
+    from ws_policy.train import Normalizer, batch_from_windows, policy_loss, sample
+
+    eps, _ = read_demos(demos)
+    ds = DemoDataset(eps, chunk=4, frames=2, stride=4)
+    c = torch.linspace(-0.5, 0.5, 7)
+    outs = {}
+    for pred in ("velocity", "sample"):
+        cfg = _cfg(mode="action_only", action_prediction=pred)
+        torch.manual_seed(0)
+        net = WorldScapePolicy(cfg).eval()
+        with torch.no_grad():  # the action tokens' output is the constant c, whatever the input
+            net.action_out.weight.zero_()
+            net.action_out.bias.copy_(c)
+        batch = batch_from_windows([ds.window(i) for i in range(6)], cfg, Normalizer.from_episodes(ds.episodes),
+                                   Vocabulary(list(cfg.vocab), cfg.max_words))
+        _, parts = policy_loss(net, batch, torch.Generator().manual_seed(1))
+        if pred == "sample":
+            valid = batch["valid"].float()
+            want = ((c - batch["actions"]).square().mean(-1) * valid).sum() / valid.sum()
+            assert parts["diff_actions"] == pytest.approx(float(want), rel=1e-5)
+        with torch.no_grad():
+            outs[pred] = [sample(net, *(batch[k][:1] for k in ("rgb", "depth", "state", "words")), steps=5,
+                                 generator=torch.Generator().manual_seed(s))["actions"][0] for s in (0, 1)]
+    for a in outs["sample"]:  # lands on the clean estimate
+        torch.testing.assert_close(a, c.expand(4, 7), atol=1e-5, rtol=0)
+    v0, v1 = outs["velocity"]  # a constant velocity only shifts the noise: the samples differ by it
+    assert not torch.allclose(v0, v1, atol=1e-3)
+    torch.testing.assert_close(v0 - v1, (torch.randn(4, 7, generator=torch.Generator().manual_seed(0))
+                                         - torch.randn(4, 7, generator=torch.Generator().manual_seed(1))), atol=1e-5,
+                               rtol=0)
+    with pytest.raises(ValueError, match="action_prediction"):
+        _cfg(action_prediction="epsilon")
+    torch.manual_seed(0)
+    _, hist = train_policy(_cfg(mode="action_only", action_prediction="sample"), ds, steps=60, batch_size=8, lr=2e-3)
+    assert np.mean(hist["loss"][-10:]) < 0.8 * np.mean(hist["loss"][:10])

@@ -104,7 +104,8 @@ def cmd_policy_train(args) -> int:
     base = PolicyConfig.gpu if args.size == "gpu" else PolicyConfig.cpu
     over = {k: v for k, v in {"chunk": args.chunk, "frames": args.frames, "d_model": args.d_model,
                               "layers": args.layers, "alpha": args.alpha,
-                              "action_weight": args.action_weight}.items() if v is not None}
+                              "action_weight": args.action_weight,
+                              "action_prediction": args.action_prediction}.items() if v is not None}
     if args.privileged:
         over["privileged"] = True
     if args.object_aux:
@@ -304,6 +305,10 @@ def add_policy(sub) -> None:
     pt.add_argument("--alpha", type=float, default=None, help="weight of L_3D")
     pt.add_argument("--action-weight", type=float, default=None,
                     help="weight of the action chunk's flow-matching term against the video and depth terms (default 1)")
+    pt.add_argument("--action-prediction", choices=["velocity", "sample"], default=None,
+                    help="what the action tokens' output is: the flow velocity (velocity, the default) or the clean "
+                         "chunk (sample: x-prediction, far more precise chunks in docs/policy.md; "
+                         "see ws_policy/model.py)")
     pt.add_argument("--init", type=Path, default=None,
                     help="start from this checkpoint's matching weights (with --model two_stage, a trained 'world' "
                          "checkpoint is used as stage one and only the inverse-dynamics model is trained)")

@@ -48,6 +48,15 @@ action-only policy's). ``L_3D`` compares the one-step clean estimate ``x^_1 = x_
 future depth and images with the truth (``lambda`` weights images). Sampling: ``euler_steps``
 Euler steps from noise.
 
+**Action prediction** (``action_prediction``). ``"velocity"``: the action tokens' output is the
+velocity ``x_1 - x_0``, as above. ``"sample"``: it is the clean chunk ``x^_1`` itself (x-prediction,
+Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise", arXiv 2511.13720), the
+action term of ``L_diff`` is ``|x^_1 - x_1|^2``, and sampling integrates the velocity it implies,
+``(x^_1 - x_tau) / (1 - tau)`` (so the last Euler step lands on the network's clean estimate). A
+chunk of joint targets lies on a low-dimensional set that noise does not; measured here
+(docs/policy.md), a policy given the object poses went from 10 to 20 of 20 pick-and-place episodes
+over the whole band with this one change, and its chunks' worst errors shrank fourfold.
+
 **Object-position auxiliary** (``object_aux > 0``, training only): a linear head reads the state
 token's final embedding and regresses where the task's cube and the target are
 (:func:`object_targets`: 8 values), with weight ``object_aux`` beside the flow-matching loss. The
@@ -213,6 +222,7 @@ class PolicyConfig:
     action_weight: float = 1.0  # weight of the action chunk's term inside L_diff (the seed sums them unweighted)
     lam: float = 1.0  # weight of the image term inside L_3D
     euler_steps: int = 10
+    action_prediction: str = "velocity"  # the action tokens' output: the flow velocity, or the clean chunk ("sample")
     fov_y_deg: float = 60.0  # the camera's vertical field of view (the DPE's intrinsics)
     max_depth: float = 2.0
     vocab: tuple = ()
@@ -258,6 +268,8 @@ class PolicyConfig:
             raise ValueError("indicator_on_actions needs indicator=True (an advantage-conditioned policy)")
         if not 0.0 <= self.indicator_dropout < 1.0:
             raise ValueError(f"indicator_dropout must be in [0, 1), got {self.indicator_dropout}")
+        if self.action_prediction not in ("velocity", "sample"):
+            raise ValueError(f"action_prediction must be velocity or sample, got {self.action_prediction!r}")
         if self.video_model not in ("mot", "dit"):
             raise ValueError(f"video_model must be mot or dit, got {self.video_model!r}")
         if not (math.isfinite(self.object_aux) and self.object_aux >= 0):

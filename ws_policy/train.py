@@ -197,8 +197,9 @@ def _flow_loss(model: WorldScapePolicy, batch: dict, generator: torch.Generator 
     out = model(batch["rgb"], batch["depth"], batch["state"], batch["words"], tau, **noisy, indicator=ind)
     parts = {}
     valid = batch["valid"].float()
-    for k in targets:
-        err = (out[k] - velocity[k]).square()
+    for k in targets:  # the clean chunk itself with action_prediction "sample" (x-prediction)
+        sample_target = k == "actions" and cfg.action_prediction == "sample"
+        err = (out[k] - (targets[k] if sample_target else velocity[k])).square()
         if k == "actions":
             parts["diff_actions"] = (err.mean(-1) * valid).sum() / valid.sum().clamp_min(1)
         else:
@@ -245,6 +246,8 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
            generator: torch.Generator | None = None, guidance: float = 1.0, indicator: int = 1) -> dict:
     """Euler integration of the learned velocity from noise (``tau`` 0 -> 1) for every target
     the mode predicts; returns the clean targets (normalised), e.g. ``{"actions": (B, L, 7)}``.
+    With ``action_prediction`` ``"sample"`` the network's clean chunk ``x^_1`` gives the actions'
+    velocity ``(x^_1 - x_tau) / (1 - tau)``; the last step returns ``x^_1`` itself.
     A :class:`TwoStagePolicy` samples the future with its world model, then reads the chunk off
     it with its inverse-dynamics model.
 
@@ -289,7 +292,10 @@ def sample(model, rgb, depth, state, words, steps: int | None = None,
             two = model(*(torch.cat([t, t]) for t in (rgb, depth, state, words, tau)),
                         **{k: torch.cat([v, v]) for k, v in x.items()}, indicator=ind)
             out = {k: v[b:] + guidance * (v[:b] - v[b:]) for k, v in two.items()}
-        x = {k: x[k] + out[k] / steps for k in x}
+        v = dict(out)
+        if "actions" in x and cfg.action_prediction == "sample":  # the velocity the clean estimate implies
+            v["actions"] = (out["actions"] - x["actions"]) / (1 - tau).view(-1, 1, 1)
+        x = {k: x[k] + v[k] / steps for k in x}
     if "idm_actions" in out or (cfg.predicts_actions and cfg.action_head == "idm"):
         out = model(rgb, depth, state, words, torch.ones(b, device=dev), **x)  # the IDM reads the denoised future
         x["actions"] = out["idm_actions"]
