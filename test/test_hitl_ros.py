@@ -512,3 +512,22 @@ def test_a_wrist_camera_policy_holds_until_both_cameras_publish_then_runs(ctx, t
         node.destroy_node()
         s.destroy_node()
         ex.shutdown()
+
+
+def test_a_policy_that_reads_object_poses_is_refused_at_configure(ctx, tmp_path):
+    """A privileged policy (``ws policy train --model state``, or ``--privileged``) needs the simulator's object
+    poses, which no robot gives: policy_executor fails its configure transition instead of running it."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from ws_policy.state_policy import StatePolicy, StatePolicyConfig
+    from ws_policy.train import save_policy
+    from ws_ros.nodes.policy_executor import PolicyExecutorNode
+
+    path = save_policy(StatePolicy(StatePolicyConfig(hidden=16, layers=1)), tmp_path / "state.pt")
+    node = PolicyExecutorNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(path)),
+                                                                Parameter("autostart", value=False)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert getattr(node, "runner", None) is None
+    finally:
+        node.destroy_node()

@@ -70,6 +70,12 @@ def cmd_policy_train(args) -> int:
 
     set_threads(args.threads)
     episodes, attrs = read_episode_files(args.demos)
+    if args.model == "state":
+        return _train_state_policy(args, episodes, attrs)
+    if args.batch_size is None:
+        args.batch_size = 32
+    if args.lr is None:
+        args.lr = 5e-4
     size = int(attrs["image_size"])
     video_eps = []
     if args.videos:  # episodes used as video only (seed 004's action-free data in the policy's training mix)
@@ -197,6 +203,42 @@ def cmd_policy_train(args) -> int:
     return 0
 
 
+def _train_state_policy(args, episodes, attrs) -> int:
+    """``ws policy train --model state``: the privileged state-based policy (ws_policy/state_policy.py)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ws_mppi.config import ConfigError
+    from ws_policy.state_policy import StatePolicyConfig, train_state_policy
+    from ws_policy.train import save_policy
+
+    unused = [flag for flag, on in (("--eval-every", args.eval_every), ("--videos", args.videos),
+                                    ("--init", args.init), ("--resume", args.resume), ("--object-aux", args.object_aux),
+                                    ("--encoder keypoints", args.encoder != "patch")) if on]
+    if unused:
+        raise ConfigError(f"--model state reads joints and object poses only and trains in minutes: "
+                          f"{', '.join(unused)} do not apply (evaluate it with 'ws policy eval')")
+    with config_errors("state policy config: "):
+        cfg = StatePolicyConfig(**{k: v for k, v in {"chunk": args.chunk,
+                                                     "action_prediction": args.action_prediction}.items()
+                                   if v is not None})
+    bar = tqdm(total=args.steps, desc="train state", unit="step")
+    with config_errors():
+        model, hist = train_state_policy(cfg, episodes, args.steps, batch_size=args.batch_size or 256,
+                                         lr=args.lr or 1e-3, seed=args.seed, progress=bar,
+                                         successes_only=not args.keep_failures)
+    bar.close()
+    summary = {"loss_first": float(np.mean(hist["loss"][:20])), "loss_last": float(np.mean(hist["loss"][-20:])),
+               "seconds": round(hist["seconds"], 1)}
+    path = save_policy(model, args.out, {"task": attrs.get("task"), "camera": attrs.get("camera"),
+                                         "demos": str(args.demos), "workspace": attrs.get("workspace", "full"),
+                                         "kind": "state", "steps": args.steps, "history": {"state": summary}})
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {path} (state, {params / 1e6:.2f} M parameters; reads the simulator's object poses: a teacher "
+          f"and a yardstick, never for a robot): " + json.dumps(summary))
+    return 0
+
+
 def cmd_policy_eval(args) -> int:
     """Closed-loop success rate, latency and videos of a policy (or the scripted expert) on a task."""
     from tqdm import tqdm
@@ -291,11 +333,16 @@ def add_policy(sub) -> None:
                              "model), mot_idm (the inverse-dynamics head), world (video and depth only, "
                              "actions unused: pretrain it, then --init the policy from it).")
     pt.add_argument("--demos", required=True, help="demonstrations from 'ws policy collect' (several: comma-separated)")
-    pt.add_argument("--model", default="mot", choices=["mot", "mot_idm", "action_only", "two_stage", "world"])
+    pt.add_argument("--model", default="mot", choices=["mot", "mot_idm", "action_only", "two_stage", "world", "state"],
+                    help="mot: WorldScape Policy; action_only and two_stage: its baselines; mot_idm: an inverse-"
+                         "dynamics head; world: the video-depth world model alone; state: a small policy that reads "
+                         "the simulator's object poses instead of images (the privileged teacher of 'ws hitl dagger "
+                         "--teacher' and a yardstick; never for a robot)")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     pt.add_argument("--steps", type=int, default=2000)
-    pt.add_argument("--batch-size", type=int, default=32)
-    pt.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, warm-up then cosine decay)")
+    pt.add_argument("--batch-size", type=int, default=None, help="windows per step (default 32; 256 for --model state)")
+    pt.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (AdamW, warm-up then cosine decay; default 5e-4, 1e-3 for --model state)")
     pt.add_argument("--size", choices=["cpu", "gpu"], default="cpu",
                     help="model size preset (where it trains is --device)")
     pt.add_argument("--chunk", type=int, default=None, help="action chunk length L (default: the preset's)")

@@ -24,6 +24,7 @@ from . import dit_policy  # noqa: F401  (registers video_model 'dit' with build_
 from .data import DemoDataset
 from .model import PolicyConfig, PolicyInputError, Vocabulary, WorldScapePolicy, build_policy, object_targets
 from .errors import PolicyError
+from .normalizer import Normalizer
 
 __all__ = ["Normalizer", "policy_loss", "sample", "train_policy", "save_policy", "load_policy", "PolicyRunner",
            "PolicyCheckpointError", "batch_from_windows", "TwoStagePolicy", "DEFAULT_POLICIES", "resolve_policy"]
@@ -52,61 +53,6 @@ FORMAT_TAG = "worldscape-policy"
 
 class PolicyCheckpointError(PolicyError):
     """A missing, unreadable or unsafe policy checkpoint (the message names the path)."""
-
-
-@dataclasses.dataclass
-class Normalizer:
-    """Affine maps of joint targets and joint states to [-1, 1] (from the actuators' and joints' ranges)."""
-
-    action_low: np.ndarray
-    action_high: np.ndarray
-    state_low: np.ndarray
-    state_high: np.ndarray
-
-    @classmethod
-    def from_episodes(cls, episodes, margin: float = 0.05) -> "Normalizer":
-        """Per-dimension ranges of the demonstrations' actions and joint positions, widened by
-        ``margin`` of each span (as diffusion policies normalise). The demonstrations cover a
-        small part of each joint's range, so this gives the flow several times the precision
-        of the actuators' full ranges; actions are still clipped to the actuators at the end."""
-        a = np.concatenate([e.actions for e in episodes]).astype(np.float64)
-        q = np.concatenate([e.qpos for e in episodes]).astype(np.float64)
-
-        def widen(x):
-            lo, hi = x.min(0), x.max(0)
-            pad = np.maximum((hi - lo) * margin, 1e-3)
-            return lo - pad, hi + pad
-
-        (alo, ahi), (qlo, qhi) = widen(a), widen(q)
-        return cls(alo, ahi, qlo, qhi)
-
-    @classmethod
-    def for_piper(cls) -> "Normalizer":
-        from ws_sim.piper import load_piper
-
-        model, _ = load_piper()
-        lo, hi = model.actuator_ctrlrange.T
-        return cls(lo.copy(), hi.copy(), model.jnt_range[:8, 0].copy(), model.jnt_range[:8, 1].copy())
-
-    @staticmethod
-    def _to(x, lo, hi):
-        return 2 * (x - lo) / (hi - lo) - 1
-
-    def actions(self, a):
-        return self._to(a, self.action_low, self.action_high)
-
-    def actions_back(self, a):
-        return (np.asarray(a) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
-
-    def state(self, q):
-        return self._to(q, self.state_low, self.state_high)
-
-    def to_dict(self) -> dict:
-        return {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Normalizer":
-        return cls(**{k: np.asarray(v, dtype=np.float64) for k, v in d.items()})
 
 
 def _images(rgb: np.ndarray, depth: np.ndarray, max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -463,6 +409,11 @@ def _load_train_state(path, run: dict, model, opt, rng: np.random.Generator, gen
     return int(st["step"]), st["history"]
 
 
+def _init_fields(cfg) -> dict:
+    """A config dataclass's constructor fields as plain data."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+
+
 def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write a self-contained checkpoint (config, normaliser, weights, ``extra``) atomically.
 
@@ -472,7 +423,10 @@ def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | 
     Raises:
         TypeError: ``extra`` holds an object that is not plain data (its place is named).
     """
-    if isinstance(model, TwoStagePolicy):
+    if getattr(model.cfg, "mode", None) == "state":  # a StatePolicy (ws_policy.state_policy)
+        payload = {"format": FORMAT_TAG, "kind": "state", "config": _init_fields(model.cfg),
+                   "state_dict": model.state_dict()}
+    elif isinstance(model, TwoStagePolicy):
         payload = {"format": FORMAT_TAG, "kind": "two_stage", "config": dataclasses.asdict(model.world.cfg),
                    "state_dict": model.world.state_dict(), "idm_config": dataclasses.asdict(model.idm.cfg),
                    "idm_state_dict": model.idm.state_dict()}
@@ -506,6 +460,16 @@ def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
         net.load_state_dict(state)
         return net.eval()
 
+    if payload.get("kind") == "state":
+        from .state_policy import StatePolicy, StatePolicyConfig
+
+        try:
+            net = StatePolicy(StatePolicyConfig(**payload["config"]))
+            net.load_state_dict(payload["state_dict"])
+        except (TypeError, ValueError, RuntimeError, KeyError) as e:
+            raise PolicyCheckpointError(f"{path}: not a readable state policy ({e})") from e
+        net.normalizer = Normalizer.from_dict(payload["normalizer"])
+        return net.eval(), payload
     model = build(payload["config"], payload["state_dict"])
     if payload.get("kind") == "two_stage":
         model = TwoStagePolicy(model, build(payload["idm_config"], payload["idm_state_dict"])).eval()
@@ -541,13 +505,17 @@ class PolicyRunner:
         self.steps = steps or model.cfg.euler_steps
         self.norm = getattr(model, "normalizer", None) or Normalizer.for_piper()
         self._limits = Normalizer.for_piper()  # the actuators' ranges: the last word on every action
-        self.vocab = Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
+        self.state_only = model.cfg.mode == "state"  # a StatePolicy: joints and object poses, no images
+        self.vocab = None if self.state_only else Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
         self.gen = torch.Generator().manual_seed(seed)
         _check_guidance(model.cfg, guidance, indicator)  # at construction, not at the first observation
         self.guidance, self.indicator = float(guidance), int(indicator)
 
     def check(self, obs: dict) -> None:
         """Raise :class:`PolicyInputError` naming what is wrong with an observation."""
+        if self.state_only:
+            self._state_features(obs)
+            return
         s = self.cfg.image_size
         for rk, dk in self._cameras():
             rgb, depth = obs.get(rk), obs.get(dk)
@@ -572,10 +540,27 @@ class PolicyRunner:
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
         """``(chunk, 7)`` joint targets (rad, finger m) for the steps from now on."""
-        rgb, depth, state, words = self._tensors(obs)
-        out = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance, self.indicator)
-        return np.clip(self.norm.actions_back(out["actions"][0].cpu().numpy()), self._limits.action_low,
+        if self.state_only:
+            chunk = self.model.sample(torch.as_tensor(self._state_features(obs)[None]), self.gen, self.steps)[0]
+        else:
+            rgb, depth, state, words = self._tensors(obs)
+            chunk = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance,
+                           self.indicator)["actions"][0]
+        return np.clip(self.norm.actions_back(chunk.cpu().numpy()), self._limits.action_low,
                        self._limits.action_high)
+
+    def _state_features(self, obs: dict) -> np.ndarray:
+        """A state policy's input (:func:`ws_policy.state_policy.state_features`) from ``qpos`` and ``objects``."""
+        from .state_policy import state_features
+
+        qpos, objects = np.asarray(obs.get("qpos", []), dtype=np.float64), np.asarray(obs.get("objects", []),
+                                                                                      dtype=np.float64)
+        if qpos.shape != (8,) or objects.shape != (17,):
+            raise PolicyInputError(f"a state policy needs 'qpos' (8,) and the simulator's 'objects' (17,), got "
+                                   f"{qpos.shape} and {objects.shape}")
+        if not (np.all(np.isfinite(qpos)) and np.all(np.isfinite(objects))):
+            raise PolicyInputError("qpos and objects must be finite")
+        return state_features(self.norm.state(qpos), objects)
 
     @torch.no_grad()
     def object_positions(self, obs: dict) -> dict:

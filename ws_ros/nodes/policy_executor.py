@@ -132,6 +132,9 @@ class PolicyExecutorNode(LifecycleNode):
             if not self._g("checkpoint"):
                 raise ValueError("parameter 'checkpoint' is empty: give a 'ws policy train' checkpoint")
             model, _ = load_policy(resolve_policy(self._g("checkpoint")))
+            if getattr(model.cfg, "privileged", False):
+                raise ValueError(f"{self._g('checkpoint')} reads the simulator's object poses (a privileged teacher, "
+                                 "'--privileged' or '--model state'): no robot gives those; use an image policy")
             self.wrist = bool(getattr(getattr(model, "cfg", None), "wrist", False))
             self.runner = PolicyRunner(model, steps=int(self._g("euler_steps")) or None)
             robot = load_piper(PIPER_XML)[0]

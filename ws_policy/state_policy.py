@@ -1,0 +1,194 @@
+"""A state-based policy that reads the simulator's object poses: the privileged teacher.
+
+The same flow matching over the action chunk as WorldScape Policy (:mod:`ws_policy.model`), with
+x-prediction by default (the network outputs the clean chunk; ``action_prediction``), but no images:
+an MLP reads the normalised joint positions and the objects' poses (cube and target positions minus
+the band's middle and over 0.1 m, as :func:`ws_policy.model.object_targets` scales them; the cubes'
+quaternions as they are), the noisy chunk and Fourier features of ``tau``.
+
+It cannot run on a robot (there are no object poses there, and ``policy_executor`` refuses it). It is
+(a) the teacher that labels every state an image policy visits in simulation (``ws hitl dagger
+--teacher``; Chen et al. 2019, "Learning by cheating"), and (b) the yardstick for the action side: what
+a policy that knows exactly where everything is reaches through the same executor over the whole band
+(docs/policy.md). Trained with large batches (256 windows) in a minute or two on one core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import PolicyError
+from .normalizer import Normalizer
+
+__all__ = ["StatePolicyConfig", "StatePolicy", "state_features", "train_state_policy", "N_STATE_FEATURES"]
+
+_CENTRE_M = np.array([0.26, 0.0, 0.03])  # the band's middle, as object_targets centres it
+_SCALE_M = 0.1
+#: features per observation: 8 joint positions, cube A (3 + 4), cube B (3 + 4), target (3)
+N_STATE_FEATURES = 25
+
+
+@dataclasses.dataclass(frozen=True)
+class StatePolicyConfig:
+    """Sizes of :class:`StatePolicy` (stored in its checkpoint)."""
+
+    chunk: int = 8  # action chunk length L
+    action_dim: int = 7
+    state_dim: int = 8
+    hidden: int = 256
+    layers: int = 3  # hidden layers of the MLP
+    time_features: int = 8  # Fourier frequencies of tau
+    action_prediction: str = "sample"  # the network's output: the clean chunk (x-prediction) or the velocity
+    euler_steps: int = 10
+    mode: str = "state"  # what PolicyRunner and the checkpoint reader dispatch on
+
+    def __post_init__(self):
+        if self.mode != "state":
+            raise ValueError(f"a StatePolicyConfig has mode 'state', got {self.mode!r}")
+        if self.action_prediction not in ("velocity", "sample"):
+            raise ValueError(f"action_prediction must be velocity or sample, got {self.action_prediction!r}")
+        for name in ("chunk", "hidden", "layers", "euler_steps", "time_features"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    # what the executor, the evaluation and the teacher read off a policy's config
+    privileged: bool = dataclasses.field(default=True, init=False)
+    wrist: bool = dataclasses.field(default=False, init=False)
+    predicts_actions: bool = dataclasses.field(default=True, init=False)
+    object_aux: float = dataclasses.field(default=0.0, init=False)
+    indicator: bool = dataclasses.field(default=False, init=False)
+    image_size: int = dataclasses.field(default=64, init=False)  # what an evaluation renders (videos only)
+
+
+def state_features(qpos_normalised: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """The policy's input from joint positions already normalised to [-1, 1] ``(..., 8)`` and the
+    simulator's object state ``(..., 17)`` (cube A position and quaternion ``wxyz``, cube B's, the
+    target position; metres). Returns ``(..., 25)`` float32.
+
+    Raises:
+        ValueError: wrong last-axis sizes, or values that are not finite.
+    """
+    q, o = np.asarray(qpos_normalised, dtype=np.float64), np.asarray(objects, dtype=np.float64)
+    if q.shape[-1] != 8 or o.shape[-1] != 17:
+        raise ValueError(f"joint positions (..., 8) and objects (..., 17) expected, got {q.shape} and {o.shape}")
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(o))):
+        raise ValueError("joint positions and object poses must be finite")
+    pos = lambda p: (p - _CENTRE_M) / _SCALE_M  # noqa: E731
+    return np.concatenate([q, pos(o[..., 0:3]), o[..., 3:7], pos(o[..., 7:10]), o[..., 10:14], pos(o[..., 14:17])],
+                          axis=-1).astype(np.float32)
+
+
+class StatePolicy(nn.Module):
+    """The flow-matching MLP: ``(features (B, 25), x_tau (B, L, 7), tau (B,)) -> (B, L, 7)``, the clean chunk
+    (``action_prediction="sample"``) or the velocity, normalised to [-1, 1]."""
+
+    def __init__(self, cfg: StatePolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        width = N_STATE_FEATURES + cfg.chunk * cfg.action_dim + 2 * cfg.time_features
+        layers: list[nn.Module] = []
+        for _ in range(cfg.layers):
+            layers += [nn.Linear(width, cfg.hidden), nn.GELU()]
+            width = cfg.hidden
+        self.net = nn.Sequential(*layers, nn.Linear(width, cfg.chunk * cfg.action_dim))
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(cfg.time_features, dtype=torch.float32),
+                             persistent=False)
+        self.normalizer: Normalizer | None = None  # set by training or loading
+
+    def forward(self, features: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        t = tau[:, None] * self.freqs
+        h = torch.cat([features, x_tau.flatten(1), torch.sin(t), torch.cos(t)], dim=-1)
+        return self.net(h).view(-1, self.cfg.chunk, self.cfg.action_dim)
+
+    def velocity(self, features, x_tau, tau) -> torch.Tensor:
+        """The flow velocity at ``x_tau``: the output, or ``(x^_1 - x_tau) / (1 - tau)`` with x-prediction."""
+        out = self(features, x_tau, tau)
+        return (out - x_tau) / (1 - tau).view(-1, 1, 1) if self.cfg.action_prediction == "sample" else out
+
+    @torch.no_grad()
+    def sample(self, features: torch.Tensor, generator: torch.Generator | None = None,
+               steps: int | None = None) -> torch.Tensor:
+        """Euler integration from noise (``tau`` 0 -> 1): ``(B, L, 7)`` normalised chunks."""
+        steps = steps or self.cfg.euler_steps
+        b = features.shape[0]
+        x = torch.randn((b, self.cfg.chunk, self.cfg.action_dim), generator=generator)
+        for i in range(steps):
+            x = x + self.velocity(features, x, torch.full((b,), i / steps)) / steps
+        return x
+
+    def loss(self, features: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Flow-matching loss on a batch: the clean chunk's (x-prediction) or the velocity's squared error,
+        over the valid steps of each chunk."""
+        b = actions.shape[0]
+        tau = torch.rand(b, generator=generator)
+        x0 = torch.randn(actions.shape, generator=generator)
+        t = tau.view(-1, 1, 1)
+        out = self(features, t * actions + (1 - t) * x0, tau)
+        target = actions if self.cfg.action_prediction == "sample" else actions - x0
+        err = (out - target).square().mean(-1)
+        v = valid.float()
+        return (err * v).sum() / v.sum().clamp_min(1)
+
+
+def _windows(episodes, chunk: int, norm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every step of every episode: (features, normalised chunks, valid), the chunk padded with the last action."""
+    feats, acts, valid = [], [], []
+    for e in episodes:
+        T = len(e.actions)
+        idx = np.minimum(np.arange(T)[:, None] + np.arange(chunk), T - 1)
+        feats.append(state_features(norm.state(e.qpos[:T]), e.objects[:T]))
+        acts.append(norm.actions(e.actions[idx]))
+        valid.append(np.arange(T)[:, None] + np.arange(chunk) < T)
+    return (torch.as_tensor(np.concatenate(feats)), torch.as_tensor(np.concatenate(acts), dtype=torch.float32),
+            torch.as_tensor(np.concatenate(valid)))
+
+
+def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size: int = 256, lr: float = 1e-3,
+                       seed: int = 0, progress=None, successes_only: bool = True) -> tuple[StatePolicy, dict]:
+    """Train a :class:`StatePolicy` on demonstrations (their joint positions, object states and actions; the
+    images are not read). AdamW, cosine decay of ``lr`` over ``steps``.
+
+    Returns:
+        (the model in eval mode, with its ``normalizer``; history ``{"loss": [...], "seconds": s}``).
+
+    Raises:
+        PolicyError: no episodes (left), or an episode without object states.
+    """
+    eps = [e for e in episodes if e.success or not successes_only]
+    if not eps:
+        raise PolicyError("no episodes to train the state policy on (all failed and only successes are used)")
+    if any(e.objects is None or np.asarray(e.objects).shape[-1] != 17 for e in eps):
+        raise PolicyError("the state policy needs each episode's object states ('objects', 17 values per step)")
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise PolicyError(f"steps and batch_size must be >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    norm = Normalizer.from_episodes(eps)
+    feats, acts, valid = _windows(eps, cfg.chunk, norm)
+    model = StatePolicy(cfg)
+    model.normalizer = norm
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    hist, t0 = {"loss": []}, time.perf_counter()
+    model.train()
+    for step in range(steps):
+        i = torch.randint(0, len(feats), (batch_size,), generator=gen)
+        loss = model.loss(feats[i], acts[i], valid[i], gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        hist["loss"].append(float(loss.detach()))
+        if progress is not None:
+            progress.update(1)
+            if step % 50 == 0:
+                progress.set_postfix(loss=f"{hist['loss'][-1]:.4f}")
+    hist["seconds"] = time.perf_counter() - t0
+    return model.eval(), hist
