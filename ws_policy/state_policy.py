@@ -24,12 +24,11 @@ import torch
 import torch.nn as nn
 
 from .errors import PolicyError
+from .model import OBJECT_CENTRE_M, OBJECT_SCALE_M
 from .normalizer import Normalizer
 
 __all__ = ["StatePolicyConfig", "StatePolicy", "state_features", "train_state_policy", "N_STATE_FEATURES"]
 
-_CENTRE_M = np.array([0.26, 0.0, 0.03])  # the band's middle, as object_targets centres it
-_SCALE_M = 0.1
 #: features per observation: 8 joint positions, cube A (3 + 4), cube B (3 + 4), target (3)
 N_STATE_FEATURES = 25
 
@@ -40,7 +39,6 @@ class StatePolicyConfig:
 
     chunk: int = 8  # action chunk length L
     action_dim: int = 7
-    state_dim: int = 8
     hidden: int = 256
     layers: int = 3  # hidden layers of the MLP
     time_features: int = 8  # Fourier frequencies of tau
@@ -79,7 +77,7 @@ def state_features(qpos_normalised: np.ndarray, objects: np.ndarray) -> np.ndarr
         raise ValueError(f"joint positions (..., 8) and objects (..., 17) expected, got {q.shape} and {o.shape}")
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(o))):
         raise ValueError("joint positions and object poses must be finite")
-    pos = lambda p: (p - _CENTRE_M) / _SCALE_M  # noqa: E731
+    pos = lambda p: (p - OBJECT_CENTRE_M) / OBJECT_SCALE_M  # noqa: E731
     return np.concatenate([q, pos(o[..., 0:3]), o[..., 3:7], pos(o[..., 7:10]), o[..., 10:14], pos(o[..., 14:17])],
                           axis=-1).astype(np.float32)
 
