@@ -52,6 +52,9 @@ class Session(Node):
         self.js = self.create_publisher(JointState, "joint_states", sensor_qos())
         self.rgb = self.create_publisher(Image, "camera/color/image_raw", sensor_qos())
         self.depth = self.create_publisher(Image, "camera/depth/image_raw", sensor_qos())
+        self.wrist_rgb = self.create_publisher(Image, "wrist_camera/color/image_raw", sensor_qos())
+        self.wrist_depth = self.create_publisher(Image, "wrist_camera/depth/image_raw", sensor_qos())
+        self.wrist = False  # also publish the wrist camera
         self.cmd = self.create_publisher(JointTrajectory, "joint_command", command_qos())
         self.episode = self.create_publisher(String, "episode", 10)
         self.flag = self.create_publisher(Bool, "teleop/intervention", latched_qos())
@@ -71,6 +74,10 @@ class Session(Node):
         self.rgb.publish(Image(height=8, width=8, encoding="rgb8", step=24, data=bytes([k % 256] * 192)))
         self.depth.publish(Image(height=8, width=8, encoding="32FC1", step=32,
                                  data=np.full((8, 8), 0.5, np.float32).tobytes()))
+        if self.wrist:  # the wrist camera sees something else than the scene camera: tell them apart
+            self.wrist_rgb.publish(Image(height=8, width=8, encoding="rgb8", step=24, data=bytes([(k + 100) % 256] * 192)))
+            self.wrist_depth.publish(Image(height=8, width=8, encoding="32FC1", step=32,
+                                           data=np.full((8, 8), 0.1, np.float32).tobytes()))
         self.cmd.publish(JointTrajectory(joint_names=JOINTS[:7],
                                          points=[JointTrajectoryPoint(positions=[0.01 * k] * 7)]))
 
@@ -145,6 +152,44 @@ def test_recording_round_trips_through_mcap_ros2_reader_conversion_and_training(
     cfg = PolicyConfig(image_size=8, future_size=8, patch=4, chunk=4, d_model=32, layers=1,
                        vocab=tuple(default_vocabulary()))
     model, hist = train_policy(cfg, DemoDataset(back, chunk=4), steps=3, batch_size=4)
+    assert np.all(np.isfinite(hist["loss"]))
+    assert ep.wrist_rgb is None and "wrist" not in attrs  # no wrist camera recorded: a scene-camera dataset
+
+
+def test_a_recording_with_the_wrist_camera_converts_to_two_camera_demonstrations(ctx, tmp_path):
+    """The recorder records the wrist camera's streams by default; conversion pairs each step with the
+    wrist frames of its instant (not the scene camera's) and marks the file as two-camera data, which
+    a two-camera keypoint policy trains on."""
+    from ws_policy.data import DemoDataset, read_demos, write_demos
+    from ws_policy.model import PolicyConfig, default_vocabulary
+    from ws_policy.train import train_policy
+    from ws_ros.mcap_io import recording_to_episodes
+    from ws_ros.nodes.correction_recorder import CorrectionRecorder
+
+    path = tmp_path / "session.mcap"
+    rec = CorrectionRecorder(context=ctx, parameter_overrides=[Parameter("output", value=str(path))])
+    s = Session(context=ctx)
+    s.wrist = True
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(rec)
+    ex.add_node(s)
+    _spin(ex, 1.0)
+    _session(ex, s)
+    ex.remove_node(rec)
+    rec.destroy_node()
+
+    episodes, attrs = recording_to_episodes(path)
+    ep = episodes[0]
+    assert attrs["wrist"] is True and 1.0 < attrs["wrist_fovy"] < 180.0
+    assert ep.wrist_rgb.shape == ep.rgb.shape and ep.wrist_depth.shape == ep.depth.shape
+    # each frame's wrist image is the one published with its scene image (k + 100 against k)
+    assert np.array_equal(ep.wrist_rgb[:, 0, 0, 0].astype(int), (ep.rgb[:, 0, 0, 0].astype(int) + 100) % 256)
+    assert np.allclose(ep.wrist_depth, 0.1, atol=1e-3) and np.allclose(ep.depth, 0.5, atol=1e-3)
+    back, battrs = read_demos(write_demos(episodes, attrs, tmp_path / "corrections.hdf5"))
+    assert battrs["wrist"] and np.array_equal(back[0].wrist_rgb, ep.wrist_rgb)
+    cfg = PolicyConfig(image_size=8, future_size=8, patch=4, chunk=4, d_model=32, layers=1, encoder="keypoints",
+                       wrist=True, vocab=tuple(default_vocabulary()))
+    model, hist = train_policy(cfg, DemoDataset(back, chunk=4), steps=2, batch_size=4)
     assert np.all(np.isfinite(hist["loss"]))
 
 
@@ -432,9 +477,12 @@ def test_a_person_drives_the_sim_arm_from_the_keyboard_takes_over_and_hands_back
     assert len(back) == 4 and back[:, :6].max() <= 0.02 + 1e-6, back  # hand-back: slew-limited, no jump
     files = list(rec_dir.glob("hitl_*.mcap"))
     assert len(files) == 1
-    episodes, _ = recording_to_episodes(files[0])
+    episodes, attrs = recording_to_episodes(files[0])
     assert len(episodes) == 1 and episodes[0].success
     assert 0 < episodes[0].actor.sum() < len(episodes[0].actor)
+    # the wrist camera was recorded beside the scene camera: corrections for two-camera policies
+    assert attrs["wrist"] and episodes[0].wrist_rgb.shape == episodes[0].rgb.shape
+    assert not np.array_equal(episodes[0].wrist_rgb, episodes[0].rgb)
 
 
 def test_ws_hitl_convert_names_what_a_recording_lacks(tmp_path, capsys):

@@ -73,7 +73,8 @@ GRAPHS = {
                                           "(a camera driver publishes the images; activate by hand)",
                            "nodes": [("piper_bridge", "piper_policy_robot.yaml"),
                                      ("policy_executor", "piper_policy_robot.yaml")]},
-    "piper_hitl_sim": {"description": "PiPER human-in-the-loop in sim: sim_bridge + policy_executor (checkpoint:=...) "
+    "piper_hitl_sim": {"description": "PiPER human-in-the-loop in sim: sim_bridge (scene and wrist cameras) + policy_executor "
+                                      "(the shipped policy, or checkpoint:=...) "
                                       "+ teleop (drive it with 'ws teleop' or a pad) + correction_recorder (MCAP)",
                        "nodes": [("sim_bridge", "piper_hitl_sim.yaml"), ("policy_executor", "piper_hitl_sim.yaml"),
                                  ("teleop", "piper_hitl_sim.yaml"), ("correction_recorder", "piper_hitl_sim.yaml")]},

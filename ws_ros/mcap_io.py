@@ -41,6 +41,9 @@ TOPICS = {
     "camera/color/image_raw": "sensor_msgs/msg/Image",
     "camera/depth/image_raw": "sensor_msgs/msg/Image",
     "camera/color/camera_info": "sensor_msgs/msg/CameraInfo",
+    "wrist_camera/color/image_raw": "sensor_msgs/msg/Image",
+    "wrist_camera/depth/image_raw": "sensor_msgs/msg/Image",
+    "wrist_camera/color/camera_info": "sensor_msgs/msg/CameraInfo",
     "joint_states": "sensor_msgs/msg/JointState",
     "joint_command": "trajectory_msgs/msg/JointTrajectory",
     "instruction": "std_msgs/msg/String",
@@ -419,7 +422,12 @@ def recording_to_episodes(path: str | os.PathLike, task: str | None = None) -> t
     A step is one ``joint_command`` inside an episode (its point 0, ordered as the PiPER's
     command joints, is the action); its observation is the newest colour image, depth image and
     joint state logged up to that command; ``actor`` is 1 where ``teleop/intervention`` was
-    true. The frame after the last step is the newest observation at the episode's end.
+    true. The frame after the last step is the newest observation at the episode's end. A
+    recording that holds the wrist camera (``wrist_camera/color/image_raw`` and
+    ``wrist_camera/depth/image_raw``, as ``ws launch piper_hitl_sim`` publishes them) gives
+    episodes with ``wrist_rgb`` and ``wrist_depth`` and the attributes ``wrist`` and
+    ``wrist_fovy`` (from its camera info, else the PiPER model's wrist camera), so that
+    corrections train policies that read both cameras.
 
     Args:
         path: the ``.mcap`` recording (a truncated one is read up to its last chunk).
@@ -448,6 +456,7 @@ def recording_to_episodes(path: str | os.PathLike, task: str | None = None) -> t
             series.setdefault(topic, _Series([], [])).t.append(t)
             series[topic].v.append(msg)
     meta = records.get("worldscape", {})
+    wrist = all(k in series for k in _WRIST)
     need = ("joint_command", "joint_states", "camera/color/image_raw", "camera/depth/image_raw")
     missing = [k for k in need if k not in series]
     if missing:
@@ -478,18 +487,18 @@ def recording_to_episodes(path: str | os.PathLike, task: str | None = None) -> t
             idx = {n: j for j, n in enumerate(m.joint_names)}
             if any(n not in idx for n in COMMAND_JOINTS):
                 continue
-            obs = _observation(series, t, JOINTS)
+            obs = _observation(series, t, JOINTS, wrist)
             if obs is None:
                 continue
             frames.append(obs)
             actions.append(np.array([m.points[0].positions[idx[n]] for n in COMMAND_JOINTS], dtype=np.float32))
             flag = intervention.at(t)
             actors.append(int(bool(flag.data)) if flag is not None else 0)
-        last = _observation(series, t1, JOINTS)
+        last = _observation(series, t1, JOINTS, wrist)
         if not actions or last is None:
             continue
         frames.append(last)
-        sizes = {f[0].shape for f in frames}
+        sizes = {f[0].shape for f in frames} | {f[4].shape for f in frames if wrist}
         if len(sizes) != 1:
             raise DemoError(f"{path}: episode {i} has images of several sizes {sorted(sizes)}")
         instr = instruction.at(t1)
@@ -498,32 +507,51 @@ def recording_to_episodes(path: str | os.PathLike, task: str | None = None) -> t
             qpos=np.stack([f[2] for f in frames]).astype(np.float32), qvel=np.stack([f[3] for f in frames]).astype(np.float32),
             objects=np.zeros((len(frames), 17), np.float32), actions=np.stack(actions),
             instruction=str(instr.data) if instr is not None else "", success=bool(outcome),
-            failure="" if outcome else "human-marked", seed=i, actor=np.asarray(actors, dtype=np.int8)))
+            failure="" if outcome else "human-marked", seed=i, actor=np.asarray(actors, dtype=np.int8),
+            wrist_rgb=np.stack([f[4] for f in frames]) if wrist else None,
+            wrist_depth=np.stack([np.minimum(f[5], MAX_DEPTH) for f in frames]).astype(np.float16) if wrist else None))
     if not episodes:
         raise DemoError(f"{path}: no complete episode (start, commands with images and joint states, then success "
                          f"or failure)")
     model = load_piper(PIPER_XML)[0]
     lo, hi = model.actuator_ctrlrange.T
     size = episodes[0].rgb.shape[1]
-    fovy = 45.0
-    info = series.get("camera/color/camera_info")
-    if info is not None and info.v and info.v[-1].k[4] > 0:
-        fovy = float(np.degrees(2 * np.arctan(info.v[-1].height / 2 / info.v[-1].k[4])))
+    fovy = _fovy(series.get("camera/color/camera_info"), 45.0)
     dts = np.diff(np.asarray(series["joint_command"].t)) * 1e-9
     attrs = {"task": task or meta.get("task", "pick_place"), "camera": meta.get("camera", "task"), "image_size": size,
              "control_dt": float(np.median(dts)) if len(dts) else 0.05, "fovy": fovy,
              "action_low": lo.astype(np.float64), "action_high": hi.astype(np.float64),
              "randomize": True, "workspace": meta.get("workspace", "full"), "source": str(path)}
+    if wrist:
+        attrs["wrist"] = True
+        attrs["wrist_fovy"] = _fovy(series.get("wrist_camera/color/camera_info"), float(model.camera("wrist").fovy[0]))
     return episodes, attrs
 
 
-def _observation(series, t, joints):
+#: the wrist camera's image topics (a recording holding both converts with the wrist frames)
+_WRIST = ("wrist_camera/color/image_raw", "wrist_camera/depth/image_raw")
+
+
+def _fovy(info, default: float) -> float:
+    """The vertical field of view (degrees) of the newest CameraInfo in ``info`` (else ``default``)."""
+    if info is not None and info.v and info.v[-1].k[4] > 0:
+        return float(np.degrees(2 * np.arctan(info.v[-1].height / 2 / info.v[-1].k[4])))
+    return default
+
+
+def _observation(series, t, joints, wrist: bool = False):
     rgb, depth, js = (series[k].at(t) for k in ("camera/color/image_raw", "camera/depth/image_raw", "joint_states"))
     if rgb is None or depth is None or js is None:
         return None
+    extra = ()
+    if wrist:
+        w_rgb, w_depth = (series[k].at(t) for k in _WRIST)
+        if w_rgb is None or w_depth is None:
+            return None
+        extra = (_image(w_rgb), _image(w_depth))
     idx = {n: j for j, n in enumerate(js.name)}
     if any(n not in idx for n in joints):
         return None
     q = np.array([js.position[idx[n]] for n in joints])
     v = np.array([js.velocity[idx[n]] if len(js.velocity) == len(js.name) else 0.0 for n in joints])
-    return _image(rgb), _image(depth), q, v
+    return (_image(rgb), _image(depth), q, v) + extra

@@ -1,7 +1,7 @@
 """``correction_recorder``: teleoperation sessions to MCAP files in the ROS 2 profile (issue 8).
 
 Subscribes to the ``topics`` parameter's topics (by default :data:`ws_ros.mcap_io.TOPICS`: colour
-and depth images, camera info, joint states, joint commands, instruction, ``teleop/intervention``,
+and depth images and camera info of the scene and wrist cameras, joint states, joint commands, instruction, ``teleop/intervention``,
 ``teleop/joy``, ``episode``, ``estop``) and writes every message as delivered (serialized CDR,
 no re-encoding) with :class:`ws_ros.mcap_io.RecordingWriter`. A channel is opened when its topic
 first carries a message, with the QoS its publishers offer (``offered_qos_profiles``).
@@ -40,8 +40,9 @@ from ws_ros.mcap_io import TOPICS, RecordingError, RecordingWriter
 __all__ = ["CorrectionRecorder", "main", "recording_path"]
 
 _LATCHED = {"instruction", "teleop/intervention", "estop"}
-_BEST_EFFORT = {"camera/color/image_raw", "camera/depth/image_raw", "camera/color/camera_info", "joint_states",
-                "teleop/joy"}
+_BEST_EFFORT = {"camera/color/image_raw", "camera/depth/image_raw", "camera/color/camera_info",
+                "wrist_camera/color/image_raw", "wrist_camera/depth/image_raw", "wrist_camera/color/camera_info",
+                "joint_states", "teleop/joy"}
 
 
 def recording_path(output: str, now: float | None = None) -> Path:
