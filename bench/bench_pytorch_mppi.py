@@ -16,7 +16,9 @@ head or MPPI), work no exact float32 implementation can skip; so
 ``pytorch_mppi_over_floor_median`` bounds the ratio any exact implementation could reach on
 this machine in float32. ``ours_bf16`` is our MPPI with the model's matmuls in bfloat16
 (``LearnedDynamics(model, precision="bfloat16")``, states in float32; ``model_precision`` in the
-controller config), and ``matmul_floor_bf16`` that floor in bfloat16. ``--also`` adds
+controller config; timed here even where the CPU emulates bfloat16, which the JSON's
+``bfloat16_native`` tells, and where a planner would run float32 instead), and
+``matmul_floor_bf16`` that floor in bfloat16. ``--also`` adds
 ``ours_stepwise`` (our MPPI over the old per-step ``predict`` loop) and
 ``pytorch_mppi_cached_step`` (pytorch-mppi over one step of the fused rollout, i.e. over a
 ``predict`` that keeps its stacked elite weights) and ``pytorch_mppi_bf16`` (pytorch-mppi
@@ -45,7 +47,7 @@ import torch
 from pytorch_mppi import MPPI as ReferenceMPPI
 
 from ws_mppi.config import short_horizon_config
-from ws_mppi.dynamics import LearnedDynamics
+from ws_mppi.dynamics import LearnedDynamics, native_bfloat16
 from ws_mppi.mppi import MPPI, MPPIConfig
 from ws_mppi.report import resolve_dynamics
 from ws_sim.envs import make_env
@@ -114,7 +116,7 @@ def main() -> None:
         for k, h in settings:
             mcfg = MPPIConfig(horizon=h, samples=k, temperature=lam, noise_sigma=sigma)
             ours = MPPI(LearnedDynamics(model), trajectory_cost, low, high, mcfg, seed=0)
-            ours_bf16 = MPPI(LearnedDynamics(model, precision="bfloat16"), trajectory_cost, low, high, mcfg, seed=0)
+            ours_bf16 = MPPI(LearnedDynamics(model, precision="bfloat16", emulated_bfloat16=True), trajectory_cost, low, high, mcfg, seed=0)
 
             def reference(dyn):
                 return ReferenceMPPI(dyn, step_cost, model.state_dim,
@@ -175,6 +177,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "mppi_vs_pytorch_mppi", "env": "hopper", "dynamics": "shipped MLPEnsemble",
         "pytorch_mppi_version": ref_version, "torch_version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bfloat16_native": native_bfloat16(),
         "temperature": lam, "noise_sigma": sigma, "iters": args.iters, "warmup": args.warmup,
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "results": results}, indent=2))

@@ -199,7 +199,7 @@ def test_bfloat16_rollout_predicts_each_change_to_about_one_percent(system):
 def test_bfloat16_planner_is_chosen_by_config_and_refused_without_a_fused_model(hopper_model):
     from ws_mppi.config import ConfigError, ControllerConfig
 
-    dyn = LearnedDynamics(hopper_model, precision="bfloat16")
+    dyn = LearnedDynamics(hopper_model, precision="bfloat16", emulated_bfloat16=True)
     s0 = _start_state(hopper_model)
     actions = torch.rand(8, 3, 3, generator=torch.Generator().manual_seed(5)) * 2 - 1
     torch.testing.assert_close(dyn.rollout(s0, actions), hopper_model.rollout(s0, actions, precision="bfloat16"),
@@ -211,3 +211,27 @@ def test_bfloat16_planner_is_chosen_by_config_and_refused_without_a_fused_model(
     assert ControllerConfig.from_dict({"model_precision": "bfloat16"}).model_precision == "bfloat16"
     with pytest.raises(ConfigError, match="model_precision"):
         ControllerConfig.from_dict({"model_precision": "int8"})
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_falls_back_to_float32_with_a_warning_where_the_cpu_would_emulate_it(hopper_model, monkeypatch,
+                                                                                       caplog, native):
+    """A planner configured for bfloat16 on a CPU without bfloat16 matmul units (where emulation made it 20x
+    slower than float32) runs the model in float32 and says so; with the units it runs bfloat16."""
+    import ws_mppi.dynamics as dynamics
+
+    monkeypatch.setattr(dynamics, "native_bfloat16", lambda: native)
+    s0 = _start_state(hopper_model)
+    actions = torch.rand(8, 3, 3, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with caplog.at_level("WARNING", logger="ws_mppi.dynamics"):
+        dyn = LearnedDynamics(hopper_model, precision="bfloat16")
+    assert dyn.requested_precision == "bfloat16"
+    if native:
+        assert dyn.precision == "bfloat16" and not caplog.records
+        torch.testing.assert_close(dyn.rollout(s0, actions), hopper_model.rollout(s0, actions, precision="bfloat16"),
+                                   rtol=0, atol=0)
+    else:
+        assert dyn.precision == "float32"
+        assert "no bfloat16 matmul units" in caplog.text and "float32" in caplog.text
+        torch.testing.assert_close(dyn.rollout(s0, actions), hopper_model.rollout(s0, actions), rtol=0, atol=0)
+    assert isinstance(dynamics.native_bfloat16(), bool)

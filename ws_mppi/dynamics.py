@@ -12,7 +12,9 @@ trajectories (seed 003, Appendix D.3, eq. 12: ``s_{t+1} = f(s_t, a_t)``). Two ki
 
 from __future__ import annotations
 
+import functools
 import inspect
+import logging
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -65,6 +67,29 @@ class OracleDynamics:
         return torch.from_numpy(np.ascontiguousarray(out)).to(actions.dtype)
 
 
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX, as oneDNN
+    reports it; on Linux also read from ``/proc/cpuinfo``'s flags when oneDNN cannot be asked).
+
+    Where it does not, PyTorch emulates bfloat16 matmuls: measured on an AVX2-only AMD EPYC
+    (docs/control.md), a (5 x 64 x 200) @ (200 x 200) batched matmul took 20 times longer in
+    bfloat16 than in float32, where on a CPU with AVX512-BF16 it took half as long.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 class LearnedDynamics:
     """A learned one-step model unrolled over the horizon as a :class:`Dynamics`.
 
@@ -76,14 +101,19 @@ class LearnedDynamics:
             same result) when it has one; ``False``: call ``predict`` once per step.
         precision: ``"float32"``, or ``"bfloat16"`` for the model's matmuls (its fused
             ``rollout(..., precision=)``, e.g. the MLPEnsemble's: about twice as fast on CPUs
-            with AVX512-BF16 or AMX; the states stay float32).
+            with AVX512-BF16 or AMX; the states stay float32). On a CPU without them
+            (:func:`native_bfloat16`), where emulated bfloat16 is many times slower, a warning is
+            logged and the model runs in float32: ``precision`` says what runs,
+            ``requested_precision`` what was asked.
+        emulated_bfloat16: run bfloat16 even where it is emulated (benchmarks and tests of its
+            numerics; never for control).
 
     Raises:
         ValueError: ``precision`` is not one of the two, or ``"bfloat16"`` for a model without
             a fused rollout that takes it (or with ``fused=False``).
     """
 
-    def __init__(self, model, fused: bool = True, precision: str = "float32"):
+    def __init__(self, model, fused: bool = True, precision: str = "float32", emulated_bfloat16: bool = False):
         self.model = model
         self.name = getattr(model, "name", type(model).__name__)
         self.state_dim = int(model.state_dim)
@@ -96,6 +126,11 @@ class LearnedDynamics:
                                        or "precision" not in inspect.signature(self._fused).parameters):
             raise ValueError(f"precision {precision!r} needs a model with a fused rollout(..., precision=) "
                              f"(the MLPEnsemble); {self.name} has none")
+        self.requested_precision = precision
+        if precision == "bfloat16" and not emulated_bfloat16 and not native_bfloat16():
+            log.warning("model_precision bfloat16 asked, but this CPU has no bfloat16 matmul units (AVX512-BF16 or "
+                        "AMX): emulated, it would be many times slower than float32; %s runs in float32", self.name)
+            precision = "float32"
         self.precision = precision
 
     @torch.inference_mode()
