@@ -57,9 +57,12 @@ def test_resume_continues_where_it_stopped(corpus, tmp_path):
     full = pretrain(train, val, TINY, cfg, tmp_path / "a.pt", progress=False)
     part = pretrain(train, val, TINY, dataclasses_replace(cfg, steps=3), tmp_path / "b.pt", progress=False)
     assert part["steps"] == 3
+    # the curve so far is written at every validation, so a stopped or killed run keeps it
+    assert [e["step"] for e in json.loads((tmp_path / "b.pt.curve.json").read_text())] == [3]
     resumed = pretrain(train, val, TINY, cfg, tmp_path / "b.pt", resume=True, progress=False)
     assert resumed["steps"] == 6
     np.testing.assert_allclose(resumed["losses"], full["losses"], rtol=1e-5)
+    assert [e["step"] for e in json.loads((tmp_path / "b.pt.curve.json").read_text())] == [3, 6]
 
 
 def test_a_time_budget_ends_training_with_a_validation_and_wall_clock_adds_up_over_resumes(corpus, tmp_path):

@@ -135,7 +135,7 @@ def cmd_pretrain(args) -> int:
     """Pretrain WestWorld (or a baseline) on the corpus's pretraining systems."""
     import json
 
-    from ws_worldmodel.pretrain import pretrain
+    from ws_worldmodel.pretrain import pretrain, write_curve
     from ws_worldmodel.tdm import TDMConfig
     from ws_worldmodel.trajworld import TrajWorldConfig
 
@@ -158,10 +158,7 @@ def cmd_pretrain(args) -> int:
                                        max_action_dim=args.max_action_dim or max(t.actions.shape[2] for t in train))
     hist = pretrain(train, val, mcfg, cfg, args.out, seed=args.seed, resume=args.resume, device=device_of(args))
     if int(os.environ.get("RANK", "0")) == 0:
-        curve = Path(f"{args.out}.curve.json")  # the validations against wall-clock (ws eval curves plots them)
-        tmp = curve.with_name(f".{curve.name}.tmp")
-        tmp.write_text(json.dumps(hist["evals"]))
-        os.replace(tmp, curve)
+        curve = write_curve(hist["evals"], args.out)  # the validations against wall-clock (ws eval curves plots them)
         print(json.dumps({"checkpoint": str(args.out), "model": args.model, "systems": names, "steps": hist["steps"],
                           "wall_s": round(hist.get("wall_s", 0.0), 1),
                           "first_loss": hist["losses"][0] if hist["losses"] else None,
@@ -259,7 +256,8 @@ def add_pretrain(sub) -> None:
                  description="Pretrain the WestWorld trajectory world model (seed 003) on the systems of a corpus, "
                              "held-out systems excluded. Runs on one process, or data-parallel under "
                              "'torchrun --nproc_per_node N $(which ws) pretrain ...' (gloo on CPU, NCCL on CUDA). "
-                             "Writes the best checkpoint to --out and the training state to OUT.state (--resume).")
+                             "Writes the best checkpoint to --out, the training state to OUT.state (--resume) and, at every "
+                             "validation, the learning curve so far to OUT.curve.json (ws eval curves plots it).")
     pt.add_argument("--model", choices=["westworld", "trajworld", "tdm", "mlp_ensemble"], default="westworld",
                     help="WestWorld, or a baseline trained on the same data and protocol (mlp_ensemble: the padded "
                          "multi-system MLPEnsemble of seed 003 App. D.1)")

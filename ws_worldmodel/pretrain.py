@@ -436,6 +436,7 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
                 atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "step": step + 1, "history": history,
                                    "since": since}, state_path)
+                write_curve(history["evals"], out)  # a run stopped or killed later keeps its curve so far
             if since >= cfg.patience:
                 if rank == 0:
                     log.info("early stop at step %d (best val loss %.4f)", step + 1, history["best_val_loss"])
@@ -446,6 +447,18 @@ def pretrain(train: Sequence[SystemData], val: Sequence[SystemData], model_cfg,
             break
     bar.close()
     return history
+
+
+def write_curve(evals: list, out: str | os.PathLike) -> Path:
+    """Write a run's validations (``history["evals"]``: step, wall and CPU clocks, validation loss and MAE,
+    per system) to ``OUT.curve.json`` atomically, for ``ws eval curves``; returns the path."""
+    import json
+
+    curve = Path(f"{out}.curve.json")
+    tmp = curve.with_name(f".{curve.name}.tmp")
+    tmp.write_text(json.dumps(evals))
+    os.replace(tmp, curve)
+    return curve
 
 
 def load_pretrained(path: str | os.PathLike) -> TrajectoryWorldModel:
