@@ -361,6 +361,7 @@ def test_the_report_says_where_pick_and_place_failed():
     ep = still["episodes_detail"][0]
     assert not ep["success"] and ep["cube_lift_m"] < LIFTED_M and ep["cube_to_target_m"] > 0.05
     assert still["failure_modes"] == {"cube_not_lifted": 1, "lifted_not_placed": 0, "median_miss_m": None}
+    assert "start_cube_error_m" not in still and "start_cube_error_m" not in ep  # no object head, no localisation
     expert = evaluate_policy("scripted", "pick_place", 1, seed=3, size=32, video=False, workspace="narrow")
     ep = expert["episodes_detail"][0]
     assert ep["success"] and ep["cube_lift_m"] > LIFTED_M and ep["cube_to_target_m"] < 0.03
@@ -451,6 +452,22 @@ def test_the_object_auxiliary_reads_the_context_and_trains_the_vision(demos):
     np.testing.assert_allclose(where["target"], object_positions(head)[1], atol=1e-6)
     with pytest.raises(ValueError, match="without the object-position auxiliary"):
         PolicyRunner(WorldScapePolicy(_cfg()).eval()).object_positions(obs)
+    # an evaluation reports where the head places the cube and the target in each episode's first frame
+    from ws_policy.evaluate import evaluate_policy
+    from ws_sim.piper_tasks import PiperManipEnv
+
+    rep = evaluate_policy(runner, "pick_place", 1, seed=3, size=cfg.image_size, chunk=4, latency=0, video=False,
+                          workspace="narrow")
+    env = PiperManipEnv("pick_place", render_mode="rgbd", width=cfg.image_size, height=cfg.image_size,
+                        workspace="narrow")
+    first, _ = env.reset(seed=3)
+    env.close()
+    placed = runner.object_positions(first)
+    cube_err = float(np.linalg.norm(placed["cube"] - first["objects"][:3]))
+    assert rep["episodes_detail"][0]["start_cube_error_m"] == pytest.approx(cube_err, abs=1e-4)
+    assert rep["start_cube_error_m"]["median"] == rep["start_cube_error_m"]["max"] == pytest.approx(cube_err, abs=1e-4)
+    assert rep["start_target_error_m"]["median"] == pytest.approx(
+        float(np.linalg.norm(placed["target"] - first["objects"][14:17])), abs=1e-4)
     with pytest.raises(Exception, match="object state"):
         batch_from_windows([{k: v for k, v in w.items() if k != "objects"} for w in windows], cfg,
                            Normalizer.from_episodes(ds.episodes), Vocabulary(list(cfg.vocab)))

@@ -295,6 +295,10 @@ def cmd_policy_eval(args) -> int:
         miss = f" (median miss {m['median_miss_m'] * 100:.1f} cm)" if m["median_miss_m"] is not None else ""
         print(f"failures: {m['cube_not_lifted']} with the cube never lifted, {m['lifted_not_placed']} lifted but not "
               f"placed{miss}")
+    if report.get("start_cube_error_m"):
+        c, t = report["start_cube_error_m"], report["start_target_error_m"]
+        print(f"the object head in each first frame: cube off by {c['median'] * 100:.1f} cm (median; max "
+              f"{c['max'] * 100:.1f}), target by {t['median'] * 100:.1f} cm (max {t['max'] * 100:.1f})")
     print(f"report: {out / 'report.json'}  videos: {report['videos']}")
     return 0
 

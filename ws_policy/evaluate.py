@@ -51,8 +51,10 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         the report: success rate, its 95 % Wilson interval, per-episode results (with how high
         cube A was lifted and its final distance to the target, m), latency percentiles (ms),
         the video paths and, for pick-and-place, the failures split into grasps missed (cube
-        never lifted :data:`LIFTED_M`) and places missed (with the median miss, m); also
-        written to ``out_dir/report.json``.
+        never lifted :data:`LIFTED_M`) and places missed (with the median miss, m); for a policy
+        with the object-position head, how far from the task's cube and the target it places them
+        in each episode's first frame (``start_cube_error_m``, ``start_target_error_m``: per episode,
+        and their median and maximum); also written to ``out_dir/report.json``.
     """
     from ws_sim.piper_tasks import PiperManipEnv, ScriptedExpert
 
@@ -81,6 +83,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                 executor.reset()
             frames = [obs["rgb"]]
             z0, z_max = obs["objects"][2], obs["objects"][2]  # cube A's height (objects: env.objects)
+            located = _locate(policy, obs)  # where the object head places the cube and target in the first frame
             for step in range(env.max_episode_steps):
                 action = expert.act() if expert is not None else executor.act(step, obs)
                 obs, _, terminated, truncated, info = env.step(action)
@@ -94,7 +97,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
             results.append({"seed": seed + i, "success": ok, "steps": step + 1, "instruction": info["instruction"],
                             "cube_lift_m": round(float(z_max - z0), 4),
                             "cube_to_target_m": None if task == "stack"  # no target disc: cube B is the goal
-                            else round(float(np.linalg.norm(o[:2] - o[14:16])), 4)})
+                            else round(float(np.linalg.norm(o[:2] - o[14:16])), 4), **located})
             key = "success" if ok else "failure"
             if video and out_dir is not None and key not in videos:
                 path = Path(out_dir) / f"{task}_{name}_{key}_seed{seed + i}.mp4"
@@ -118,8 +121,13 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         misses = [r["cube_to_target_m"] for r in failed if r["cube_lift_m"] >= LIFTED_M]
         modes = {"cube_not_lifted": lost, "lifted_not_placed": len(failed) - lost,
                  "median_miss_m": round(float(np.median(misses)), 4) if misses else None}
+    start = {}
+    if results and "start_cube_error_m" in results[0]:  # the object head's localisation at each episode's start
+        start = {f"start_{k}_error_m": {"median": round(float(np.median([r[f"start_{k}_error_m"] for r in results])), 4),
+                                        "max": round(float(np.max([r[f"start_{k}_error_m"] for r in results])), 4)}
+                 for k in ("cube", "target")}
     report = {"policy": name, "task": task, "workspace": workspace, "episodes": len(results), "seed": seed,
-              "successes": wins, "failure_modes": modes,
+              "successes": wins, "failure_modes": modes, **start,
               "success_rate": wins / len(results), "ci95": [round(lo, 3), round(hi, 3)],
               "latency": executor.latency_percentiles() if executor is not None else {},
               "gaps": gaps, "wall_s": round(time.perf_counter() - t_start, 1),
@@ -130,6 +138,17 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, Path(out_dir) / "report.json")
     return report
+
+
+def _locate(policy, obs: dict) -> dict:
+    """``{"start_cube_error_m", "start_target_error_m"}``: how far from the task's cube and the target the
+    policy's object-position head (:meth:`ws_policy.train.PolicyRunner.object_positions`) places them in
+    ``obs``; empty for a policy without the head (or the scripted expert)."""
+    if not bool(getattr(getattr(policy, "cfg", None), "object_aux", 0)) or not hasattr(policy, "object_positions"):
+        return {}
+    where = policy.object_positions(obs)
+    return {"start_cube_error_m": round(float(np.linalg.norm(where["cube"] - obs["objects"][:3])), 4),
+            "start_target_error_m": round(float(np.linalg.norm(where["target"] - obs["objects"][14:17])), 4)}
 
 
 def offline_action_error(runner, episodes, windows_per_episode: int = 6, seed: int = 0) -> dict:
