@@ -72,6 +72,10 @@ def cmd_policy_train(args) -> int:
     episodes, attrs = read_episode_files(args.demos)
     if args.model == "state":
         return _train_state_policy(args, episodes, attrs)
+    if args.model == "pose":
+        return _train_pose_policy(args, episodes, attrs)
+    if args.state_inputs:
+        raise ConfigError("--state-inputs is for --model state")
     if args.batch_size is None:
         args.batch_size = 32
     if args.lr is None:
@@ -219,7 +223,7 @@ def _train_state_policy(args, episodes, attrs) -> int:
         raise ConfigError(f"--model state reads joints and object poses only and trains in minutes: "
                           f"{', '.join(unused)} do not apply (evaluate it with 'ws policy eval')")
     with config_errors("state policy config: "):
-        cfg = StatePolicyConfig(**{k: v for k, v in {"chunk": args.chunk,
+        cfg = StatePolicyConfig(**{k: v for k, v in {"chunk": args.chunk, "inputs": args.state_inputs,
                                                      "action_prediction": args.action_prediction}.items()
                                    if v is not None})
     bar = tqdm(total=args.steps, desc="train state", unit="step")
@@ -303,6 +307,66 @@ def cmd_policy_eval(args) -> int:
     return 0
 
 
+def _train_pose_policy(args, episodes, attrs) -> int:
+    """``ws policy train --model pose``: object perception from the cameras, then a state policy over the
+    joints and the estimate (ws_policy/perception.py)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ws_mppi.config import ConfigError
+    from ws_policy.model import default_vocabulary
+    from ws_policy.perception import PerceptionConfig, PosePolicy, perception_errors, train_perception
+    from ws_policy.state_policy import StatePolicyConfig, train_state_policy
+    from ws_policy.train import save_policy
+
+    unused = [flag for flag, on in (("--eval-every", args.eval_every), ("--videos", args.videos),
+                                    ("--init", args.init), ("--resume", args.resume), ("--object-aux", args.object_aux),
+                                    ("--privileged", args.privileged), ("--keep-failures", args.keep_failures),
+                                    ("--state-inputs", args.state_inputs)) if on]
+    if unused:
+        raise ConfigError(f"--model pose trains an object perception and a state policy over its estimate: "
+                          f"{', '.join(unused)} do not apply")
+    size = int(attrs["image_size"])
+    wrist = bool(attrs.get("wrist", False))
+    with config_errors("pose policy config: "):
+        pcfg = PerceptionConfig(image_size=size, crop=args.crop if args.crop is not None else size - size // 8,
+                                keypoints=args.keypoints, trunk_width=args.trunk_width, wrist=wrist,
+                                fov_y_deg=float(attrs.get("fovy", 45.0)),
+                                wrist_fov_y_deg=float(attrs.get("wrist_fovy", 75.0)),
+                                vocab=tuple(default_vocabulary()))
+        acfg = StatePolicyConfig(**{k: v for k, v in {"chunk": args.chunk, "inputs": "targets",
+                                                      "action_prediction": args.action_prediction}.items()
+                                    if v is not None})
+    with config_errors():
+        bar = tqdm(total=args.perception_steps, desc="train perception", unit="step")
+        perception, phist = train_perception(pcfg, episodes, args.perception_steps,
+                                             batch_size=args.perception_batch_size, lr=args.perception_lr,
+                                             seed=args.seed, progress=bar)
+        bar.close()
+        bar = tqdm(total=args.steps, desc="train actor", unit="step")
+        actor, ahist = train_state_policy(acfg, episodes, args.steps, batch_size=args.batch_size or 256,
+                                          lr=args.lr or 1e-3, seed=args.seed, progress=bar)
+        bar.close()
+    model = PosePolicy(perception, actor)
+    model.normalizer = actor.normalizer
+    errors = perception_errors(perception, episodes, first_only=True)
+
+    def summary(h):
+        return {"loss_first": float(np.mean(h["loss"][:20])), "loss_last": float(np.mean(h["loss"][-20:])),
+                "seconds": round(h["seconds"], 1)}
+
+    hist = {"perception": {**summary(phist), "steps": args.perception_steps,
+                           "first_frame_errors_on_training_demos": errors},
+            "actor": {**summary(ahist), "steps": args.steps}}
+    path = save_policy(model, args.out, {"task": attrs.get("task"), "camera": attrs.get("camera"),
+                                         "demos": str(args.demos), "workspace": attrs.get("workspace", "full"),
+                                         "kind": "pose", "steps": args.steps, "history": hist})
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {path} (pose: perception then actor, {params / 1e6:.2f} M parameters; reads the cameras and "
+          f"joints only): " + json.dumps(hist))
+    return 0
+
+
 def add_policy(sub) -> None:
     """``ws policy collect|train|eval``."""
     posub = group(sub, "policy", help="the video-depth-action policy (PiPER manipulation)",
@@ -337,11 +401,22 @@ def add_policy(sub) -> None:
                              "model), mot_idm (the inverse-dynamics head), world (video and depth only, "
                              "actions unused: pretrain it, then --init the policy from it).")
     pt.add_argument("--demos", required=True, help="demonstrations from 'ws policy collect' (several: comma-separated)")
-    pt.add_argument("--model", default="mot", choices=["mot", "mot_idm", "action_only", "two_stage", "world", "state"],
+    pt.add_argument("--model", default="mot",
+                    choices=["mot", "mot_idm", "action_only", "two_stage", "world", "state", "pose"],
                     help="mot: WorldScape Policy; action_only and two_stage: its baselines; mot_idm: an inverse-"
                          "dynamics head; world: the video-depth world model alone; state: a small policy that reads "
                          "the simulator's object poses instead of images (the privileged teacher of 'ws hitl dagger "
-                         "--teacher' and a yardstick; never for a robot)")
+                         "--teacher' and a yardstick; never for a robot); pose: an object perception that estimates "
+                         "the cube and the target from the cameras, then a state policy over that estimate "
+                         "(ws_policy/perception.py; images and joints only)")
+    pt.add_argument("--state-inputs", choices=["poses", "targets"], default=None,
+                    help="with --model state: what it reads besides the joints: both cubes' and the target's poses "
+                         "(poses, the default) or the task's cube and target positions and the cube's yaw, what an "
+                         "object perception estimates (targets)")
+    pt.add_argument("--perception-steps", type=int, default=20000,
+                    help="with --model pose: the perception's training steps (--steps are the actor's)")
+    pt.add_argument("--perception-batch-size", type=int, default=64, help="with --model pose: frames per step")
+    pt.add_argument("--perception-lr", type=float, default=1e-3, help="with --model pose: peak learning rate")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     pt.add_argument("--steps", type=int, default=2000)
     pt.add_argument("--batch-size", type=int, default=None, help="windows per step (default 32; 256 for --model state)")

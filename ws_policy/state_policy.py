@@ -24,13 +24,16 @@ import torch
 import torch.nn as nn
 
 from .errors import PolicyError
-from .model import OBJECT_CENTRE_M, OBJECT_SCALE_M
+from .model import N_OBJECT_TARGETS, OBJECT_CENTRE_M, OBJECT_SCALE_M, object_targets
 from .normalizer import Normalizer
 
-__all__ = ["StatePolicyConfig", "StatePolicy", "state_features", "train_state_policy", "N_STATE_FEATURES"]
+__all__ = ["StatePolicyConfig", "StatePolicy", "state_features", "train_state_policy", "N_STATE_FEATURES",
+           "N_TARGET_FEATURES"]
 
-#: features per observation: 8 joint positions, cube A (3 + 4), cube B (3 + 4), target (3)
+#: features per observation (``inputs="poses"``): 8 joint positions, cube A (3 + 4), cube B (3 + 4), target (3)
 N_STATE_FEATURES = 25
+#: features per observation (``inputs="targets"``): 8 joint positions and :func:`ws_policy.model.object_targets`
+N_TARGET_FEATURES = 8 + N_OBJECT_TARGETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +47,16 @@ class StatePolicyConfig:
     time_features: int = 8  # Fourier frequencies of tau
     action_prediction: str = "sample"  # the network's output: the clean chunk (x-prediction) or the velocity
     euler_steps: int = 10
+    # what it reads besides the joints: "poses" (both cubes' positions and quaternions, the target's position) or
+    # "targets" (the 8 values an image's object perception estimates: ws_policy.model.object_targets)
+    inputs: str = "poses"
     mode: str = "state"  # what PolicyRunner and the checkpoint reader dispatch on
 
     def __post_init__(self):
         if self.mode != "state":
             raise ValueError(f"a StatePolicyConfig has mode 'state', got {self.mode!r}")
+        if self.inputs not in ("poses", "targets"):
+            raise ValueError(f"inputs must be poses or targets, got {self.inputs!r}")
         if self.action_prediction not in ("velocity", "sample"):
             raise ValueError(f"action_prediction must be velocity or sample, got {self.action_prediction!r}")
         for name in ("chunk", "hidden", "layers", "euler_steps", "time_features"):
@@ -64,32 +72,40 @@ class StatePolicyConfig:
     image_size: int = dataclasses.field(default=64, init=False)  # what an evaluation renders (videos only)
 
 
-def state_features(qpos_normalised: np.ndarray, objects: np.ndarray) -> np.ndarray:
+def state_features(qpos_normalised: np.ndarray, objects: np.ndarray, inputs: str = "poses") -> np.ndarray:
     """The policy's input from joint positions already normalised to [-1, 1] ``(..., 8)`` and the
     simulator's object state ``(..., 17)`` (cube A position and quaternion ``wxyz``, cube B's, the
-    target position; metres). Returns ``(..., 25)`` float32.
+    target position; metres). Returns ``(..., 25)`` float32 (``inputs="poses"``), or with
+    ``inputs="targets"`` ``(..., 16)``: the joints and :func:`ws_policy.model.object_targets` (what an
+    object perception estimates from images).
 
     Raises:
-        ValueError: wrong last-axis sizes, or values that are not finite.
+        ValueError: wrong last-axis sizes, values that are not finite, or an unknown ``inputs``.
     """
     q, o = np.asarray(qpos_normalised, dtype=np.float64), np.asarray(objects, dtype=np.float64)
     if q.shape[-1] != 8 or o.shape[-1] != 17:
         raise ValueError(f"joint positions (..., 8) and objects (..., 17) expected, got {q.shape} and {o.shape}")
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(o))):
         raise ValueError("joint positions and object poses must be finite")
+    if inputs == "targets":
+        return np.concatenate([q, object_targets(o)], axis=-1).astype(np.float32)
+    if inputs != "poses":
+        raise ValueError(f"inputs must be poses or targets, got {inputs!r}")
     pos = lambda p: (p - OBJECT_CENTRE_M) / OBJECT_SCALE_M  # noqa: E731
     return np.concatenate([q, pos(o[..., 0:3]), o[..., 3:7], pos(o[..., 7:10]), o[..., 10:14], pos(o[..., 14:17])],
                           axis=-1).astype(np.float32)
 
 
 class StatePolicy(nn.Module):
-    """The flow-matching MLP: ``(features (B, 25), x_tau (B, L, 7), tau (B,)) -> (B, L, 7)``, the clean chunk
-    (``action_prediction="sample"``) or the velocity, normalised to [-1, 1]."""
+    """The flow-matching MLP: ``(features (B, 25), x_tau (B, L, 7), tau (B,)) -> (B, L, 7)`` (``(B, 16)`` features
+    with ``inputs="targets"``), the clean chunk (``action_prediction="sample"``) or the velocity, normalised to
+    [-1, 1]."""
 
     def __init__(self, cfg: StatePolicyConfig):
         super().__init__()
         self.cfg = cfg
-        width = N_STATE_FEATURES + cfg.chunk * cfg.action_dim + 2 * cfg.time_features
+        n_in = N_STATE_FEATURES if cfg.inputs == "poses" else N_TARGET_FEATURES
+        width = n_in + cfg.chunk * cfg.action_dim + 2 * cfg.time_features
         layers: list[nn.Module] = []
         for _ in range(cfg.layers):
             layers += [nn.Linear(width, cfg.hidden), nn.GELU()]
@@ -135,13 +151,13 @@ class StatePolicy(nn.Module):
         return (err * v).sum() / v.sum().clamp_min(1)
 
 
-def _windows(episodes, chunk: int, norm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _windows(episodes, chunk: int, norm, inputs: str = "poses") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every step of every episode: (features, normalised chunks, valid), the chunk padded with the last action."""
     feats, acts, valid = [], [], []
     for e in episodes:
         T = len(e.actions)
         idx = np.minimum(np.arange(T)[:, None] + np.arange(chunk), T - 1)
-        feats.append(state_features(norm.state(e.qpos[:T]), e.objects[:T]))
+        feats.append(state_features(norm.state(e.qpos[:T]), e.objects[:T], inputs))
         acts.append(norm.actions(e.actions[idx]))
         valid.append(np.arange(T)[:, None] + np.arange(chunk) < T)
     return (torch.as_tensor(np.concatenate(feats)), torch.as_tensor(np.concatenate(acts), dtype=torch.float32),
@@ -169,7 +185,7 @@ def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     norm = Normalizer.from_episodes(eps)
-    feats, acts, valid = _windows(eps, cfg.chunk, norm)
+    feats, acts, valid = _windows(eps, cfg.chunk, norm, cfg.inputs)
     model = StatePolicy(cfg)
     model.normalizer = norm
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

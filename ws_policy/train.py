@@ -426,6 +426,11 @@ def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | 
     if getattr(model.cfg, "mode", None) == "state":  # a StatePolicy (ws_policy.state_policy)
         payload = {"format": FORMAT_TAG, "kind": "state", "config": _init_fields(model.cfg),
                    "state_dict": model.state_dict()}
+    elif getattr(model.cfg, "mode", None) == "pose":  # a PosePolicy (ws_policy.perception)
+        perception = {**dataclasses.asdict(model.perception.cfg), "vocab": list(model.perception.cfg.vocab)}
+        payload = {"format": FORMAT_TAG, "kind": "pose", "config": _init_fields(model.actor.cfg),
+                   "state_dict": model.actor.state_dict(), "perception_config": perception,
+                   "perception_state_dict": model.perception.state_dict()}
     elif isinstance(model, TwoStagePolicy):
         payload = {"format": FORMAT_TAG, "kind": "two_stage", "config": dataclasses.asdict(model.world.cfg),
                    "state_dict": model.world.state_dict(), "idm_config": dataclasses.asdict(model.idm.cfg),
@@ -470,6 +475,21 @@ def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
             raise PolicyCheckpointError(f"{path}: not a readable state policy ({e})") from e
         net.normalizer = Normalizer.from_dict(payload["normalizer"])
         return net.eval(), payload
+    if payload.get("kind") == "pose":
+        from .perception import ObjectPerception, PerceptionConfig, PosePolicy
+        from .state_policy import StatePolicy, StatePolicyConfig
+
+        try:
+            actor = StatePolicy(StatePolicyConfig(**payload["config"]))
+            actor.load_state_dict(payload["state_dict"])
+            pcfg = {**payload["perception_config"], "vocab": tuple(payload["perception_config"]["vocab"])}
+            perception = ObjectPerception(PerceptionConfig(**pcfg))
+            perception.load_state_dict(payload["perception_state_dict"])
+            net = PosePolicy(perception, actor)
+        except (TypeError, ValueError, RuntimeError, KeyError) as e:
+            raise PolicyCheckpointError(f"{path}: not a readable pose policy ({e})") from e
+        net.normalizer = Normalizer.from_dict(payload["normalizer"])
+        return net.eval(), payload
     model = build(payload["config"], payload["state_dict"])
     if payload.get("kind") == "two_stage":
         model = TwoStagePolicy(model, build(payload["idm_config"], payload["idm_state_dict"])).eval()
@@ -506,6 +526,7 @@ class PolicyRunner:
         self.norm = getattr(model, "normalizer", None) or Normalizer.for_piper()
         self._limits = Normalizer.for_piper()  # the actuators' ranges: the last word on every action
         self.state_only = model.cfg.mode == "state"  # a StatePolicy: joints and object poses, no images
+        self.pose = model.cfg.mode == "pose"  # a PosePolicy: object perception, then a state policy
         self.vocab = None if self.state_only else Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
         self.gen = torch.Generator().manual_seed(seed)
         _check_guidance(model.cfg, guidance, indicator)  # at construction, not at the first observation
@@ -542,6 +563,8 @@ class PolicyRunner:
         """``(chunk, 7)`` joint targets (rad, finger m) for the steps from now on."""
         if self.state_only:
             chunk = self.model.sample(torch.as_tensor(self._state_features(obs)[None]), self.gen, self.steps)[0]
+        elif self.pose:
+            chunk = self.model.sample(*self._tensors(obs), self.gen, self.steps)[0]
         else:
             rgb, depth, state, words = self._tensors(obs)
             chunk = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance,
@@ -560,7 +583,7 @@ class PolicyRunner:
                                    f"{qpos.shape} and {objects.shape}")
         if not (np.all(np.isfinite(qpos)) and np.all(np.isfinite(objects))):
             raise PolicyInputError("qpos and objects must be finite")
-        return state_features(self.norm.state(qpos), objects)
+        return state_features(self.norm.state(qpos), objects, self.cfg.inputs)
 
     @torch.no_grad()
     def object_positions(self, obs: dict) -> dict:
@@ -578,6 +601,9 @@ class PolicyRunner:
         if not getattr(net.cfg, "object_aux", 0):
             raise ValueError("this policy was trained without the object-position auxiliary (--object-aux)")
         rgb, depth, state, words = self._tensors(obs)
+        if self.pose:
+            cube, target = object_positions(net.perception(rgb, depth, state, words)[0].cpu().numpy())
+            return {"cube": cube, "target": target}
         c, dev = net.cfg, rgb.device
         f, s = c.frames, c.future_size
         out = net(rgb, depth, state, words, torch.zeros(1, device=dev),

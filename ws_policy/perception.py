@@ -1,0 +1,314 @@
+"""Object perception: where the task's cube and the target are, from the cameras.
+
+A policy that knows where the objects are succeeds over the whole band (the state policy,
+:mod:`ws_policy.state_policy`, 96.7 +- 3.3 % over three training seeds, docs/policy.md); the image
+policies do not, and the object-position head of the shipped MoT, trained beside its flow-matching
+loss, places the cube 1.5-9.6 cm off in the first frames of development episodes. This module
+learns that one thing on its own, as a supervised regression from the simulator's object state
+(the pose-estimation pretraining of Levine et al. 2016, "End-to-end training of deep visuomotor
+policies", who trained their spatial-softmax keypoints to predict object positions before the
+policy; read, not copied):
+
+* one :class:`ws_policy.vision.KeypointEncoder` per camera (the scene camera, and with ``wrist``
+  the wrist camera): GroupNorm trunk, spatial-softmax keypoints with their 3D points from depth;
+  random crops in training, the centre crop at inference;
+* the instruction (which cube, which target) as word embeddings in order, and the normalised joint
+  positions (where the arm is, so the wrist camera's view can be placed);
+* an MLP from the keypoint tokens, the instruction and the joints to the 8 values of
+  :func:`ws_policy.model.object_targets`: the task's cube and the target, minus the band's middle
+  and over 0.1 m, and ``sin``/``cos`` of four times the cube's yaw.
+
+The loss is the squared error of those 8 values; every frame of every successful demonstration is
+a training sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import PolicyError
+from .model import N_OBJECT_TARGETS, OBJECT_SCALE_M, Vocabulary, object_targets
+from .normalizer import Normalizer
+from .vision import KeypointEncoder, centre_crop, random_crop
+
+__all__ = ["PerceptionConfig", "ObjectPerception", "train_perception", "perception_errors", "PosePolicy",
+           "PosePolicyConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceptionConfig:
+    """Sizes of :class:`ObjectPerception` (stored in its checkpoint).
+
+    Attributes:
+        image_size: the frames' side, px. crop: random crops of this side in training, the centre
+        crop at inference (0: the whole frame). keypoints, trunk_width, trunk_blocks: each camera's
+        :class:`ws_policy.vision.KeypointEncoder`. wrist: also the wrist camera. fov_y_deg,
+        wrist_fov_y_deg: the cameras' vertical fields of view, degrees. d: token width. hidden: the
+        MLP's width. vocab, max_words: the instruction's words. max_depth: metres.
+    """
+
+    image_size: int = 64
+    crop: int = 56
+    keypoints: int = 16
+    trunk_width: int = 16
+    trunk_blocks: int = 2
+    wrist: bool = True
+    fov_y_deg: float = 45.0
+    wrist_fov_y_deg: float = 75.0
+    d: int = 32
+    hidden: int = 256
+    vocab: tuple = ()
+    max_words: int = 16
+    word_dim: int = 16
+    max_depth: float = 2.0
+
+    def __post_init__(self):
+        if not self.vocab:
+            raise ValueError("PerceptionConfig needs the instruction vocabulary (ws_policy.model.default_vocabulary())")
+        if not 0 <= self.crop <= self.image_size:
+            raise ValueError(f"crop must be in [0, image_size], got {self.crop} for {self.image_size} px")
+        for name in ("image_size", "keypoints", "trunk_width", "trunk_blocks", "d", "hidden", "max_words"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class ObjectPerception(nn.Module):
+    """``(rgb, depth, state, words) -> (B, 8)``: :func:`ws_policy.model.object_targets` estimated from images.
+
+    ``rgb (B, 3 C, S, S)`` in [-1, 1] and ``depth (B, C, S, S)`` in metres, ``C`` cameras stacked (the scene
+    camera, then the wrist camera with ``cfg.wrist``), ``state (B, 8)`` joint positions normalised to [-1, 1],
+    ``words (B, max_words)`` instruction token ids. In training mode each camera gets a random crop (one
+    offset per sample), in eval mode the centre crop.
+    """
+
+    def __init__(self, cfg: PerceptionConfig):
+        super().__init__()
+        self.cfg = cfg
+        cams = [cfg.fov_y_deg] + ([cfg.wrist_fov_y_deg] if cfg.wrist else [])
+        self.encoders = nn.ModuleList(KeypointEncoder(cfg.d, cfg.image_size, fov, cfg.keypoints, cfg.trunk_width,
+                                                      cfg.trunk_blocks, cfg.max_depth) for fov in cams)
+        self.words = nn.Embedding(len(cfg.vocab) + 1, cfg.word_dim, padding_idx=0)
+        width = len(cams) * cfg.keypoints * (2 * cfg.d + 3) + cfg.max_words * cfg.word_dim + 8
+        self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
+                                 nn.Linear(cfg.hidden, N_OBJECT_TARGETS))
+        self.normalizer: Normalizer | None = None  # the joints' ranges (set by training or loading)
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, state: torch.Tensor, words: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        feats = []
+        for k, enc in enumerate(self.encoders):
+            r, d = rgb[:, 3 * k:3 * k + 3], depth[:, k:k + 1]
+            if self.cfg.crop and self.cfg.crop < self.cfg.image_size:
+                r, d, off = (random_crop(r, d, self.cfg.crop, generator) if self.training
+                             else centre_crop(r, d, self.cfg.crop))
+            else:
+                off = torch.zeros(len(r), 2, device=r.device)
+            video, dep, points = enc(r, d, off)
+            feats += [video.flatten(1), dep.flatten(1), points.flatten(1)]
+        feats += [self.words(words).flatten(1), state]
+        return self.mlp(torch.cat(feats, dim=-1))
+
+
+def _images(rgb: np.ndarray, depth: np.ndarray, max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(B, H, W, 3)`` and metres ``(B, H, W)`` -> ``(B, 3, H, W)`` in [-1, 1] and ``(B, 1, H, W)`` m."""
+    r = torch.as_tensor(rgb, dtype=torch.float32).movedim(-1, -3) / 127.5 - 1
+    return r, torch.as_tensor(np.minimum(depth, max_depth)).unsqueeze(-3)
+
+
+def _frames(episodes) -> list[tuple[int, int]]:
+    return [(i, t) for i, e in enumerate(episodes) for t in range(len(e.qpos))]
+
+
+def _batch(episodes, items, cfg: PerceptionConfig, norm: Normalizer, vocab: Vocabulary):
+    """The network's tensors for ``(episode, step)`` items, and their targets ``(B, 8)``."""
+
+    def stack(name):
+        return np.stack([getattr(episodes[i], name)[t] for i, t in items])
+
+    rgb, depth = _images(stack("rgb"), stack("depth").astype(np.float32), cfg.max_depth)
+    if cfg.wrist:
+        wr, wd = _images(stack("wrist_rgb"), stack("wrist_depth").astype(np.float32), cfg.max_depth)
+        rgb, depth = torch.cat([rgb, wr], dim=1), torch.cat([depth, wd], dim=1)
+    state = torch.as_tensor(norm.state(stack("qpos")), dtype=torch.float32)
+    words = torch.as_tensor(np.stack([vocab.encode(episodes[i].instruction) for i, _ in items]))
+    target = torch.as_tensor(object_targets(stack("objects")))
+    return rgb, depth, state, words, target
+
+
+def train_perception(cfg: PerceptionConfig, episodes, steps: int, batch_size: int = 64, lr: float = 1e-3,
+                     seed: int = 0, progress=None) -> tuple[ObjectPerception, dict]:
+    """Train :class:`ObjectPerception` on every frame of the successful demonstrations.
+
+    AdamW (weight decay 1e-4), cosine decay of ``lr`` over ``steps``.
+
+    Returns:
+        (the model in eval mode, with its ``normalizer``; history ``{"loss": [...], "seconds": s}``).
+
+    Raises:
+        PolicyError: no successful episode; episodes without object states, or without the wrist camera
+            when ``cfg.wrist``; images of another size than ``cfg.image_size``; bad counts.
+    """
+    eps = [e for e in episodes if e.success]
+    if not eps:
+        raise PolicyError("no successful episode to learn object positions from")
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise PolicyError(f"steps and batch_size must be >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
+    if any(e.objects is None or np.asarray(e.objects).shape[-1] != 17 for e in eps):
+        raise PolicyError("object perception learns from each frame's object state ('objects', 17 values)")
+    if cfg.wrist and any(e.wrist_rgb is None for e in eps):
+        raise PolicyError("this perception reads the wrist camera; the demonstrations have none "
+                          "(record them with 'ws policy collect --wrist')")
+    if eps[0].rgb.shape[1] != cfg.image_size:
+        raise PolicyError(f"the demonstrations' images are {eps[0].rgb.shape[1]} px, the config's {cfg.image_size}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    norm = Normalizer.from_episodes(eps)
+    vocab = Vocabulary(list(cfg.vocab), cfg.max_words)
+    frames = _frames(eps)
+    model = ObjectPerception(cfg)
+    model.normalizer = norm
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    hist, t0 = {"loss": []}, time.perf_counter()
+    model.train()
+    for step in range(steps):
+        items = [frames[j] for j in rng.integers(0, len(frames), batch_size)]
+        rgb, depth, state, words, target = _batch(eps, items, cfg, norm, vocab)
+        loss = (model(rgb, depth, state, words, gen) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        hist["loss"].append(float(loss.detach()))
+        if progress is not None:
+            progress.update(1)
+            if step % 50 == 0:
+                progress.set_postfix(loss=f"{hist['loss'][-1]:.4f}")
+    hist["seconds"] = time.perf_counter() - t0
+    return model.eval(), hist
+
+
+@torch.no_grad()
+def perception_errors(model: ObjectPerception, episodes, first_only: bool = False, batch: int = 128) -> dict:
+    """How far the estimates are from the truth on demonstrations (their successful episodes).
+
+    Args:
+        first_only: only each episode's first frame (where a policy decides which cube to go to).
+
+    Returns:
+        ``{"frames", "cube_m": {"median", "p90"}, "target_m": {...}, "hold_mean_cube_m"}``: distances in
+        metres, and for reference the median cube error of always answering the training mean (the
+        band's middle) - what a perception that learnt nothing scores.
+    """
+    eps = [e for e in episodes if e.success]
+    items = [(i, 0) for i in range(len(eps))] if first_only else _frames(eps)
+    vocab = Vocabulary(list(model.cfg.vocab), model.cfg.max_words)
+    model.eval()
+    est, true = [], []
+    for k in range(0, len(items), batch):
+        rgb, depth, state, words, target = _batch(eps, items[k:k + batch], model.cfg, model.normalizer, vocab)
+        est.append(model(rgb, depth, state, words).numpy())
+        true.append(target.numpy())
+    est, true = np.concatenate(est), np.concatenate(true)
+
+    def dist(a, b, sl):
+        return np.linalg.norm(a[:, sl] - b[:, sl], axis=-1) * OBJECT_SCALE_M
+
+    cube, target = dist(est, true, slice(0, 3)), dist(est, true, slice(3, 6))
+    mean_cube = dist(np.broadcast_to(true.mean(0), true.shape), true, slice(0, 3))
+
+    def stats(x):
+        return {"median": round(float(np.median(x)), 4), "p90": round(float(np.percentile(x, 90)), 4)}
+
+    return {"frames": len(items), "cube_m": stats(cube), "target_m": stats(target),
+            "hold_mean_cube_m": round(float(np.median(mean_cube)), 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PosePolicyConfig:
+    """What :class:`PosePolicy` is made of, and what the runner, the executor and the evaluation read
+    off a policy's config (derived from the two parts)."""
+
+    perception: PerceptionConfig
+    actor: "object"  # a ws_policy.state_policy.StatePolicyConfig with inputs "targets"
+    mode: str = "pose"
+
+    privileged = False  # it reads images and joints only: fit for a robot
+    predicts_actions = True
+    indicator = False
+    object_aux = 1.0  # it has an object-position estimate (PolicyRunner.object_positions)
+    state_dim = 8
+
+    def __post_init__(self):
+        if getattr(self.actor, "inputs", None) != "targets":
+            raise ValueError("a pose policy's actor reads the estimated object targets: a state policy with "
+                             "inputs 'targets' ('ws policy train --model state --state-inputs targets')")
+
+    @property
+    def wrist(self) -> bool:
+        return self.perception.wrist
+
+    @property
+    def image_size(self) -> int:
+        return self.perception.image_size
+
+    @property
+    def vocab(self) -> tuple:
+        return self.perception.vocab
+
+    @property
+    def max_words(self) -> int:
+        return self.perception.max_words
+
+    @property
+    def max_depth(self) -> float:
+        return self.perception.max_depth
+
+    @property
+    def chunk(self) -> int:
+        return self.actor.chunk
+
+    @property
+    def action_dim(self) -> int:
+        return self.actor.action_dim
+
+    @property
+    def euler_steps(self) -> int:
+        return self.actor.euler_steps
+
+
+class PosePolicy(nn.Module):
+    """Perception, then action: :class:`ObjectPerception` estimates the task's cube and the target from
+    the cameras, and a state policy trained on the true values (:mod:`ws_policy.state_policy`, inputs
+    ``"targets"``) turns the joints and that estimate into an action chunk. Reads images, joints and the
+    instruction only (no simulator state), so ``policy_executor`` runs it on a robot.
+
+    Both parts share the actor's :class:`ws_policy.normalizer.Normalizer` (the joints' and actions' ranges).
+    """
+
+    def __init__(self, perception: ObjectPerception, actor: nn.Module):
+        super().__init__()
+        self.perception, self.actor = perception, actor
+        self.cfg = PosePolicyConfig(perception.cfg, actor.cfg)
+
+    @property
+    def normalizer(self) -> Normalizer | None:
+        return self.actor.normalizer
+
+    @normalizer.setter
+    def normalizer(self, norm: Normalizer) -> None:
+        self.actor.normalizer = self.perception.normalizer = norm
+
+    @torch.no_grad()
+    def sample(self, rgb: torch.Tensor, depth: torch.Tensor, state: torch.Tensor, words: torch.Tensor,
+               generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
+        """``(B, L, 7)`` normalised action chunks from the images, the normalised joints ``state (B, 8)`` and
+        the instruction (the shapes of :class:`ObjectPerception`)."""
+        estimate = self.perception(rgb, depth, state, words)
+        return self.actor.sample(torch.cat([state, estimate], dim=-1), generator, steps)
