@@ -506,16 +506,25 @@ def test_ws_hitl_convert_names_what_a_recording_lacks(tmp_path, capsys):
     assert not (tmp_path / "x.hdf5").exists()
 
 
-def test_a_wrist_camera_policy_holds_until_both_cameras_publish_then_runs(ctx, tmp_path):
-    """A policy that reads the wrist camera too: policy_executor subscribes to ``wrist_camera/`` as well,
-    holds with "no fresh images" while only the scene camera publishes, and runs once both do."""
+@pytest.mark.parametrize("kind", ["action_only", "pose"])
+def test_a_wrist_camera_policy_holds_until_both_cameras_publish_then_runs(ctx, tmp_path, kind):
+    """A policy that reads the wrist camera too (an image policy, or the pose policy: object perception, then a
+    state policy over its estimate): policy_executor subscribes to ``wrist_camera/`` as well, holds with "no fresh
+    images" while only the scene camera publishes, and runs once both do."""
     from ws_policy.model import PolicyConfig, build_policy, default_vocabulary
+    from ws_policy.perception import ObjectPerception, PerceptionConfig, PosePolicy
+    from ws_policy.state_policy import StatePolicy, StatePolicyConfig
     from ws_policy.train import save_policy
     from ws_ros.nodes.policy_executor import PolicyExecutorNode
 
-    net = build_policy(PolicyConfig(mode="action_only", encoder="keypoints", wrist=True, crop=56, d_model=32, heads=2,
-                                    layers=1, keypoints=4, trunk_width=8, trunk_blocks=1, euler_steps=2,
-                                    vocab=tuple(default_vocabulary())))
+    if kind == "pose":
+        net = PosePolicy(ObjectPerception(PerceptionConfig(keypoints=4, trunk_width=8, trunk_blocks=1, d=16, hidden=32,
+                                                           vocab=tuple(default_vocabulary()))),
+                         StatePolicy(StatePolicyConfig(hidden=32, layers=1, euler_steps=2, inputs="targets")))
+    else:
+        net = build_policy(PolicyConfig(mode="action_only", encoder="keypoints", wrist=True, crop=56, d_model=32,
+                                        heads=2, layers=1, keypoints=4, trunk_width=8, trunk_blocks=1, euler_steps=2,
+                                        vocab=tuple(default_vocabulary())))
     path = save_policy(net, tmp_path / "wrist.pt")
     node = PolicyExecutorNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(path))])
     s = Session(context=ctx)
