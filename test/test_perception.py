@@ -51,6 +51,15 @@ def test_perception_learns_where_the_cube_and_target_are(demos):
         train_perception(_cfg(attrs, image_size=64, crop=56), eps, steps=1)
     with pytest.raises(ValueError, match="vocabulary"):
         PerceptionConfig()
+    # the joints are read only when asked (a shortcut through the expert's motion otherwise)
+    g = torch.Generator().manual_seed(0)
+    rgb, depth = torch.rand(2, 6, 32, 32, generator=g) * 2 - 1, torch.rand(2, 2, 32, 32, generator=g) + 0.3
+    words = torch.ones(2, 16, dtype=torch.long)
+    for joints in (False, True):
+        net = ObjectPerception(_cfg(attrs, joints=joints)).eval()
+        with torch.no_grad():
+            a, b = (net(rgb, depth, torch.full((2, 8), v), words) for v in (-0.5, 0.5))
+        assert torch.equal(a, b) != joints
 
 
 def test_the_pose_policy_chains_perception_and_actor_and_round_trips(demos, tmp_path):
