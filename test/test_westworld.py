@@ -377,6 +377,9 @@ def test_shipped_westworld_checkpoints_load_and_plan(hopper_env, small_controlle
     ckpts = Path(ws_worldmodel.__file__).parent / "checkpoints"
     pre = load_checkpoint(ckpts / "westworld_pretrained.pt")
     assert pre.kind == "westworld" and len(pre.systems) >= 10 and "hopper" not in pre.systems
+    delta = load_checkpoint(ckpts / "westworld_corpus_delta.pt")  # the 45-minute run of docs/westworld.md
+    assert delta.kind == "westworld" and delta.net.cfg.target == "delta" and "gym-hopper" not in delta.systems
+    assert (delta.history, delta.horizon) == (20, 40) and len(delta.systems) == 14
     ctrl = make_controller(hopper_env, str(ckpts / "hopper_westworld.pt"), small_controller_config, seed=0)
     state, _ = hopper_env.reset(seed=0)
     action = ctrl.plan(state, 0)
