@@ -13,7 +13,7 @@ import torch
 from ws_policy.data import collect_demos, write_demos
 from ws_policy.model import default_vocabulary, object_targets
 from ws_policy.perception import (ObjectPerception, PerceptionConfig, PosePolicy, PosePolicyConfig, perception_errors,
-                                  train_perception)
+                                  reset_frames, train_perception)
 from ws_policy.state_policy import StatePolicyConfig, state_features, train_state_policy
 from ws_policy.train import Normalizer, PolicyRunner, load_policy, save_policy
 
@@ -109,10 +109,12 @@ def test_ws_policy_train_pose_and_eval(demos, tmp_path, capsys):
     out = tmp_path / "pose.pt"
     common = ["policy", "train", "--demos", str(path), "--threads", "1", "--chunk", "4"]
     assert main([*common, "--model", "pose", "--steps", "20", "--perception-steps", "5", "--keypoints", "4",
-                 "--trunk-width", "8", "--perception-batch-size", "8", "--out", str(out)]) == 0
+                 "--trunk-width", "8", "--perception-batch-size", "8", "--perception-layouts", "3",
+                 "--out", str(out)]) == 0
     assert "pose: perception then actor" in capsys.readouterr().out
     model, payload = load_policy(out)
     assert payload["extra"]["history"]["perception"]["steps"] == 5
+    assert payload["extra"]["history"]["perception"]["layouts"] == 3
     assert main(["policy", "eval", "--checkpoint", str(out), "--episodes", "1", "--seed", "3000", "--latency", "0",
                  "--no-video", "--threads", "1", "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
@@ -125,3 +127,24 @@ def test_ws_policy_train_pose_and_eval(demos, tmp_path, capsys):
     assert main([*common, "--model", "state", "--state-inputs", "targets", "--steps", "5",
                  "--out", str(tmp_path / "s.pt")]) == 0
     assert load_policy(tmp_path / "s.pt")[0].cfg.inputs == "targets"
+
+
+def test_reset_frames_are_first_frames_of_new_stratified_layouts(demos):
+    """``reset_frames``: one frame per fresh layout, as the environment shows it after a reset with that seed and
+    stratum; the perception trains on them beside the demonstrations."""
+    from ws_sim.demos import latin_hypercube
+    from ws_sim.piper_tasks import PiperManipEnv
+
+    eps, attrs, _ = demos
+    frames = reset_frames("pick_place", 4, seed=7, size=32)
+    assert len(frames) == 4 and frames[0].rgb.shape == (1, 32, 32, 3) and frames[0].wrist_depth.shape == (1, 32, 32)
+    env = PiperManipEnv("pick_place", render_mode="rgbd", width=32, height=32, wrist=True)
+    obs, info = env.reset(seed=9, options={"layout_u": latin_hypercube(4, 5, np.random.default_rng([7, 2]))[2]})
+    env.close()
+    np.testing.assert_allclose(frames[2].objects[0], obs["objects"])
+    assert frames[2].instruction == info["instruction"] and np.array_equal(frames[2].rgb[0], obs["rgb"])
+    assert len({tuple(np.round(f.objects[0, :2], 3)) for f in frames}) == 4  # four different layouts
+    model, _ = train_perception(_cfg(attrs), eps + frames, steps=3, batch_size=8)
+    assert perception_errors(model, frames)["frames"] == 4
+    with pytest.raises(ValueError, match="n must be"):
+        reset_frames("pick_place", 0, seed=0, size=32)

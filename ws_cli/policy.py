@@ -315,7 +315,7 @@ def _train_pose_policy(args, episodes, attrs) -> int:
 
     from ws_mppi.config import ConfigError
     from ws_policy.model import default_vocabulary
-    from ws_policy.perception import PerceptionConfig, PosePolicy, perception_errors, train_perception
+    from ws_policy.perception import PerceptionConfig, PosePolicy, perception_errors, reset_frames, train_perception
     from ws_policy.state_policy import StatePolicyConfig, train_state_policy
     from ws_policy.train import save_policy
 
@@ -338,8 +338,15 @@ def _train_pose_policy(args, episodes, attrs) -> int:
                                                       "action_prediction": args.action_prediction}.items()
                                     if v is not None})
     with config_errors():
+        layouts = []
+        if args.perception_layouts:
+            bar = tqdm(total=args.perception_layouts, desc="first frames of new layouts", unit="layout")
+            layouts = reset_frames(attrs.get("task", "pick_place"), args.perception_layouts, seed=1_000_000 + args.seed,
+                                   size=size, wrist=wrist, workspace=attrs.get("workspace", "full"),
+                                   camera=attrs.get("camera", "task"), progress=lambda done, total: bar.update(1))
+            bar.close()
         bar = tqdm(total=args.perception_steps, desc="train perception", unit="step")
-        perception, phist = train_perception(pcfg, episodes, args.perception_steps,
+        perception, phist = train_perception(pcfg, episodes + layouts, args.perception_steps,
                                              batch_size=args.perception_batch_size, lr=args.perception_lr,
                                              seed=args.seed, progress=bar)
         bar.close()
@@ -355,7 +362,7 @@ def _train_pose_policy(args, episodes, attrs) -> int:
         return {"loss_first": float(np.mean(h["loss"][:20])), "loss_last": float(np.mean(h["loss"][-20:])),
                 "seconds": round(h["seconds"], 1)}
 
-    hist = {"perception": {**summary(phist), "steps": args.perception_steps,
+    hist = {"perception": {**summary(phist), "steps": args.perception_steps, "layouts": args.perception_layouts,
                            "first_frame_errors_on_training_demos": errors},
             "actor": {**summary(ahist), "steps": args.steps}}
     path = save_policy(model, args.out, {"task": attrs.get("task"), "camera": attrs.get("camera"),
@@ -416,6 +423,9 @@ def add_policy(sub) -> None:
     pt.add_argument("--perception-steps", type=int, default=20000,
                     help="with --model pose: the perception's training steps (--steps are the actor's)")
     pt.add_argument("--perception-batch-size", type=int, default=64, help="with --model pose: frames per step")
+    pt.add_argument("--perception-layouts", type=int, default=0,
+                    help="with --model pose: also train the perception on the first frames of this many new layouts "
+                         "(resets with seeds from 1000000 + --seed, stratified; no expert runs)")
     pt.add_argument("--perception-lr", type=float, default=1e-3, help="with --model pose: peak learning rate")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     pt.add_argument("--steps", type=int, default=2000)

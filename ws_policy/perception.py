@@ -41,7 +41,7 @@ from .normalizer import Normalizer
 from .vision import KeypointEncoder, centre_crop, random_crop
 
 __all__ = ["PerceptionConfig", "ObjectPerception", "train_perception", "perception_errors", "PosePolicy",
-           "PosePolicyConfig"]
+           "PosePolicyConfig", "reset_frames"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +148,49 @@ def _batch(episodes, items, cfg: PerceptionConfig, norm: Normalizer, vocab: Voca
     return rgb, depth, state, words, target
 
 
+def reset_frames(task: str, n: int, seed: int, size: int, wrist: bool = True, workspace: str = "full",
+                 camera: str = "task", progress=None) -> list:
+    """The first frame of ``n`` fresh layouts (reset seeds ``seed ..``, stratified over the band like
+    ``ws policy collect --stratified``), as one-frame episodes for :func:`train_perception`: the frames where a
+    policy must find the cube before its arm moves, which are one in a hundred of a demonstration's frames and
+    cost a reset, no expert.
+
+    Returns:
+        objects with ``rgb (1, S, S, 3)``, ``depth``, ``wrist_rgb``/``wrist_depth`` (with ``wrist``), ``qpos (1, 8)``,
+        ``objects (1, 17)``, ``instruction`` and ``success`` True.
+
+    Raises:
+        ValueError: ``n`` < 1, or what :class:`ws_sim.piper_tasks.PiperManipEnv` raises.
+    """
+    import types
+
+    from ws_sim.demos import latin_hypercube
+    from ws_sim.piper_tasks import PiperManipEnv
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace,
+                        wrist=wrist)
+    strata = latin_hypercube(n, 5, np.random.default_rng([seed, 2]))
+    out = []
+    try:
+        for i in range(n):
+            obs, info = env.reset(seed=seed + i, options={"layout_u": strata[i]})
+            frame = {k: np.asarray(obs[k])[None] for k in ("rgb", "depth", "qpos", "objects")}
+            frame["depth"] = frame["depth"].astype(np.float16)
+            if wrist:
+                frame.update(wrist_rgb=np.asarray(obs["wrist_rgb"])[None],
+                             wrist_depth=np.asarray(obs["wrist_depth"])[None].astype(np.float16))
+            else:
+                frame.update(wrist_rgb=None, wrist_depth=None)
+            out.append(types.SimpleNamespace(**frame, instruction=info["instruction"], success=True))
+            if progress is not None:
+                progress(i + 1, n)
+    finally:
+        env.close()
+    return out
+
+
 def train_perception(cfg: PerceptionConfig, episodes, steps: int, batch_size: int = 64, lr: float = 1e-3,
                      seed: int = 0, progress=None) -> tuple[ObjectPerception, dict]:
     """Train :class:`ObjectPerception` on every frame of the successful demonstrations.
@@ -176,7 +219,8 @@ def train_perception(cfg: PerceptionConfig, episodes, steps: int, batch_size: in
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    norm = Normalizer.from_episodes(eps)
+    demos = [e for e in eps if getattr(e, "actions", None) is not None]  # not reset_frames' one-frame layouts
+    norm = Normalizer.from_episodes(demos) if demos else Normalizer.for_piper()
     vocab = Vocabulary(list(cfg.vocab), cfg.max_words)
     frames = _frames(eps)
     model = ObjectPerception(cfg)
