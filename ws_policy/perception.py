@@ -29,6 +29,7 @@ a training sample.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -39,6 +40,8 @@ from .errors import PolicyError
 from .model import N_OBJECT_TARGETS, OBJECT_SCALE_M, Vocabulary, object_targets
 from .normalizer import Normalizer
 from .vision import KeypointEncoder, centre_crop, random_crop
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PerceptionConfig", "ObjectPerception", "train_perception", "perception_errors", "PosePolicy",
            "PosePolicyConfig", "reset_frames"]
@@ -157,7 +160,8 @@ def reset_frames(task: str, n: int, seed: int, size: int, wrist: bool = True, wo
 
     Returns:
         objects with ``rgb (1, S, S, 3)``, ``depth``, ``wrist_rgb``/``wrist_depth`` (with ``wrist``), ``qpos (1, 8)``,
-        ``objects (1, 17)``, ``instruction`` and ``success`` True.
+        ``objects (1, 17)``, ``instruction`` and ``success`` True; a layout the environment cannot place (it raised
+        RuntimeError for one reset in about 1250) is skipped with a warning, so there may be fewer than ``n``.
 
     Raises:
         ValueError: ``n`` < 1, or what :class:`ws_sim.piper_tasks.PiperManipEnv` raises.
@@ -175,7 +179,11 @@ def reset_frames(task: str, n: int, seed: int, size: int, wrist: bool = True, wo
     out = []
     try:
         for i in range(n):
-            obs, info = env.reset(seed=seed + i, options={"layout_u": strata[i]})
+            try:
+                obs, info = env.reset(seed=seed + i, options={"layout_u": strata[i]})
+            except RuntimeError as e:  # a rare stratum where the environment cannot place the objects apart
+                log.warning("layout %d (reset seed %d) skipped: %s", i, seed + i, e)
+                continue
             frame = {k: np.asarray(obs[k])[None] for k in ("rgb", "depth", "qpos", "objects")}
             frame["depth"] = frame["depth"].astype(np.float16)
             if wrist:
