@@ -110,11 +110,11 @@ def test_ws_policy_train_pose_and_eval(demos, tmp_path, capsys):
     common = ["policy", "train", "--demos", str(path), "--threads", "1", "--chunk", "4"]
     assert main([*common, "--model", "pose", "--steps", "20", "--perception-steps", "5", "--keypoints", "4",
                  "--trunk-width", "8", "--perception-batch-size", "8", "--perception-layouts", "3",
-                 "--out", str(out)]) == 0
+                 "--perception-joints", "--out", str(out)]) == 0
     assert "pose: perception then actor" in capsys.readouterr().out
     model, payload = load_policy(out)
     assert payload["extra"]["history"]["perception"]["steps"] == 5
-    assert payload["extra"]["history"]["perception"]["layouts"] == 3
+    assert payload["extra"]["history"]["perception"]["layouts"] == 3 and model.perception.cfg.joints
     assert main(["policy", "eval", "--checkpoint", str(out), "--episodes", "1", "--seed", "3000", "--latency", "0",
                  "--no-video", "--threads", "1", "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())

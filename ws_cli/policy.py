@@ -331,6 +331,7 @@ def _train_pose_policy(args, episodes, attrs) -> int:
     with config_errors("pose policy config: "):
         pcfg = PerceptionConfig(image_size=size, crop=args.crop if args.crop is not None else size - size // 8,
                                 keypoints=args.keypoints, trunk_width=args.trunk_width, wrist=wrist,
+                                joints=args.perception_joints,
                                 fov_y_deg=float(attrs.get("fovy", 45.0)),
                                 wrist_fov_y_deg=float(attrs.get("wrist_fovy", 75.0)),
                                 vocab=tuple(default_vocabulary()))
@@ -423,6 +424,9 @@ def add_policy(sub) -> None:
     pt.add_argument("--perception-steps", type=int, default=20000,
                     help="with --model pose: the perception's training steps (--steps are the actor's)")
     pt.add_argument("--perception-batch-size", type=int, default=64, help="with --model pose: frames per step")
+    pt.add_argument("--perception-joints", action="store_true",
+                    help="with --model pose: the perception also reads the joint positions (a copycat shortcut "
+                         "through the demonstrating arm's motion; see ws_policy/perception.py)")
     pt.add_argument("--perception-layouts", type=int, default=0,
                     help="with --model pose: also train the perception on the first frames of this many new layouts "
                          "(resets with seeds from 1000000 + --seed, stratified; no expert runs)")
