@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .errors import PolicyError
+from .fit import fit
 from .model import N_OBJECT_TARGETS, OBJECT_SCALE_M, Vocabulary, object_targets
 from .normalizer import Normalizer
 from .vision import KeypointEncoder, centre_crop, random_crop
@@ -233,24 +233,13 @@ def train_perception(cfg: PerceptionConfig, episodes, steps: int, batch_size: in
     frames = _frames(eps)
     model = ObjectPerception(cfg)
     model.normalizer = norm
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    hist, t0 = {"loss": []}, time.perf_counter()
-    model.train()
-    for step in range(steps):
+
+    def batch_loss(step):
         items = [frames[j] for j in rng.integers(0, len(frames), batch_size)]
         rgb, depth, state, words, target = _batch(eps, items, cfg, norm, vocab)
-        loss = (model(rgb, depth, state, words, gen) - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        hist["loss"].append(float(loss.detach()))
-        if progress is not None:
-            progress.update(1)
-            if step % 50 == 0:
-                progress.set_postfix(loss=f"{hist['loss'][-1]:.4f}")
-    hist["seconds"] = time.perf_counter() - t0
+        return (model(rgb, depth, state, words, gen) - target).square().mean()
+
+    hist = fit(model, batch_loss, steps, lr, progress=progress)
     return model.eval(), hist
 
 

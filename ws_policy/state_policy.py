@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .errors import PolicyError
+from .fit import fit
 from .model import N_OBJECT_TARGETS, OBJECT_CENTRE_M, OBJECT_SCALE_M, object_targets
 from .normalizer import Normalizer
 
@@ -188,21 +188,10 @@ def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size:
     feats, acts, valid = _windows(eps, cfg.chunk, norm, cfg.inputs)
     model = StatePolicy(cfg)
     model.normalizer = norm
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    hist, t0 = {"loss": []}, time.perf_counter()
-    model.train()
-    for step in range(steps):
+
+    def batch_loss(step):
         i = torch.randint(0, len(feats), (batch_size,), generator=gen)
-        loss = model.loss(feats[i], acts[i], valid[i], gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        hist["loss"].append(float(loss.detach()))
-        if progress is not None:
-            progress.update(1)
-            if step % 50 == 0:
-                progress.set_postfix(loss=f"{hist['loss'][-1]:.4f}")
-    hist["seconds"] = time.perf_counter() - t0
+        return model.loss(feats[i], acts[i], valid[i], gen)
+
+    hist = fit(model, batch_loss, steps, lr, progress=progress)
     return model.eval(), hist
