@@ -102,30 +102,50 @@ def _session(ex, s, steps=(0, 40), takeover_at=20, outcome="success"):
     _spin(ex, 0.3)
 
 
+def _record(ctx, path, wrist=False, **params):
+    """One 40-step session (the human takes over at step 20) recorded by a CorrectionRecorder node with
+    ``output=path`` and ``params``, stopped cleanly (which writes the summary); returns the path."""
+    from ws_ros.nodes.correction_recorder import CorrectionRecorder
+
+    overrides = [Parameter("output", value=str(path))] + [Parameter(k, value=v) for k, v in params.items()]
+    rec = CorrectionRecorder(context=ctx, parameter_overrides=overrides)
+    s = Session(context=ctx)
+    s.wrist = wrist
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(rec)
+    ex.add_node(s)
+    # discovery: until the recorder subscribes to what the session publishes
+    pubs = [s.js, s.rgb, s.cmd, s.episode] + ([s.wrist_rgb, s.wrist_depth] if wrist else [])
+    assert _spin(ex, 30.0, lambda: all(p.get_subscription_count() > 0 for p in pubs))
+    _session(ex, s)
+    ex.remove_node(rec)
+    rec.destroy_node()
+    s.destroy_node()
+    return path
+
+
+def _trains_on(episodes, **cfg):
+    """A two-step training of a tiny policy on ``episodes`` gives finite losses."""
+    from ws_policy.data import DemoDataset
+    from ws_policy.model import PolicyConfig, default_vocabulary
+    from ws_policy.train import train_policy
+
+    cfg = PolicyConfig(image_size=8, future_size=8, patch=4, chunk=4, d_model=32, layers=1,
+                       vocab=tuple(default_vocabulary()), **cfg)
+    _, hist = train_policy(cfg, DemoDataset(episodes, chunk=4), steps=2, batch_size=4)
+    return np.all(np.isfinite(hist["loss"]))
+
+
 def test_recording_round_trips_through_mcap_ros2_reader_conversion_and_training(ctx, tmp_path):
     """Written by the recorder node, complete in the ROS 2 profile, read by ``mcap_ros2.reader``,
     converted with who acted at each step, and trained on."""
     from mcap.reader import make_reader
     from mcap_ros2.reader import read_ros2_messages
 
-    from ws_policy.data import DemoDataset, read_demos, write_demos
-    from ws_policy.model import PolicyConfig, default_vocabulary
-    from ws_policy.train import train_policy
+    from ws_policy.data import read_demos, write_demos
     from ws_ros.mcap_io import recording_to_episodes
-    from ws_ros.nodes.correction_recorder import CorrectionRecorder
 
-    path = tmp_path / "session.mcap"
-    rec = CorrectionRecorder(context=ctx, parameter_overrides=[Parameter("output", value=str(path)),
-                                                               Parameter("workspace", value="narrow")])
-    s = Session(context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(rec)
-    ex.add_node(s)
-    _spin(ex, 1.0)
-    _session(ex, s)
-    ex.remove_node(rec)
-    rec.destroy_node()  # a clean stop writes the summary
-
+    path = _record(ctx, tmp_path / "session.mcap", workspace="narrow")
     topics = {}
     for m in read_ros2_messages(str(path)):
         topics.setdefault(m.channel.topic, []).append(m.ros_msg)
@@ -149,10 +169,7 @@ def test_recording_round_trips_through_mcap_ros2_reader_conversion_and_training(
     out = write_demos(episodes, attrs, tmp_path / "corrections.hdf5")
     back, _ = read_demos(out)
     assert np.array_equal(back[0].actor, ep.actor)
-    cfg = PolicyConfig(image_size=8, future_size=8, patch=4, chunk=4, d_model=32, layers=1,
-                       vocab=tuple(default_vocabulary()))
-    model, hist = train_policy(cfg, DemoDataset(back, chunk=4), steps=3, batch_size=4)
-    assert np.all(np.isfinite(hist["loss"]))
+    assert _trains_on(back)
     assert ep.wrist_rgb is None and "wrist" not in attrs  # no wrist camera recorded: a scene-camera dataset
 
 
@@ -160,24 +177,10 @@ def test_a_recording_with_the_wrist_camera_converts_to_two_camera_demonstrations
     """The recorder records the wrist camera's streams by default; conversion pairs each step with the
     wrist frames of its instant (not the scene camera's) and marks the file as two-camera data, which
     a two-camera keypoint policy trains on."""
-    from ws_policy.data import DemoDataset, read_demos, write_demos
-    from ws_policy.model import PolicyConfig, default_vocabulary
-    from ws_policy.train import train_policy
+    from ws_policy.data import read_demos, write_demos
     from ws_ros.mcap_io import recording_to_episodes
-    from ws_ros.nodes.correction_recorder import CorrectionRecorder
 
-    path = tmp_path / "session.mcap"
-    rec = CorrectionRecorder(context=ctx, parameter_overrides=[Parameter("output", value=str(path))])
-    s = Session(context=ctx)
-    s.wrist = True
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(rec)
-    ex.add_node(s)
-    _spin(ex, 1.0)
-    _session(ex, s)
-    ex.remove_node(rec)
-    rec.destroy_node()
-
+    path = _record(ctx, tmp_path / "session.mcap", wrist=True)
     episodes, attrs = recording_to_episodes(path)
     ep = episodes[0]
     assert attrs["wrist"] is True and 1.0 < attrs["wrist_fovy"] < 180.0
@@ -187,10 +190,7 @@ def test_a_recording_with_the_wrist_camera_converts_to_two_camera_demonstrations
     assert np.allclose(ep.wrist_depth, 0.1, atol=1e-3) and np.allclose(ep.depth, 0.5, atol=1e-3)
     back, battrs = read_demos(write_demos(episodes, attrs, tmp_path / "corrections.hdf5"))
     assert battrs["wrist"] and np.array_equal(back[0].wrist_rgb, ep.wrist_rgb)
-    cfg = PolicyConfig(image_size=8, future_size=8, patch=4, chunk=4, d_model=32, layers=1, encoder="keypoints",
-                       wrist=True, vocab=tuple(default_vocabulary()))
-    model, hist = train_policy(cfg, DemoDataset(back, chunk=4), steps=2, batch_size=4)
-    assert np.all(np.isfinite(hist["loss"]))
+    assert _trains_on(back, encoder="keypoints", wrist=True)
 
 
 def test_a_killed_recorder_leaves_a_file_readable_to_its_last_chunk(ctx, tmp_path):
