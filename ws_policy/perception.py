@@ -281,8 +281,9 @@ def perception_errors(model: ObjectPerception, episodes, first_only: bool = Fals
 
 @dataclasses.dataclass(frozen=True)
 class PosePolicyConfig:
-    """What :class:`PosePolicy` is made of, and what the runner, the executor and the evaluation read
-    off a policy's config (derived from the two parts)."""
+    """What :class:`PosePolicy` is made of. What the runner, the executor and the evaluation read off a
+    policy's config comes from the two parts: ``wrist``, ``image_size``, ``vocab``, ``max_words`` and ``max_depth``
+    from the perception, ``chunk``, ``action_dim`` and ``euler_steps`` from the actor."""
 
     perception: PerceptionConfig
     actor: "object"  # a ws_policy.state_policy.StatePolicyConfig with inputs "targets"
@@ -299,37 +300,16 @@ class PosePolicyConfig:
             raise ValueError("a pose policy's actor reads the estimated object targets: a state policy with "
                              "inputs 'targets' ('ws policy train --model state --state-inputs targets')")
 
-    @property
-    def wrist(self) -> bool:
-        return self.perception.wrist
+    # read by the runner, the executor and the evaluation as on any policy config
+    _FROM_PERCEPTION = ("wrist", "image_size", "vocab", "max_words", "max_depth")
+    _FROM_ACTOR = ("chunk", "action_dim", "euler_steps")
 
-    @property
-    def image_size(self) -> int:
-        return self.perception.image_size
-
-    @property
-    def vocab(self) -> tuple:
-        return self.perception.vocab
-
-    @property
-    def max_words(self) -> int:
-        return self.perception.max_words
-
-    @property
-    def max_depth(self) -> float:
-        return self.perception.max_depth
-
-    @property
-    def chunk(self) -> int:
-        return self.actor.chunk
-
-    @property
-    def action_dim(self) -> int:
-        return self.actor.action_dim
-
-    @property
-    def euler_steps(self) -> int:
-        return self.actor.euler_steps
+    def __getattr__(self, name: str):
+        if name in PosePolicyConfig._FROM_PERCEPTION:
+            return getattr(self.perception, name)
+        if name in PosePolicyConfig._FROM_ACTOR:
+            return getattr(self.actor, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 class PosePolicy(nn.Module):
