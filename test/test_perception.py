@@ -148,3 +148,34 @@ def test_reset_frames_are_first_frames_of_new_stratified_layouts(demos):
     assert perception_errors(model, frames)["frames"] == 4
     with pytest.raises(ValueError, match="n must be"):
         reset_frames("pick_place", 0, seed=0, size=32)
+
+
+def test_a_keypoint_mot_starts_from_a_pose_policys_perception_and_can_keep_it(demos, tmp_path):
+    """``ws policy train --model mot --encoder keypoints --init POSE.pt`` starts both cameras' trunks and keypoint maps
+    from the trained perception; with ``--freeze-vision`` they end training exactly as they started while the rest
+    of the policy learns; mismatched sizes and a freeze with nothing to keep are refused."""
+    from ws_cli.main import main
+
+    _, _, path = demos
+    pose = tmp_path / "pose.pt"
+    common = ["policy", "train", "--demos", str(path), "--threads", "1", "--chunk", "4"]
+    assert main([*common, "--model", "pose", "--steps", "5", "--perception-steps", "3", "--keypoints", "4",
+                 "--trunk-width", "8", "--perception-batch-size", "4", "--out", str(pose)]) == 0
+    perception = load_policy(pose)[0].perception
+    mot = ["--model", "mot", "--encoder", "keypoints", "--keypoints", "4", "--trunk-width", "8", "--d-model", "32",
+           "--layers", "1", "--batch-size", "4", "--steps", "3", "--init", str(pose)]
+    for freeze, name in ((True, "frozen.pt"), (False, "tuned.pt")):
+        assert main([*common, *mot, *(["--freeze-vision"] if freeze else []), "--out", str(tmp_path / name)]) == 0
+        policy = load_policy(tmp_path / name)[0]
+        for enc, ref in zip((policy.keypoint_encoder, policy.wrist_encoder), perception.encoders):
+            for part in ("trunk", "softmax"):
+                mine, theirs = getattr(enc, part).state_dict(), getattr(ref, part).state_dict()
+                same = [torch.equal(mine[k], theirs[k]) for k in theirs]
+                # frozen: exactly the perception's; fine-tuned: started there (3 steps moved it)
+                assert all(same) if freeze else not all(same), (name, part)
+                if not freeze:
+                    assert max((mine[k] - theirs[k]).abs().max() for k in theirs) < 0.05
+    wider = [*common, *mot, "--trunk-width", "16", "--out", str(tmp_path / "x.pt")]
+    nothing = [*common, *mot[:-2], "--freeze-vision", "--out", str(tmp_path / "x.pt")]
+    assert main(wider) == 2 and main(nothing) == 2
+    assert not (tmp_path / "x.pt").exists()

@@ -132,6 +132,20 @@ def cmd_policy_train(args) -> int:
     init = None
     if args.init:
         init, _ = load_policy(args.init)
+        from ws_policy.perception import PosePolicy
+
+        if isinstance(init, PosePolicy):  # its trained perception's keypoint encoders start the policy's
+            if args.encoder != "keypoints":
+                raise ConfigError("--init with a pose policy gives its keypoint encoders: add --encoder keypoints")
+            pc = init.perception.cfg
+            if (pc.trunk_width, pc.keypoints, pc.image_size) != (args.trunk_width, args.keypoints, size):
+                raise ConfigError(f"{args.init}'s perception has trunk width {pc.trunk_width}, {pc.keypoints} "
+                                  f"keypoints and {pc.image_size} px images: give --trunk-width {pc.trunk_width} "
+                                  f"--keypoints {pc.keypoints} and demonstrations of {pc.image_size} px "
+                                  f"(now {args.trunk_width}, {args.keypoints}, {size})")
+            init = init.vision_init()
+    if args.freeze_vision and not args.init:
+        raise ConfigError("--freeze-vision keeps the keypoint trunks --init gives: give --init (e.g. a pose policy)")
     video = None
     if args.video_model == "dit":  # the video world model as the video-depth stream
         if args.model not in ("mot", "world"):
@@ -186,7 +200,8 @@ def cmd_policy_train(args) -> int:
                                      init=init if mode != "idm" else None, progress=bar, callback=callback,
                                      videos=vids, video_share=args.video_share, device=args.device,
                                      state_path=state_paths[mode], save_every=args.save_every,
-                                     state_extra={"curve": curve})
+                                     state_extra={"curve": curve},
+                                     freeze_vision=args.freeze_vision and mode != "idm")
         bar.close()
         nets.append(net)
         hist_all[mode] = {"loss_first": float(np.mean(hist["loss"][:20])), "loss_last": float(np.mean(hist["loss"][-20:])),
@@ -218,6 +233,7 @@ def _train_state_policy(args, episodes, attrs) -> int:
 
     unused = [flag for flag, on in (("--eval-every", args.eval_every), ("--videos", args.videos),
                                     ("--init", args.init), ("--resume", args.resume), ("--object-aux", args.object_aux),
+                                    ("--freeze-vision", args.freeze_vision),
                                     ("--encoder keypoints", args.encoder != "patch")) if on]
     if unused:
         raise ConfigError(f"--model state reads joints and object poses only and trains in minutes: "
@@ -321,6 +337,7 @@ def _train_pose_policy(args, episodes, attrs) -> int:
 
     unused = [flag for flag, on in (("--eval-every", args.eval_every), ("--videos", args.videos),
                                     ("--init", args.init), ("--resume", args.resume), ("--object-aux", args.object_aux),
+                                    ("--freeze-vision", args.freeze_vision),
                                     ("--privileged", args.privileged), ("--keep-failures", args.keep_failures),
                                     ("--state-inputs", args.state_inputs)) if on]
     if unused:
@@ -451,7 +468,11 @@ def add_policy(sub) -> None:
                          "see ws_policy/model.py)")
     pt.add_argument("--init", type=Path, default=None,
                     help="start from this checkpoint's matching weights (with --model two_stage, a trained 'world' "
-                         "checkpoint is used as stage one and only the inverse-dynamics model is trained)")
+                         "checkpoint is used as stage one and only the inverse-dynamics model is trained; a --model "
+                         "pose checkpoint gives its perception's keypoint encoders)")
+    pt.add_argument("--freeze-vision", action="store_true",
+                    help="with --encoder keypoints and --init: keep the keypoint trunks as --init gives them (e.g. "
+                         "a --model pose checkpoint's trained perception); steps are several times faster")
     pt.add_argument("--video-model", choices=["mot", "dit"], default="mot",
                     help="the video-depth stream of mot and world: the policy's own video and depth experts (mot) or "
                          "the video world model of 'ws video experts' (dit), sharing attention with the action "

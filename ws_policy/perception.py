@@ -334,6 +334,20 @@ class PosePolicy(nn.Module):
     def normalizer(self, norm: Normalizer) -> None:
         self.actor.normalizer = self.perception.normalizer = norm
 
+    def vision_init(self) -> nn.Module:
+        """The perception's keypoint encoders under the names of a keypoint
+        :class:`ws_policy.model.WorldScapePolicy` (``keypoint_encoder``, ``wrist_encoder``), as ``init`` for
+        :func:`ws_policy.train.train_policy`: the image policy starts with vision that already finds the objects
+        (Levine et al. 2016 pretrain their visuomotor policy's conv layers on object poses the same way). The
+        trunk and keypoint maps carry over when the trunk's width, blocks and keypoints match; the token
+        projections only where the widths match too.
+        """
+        m = nn.Module()
+        m.keypoint_encoder = self.perception.encoders[0]
+        if len(self.perception.encoders) > 1:
+            m.wrist_encoder = self.perception.encoders[1]
+        return m
+
     @torch.no_grad()
     def sample(self, rgb: torch.Tensor, depth: torch.Tensor, state: torch.Tensor, words: torch.Tensor,
                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:

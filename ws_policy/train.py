@@ -258,7 +258,8 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
                  seed: int = 0, init: WorldScapePolicy | None = None, progress=None, log_every: int = 50,
                  callback=None, normalizer: Normalizer | None = None, videos: DemoDataset | None = None,
                  video_share: float = 0.25, device: str = "cpu", state_path: str | os.PathLike | None = None,
-                 save_every: int = 500, state_extra: dict | None = None) -> tuple[WorldScapePolicy, dict]:
+                 save_every: int = 500, state_extra: dict | None = None,
+                 freeze_vision: bool = False) -> tuple[WorldScapePolicy, dict]:
     """Train a policy (or world model, by ``cfg.mode``) on demonstration windows.
 
     Resumable: with ``state_path``, the whole training state (weights, optimiser, the batch and
@@ -285,10 +286,14 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         save_every: steps between two writes of the training state.
         state_extra: plain data the caller keeps with the state (e.g. its evaluation curve):
             saved with it, and on resume updated in place from it (lists keep their identity).
+        freeze_vision: keep the keypoint encoders' conv trunks and keypoint maps as ``init`` gave them
+            (e.g. :meth:`ws_policy.perception.PosePolicy.vision_init`); no gradient flows through the trunks,
+            which is also most of a step's cost.
 
     Raises:
         ValueError: ``videos`` for a mode that predicts no video, with actions in use, or a
-            ``video_share`` outside (0, 1); ``save_every`` < 1.
+            ``video_share`` outside (0, 1); ``save_every`` < 1; ``freeze_vision`` without ``init``, for a
+            model without keypoint encoders, or with trunks ``init`` did not fill.
         PolicyError: a training state at ``state_path`` made with another configuration, number
             of steps, batch size, learning rate, seed or number of training windows, or not a
             training state.
@@ -313,6 +318,21 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         take = {k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(take, strict=False)
         loaded = len(take)
+    if freeze_vision:
+        encoders = [(name, getattr(model, name)) for name in ("keypoint_encoder", "wrist_encoder")
+                    if hasattr(model, name)]
+        if not encoders:
+            raise ValueError("freeze_vision is for a policy with keypoint encoders (encoder 'keypoints')")
+        taken = set(take) if init is not None else set()
+        for name, enc in encoders:
+            for part in ("trunk", "softmax"):
+                prefix = f"{name}.{part}."
+                missing = [prefix + k for k in getattr(enc, part).state_dict() if prefix + k not in taken]
+                if missing:
+                    raise ValueError(f"freeze_vision keeps {name}.{part} as init gave it, but init did not fill "
+                                     f"{len(missing)} of its tensors (e.g. {missing[0]}): no init, or one with "
+                                     f"another trunk width, blocks or number of keypoints")
+                getattr(enc, part).requires_grad_(False)
     model.to(device)
     norm = normalizer or Normalizer.from_episodes(dataset.episodes)
     model.normalizer = norm  # travels with the checkpoint (save_policy)
@@ -325,7 +345,8 @@ def train_policy(cfg: PolicyConfig, dataset: DemoDataset, steps: int, batch_size
         raise ValueError(f"save_every must be >= 1, got {save_every}")
     run = {"config": dataclasses.asdict(cfg), "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
            "seed": int(seed), "video_share": float(video_share) if n_video else None,
-           "windows": len(dataset), "video_windows": len(videos) if n_video else 0}
+           "windows": len(dataset), "video_windows": len(videos) if n_video else 0,
+           "freeze_vision": bool(freeze_vision)}
     start = 0
     if state_path is not None and Path(state_path).is_file():
         start, history = _load_train_state(state_path, run, model, opt, rng, gen, state_extra, device)
