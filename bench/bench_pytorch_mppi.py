@@ -14,7 +14,12 @@ Besides the two planners, the same loop times ``matmul_floor``: only the batched
 the elites' square (hidden x hidden) layers for the ``H`` steps (no input layer, activation,
 head or MPPI), work no exact float32 implementation can skip; so
 ``pytorch_mppi_over_floor_median`` bounds the ratio any exact implementation could reach on
-this machine in float32. ``ours_bf16`` is our MPPI with the model's matmuls in bfloat16
+this machine in float32. ``rollout_floor`` is one fused H-step rollout of the model alone
+(``LearnedDynamics.rollout`` on fixed actions: all its matmuls and SiLU activations, no sampling,
+cost or update): the work any MPPI that uses the model's exact float32 arithmetic with PyTorch's
+kernels must do each cycle, so ``pytorch_mppi_over_rollout_floor_median`` is the most such a
+planner could reach over pytorch-mppi here, and ``ours_over_rollout_floor_median`` what our
+planning adds on top of the model. ``ours_bf16`` is our MPPI with the model's matmuls in bfloat16
 (``LearnedDynamics(model, precision="bfloat16")``, states in float32; ``model_precision`` in the
 controller config; timed here even where the CPU emulates bfloat16, which the JSON's
 ``bfloat16_native`` tells, and where a planner would run float32 instead), and
@@ -132,8 +137,11 @@ def main() -> None:
                     for w in ws:
                         torch.bmm(x, w)
 
+            fixed = torch.randn(k, h, model.action_dim, generator=torch.Generator().manual_seed(0)) * sigma
+            rollout = LearnedDynamics(model)
             planners = {"ours": lambda: ours.plan(state), "ours_bf16": lambda: ours_bf16.plan(state),
                         "pytorch_mppi": lambda: ref.command(s32), "matmul_floor": floor,
+                        "rollout_floor": lambda: rollout.rollout(s32, fixed),
                         "matmul_floor_bf16": lambda: floor(x.to(torch.bfloat16), c["lp"]["w"][1:])}
             if "pytorch_mppi_bf16" in args.also:
                 low_model = copy.deepcopy(model).to(torch.bfloat16)
@@ -165,6 +173,8 @@ def main() -> None:
             if "pytorch_mppi_bf16" in med:
                 row["pytorch_mppi_bf16_over_ours_bf16_median"] = ratio("pytorch_mppi_bf16", "ours_bf16")
             row["pytorch_mppi_over_floor_median"] = ratio("pytorch_mppi", "matmul_floor")
+            row["pytorch_mppi_over_rollout_floor_median"] = ratio("pytorch_mppi", "rollout_floor")
+            row["ours_over_rollout_floor_median"] = ratio("ours", "rollout_floor")
             if "ours_stepwise" in med:
                 row["pytorch_mppi_over_ours_stepwise_median"] = ratio("pytorch_mppi", "ours_stepwise")
             if "pytorch_mppi_cached_step" in med:
