@@ -179,3 +179,36 @@ def test_a_keypoint_mot_starts_from_a_pose_policys_perception_and_can_keep_it(de
     nothing = [*common, *mot[:-2], "--freeze-vision", "--out", str(tmp_path / "x.pt")]
     assert main(wider) == 2 and main(nothing) == 2
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_pose_policys_perception_trains_further_on_its_own_rollouts(demos, tmp_path):
+    """``--model pose --init POSE.pt --perception-rollouts N``: the policy runs N episodes, every second frame it
+    saw (labelled with the true object state) joins the perception's data, the perception continues from its weights
+    and the actor is kept as it was."""
+    from ws_cli.main import main
+    from ws_policy.evaluate import evaluate_policy
+
+    eps, _, path = demos
+    first, second = tmp_path / "pose.pt", tmp_path / "pose_r1.pt"
+    common = ["policy", "train", "--demos", str(path), "--threads", "1", "--chunk", "4", "--model", "pose",
+              "--keypoints", "4", "--trunk-width", "8", "--perception-batch-size", "4"]
+    assert main([*common, "--steps", "5", "--perception-steps", "3", "--out", str(first)]) == 0
+    assert main([*common, "--init", str(first), "--perception-rollouts", "1", "--perception-steps", "3",
+                 "--out", str(second)]) == 0
+    before, after = load_policy(first)[0], load_policy(second)[0]
+    hist = load_policy(second)[1]["extra"]["history"]
+    assert hist["perception"]["rollouts"] == 1 and hist["perception"]["rollout_frames"] > 10
+    for a, b in zip(before.actor.state_dict().values(), after.actor.state_dict().values()):
+        assert torch.equal(a, b)
+    moved = [not torch.equal(a, b) for a, b in zip(before.perception.state_dict().values(),
+                                                   after.perception.state_dict().values())]
+    assert any(moved)
+    # the recorded frames are what the policy saw, labelled with the simulator's object state
+    frames = []
+    report = evaluate_policy(PolicyRunner(before), "pick_place", 1, seed=7, size=32, chunk=4, latency=0, video=False,
+                             record=frames, record_every=3)
+    assert len(frames) == -(-report["episodes_detail"][0]["steps"] // 3)
+    assert frames[0].rgb.shape == (1, 32, 32, 3) and frames[0].wrist_rgb.shape == (1, 32, 32, 3)
+    assert frames[0].objects.shape == (1, 17) and frames[0].success
+    assert main([*common, "--perception-rollouts", "1", "--perception-steps", "1", "--out", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()

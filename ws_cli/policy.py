@@ -336,7 +336,7 @@ def _train_pose_policy(args, episodes, attrs) -> int:
     from ws_policy.train import save_policy
 
     unused = [flag for flag, on in (("--eval-every", args.eval_every), ("--videos", args.videos),
-                                    ("--init", args.init), ("--resume", args.resume), ("--object-aux", args.object_aux),
+                                    ("--resume", args.resume), ("--object-aux", args.object_aux),
                                     ("--freeze-vision", args.freeze_vision),
                                     ("--privileged", args.privileged), ("--keep-failures", args.keep_failures),
                                     ("--state-inputs", args.state_inputs)) if on]
@@ -345,6 +345,19 @@ def _train_pose_policy(args, episodes, attrs) -> int:
                           f"{', '.join(unused)} do not apply")
     size = int(attrs["image_size"])
     wrist = bool(attrs.get("wrist", False))
+    init = None
+    if args.init:
+        from ws_policy.train import load_policy
+
+        init, _ = load_policy(args.init)
+        if not isinstance(init, PosePolicy):
+            raise ConfigError(f"--model pose --init continues a pose policy; {args.init} is not one")
+        if init.perception.cfg.image_size != size or init.perception.cfg.wrist != wrist:
+            raise ConfigError(f"{args.init} reads {init.perception.cfg.image_size} px images"
+                              f"{' with' if init.perception.cfg.wrist else ' without'} the wrist camera; "
+                              f"{args.demos} has {size} px{' with' if wrist else ' without'} it")
+    elif args.perception_rollouts:
+        raise ConfigError("--perception-rollouts runs the --init pose policy: give --init")
     with config_errors("pose policy config: "):
         pcfg = PerceptionConfig(image_size=size, crop=args.crop if args.crop is not None else size - size // 8,
                                 keypoints=args.keypoints, trunk_width=args.trunk_width, wrist=wrist,
@@ -363,15 +376,33 @@ def _train_pose_policy(args, episodes, attrs) -> int:
                                    size=size, wrist=wrist, workspace=attrs.get("workspace", "full"),
                                    camera=attrs.get("camera", "task"), progress=lambda done, total: bar.update(1))
             bar.close()
+        rollouts, rollout_report = [], None
+        if args.perception_rollouts:  # the states the policy itself visits, labelled by the simulator
+            from ws_policy.evaluate import evaluate_policy
+            from ws_policy.train import PolicyRunner
+
+            bar = tqdm(total=args.perception_rollouts, desc="rollouts of --init", unit="ep")
+            rollout_report = evaluate_policy(
+                PolicyRunner(init, seed=args.seed), attrs.get("task", "pick_place"), args.perception_rollouts,
+                seed=2_000_000 + 100_000 * args.seed, size=size, camera=attrs.get("camera", "task"),
+                chunk=init.cfg.chunk, latency=1, video=False, workspace=attrs.get("workspace", "full"),
+                record=rollouts, record_every=2, progress=lambda done, total, wins: bar.update(1))
+            bar.close()
+        if init is not None:
+            pcfg = init.perception.cfg
         bar = tqdm(total=args.perception_steps, desc="train perception", unit="step")
-        perception, phist = train_perception(pcfg, episodes + layouts, args.perception_steps,
+        perception, phist = train_perception(pcfg, episodes + layouts + rollouts, args.perception_steps,
                                              batch_size=args.perception_batch_size, lr=args.perception_lr,
-                                             seed=args.seed, progress=bar)
+                                             seed=args.seed, progress=bar,
+                                             init=init.perception if init is not None else None)
         bar.close()
-        bar = tqdm(total=args.steps, desc="train actor", unit="step")
-        actor, ahist = train_state_policy(acfg, episodes, args.steps, batch_size=args.batch_size or 256,
-                                          lr=args.lr or 1e-3, seed=args.seed, progress=bar)
-        bar.close()
+        if init is not None:  # the actor learnt from true object positions: nothing here changes what it needs
+            actor, ahist = init.actor, None
+        else:
+            bar = tqdm(total=args.steps, desc="train actor", unit="step")
+            actor, ahist = train_state_policy(acfg, episodes, args.steps, batch_size=args.batch_size or 256,
+                                              lr=args.lr or 1e-3, seed=args.seed, progress=bar)
+            bar.close()
     model = PosePolicy(perception, actor)
     model.normalizer = actor.normalizer
     errors = perception_errors(perception, episodes, first_only=True)
@@ -382,7 +413,10 @@ def _train_pose_policy(args, episodes, attrs) -> int:
 
     hist = {"perception": {**summary(phist), "steps": args.perception_steps, "layouts": args.perception_layouts,
                            "first_frame_errors_on_training_demos": errors},
-            "actor": {**summary(ahist), "steps": args.steps}}
+            "actor": {**summary(ahist), "steps": args.steps} if ahist is not None else {"kept_from": str(args.init)}}
+    if rollout_report is not None:
+        hist["perception"].update(init=str(args.init), rollouts=args.perception_rollouts,
+                                  rollout_frames=len(rollouts), rollout_successes=rollout_report["successes"])
     path = save_policy(model, args.out, {"task": attrs.get("task"), "camera": attrs.get("camera"),
                                          "demos": str(args.demos), "workspace": attrs.get("workspace", "full"),
                                          "kind": "pose", "steps": args.steps, "history": hist})
@@ -448,6 +482,11 @@ def add_policy(sub) -> None:
                     help="with --model pose: also train the perception on the first frames of this many new layouts "
                          "(resets with seeds from 1000000 + --seed, stratified; no expert runs)")
     pt.add_argument("--perception-lr", type=float, default=1e-3, help="with --model pose: peak learning rate")
+    pt.add_argument("--perception-rollouts", type=int, default=0,
+                    help="with --model pose --init POSE.pt: run that policy for this many episodes (seeds from "
+                         "2000000 + 100000 x --seed, one step of latency) and train its perception further on every "
+                         "second frame it saw, labelled with the true object positions (the states its own mistakes "
+                         "lead to); its actor is kept")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     pt.add_argument("--steps", type=int, default=2000)
     pt.add_argument("--batch-size", type=int, default=None, help="windows per step (default 32; 256 for --model state)")
@@ -469,7 +508,8 @@ def add_policy(sub) -> None:
     pt.add_argument("--init", type=Path, default=None,
                     help="start from this checkpoint's matching weights (with --model two_stage, a trained 'world' "
                          "checkpoint is used as stage one and only the inverse-dynamics model is trained; a --model "
-                         "pose checkpoint gives its perception's keypoint encoders)")
+                         "pose checkpoint gives its perception's keypoint encoders to an image policy, and with --model "
+                         "pose its perception, config included, continues training and its actor is kept)")
     pt.add_argument("--freeze-vision", action="store_true",
                     help="with --encoder keypoints and --init: keep the keypoint trunks as --init gives them (e.g. "
                          "a --model pose checkpoint's trained perception); steps are several times faster")

@@ -41,7 +41,8 @@ LIFTED_M = 0.03  # a cube raised this far off the table was grasped (the experts
 def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, camera: str = "task",
                     replan_every: int | None = None, chunk: int | None = None, latency: str | int = "measured",
                     ensemble_m: float | None = 0.1, out_dir: Path | None = None, video: bool = True,
-                    progress=None, name: str = "policy", workspace: str = "full") -> dict:
+                    progress=None, name: str = "policy", workspace: str = "full", record: list | None = None,
+                    record_every: int = 1) -> dict:
     """Run ``policy`` (``obs -> (chunk, 7)``, or ``"scripted"`` for the scripted expert) for
     ``episodes`` episodes on seeds ``seed ..``; see :class:`ws_policy.executor.ChunkExecutor`
     for ``replan_every``, ``latency`` and ``ensemble_m``; ``workspace`` as
@@ -55,11 +56,18 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         with the object-position head, how far from the task's cube and the target it places them
         in each episode's first frame (``start_cube_error_m``, ``start_target_error_m``: per episode,
         and their median and maximum); also written to ``out_dir/report.json``.
+
+    ``record``: a list that gets every ``record_every``-th frame the policy saw, labelled with the true object
+    state (:func:`ws_policy.perception.labelled_frame`): training frames for a perception from the states the
+    policy itself visits, mistakes included (DAgger's idea, with labels the simulator gives for free).
     """
     from ws_sim.piper_tasks import PiperManipEnv, ScriptedExpert
 
     from .executor import ChunkExecutor
+    from .perception import labelled_frame
 
+    if record_every < 1:
+        raise ValueError(f"record_every must be >= 1, got {record_every}")
     wrist = bool(getattr(getattr(policy, "cfg", None), "wrist", False))  # a policy that reads the wrist camera
     env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace,
                         wrist=wrist)
@@ -85,6 +93,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
             z0, z_max = obs["objects"][2], obs["objects"][2]  # cube A's height (objects: env.objects)
             located = _locate(policy, obs)  # where the object head places the cube and target in the first frame
             for step in range(env.max_episode_steps):
+                if record is not None and step % record_every == 0:
+                    record.append(labelled_frame(obs, info["instruction"]))
                 action = expert.act() if expert is not None else executor.act(step, obs)
                 obs, _, terminated, truncated, info = env.step(action)
                 frames.append(obs["rgb"])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from .vision import KeypointEncoder, centre_crop, random_crop
 log = logging.getLogger(__name__)
 
 __all__ = ["PerceptionConfig", "ObjectPerception", "train_perception", "perception_errors", "PosePolicy",
-           "PosePolicyConfig", "reset_frames"]
+           "PosePolicyConfig", "reset_frames", "labelled_frame"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +152,20 @@ def _batch(episodes, items, cfg: PerceptionConfig, norm: Normalizer, vocab: Voca
     return rgb, depth, state, words, target
 
 
+def labelled_frame(obs: dict, instruction: str):
+    """One observation of :class:`ws_sim.piper_tasks.PiperManipEnv` (``render_mode="rgbd"``) as a one-frame
+    episode for :func:`train_perception`: its images (and the wrist camera's, where the observation has them), the
+    joints and the true object state as the label."""
+    frame = {k: np.asarray(obs[k])[None] for k in ("rgb", "depth", "qpos", "objects")}
+    frame["depth"] = frame["depth"].astype(np.float16)
+    if "wrist_rgb" in obs:
+        frame.update(wrist_rgb=np.asarray(obs["wrist_rgb"])[None],
+                     wrist_depth=np.asarray(obs["wrist_depth"])[None].astype(np.float16))
+    else:
+        frame.update(wrist_rgb=None, wrist_depth=None)
+    return types.SimpleNamespace(**frame, instruction=instruction, success=True)
+
+
 def reset_frames(task: str, n: int, seed: int, size: int, wrist: bool = True, workspace: str = "full",
                  camera: str = "task", progress=None) -> list:
     """The first frame of ``n`` fresh layouts (reset seeds ``seed ..``, stratified over the band like
@@ -166,8 +181,6 @@ def reset_frames(task: str, n: int, seed: int, size: int, wrist: bool = True, wo
     Raises:
         ValueError: ``n`` < 1, or what :class:`ws_sim.piper_tasks.PiperManipEnv` raises.
     """
-    import types
-
     from ws_sim.demos import latin_hypercube
     from ws_sim.piper_tasks import PiperManipEnv
 
@@ -184,14 +197,7 @@ def reset_frames(task: str, n: int, seed: int, size: int, wrist: bool = True, wo
             except RuntimeError as e:  # a rare stratum where the environment cannot place the objects apart
                 log.warning("layout %d (reset seed %d) skipped: %s", i, seed + i, e)
                 continue
-            frame = {k: np.asarray(obs[k])[None] for k in ("rgb", "depth", "qpos", "objects")}
-            frame["depth"] = frame["depth"].astype(np.float16)
-            if wrist:
-                frame.update(wrist_rgb=np.asarray(obs["wrist_rgb"])[None],
-                             wrist_depth=np.asarray(obs["wrist_depth"])[None].astype(np.float16))
-            else:
-                frame.update(wrist_rgb=None, wrist_depth=None)
-            out.append(types.SimpleNamespace(**frame, instruction=info["instruction"], success=True))
+            out.append(labelled_frame(obs, info["instruction"]))
             if progress is not None:
                 progress(i + 1, n)
     finally:
@@ -200,10 +206,12 @@ def reset_frames(task: str, n: int, seed: int, size: int, wrist: bool = True, wo
 
 
 def train_perception(cfg: PerceptionConfig, episodes, steps: int, batch_size: int = 64, lr: float = 1e-3,
-                     seed: int = 0, progress=None) -> tuple[ObjectPerception, dict]:
-    """Train :class:`ObjectPerception` on every frame of the successful demonstrations.
+                     seed: int = 0, progress=None, init: ObjectPerception | None = None) -> tuple[ObjectPerception, dict]:
+    """Train :class:`ObjectPerception` on every frame of the successful demonstrations (and of any one-frame
+    episodes among them: :func:`reset_frames`, :func:`labelled_frame`).
 
-    AdamW (weight decay 1e-4), cosine decay of ``lr`` over ``steps``.
+    AdamW (weight decay 1e-4), cosine decay of ``lr`` over ``steps``; ``init``: continue from this perception's
+    weights (its config must be ``cfg``).
 
     Returns:
         (the model in eval mode, with its ``normalizer``; history ``{"loss": [...], "seconds": s}``).
@@ -232,6 +240,10 @@ def train_perception(cfg: PerceptionConfig, episodes, steps: int, batch_size: in
     vocab = Vocabulary(list(cfg.vocab), cfg.max_words)
     frames = _frames(eps)
     model = ObjectPerception(cfg)
+    if init is not None:
+        if init.cfg != cfg:
+            raise PolicyError("train_perception continues a perception of the same config only")
+        model.load_state_dict(init.state_dict())
     model.normalizer = norm
 
     def batch_loss(step):
