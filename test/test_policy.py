@@ -468,6 +468,9 @@ def test_the_object_auxiliary_reads_the_context_and_trains_the_vision(demos):
     assert rep["start_cube_error_m"]["median"] == rep["start_cube_error_m"]["max"] == pytest.approx(cube_err, abs=1e-4)
     assert rep["start_target_error_m"]["median"] == pytest.approx(
         float(np.linalg.norm(placed["target"] - first["objects"][14:17])), abs=1e-4)
+    # and as the arm approaches (every few steps until the cube is lifted)
+    approach = rep["episodes_detail"][0]["approach_cube_error_m"]
+    assert rep["approach_cube_error_m"]["median"] == approach > 0
     with pytest.raises(Exception, match="object state"):
         batch_from_windows([{k: v for k, v in w.items() if k != "objects"} for w in windows], cfg,
                            Normalizer.from_episodes(ds.episodes), Vocabulary(list(cfg.vocab)))

@@ -318,7 +318,9 @@ def cmd_policy_eval(args) -> int:
     if report.get("start_cube_error_m"):
         c, t = report["start_cube_error_m"], report["start_target_error_m"]
         print(f"the object head in each first frame: cube off by {c['median'] * 100:.1f} cm (median; max "
-              f"{c['max'] * 100:.1f}), target by {t['median'] * 100:.1f} cm (max {t['max'] * 100:.1f})")
+              f"{c['max'] * 100:.1f}), target by {t['median'] * 100:.1f} cm (max {t['max'] * 100:.1f}); "
+              f"as the arm approaches, the cube off by {report['approach_cube_error_m']['median'] * 100:.1f} cm "
+              f"(median of the episodes' medians)")
     print(f"report: {out / 'report.json'}  videos: {report['videos']}")
     return 0
 

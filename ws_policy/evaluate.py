@@ -36,6 +36,7 @@ def _write_video(frames, path: Path, fps: float) -> None:
 
 
 LIFTED_M = 0.03  # a cube raised this far off the table was grasped (the experts carry it 6-7 cm up)
+APPROACH_EVERY = 4  # steps between two checks of where the object head places the cube as the arm approaches
 
 
 def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, camera: str = "task",
@@ -55,7 +56,9 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         never lifted :data:`LIFTED_M`) and places missed (with the median miss, m); for a policy
         with the object-position head, how far from the task's cube and the target it places them
         in each episode's first frame (``start_cube_error_m``, ``start_target_error_m``: per episode,
-        and their median and maximum); also written to ``out_dir/report.json``.
+        and their median and maximum) and, as the arm approaches, the median of its cube error every
+        :data:`APPROACH_EVERY` steps until the cube is lifted (``approach_cube_error_m``); also written to
+        ``out_dir/report.json``.
 
     ``record``: a list that gets every ``record_every``-th frame the policy saw, labelled with the true object
     state (:func:`ws_policy.perception.labelled_frame`): training frames for a perception from the states the
@@ -92,9 +95,12 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
             frames = [obs["rgb"]]
             z0, z_max = obs["objects"][2], obs["objects"][2]  # cube A's height (objects: env.objects)
             located = _locate(policy, obs)  # where the object head places the cube and target in the first frame
+            approach = []  # the head's cube error every APPROACH_EVERY steps until the cube is lifted
             for step in range(env.max_episode_steps):
                 if record is not None and step % record_every == 0:
                     record.append(labelled_frame(obs, info["instruction"]))
+                if located and step % APPROACH_EVERY == 0 and obs["objects"][2] - z0 < LIFTED_M:
+                    approach.append(_locate(policy, obs)["start_cube_error_m"])
                 action = expert.act() if expert is not None else executor.act(step, obs)
                 obs, _, terminated, truncated, info = env.step(action)
                 frames.append(obs["rgb"])
@@ -108,6 +114,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                             "cube_lift_m": round(float(z_max - z0), 4),
                             "cube_to_target_m": None if task == "stack"  # no target disc: cube B is the goal
                             else round(float(np.linalg.norm(o[:2] - o[14:16])), 4), **located})
+            if approach:
+                results[-1]["approach_cube_error_m"] = round(float(np.median(approach)), 4)
             key = "success" if ok else "failure"
             if video and out_dir is not None and key not in videos:
                 path = Path(out_dir) / f"{task}_{name}_{key}_seed{seed + i}.mp4"
@@ -136,6 +144,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         start = {f"start_{k}_error_m": {"median": round(float(np.median([r[f"start_{k}_error_m"] for r in results])), 4),
                                         "max": round(float(np.max([r[f"start_{k}_error_m"] for r in results])), 4)}
                  for k in ("cube", "target")}
+        start["approach_cube_error_m"] = {"median": round(float(np.median([r["approach_cube_error_m"] for r in results])), 4),
+                                          "max": round(float(np.max([r["approach_cube_error_m"] for r in results])), 4)}
     report = {"policy": name, "task": task, "workspace": workspace, "episodes": len(results), "seed": seed,
               "successes": wins, "failure_modes": modes, **start,
               "success_rate": wins / len(results), "ci95": [round(lo, 3), round(hi, 3)],
