@@ -514,7 +514,7 @@ def add_policy(sub) -> None:
                          "pose its perception, config included, continues training and its actor is kept)")
     pt.add_argument("--freeze-vision", action="store_true",
                     help="with --encoder keypoints and --init: keep the keypoint trunks as --init gives them (e.g. "
-                         "a --model pose checkpoint's trained perception); steps are several times faster")
+                         "a --model pose checkpoint's trained perception); no gradient flows through them")
     pt.add_argument("--video-model", choices=["mot", "dit"], default="mot",
                     help="the video-depth stream of mot and world: the policy's own video and depth experts (mot) or "
                          "the video world model of 'ws video experts' (dit), sharing attention with the action "
