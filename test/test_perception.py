@@ -193,11 +193,12 @@ def test_a_pose_policys_perception_trains_further_on_its_own_rollouts(demos, tmp
     common = ["policy", "train", "--demos", str(path), "--threads", "1", "--chunk", "4", "--model", "pose",
               "--keypoints", "4", "--trunk-width", "8", "--perception-batch-size", "4"]
     assert main([*common, "--steps", "5", "--perception-steps", "3", "--out", str(first)]) == 0
-    assert main([*common, "--init", str(first), "--perception-rollouts", "1", "--perception-steps", "3",
-                 "--out", str(second)]) == 0
+    assert main([*common, "--init", str(first), "--perception-rollouts", "1", "--rollout-seed", "5",
+                 "--perception-steps", "3", "--out", str(second)]) == 0
     before, after = load_policy(first)[0], load_policy(second)[0]
     hist = load_policy(second)[1]["extra"]["history"]
     assert hist["perception"]["rollouts"] == 1 and hist["perception"]["rollout_frames"] > 10
+    assert hist["perception"]["rollout_seed"] == 5
     for a, b in zip(before.actor.state_dict().values(), after.actor.state_dict().values()):
         assert torch.equal(a, b)
     moved = [not torch.equal(a, b) for a, b in zip(before.perception.state_dict().values(),
@@ -211,4 +212,6 @@ def test_a_pose_policys_perception_trains_further_on_its_own_rollouts(demos, tmp
     assert frames[0].rgb.shape == (1, 32, 32, 3) and frames[0].wrist_rgb.shape == (1, 32, 32, 3)
     assert frames[0].objects.shape == (1, 17) and frames[0].success
     assert main([*common, "--perception-rollouts", "1", "--perception-steps", "1", "--out", str(tmp_path / "x.pt")]) == 2
+    assert main([*common, "--init", str(first), "--rollout-seed", "5", "--perception-steps", "1",
+                 "--out", str(tmp_path / "x.pt")]) == 2
     assert not (tmp_path / "x.pt").exists()

@@ -360,6 +360,10 @@ def _train_pose_policy(args, episodes, attrs) -> int:
                               f"{args.demos} has {size} px{' with' if wrist else ' without'} it")
     elif args.perception_rollouts:
         raise ConfigError("--perception-rollouts runs the --init pose policy: give --init")
+    if args.rollout_seed is not None and not args.perception_rollouts:
+        raise ConfigError("--rollout-seed sets the seeds of --perception-rollouts: give --perception-rollouts N")
+    if args.rollout_seed is not None and args.rollout_seed < 0:
+        raise ConfigError(f"--rollout-seed must be >= 0, got {args.rollout_seed}")
     with config_errors("pose policy config: "):
         pcfg = PerceptionConfig(image_size=size, crop=args.crop if args.crop is not None else size - size // 8,
                                 keypoints=args.keypoints, trunk_width=args.trunk_width, wrist=wrist,
@@ -383,10 +387,11 @@ def _train_pose_policy(args, episodes, attrs) -> int:
             from ws_policy.evaluate import evaluate_policy
             from ws_policy.train import PolicyRunner
 
+            rollout_seed = args.rollout_seed if args.rollout_seed is not None else 2_000_000 + 100_000 * args.seed
             bar = tqdm(total=args.perception_rollouts, desc="rollouts of --init", unit="ep")
             rollout_report = evaluate_policy(
                 PolicyRunner(init, seed=args.seed), attrs.get("task", "pick_place"), args.perception_rollouts,
-                seed=2_000_000 + 100_000 * args.seed, size=size, camera=attrs.get("camera", "task"),
+                seed=rollout_seed, size=size, camera=attrs.get("camera", "task"),
                 chunk=init.cfg.chunk, latency=1, video=False, workspace=attrs.get("workspace", "full"),
                 record=rollouts, record_every=2, progress=lambda done, total, wins: bar.update(1))
             bar.close()
@@ -417,7 +422,7 @@ def _train_pose_policy(args, episodes, attrs) -> int:
                            "first_frame_errors_on_training_demos": errors},
             "actor": {**summary(ahist), "steps": args.steps} if ahist is not None else {"kept_from": str(args.init)}}
     if rollout_report is not None:
-        hist["perception"].update(init=str(args.init), rollouts=args.perception_rollouts,
+        hist["perception"].update(init=str(args.init), rollouts=args.perception_rollouts, rollout_seed=rollout_seed,
                                   rollout_frames=len(rollouts), rollout_successes=rollout_report["successes"])
     path = save_policy(model, args.out, {"task": attrs.get("task"), "camera": attrs.get("camera"),
                                          "demos": str(args.demos), "workspace": attrs.get("workspace", "full"),
@@ -489,6 +494,10 @@ def add_policy(sub) -> None:
                          "2000000 + 100000 x --seed, one step of latency) and train its perception further on every "
                          "second frame it saw, labelled with the true object positions (the states its own mistakes "
                          "lead to); its actor is kept")
+    pt.add_argument("--rollout-seed", type=int, default=None,
+                    help="first seed of the --perception-rollouts episodes (default 2000000 + 100000 x --seed); give "
+                         "each further round its own block (e.g. + 1000 per round) so that it sees layouts the "
+                         "previous rounds did not")
     pt.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     pt.add_argument("--steps", type=int, default=2000)
     pt.add_argument("--batch-size", type=int, default=None, help="windows per step (default 32; 256 for --model state)")
