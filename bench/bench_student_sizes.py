@@ -12,6 +12,8 @@ and ``--horizon`` (64 and 20 by default) and no policy samples.
 
     .venv/bin/python bench/bench_student_sizes.py --env hopper --threads 2 \\
         --sizes "paper:n_blocks=2,d_model=16,expert_hidden=32;small:n_blocks=2,d_model=8,expert_hidden=8,d_state=2,n_heads=1"
+    .venv/bin/python bench/bench_student_sizes.py --env hopper --threads 2 \\
+        --sizes "step:n_blocks=2,tokens=step"
 """
 
 from __future__ import annotations
@@ -41,12 +43,17 @@ from ws_worldmodel.westworld import WestWorld
 DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "ws_worldmodel" / "checkpoints" / "hopper_westworld.pt"
 
 
+def _value(v: str):
+    v = v.strip()
+    return int(v) if v.lstrip("-").isdigit() else v
+
+
 def _sizes(spec: str) -> dict[str, dict]:
-    """``"a:k=v,k=v;b:..."`` -> ``{"a": {"k": v}}`` (integer values)."""
+    """``"a:k=v,k=v;b:..."`` -> ``{"a": {"k": v}}`` (integer values, or words such as ``tokens=step``)."""
     out = {}
     for part in filter(None, spec.split(";")):
         label, _, kvs = part.partition(":")
-        out[label.strip()] = {k.strip(): int(v) for k, v in (kv.split("=") for kv in filter(None, kvs.split(",")))}
+        out[label.strip()] = {k.strip(): _value(v) for k, v in (kv.split("=") for kv in filter(None, kvs.split(",")))}
     return out
 
 

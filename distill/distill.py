@@ -47,11 +47,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
 
 
 def student_config(teacher_cfg, n_blocks: int = 2, d_model: int | None = None, expert_hidden: int | None = None,
-                   d_state: int | None = None, expand: int | None = None, n_heads: int | None = None):
+                   d_state: int | None = None, expand: int | None = None, n_heads: int | None = None,
+                   tokens: str | None = None):
     """The student's WestWorld config: the teacher's, with ``n_blocks`` blocks and optionally a
-    narrower width, expert width, SSM state size and expansion, or fewer attention heads (what an
-    MPPI cycle's time scales with); bins, HL-Gauss width and target encoding are kept so the
-    distributions match.
+    narrower width, expert width, SSM state size and expansion, fewer attention heads, or one token
+    per step instead of per channel (``tokens="step"``; what an MPPI cycle's time scales with);
+    bins, HL-Gauss width and target encoding are kept so the distributions match.
 
     Raises:
         ValueError: a size the config refuses (e.g. ``d_model`` not divisible by ``n_heads``).
@@ -61,6 +62,8 @@ def student_config(teacher_cfg, n_blocks: int = 2, d_model: int | None = None, e
                         ("expand", expand), ("n_heads", n_heads)):
         if value is not None:
             changes[name] = int(value)
+    if tokens is not None:
+        changes["tokens"] = str(tokens)
     return dataclasses.replace(teacher_cfg, **changes)
 
 

@@ -70,6 +70,45 @@ def test_distilled_student_moves_toward_the_teacher(tmp_path, teacher):
         distill(model, [tw], [vw], scfg, cfg, None, alpha=1.5, progress=False)
 
 
+def test_a_step_token_student_distils_and_exports_with_either_scan(tmp_path, teacher, hopper_env):
+    """A student with one token per step (``tokens="step"``): distillation moves it toward the teacher, and
+    its ONNX export, with the scan unrolled or log-depth, agrees with PyTorch (1e-3, physical units) and
+    plans in MPPI; an unknown scan is refused."""
+    model, tw, vw = teacher
+    scfg = student_config(model.net.cfg, n_blocks=2, tokens="step")
+    assert scfg.tokens == "step" and scfg.bins == model.net.cfg.bins
+    cfg = PretrainConfig(history=TH, horizon=H, steps=30, eval_every=30, batch_size=8, stride=2, warmup=1, lr=3e-3)
+    distill(model, [tw], [vw], scfg, cfg, tmp_path / "student.pt", alpha=0.5, progress=False)
+    student = load_checkpoint(tmp_path / "student.pt")
+    assert student.net.cfg.tokens == "step"
+    from ws_worldmodel.data import collate
+
+    batch = collate([(tw, i) for i in range(min(16, len(tw)))], TH)
+    with torch.no_grad():
+        t_logits = model.net(batch)[0]
+        before = float(kd_loss(type(student.net)(scfg).eval()(batch)[0], t_logits, batch.state_mask))
+        after = float(kd_loss(student.net(batch)[0], t_logits, batch.state_mask))
+    assert after < before
+    outs = {}
+    for scan in ("unrolled", "parallel"):
+        ort_model = OnnxSequenceModel(export_onnx(student, "hopper", H, tmp_path / f"{scan}.onnx", scan=scan))
+        assert parity(student, ort_model, batch_sizes=(1, 64))["max_abs_diff"] < 1e-3
+        outs[scan] = ort_model
+    rng = np.random.default_rng(1)
+    s = np.repeat(rng.uniform(0, 0.5, size=(1, TH, 12)), 8, axis=0)
+    a = rng.uniform(-1, 1, size=(8, TH + H, 3))
+    a[:, :TH - 1] = a[:1, :TH - 1]
+    np.testing.assert_allclose(outs["parallel"].predict("hopper", s, a), outs["unrolled"].predict("hopper", s, a),
+                               rtol=1e-4, atol=1e-4)
+    ctrl = make_controller(hopper_env, str(tmp_path / "parallel.onnx"),
+                           ControllerConfig(mppi=MPPIConfig(horizon=H, samples=16, temperature=0.1, noise_sigma=0.5)),
+                           seed=0)
+    assert np.all(np.isfinite(ctrl.plan(hopper_env.reset(seed=0)[0], 0)))
+    with pytest.raises(ValueError, match="scan"):
+        export_onnx(student, "hopper", H, tmp_path / "x.onnx", scan="chunked")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_onnx_export_parity_dynamic_batch_and_mppi(tmp_path, teacher, hopper_env):
     model, _, _ = teacher
     path = export_onnx(model, "hopper", H, tmp_path / "m.onnx")

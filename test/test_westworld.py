@@ -55,10 +55,12 @@ def _batch(b=2, t=12, cs=5, ca=2, th=5, seed=0):
                            torch.randint(0, 6, (b, cs, 4), generator=g), torch.randint(0, 6, (b, ca, 4), generator=g), th)
 
 
-def test_one_pass_prediction_is_causal_in_the_actions():
-    """Predicted s_t may depend on a_{<t} only; future states (targets) are never read."""
+@pytest.mark.parametrize("tokens", ["channel", "step"])
+def test_one_pass_prediction_is_causal_in_the_actions(tokens):
+    """Predicted s_t may depend on a_{<t} only; future states (targets) are never read (channel and step
+    tokens)."""
     torch.manual_seed(0)
-    model = WestWorld(TINY).eval()
+    model = WestWorld(WestWorldConfig(**{**TINY.__dict__, "tokens": tokens})).eval()
     batch = _batch()
     th, t = batch.history, batch.states.shape[1]
     base = model.predict(batch)  # (B, H, Cs): row j is state s_{th + j}
@@ -77,10 +79,12 @@ def test_one_pass_prediction_is_causal_in_the_actions():
     torch.testing.assert_close(same, base)
 
 
-def test_mixed_dimensionality_batches_are_exact_under_padding():
-    """A hopper window predicts the same alone and beside a larger walker window."""
+@pytest.mark.parametrize("tokens", ["channel", "step"])
+def test_mixed_dimensionality_batches_are_exact_under_padding(tokens):
+    """A hopper window predicts the same alone and beside a larger walker window (channel tokens; step tokens,
+    whose set encoding averages over the real channels only)."""
     torch.manual_seed(0)
-    model = WestWorld(TINY).eval()
+    model = WestWorld(WestWorldConfig(**{**TINY.__dict__, "tokens": tokens})).eval()
     small = _batch(b=1, cs=12, ca=3, seed=1)
     big = _batch(b=1, cs=18, ca=6, seed=2)
     alone = model.predict(small)
@@ -177,24 +181,30 @@ def test_the_delta_target_starts_at_the_last_state_and_leaves_the_training_range
     delta = WestWorld(WestWorldConfig(**{**TINY.__dict__, "target": "delta"})).eval()
     pred = delta.predict(batch)
     torch.testing.assert_close(pred, batch.states[:, 4:5].expand_as(pred), rtol=0, atol=2e-3)
+    step = WestWorld(WestWorldConfig(**{**TINY.__dict__, "target": "delta", "tokens": "step"})).eval()
+    torch.testing.assert_close(step.predict(batch), batch.states[:, 4:5].expand_as(pred), rtol=0, atol=2e-3)
     absolute = WestWorld(TINY).eval().predict(batch)
     assert float(absolute.max()) <= 1.0 and float(absolute.min()) >= 0.0
     with pytest.raises(ValueError, match="target"):
         WestWorldConfig(target="relative")
+    with pytest.raises(ValueError, match="tokens"):
+        WestWorldConfig(tokens="pair")
 
 
-def test_the_delta_target_learns_to_beat_holding_the_last_state(small_datasets):
-    """150 Adam steps on collected Hopper windows: the delta model's error on held-out windows falls
-    below the hold-last-state baseline's (it starts there; the absolute encoding starts far above it)."""
+@pytest.mark.parametrize("tokens", ["channel", "step"])
+def test_the_delta_target_learns_to_beat_holding_the_last_state(small_datasets, tokens):
+    """150 Adam steps on collected Hopper windows (300 with step tokens, which learn slower at this size):
+    the delta model's error on held-out windows falls below the hold-last-state baseline's (it starts there;
+    the absolute encoding starts far above it), with channel tokens and with step tokens."""
     train, val = small_datasets
     model_mj = make_env("hopper").model
     tr = SystemData.from_dataset(train, model_mj, length=10, stride=2)
     va = SystemData.from_dataset(val, model_mj, length=10, stride=5, ranges_from=train)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = WestWorld(WestWorldConfig(**{**TINY.__dict__, "target": "delta"}))
+    model = WestWorld(WestWorldConfig(**{**TINY.__dict__, "target": "delta", "tokens": tokens}))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
+    for _ in range(150 if tokens == "channel" else 300):
         loss = model.loss(collate([(tr, int(rng.integers(len(tr)))) for _ in range(16)], history=4))
         opt.zero_grad()
         loss.backward()
@@ -204,7 +214,7 @@ def test_the_delta_target_learns_to_beat_holding_the_last_state(small_datasets):
     true = fixed.states[:, 4:]
     hold = fixed.states[:, 3:4].expand_as(true)
     mae, hold_mae = float((pred - true).abs().mean()), float((hold - true).abs().mean())
-    assert mae < hold_mae, (mae, hold_mae)
+    assert mae < 0.95 * hold_mae, (mae, hold_mae)
 
 
 def test_normalisation_round_trips_and_needs_ranges(small_datasets):
@@ -281,9 +291,9 @@ def test_an_ssm_run_in_two_parts_with_its_carried_state_equals_one_run(scan, spl
         ssm(x[:2], state=state)
 
 
-@pytest.mark.parametrize("target", ["absolute", "delta"])
+@pytest.mark.parametrize("target,tokens", [("absolute", "channel"), ("delta", "channel"), ("delta", "step")])
 @pytest.mark.parametrize("th", [1, 2, 6])
-def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(target, th):
+def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(target, tokens, th):
     """MPPI's K futures from one past: ``shared_history`` runs the history once and carries its SSM states
     and expert gates to every sample; logits equal the full forward's to 1e-5 (Sys-MoE and dense, delta and
     absolute targets), the model and ``TrajectoryWorldModel.predict`` choose it for equal histories, and
@@ -292,7 +302,7 @@ def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(targe
 
     for moe in (True, False):
         torch.manual_seed(th)
-        net = WestWorld(dataclasses.replace(TINY, target=target, use_moe=moe)).eval()
+        net = WestWorld(dataclasses.replace(TINY, target=target, use_moe=moe, tokens=tokens)).eval()
         b = _batch(b=5, t=th + 7, th=th, seed=th)
         b.states[:, :th] = b.states[:1, :th]
         b.actions[:, :th - 1] = b.actions[:1, :th - 1]

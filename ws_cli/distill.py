@@ -26,7 +26,7 @@ def cmd_distill(args) -> int:
     with config_errors():
         scfg = student_config(teacher.net.cfg, n_blocks=args.blocks, d_model=args.d_model,
                               expert_hidden=args.expert_hidden, d_state=args.d_state, expand=args.expand,
-                              n_heads=args.heads)
+                              n_heads=args.heads, tokens=args.tokens)
     with config_errors():
         hist = distill(teacher, train, val, scfg, cfg, args.out, alpha=args.alpha, seed=args.seed,
                        device=device_of(args))
@@ -52,10 +52,10 @@ def cmd_export(args) -> int:
         raise ConfigError(f"the checkpoint knows {sorted(model.systems)}: choose one with --system")
     with config_errors():
         path = export_onnx(model, system, args.horizon, args.out, opset=args.opset,
-                           shared_history=not args.per_sample_history)
+                           shared_history=not args.per_sample_history, scan=args.scan)
     res = parity(model, OnnxSequenceModel(path), batch_sizes=(1, 64))
     print(json.dumps({"onnx": str(path), "system": system, "history": model.history, "horizon": args.horizon,
-                      "shared_history": not args.per_sample_history, "opset": args.opset, "parity_max_abs_diff": res["max_abs_diff"], "per_batch": res["per_batch"]}))
+                      "shared_history": not args.per_sample_history, "scan": args.scan, "opset": args.opset, "parity_max_abs_diff": res["max_abs_diff"], "per_batch": res["per_batch"]}))
     return 0
 
 
@@ -77,6 +77,9 @@ def add_distill(sub) -> None:
     di.add_argument("--d-state", type=int, default=None, help="student SSM state size (default: the teacher's)")
     di.add_argument("--expand", type=int, default=None, help="student SSM expansion (default: the teacher's)")
     di.add_argument("--heads", type=int, default=None, help="student attention heads (default: the teacher's)")
+    di.add_argument("--tokens", choices=["channel", "step"], default=None,
+                    help="student tokens: one per channel per step (the seed's) or one per step, its channels "
+                         "pooled (MPPI cycles about channels-times fewer tokens; default: the teacher's)")
     di.add_argument("--alpha", type=float, default=0.5, help="weight of the ground-truth cross-entropy (eq. 37)")
     add_training_args(di, steps=1000, lr=1e-3, eval_every=100, stride=10, window_from="teacher")
 
@@ -98,4 +101,7 @@ def add_export(sub) -> None:
     ex.add_argument("--per-sample-history", action="store_true",
                     help="take a history per sample, hist_states (batch, Th, Cs) (default: one history for the "
                          "batch, run once, as MPPI needs; faster)")
+    ex.add_argument("--scan", choices=["unrolled", "parallel"], default="unrolled",
+                    help="how the selective scan is written: one step at a time (unrolled) or log-depth (parallel: "
+                         "fewer operators, more arithmetic); the outputs agree to float rounding")
     ex.add_argument("--out", type=Path, required=True, help="ONNX file")

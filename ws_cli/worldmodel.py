@@ -97,7 +97,7 @@ def westworld_config(args, **kw):
         kw["n_experts"] = args.experts
     return WestWorldConfig(d_model=args.d_model, n_heads=args.heads, n_blocks=args.blocks,
                            expert_hidden=args.expert_hidden, bins=args.bins, d_state=args.d_state, expand=args.expand,
-                           target=getattr(args, "target", "absolute"), **kw)
+                           target=getattr(args, "target", "absolute"), tokens=getattr(args, "tokens", "channel"), **kw)
 
 
 def cmd_train(args) -> int:
@@ -217,6 +217,9 @@ def add_net_args(p: argparse.ArgumentParser, experts: bool = True) -> None:
                    help="WestWorld: what the bins encode: the normalised future state over [0, 1] (absolute, the "
                         "seed's) or its change from the last observed state on a symmetric log scale (delta: starts "
                         "at 'no change' and can leave the training range)")
+    p.add_argument("--tokens", choices=["channel", "step"], default="channel",
+                   help="WestWorld: one token per channel per step (the seed's) or one per step (the channels "
+                        "pooled into it; far fewer tokens, for models that must run at control rates)")
 
 
 def add_train(sub) -> None:

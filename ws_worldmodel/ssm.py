@@ -308,6 +308,11 @@ class SelectiveSSM(nn.Module):
         #: on CPU, scan fused (:func:`fused_selective_scan`, and its analytic backward when training) instead of
         #: materialising every state (False: the earlier path, kept for comparisons and benchmarks)
         self.fused_cpu = True
+        #: how ``torch.onnx.export`` writes the scan: ``"unrolled"`` (the fused loop, one step's state at a time:
+        #: ~10 operators per step) or ``"parallel"`` (:func:`parallel_scan` on the materialised decays and inputs:
+        #: ~10 operators per doubling, ``ceil(log2 L)`` of them; fewer operators, more arithmetic; pays where a
+        #: runtime's cost is per operator, as for small students). Set by ``ws_distill.export.export_onnx(scan=)``.
+        self.export_scan = "unrolled"
 
     def _projections(self, u: torch.Tensor):
         """``dt (..., d_inner)`` after softplus, ``b``, ``c`` ``(..., N)`` of the input ``u``."""
@@ -361,7 +366,7 @@ class SelectiveSSM(nn.Module):
             raise ValueError(f"extra_after must be in 1..{length}, got {k}")
         keep = k - 1 if extra is not None else None
         exporting = torch.onnx.is_in_onnx_export()
-        if self.fused_cpu and exporting:  # ws export: the fused loop, unrolled into the graph
+        if self.fused_cpu and exporting and self.export_scan == "unrolled":  # the fused loop, unrolled in the graph
             scan = _unrolled_selective_scan
         elif self.fused_cpu and self.scan_mode in ("auto", "loop") and not u.is_cuda and not exporting:
             if not torch.is_grad_enabled():  # inference on CPU: the read-out without materialising every state
@@ -381,7 +386,9 @@ class SelectiveSSM(nn.Module):
             decay, inp, c = self._selective(u)
             if h0 is not None:  # h_0 = a_0 h_{-1} + b_0: fold the carried state into the first input
                 inp = torch.cat([inp[:, :1] + decay[:, :1] * h0.unsqueeze(1), inp[:, 1:]], dim=1)
-            if self.scan_mode == "sequential":
+            if exporting:  # export_scan "parallel": log-depth, a handful of operators per doubling
+                h = parallel_scan(decay, inp)
+            elif self.scan_mode == "sequential":
                 h = sequential_scan(decay, inp)
             else:
                 h = linear_recurrence(decay, inp, self.scan_mode)  # (n, L, d_inner, N)

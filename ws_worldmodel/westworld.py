@@ -32,6 +32,9 @@ let a change of a late action alter the prediction of an earlier step; appending
 the history keeps the one-pass prediction causal in the actions (tested).
 
 A linear head gives ``bins`` logits per state channel at every query position (eq. 10).
+``tokens="step"`` (not in the seed; see :class:`WestWorldConfig`) pools each step's channels into
+one token before the blocks and reads every channel back out after them, so that a block runs on
+``steps`` tokens instead of ``steps x channels``: the distilled students that must plan at 90 Hz.
 With ``target="delta"`` (not in the seed) the bins encode each channel's change from the last
 observed state on a symmetric log scale instead of the absolute value, the head starts at "no
 change" (an untrained model holds the last state), predictions may leave the training range,
@@ -81,6 +84,18 @@ class WestWorldConfig:
         delta_range: the largest change the ``"delta"`` bins represent, in training ranges.
         delta_eps: the change, in training ranges, below which the ``"delta"`` bins are
             roughly uniform (the symmetric-log scale's linear part).
+        tokens: what one token of the blocks is. ``"channel"`` (the seed's): every scalar channel
+            of every step, so a block costs ``steps x channels`` tokens. ``"step"`` (not in the
+            seed; for students that must run at control rates): the channels of a step are
+            embedded as above (actions with a linear value encoding instead of HL-Gauss, as an
+            MPPI cycle embeds ``K x steps x Ca`` of them), passed through a shared GELU layer
+            and averaged over the real channels into one state token and one action token per
+            step (a permutation-invariant set encoding, so any number of channels still fits).
+            The blocks run on ``steps`` tokens: no attention across channels (one token makes it
+            void), the action token that led to a step added through a linear map in place of
+            the cross-attention (eq. 5 with one query), the SSM and the Sys-MoE as before. Each
+            channel's logits come from the step's output plus that channel's own embedding,
+            through a ReLU layer and the head.
     """
 
     d_model: int = 64
@@ -99,6 +114,7 @@ class WestWorldConfig:
     target: str = "absolute"
     delta_range: float = 2.0
     delta_eps: float = 0.01
+    tokens: str = "channel"
 
     def __post_init__(self):
         if self.d_model % self.n_heads or self.d_model % 4:
@@ -107,6 +123,8 @@ class WestWorldConfig:
             raise ValueError(f"target must be 'absolute' or 'delta', got {self.target!r}")
         if not 0 < self.delta_eps < self.delta_range:
             raise ValueError(f"need 0 < delta_eps < delta_range, got {self.delta_eps} and {self.delta_range}")
+        if self.tokens not in ("channel", "step"):
+            raise ValueError(f"tokens must be 'channel' or 'step', got {self.tokens!r}")
 
 
 @dataclasses.dataclass
@@ -229,11 +247,16 @@ class SysMoEBlock(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
-        self.ln_self = nn.LayerNorm(d)
-        self.self_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
-        self.ln_cross = nn.LayerNorm(d)
-        self.cross_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
-        self.null_action = nn.Parameter(torch.zeros(1, 1, d))
+        self.channel_attention = cfg.tokens == "channel"  # one step token: nothing to attend across
+        if self.channel_attention:
+            self.ln_self = nn.LayerNorm(d)
+            self.self_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        if self.channel_attention:
+            self.ln_cross = nn.LayerNorm(d)
+            self.cross_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+            self.null_action = nn.Parameter(torch.zeros(1, 1, d))
+        else:  # a step token takes its step's pooled action token through a linear map (eq. 5 for one query)
+            self.action_in = nn.Linear(d, d)
         self.ln_ssm = nn.LayerNorm(d)
         self.ssm = SelectiveSSM(d, cfg.d_state, cfg.d_conv, cfg.expand)
         self.ln_moe = nn.LayerNorm(d)
@@ -262,6 +285,8 @@ class SysMoEBlock(nn.Module):
         never masked). ``first_has_action`` False: no action precedes the first step (only the null token)."""
         b, t, cs, d = x.shape
         ca = prev.shape[2]
+        if not self.channel_attention:  # step tokens: prev is the pooled action token (B, T, 1, d); zero: none
+            return x + self.action_in(prev)
         pad = None if bool(state_mask.all()) else (~state_mask).repeat_interleave(t, dim=0)  # None: the fast path
         if x.stride(0) == 0 and b > 1:  # every sample's tokens are one tensor expanded: attend once
             h = x[:1].reshape(t, cs, d)
@@ -371,6 +396,15 @@ class WestWorld(nn.Module):
         self.query = nn.Parameter(torch.randn(d) * 0.02)
         self.struct = _StructEmbedding(d) if cfg.use_structure else None
         self.blocks = nn.ModuleList(SysMoEBlock(cfg) for _ in range(cfg.n_blocks))
+        self.step_tokens = cfg.tokens == "step"
+        if self.step_tokens:
+            # the set encoding of a step's channels: the mean of GELU(W x + b) over the real ones, then a linear map
+            self.pool_in, self.pool_out = nn.Linear(d, d), nn.Linear(d, d)
+            self.act_pool_in, self.act_pool_out = nn.Linear(d, d), nn.Linear(d, d)  # the same for its actions,
+            self.act_value = nn.Linear(1, d)  # whose values enter linearly (no HL-Gauss: the pool is the nonlinearity),
+            nn.init.normal_(self.act_value.weight, std=1.0)  # at the scale of the positional encodings, as value_proj
+            self.dec_step = nn.Linear(d, d)  # a channel's output: ReLU(W LN(y_step) + its own embedding), the head
+            self.dec_chan = nn.Linear(d, d)
         self.ln_out = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.bins)
         centers = (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins
@@ -397,10 +431,39 @@ class WestWorld(nn.Module):
             base = base + self.struct(struct)[:, None]
         if values is None:
             return base + self.query
+        if self.step_tokens and modality == 1:  # K x T x Ca action tokens per MPPI cycle: a linear value encoding
+            return base + self.act_value((2.0 * values - 1.0).clamp(-10.0, 10.0).unsqueeze(-1))  # [0, 1] -> [-1, 1]
         tok = base + self.value_proj(hl_gauss(values, self.cfg.bins, self.cfg.hl_gauss_sigma))
         if self.delta and modality == 0:
             tok = tok + self.raw_proj(values.clamp(-10.0, 10.0).unsqueeze(-1))
         return tok
+
+    def _pool(self, x: torch.Tensor, mask: torch.Tensor, actions: bool = False) -> torch.Tensor:
+        """``tokens="step"``: channel tokens ``(B, T, C, d)`` -> one token per step ``(B, T, 1, d)``, the mean of
+        ``GELU(pool_in(x))`` over the real channels (``mask (B, C)``), through ``pool_out`` (the ``act_pool_*``
+        pair for action tokens)."""
+        lin_in, lin_out = (self.act_pool_in, self.act_pool_out) if actions else (self.pool_in, self.pool_out)
+        h = F.gelu(lin_in(x))
+        if bool(mask.all()):
+            h = h.mean(2, keepdim=True)
+        else:
+            m = mask[:, None, :, None].to(x.dtype)
+            h = (h * m).sum(2, keepdim=True) / m.sum(2, keepdim=True).clamp_min(1.0)
+        return lin_out(h)
+
+    def _channel_logits(self, y: torch.Tensor, struct: torch.Tensor, n_chan: int) -> torch.Tensor:
+        """Logits ``(B, H, Cs, bins)`` from the blocks' output ``y (B, H, C', d)``: ``C' = Cs`` channel
+        tokens (the head on each), or ``C' = 1`` step token (``tokens="step"``: each channel's logits from
+        ``ReLU(dec_step(LN(y)) + dec_chan(e_c))``, ``e_c`` its channel, modality and structural embedding; the
+        per-channel part is one add, one ReLU and the head, as it runs on ``B x H x Cs`` tokens)."""
+        if not self.step_tokens:
+            return self.head(self.ln_out(y))
+        d = self.cfg.d_model
+        e = self.chan_proj(sinusoidal(torch.arange(n_chan, device=y.device), d))[None] + self.modality.weight[0]
+        if self.struct is not None:
+            e = e + self.struct(struct)  # (B or 1, Cs, d)
+        z = torch.relu(self.dec_step(self.ln_out(y)) + self.dec_chan(e)[:, None])  # (B, H, Cs, d)
+        return self.head(z.flatten(0, 2)).unflatten(0, z.shape[:3])  # 2-D: one GEMM with its bias (ONNX Gemm)
 
     def forward(self, batch: TrajectoryBatch, shared_history: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``(B, H, Cs, bins)`` and each block's routing weights.
@@ -418,13 +481,18 @@ class WestWorld(nn.Module):
         hist = self._embed(batch.states[:, :th], batch.state_struct, steps[:th], 0, cs)
         queries = self._embed(None, batch.state_struct, steps[th:], 0, cs).expand(b, -1, -1, -1)
         x = torch.cat([hist, queries], dim=1)
+        state_mask = batch.state_mask
+        if self.step_tokens:
+            x, state_mask = self._pool(x, state_mask), state_mask.new_ones(b, 1)
         act = self._embed(batch.actions, batch.action_struct, steps, 1, batch.actions.shape[2])
+        if self.step_tokens:
+            act = self._pool(act, batch.action_mask, actions=True)
         routing = []
         for blk in self.blocks:
-            x, g = blk(x, act, batch.state_mask, batch.action_mask, th)
+            x, g = blk(x, act, state_mask, batch.action_mask, th)
             if g is not None:
                 routing.append(g)
-        return self.head(self.ln_out(x[:, th:])), routing
+        return self._channel_logits(x[:, th:], batch.state_struct, cs), routing
 
     def _forward_shared(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         th = batch.history
@@ -438,14 +506,28 @@ class WestWorld(nn.Module):
                                  "sample")
         steps = torch.arange(t, device=batch.states.device)
         x_hist = self._embed(batch.states[:1, :th], batch.state_struct[:1], steps[:th], 0, cs)
-        x_fut = self._embed(None, batch.state_struct[:1], steps[th:], 0, cs).expand(b, -1, -1, -1)
-        act = self._embed(batch.actions, batch.action_struct, steps, 1, batch.actions.shape[2])
+        x_fut = self._embed(None, batch.state_struct[:1], steps[th:], 0, cs)
+        state_mask = batch.state_mask
+        if self.step_tokens:
+            x_hist, x_fut = self._pool(x_hist, state_mask[:1]), self._pool(x_fut, state_mask[:1])
+            state_mask = state_mask.new_ones(b, 1)
+        x_fut = x_fut.expand(b, -1, -1, -1)
+        # the history's actions (all but the last, which leads into the first predicted step) are shared: once
+        ca = batch.actions.shape[2]
+        act = self._embed(batch.actions[:, th - 1:], batch.action_struct, steps[th - 1:], 1, ca)
+        if self.step_tokens:
+            act = self._pool(act, batch.action_mask, actions=True)
+        if th > 1:
+            past = self._embed(batch.actions[:1, :th - 1], batch.action_struct[:1], steps[:th - 1], 1, ca)
+            if self.step_tokens:
+                past = self._pool(past, batch.action_mask[:1], actions=True)
+            act = torch.cat([past.expand(b, -1, -1, -1), act], dim=1)
         routing = []
         for blk in self.blocks:
-            x_hist, x_fut, g = blk.forward_shared(x_hist, x_fut, act, batch.state_mask, batch.action_mask)
+            x_hist, x_fut, g = blk.forward_shared(x_hist, x_fut, act, state_mask, batch.action_mask)
             if g is not None:
                 routing.append(g.expand(b, -1, -1))
-        return self.head(self.ln_out(x_fut)), routing
+        return self._channel_logits(x_fut, batch.state_struct[:1], cs), routing
 
     def loss(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Eq. (11): soft cross-entropy over bins on the real state channels of future steps."""
