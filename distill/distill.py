@@ -2,7 +2,11 @@
 
 The student is a WestWorld with fewer Sys-MoE blocks (two in the seed) and the same
 discretised head: the same bins and HL-Gauss width as the teacher, so both predict
-distributions over the same bins. Its loss is the convex combination
+distributions over the same bins; or (not in the seed) ``bins / m`` bins for an integer ``m``,
+each the union of ``m`` neighbouring teacher bins: the teacher's distribution is summed over
+each group (its centres are then exactly the student's, as the bins are uniform on the unit
+scale) and the HL-Gauss width kept in absolute terms. A coarser head halves the read-out, which
+dominates a small student's MPPI cycle. Its loss is the convex combination
 
     L = alpha * L_CE + (1 - alpha) * L_KD,                                   (eq. 37)
     L_KD = mean over samples, future steps and real state channels of
@@ -24,14 +28,31 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-__all__ = ["kd_loss", "student_config", "distill"]
+__all__ = ["kd_loss", "merge_bins", "student_config", "distill"]
+
+
+def merge_bins(logits: torch.Tensor, bins: int) -> torch.Tensor:
+    """Log-probabilities over ``bins`` coarser bins ``(..., bins)`` from logits ``(..., B)`` over ``B`` uniform bins,
+    ``B`` a multiple of ``bins``: each coarse bin's probability is the sum over its ``B / bins`` neighbours.
+
+    Raises:
+        ValueError: ``bins`` does not divide the number of bins of ``logits``.
+    """
+    fine = logits.shape[-1]
+    if bins < 1 or fine % bins:
+        raise ValueError(f"{bins} bins do not divide the teacher's {fine} bins")
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    if bins == fine:
+        return log_p
+    return torch.logsumexp(log_p.unflatten(-1, (bins, fine // bins)), dim=-1)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. (38): ``KL(p_teacher || p_student)`` over bins, averaged like eq. (11).
 
     Args:
-        student_logits, teacher_logits: ``(B, H, C, bins)``.
+        student_logits, teacher_logits: ``(B, H, C, bins)``; the teacher may have a multiple of the student's
+            bins, merged first (:func:`merge_bins`).
         mask: ``(B, C)`` bool, true for real state channels.
 
     Returns:
@@ -39,7 +60,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
         data-parallel shards average to the global-batch value, as for eq. 11).
     """
     log_s = F.log_softmax(student_logits.float(), dim=-1)
-    log_t = F.log_softmax(teacher_logits.float(), dim=-1)
+    log_t = merge_bins(teacher_logits, student_logits.shape[-1])
     kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, H, C)
     m = mask[:, None, :].to(kl.dtype)
     per_sample = (kl * m).sum((1, 2)) / (m[:, 0].sum(-1) * kl.shape[1]).clamp_min(1)
@@ -48,11 +69,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
 
 def student_config(teacher_cfg, n_blocks: int = 2, d_model: int | None = None, expert_hidden: int | None = None,
                    d_state: int | None = None, expand: int | None = None, n_heads: int | None = None,
-                   tokens: str | None = None):
+                   tokens: str | None = None, bins: int | None = None):
     """The student's WestWorld config: the teacher's, with ``n_blocks`` blocks and optionally a
     narrower width, expert width, SSM state size and expansion, fewer attention heads, or one token
     per step instead of per channel (``tokens="step"``; what an MPPI cycle's time scales with);
-    bins, HL-Gauss width and target encoding are kept so the distributions match.
+    the target encoding is kept, and the bins too unless ``bins`` divides the teacher's (merged
+    neighbours; the HL-Gauss width then scales so that it stays the same on the unit scale).
 
     Raises:
         ValueError: a size the config refuses (e.g. ``d_model`` not divisible by ``n_heads``).
@@ -64,6 +86,11 @@ def student_config(teacher_cfg, n_blocks: int = 2, d_model: int | None = None, e
             changes[name] = int(value)
     if tokens is not None:
         changes["tokens"] = str(tokens)
+    if bins is not None and int(bins) != teacher_cfg.bins:
+        if int(bins) < 2 or teacher_cfg.bins % int(bins):
+            raise ValueError(f"student bins ({bins}) must divide the teacher's {teacher_cfg.bins}")
+        changes["bins"] = int(bins)
+        changes["hl_gauss_sigma"] = teacher_cfg.hl_gauss_sigma * int(bins) / teacher_cfg.bins
     return dataclasses.replace(teacher_cfg, **changes)
 
 
@@ -85,16 +112,18 @@ def distill(teacher, train: Sequence, val: Sequence, student_cfg, cfg, out: str 
         the training history of :func:`ws_worldmodel.pretrain.pretrain`.
 
     Raises:
-        ValueError: the teacher is not a WestWorld, the bins differ, or alpha is outside [0, 1].
+        ValueError: the teacher is not a WestWorld, the student's bins do not divide the teacher's (or their
+            HL-Gauss widths differ on the unit scale), or alpha is outside [0, 1].
     """
     from ws_worldmodel.pretrain import pretrain
 
     if teacher.kind != "westworld":
         raise ValueError(f"the teacher must be a WestWorld, got a {teacher.kind}")
     tcfg = teacher.net.cfg
-    if (student_cfg.bins, student_cfg.hl_gauss_sigma) != (tcfg.bins, tcfg.hl_gauss_sigma):
+    if (tcfg.bins % student_cfg.bins
+            or abs(student_cfg.hl_gauss_sigma * tcfg.bins / student_cfg.bins - tcfg.hl_gauss_sigma) > 1e-9):
         raise ValueError(f"student bins/HL-Gauss width ({student_cfg.bins}, {student_cfg.hl_gauss_sigma}) must equal "
-                         f"the teacher's ({tcfg.bins}, {tcfg.hl_gauss_sigma})")
+                         f"the teacher's ({tcfg.bins}, {tcfg.hl_gauss_sigma}) or merge them (student_config(bins=))")
     if (student_cfg.target, student_cfg.delta_range, student_cfg.delta_eps) != (tcfg.target, tcfg.delta_range,
                                                                                tcfg.delta_eps):
         raise ValueError(f"student target encoding ({student_cfg.target}) must equal the teacher's ({tcfg.target}), "

@@ -75,12 +75,15 @@ class _PhysicalPredict(nn.Module):
         a = (actions - self.a_lo) / self.a_span
         ones_s = torch.ones_like(s[:, 0, :], dtype=torch.bool)
         ones_a = torch.ones_like(actions[:, 0, :], dtype=torch.bool)
-        batch = TrajectoryBatch(s, a, ones_s, ones_a, self.s_struct.expand(b, -1, -1), self.a_struct.expand(b, -1, -1),
-                                th)
+        if self.shared_history:  # one structure for all: constants the runtime folds (no batch-shaped Expand)
+            s_struct, a_struct = self.s_struct[None], self.a_struct[None]
+        else:
+            s_struct, a_struct = self.s_struct.expand(b, -1, -1), self.a_struct.expand(b, -1, -1)
+        batch = TrajectoryBatch(s, a, ones_s, ones_a, s_struct, a_struct, th)
         return self.net.predict(batch, shared_history=self.shared_history) * self.s_span + self.s_lo
 
 
-SCANS = ("unrolled", "parallel")
+SCANS = ("unrolled", "vectorised", "parallel")
 
 
 @contextlib.contextmanager

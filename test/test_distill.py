@@ -30,6 +30,13 @@ def test_kd_loss_is_the_teacher_student_kl():
     pt, ps = torch.softmax(t, -1), torch.softmax(s, -1)
     manual = (pt * (pt.log() - ps.log())).sum(-1).mean()
     assert float(kd_loss(s, t, mask)) == pytest.approx(float(manual), rel=1e-5)
+    # a teacher with twice the bins: its probabilities summed over neighbouring pairs
+    t8 = torch.randn(2, 3, 4, 16, generator=g)
+    merged = torch.softmax(t8, -1).unflatten(-1, (8, 2)).sum(-1)
+    manual = (merged * (merged.log() - ps.log())).sum(-1).mean()
+    assert float(kd_loss(s, t8, mask)) == pytest.approx(float(manual), rel=1e-5)
+    with pytest.raises(ValueError, match="divide"):
+        kd_loss(torch.randn(2, 3, 4, 5), t8, mask)
     mask[:, 3] = False  # a padding channel never counts
     s2 = s.clone()
     s2[:, :, 3] += 100.0
@@ -71,12 +78,16 @@ def test_distilled_student_moves_toward_the_teacher(tmp_path, teacher):
 
 
 def test_a_step_token_student_distils_and_exports_with_either_scan(tmp_path, teacher, hopper_env):
-    """A student with one token per step (``tokens="step"``): distillation moves it toward the teacher, and
-    its ONNX export, with the scan unrolled or log-depth, agrees with PyTorch (1e-3, physical units) and
-    plans in MPPI; an unknown scan is refused."""
+    """A student with one token per step (``tokens="step"``) and half the teacher's bins: distillation moves it
+    toward the teacher, and its ONNX export, with the scan unrolled, vectorised or log-depth, agrees with PyTorch
+    (1e-3, physical units) and plans in MPPI; an unknown scan, and bins that do not divide the teacher's, are
+    refused."""
     model, tw, vw = teacher
-    scfg = student_config(model.net.cfg, n_blocks=2, tokens="step")
-    assert scfg.tokens == "step" and scfg.bins == model.net.cfg.bins
+    scfg = student_config(model.net.cfg, n_blocks=2, tokens="step", bins=model.net.cfg.bins // 2)
+    assert scfg.tokens == "step" and scfg.bins * 2 == model.net.cfg.bins
+    assert scfg.hl_gauss_sigma * 2 == pytest.approx(model.net.cfg.hl_gauss_sigma)
+    with pytest.raises(ValueError, match="divide"):
+        student_config(model.net.cfg, bins=model.net.cfg.bins - 1)
     cfg = PretrainConfig(history=TH, horizon=H, steps=30, eval_every=30, batch_size=8, stride=2, warmup=1, lr=3e-3)
     distill(model, [tw], [vw], scfg, cfg, tmp_path / "student.pt", alpha=0.5, progress=False)
     student = load_checkpoint(tmp_path / "student.pt")
@@ -90,7 +101,7 @@ def test_a_step_token_student_distils_and_exports_with_either_scan(tmp_path, tea
         after = float(kd_loss(student.net(batch)[0], t_logits, batch.state_mask))
     assert after < before
     outs = {}
-    for scan in ("unrolled", "parallel"):
+    for scan in ("unrolled", "vectorised", "parallel"):
         ort_model = OnnxSequenceModel(export_onnx(student, "hopper", H, tmp_path / f"{scan}.onnx", scan=scan))
         assert parity(student, ort_model, batch_sizes=(1, 64))["max_abs_diff"] < 1e-3
         outs[scan] = ort_model
@@ -98,12 +109,23 @@ def test_a_step_token_student_distils_and_exports_with_either_scan(tmp_path, tea
     s = np.repeat(rng.uniform(0, 0.5, size=(1, TH, 12)), 8, axis=0)
     a = rng.uniform(-1, 1, size=(8, TH + H, 3))
     a[:, :TH - 1] = a[:1, :TH - 1]
-    np.testing.assert_allclose(outs["parallel"].predict("hopper", s, a), outs["unrolled"].predict("hopper", s, a),
-                               rtol=1e-4, atol=1e-4)
+    for scan in ("vectorised", "parallel"):
+        np.testing.assert_allclose(outs[scan].predict("hopper", s, a), outs["unrolled"].predict("hopper", s, a),
+                                   rtol=1e-4, atol=1e-4)
     ctrl = make_controller(hopper_env, str(tmp_path / "parallel.onnx"),
                            ControllerConfig(mppi=MPPIConfig(horizon=H, samples=16, temperature=0.1, noise_sigma=0.5)),
                            seed=0)
     assert np.all(np.isfinite(ctrl.plan(hopper_env.reset(seed=0)[0], 0)))
+    # the change-from-the-last-state encoding exports too (its decode's expm1 written as exp - 1)
+    from ws_worldmodel.pretrain import TrajectoryWorldModel
+    from ws_worldmodel.westworld import WestWorld
+
+    torch.manual_seed(0)
+    delta = TrajectoryWorldModel(WestWorld(dataclasses.replace(scfg, target="delta")).eval(), student.systems, TH, H)
+    with torch.no_grad():
+        delta.net.head.weight.normal_()  # away from "no change", so that the decode is exercised
+    d_onnx = OnnxSequenceModel(export_onnx(delta, "hopper", H, tmp_path / "delta.onnx"))
+    assert parity(delta, d_onnx, batch_sizes=(1, 16))["max_abs_diff"] < 1e-3
     with pytest.raises(ValueError, match="scan"):
         export_onnx(student, "hopper", H, tmp_path / "x.onnx", scan="chunked")
     assert not (tmp_path / "x.onnx").exists()

@@ -26,10 +26,10 @@ def cmd_distill(args) -> int:
     with config_errors():
         scfg = student_config(teacher.net.cfg, n_blocks=args.blocks, d_model=args.d_model,
                               expert_hidden=args.expert_hidden, d_state=args.d_state, expand=args.expand,
-                              n_heads=args.heads, tokens=args.tokens)
+                              n_heads=args.heads, tokens=args.tokens, bins=args.bins)
     with config_errors():
         hist = distill(teacher, train, val, scfg, cfg, args.out, alpha=args.alpha, seed=args.seed,
-                       device=device_of(args))
+                       resume=args.resume, device=device_of(args))
     t_params = sum(p.numel() for p in teacher.net.parameters())
     s_params = sum(p.numel() for p in load_checkpoint(args.out).net.parameters())
     print(json.dumps({"student": str(args.out), "teacher": str(args.teacher), "alpha": args.alpha,
@@ -80,8 +80,13 @@ def add_distill(sub) -> None:
     di.add_argument("--tokens", choices=["channel", "step"], default=None,
                     help="student tokens: one per channel per step (the seed's) or one per step, its channels "
                          "pooled (MPPI cycles about channels-times fewer tokens; default: the teacher's)")
+    di.add_argument("--bins", type=int, default=None,
+                    help="student bins: the teacher's (default) or a divisor of them, each student bin the union of "
+                         "neighbouring teacher bins (a coarser, cheaper read-out)")
     di.add_argument("--alpha", type=float, default=0.5, help="weight of the ground-truth cross-entropy (eq. 37)")
     add_training_args(di, steps=1000, lr=1e-3, eval_every=100, stride=10, window_from="teacher")
+    di.add_argument("--resume", action="store_true",
+                    help="continue from OUT.state (written at every validation), e.g. with a larger --time-budget-min")
 
 
 def add_export(sub) -> None:
@@ -101,7 +106,8 @@ def add_export(sub) -> None:
     ex.add_argument("--per-sample-history", action="store_true",
                     help="take a history per sample, hist_states (batch, Th, Cs) (default: one history for the "
                          "batch, run once, as MPPI needs; faster)")
-    ex.add_argument("--scan", choices=["unrolled", "parallel"], default="unrolled",
-                    help="how the selective scan is written: one step at a time (unrolled) or log-depth (parallel: "
-                         "fewer operators, more arithmetic); the outputs agree to float rounding")
+    ex.add_argument("--scan", choices=["unrolled", "vectorised", "parallel"], default="unrolled",
+                    help="how the selective scan is written: one step's state at a time (unrolled, 14 operators a "
+                         "step), every step's decay and input at once and 2 operators a step (vectorised: fastest for "
+                         "small students on ONNX Runtime), or log-depth (parallel); the outputs agree to float rounding")
     ex.add_argument("--out", type=Path, required=True, help="ONNX file")

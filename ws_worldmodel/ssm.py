@@ -228,6 +228,24 @@ def _unrolled_selective_scan(u, dt, b, c, a, keep: int | None = None, h0: torch.
     return torch.cat(ys, dim=1), h_keep, h.transpose(1, 2)
 
 
+def _vectorised_selective_scan(u, dt, b, c, a, keep: int | None = None, h0: torch.Tensor | None = None):
+    """The same scan for ONNX export with every step's decay and input computed at once (``(N, L, N_state,
+    d_inner)``, a few large operators), then the recurrence as two operators per step on one split of them,
+    and the read-out of all steps at once: about ``2 L + 10`` operators instead of :func:`_unrolled_selective_scan`'s
+    ``14 L``, at the memory of the materialised tensors (small for a student). Same results."""
+    decay = torch.exp(dt.unsqueeze(2) * a.T)  # (N, L, N_state, d)
+    inp = (dt * u).unsqueeze(2) * b.unsqueeze(-1)
+    h = u.new_zeros(u.shape[0], 1, a.shape[-1], u.shape[2]) if h0 is None else h0.transpose(1, 2).unsqueeze(1)
+    hs, h_keep = [], None
+    for t, (d_t, i_t) in enumerate(zip(decay.split(1, dim=1), inp.split(1, dim=1))):
+        h = d_t * h + i_t
+        hs.append(h)
+        if t == keep:
+            h_keep = h[:, 0].transpose(1, 2)
+    y = (torch.cat(hs, dim=1) * c.unsqueeze(-1)).sum(2)  # (N, L, d): <C_t, h_t> for every step at once
+    return y, h_keep, h[:, 0].transpose(1, 2)
+
+
 def _scan_for(x: torch.Tensor, mode: str):
     if mode == "auto":
         mode = "parallel" if x.is_cuda else "loop"
@@ -309,9 +327,9 @@ class SelectiveSSM(nn.Module):
         #: materialising every state (False: the earlier path, kept for comparisons and benchmarks)
         self.fused_cpu = True
         #: how ``torch.onnx.export`` writes the scan: ``"unrolled"`` (the fused loop, one step's state at a time:
-        #: ~10 operators per step) or ``"parallel"`` (:func:`parallel_scan` on the materialised decays and inputs:
-        #: ~10 operators per doubling, ``ceil(log2 L)`` of them; fewer operators, more arithmetic; pays where a
-        #: runtime's cost is per operator, as for small students). Set by ``ws_distill.export.export_onnx(scan=)``.
+        #: ~14 operators per step), ``"vectorised"`` (decays and inputs of all steps at once, then 2 operators per
+        #: step: pays where a runtime's cost is per operator, as for small students) or ``"parallel"``
+        #: (:func:`parallel_scan`, log-depth). Set by ``ws_distill.export.export_onnx(scan=)``.
         self.export_scan = "unrolled"
 
     def _projections(self, u: torch.Tensor):
@@ -366,8 +384,8 @@ class SelectiveSSM(nn.Module):
             raise ValueError(f"extra_after must be in 1..{length}, got {k}")
         keep = k - 1 if extra is not None else None
         exporting = torch.onnx.is_in_onnx_export()
-        if self.fused_cpu and exporting and self.export_scan == "unrolled":  # the fused loop, unrolled in the graph
-            scan = _unrolled_selective_scan
+        if self.fused_cpu and exporting and self.export_scan in ("unrolled", "vectorised"):  # written into the graph
+            scan = _unrolled_selective_scan if self.export_scan == "unrolled" else _vectorised_selective_scan
         elif self.fused_cpu and self.scan_mode in ("auto", "loop") and not u.is_cuda and not exporting:
             if not torch.is_grad_enabled():  # inference on CPU: the read-out without materialising every state
                 scan = fused_selective_scan

@@ -137,7 +137,9 @@ class TrajectoryBatch:
         actions: ``(B, T, Ca)`` in [0, 1]; ``actions[:, t]`` leads from ``s_t`` to ``s_{t+1}``.
         state_mask, action_mask: ``(B, Cs)``, ``(B, Ca)`` bool, true for real channels.
         state_struct, action_struct: ``(B, Cs, 4)``, ``(B, Ca, 4)`` int64 structural indices
-            ``(object + 1, pre, in, post)`` (object -1, the static world, becomes 0).
+            ``(object + 1, pre, in, post)`` (object -1, the static world, becomes 0); a leading 1 instead
+            of ``B``: the same for every sample (WestWorld only; the ONNX export, so that the runtime folds
+            the structural embeddings into constants).
         history: ``Th``, the number of observed steps; ``H = T - Th`` are predicted.
     """
 
@@ -156,8 +158,9 @@ class TrajectoryBatch:
             raise ValueError(f"actions {tuple(self.actions.shape)} do not match states {tuple(self.states.shape)}")
         if self.state_mask.shape != (b, cs) or self.action_mask.shape != (b, ca):
             raise ValueError("masks must be (B, Cs) and (B, Ca)")
-        if self.state_struct.shape != (b, cs, 4) or self.action_struct.shape != (b, ca, 4):
-            raise ValueError("structural indices must be (B, Cs, 4) and (B, Ca, 4)")
+        if self.state_struct.shape not in ((b, cs, 4), (1, cs, 4)) or self.action_struct.shape not in ((b, ca, 4),
+                                                                                                  (1, ca, 4)):
+            raise ValueError("structural indices must be (B, Cs, 4) and (B, Ca, 4), or (1, ., 4) for every sample")
         if not 1 <= self.history < t:
             raise ValueError(f"history must be in 1..{t - 1}, got {self.history}")
 
@@ -201,6 +204,8 @@ def unit_to_delta(unit: torch.Tensor, eps: float, max_delta: float) -> torch.Ten
     """The inverse of :func:`delta_to_unit` (elementwise, any shape): a place in [0, 1] to a change
     in training ranges."""
     z = (2.0 * unit - 1.0) * math.log1p(max_delta / eps)
+    if torch.onnx.is_in_onnx_export():  # ONNX has no expm1; exp - 1 differs by ~1e-7 eps, far below a bin
+        return torch.sign(z) * eps * (torch.exp(z.abs()) - 1.0)
     return torch.sign(z) * eps * torch.expm1(z.abs())
 
 
@@ -514,7 +519,7 @@ class WestWorld(nn.Module):
         x_fut = x_fut.expand(b, -1, -1, -1)
         # the history's actions (all but the last, which leads into the first predicted step) are shared: once
         ca = batch.actions.shape[2]
-        act = self._embed(batch.actions[:, th - 1:], batch.action_struct, steps[th - 1:], 1, ca)
+        act = self._embed(batch.actions[:, th - 1:], batch.action_struct[:1], steps[th - 1:], 1, ca)  # one structure
         if self.step_tokens:
             act = self._pool(act, batch.action_mask, actions=True)
         if th > 1:
