@@ -219,8 +219,8 @@ def test_a_pose_policys_perception_trains_further_on_its_own_rollouts(demos, tmp
 
 def test_the_shipped_pose_policy_places_and_reports_where_it_sees_the_target_while_carrying(tmp_path):
     """``ws policy eval`` of the shipped pick-and-place policy on a development seed it solves: the report gives
-    the object head's target error while the cube is carried (per episode and by outcome), a few centimetres at
-    most for a placement that succeeded."""
+    the object head's target and cube errors while the cube is carried (per episode and by outcome), a few
+    centimetres at most for a placement that succeeded."""
     import json
 
     from ws_cli.main import main
@@ -233,3 +233,4 @@ def test_the_shipped_pose_policy_places_and_reports_where_it_sees_the_target_whi
     assert ep["success"] and 0 < ep["carry_target_error_m"] < 0.03
     assert rep["carry_target_error_m"]["median_placed"] == rep["carry_target_error_m"]["median"] == ep["carry_target_error_m"]
     assert "median_not_placed" not in rep["carry_target_error_m"]
+    assert 0 < ep["carry_cube_error_m"] == rep["carry_cube_error_m"]["median_placed"]

@@ -321,11 +321,11 @@ def cmd_policy_eval(args) -> int:
               f"{c['max'] * 100:.1f}), target by {t['median'] * 100:.1f} cm (max {t['max'] * 100:.1f}); "
               f"as the arm approaches, the cube off by {report['approach_cube_error_m']['median'] * 100:.1f} cm "
               f"(median of the episodes' medians)")
-    if report.get("carry_target_error_m"):
-        c = report["carry_target_error_m"]
+    for what in ("target", "cube") if report.get("carry_target_error_m") else ():
+        c = report[f"carry_{what}_error_m"]
         by = ", ".join(f"{k.removeprefix('median_').replace('_', ' ')} {c[k] * 100:.1f} cm"
                        for k in ("median_placed", "median_not_placed") if k in c)
-        print(f"while the cube is carried, the target off by {c['median'] * 100:.1f} cm (median of the episodes' "
+        print(f"while the cube is carried, the {what} off by {c['median'] * 100:.1f} cm (median of the episodes' "
               f"medians; max {c['max'] * 100:.1f}; {by})")
     print(f"report: {out / 'report.json'}  videos: {report['videos']}")
     return 0

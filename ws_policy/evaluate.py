@@ -58,9 +58,9 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         in each episode's first frame (``start_cube_error_m``, ``start_target_error_m``: per episode,
         and their median and maximum) and, as the arm approaches, the median of its cube error every
         :data:`APPROACH_EVERY` steps until the cube is lifted (``approach_cube_error_m``), and for pick and place
-        the median of its target error as often while the cube is lifted (``carry_target_error_m``: per episode
-        that lifted it, then the median and maximum over them and the medians of the placed and the not placed
-        ones); also written to
+        the medians of its target and cube errors as often while the cube is lifted (``carry_target_error_m``,
+        ``carry_cube_error_m``: per episode that lifted it, then the median and maximum over them and the
+        medians of the placed and the not placed ones); also written to
         ``out_dir/report.json``.
 
     ``record``: a list that gets every ``record_every``-th frame the policy saw, labelled with the true object
@@ -99,7 +99,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
             z0, z_max = obs["objects"][2], obs["objects"][2]  # cube A's height (objects: env.objects)
             located = _locate(policy, obs)  # where the object head places the cube and target in the first frame
             approach = []  # the head's cube error every APPROACH_EVERY steps until the cube is lifted
-            carry = []  # and its target error every APPROACH_EVERY steps while the cube is lifted
+            carry, carry_cube = [], []  # and its target and cube errors every APPROACH_EVERY steps while lifted
             for step in range(env.max_episode_steps):
                 if record is not None and step % record_every == 0:
                     record.append(labelled_frame(obs, info["instruction"]))
@@ -107,7 +107,9 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                     if obs["objects"][2] - z0 < LIFTED_M:
                         approach.append(_locate(policy, obs)["start_cube_error_m"])
                     elif task == "pick_place":
-                        carry.append(_locate(policy, obs)["start_target_error_m"])
+                        seen = _locate(policy, obs)
+                        carry.append(seen["start_target_error_m"])
+                        carry_cube.append(seen["start_cube_error_m"])
                 action = expert.act() if expert is not None else executor.act(step, obs)
                 obs, _, terminated, truncated, info = env.step(action)
                 frames.append(obs["rgb"])
@@ -125,6 +127,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                 results[-1]["approach_cube_error_m"] = round(float(np.median(approach)), 4)
             if carry:
                 results[-1]["carry_target_error_m"] = round(float(np.median(carry)), 4)
+                results[-1]["carry_cube_error_m"] = round(float(np.median(carry_cube)), 4)
             key = "success" if ok else "failure"
             if video and out_dir is not None and key not in videos:
                 path = Path(out_dir) / f"{task}_{name}_{key}_seed{seed + i}.mp4"
@@ -156,13 +159,13 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         start["approach_cube_error_m"] = {"median": round(float(np.median([r["approach_cube_error_m"] for r in results])), 4),
                                           "max": round(float(np.max([r["approach_cube_error_m"] for r in results])), 4)}
         carried = [r for r in results if "carry_target_error_m" in r]
-        if carried:  # placing: where the head puts the target while the cube is carried, by outcome
-            start["carry_target_error_m"] = {
-                "median": round(float(np.median([r["carry_target_error_m"] for r in carried])), 4),
-                "max": round(float(np.max([r["carry_target_error_m"] for r in carried])), 4),
-                **{f"median_{k}": round(float(np.median(v)), 4) for k, v in (
-                    ("placed", [r["carry_target_error_m"] for r in carried if r["success"]]),
-                    ("not_placed", [r["carry_target_error_m"] for r in carried if not r["success"]])) if v}}
+        for what in ("target", "cube") if carried else ():  # placing: where the head puts them while carrying
+            key = f"carry_{what}_error_m"
+            start[key] = {"median": round(float(np.median([r[key] for r in carried])), 4),
+                          "max": round(float(np.max([r[key] for r in carried])), 4),
+                          **{f"median_{k}": round(float(np.median(v)), 4) for k, v in (
+                              ("placed", [r[key] for r in carried if r["success"]]),
+                              ("not_placed", [r[key] for r in carried if not r["success"]])) if v}}
     report = {"policy": name, "task": task, "workspace": workspace, "episodes": len(results), "seed": seed,
               "successes": wins, "failure_modes": modes, **start,
               "success_rate": wins / len(results), "ci95": [round(lo, 3), round(hi, 3)],
