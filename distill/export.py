@@ -19,13 +19,15 @@ system, in physical units, with min-max normalisation and decoding inside the gr
 channel records and the code version, so :class:`OnnxSequenceModel` serves the graph without
 the checkpoint. With a shared history, ``actions[:, :Th - 1]`` must be the same in every sample.
 
-Export traces the model with the selective scan as a plain loop (unrolled over
-``Th + H`` steps, holding one step's state at a time, as the fused CPU scan does; ``scan="unrolled"``)
-or as the log-depth parallel scan over the materialised decays and inputs (``scan="parallel"``:
-``ceil(log2 L)`` doublings instead of ``L`` steps, so a few hundred fewer operators for a 20-step
-horizon, at ``log2 L`` times the arithmetic; faster for small students, whose cost on ONNX Runtime
-is per operator), and PyTorch's fused attention fast path off, so every operator is a standard
-ONNX one.
+Export traces the model with PyTorch's fused attention fast path off, so every operator is a
+standard ONNX one, and writes the selective scan in one of three ways (equal outputs to float
+rounding, tested): ``scan="unrolled"`` (the default), a plain loop over the ``Th + H`` steps holding
+one step's state at a time, as the fused CPU scan does (about 14 operators a step);
+``"vectorised"``, every step's decay and input computed at once and 2 operators a step; and
+``"parallel"``, the log-depth scan over the materialised decays and inputs (``ceil(log2 L)``
+doublings at ``log2 L`` times the arithmetic). The last two have fewer operators but hold the
+``(N, L, N_state, d_inner)`` tensors; on the 2-core CPU of docs/distillation.md neither was faster
+for a small step-token student (8.5 and 11.2 against 8.0 ms per forward at batch 64).
 """
 
 from __future__ import annotations
@@ -111,8 +113,8 @@ def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset
     """Export ``model`` (a WestWorld ``TrajectoryWorldModel``) for ``system`` with ``horizon`` predicted steps.
 
     ``shared_history``: one history ``(1, Th, Cs)`` for the whole batch (MPPI; the default), or one per
-    sample (False). ``scan``: how the selective scan is written, ``"unrolled"`` or ``"parallel"`` (see the
-    module docstring; equal outputs to float rounding). See the module docstring for the graph.
+    sample (False). ``scan``: how the selective scan is written, one of :data:`SCANS` (see the module
+    docstring; equal outputs to float rounding). See the module docstring for the graph.
 
     Raises:
         ValueError: not a WestWorld (TrajWorld and TDM decode step by step with a KV cache and

@@ -328,8 +328,8 @@ class SelectiveSSM(nn.Module):
         self.fused_cpu = True
         #: how ``torch.onnx.export`` writes the scan: ``"unrolled"`` (the fused loop, one step's state at a time:
         #: ~14 operators per step), ``"vectorised"`` (decays and inputs of all steps at once, then 2 operators per
-        #: step: pays where a runtime's cost is per operator, as for small students) or ``"parallel"``
-        #: (:func:`parallel_scan`, log-depth). Set by ``ws_distill.export.export_onnx(scan=)``.
+        #: step) or ``"parallel"`` (:func:`parallel_scan`, log-depth); the last two trade operators for memory
+        #: (see ``ws_distill.export``). Set by ``ws_distill.export.export_onnx(scan=)``.
         self.export_scan = "unrolled"
 
     def _projections(self, u: torch.Tensor):

@@ -256,7 +256,6 @@ class SysMoEBlock(nn.Module):
         if self.channel_attention:
             self.ln_self = nn.LayerNorm(d)
             self.self_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
-        if self.channel_attention:
             self.ln_cross = nn.LayerNorm(d)
             self.cross_attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
             self.null_action = nn.Parameter(torch.zeros(1, 1, d))
