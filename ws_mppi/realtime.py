@@ -192,6 +192,13 @@ class RealtimeController:
         return True
 
     @property
+    def plan_made(self) -> float:
+        """When the newest plan was made, on the loop's clock (the stamp of the state it was
+        made from, when ``get_state`` gives one); ``-inf`` before the first plan."""
+        with self._lock:
+            return float(self._made[self._latest]) if self._latest >= 0 else float("-inf")
+
+    @property
     def has_plan(self) -> bool:
         """Whether a plan has been published (before that, ticks emit ``hold_action``)."""
         return self._latest >= 0

@@ -50,7 +50,13 @@ prediction only point 0 goes out.
 ``/diagnostics`` (1 Hz) carries tick period percentiles, missed ticks, replanning rate,
 planning latency, rejected readings and the safety mode. With ``unpause_service`` set, the
 controller calls that ``std_srvs/Empty`` service once its first plan exists (a paused
-``sim_bridge`` starts then). ``goal`` (``PoseStamped``): for the Go1 it replaces the
+``sim_bridge`` starts then). Lockstep (``max_plan_age_s`` > 0, simulated time only, with
+``pause_service`` and ``unpause_service``): whenever a tick finds the plan in force older
+than ``max_plan_age_s`` of simulated time, the controller pauses the simulation, and unpauses
+it as soon as a plan made from a state at most that old exists, so that a machine too slow
+for the real-time factor slows the simulation rather than degrading the control (the sim
+graphs of the motor-driven robots and the Go1 set it; a real robot cannot be paused, so the
+robot graphs leave it 0). ``goal`` (``PoseStamped``): for the Go1 it replaces the
 waypoint list with one planar goal; for the PiPER it moves the tool's goal point (solved
 once by inverse kinematics; an unreachable goal is logged and ignored).
 
@@ -99,6 +105,14 @@ from ws_sim.safety import Decision, JointLimits, Mode, SafetySupervisor, StateVa
 __all__ = ["MPPIControllerNode", "main"]
 
 
+class _Done:
+    """A request future that is already done (before the first lockstep request)."""
+
+    @staticmethod
+    def done() -> bool:
+        return True
+
+
 def _descriptor(text: str, read_only: bool = True, **kwargs) -> ParameterDescriptor:
     return ParameterDescriptor(description=text, read_only=read_only, **kwargs)
 
@@ -123,11 +137,20 @@ class MPPIControllerNode(LifecycleNode):
         p("rate_hz", 90.0, _descriptor("command rate, Hz (seed 003 App. G: 90)"))
         p("state_timeout_s", 0.1, _descriptor("no valid state for this long -> safe hold and ERROR"))
         p("max_state_age_s", 0.1, _descriptor("readings older than this are rejected as stale"))
+        p("joint_range_margin_rad", 0.1, _descriptor(
+            "a reading whose joint lies further than this outside the joint's range is rejected; MJCF soft limits "
+            "(Gymnasium's Hopper and Walker2d) are overshot on hard landings: their sim graphs set more"))
         p("threads", 1, _descriptor("torch / oracle threads of the planner"))
         p("seed", 0, _descriptor("MPPI noise seed"))
         p("autostart", True, _descriptor("configure and activate on start"))
         p("unpause_service", "", _descriptor("std_srvs/Empty service to call once the first plan exists "
                                              "(sim graphs: the paused sim_bridge's unpause_physics); empty: none"))
+        p("pause_service", "", _descriptor("std_srvs/Empty service that pauses the simulation (sim graphs: "
+                                           "sim_bridge's pause_physics), for max_plan_age_s; empty: none"))
+        p("max_plan_age_s", 0.0, _descriptor(
+            "lockstep, simulated time only: when the plan in force is older than this (s since the state it was "
+            "made from), call pause_service, and unpause_service once a plan that fresh exists, so that a slow "
+            "machine slows the simulation rather than the control; 0: off (a real robot cannot be paused)"))
         from rclpy.parameter import Parameter
 
         p("goal", Parameter.Type.DOUBLE_ARRAY, _descriptor(
@@ -142,7 +165,14 @@ class MPPIControllerNode(LifecycleNode):
         self._base_stamp = None
         self._last = None  # last Decision
         self._subs, self._pubs, self._timers = [], [], []
-        self._unpause = None
+        self._unpause = None  # the first-plan unpause, called once
+        self._unpause_client = self._pause_client = None
+        self.max_plan_age_s = 0.0
+        self._lockstep_paused = False  # this node paused the simulation and has not unpaused it yet
+        self.lockstep_pauses = 0
+        self._rejected_at_pause = 0  # readings rejected before the last lockstep pause
+        self._lockstep_future = _Done()  # the last pause or unpause request
+        self._planning_stamp = 0.0  # stamp of the state the planner is planning from
         if self.get_parameter("autostart").value:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise RuntimeError("mppi_controller failed to configure (see the log above)")
@@ -161,6 +191,8 @@ class MPPIControllerNode(LifecycleNode):
         g = lambda name: self.get_parameter(name).value  # noqa: E731
         try:
             threads = int(g("threads"))
+            if float(g("joint_range_margin_rad")) < 0:
+                raise ValueError(f"joint_range_margin_rad must be >= 0, got {g('joint_range_margin_rad')}")
             torch.set_num_threads(threads)
             self.env = make_env(g("env"))
             self.env.reset(seed=int(g("seed")))
@@ -175,7 +207,8 @@ class MPPIControllerNode(LifecycleNode):
             every = JointLimits.from_model(self.env.model, self.io.joint_names, require_actuator=False)
             self.supervisor = SafetySupervisor(
                 limits, state_timeout_s=float(g("state_timeout_s")),
-                validator=StateValidator(every, max_age_s=float(g("max_state_age_s"))), base_dim=self.io.base_dim)
+                validator=StateValidator(every, range_margin=float(g("joint_range_margin_rad")),
+                                         max_age_s=float(g("max_state_age_s"))), base_dim=self.io.base_dim)
         except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
             self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
             return TransitionCallbackReturn.FAILURE
@@ -201,8 +234,18 @@ class MPPIControllerNode(LifecycleNode):
         self._clock_msgs, self._clock_wall = 0, None
         if self.sim_time:
             self._subs.append(self.create_subscription(ClockMsg, "/clock", self._on_clock, 10))
-        service = g("unpause_service")
-        self._unpause = self.create_client(Empty, service) if service else None
+        service, pause = g("unpause_service"), g("pause_service")
+        self.max_plan_age_s = float(g("max_plan_age_s"))
+        problem = ("max_plan_age_s must be >= 0, got %g" % self.max_plan_age_s if self.max_plan_age_s < 0 else
+                   "max_plan_age_s > 0 (lockstep) needs use_sim_time: true" if self.max_plan_age_s and not self.sim_time
+                   else "max_plan_age_s > 0 (lockstep) needs pause_service and unpause_service"
+                   if self.max_plan_age_s and not (service and pause) else "")
+        if problem:
+            self.get_logger().error(f"configure failed: {problem}")
+            return TransitionCallbackReturn.FAILURE
+        self._unpause_client = self.create_client(Empty, service) if service else None
+        self._unpause = self._unpause_client
+        self._pause_client = self.create_client(Empty, pause) if pause else None
         self.get_logger().info(f"configured: {self.env.name}, dynamics {self.planner.name}, MPPI H={cfg.mppi.horizon} "
                                f"K={cfg.mppi.samples} lambda={cfg.mppi.temperature}, {self.rate_hz} Hz")
         return TransitionCallbackReturn.SUCCESS
@@ -470,6 +513,10 @@ class MPPIControllerNode(LifecycleNode):
 
     # --- the real-time loop's callbacks ---------------------------------------------------------
     def _get_state(self):
+        if self._lockstep_paused and self._rejected_total() > self._rejected_at_pause:
+            # a reading came while paused and was rejected: no plan can be made from it, and the
+            # supervisor's state timeout needs time to pass; the simulation runs on
+            self._lockstep_resume(force=True)
         with self._lock:
             if self.supervisor.valid_updates == self._planned_update:
                 return None  # nothing new since the last plan: replanning on the same state wastes the CPU
@@ -487,6 +534,7 @@ class MPPIControllerNode(LifecycleNode):
             return None
         if self.env.name == "go1":
             self.env.update_goal(state[:2])
+        self._planning_stamp = stamp
         # in sim time the reading's stamp is on the loop's clock: the plan starts at the state it was made from
         return (state, t) + ((stamp,) if self.sim_time else ())
 
@@ -512,7 +560,47 @@ class MPPIControllerNode(LifecycleNode):
                 self._unpause = None
             else:
                 self.get_logger().warn(f"waiting for the service {self._unpause.srv_name}", throttle_duration_sec=2.0)
+        if self.max_plan_age_s > 0:
+            self._lockstep_resume()
         return last.nominal
+
+    # --- lockstep (simulated time): a slow machine slows the simulation, not the control ----------
+    def _lockstep_pause(self, now: float) -> None:
+        """Tick thread: the plan in force is older than ``max_plan_age_s``: pause the simulation."""
+        rt = self._rt
+        if rt is None or not rt.has_plan or self._unpause is not None:  # before the first plan's unpause
+            return
+        with self._lock:
+            if self._lockstep_paused or now - rt.plan_made <= self.max_plan_age_s:
+                return
+            if not self._pause_client.service_is_ready() or not self._lockstep_future.done():
+                return  # (the last unpause not yet done: the two requests could arrive swapped)
+            self._lockstep_paused = True
+            self.lockstep_pauses += 1
+            self._rejected_at_pause = self._rejected_total()
+            self._lockstep_future = self._pause_client.call_async(Empty.Request())
+        if self.lockstep_pauses == 1:
+            self.get_logger().info(f"lockstep: plan {1e3 * (now - rt.plan_made):.1f} ms old (max "
+                                   f"{1e3 * self.max_plan_age_s:.1f} ms of simulated time): paused the simulation "
+                                   "until the planner catches up (counted in /diagnostics as lockstep_pauses)")
+
+    def _rejected_total(self) -> int:
+        return sum(self.supervisor.validator.rejected.values())
+
+    def _lockstep_resume(self, force: bool = False) -> None:
+        """Planner thread, after a plan: unpause the simulation this node paused once the plan is
+        fresh: made from a state at most ``max_plan_age_s`` old, or from the newest state there is
+        (a paused simulation sends no newer one, whatever its publishing period). ``force``: at
+        once (a reading rejected while paused: there is nothing to plan from, and only running
+        time lets the supervisor's state timeout hold the robot)."""
+        with self._lock:
+            fresh = force or (self._now() - self._planning_stamp <= self.max_plan_age_s
+                              or self._planning_stamp >= self.supervisor.state_stamp_s)
+            # the pause done first: an unpause that overtook it would leave the simulation paused for good
+            if not self._lockstep_paused or not fresh or not self._lockstep_future.done():
+                return
+            self._lockstep_paused = False
+            self._lockstep_future = self._unpause_client.call_async(Empty.Request())
 
     def _predicted_for(self, steps: np.ndarray):
         """The states MPPI predicts for the starts of the plan ``steps`` ``(n, nu)`` (the tick's
@@ -553,6 +641,8 @@ class MPPIControllerNode(LifecycleNode):
                 self._sent_log.append((now, times, np.array(rows)))
         if d.command is not None:
             self._publish_command(d.command, tail, lead if tail is not None else 0.0, stamp_s=now)
+        if self.max_plan_age_s > 0 and d.mode == Mode.RUN:
+            self._lockstep_pause(now)
 
     def _publish_command(self, command: np.ndarray, tail: np.ndarray | None = None, lead_s: float = 0.0,
                          stamp_s: float | None = None) -> None:
@@ -597,6 +687,8 @@ class MPPIControllerNode(LifecycleNode):
                   "accepted_states": self.supervisor.validator.accepted,
                   "readings_last_s": checked, "rejected_last_s": rejected,
                   "time_base": "sim (/clock)" if getattr(self, "sim_time", False) else "wall"}
+        if self.max_plan_age_s > 0:
+            values["lockstep_pauses"] = self.lockstep_pauses
         if not self._active:
             level, message = 1, "inactive (lifecycle): not planning, not commanding"
         elif d is None:

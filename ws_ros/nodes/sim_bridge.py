@@ -112,6 +112,7 @@ class SimBridge(Node):
         self._lock = threading.Lock()
         self.commands_applied = 0
         self.commands_rejected = 0
+        self.pauses = 0  # pause_physics calls that paused a running simulation
         self.last_rejection = ""
         if rate <= 0 or clock_rate <= 0:
             raise ValueError(f"publish_rate_hz and clock_rate_hz must be positive, got {rate} and {clock_rate}")
@@ -229,15 +230,25 @@ class SimBridge(Node):
 
     def _on_unpause(self, request, response):
         if not self._running.is_set():
-            self.get_logger().info(f"unpaused at t = {self.data.time:.3f} s")
+            self._log_pause(f"unpaused at t = {self.data.time:.3f} s")
         self._running.set()
         return response
 
     def _on_pause(self, request, response):
         if self._running.is_set():
-            self.get_logger().info(f"paused at t = {self.data.time:.3f} s")
+            self.pauses += 1
+            self._log_pause(f"paused at t = {self.data.time:.3f} s")
         self._running.clear()
         return response
+
+    def _log_pause(self, text: str) -> None:
+        """The first pauses at info; later ones (a controller in lockstep may pause many times a
+        second) at debug, counted in /diagnostics as ``pauses``."""
+        if self.pauses <= 2:
+            last = self.pauses == 2 and text.startswith("paused")
+            self.get_logger().info(text + (" (further pauses are logged at debug level)" if last else ""))
+        else:
+            self.get_logger().debug(text)
 
     # --- physics --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -377,7 +388,7 @@ class SimBridge(Node):
             ("running" if self._running.is_set() else "paused (call unpause_physics)"),
             {"sim_time_s": round(self.data.time, 3), "achieved_real_time_factor": round(self.data.time / wall, 3)
              if wall > 0 else 0.0, "commands_applied": self.commands_applied,
-             "commands_rejected": self.commands_rejected}, hardware_id=self.env_name)]
+             "commands_rejected": self.commands_rejected, "pauses": self.pauses}, hardware_id=self.env_name)]
         self.pub_diag.publish(msg)
 
     def destroy_node(self):
