@@ -6,7 +6,9 @@ not depend on the weights), saved, exported to ONNX (one shared history, as ``ws
 planned with in MPPI at ``--samples`` K and ``--horizon`` H: the whole cycle (sample, predict, weigh),
 median and p99 over ``--iters`` cycles after warm-up. The teacher's size runs first, also with a history
 per sample (``teacher_per_sample``: what every sequence model ran before 2026-12-06), and every row has
-its ratio to the teacher's shared-history PyTorch cycle in the same run. Prints one JSON object; asserts
+its ratio to the teacher's shared-history PyTorch cycle in the same run. Each cycle is also split into the
+time inside the model's ``rollout`` and the rest (sampling, costs, weighting); ``--scans`` times the ONNX
+export with each way of writing the selective scan (``ws export --scan``) and counts its nodes. Prints one JSON object; asserts
 nothing. Controller: ``config/mppi_short_horizon.yaml`` (the Go1's own config on the Go1) with ``--samples``
 and ``--horizon`` (64 and 20 by default) and no policy samples.
 
@@ -81,19 +83,43 @@ def _model_for(env, cfg, history: int, horizon: int) -> TrajectoryWorldModel:
 
 
 def _cycle(env, path: str, cfg, iters: int, threads: int, shared: bool = True) -> dict:
+    """Median and p99 of the whole MPPI cycle, and of the time spent in the model's ``rollout`` within it
+    (``model_*``; the rest of the cycle, sampling, costs and weighting, is ``overhead_median_ms``)."""
     ctrl = make_controller(env, path, cfg, seed=0, nthread=threads)
+    dyn = ctrl.mppi.dynamics
     if not shared:  # the history run for every sample, as before the shared-history path
-        ctrl.mppi.dynamics.model.share_history = False
+        dyn.model.share_history = False
+    rollout, spent = dyn.rollout, [0.0]
+
+    def timed_rollout(*a, **k):  # the instance's own rollout, timed
+        tic = time.perf_counter()
+        try:
+            return rollout(*a, **k)
+        finally:
+            spent[0] += time.perf_counter() - tic
+
+    dyn.rollout = timed_rollout
     state, _ = env.reset(seed=0)
     for _ in range(2):
         ctrl.plan(state, 0)
-    lat = []
+    lat, model = [], []
     for i in range(iters):
+        spent[0] = 0.0
         tic = time.perf_counter()
         ctrl.plan(state, i)
         lat.append((time.perf_counter() - tic) * 1e3)
+        model.append(spent[0] * 1e3)
     ctrl.close()
-    return {"median_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+    r = lambda x: round(float(x), 2)  # noqa: E731
+    return {"median_ms": r(np.median(lat)), "p99_ms": r(np.percentile(lat, 99)),
+            "model_median_ms": r(np.median(model)), "model_p99_ms": r(np.percentile(model, 99)),
+            "overhead_median_ms": r(np.median(np.subtract(lat, model)))}
+
+
+def _onnx_nodes(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path)).graph.node)
 
 
 def main() -> None:
@@ -110,7 +136,14 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=30, help="timed MPPI cycles per row")
     p.add_argument("--threads", type=int, default=None, help="PyTorch and ONNX Runtime threads (default: all cores)")
     p.add_argument("--budget-ms", type=float, default=1000 / 90, help="the cycle that fits 90 Hz")
+    p.add_argument("--scans", default="unrolled", help="comma-separated ONNX scans to time for every size "
+                                                         "(ws export --scan): unrolled, vectorised, parallel")
     args = p.parse_args()
+    from ws_distill.export import SCANS
+
+    scans = [x.strip() for x in args.scans.split(",") if x.strip()]
+    if not scans or any(x not in SCANS for x in scans):
+        p.error(f"--scans: each of {list(SCANS)}, got {args.scans!r}")
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     from ws_distill.export import export_onnx
@@ -128,17 +161,19 @@ def main() -> None:
             model = _model_for(env, dataclasses.replace(teacher.net.cfg, **changes), teacher.history, args.horizon)
             pt = Path(tmp) / f"{label}.pt"
             atomic_torch_save(model.payload(), pt)
-            onnx = export_onnx(model, env.name, args.horizon, Path(tmp) / f"{label}.onnx")
             row = {"changes": changes, "parameters": sum(q.numel() for q in model.net.parameters()),
-                   "torch": _cycle(env, str(pt), cfg, args.iters, threads),
-                   "onnxruntime": _cycle(env, str(onnx), cfg, args.iters, threads)}
+                   "torch": _cycle(env, str(pt), cfg, args.iters, threads)}
+            for scan in scans:
+                onnx = export_onnx(model, env.name, args.horizon, Path(tmp) / f"{label}_{scan}.onnx", scan=scan)
+                key = "onnxruntime" if scan == "unrolled" else f"onnxruntime_{scan}"
+                row[key] = {**_cycle(env, str(onnx), cfg, args.iters, threads), "onnx_nodes": _onnx_nodes(onnx)}
             if label == "teacher":
                 row["torch_per_sample_history"] = _cycle(env, str(pt), cfg, args.iters, threads, shared=False)
             rows[label] = row
     ref = rows["teacher"]["torch"]["median_ms"]
     for row in rows.values():
-        for runtime in ("torch", "onnxruntime", "torch_per_sample_history"):
-            if runtime in row:
+        for runtime in [k for k in row if k.startswith(("torch", "onnxruntime"))]:
+            if isinstance(row[runtime], dict):
                 row[runtime]["over_teacher_torch"] = round(row[runtime]["median_ms"] / ref, 3)
                 row[runtime]["fits_budget_p99"] = row[runtime]["p99_ms"] <= args.budget_ms
     print(json.dumps({"benchmark": "student_sizes_mppi_cycle", "env": args.env, "samples": args.samples,

@@ -26,8 +26,9 @@ one step's state at a time, as the fused CPU scan does (about 14 operators a ste
 ``"vectorised"``, every step's decay and input computed at once and 2 operators a step; and
 ``"parallel"``, the log-depth scan over the materialised decays and inputs (``ceil(log2 L)``
 doublings at ``log2 L`` times the arithmetic). The last two have fewer operators but hold the
-``(N, L, N_state, d_inner)`` tensors; on the 2-core CPU of docs/distillation.md neither was faster
-for a small step-token student (8.5 and 11.2 against 8.0 ms per forward at batch 64).
+``(N, L, N_state, d_inner)`` tensors: on the 2-core CPU of docs/distillation.md (``bench/bench_student_sizes.py
+--scans``) neither was faster for the two-block step-token student in MPPI at K 64, H 20; for a one-block
+student the vectorised scan was.
 """
 
 from __future__ import annotations
