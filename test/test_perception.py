@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ws_policy.data import collect_demos, write_demos
+from ws_policy.errors import PolicyError
 from ws_policy.model import default_vocabulary, object_targets
 from ws_policy.perception import (ObjectPerception, PerceptionConfig, PosePolicy, PosePolicyConfig, perception_errors,
                                   reset_frames, train_perception)
@@ -214,6 +215,50 @@ def test_a_pose_policys_perception_trains_further_on_its_own_rollouts(demos, tmp
     assert main([*common, "--perception-rollouts", "1", "--perception-steps", "1", "--out", str(tmp_path / "x.pt")]) == 2
     assert main([*common, "--init", str(first), "--rollout-seed", "5", "--perception-steps", "1",
                  "--out", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_pose_policy_gets_a_new_actor_trained_on_noisy_positions_over_its_kept_perception(demos, tmp_path):
+    """``--model pose --init POSE.pt --retrain-actor --perception-steps 0 --actor-noise M``: the perception is
+    kept exactly, a new actor is trained on positions perturbed by M metres (recorded in the history), and its
+    chunk for a fixed input differs from an actor trained on exact positions with the same seed; the flags'
+    misuses are refused before anything is written."""
+    from ws_cli.main import main
+
+    eps, _, path = demos
+    first = tmp_path / "pose.pt"
+    common = ["policy", "train", "--demos", str(path), "--threads", "1", "--chunk", "4", "--model", "pose",
+              "--keypoints", "4", "--trunk-width", "8", "--perception-batch-size", "4"]
+    assert main([*common, "--steps", "5", "--perception-steps", "3", "--out", str(first)]) == 0
+    outs = {}
+    for noise in ("0", "0.02"):
+        outs[noise] = tmp_path / f"noise{noise}.pt"
+        assert main([*common, "--init", str(first), "--retrain-actor", "--perception-steps", "0", "--steps", "30",
+                     "--actor-noise", noise, "--out", str(outs[noise])]) == 0
+    before = load_policy(first)[0]
+    clean, noisy = (load_policy(outs[n])[0] for n in ("0", "0.02"))
+    hist = load_policy(outs["0.02"])[1]["extra"]["history"]
+    assert hist["actor"]["input_noise_m"] == 0.02 and hist["perception"]["kept_from"] == str(first)
+    for model in (clean, noisy):
+        assert all(torch.equal(a, b) for a, b in zip(before.perception.state_dict().values(),
+                                                     model.perception.state_dict().values()))
+    feats = torch.zeros(1, 16)
+    x = torch.zeros(1, 4, 7)
+    tau = torch.full((1,), 0.5)
+    assert not torch.allclose(clean.actor(feats, x, tau), noisy.actor(feats, x, tau))
+    with pytest.raises(PolicyError, match="input_noise_m"):
+        train_state_policy(StatePolicyConfig(chunk=4), eps, 1, input_noise_m=0.01)  # inputs="poses"
+    with pytest.raises(PolicyError, match="input_noise_m"):
+        train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 1, input_noise_m=-0.01)
+    x_pt = str(tmp_path / "x.pt")
+    for bad in (["--retrain-actor", "--perception-steps", "1"],  # no --init
+                ["--init", str(first), "--actor-noise", "0.01", "--perception-steps", "0"],  # actor kept
+                ["--perception-steps", "0"],  # nothing to keep
+                ["--init", str(first), "--retrain-actor", "--perception-steps", "0", "--actor-noise", "-1"],
+                ["--init", str(first), "--perception-steps", "0", "--perception-layouts", "2"]):
+        assert main([*common, *bad, "--steps", "1", "--out", x_pt]) == 2, bad
+    assert main(["policy", "train", "--demos", str(path), "--threads", "1", "--model", "mot", "--actor-noise", "0.01",
+                 "--steps", "1", "--out", x_pt]) == 2
     assert not (tmp_path / "x.pt").exists()
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .common import add_device, add_seed, add_threads, command, config_errors, group, set_threads
@@ -69,6 +70,11 @@ def cmd_policy_train(args) -> int:
     from ws_policy.train import TwoStagePolicy, load_policy, save_policy, train_policy
 
     set_threads(args.threads)
+    if args.model != "pose" and (args.actor_noise or args.retrain_actor):
+        raise ConfigError("--actor-noise and --retrain-actor are for --model pose (its actor over the perception's "
+                          "estimate)")
+    if not (math.isfinite(args.actor_noise) and args.actor_noise >= 0):
+        raise ConfigError(f"--actor-noise must be a finite number of metres >= 0, got {args.actor_noise}")
     episodes, attrs = read_episode_files(args.demos)
     if args.model == "state":
         return _train_state_policy(args, episodes, attrs)
@@ -370,6 +376,17 @@ def _train_pose_policy(args, episodes, attrs) -> int:
         raise ConfigError("--rollout-seed sets the seeds of --perception-rollouts: give --perception-rollouts N")
     if args.rollout_seed is not None and args.rollout_seed < 0:
         raise ConfigError(f"--rollout-seed must be >= 0, got {args.rollout_seed}")
+    if args.retrain_actor and init is None:
+        raise ConfigError("--retrain-actor replaces the actor of the --init pose policy: give --init "
+                          "(without --init a new actor is trained anyway)")
+    if args.actor_noise and init is not None and not args.retrain_actor:
+        raise ConfigError("--actor-noise trains a new actor, but with --init the init's actor is kept: add --retrain-actor")
+    if args.perception_steps < 0 or (args.perception_steps == 0 and init is None):
+        raise ConfigError(f"--perception-steps must be >= 1 (0 only with --init, to keep its perception), "
+                          f"got {args.perception_steps}")
+    if args.perception_steps == 0 and (args.perception_rollouts or args.perception_layouts):
+        raise ConfigError("--perception-steps 0 keeps the --init perception untrained: --perception-rollouts and "
+                          "--perception-layouts would be collected for nothing")
     with config_errors("pose policy config: "):
         pcfg = PerceptionConfig(image_size=size, crop=args.crop if args.crop is not None else size - size // 8,
                                 keypoints=args.keypoints, trunk_width=args.trunk_width, wrist=wrist,
@@ -403,18 +420,24 @@ def _train_pose_policy(args, episodes, attrs) -> int:
             bar.close()
         if init is not None:
             pcfg = init.perception.cfg
-        bar = tqdm(total=args.perception_steps, desc="train perception", unit="step")
-        perception, phist = train_perception(pcfg, episodes + layouts + rollouts, args.perception_steps,
-                                             batch_size=args.perception_batch_size, lr=args.perception_lr,
-                                             seed=args.seed, progress=bar,
-                                             init=init.perception if init is not None else None)
-        bar.close()
-        if init is not None:  # the actor learnt from true object positions: nothing here changes what it needs
+        if args.perception_steps == 0:  # --init's perception, kept as it is
+            perception, phist = init.perception, None
+        else:
+            bar = tqdm(total=args.perception_steps, desc="train perception", unit="step")
+            perception, phist = train_perception(pcfg, episodes + layouts + rollouts, args.perception_steps,
+                                                 batch_size=args.perception_batch_size, lr=args.perception_lr,
+                                                 seed=args.seed, progress=bar,
+                                                 init=init.perception if init is not None else None)
+            bar.close()
+        if init is not None and not args.retrain_actor:  # the init's actor, trained on its own inputs
             actor, ahist = init.actor, None
         else:
+            if init is not None:
+                acfg = init.actor.cfg
             bar = tqdm(total=args.steps, desc="train actor", unit="step")
             actor, ahist = train_state_policy(acfg, episodes, args.steps, batch_size=args.batch_size or 256,
-                                              lr=args.lr or 1e-3, seed=args.seed, progress=bar)
+                                              lr=args.lr or 1e-3, seed=args.seed, progress=bar,
+                                              input_noise_m=args.actor_noise)
             bar.close()
     model = PosePolicy(perception, actor)
     model.normalizer = actor.normalizer
@@ -424,9 +447,11 @@ def _train_pose_policy(args, episodes, attrs) -> int:
         return {"loss_first": float(np.mean(h["loss"][:20])), "loss_last": float(np.mean(h["loss"][-20:])),
                 "seconds": round(h["seconds"], 1)}
 
-    hist = {"perception": {**summary(phist), "steps": args.perception_steps, "layouts": args.perception_layouts,
+    hist = {"perception": {**(summary(phist) if phist is not None else {"kept_from": str(args.init)}),
+                           "steps": args.perception_steps, "layouts": args.perception_layouts,
                            "first_frame_errors_on_training_demos": errors},
-            "actor": {**summary(ahist), "steps": args.steps} if ahist is not None else {"kept_from": str(args.init)}}
+            "actor": {**summary(ahist), "steps": args.steps, "input_noise_m": args.actor_noise}
+            if ahist is not None else {"kept_from": str(args.init)}}
     if rollout_report is not None:
         hist["perception"].update(init=str(args.init), rollouts=args.perception_rollouts, rollout_seed=rollout_seed,
                                   rollout_frames=len(rollouts), rollout_successes=rollout_report["successes"])
@@ -500,6 +525,12 @@ def add_policy(sub) -> None:
                          "2000000 + 100000 x --seed, one step of latency) and train its perception further on every "
                          "second frame it saw, labelled with the true object positions (the states its own mistakes "
                          "lead to); its actor is kept")
+    pt.add_argument("--actor-noise", type=float, default=0.0, metavar="M",
+                    help="with --model pose: train the actor on object positions perturbed by Gaussian noise of this "
+                         "std, metres (e.g. 0.01, about the perception's error while carrying), not on exact ones")
+    pt.add_argument("--retrain-actor", action="store_true",
+                    help="with --model pose --init: train a new actor (--steps, --actor-noise) instead of keeping the "
+                         "init's; with --perception-steps 0 the init's perception is kept as it is")
     pt.add_argument("--rollout-seed", type=int, default=None,
                     help="first seed of the --perception-rollouts episodes (default 2000000 + 100000 x --seed); give "
                          "each further round its own block (e.g. + 1000 per round) so that it sees layouts the "

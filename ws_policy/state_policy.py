@@ -165,16 +165,28 @@ def _windows(episodes, chunk: int, norm, inputs: str = "poses") -> tuple[torch.T
 
 
 def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size: int = 256, lr: float = 1e-3,
-                       seed: int = 0, progress=None, successes_only: bool = True) -> tuple[StatePolicy, dict]:
+                       seed: int = 0, progress=None, successes_only: bool = True,
+                       input_noise_m: float = 0.0) -> tuple[StatePolicy, dict]:
     """Train a :class:`StatePolicy` on demonstrations (their joint positions, object states and actions; the
     images are not read). AdamW, cosine decay of ``lr`` over ``steps``.
+
+    ``input_noise_m`` (``inputs="targets"`` only): Gaussian noise of this standard deviation, metres, added
+    to the cube's and the target's positions of every window drawn (fresh each draw), so that an actor
+    that will read an object perception's estimates learns from inputs as uncertain as those, not from
+    the simulator's exact positions (noise injection on the inputs, as DART injects it on the actions).
 
     Returns:
         (the model in eval mode, with its ``normalizer``; history ``{"loss": [...], "seconds": s}``).
 
     Raises:
-        PolicyError: no episodes (left), or an episode without object states.
+        PolicyError: no episodes (left), an episode without object states, or ``input_noise_m`` negative,
+            not finite, or given for ``inputs="poses"``.
     """
+    if not (np.isfinite(input_noise_m) and input_noise_m >= 0):
+        raise PolicyError(f"input_noise_m must be a finite number >= 0, got {input_noise_m}")
+    if input_noise_m and cfg.inputs != "targets":
+        raise PolicyError("input_noise_m perturbs the estimated positions of inputs='targets'; "
+                          f"this policy reads {cfg.inputs!r}")
     eps = [e for e in episodes if e.success or not successes_only]
     if not eps:
         raise PolicyError("no episodes to train the state policy on (all failed and only successes are used)")
@@ -189,9 +201,15 @@ def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size:
     model = StatePolicy(cfg)
     model.normalizer = norm
 
+    sigma = float(input_noise_m) / OBJECT_SCALE_M  # object_targets' positions are in units of OBJECT_SCALE_M
+
     def batch_loss(step):
         i = torch.randint(0, len(feats), (batch_size,), generator=gen)
-        return model.loss(feats[i], acts[i], valid[i], gen)
+        f = feats[i]
+        if sigma:  # features 8 .. 13: the cube's and the target's positions (object_targets)
+            f = f.clone()
+            f[:, 8:14] += sigma * torch.randn(len(i), 6, generator=gen)
+        return model.loss(f, acts[i], valid[i], gen)
 
     hist = fit(model, batch_loss, steps, lr, progress=progress)
     return model.eval(), hist
