@@ -221,8 +221,9 @@ def test_a_pose_policys_perception_trains_further_on_its_own_rollouts(demos, tmp
 def test_a_pose_policy_gets_a_new_actor_trained_on_noisy_positions_over_its_kept_perception(demos, tmp_path):
     """``--model pose --init POSE.pt --retrain-actor --perception-steps 0 --actor-noise M``: the perception is
     kept exactly, a new actor is trained on positions perturbed by M metres (recorded in the history), and its
-    chunk for a fixed input differs from an actor trained on exact positions with the same seed; the flags'
-    misuses are refused before anything is written."""
+    chunk for a fixed input differs from an actor trained on exact positions with the same seed, as one
+    perturbed only while the cube is lifted differs from one perturbed always; the flags' misuses are refused
+    before anything is written."""
     from ws_cli.main import main
 
     eps, _, path = demos
@@ -250,6 +251,13 @@ def test_a_pose_policy_gets_a_new_actor_trained_on_noisy_positions_over_its_kept
         train_state_policy(StatePolicyConfig(chunk=4), eps, 1, input_noise_m=0.01)  # inputs="poses"
     with pytest.raises(PolicyError, match="input_noise_m"):
         train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 1, input_noise_m=-0.01)
+    with pytest.raises(PolicyError, match="noise_when"):
+        train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 1, input_noise_m=0.01,
+                           noise_when="sometimes")
+    lifted, _ = train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 30, input_noise_m=0.02,
+                                   noise_when="lifted")
+    everywhere, _ = train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 30, input_noise_m=0.02)
+    assert not torch.allclose(lifted(feats, x, tau), everywhere(feats, x, tau))  # not every window perturbed
     x_pt = str(tmp_path / "x.pt")
     for bad in (["--retrain-actor", "--perception-steps", "1"],  # no --init
                 ["--init", str(first), "--actor-noise", "0.01", "--perception-steps", "0"],  # actor kept

@@ -30,6 +30,11 @@ from .normalizer import Normalizer
 __all__ = ["StatePolicyConfig", "StatePolicy", "state_features", "train_state_policy", "N_STATE_FEATURES",
            "N_TARGET_FEATURES"]
 
+#: the cube's centre resting on the table (its half size), m
+CUBE_REST_Z_M = 0.02
+#: a cube this far above its resting height is lifted (``noise_when="lifted"``), m
+LIFTED_M = 0.015
+
 #: features per observation (``inputs="poses"``): 8 joint positions, cube A (3 + 4), cube B (3 + 4), target (3)
 N_STATE_FEATURES = 25
 #: features per observation (``inputs="targets"``): 8 joint positions and :func:`ws_policy.model.object_targets`
@@ -166,7 +171,7 @@ def _windows(episodes, chunk: int, norm, inputs: str = "poses") -> tuple[torch.T
 
 def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size: int = 256, lr: float = 1e-3,
                        seed: int = 0, progress=None, successes_only: bool = True,
-                       input_noise_m: float = 0.0) -> tuple[StatePolicy, dict]:
+                       input_noise_m: float = 0.0, noise_when: str = "always") -> tuple[StatePolicy, dict]:
     """Train a :class:`StatePolicy` on demonstrations (their joint positions, object states and actions; the
     images are not read). AdamW, cosine decay of ``lr`` over ``steps``.
 
@@ -174,14 +179,19 @@ def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size:
     to the cube's and the target's positions of every window drawn (fresh each draw), so that an actor
     that will read an object perception's estimates learns from inputs as uncertain as those, not from
     the simulator's exact positions (noise injection on the inputs, as DART injects it on the actions).
+    ``noise_when``: ``"always"``, or ``"lifted"``: only in windows whose cube is at least
+    :data:`LIFTED_M` above its resting height (the carry, where the estimate of a cube in the gripper is
+    worst and the actor should place by the target).
 
     Returns:
         (the model in eval mode, with its ``normalizer``; history ``{"loss": [...], "seconds": s}``).
 
     Raises:
-        PolicyError: no episodes (left), an episode without object states, or ``input_noise_m`` negative,
-            not finite, or given for ``inputs="poses"``.
+        PolicyError: no episodes (left), an episode without object states, ``input_noise_m`` negative,
+            not finite, or given for ``inputs="poses"``, or an unknown ``noise_when``.
     """
+    if noise_when not in ("always", "lifted"):
+        raise PolicyError(f"noise_when must be 'always' or 'lifted', got {noise_when!r}")
     if not (np.isfinite(input_noise_m) and input_noise_m >= 0):
         raise PolicyError(f"input_noise_m must be a finite number >= 0, got {input_noise_m}")
     if input_noise_m and cfg.inputs != "targets":
@@ -202,13 +212,17 @@ def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size:
     model.normalizer = norm
 
     sigma = float(input_noise_m) / OBJECT_SCALE_M  # object_targets' positions are in units of OBJECT_SCALE_M
+    lifted = (CUBE_REST_Z_M + LIFTED_M - OBJECT_CENTRE_M[2]) / OBJECT_SCALE_M
 
     def batch_loss(step):
         i = torch.randint(0, len(feats), (batch_size,), generator=gen)
         f = feats[i]
         if sigma:  # features 8 .. 13: the cube's and the target's positions (object_targets)
             f = f.clone()
-            f[:, 8:14] += sigma * torch.randn(len(i), 6, generator=gen)
+            noise = sigma * torch.randn(len(i), 6, generator=gen)
+            if noise_when == "lifted":  # feature 10: the cube's height, (z - centre) / scale
+                noise *= (f[:, 10:11] > lifted).float()
+            f[:, 8:14] += noise
         return model.loss(f, acts[i], valid[i], gen)
 
     hist = fit(model, batch_loss, steps, lr, progress=progress)
