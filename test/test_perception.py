@@ -254,6 +254,9 @@ def test_a_pose_policy_gets_a_new_actor_trained_on_noisy_positions_over_its_kept
     with pytest.raises(PolicyError, match="noise_when"):
         train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 1, input_noise_m=0.01,
                            noise_when="sometimes")
+    with pytest.raises(PolicyError, match="noise_objects"):
+        train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 1, input_noise_m=0.01,
+                           noise_objects="target")
     lifted, _ = train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 30, input_noise_m=0.02,
                                    noise_when="lifted")
     everywhere, _ = train_state_policy(StatePolicyConfig(chunk=4, inputs="targets"), eps, 30, input_noise_m=0.02)

@@ -437,7 +437,8 @@ def _train_pose_policy(args, episodes, attrs) -> int:
             bar = tqdm(total=args.steps, desc="train actor", unit="step")
             actor, ahist = train_state_policy(acfg, episodes, args.steps, batch_size=args.batch_size or 256,
                                               lr=args.lr or 1e-3, seed=args.seed, progress=bar,
-                                              input_noise_m=args.actor_noise, noise_when=args.actor_noise_when)
+                                              input_noise_m=args.actor_noise, noise_when=args.actor_noise_when,
+                                              noise_objects=args.actor_noise_objects)
             bar.close()
     model = PosePolicy(perception, actor)
     model.normalizer = actor.normalizer
@@ -451,7 +452,7 @@ def _train_pose_policy(args, episodes, attrs) -> int:
                            "steps": args.perception_steps, "layouts": args.perception_layouts,
                            "first_frame_errors_on_training_demos": errors},
             "actor": {**summary(ahist), "steps": args.steps, "input_noise_m": args.actor_noise,
-                      "noise_when": args.actor_noise_when}
+                      "noise_when": args.actor_noise_when, "noise_objects": args.actor_noise_objects}
             if ahist is not None else {"kept_from": str(args.init)}}
     if rollout_report is not None:
         hist["perception"].update(init=str(args.init), rollouts=args.perception_rollouts, rollout_seed=rollout_seed,
@@ -531,6 +532,8 @@ def add_policy(sub) -> None:
                          "std, metres (e.g. 0.01, about the perception's error while carrying), not on exact ones")
     pt.add_argument("--actor-noise-when", choices=["always", "lifted"], default="always",
                     help="with --actor-noise: perturb every window, or only those whose cube is lifted (the carry)")
+    pt.add_argument("--actor-noise-objects", choices=["both", "cube"], default="both",
+                    help="with --actor-noise: perturb the cube's and the target's positions, or the cube's only")
     pt.add_argument("--retrain-actor", action="store_true",
                     help="with --model pose --init: train a new actor (--steps, --actor-noise) instead of keeping the "
                          "init's; with --perception-steps 0 the init's perception is kept as it is")

@@ -171,7 +171,8 @@ def _windows(episodes, chunk: int, norm, inputs: str = "poses") -> tuple[torch.T
 
 def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size: int = 256, lr: float = 1e-3,
                        seed: int = 0, progress=None, successes_only: bool = True,
-                       input_noise_m: float = 0.0, noise_when: str = "always") -> tuple[StatePolicy, dict]:
+                       input_noise_m: float = 0.0, noise_when: str = "always",
+                       noise_objects: str = "both") -> tuple[StatePolicy, dict]:
     """Train a :class:`StatePolicy` on demonstrations (their joint positions, object states and actions; the
     images are not read). AdamW, cosine decay of ``lr`` over ``steps``.
 
@@ -181,17 +182,20 @@ def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size:
     the simulator's exact positions (noise injection on the inputs, as DART injects it on the actions).
     ``noise_when``: ``"always"``, or ``"lifted"``: only in windows whose cube is at least
     :data:`LIFTED_M` above its resting height (the carry, where the estimate of a cube in the gripper is
-    worst and the actor should place by the target).
+    worst and the actor should place by the target). ``noise_objects``: perturb the cube's and the
+    target's positions (``"both"``) or the cube's only (``"cube"``).
 
     Returns:
         (the model in eval mode, with its ``normalizer``; history ``{"loss": [...], "seconds": s}``).
 
     Raises:
         PolicyError: no episodes (left), an episode without object states, ``input_noise_m`` negative,
-            not finite, or given for ``inputs="poses"``, or an unknown ``noise_when``.
+            not finite, or given for ``inputs="poses"``, or an unknown ``noise_when`` or ``noise_objects``.
     """
     if noise_when not in ("always", "lifted"):
         raise PolicyError(f"noise_when must be 'always' or 'lifted', got {noise_when!r}")
+    if noise_objects not in ("both", "cube"):
+        raise PolicyError(f"noise_objects must be 'both' or 'cube', got {noise_objects!r}")
     if not (np.isfinite(input_noise_m) and input_noise_m >= 0):
         raise PolicyError(f"input_noise_m must be a finite number >= 0, got {input_noise_m}")
     if input_noise_m and cfg.inputs != "targets":
@@ -222,6 +226,8 @@ def train_state_policy(cfg: StatePolicyConfig, episodes, steps: int, batch_size:
             noise = sigma * torch.randn(len(i), 6, generator=gen)
             if noise_when == "lifted":  # feature 10: the cube's height, (z - centre) / scale
                 noise *= (f[:, 10:11] > lifted).float()
+            if noise_objects == "cube":  # features 11 .. 13, the target's, kept exact
+                noise[:, 3:] = 0.0
             f[:, 8:14] += noise
         return model.loss(f, acts[i], valid[i], gen)
 
