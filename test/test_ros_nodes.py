@@ -7,6 +7,7 @@ every command was finite, however fast the machine is.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -59,6 +60,29 @@ def _spin_until(executor, cond, timeout):
     while time.monotonic() < end and not cond():
         executor.spin_once(timeout_sec=0.05)
     return cond()
+
+
+@contextlib.contextmanager
+def graph_context(params: str, overrides: dict, domain_id: int):
+    """An rclpy context whose arguments load a graph's parameter file (``config/ros/<params>``) and then
+    ``overrides`` (node -> parameter -> value) on top, as ``ros2 launch`` with two parameter files does."""
+    import tempfile
+
+    import yaml
+
+    from ws_ros.graphs import params_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        over = os.path.join(tmp, "over.yaml")
+        with open(over, "w") as fh:
+            yaml.safe_dump({node: {"ros__parameters": values} for node, values in overrides.items()}, fh)
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, domain_id=domain_id, args=[
+            "test", "--ros-args", "--params-file", str(params_file(params)), "--params-file", over])
+        try:
+            yield ctx
+        finally:
+            rclpy.shutdown(context=ctx)
 
 
 @pytest.fixture
@@ -543,22 +567,11 @@ def test_go1_walks_on_the_state_it_estimates_from_its_own_sensors():
     """The go1_sim_estimated graph in one process (sim_bridge with hardware-like sensors, state_estimator,
     mppi_controller, their parameter files) at a quarter of real time: the controller plans on the estimated
     odom only, and the Go1 walks 2 s of simulated time without falling while the estimate follows the truth."""
-    import tempfile
-
-    import yaml
-
-    from ws_ros.graphs import params_file
     from ws_ros.nodes.mppi_controller import MPPIControllerNode
     from ws_ros.nodes.sim_bridge import SimBridge
     from ws_ros.nodes.state_estimator import StateEstimatorNode
 
-    with tempfile.TemporaryDirectory() as tmp:
-        over = os.path.join(tmp, "over.yaml")
-        with open(over, "w") as fh:
-            yaml.safe_dump({"sim_bridge": {"ros__parameters": {"real_time_factor": 0.25}}}, fh)
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx, domain_id=(DOMAIN + 1) % 230, args=[
-            "test", "--ros-args", "--params-file", str(params_file("go1_sim_estimated.yaml")), "--params-file", over])
+    with graph_context("go1_sim_estimated.yaml", {"sim_bridge": {"real_time_factor": 0.25}}, (DOMAIN + 1) % 230) as ctx:
         nodes = [SimBridge(context=ctx), StateEstimatorNode(context=ctx), MPPIControllerNode(context=ctx)]
         bridge, est = nodes[0], nodes[1]
         ex = SingleThreadedExecutor(context=ctx)
@@ -585,7 +598,6 @@ def test_go1_walks_on_the_state_it_estimates_from_its_own_sensors():
                 ex.remove_node(n)
                 n.destroy_node()
             ex.shutdown()
-            rclpy.shutdown(context=ctx)
 
 
 def test_lockstep_pauses_the_simulation_for_each_fresh_plan():
@@ -594,23 +606,13 @@ def test_lockstep_pauses_the_simulation_for_each_fresh_plan():
     controller pauses sim_bridge, plans from the newest state, unpauses it, over and over, and Hopper
     stays healthy over the first 0.5 s whatever the speed of the machine. Lockstep without the
     services or simulated time is refused at configure."""
-    import tempfile
-
-    import yaml
     from rclpy.parameter import Parameter
 
-    from ws_ros.graphs import params_file
     from ws_ros.nodes.mppi_controller import MPPIControllerNode
     from ws_ros.nodes.sim_bridge import SimBridge
     from ws_sim.robot_io import RobotIO
 
-    with tempfile.TemporaryDirectory() as tmp:
-        over = os.path.join(tmp, "over.yaml")
-        with open(over, "w") as fh:
-            yaml.safe_dump({"mppi_controller": {"ros__parameters": {"max_plan_age_s": 0.001}}}, fh)
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx, domain_id=(DOMAIN + 2) % 230, args=[
-            "test", "--ros-args", "--params-file", str(params_file("hopper_sim.yaml")), "--params-file", over])
+    with graph_context("hopper_sim.yaml", {"mppi_controller": {"max_plan_age_s": 0.001}}, (DOMAIN + 2) % 230) as ctx:
         bridge, ctl = SimBridge(context=ctx), MPPIControllerNode(context=ctx)
         assert bridge.rtf == 1.0 and ctl.max_plan_age_s == 0.001
         io = RobotIO.from_model(bridge.model)
@@ -637,7 +639,6 @@ def test_lockstep_pauses_the_simulation_for_each_fresh_plan():
                 ex.remove_node(n)
                 n.destroy_node()
             ex.shutdown()
-            rclpy.shutdown(context=ctx)
     refused = [  # simulated time but no pause service; a pause service but wall time
         [Parameter("use_sim_time", value=True), Parameter("unpause_service", value="unpause_physics")],
         [Parameter("unpause_service", value="unpause_physics"), Parameter("pause_service", value="pause_physics")]]
