@@ -31,7 +31,8 @@ class Episode:
 
     Attributes:
         rgb: ``(T+1, H, W, 3)`` uint8 frames. depth: ``(T+1, H, W)`` float16, metres, clipped
-            to :data:`MAX_DEPTH`.
+            to :data:`MAX_DEPTH`. An episode recorded without images (``collect_demos(images=False)``,
+            for policies that read the simulator's state) has ``H = W = 0``.
         qpos, qvel: ``(T+1, 8)`` arm and gripper joints. objects: ``(T+1, 17)`` object states.
         actions: ``(T, 7)`` commands. actor: optional ``(T,)`` int8, who acted at each step (1 a
             human or expert teleoperator, 0 the policy: recordings and DAgger data).
@@ -58,10 +59,15 @@ class Episode:
     def from_frames(cls, frames: list[dict], actions: list[np.ndarray], instruction: str, success: bool,
                     failure: str = "", seed: int = 0, actor=None) -> "Episode":
         """An episode from ``PiperManipEnv`` observations (``T + 1`` of them, with ``render_mode="rgbd"``; the wrist
-        camera's too where they have it) and the ``T`` actions taken between them."""
+        camera's too where they have it) and the ``T`` actions taken between them; observations without
+        images (``render_mode=None``) give an episode of empty ``(T+1, 0, 0)`` images."""
         wrist = "wrist_rgb" in frames[0]
-        return cls(rgb=np.stack([f["rgb"] for f in frames]),
-                   depth=np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16),
+        if "rgb" not in frames[0]:
+            rgb, depth = np.zeros((len(frames), 0, 0, 3), np.uint8), np.zeros((len(frames), 0, 0), np.float16)
+        else:
+            rgb = np.stack([f["rgb"] for f in frames])
+            depth = np.stack([np.minimum(f["depth"], MAX_DEPTH) for f in frames]).astype(np.float16)
+        return cls(rgb=rgb, depth=depth,
                    qpos=np.stack([f["qpos"] for f in frames]).astype(np.float32),
                    qvel=np.stack([f["qvel"] for f in frames]).astype(np.float32),
                    objects=np.stack([f["objects"] for f in frames]).astype(np.float32),
@@ -93,7 +99,8 @@ def latin_hypercube(n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
 
 def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camera: str = "task",
                   failure_rate: float = 0.0, randomize: bool = True, workspace: str = "full",
-                  stratified: bool = False, wrist: bool = False, progress=None) -> tuple[list[Episode], dict]:
+                  stratified: bool = False, wrist: bool = False, images: bool = True,
+                  progress=None) -> tuple[list[Episode], dict]:
     """Run the scripted expert for ``episodes`` episodes (reset seeds ``seed, seed + 1, ...``).
 
     Args:
@@ -109,22 +116,27 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
             instead of independent uniform draws. The rest of each episode (colours, distractor, lights)
             still comes from its reset seed.
         wrist: also record the wrist camera (``wrist_rgb``, ``wrist_depth``).
+        images: False records no images (nothing is rendered, about ten times faster): joints, object
+            states and actions only, for policies that read the simulator's state (a state policy, a pose
+            policy's actor); the file's ``image_size`` is 0.
         progress: optional callable ``progress(done, total)``.
 
     Returns:
         ``(episodes, attrs)``: the episodes and the file's root attributes.
 
     Raises:
-        ValueError: bad counts, rates or task.
+        ValueError: bad counts, rates or task; ``wrist`` without ``images``.
     """
     from .piper_tasks import PiperManipEnv, ScriptedExpert
 
+    if wrist and not images:
+        raise ValueError("wrist=True records the wrist camera's images: not with images=False")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not 0.0 <= failure_rate <= 1.0:
         raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
-    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, randomize=randomize,
-                        workspace=workspace, wrist=wrist)
+    env = PiperManipEnv(task, render_mode="rgbd" if images else None, width=size, height=size, camera=camera,
+                        randomize=randomize, workspace=workspace, wrist=wrist)
     rng = np.random.default_rng(seed)
     strata = None
     if stratified:  # its own stream: the failure draws stay those of an unstratified collection
@@ -149,7 +161,7 @@ def collect_demos(task: str, episodes: int, seed: int = 0, size: int = 64, camer
                                            failure=str(expert.failure or ""), seed=seed + i))
             if progress is not None:
                 progress(i + 1, episodes)
-        attrs = {"task": task, "camera": camera, "image_size": size, "control_dt": env.dt,
+        attrs = {"task": task, "camera": camera, "image_size": size if images else 0, "control_dt": env.dt,
                  "fovy": float(env.model.camera(camera).fovy[0]),
                  "action_low": env.action_space.low.astype(np.float64), "action_high": env.action_space.high.astype(np.float64),
                  "randomize": randomize, "workspace": workspace, "stratified": bool(stratified), "wrist": bool(wrist)}

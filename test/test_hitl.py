@@ -55,8 +55,8 @@ def test_value_function_learns_failure_from_success_on_real_episodes():
 def test_cross_fitted_advantages_label_failed_rollouts_negative():
     """Each episode is labelled by a value fitted on the other fold: failed episodes' steps come
     out far below successful ones'. Fitted in-sample, the value memorises every outcome and the
-    labels are noise around one half. Slow: about 60 s on one core."""
-    from ws_policy.hitl import label_episodes
+    labels are noise around one half. Values fitted once (:func:`fit_values`) label again without refitting."""
+    from ws_policy.hitl import fit_values, label_episodes
 
     ok, _ = collect_demos("pick_place", 4, seed=11, size=32, failure_rate=0.0)
     bad, _ = collect_demos("pick_place", 4, seed=21, size=32, failure_rate=1.0)
@@ -65,24 +65,33 @@ def test_cross_fitted_advantages_label_failed_rollouts_negative():
     for e in eps:
         e.actor = np.zeros(len(e.actions), np.int8)  # as if the policy had acted throughout
 
-    def gap(folds):
-        ind, info = label_episodes(eps, 160, value_steps=200, folds=folds, seed=0)
+    def gap(values):
+        ind, info = label_episodes(eps, 160, values=values)
         assert info["policy_steps"] == sum(len(e.actions) for e in eps)
         return np.mean([i.mean() for i in ind[:4]]) - np.mean([i.mean() for i in ind[4:]])
 
-    crossed, in_sample = gap(2), gap(1)
+    crossed_values = fit_values(eps, 160, value_steps=200, folds=2, seed=0)
+    crossed, in_sample = gap(crossed_values), gap(fit_values(eps, 160, value_steps=200, folds=1, seed=0))
     assert crossed > 0.3 and crossed > in_sample + 0.2  # 0.63 and 0.03 when written
+    # label_episodes fits exactly these values when given none
+    ind_fitted, _ = label_episodes(eps[:2] + eps[4:6], 160, value_steps=5, folds=2, seed=3)
+    again, _ = label_episodes(eps[:2] + eps[4:6], 160, values=fit_values(eps[:2] + eps[4:6], 160, value_steps=5,
+                                                                          folds=2, seed=3))
+    assert all(np.array_equal(a, b) for a, b in zip(ind_fitted, again))
     # as demonstrations (no actor): the successful ones are all positive, the failed attempts are
-    # not corrections, so their steps are judged by the value like the policy's (about 60 s)
+    # not corrections, so their steps are judged by the value like the policy's (the same fitted values:
+    # the values do not depend on who acted)
     for e in eps:
         e.actor = None
-    ind, info = label_episodes(eps, 160, value_steps=200, folds=2, seed=0)
+    ind, info = label_episodes(eps, 160, values=crossed_values)
     assert all(i.all() for i in ind[:4])
     assert info["policy_steps"] == 0 and info["failed_demo_steps"] == sum(len(e.actions) for e in bad)
     assert info["failed_demo_steps_positive"] < 0.3 and info["failed_demo_steps_positive"] == \
         pytest.approx(np.mean(np.concatenate(ind[4:])))
     with pytest.raises(ValueError, match="folds"):
         label_episodes(eps, 160, value_steps=1, folds=9)
+    with pytest.raises(ValueError, match="values fitted on 8 episodes cannot label 4"):
+        label_episodes(eps[:4], 160, values=crossed_values)
 
 
 def test_the_indicator_conditions_the_policy_and_is_dropped_in_training():

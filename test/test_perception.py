@@ -273,6 +273,47 @@ def test_a_pose_policy_gets_a_new_actor_trained_on_noisy_positions_over_its_kept
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_an_actor_trains_on_demonstrations_recorded_without_images(demos, tmp_path):
+    """``ws policy collect --no-images`` records joints, object states and actions with empty images (the file's
+    ``image_size`` 0); ``--model state`` trains on it, a pose policy's new actor trains on it (``--actor-demos``,
+    recorded in the history) over the kept perception, and image models, a pose perception and misplaced
+    ``--actor-demos`` are refused with the reason before anything is written."""
+    from ws_cli.main import main
+    from ws_policy.data import read_demos
+
+    _, _, path = demos
+    state_only = tmp_path / "state.hdf5"
+    assert main(["policy", "collect", "--episodes", "2", "--no-images", "--stratified", "--seed", "7",
+                 "--out", str(state_only)]) == 0
+    eps, attrs = read_demos(state_only)
+    assert attrs["image_size"] == 0 and not attrs["wrist"]
+    assert all(e.rgb.shape == (len(e.actions) + 1, 0, 0, 3) and e.depth.shape == (len(e.actions) + 1, 0, 0)
+               and e.objects.shape == (len(e.actions) + 1, 17) for e in eps)
+    with pytest.raises(ValueError, match="not with images=False"):
+        collect_demos("pick_place", 1, wrist=True, images=False)
+    x_pt = tmp_path / "x.pt"
+    assert main(["policy", "collect", "--episodes", "1", "--no-images", "--wrist", "--out", str(x_pt)]) == 2
+    assert main(["policy", "train", "--demos", str(state_only), "--model", "state", "--steps", "3", "--threads", "1",
+                 "--out", str(tmp_path / "state.pt")]) == 0
+    common = ["policy", "train", "--threads", "1", "--chunk", "4", "--keypoints", "4", "--trunk-width", "8",
+              "--perception-batch-size", "4"]
+    first = tmp_path / "pose.pt"
+    assert main([*common, "--demos", str(path), "--model", "pose", "--steps", "2", "--perception-steps", "2",
+                 "--out", str(first)]) == 0
+    out = tmp_path / "actor.pt"
+    assert main([*common, "--demos", str(path), "--model", "pose", "--init", str(first), "--retrain-actor",
+                 "--perception-steps", "0", "--actor-demos", str(state_only), "--steps", "5", "--out", str(out)]) == 0
+    hist = load_policy(out)[1]["extra"]["history"]
+    assert hist["actor"]["demos"] == str(state_only) and hist["perception"]["kept_from"] == str(first)
+    for bad in (["--demos", str(state_only), "--model", "mot"],  # images needed
+                ["--demos", str(state_only), "--model", "pose"],  # the perception needs them
+                ["--demos", str(path), "--model", "mot", "--actor-demos", str(state_only)],
+                ["--demos", str(path), "--model", "pose", "--init", str(first), "--perception-steps", "0",
+                 "--actor-demos", str(state_only)]):  # the init's actor is kept
+        assert main([*common, *bad, "--steps", "1", "--out", str(x_pt)]) == 2, bad
+    assert not x_pt.exists()
+
+
 def test_the_shipped_pose_policy_places_and_reports_where_it_sees_the_target_while_carrying(tmp_path):
     """``ws policy eval`` of the shipped pick-and-place policy on a development seed it solves: the report gives
     the object head's target and cube errors while the cube is carried (per episode and by outcome), a few
@@ -290,3 +331,80 @@ def test_the_shipped_pose_policy_places_and_reports_where_it_sees_the_target_whi
     assert rep["carry_target_error_m"]["median_placed"] == rep["carry_target_error_m"]["median"] == ep["carry_target_error_m"]
     assert "median_not_placed" not in rep["carry_target_error_m"]
     assert 0 < ep["carry_cube_error_m"] == rep["carry_cube_error_m"]["median_placed"]
+
+
+def test_object_memory_keeps_the_target_and_the_resting_cube_until_the_estimate_lifts_it():
+    """:class:`ObjectMemory`: the target is the mean of the first ``frames`` estimates for the whole episode; the
+    cube (position and yaw) too, until an estimate puts it higher than resting plus ``lifted_m``, then the live
+    estimate for good; ``reset`` forgets; bad settings and shapes are refused."""
+    from ws_policy.perception import ObjectMemory
+    from ws_policy.state_policy import CUBE_REST_Z_M, LIFTED_M
+
+    def estimate(cube, target, yaw=0.1):
+        o = np.zeros(17)
+        o[0:3], o[3], o[6], o[14:17] = cube, np.cos(yaw / 2), np.sin(yaw / 2), target
+        return torch.as_tensor(object_targets(o)[None])
+
+    rest = CUBE_REST_Z_M
+    a = estimate([0.30, 0.05, rest], [0.25, -0.10, 0.0], 0.1)
+    b = estimate([0.32, 0.07, rest], [0.27, -0.12, 0.0], 0.3)
+    mean_ab = (a + b) / 2
+    mem = ObjectMemory(frames=2)
+    assert torch.equal(mem(a), a)
+    assert torch.allclose(mem(b), mean_ab)
+    near = estimate([0.36, 0.01, rest + 0.5 * LIFTED_M], [0.20, 0.0, 0.0], 0.7)  # the arm hides the cube
+    assert torch.allclose(mem(near), mean_ab)
+    lifted = estimate([0.31, 0.06, rest + 2 * LIFTED_M], [0.20, 0.0, 0.0], 0.5)
+    out = mem(lifted)
+    assert torch.equal(out[:, [0, 1, 2, 6, 7]], lifted[:, [0, 1, 2, 6, 7]]) and mem.released
+    assert torch.allclose(out[:, 3:6], mean_ab[:, 3:6])  # the target stays where it was seen first
+    assert torch.equal(mem(near)[:, 0:3], near[:, 0:3])  # released for the rest of the episode
+    mem.reset()
+    assert mem.calls == 0 and not mem.released and torch.equal(mem(b), b)
+    for bad in ({"frames": 0}, {"lifted_m": 0.0}):
+        with pytest.raises(ValueError, match="frames >= 1 and lifted_m > 0"):
+            ObjectMemory(**bad)
+    with pytest.raises(ValueError, match=r"shape \(1, 8\)"):
+        mem(torch.zeros(2, 8))
+
+
+def test_the_shipped_pose_policy_with_object_memory_acts_on_what_it_saw_first():
+    """``PolicyRunner(object_memory=1)`` on the shipped pose policy: shown a second layout's images under the same
+    instruction and joints, its chunk is the one a runner without memory gives for the first layout's images again (same
+    sampler seed); a memoryless runner's differs. A new ChunkExecutor or its ``reset`` starts a new episode, and
+    memory on a policy that is not a pose policy is refused."""
+    from ws_policy.executor import ChunkExecutor
+    from ws_policy.train import resolve_policy
+    from ws_sim.piper_tasks import PiperManipEnv
+
+    model, payload = load_policy(resolve_policy("default", "pick_place"))
+    s = model.cfg.image_size
+    env = PiperManipEnv("pick_place", render_mode="rgbd", width=s, height=s, wrist=True,
+                        camera=payload["extra"].get("camera") or "task")
+    try:
+        first, _ = env.reset(seed=3001)
+        other, _ = env.reset(seed=3002)
+    finally:
+        env.close()
+    assert np.linalg.norm(first["objects"][:2] - other["objects"][:2]) > 0.05
+    second = {**first, **{k: other[k] for k in ("rgb", "depth", "wrist_rgb", "wrist_depth")}}
+    remembering, plain, live = (PolicyRunner(model, seed=0, object_memory=1), PolicyRunner(model, seed=0),
+                                PolicyRunner(model, seed=0))
+    remembering(first), plain(first), live(first)
+    kept, again, seen = remembering(second), plain(first), live(second)
+    assert np.allclose(kept, again, atol=1e-6)
+    assert np.abs(seen - again).max() > 1e-3
+    assert remembering.memory.calls == 2
+    ChunkExecutor(remembering, chunk=model.cfg.chunk, replan_every=1)
+    assert remembering.memory.calls == 0
+    remembering(first)
+    ex = ChunkExecutor(remembering, chunk=model.cfg.chunk, replan_every=1)
+    remembering(first)
+    ex.reset()
+    assert remembering.memory.calls == 0
+    from ws_policy.state_policy import StatePolicy
+
+    with pytest.raises(ValueError, match="only for a pose policy"):
+        PolicyRunner(StatePolicy(StatePolicyConfig(hidden=16, layers=1)), object_memory=2)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        PolicyRunner(model, object_memory=-1)

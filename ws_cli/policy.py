@@ -49,13 +49,14 @@ def cmd_policy_collect(args) -> int:
         episodes, attrs = collect_demos(args.task, args.episodes, seed=args.seed, size=args.size, camera=args.camera,
                                         failure_rate=args.failures, randomize=not args.no_randomize,
                                         workspace=args.workspace, stratified=args.stratified, wrist=args.wrist,
-                                        progress=lambda done, total: bar.update(1))
+                                        images=not args.no_images, progress=lambda done, total: bar.update(1))
     path = write_demos(episodes, attrs, args.out)
     wins = sum(e.success for e in episodes)
     steps = sum(len(e.actions) for e in episodes)
     print(f"wrote {path}: {len(episodes)} episodes ({wins} successful, "
           f"{sum(bool(e.failure) for e in episodes)} with a deliberate failure), {steps} steps, "
-          f"{args.size}x{args.size} RGB-D from the {args.camera!r} camera")
+          + ("no images (joints, object states and actions: for --model state or --actor-demos)" if args.no_images
+             else f"{args.size}x{args.size} RGB-D from the {args.camera!r} camera"))
     return 0
 
 
@@ -76,6 +77,12 @@ def cmd_policy_train(args) -> int:
     if not (math.isfinite(args.actor_noise) and args.actor_noise >= 0):
         raise ConfigError(f"--actor-noise must be a finite number of metres >= 0, got {args.actor_noise}")
     episodes, attrs = read_episode_files(args.demos)
+    if args.actor_demos and args.model != "pose":
+        raise ConfigError("--actor-demos trains the actor of --model pose on other demonstrations than its perception")
+    if int(attrs["image_size"]) == 0 and args.model != "state":
+        raise ConfigError(f"{args.demos} was recorded without images (ws policy collect --no-images): --model "
+                          f"{args.model} needs them; such files train --model state, or a pose policy's actor "
+                          f"(--actor-demos)")
     if args.model == "state":
         return _train_state_policy(args, episodes, attrs)
     if args.model == "pose":
@@ -281,7 +288,8 @@ def cmd_policy_eval(args) -> int:
             args.checkpoint = resolve_policy(args.checkpoint, args.task)
         model, payload = load_policy(args.checkpoint)
         with config_errors(f"{args.checkpoint}: "):
-            runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed, indicator=_INDICATORS[args.indicator])
+            runner = PolicyRunner(model, steps=args.euler_steps, seed=args.seed, indicator=_INDICATORS[args.indicator],
+                                  object_memory=args.object_memory)
     bar = tqdm(total=args.episodes, desc=f"eval {args.task}", unit="ep")
 
     def progress(done, total, wins):
@@ -379,6 +387,8 @@ def _train_pose_policy(args, episodes, attrs) -> int:
     if args.retrain_actor and init is None:
         raise ConfigError("--retrain-actor replaces the actor of the --init pose policy: give --init "
                           "(without --init a new actor is trained anyway)")
+    if args.actor_demos and init is not None and not args.retrain_actor:
+        raise ConfigError("--actor-demos trains a new actor, but with --init the init's actor is kept: add --retrain-actor")
     if args.actor_noise and init is not None and not args.retrain_actor:
         raise ConfigError("--actor-noise trains a new actor, but with --init the init's actor is kept: add --retrain-actor")
     if args.perception_steps < 0 or (args.perception_steps == 0 and init is None):
@@ -434,8 +444,14 @@ def _train_pose_policy(args, episodes, attrs) -> int:
         else:
             if init is not None:
                 acfg = init.actor.cfg
+            actor_episodes = episodes
+            if args.actor_demos:
+                actor_episodes, actor_attrs = read_episode_files(args.actor_demos)
+                if actor_attrs.get("task") != attrs.get("task"):
+                    raise ConfigError(f"--actor-demos {args.actor_demos} are {actor_attrs.get('task')!r} "
+                                      f"demonstrations, --demos {attrs.get('task')!r}")
             bar = tqdm(total=args.steps, desc="train actor", unit="step")
-            actor, ahist = train_state_policy(acfg, episodes, args.steps, batch_size=args.batch_size or 256,
+            actor, ahist = train_state_policy(acfg, actor_episodes, args.steps, batch_size=args.batch_size or 256,
                                               lr=args.lr or 1e-3, seed=args.seed, progress=bar,
                                               input_noise_m=args.actor_noise, noise_when=args.actor_noise_when,
                                               noise_objects=args.actor_noise_objects)
@@ -451,7 +467,8 @@ def _train_pose_policy(args, episodes, attrs) -> int:
     hist = {"perception": {**(summary(phist) if phist is not None else {"kept_from": str(args.init)}),
                            "steps": args.perception_steps, "layouts": args.perception_layouts,
                            "first_frame_errors_on_training_demos": errors},
-            "actor": {**summary(ahist), "steps": args.steps, "input_noise_m": args.actor_noise,
+            "actor": {**summary(ahist), "steps": args.steps, "demos": str(args.actor_demos or args.demos),
+                      "input_noise_m": args.actor_noise,
                       "noise_when": args.actor_noise_when, "noise_objects": args.actor_noise_objects}
             if ahist is not None else {"kept_from": str(args.init)}}
     if rollout_report is not None:
@@ -482,6 +499,9 @@ def add_policy(sub) -> None:
     pc.add_argument("--camera", default="task", help="scene camera: task, front or scene")
     pc.add_argument("--failures", type=float, default=0.0, help="share of episodes with a deliberate expert failure")
     pc.add_argument("--no-randomize", action="store_true", help="fixed lighting and textures")
+    pc.add_argument("--no-images", action="store_true",
+                    help="record no images (about ten times faster): joints, object states and actions, for a state "
+                         "policy or a pose policy's actor (ws policy train --actor-demos)")
     pc.add_argument("--wrist", action="store_true",
                     help="also record the wrist camera (for 'ws policy train --encoder keypoints', which then reads both)")
     pc.add_argument("--stratified", action="store_true",
@@ -534,6 +554,9 @@ def add_policy(sub) -> None:
                     help="with --actor-noise: perturb every window, or only those whose cube is lifted (the carry)")
     pt.add_argument("--actor-noise-objects", choices=["both", "cube"], default="both",
                     help="with --actor-noise: perturb the cube's and the target's positions, or the cube's only")
+    pt.add_argument("--actor-demos", default=None, metavar="FILES",
+                    help="with --model pose: train the actor on these demonstrations (comma-separated; images not "
+                         "needed: 'ws policy collect --no-images') instead of --demos, which train the perception")
     pt.add_argument("--retrain-actor", action="store_true",
                     help="with --model pose --init: train a new actor (--steps, --actor-noise) instead of keeping the "
                          "init's; with --perception-steps 0 the init's perception is kept as it is")
@@ -642,4 +665,8 @@ def add_policy(sub) -> None:
                     help="what an advantage-conditioned policy (ws hitl dagger/retrain) is asked for: 'improvement' "
                          "is deployment; 'not-improvement' and 'unknown' (the unconditioned policy) show how much it "
                          "reads its indicator")
+    pe.add_argument("--object-memory", type=int, default=0, metavar="FRAMES",
+                    help="a pose policy's actor reads the target, and the cube until the estimate says it is lifted, "
+                         "as the mean of the episode's first FRAMES estimates (ws_policy.perception.ObjectMemory; "
+                         "0: the live estimate at every call)")
     add_threads(pe, help=None)

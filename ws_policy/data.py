@@ -12,7 +12,9 @@ temporary sibling renamed into place). Layout of the file:
   ``objects (T+1, 17)``, ``actions (T, 7)``, optionally ``actor (T,) int8`` (who acted at each
   step, 1 a human or expert teleoperator, 0 the policy: recordings and DAgger data); attributes
   ``instruction``, ``success``, ``failure`` (``""`` for a competent expert), ``seed``;
-  with ``wrist`` (root attribute, and ``wrist_fovy``) also ``wrist_rgb`` and ``wrist_depth`` like ``rgb`` and ``depth``.
+  with ``wrist`` (root attribute, and ``wrist_fovy``) also ``wrist_rgb`` and ``wrist_depth`` like ``rgb`` and ``depth``;
+  a file recorded without images (``ws policy collect --no-images``) has ``image_size`` 0 and empty
+  ``(T+1, 0, 0)`` images.
 
 :class:`DemoDataset` reads a file back and cuts training windows (:meth:`DemoDataset.window`).
 """
@@ -46,7 +48,8 @@ def write_demos(episodes: list[Episode], attrs: dict, path: str | os.PathLike) -
             for i, ep in enumerate(episodes):
                 g = f.create_group(f"ep_{i:05d}")
                 for name in ("rgb", "depth", "qpos", "qvel", "objects", "actions"):
-                    g.create_dataset(name, data=getattr(ep, name), compression="gzip" if name in ("rgb", "depth") else None)
+                    data = getattr(ep, name)
+                    g.create_dataset(name, data=data, compression="gzip" if name in ("rgb", "depth") and data.size else None)
                 g.attrs["instruction"], g.attrs["success"] = ep.instruction, ep.success
                 g.attrs["failure"], g.attrs["seed"] = ep.failure, ep.seed
                 if ep.actor is not None:

@@ -75,8 +75,11 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
     if record_every < 1:
         raise ValueError(f"record_every must be >= 1, got {record_every}")
     wrist = bool(getattr(getattr(policy, "cfg", None), "wrist", False))  # a policy that reads the wrist camera
-    env = PiperManipEnv(task, render_mode="rgbd", width=size, height=size, camera=camera, workspace=workspace,
-                        wrist=wrist)
+    # a state policy and the scripted expert read no images: render only for a video or recorded frames
+    blind = policy == "scripted" or bool(getattr(policy, "state_only", False))
+    images = video or record is not None or not blind
+    env = PiperManipEnv(task, render_mode="rgbd" if images else None, width=size, height=size, camera=camera,
+                        workspace=workspace, wrist=wrist)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     results, videos = [], {}
@@ -95,7 +98,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                 expert.reset()
             else:
                 executor.reset()
-            frames = [obs["rgb"]]
+            frames = [obs["rgb"]] if images else []
             z0, z_max = obs["objects"][2], obs["objects"][2]  # cube A's height (objects: env.objects)
             located = _locate(policy, obs)  # where the object head places the cube and target in the first frame
             approach = []  # the head's cube error every APPROACH_EVERY steps until the cube is lifted
@@ -112,7 +115,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                         carry_cube.append(seen["start_cube_error_m"])
                 action = expert.act() if expert is not None else executor.act(step, obs)
                 obs, _, terminated, truncated, info = env.step(action)
-                frames.append(obs["rgb"])
+                if images:
+                    frames.append(obs["rgb"])
                 z_max = max(z_max, obs["objects"][2])
                 if terminated or truncated:
                     break

@@ -66,10 +66,14 @@ class ChunkExecutor:
         self._next_request = 0
         self._last = self.hold
         self._thread = None
+        if callable(getattr(policy, "reset", None)):
+            policy.reset()  # a new executor starts a new episode
 
     def reset(self) -> None:
-        """Forget every chunk (a new episode)."""
+        """Forget every chunk (a new episode), and what the policy keeps between calls if it has a ``reset``."""
         self._join()
+        if callable(getattr(self.policy, "reset", None)):
+            self.policy.reset()
         self._thread = None
         self.chunks.clear()
         self._pending, self._next_request, self._last = None, 0, self.hold

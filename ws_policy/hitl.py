@@ -51,7 +51,7 @@ import torch.nn as nn
 
 from .data import MAX_DEPTH, DemoDataset, Episode
 
-__all__ = ["PrivilegedTeacher", "teacher_rollout", "evaluate_autonomous", "episode_limit", "retrain", "ValueNet", "value_targets", "train_value", "predict_values", "advantages", "improvement_indicators",
+__all__ = ["PrivilegedTeacher", "teacher_rollout", "evaluate_autonomous", "episode_limit", "retrain", "ValueNet", "value_targets", "train_value", "predict_values", "FittedValues", "fit_values", "advantages", "improvement_indicators",
            "GatedExpert", "gated_rollout", "DaggerConfig", "dagger", "label_episodes"]
 
 
@@ -170,9 +170,43 @@ def improvement_indicators(adv: np.ndarray, actor: np.ndarray | None, threshold:
     return ind
 
 
+@dataclasses.dataclass
+class FittedValues:
+    """Cross-fitted values of a set of episodes (:func:`fit_values`): ``nets[fold[i]]`` never saw episode ``i``.
+
+    Attributes:
+        nets: one value network per fold. fold: ``(N,)`` each episode's fold. losses: each fit's final loss.
+    """
+
+    nets: list
+    fold: np.ndarray
+    losses: list[float]
+
+
+def fit_values(episodes: list[Episode], max_steps: int, value_steps: int = 1000, seed: int = 0, progress=None,
+               folds: int = 2, device: str = "cpu") -> FittedValues:
+    """The values :func:`label_episodes` labels with, fitted once (``value_steps`` steps per fold; see there);
+    pass them back as its ``values`` to label the same episodes again (other actors, horizons or thresholds)
+    without refitting.
+
+    Raises:
+        ValueError: ``folds`` < 1 or more folds than episodes.
+    """
+    if folds < 1 or folds > len(episodes):
+        raise ValueError(f"folds must be between 1 and the {len(episodes)} episodes, got {folds}")
+    fold = np.random.default_rng(seed).permutation(len(episodes)) % folds
+    nets, losses = [], []
+    for k in range(folds):
+        train = [e for e, f in zip(episodes, fold) if f != k] if folds > 1 else episodes
+        net, hist = train_value(train, max_steps, steps=value_steps, seed=seed + k, progress=progress, device=device)
+        nets.append(net)
+        losses.append(float(np.mean(hist["loss"][-50:])))
+    return FittedValues(nets, fold, losses)
+
+
 def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1000, n: int | None = None,
                    threshold: float = 0.0, seed: int = 0, progress=None, folds: int = 2,
-                   device: str = "cpu") -> tuple[list[np.ndarray], dict]:
+                   device: str = "cpu", values: FittedValues | None = None) -> tuple[list[np.ndarray], dict]:
     """Improvement indicators of ``episodes`` (one ``(T,)`` array per episode; an episode without
     ``actor`` counts as all-human, e.g. demonstrations), with a summary (value loss, share of
     positive policy steps, and of positive steps in failed demonstrations).
@@ -187,20 +221,18 @@ def label_episodes(episodes: list[Episode], max_steps: int, value_steps: int = 1
             on the other folds, ``value_steps`` steps each; 1 fits one value on everything and
             labels in-sample.
         device: where the values train (:func:`train_value`).
+        values: the values of these same episodes from :func:`fit_values` (then ``value_steps``,
+            ``folds``, ``seed`` and ``device`` are not used: nothing is fitted).
 
     Raises:
-        ValueError: ``folds`` < 1 or more folds than episodes.
+        ValueError: ``folds`` < 1 or more folds than episodes; ``values`` fitted on another number of episodes.
     """
-    if folds < 1 or folds > len(episodes):
-        raise ValueError(f"folds must be between 1 and the {len(episodes)} episodes, got {folds}")
+    if values is None:
+        values = fit_values(episodes, max_steps, value_steps, seed=seed, progress=progress, folds=folds, device=device)
+    elif len(values.fold) != len(episodes):
+        raise ValueError(f"values fitted on {len(values.fold)} episodes cannot label {len(episodes)}")
     n = n or max(len(e.actions) for e in episodes)
-    fold = np.random.default_rng(seed).permutation(len(episodes)) % folds
-    nets, losses = [], []
-    for k in range(folds):
-        train = [e for e, f in zip(episodes, fold) if f != k] if folds > 1 else episodes
-        net, hist = train_value(train, max_steps, steps=value_steps, seed=seed + k, progress=progress, device=device)
-        nets.append(net)
-        losses.append(float(np.mean(hist["loss"][-50:])))
+    nets, fold, losses = values.nets, values.fold, values.losses
     out, pos, total, failed_pos, failed_total = [], 0, 0, 0, 0
     for e, f in zip(episodes, fold):
         actor = e.actor if e.actor is not None else np.ones(len(e.actions), np.int8)

@@ -531,13 +531,18 @@ class PolicyRunner:
         guidance: indicator guidance weight of an advantage-conditioned policy (:func:`sample`).
         indicator: the improvement indicator asked of an advantage-conditioned policy: 1 (the
             default, deployment), 0 or 2 (unknown) as diagnostics (:func:`sample`).
+        object_memory: a pose policy's actor reads what :class:`ws_policy.perception.ObjectMemory` keeps
+            of the estimates, averaged over this many first calls of the episode (0: the live estimate
+            at every call). Call :meth:`reset` at each new episode; a new instruction resets it too.
 
     Raises:
         ValueError: the model does not predict actions (a ``mode="world"`` network); guidance or
-            an indicator that the model cannot take.
+            an indicator that the model cannot take; ``object_memory`` < 0, or > 0 for a policy
+            that is not a pose policy.
     """
 
-    def __init__(self, model, steps: int | None = None, seed: int = 0, guidance: float = 1.0, indicator: int = 1):
+    def __init__(self, model, steps: int | None = None, seed: int = 0, guidance: float = 1.0, indicator: int = 1,
+                 object_memory: int = 0):
         if not model.cfg.predicts_actions:
             raise ValueError("this network predicts no actions (mode 'world'); fine-tune it into a policy first")
         if model.cfg.mode == "idm" and not isinstance(model, TwoStagePolicy):
@@ -552,6 +557,20 @@ class PolicyRunner:
         self.gen = torch.Generator().manual_seed(seed)
         _check_guidance(model.cfg, guidance, indicator)  # at construction, not at the first observation
         self.guidance, self.indicator = float(guidance), int(indicator)
+        if int(object_memory) < 0 or (int(object_memory) > 0 and not self.pose):
+            raise ValueError(f"object_memory must be >= 0, and > 0 only for a pose policy (this one is "
+                             f"{model.cfg.mode!r}), got {object_memory}")
+        self.memory = None
+        if int(object_memory) > 0:
+            from .perception import ObjectMemory
+
+            self.memory = ObjectMemory(frames=int(object_memory))
+        self._memory_instruction = None
+
+    def reset(self) -> None:
+        """A new episode: forget what the object memory kept (nothing else carries over between calls)."""
+        if self.memory is not None:
+            self.memory.reset()
 
     def check(self, obs: dict) -> None:
         """Raise :class:`PolicyInputError` naming what is wrong with an observation."""
@@ -585,7 +604,10 @@ class PolicyRunner:
         if self.state_only:
             chunk = self.model.sample(torch.as_tensor(self._state_features(obs)[None]), self.gen, self.steps)[0]
         elif self.pose:
-            chunk = self.model.sample(*self._tensors(obs), self.gen, self.steps)[0]
+            if self.memory is not None and obs.get("instruction") != self._memory_instruction:
+                self.memory.reset()  # a new task: what was kept belonged to the old one
+                self._memory_instruction = obs.get("instruction")
+            chunk = self.model.sample(*self._tensors(obs), self.gen, self.steps, memory=self.memory)[0]
         else:
             rgb, depth, state, words = self._tensors(obs)
             chunk = sample(self.model, rgb, depth, state, words, self.steps, self.gen, self.guidance,
