@@ -247,7 +247,7 @@ def test_ws_hitl_dagger_runs_rounds_and_reports(tmp_path):
     init = save_policy(model, tmp_path / "init.pt")
     out = tmp_path / "dagger"
     rc = main(["hitl", "dagger", "--init", str(init), "--demos", str(demos), "--rounds", "1",
-               "--episodes-per-round", "2", "--autonomous-per-round", "1", "--eval-episodes", "2", "--steps", "3",
+               "--episodes-per-round", "2", "--autonomous-per-round", "1", "--eval-episodes", "1", "--steps", "3",
                "--value-steps", "20", "--batch-size", "4", "--out-dir", str(out), "--threads", "1"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
