@@ -312,7 +312,8 @@ def test_a_privileged_teacher_labels_every_state_the_student_visits(tmp_path, ca
         seen.append(obs["objects"][:3].copy())
         return np.tile(np.r_[obs["objects"][:3], np.zeros(4)], (4, 1)).astype(np.float32)
 
-    env = PiperManipEnv("pick_place", render_mode="rgbd", width=32, height=32, workspace="narrow")
+    env = PiperManipEnv("pick_place", render_mode="rgbd", width=32, height=32, workspace="narrow",
+                        max_episode_steps=40)  # an untrained student never succeeds: 40 steps show the labelling
     try:
         ep = teacher_rollout(env, _executor(student, env, 1), PrivilegedTeacher(teacher_fn), seed=11)
     finally:
