@@ -305,6 +305,11 @@ def test_an_actor_trains_on_demonstrations_recorded_without_images(demos, tmp_pa
                  "--perception-steps", "0", "--actor-demos", str(state_only), "--steps", "5", "--out", str(out)]) == 0
     hist = load_policy(out)[1]["extra"]["history"]
     assert hist["actor"]["demos"] == str(state_only) and hist["perception"]["kept_from"] == str(first)
+    same_data = tmp_path / "actor_same_data.pt"  # the same run on --demos: another actor, so the file was read
+    assert main([*common, "--demos", str(path), "--model", "pose", "--init", str(first), "--retrain-actor",
+                 "--perception-steps", "0", "--steps", "5", "--out", str(same_data)]) == 0
+    a, b = load_policy(out)[0].actor.state_dict(), load_policy(same_data)[0].actor.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
     for bad in (["--demos", str(state_only), "--model", "mot"],  # images needed
                 ["--demos", str(state_only), "--model", "pose"],  # the perception needs them
                 ["--demos", str(path), "--model", "mot", "--actor-demos", str(state_only)],
@@ -331,6 +336,8 @@ def test_the_shipped_pose_policy_places_and_reports_where_it_sees_the_target_whi
     assert rep["carry_target_error_m"]["median_placed"] == rep["carry_target_error_m"]["median"] == ep["carry_target_error_m"]
     assert "median_not_placed" not in rep["carry_target_error_m"]
     assert 0 < ep["carry_cube_error_m"] == rep["carry_cube_error_m"]["median_placed"]
+    assert rep["approach_cube_error_m"]["median_lifted"] == ep["approach_cube_error_m"] > 0
+    assert "median_never_lifted" not in rep["approach_cube_error_m"]
 
 
 def test_object_memory_keeps_the_target_and_the_resting_cube_until_the_estimate_lifts_it():

@@ -330,11 +330,12 @@ def cmd_policy_eval(args) -> int:
         print(f"failures: {m['cube_not_lifted']} with the cube never lifted, {m['lifted_not_placed']} lifted but not "
               f"placed{miss}")
     if report.get("start_cube_error_m"):
-        c, t = report["start_cube_error_m"], report["start_target_error_m"]
+        c, t, a = report["start_cube_error_m"], report["start_target_error_m"], report["approach_cube_error_m"]
         print(f"the object head in each first frame: cube off by {c['median'] * 100:.1f} cm (median; max "
               f"{c['max'] * 100:.1f}), target by {t['median'] * 100:.1f} cm (max {t['max'] * 100:.1f}); "
-              f"as the arm approaches, the cube off by {report['approach_cube_error_m']['median'] * 100:.1f} cm "
-              f"(median of the episodes' medians)")
+              f"as the arm approaches, the cube off by {a['median'] * 100:.1f} cm (median of the episodes' medians"
+              + "".join(f"; {k.removeprefix('median_').replace('_', ' ')} {a[k] * 100:.1f} cm"
+                        for k in ("median_lifted", "median_never_lifted") if k in a) + ")")
     for what in ("target", "cube") if report.get("carry_target_error_m") else ():
         c = report[f"carry_{what}_error_m"]
         by = ", ".join(f"{k.removeprefix('median_').replace('_', ' ')} {c[k] * 100:.1f} cm"

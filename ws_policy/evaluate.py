@@ -57,7 +57,9 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         with the object-position head, how far from the task's cube and the target it places them
         in each episode's first frame (``start_cube_error_m``, ``start_target_error_m``: per episode,
         and their median and maximum) and, as the arm approaches, the median of its cube error every
-        :data:`APPROACH_EVERY` steps until the cube is lifted (``approach_cube_error_m``), and for pick and place
+        :data:`APPROACH_EVERY` steps until the cube is lifted (``approach_cube_error_m``: per episode, then the
+        median and maximum over them and the medians of the episodes that lifted the cube and of those that never
+        did), and for pick and place
         the medians of its target and cube errors as often while the cube is lifted (``carry_target_error_m``,
         ``carry_cube_error_m``: per episode that lifted it, then the median and maximum over them and the
         medians of the placed and the not placed ones); also written to
@@ -160,8 +162,13 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         start = {f"start_{k}_error_m": {"median": round(float(np.median([r[f"start_{k}_error_m"] for r in results])), 4),
                                         "max": round(float(np.max([r[f"start_{k}_error_m"] for r in results])), 4)}
                  for k in ("cube", "target")}
-        start["approach_cube_error_m"] = {"median": round(float(np.median([r["approach_cube_error_m"] for r in results])), 4),
-                                          "max": round(float(np.max([r["approach_cube_error_m"] for r in results])), 4)}
+        approached = [r for r in results if "approach_cube_error_m" in r]
+        start["approach_cube_error_m"] = {
+            "median": round(float(np.median([r["approach_cube_error_m"] for r in approached])), 4),
+            "max": round(float(np.max([r["approach_cube_error_m"] for r in approached])), 4),
+            **{f"median_{k}": round(float(np.median(v)), 4) for k, v in (
+                ("lifted", [r["approach_cube_error_m"] for r in approached if r["cube_lift_m"] >= LIFTED_M]),
+                ("never_lifted", [r["approach_cube_error_m"] for r in approached if r["cube_lift_m"] < LIFTED_M])) if v}}
         carried = [r for r in results if "carry_target_error_m" in r]
         for what in ("target", "cube") if carried else ():  # placing: where the head puts them while carrying
             key = f"carry_{what}_error_m"
