@@ -167,6 +167,24 @@ def test_device_cpu_trains(tmp_path, small_datasets, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(tmp_path / "m.pt")
 
 
+def test_train_resume_extends_a_run_and_needs_its_state(tmp_path, small_datasets, capsys):
+    """'ws train --resume' continues from OUT.state (here to more epochs), and without that file
+    says which file is missing."""
+    from ws_sim.dataset import write_dataset
+
+    train, val = small_datasets
+    write_dataset(train, tmp_path / "t.hdf5")
+    write_dataset(val, tmp_path / "v.hdf5")
+    argv = ["train", "--train", str(tmp_path / "t.hdf5"), "--val", str(tmp_path / "v.hdf5"), "--ensemble-size", "2",
+            "--elites", "1", "--hidden", "16", "--layers", "1", "--steps-per-epoch", "2", "--patience", "10"]
+    with pytest.raises(SystemExit, match="no training state"):
+        main(argv + ["--out", str(tmp_path / "other.pt"), "--epochs", "2", "--resume"])
+    assert main(argv + ["--out", str(tmp_path / "m.pt"), "--epochs", "1"]) == 0
+    assert main(argv + ["--out", str(tmp_path / "m.pt"), "--epochs", "3", "--resume"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["epochs"] == 3 and out["stopped"] == "epochs" and out["state"] == str(tmp_path / "m.pt.state")
+
+
 def test_video_tools_are_ws_commands_with_the_modules_parsers(capsys):
     """'ws video <tool>' parses with the module's own arguments, as 'python -m ws_worldmodel.video.<tool>'."""
     args = build_parser().parse_args(["video", "experts", "train", "--clips", "c.hdf5", "--out", "m.pt",

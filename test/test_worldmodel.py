@@ -107,3 +107,44 @@ def test_learned_mppi_runs_closed_loop(tmp_path, trained):
     res = run_episode(env, ctrl, seed=5)
     assert res.length >= 1 and np.isfinite(res.reward)
     assert ctrl.last.states.shape == (16, 8, 12)
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path, small_datasets):
+    """Two epochs, then a resumed call to four, equal four epochs in one call bit for bit (weights,
+    elites, history); the state of another seed or other settings is refused with what differs."""
+    train, val = small_datasets
+    cfg = MLPEnsembleConfig(ensemble_size=2, elites=1, hidden=16, layers=2, epochs=4, patience=10,
+                            max_steps_per_epoch=5)
+    whole, hist_whole = train_mlp_ensemble(train, val, cfg, seed=3, progress=False)
+    state = tmp_path / "m.pt.state"
+    half = MLPEnsembleConfig(**{**cfg.__dict__, "epochs": 2})
+    _, first = train_mlp_ensemble(train, val, half, seed=3, progress=False, state_path=state)
+    assert state.is_file() and len(first["epochs"]) == 2 and first["stopped"] == "epochs"
+    resumed, hist = train_mlp_ensemble(train, val, cfg, seed=3, progress=False, state_path=state, resume=True)
+    assert hist["epochs"] == hist_whole["epochs"] and hist["stopped"] == "epochs"
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    # it went on from the file, not from scratch: a mark put in the saved history comes back
+    st = torch.load(state, weights_only=True)
+    st["history"][0]["train_nll"] = -123.0
+    torch.save(st, state)
+    _, marked = train_mlp_ensemble(train, val, cfg, seed=3, progress=False, state_path=state, resume=True)
+    assert marked["epochs"][0]["train_nll"] == -123.0 and len(marked["epochs"]) == 4
+    with pytest.raises(CheckpointError, match="seed"):
+        train_mlp_ensemble(train, val, cfg, seed=4, progress=False, state_path=state, resume=True)
+    wider = MLPEnsembleConfig(**{**cfg.__dict__, "hidden": 32})
+    with pytest.raises(CheckpointError, match="config"):
+        train_mlp_ensemble(train, val, wider, seed=3, progress=False, state_path=state, resume=True)
+
+
+def test_time_budget_stops_after_an_epoch_and_keeps_the_best(tmp_path, small_datasets):
+    """A budget of zero ends the run after its first epoch with the best model written so far
+    ('time budget'), and the saved state resumes."""
+    train, val = small_datasets
+    cfg = MLPEnsembleConfig(ensemble_size=2, elites=1, hidden=16, layers=1, epochs=3, patience=10,
+                            max_steps_per_epoch=2)
+    state = tmp_path / "s.state"
+    _, hist = train_mlp_ensemble(train, val, cfg, seed=0, progress=False, state_path=state, time_budget_s=0.0)
+    assert hist["stopped"] == "time budget" and len(hist["epochs"]) == 1
+    _, hist = train_mlp_ensemble(train, val, cfg, seed=0, progress=False, state_path=state, resume=True)
+    assert hist["stopped"] == "epochs" and [e["epoch"] for e in hist["epochs"]] == [0, 1, 2]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from .common import (add_device, add_seed, add_threads, command, device_of, environments, headless_gl, set_threads,
@@ -121,13 +122,23 @@ def cmd_train(args) -> int:
     cfg = MLPEnsembleConfig(ensemble_size=args.ensemble_size, elites=args.elites, hidden=args.hidden,
                             layers=args.layers, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                             patience=args.patience, max_steps_per_epoch=args.steps_per_epoch)
+    state = Path(f"{args.out}.state")
+    if args.resume and not state.is_file():
+        raise SystemExit(f"ws train: --resume: no training state {state} (a run with --out {args.out} writes it "
+                         "after every epoch)")
+    budget = 60.0 * args.time_budget_min if args.time_budget_min else None
     model, hist = train_mlp_ensemble(train, val, cfg, seed=args.seed, device=args.device,
-                                     val_subsample=args.val_subsample)
+                                     val_subsample=args.val_subsample, state_path=state, resume=args.resume,
+                                     time_budget_s=budget)
     info = {"train": str(args.train), "val": str(args.val), "seed": args.seed, "env": train.env, **hist}
     save_checkpoint(model, args.out, info)
     err = hist["val_one_step"]
     print(json.dumps({"checkpoint": str(args.out), "val_one_step_mse": round(err["model_mse"], 5),
-                      "unchanged_state_mse": round(err["unchanged_mse"], 5), "epochs": len(hist["epochs"])}))
+                      "unchanged_state_mse": round(err["unchanged_mse"], 5), "epochs": len(hist["epochs"]),
+                      "stopped": hist["stopped"], "state": str(state)}))
+    if hist["stopped"] == "time budget":
+        print(f"time budget spent: {args.out} holds the best model so far; continue with the same command and "
+              "--resume", file=sys.stderr)
     return 0
 
 
@@ -248,6 +259,13 @@ def add_train(sub) -> None:
     t.add_argument("--val-subsample", type=int, default=65536,
                    help="score the members each epoch on a fixed random subset of at most this many validation "
                         "transitions (0: all); the final one-step errors use the whole split")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT.state, the training state every epoch writes (same data, seed and "
+                        "settings; --epochs and --patience may change, e.g. to extend a run); the result equals an "
+                        "uninterrupted run's")
+    t.add_argument("--time-budget-min", type=float, default=None,
+                   help="stop after the first epoch that ends past this many minutes, write the best model so far "
+                        "to --out, and leave OUT.state for --resume (default: no limit)")
     add_threads(t)
     add_seed(t)
     add_device(t)

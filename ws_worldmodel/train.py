@@ -4,12 +4,20 @@ Each member sees its own bootstrap resample of the training transitions; after e
 the members are scored on the validation split, the best ``elites`` are kept, and training
 stops when the elites' validation error has not improved for ``patience`` epochs (the best
 weights are restored).
+
+Long runs are resumable: with a ``state_path`` the live training state (weights, Adam moments,
+the best weights so far, the random generators, the epoch) is written atomically after every
+epoch, and ``resume=True`` continues from it to the same weights an uninterrupted run reaches.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ws_sim.dataset import TrajectoryDataset
 
+from .checkpoint_io import CheckpointError, atomic_torch_save, safe_torch_load
 from .mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
 
 __all__ = ["train_mlp_ensemble", "one_step_errors"]
@@ -47,10 +56,27 @@ def one_step_errors(model: MLPEnsemble, ds: TrajectoryDataset) -> dict:
     return {"model_mse": float(err.mean()), "unchanged_mse": float(base.mean())}
 
 
+# settings a resumed run may change (the rest must match the saved state's)
+_RESUMABLE_CHANGES = ("epochs", "patience")
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    st = rng.bit_generator.state  # PCG64's 128-bit integers as text: plain data however large
+    return {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
+            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
+
+
+def _set_rng_state(rng: np.random.Generator, st: dict) -> None:
+    rng.bit_generator.state = {"bit_generator": st["bit_generator"],
+                               "state": {"state": int(st["state"]), "inc": int(st["inc"])},
+                               "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
+
+
 @torch.enable_grad()
 def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config: MLPEnsembleConfig,
                        seed: int = 0, progress: bool = True, device: str = "cpu",
-                       val_subsample: int = 65536) -> tuple[MLPEnsemble, dict]:
+                       val_subsample: int = 65536, state_path: str | os.PathLike | None = None,
+                       resume: bool = False, time_budget_s: float | None = None) -> tuple[MLPEnsemble, dict]:
     """Train an :class:`MLPEnsemble` on full-state transitions.
 
     Args:
@@ -63,14 +89,24 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
         val_subsample: the elites are chosen and early stopping judged on a fixed random subset
             of at most this many validation transitions (0: all), so that an epoch's scoring does
             not outweigh its training on large splits; the final one-step errors use them all.
+        state_path: where the live training state is written (atomically) after every epoch,
+            for ``resume`` (None: not written; ``ws train`` uses ``OUT.state``).
+        resume: continue from ``state_path`` (the same data, seed and settings; only
+            ``epochs`` and ``patience`` may change, for instance to extend a run).
+        time_budget_s: stop after the first epoch that ends past this many seconds of this
+            call's wall-clock (None: no limit); the returned model is the best so far and
+            ``history["stopped"]`` says ``"time budget"``, so a resumed call goes on from there.
 
     Returns:
-        ``(model, history)`` with per-epoch validation MSE of the elites and the final
-        one-step errors on the validation split.
+        ``(model, history)`` with per-epoch validation MSE of the elites, the final one-step
+        errors on the validation split, and ``stopped``: ``"epochs"``, ``"early stop"`` or
+        ``"time budget"``.
 
     Raises:
         ChannelMismatchError: the two splits have different channels.
-        ValueError: an empty split.
+        ValueError: an empty split; ``resume`` without a ``state_path``.
+        CheckpointError: ``resume`` and the state file is missing, unsafe, or was written for
+            other data, another seed or other settings (the message names what differs).
     """
     val.check_matches(train.state_channels, train.action_channels, "validation dataset")
     if len(train) == 0 or len(val) == 0:
@@ -97,8 +133,38 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
     steps = max(1, n // config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
-    best, best_state, since, history = float("inf"), None, 0, []
-    bar = tqdm(range(config.epochs), desc="train mlp_ensemble", unit="epoch", disable=not progress)
+    best, best_state, since, history, start = float("inf"), None, 0, [], 0
+    ident = {"seed": seed, "train_transitions": n, "val_transitions": len(val), "val_subsample": val_subsample,
+             "data_sums": [round(float(t.double().sum()), 6) for t in (x, y, vs, vs2)],
+             "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}}
+    if resume:
+        if state_path is None:
+            raise ValueError("resume needs a state_path")
+        st = safe_torch_load(state_path, what="training state")
+        if st.get("ident") != ident:
+            saved = st.get("ident") or {}
+            diff = sorted(k for k in set(saved) | set(ident) if saved.get(k) != ident.get(k))
+            raise CheckpointError(f"training state {state_path} was written for another run: {', '.join(diff)} "
+                                  f"differ (saved {[saved.get(k) for k in diff]}, now {[ident.get(k) for k in diff]})")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        _set_rng_state(rng, st["numpy_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        best, best_state, since, history = st["best"], st["best_state"], st["since"], st["history"]
+        start = len(history)
+        log.info("resumed from %s after epoch %d", state_path, start)
+
+    def save_state() -> None:
+        atomic_torch_save({"ident": ident, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "numpy_rng": _rng_state(rng), "torch_rng": torch.get_rng_state(), "best": best,
+                           "best_state": best_state, "since": since, "history": history}, state_path)
+
+    tic, stopped = time.perf_counter(), "epochs"
+    bar = tqdm(range(start, config.epochs), desc="train mlp_ensemble", unit="epoch", disable=not progress,
+               initial=start, total=config.epochs)
+    if resume and since >= config.patience:
+        stopped = "early stop"  # the saved run had stopped early and the patience was not raised
+        bar = []
     for epoch in bar:
         model.train()
         perm = torch.as_tensor(rng.permuted(np.tile(np.arange(n), (e, 1)), axis=1))
@@ -121,12 +187,19 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
             best_state = copy.deepcopy(model.state_dict())
         else:
             since += 1
-            if since >= config.patience:
-                log.info("early stop at epoch %d (best val mse %.5f)", epoch, best)
-                break
+        if state_path is not None:
+            save_state()
+        if since >= config.patience:
+            log.info("early stop at epoch %d (best val mse %.5f)", epoch, best)
+            stopped = "early stop"
+            break
+        if time_budget_s is not None and time.perf_counter() - tic >= time_budget_s and epoch + 1 < config.epochs:
+            log.info("time budget spent after epoch %d (best val mse %.5f)", epoch, best)
+            stopped = "time budget"
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu")
     errors = one_step_errors(model, val)
-    return model, {"epochs": history, "best_val_mse_elites": best, "val_one_step": errors,
+    return model, {"epochs": history, "stopped": stopped, "best_val_mse_elites": best, "val_one_step": errors,
                    "train_transitions": n, "val_transitions": len(val), "val_scored_transitions": len(vs)}
