@@ -183,6 +183,14 @@ def test_train_resume_extends_a_run_and_needs_its_state(tmp_path, small_datasets
     assert main(argv + ["--out", str(tmp_path / "m.pt"), "--epochs", "3", "--resume"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["epochs"] == 3 and out["stopped"] == "epochs" and out["state"] == str(tmp_path / "m.pt.state")
+    # several training files are joined, and --init fine-tunes the model just trained
+    two = ["--train", str(tmp_path / "t.hdf5"), str(tmp_path / "v.hdf5")]
+    assert main(argv + two + ["--out", str(tmp_path / "f.pt"), "--epochs", "1", "--init", str(tmp_path / "m.pt")]) == 0
+    from ws_worldmodel.checkpoint import load_checkpoint
+
+    tuned, payload = load_checkpoint(tmp_path / "f.pt", with_payload=True)
+    assert payload["info"]["init"] == str(tmp_path / "m.pt") and len(payload["info"]["train"]) == 2
+    assert payload["info"]["train_transitions"] == len(train) + len(val)
 
 
 def test_video_tools_are_ws_commands_with_the_modules_parsers(capsys):

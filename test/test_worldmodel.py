@@ -148,3 +148,38 @@ def test_time_budget_stops_after_an_epoch_and_keeps_the_best(tmp_path, small_dat
     assert hist["stopped"] == "time budget" and len(hist["epochs"]) == 1
     _, hist = train_mlp_ensemble(train, val, cfg, seed=0, progress=False, state_path=state, resume=True)
     assert hist["stopped"] == "epochs" and [e["epoch"] for e in hist["epochs"]] == [0, 1, 2]
+
+
+def test_collect_with_a_learned_planner_keeps_what_mujoco_does(tmp_path, trained, hopper_env,
+                                                              small_controller_config):
+    """'ws collect --dynamics CHECKPOINT': the learned model plans, and the kept segments hold the
+    simulator's states for the action sequences it ranked best (re-simulated from each segment's
+    start), not the model's predictions of them; then 'ws train --init' fine-tunes the model on
+    them joined to other data, keeping its normalisation."""
+    from ws_mppi.collect import CollectConfig, collect
+    from ws_sim.oracle import MuJoCoOracle
+
+    model, _ = trained
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    cfg = CollectConfig(train_episodes=1, full_episodes=0, val_episodes=1, max_steps=8, seed=7, dynamics=str(path))
+    train, val, stats = collect(hopper_env, cfg, small_controller_config, nthread=1)
+    assert train.attrs["labelled_by"] == "mujoco" and len(stats["oracle_returns_train"]) == 1
+    oracle = MuJoCoOracle(hopper_env.model, hopper_env.frame_skip, nthread=1)
+    sim_err, model_err = [], []
+    try:
+        for seg in list(train.segments())[:12]:
+            start, acts = seg["observations"][0].astype(np.float64), seg["actions"][None].astype(np.float64)
+            truth = oracle.rollout(start, acts)[0]
+            pred = model.rollout(torch.as_tensor(start, dtype=torch.float32),
+                                 torch.as_tensor(acts, dtype=torch.float32)).numpy()[0]
+            sim_err.append(np.abs(truth - seg["observations"][1:]).max())
+            model_err.append(np.abs(pred - seg["observations"][1:]).max())
+    finally:
+        oracle.close()
+    assert max(sim_err) < 1e-3 < min(model_err), (sim_err, model_err)
+    tuned, hist = train_mlp_ensemble(train, val, TINY, seed=0, progress=False, init=model)
+    torch.testing.assert_close(tuned.out_std, model.out_std)
+    assert one_step_errors(tuned, val)["model_mse"] < one_step_errors(model, val)["model_mse"]
+    with pytest.raises(ValueError, match="architecture"):
+        train_mlp_ensemble(train, val, MLPEnsembleConfig(ensemble_size=3, elites=2, hidden=32, layers=2),
+                           init=model, progress=False)

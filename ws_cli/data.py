@@ -20,7 +20,7 @@ def cmd_collect(args) -> int:
     nthread = set_threads(args.threads)
     ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
                          val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,
-                         max_steps=args.max_steps, seed=args.seed, history=args.history)
+                         max_steps=args.max_steps, seed=args.seed, history=args.history, dynamics=args.dynamics)
     env_for_seed = None
     if args.randomise:
         from ws_mppi.config import ConfigError
@@ -36,7 +36,8 @@ def cmd_collect(args) -> int:
     vp = write_dataset(val, out / f"val{suffix}", args.format)
     print(f"wrote {tp} ({len(train)} transitions in {train.num_segments} segments)")
     print(f"wrote {vp} ({len(val)} transitions in {val.num_segments} segments)")
-    print(f"oracle episode returns: {[round(r, 1) for r in stats['oracle_returns_train'] + stats['oracle_returns_full']]}")
+    print(f"{'oracle' if args.dynamics == 'oracle' else 'planner'} episode returns: "
+          f"{[round(r, 1) for r in stats['oracle_returns_train'] + stats['oracle_returns_full']]}")
     return 0
 
 
@@ -59,7 +60,10 @@ def add_collect(sub) -> None:
     c = command(sub, "collect", cmd_collect, help="collect an oracle-MPPI dynamics dataset (seed 003, App. C.5)",
                 description="Run oracle MPPI (MuJoCo as the model) and keep the lowest-cost sampled rollouts "
                             "of every step as training segments (plus all samples of a few extra episodes); "
-                            "validation from other seeds. Writes OUT/train and OUT/val.")
+                            "validation from other seeds. Writes OUT/train and OUT/val. With --dynamics CHECKPOINT "
+                            "the planner plans with that learned model instead and the sequences it ranks best are "
+                            "re-simulated in MuJoCo: data where the model's own planner goes, to add to its training "
+                            "set ('ws train --train OLD NEW --init CHECKPOINT').")
     c.add_argument("--env", default="hopper", help=f"environment: {environments()}")
     c.add_argument("--out", type=Path, required=True, help="output directory")
     c.add_argument("--format", choices=["hdf5", "minari"], default="hdf5", help="D4RL-style HDF5 or Minari")
@@ -78,7 +82,11 @@ def add_collect(sub) -> None:
                         "damping and friction, trunk mass and centre of mass, ground friction; "
                         "ws_sim.randomisation.Go1Randomisation), the oracle planning with that episode's physics; "
                         "the draws never repeat those of 'ws mppi randomised'")
-    add_controller_args(c, learned=False)  # oracle MPPI only
+    c.add_argument("--dynamics", default="oracle",
+                   help="what the planner plans with: 'oracle' (MuJoCo) or a learned-model checkpoint, whose kept "
+                        "action sequences MuJoCo then re-simulates from the true state (the data hold the "
+                        "simulator's states, never the model's predictions)")
+    add_controller_args(c)
 
 
 def add_corpus(sub) -> None:

@@ -108,17 +108,31 @@ def cmd_train(args) -> int:
     from ws_sim.dataset import read_dataset
     from ws_sim.envs import make_env
     from ws_worldmodel.checkpoint import save_checkpoint
-    from ws_worldmodel.mlp_ensemble import MLPEnsembleConfig
+    from ws_worldmodel.mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
     from ws_worldmodel.train import train_mlp_ensemble
 
     set_threads(args.threads)
     # --env names the environment of plain D4RL files (channels, missing successors) and checks the rest
-    train = read_dataset(args.train, env=args.env)
-    val = read_dataset(args.val, env=args.env)
+    from ws_sim.dataset import TrajectoryDataset
+
+    splits = {}
+    for name, paths in (("train", args.train), ("val", args.val)):
+        parts = [read_dataset(p, env=args.env) for p in paths]
+        for p, ds in zip(paths[1:], parts[1:]):
+            ds.check_matches(parts[0].state_channels, parts[0].action_channels, f"dataset {p}")
+        splits[name] = parts[0] if len(parts) == 1 else TrajectoryDataset.concatenate(parts)
+    train, val = splits["train"], splits["val"]
     if args.env:
         env = make_env(args.env)
-        train.check_matches(env.state_channels, env.action_channels, f"dataset {args.train}")
-        val.check_matches(env.state_channels, env.action_channels, f"dataset {args.val}")
+        train.check_matches(env.state_channels, env.action_channels, f"dataset {args.train[0]}")
+        val.check_matches(env.state_channels, env.action_channels, f"dataset {args.val[0]}")
+    init = None
+    if args.init is not None:
+        from ws_worldmodel.checkpoint import load_checkpoint
+
+        init = load_checkpoint(args.init)
+        if not isinstance(init, MLPEnsemble):
+            raise SystemExit(f"ws train: --init {args.init} is a {type(init).__name__}, not an MLPEnsemble checkpoint")
     cfg = MLPEnsembleConfig(ensemble_size=args.ensemble_size, elites=args.elites, hidden=args.hidden,
                             layers=args.layers, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                             patience=args.patience, max_steps_per_epoch=args.steps_per_epoch)
@@ -129,8 +143,9 @@ def cmd_train(args) -> int:
     budget = 60.0 * args.time_budget_min if args.time_budget_min else None
     model, hist = train_mlp_ensemble(train, val, cfg, seed=args.seed, device=args.device,
                                      val_subsample=args.val_subsample, state_path=state, resume=args.resume,
-                                     time_budget_s=budget)
-    info = {"train": str(args.train), "val": str(args.val), "seed": args.seed, "env": train.env, **hist}
+                                     time_budget_s=budget, init=init)
+    info = {"train": [str(p) for p in args.train], "val": [str(p) for p in args.val], "seed": args.seed,
+            "env": train.env, "init": None if args.init is None else str(args.init), **hist}
     save_checkpoint(model, args.out, info)
     err = hist["val_one_step"]
     print(json.dumps({"checkpoint": str(args.out), "val_one_step_mse": round(err["model_mse"], 5),
@@ -239,9 +254,15 @@ def add_train(sub) -> None:
                 description="Fit a probabilistic MLP ensemble (seed 003 App. D.1) on a dataset from ws collect "
                             "(HDF5 or Minari) or a plain D4RL-format HDF5 file (with --env), and write a "
                             "self-contained checkpoint.")
-    t.add_argument("--train", type=Path, required=True,
-                   help="training dataset: HDF5 file or Minari directory from ws collect, or a D4RL-format HDF5 file")
-    t.add_argument("--val", type=Path, required=True, help="validation dataset (same kinds as --train)")
+    t.add_argument("--train", type=Path, nargs="+", required=True,
+                   help="training dataset(s): HDF5 files or Minari directories from ws collect, or D4RL-format HDF5 "
+                        "files; several are joined (same channels)")
+    t.add_argument("--val", type=Path, nargs="+", required=True,
+                   help="validation dataset(s) (same kinds as --train; several are joined)")
+    t.add_argument("--init", type=Path, default=None,
+                   help="start from this MLPEnsemble checkpoint's weights and normalisation (fine-tuning, e.g. on "
+                        "the data 'ws collect --dynamics CHECKPOINT' gathered where its planner goes, added to its "
+                        "own); the architecture flags must match it")
     t.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
     t.add_argument("--env", default=None,
                    help=f"environment of the datasets ({environments()}): checks their channels, and reads plain "

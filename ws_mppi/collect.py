@@ -17,6 +17,13 @@ history, then sampled rollout*. With ``history = Th`` every kept segment is pref
 the last ``Th`` executed transitions of its episode (fewer at the start of an episode), so
 the segment reads ``s_{t-Th}, a_{t-Th}, ..., s_t`` (executed) then the rollout from ``s_t``.
 The prefix transitions are real ones; a one-step model sees them as extra data.
+
+Another planner's data (``dynamics`` a learned-model checkpoint): the planner plans with that
+model and steps the simulator, the kept rollouts are the ones *it* ranks lowest, and every kept
+action sequence is re-simulated in MuJoCo from the true state, so the segments hold what the
+simulator does, not what the model predicted. This is data where a learned model's planner goes,
+for aggregating it into the model's training set (DAgger for system identification, Ross and
+Bagnell 2012; MBPO and PETS retrain on their own planner's data the same way).
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ import dataclasses
 import math
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ws_sim.channels import data_ranges
 from ws_sim.dataset import TrajectoryDataset
 from ws_sim.envs import StateEnv
 
+from ws_sim.oracle import MuJoCoOracle
+
 from .config import ControllerConfig
+from .dynamics import OracleDynamics
 from .runner import make_controller
 
 __all__ = ["CollectConfig", "collect", "corpus_mppi_policy", "randomised_go1_episodes"]
@@ -49,6 +60,7 @@ class CollectConfig:
     max_steps: int = 1000
     seed: int = 0
     history: int = 0
+    dynamics: str = "oracle"
 
 
 def _segments_from_plan(env: StateEnv, state: np.ndarray, actions: np.ndarray, states: np.ndarray,
@@ -81,12 +93,14 @@ def _segments_from_plan(env: StateEnv, state: np.ndarray, actions: np.ndarray, s
 
 
 def _run(episode, seeds: list[int], keep_frac: float, max_steps: int, desc: str, history: int = 0):
-    """Closed-loop oracle MPPI over ``seeds``; ``episode(seed) -> (env, controller)``."""
+    """Closed-loop MPPI over ``seeds``; ``episode(seed) -> (env, controller, label)``, ``label`` the
+    simulator's dynamics that re-simulates the kept sequences of a learned model's plan (None: the
+    plan's own oracle states)."""
     parts = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
     returns = []
     bar = tqdm(total=len(seeds) * max_steps, desc=desc, unit="step", leave=False)
     for seed in seeds:
-        env, controller = episode(seed)
+        env, controller, label = episode(seed)
         state, _ = env.reset(seed=seed)
         controller.reset(seed)
         ret = 0.0
@@ -97,8 +111,12 @@ def _run(episode, seeds: list[int], keep_frac: float, max_steps: int, desc: str,
             kcount = res.costs.shape[0]
             nkeep = kcount if keep_frac >= 1 else max(1, math.ceil(keep_frac * kcount))
             order = np.argsort(res.costs.numpy(), kind="stable")[:nkeep]
-            seg = _segments_from_plan(env, state, res.actions.numpy().astype(np.float64),
-                                      res.states.numpy().astype(np.float64), order, past_s, past_a)
+            acts, states = res.actions.numpy().astype(np.float64), res.states.numpy().astype(np.float64)
+            if label is not None:  # what the simulator does with the sequences the model's planner ranked best
+                acts = acts[order]
+                states = label.rollout(torch.as_tensor(state), torch.as_tensor(acts)).numpy().astype(np.float64)
+                order = np.arange(len(acts))
+            seg = _segments_from_plan(env, state, acts, states, order, past_s, past_a)
             for k in parts:
                 parts[k].extend(seg[k])
             if history:
@@ -129,21 +147,30 @@ def _to_dataset(env: StateEnv, parts: dict, attrs: dict) -> TrajectoryDataset:
 
 def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerConfig,
             nthread: int | None = None, env_for_seed=None) -> tuple[TrajectoryDataset, TrajectoryDataset, dict]:
-    """Collect training and validation datasets with oracle MPPI.
+    """Collect training and validation datasets with oracle MPPI (or another planner's, labelled
+    by the simulator).
 
     Args:
         env: the environment (its channels and task describe the data).
         config: episode counts, kept fractions, step limit and seed. Episode ``i`` resets
             with seed ``config.seed + i``: training first, then the full-sample episodes,
-            then validation, so the three never share a seed.
-        controller_config: the oracle MPPI settings.
+            then validation, so the three never share a seed. ``config.dynamics``: what the
+            planner plans with, ``"oracle"`` or a learned-model checkpoint (as
+            :func:`ws_mppi.runner.make_controller`'s ``dynamics``); with a model, the kept action
+            sequences are re-simulated in MuJoCo from the true state.
+        controller_config: the MPPI settings.
         nthread: oracle rollout threads.
         env_for_seed: ``seed -> env`` for a fresh environment per episode, e.g. one draw of randomised
             physics (:func:`randomised_go1_episodes`); the oracle then plans with that episode's own
             model. Default: every episode in ``env``.
 
     Returns:
-        ``(train, val, stats)``; ``stats`` holds the oracle's episode returns.
+        ``(train, val, stats)``; ``stats`` holds the planner's episode returns.
+
+    Raises:
+        ValueError: a kept fraction outside (0, 1], a negative history, no episode of a kind;
+            ``dynamics`` ``"zero"`` (no plan to keep).
+        ws_worldmodel.checkpoint.CheckpointError, ChannelMismatchError: as ``make_controller``.
     """
     if not (0 < config.keep_train <= 1 and 0 < config.keep_val <= 1):
         raise ValueError("keep_train and keep_val must be fractions in (0, 1]")
@@ -151,6 +178,8 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
         raise ValueError(f"history must be >= 0, got {config.history}")
     if config.train_episodes + config.full_episodes < 1 or config.val_episodes < 1:
         raise ValueError("need at least one training and one validation episode")
+    if config.dynamics == "zero":
+        raise ValueError("dynamics 'zero' plans nothing to keep: collect with 'oracle' or a model checkpoint")
     s0, n_tr, n_full = config.seed, config.train_episodes, config.full_episodes
     train_seeds = list(range(s0, s0 + n_tr))
     full_seeds = list(range(s0 + n_tr, s0 + n_tr + n_full))
@@ -159,12 +188,18 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
 
     def episode(seed: int):
         if env_for_seed is None and current:
-            return current["env"], current["ctrl"]
+            return current["env"], current["ctrl"], current["label"]
         if current:
             current["ctrl"].close()
+            if current.get("label") is not None:
+                current["label"].oracle.close()
         e = env if env_for_seed is None else env_for_seed(seed)
-        current.update(env=e, ctrl=make_controller(e, "oracle", controller_config, seed=config.seed, nthread=nthread))
-        return e, current["ctrl"]
+        label = None
+        if config.dynamics != "oracle":  # the simulator says what the planner's kept sequences do
+            label = OracleDynamics(MuJoCoOracle(e.model, e.frame_skip, nthread=nthread), e.physics_state)
+        current.update(env=e, ctrl=make_controller(e, config.dynamics, controller_config, seed=config.seed,
+                                                   nthread=nthread), label=label)
+        return e, current["ctrl"], label
 
     try:
         h = config.history
@@ -174,9 +209,13 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
     finally:
         if current:
             current["ctrl"].close()
+            if current.get("label") is not None:
+                current["label"].oracle.close()
     for k in tr:
         tr[k].extend(fu[k])
     attrs = {"collect": dataclasses.asdict(config), "controller": controller_config.to_dict()}
+    if config.dynamics != "oracle":
+        attrs["labelled_by"] = "mujoco"
     if env_for_seed is not None:
         attrs["episode_envs"] = getattr(env_for_seed, "describe", "one environment per episode")
     train = _to_dataset(env, tr, {**attrs, "split": "train", "seeds": train_seeds + full_seeds})

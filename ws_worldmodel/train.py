@@ -76,7 +76,8 @@ def _set_rng_state(rng: np.random.Generator, st: dict) -> None:
 def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config: MLPEnsembleConfig,
                        seed: int = 0, progress: bool = True, device: str = "cpu",
                        val_subsample: int = 65536, state_path: str | os.PathLike | None = None,
-                       resume: bool = False, time_budget_s: float | None = None) -> tuple[MLPEnsemble, dict]:
+                       resume: bool = False, time_budget_s: float | None = None,
+                       init: MLPEnsemble | None = None) -> tuple[MLPEnsemble, dict]:
     """Train an :class:`MLPEnsemble` on full-state transitions.
 
     Args:
@@ -96,6 +97,9 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
         time_budget_s: stop after the first epoch that ends past this many seconds of this
             call's wall-clock (None: no limit); the returned model is the best so far and
             ``history["stopped"]`` says ``"time budget"``, so a resumed call goes on from there.
+        init: start from this model's weights and normalisation instead of fresh ones (fine-tuning,
+            e.g. on its own planner's data added to what it was trained on); its architecture
+            must be ``config``'s and its channels the data's. Elites are chosen again.
 
     Returns:
         ``(model, history)`` with per-epoch validation MSE of the elites, the final one-step
@@ -104,7 +108,8 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
 
     Raises:
         ChannelMismatchError: the two splits have different channels.
-        ValueError: an empty split; ``resume`` without a ``state_path``.
+        ValueError: an empty split; ``resume`` without a ``state_path``; an ``init`` of another
+            architecture than ``config``'s.
         CheckpointError: ``resume`` and the state file is missing, unsafe, or was written for
             other data, another seed or other settings (the message names what differs).
     """
@@ -117,7 +122,19 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
     s, a, s2 = _tensors(train)
     x = model.model_inputs(s, a)
     y = s2 - s
-    model.set_normalisation(MLPEnsemble.fit_normalisation(x.numpy(), y.numpy()))
+    if init is None:
+        model.set_normalisation(MLPEnsemble.fit_normalisation(x.numpy(), y.numpy()))
+    else:  # the initial model's weights and the normalisation they were trained with
+        init.check_matches(train.state_channels, train.action_channels, "initial model")
+        arch = ("ensemble_size", "hidden", "layers")
+        if any(getattr(init.config, k) != getattr(config, k) for k in arch):
+            raise ValueError("the initial model's architecture ("
+                             + ", ".join(f"{k} {getattr(init.config, k)}" for k in arch) + ") is not the config's ("
+                             + ", ".join(f"{k} {getattr(config, k)}" for k in arch) + ")")
+        state = {k: v for k, v in init.state_dict().items() if k != "elite_idx"}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if set(missing) != {"elite_idx"} or unexpected:
+            raise ValueError(f"the initial model does not fit the config: missing {missing}, unexpected {unexpected}")
     xn = ((x - model.in_mean) / model.in_std).to(device)
     yn = ((y - model.out_mean) / model.out_std).to(device)
     model.to(device)
@@ -136,6 +153,7 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
     best, best_state, since, history, start = float("inf"), None, 0, [], 0
     ident = {"seed": seed, "train_transitions": n, "val_transitions": len(val), "val_subsample": val_subsample,
              "data_sums": [round(float(t.double().sum()), 6) for t in (x, y, vs, vs2)],
+             "init": None if init is None else round(float(sum(p.detach().double().sum() for p in init.parameters())), 6),
              "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}}
     if resume:
         if state_path is None:
