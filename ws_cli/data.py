@@ -13,10 +13,12 @@ from .mppi import add_controller_args, controller_config
 def cmd_collect(args) -> int:
     """Collect an oracle-MPPI dataset and write its train and validation splits."""
     from ws_mppi.collect import CollectConfig, collect
+    from ws_mppi.report import resolve_dynamics
     from ws_sim.dataset import write_dataset
     from ws_sim.envs import make_env
 
     env = make_env(args.env, max_episode_steps=args.max_steps)
+    args.dynamics = resolve_dynamics(env.name, args.dynamics)
     nthread = set_threads(args.threads)
     ccfg = CollectConfig(train_episodes=args.train_episodes, full_episodes=args.full_episodes,
                          val_episodes=args.val_episodes, keep_train=args.keep_train, keep_val=args.keep_val,
@@ -83,7 +85,8 @@ def add_collect(sub) -> None:
                         "ws_sim.randomisation.Go1Randomisation), the oracle planning with that episode's physics; "
                         "the draws never repeat those of 'ws mppi randomised'")
     c.add_argument("--dynamics", default="oracle",
-                   help="what the planner plans with: 'oracle' (MuJoCo) or a learned-model checkpoint, whose kept "
+                   help="what the planner plans with: 'oracle' (MuJoCo), or a learned-model checkpoint ('default': the "
+                        "one shipped for --env), whose kept "
                         "action sequences MuJoCo then re-simulates from the true state (the data hold the "
                         "simulator's states, never the model's predictions)")
     add_controller_args(c)

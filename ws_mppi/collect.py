@@ -41,7 +41,7 @@ from ws_sim.envs import StateEnv
 
 from ws_sim.oracle import MuJoCoOracle
 
-from .config import ControllerConfig
+from .config import ConfigError, ControllerConfig
 from .dynamics import OracleDynamics
 from .runner import make_controller
 
@@ -168,18 +168,18 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
         ``(train, val, stats)``; ``stats`` holds the planner's episode returns.
 
     Raises:
-        ValueError: a kept fraction outside (0, 1], a negative history, no episode of a kind;
-            ``dynamics`` ``"zero"`` (no plan to keep).
+        ConfigError: a kept fraction outside (0, 1], a negative history, no episode of a kind;
+            ``dynamics`` ``"zero"`` (no plan to keep). (A ``ValueError``.)
         ws_worldmodel.checkpoint.CheckpointError, ChannelMismatchError: as ``make_controller``.
     """
     if not (0 < config.keep_train <= 1 and 0 < config.keep_val <= 1):
-        raise ValueError("keep_train and keep_val must be fractions in (0, 1]")
+        raise ConfigError("keep_train and keep_val must be fractions in (0, 1]")
     if config.history < 0:
-        raise ValueError(f"history must be >= 0, got {config.history}")
+        raise ConfigError(f"history must be >= 0, got {config.history}")
     if config.train_episodes + config.full_episodes < 1 or config.val_episodes < 1:
-        raise ValueError("need at least one training and one validation episode")
+        raise ConfigError("need at least one training and one validation episode")
     if config.dynamics == "zero":
-        raise ValueError("dynamics 'zero' plans nothing to keep: collect with 'oracle' or a model checkpoint")
+        raise ConfigError("dynamics 'zero' plans nothing to keep: collect with 'oracle' or a model checkpoint")
     s0, n_tr, n_full = config.seed, config.train_episodes, config.full_episodes
     train_seeds = list(range(s0, s0 + n_tr))
     full_seeds = list(range(s0 + n_tr, s0 + n_tr + n_full))

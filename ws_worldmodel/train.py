@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ws_sim.dataset import TrajectoryDataset
 
 from .checkpoint_io import CheckpointError, atomic_torch_save, safe_torch_load
+from .errors import WorldModelError
 from .mlp_ensemble import MLPEnsemble, MLPEnsembleConfig
 
 __all__ = ["train_mlp_ensemble", "one_step_errors"]
@@ -108,8 +109,8 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
 
     Raises:
         ChannelMismatchError: the two splits have different channels.
-        ValueError: an empty split; ``resume`` without a ``state_path``; an ``init`` of another
-            architecture than ``config``'s.
+        ValueError: an empty split; ``resume`` without a ``state_path``.
+        WorldModelError: an ``init`` of another architecture than ``config``'s (a ``ValueError``).
         CheckpointError: ``resume`` and the state file is missing, unsafe, or was written for
             other data, another seed or other settings (the message names what differs).
     """
@@ -128,13 +129,14 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
         init.check_matches(train.state_channels, train.action_channels, "initial model")
         arch = ("ensemble_size", "hidden", "layers")
         if any(getattr(init.config, k) != getattr(config, k) for k in arch):
-            raise ValueError("the initial model's architecture ("
+            raise WorldModelError("the initial model's architecture ("
                              + ", ".join(f"{k} {getattr(init.config, k)}" for k in arch) + ") is not the config's ("
                              + ", ".join(f"{k} {getattr(config, k)}" for k in arch) + ")")
         state = {k: v for k, v in init.state_dict().items() if k != "elite_idx"}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if set(missing) != {"elite_idx"} or unexpected:
-            raise ValueError(f"the initial model does not fit the config: missing {missing}, unexpected {unexpected}")
+            raise WorldModelError(f"the initial model does not fit the config: missing {missing}, "
+                                  f"unexpected {unexpected}")
     xn = ((x - model.in_mean) / model.in_std).to(device)
     yn = ((y - model.out_mean) / model.out_std).to(device)
     model.to(device)
