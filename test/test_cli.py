@@ -191,6 +191,14 @@ def test_train_resume_extends_a_run_and_needs_its_state(tmp_path, small_datasets
     tuned, payload = load_checkpoint(tmp_path / "f.pt", with_payload=True)
     assert payload["info"]["init"] == str(tmp_path / "m.pt") and len(payload["info"]["train"]) == 2
     assert payload["info"]["train_transitions"] == len(train) + len(val)
+    # 'ws eval one-step' prints each checkpoint's error on each dataset, as training computed it
+    capsys.readouterr()
+    assert main(["eval", "one-step", "--checkpoint", str(tmp_path / "m.pt"), str(tmp_path / "f.pt"),
+                 "--data", str(tmp_path / "v.hdf5")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["checkpoint"] for r in rows] == [str(tmp_path / "m.pt"), str(tmp_path / "f.pt")]
+    assert rows[1]["model_mse"] == round(payload["info"]["val_one_step"]["model_mse"], 5)
+    assert rows[0]["unchanged_state_mse"] == rows[1]["unchanged_state_mse"] > rows[0]["model_mse"]
 
 
 def test_video_tools_are_ws_commands_with_the_modules_parsers(capsys):

@@ -257,6 +257,34 @@ def cmd_eval_control(args) -> int:
     return 0
 
 
+def cmd_eval_one_step(args) -> int:
+    """One-step errors of MLPEnsemble checkpoints on datasets, as JSON."""
+    import json
+
+    from ws_sim.dataset import read_dataset
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.mlp_ensemble import MLPEnsemble
+    from ws_worldmodel.train import one_step_errors
+
+    set_threads(args.threads)
+    models = {}
+    for path in args.checkpoint:
+        model = load_checkpoint(path)
+        if not isinstance(model, MLPEnsemble):
+            raise SystemExit(f"ws eval one-step: {path} is a {type(model).__name__}, not an MLPEnsemble checkpoint")
+        models[str(path)] = model
+    rows = []
+    for data in args.data:
+        ds = read_dataset(data)
+        for path, model in models.items():
+            ds.check_matches(model.state_channels, model.action_channels, f"dataset {data}")
+            err = one_step_errors(model, ds)
+            rows.append({"checkpoint": path, "data": str(data), "transitions": len(ds),
+                         "model_mse": round(err["model_mse"], 5), "unchanged_state_mse": round(err["unchanged_mse"], 5)})
+            print(json.dumps(rows[-1]))
+    return 0
+
+
 def add_eval(sub) -> None:
     """``ws eval zero-shot|few-shot|routing|scalability|ablation|control``."""
     esub = group(sub, "eval", help="world-model evaluation protocols (seed 003)",
@@ -355,6 +383,16 @@ def add_eval(sub) -> None:
     add_training_args(ab, steps=2000, lr=3e-4, eval_every=200, patience=False)
     add_net_args(ab)
     ab.add_argument("--out", type=Path, required=True)
+
+    os_ = command(esub, "one-step", cmd_eval_one_step,
+                  help="one-step error of MLPEnsemble checkpoints on datasets (JSON lines)",
+                  description="The one-step prediction MSE of each checkpoint on each dataset, in the model's "
+                              "per-channel standardised change space (as 'ws train' prints it), beside holding "
+                              "the state unchanged: e.g. a model's error on its oracle data against its error on "
+                              "the data its own planner visits ('ws collect --dynamics').")
+    os_.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="MLPEnsemble checkpoints (ws train)")
+    os_.add_argument("--data", type=Path, nargs="+", required=True, help="datasets (ws collect; HDF5 or Minari)")
+    add_threads(os_)
 
     ct = command(esub, "control", cmd_eval_control,
                  help="Table 3: MPPI with each world model, pretrained and from scratch",
