@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from ws_sim.channels import data_ranges
 from ws_sim.dataset import TrajectoryDataset
 from ws_sim.envs import StateEnv
-
 from ws_sim.oracle import MuJoCoOracle
 
 from .config import ConfigError, ControllerConfig
