@@ -634,8 +634,11 @@ def test_lockstep_pauses_the_simulation_for_each_fresh_plan():
             assert _spin_until(ex, ran, 240), f"simulated {bridge.data.time:.2f} s, {ctl.lockstep_pauses} pauses"
             z, ang = np.array(worst).T
             assert z.min() > 0.7 and ang.max() < 0.5, (z.min(), ang.max())
-            # 0.5 s at 90 Hz is 45 ticks: nearly every one paused the simulation
-            assert ctl.lockstep_pauses > 20 and bridge.pauses > 20, (ctl.lockstep_pauses, bridge.pauses)
+            # every plan paused the simulation (the bridge served each pause the controller asked for, the
+            # last one possibly still in flight), over and over; how many ticks 0.5 s holds depends on the
+            # machine's load (45 at 90 Hz when idle, 20-21 seen with the whole suite on a slow machine)
+            assert ctl.lockstep_pauses >= 10 and abs(ctl.lockstep_pauses - bridge.pauses) <= 1, \
+                (ctl.lockstep_pauses, bridge.pauses)
         finally:
             for n in (bridge, ctl):
                 ex.remove_node(n)
