@@ -137,6 +137,30 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path, sma
         train_mlp_ensemble(train, val, wider, seed=3, progress=False, state_path=state, resume=True)
 
 
+def test_cosine_schedule_anneals_to_lr_min_and_resumes_on_it(tmp_path, small_datasets):
+    """The cosine schedule falls every epoch from lr to lr_min at the planned end; a run stopped
+    by the time budget resumes to the uninterrupted run's weights (the schedule's position is in
+    the state), and the planned epochs cannot change on resume (they shape the schedule)."""
+    train, val = small_datasets
+    cfg = MLPEnsembleConfig(ensemble_size=2, elites=1, hidden=16, layers=1, epochs=4, patience=10,
+                            max_steps_per_epoch=3, lr=1e-2, lr_schedule="cosine", lr_min=1e-4)
+    whole, hist_whole = train_mlp_ensemble(train, val, cfg, seed=1, progress=False)
+    lrs = [e["lr"] for e in hist_whole["epochs"]]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(1e-4)
+    state = tmp_path / "c.state"
+    _, first = train_mlp_ensemble(train, val, cfg, seed=1, progress=False, state_path=state, time_budget_s=0.0)
+    assert first["stopped"] == "time budget" and len(first["epochs"]) == 1
+    resumed, hist = train_mlp_ensemble(train, val, cfg, seed=1, progress=False, state_path=state, resume=True)
+    assert hist["epochs"] == hist_whole["epochs"]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    longer = MLPEnsembleConfig(**{**cfg.__dict__, "epochs": 8})
+    with pytest.raises(CheckpointError, match="config"):
+        train_mlp_ensemble(train, val, longer, seed=1, progress=False, state_path=state, resume=True)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        MLPEnsembleConfig(lr_schedule="step")
+
+
 def test_time_budget_stops_after_an_epoch_and_keeps_the_best(tmp_path, small_datasets):
     """A budget of zero ends the run after its first epoch with the best model written so far
     ('time budget'), and the saved state resumes."""

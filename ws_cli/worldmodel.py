@@ -135,7 +135,8 @@ def cmd_train(args) -> int:
             raise SystemExit(f"ws train: --init {args.init} is a {type(init).__name__}, not an MLPEnsemble checkpoint")
     cfg = MLPEnsembleConfig(ensemble_size=args.ensemble_size, elites=args.elites, hidden=args.hidden,
                             layers=args.layers, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                            patience=args.patience, max_steps_per_epoch=args.steps_per_epoch)
+                            patience=args.patience, max_steps_per_epoch=args.steps_per_epoch,
+                            lr_schedule=args.lr_schedule, lr_min=args.lr_min)
     state = Path(f"{args.out}.state")
     if args.resume and not state.is_file():
         raise SystemExit(f"ws train: --resume: no training state {state} (a run with --out {args.out} writes it "
@@ -273,6 +274,10 @@ def add_train(sub) -> None:
     t.add_argument("--hidden", type=int, default=200)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant: --lr throughout; cosine: annealed every gradient step from --lr to --lr-min over "
+                        "--epochs (which then cannot change on --resume)")
+    t.add_argument("--lr-min", type=float, default=1e-5, help="the cosine schedule's final learning rate")
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--epochs", type=int, default=100, help="maximum epochs (early stopping may end sooner)")
     t.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")

@@ -40,6 +40,10 @@ class MLPEnsembleConfig:
         epochs: maximum passes over the training data.
         patience: epochs without validation improvement before stopping early.
         max_steps_per_epoch: cap on gradient steps per epoch (0: a full pass).
+        lr_schedule: ``"constant"`` (``lr`` throughout) or ``"cosine"``: annealed per gradient step
+            from ``lr`` to ``lr_min`` over ``epochs`` (SGDR without restarts, Loshchilov and Hutter
+            2017), so a run planned for ``epochs`` ends at the small step size.
+        lr_min: the cosine schedule's final learning rate.
     """
 
     ensemble_size: int = 5
@@ -52,10 +56,16 @@ class MLPEnsembleConfig:
     epochs: int = 100
     patience: int = 5
     max_steps_per_epoch: int = 400
+    lr_schedule: str = "constant"
+    lr_min: float = 1e-5
 
     def __post_init__(self):
         if not (1 <= self.elites <= self.ensemble_size):
             raise ValueError(f"elites ({self.elites}) must be in 1..ensemble_size ({self.ensemble_size})")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule {self.lr_schedule!r}: 'constant' or 'cosine'")
+        if not (0.0 <= self.lr_min <= self.lr):
+            raise ValueError(f"lr_min ({self.lr_min}) must be in [0, lr ({self.lr})]")
 
 
 def invariant_input_channels(channels: Sequence[Channel]) -> list[int]:

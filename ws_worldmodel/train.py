@@ -156,7 +156,12 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
     ident = {"seed": seed, "train_transitions": n, "val_transitions": len(val), "val_subsample": val_subsample,
              "data_sums": [round(float(t.double().sum()), 6) for t in (x, y, vs, vs2)],
              "init": None if init is None else round(float(sum(p.detach().double().sum() for p in init.parameters())), 6),
-             "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}}
+             "config": {k: v for k, v in dataclasses.asdict(config).items()
+                        if k not in _RESUMABLE_CHANGES or (k == "epochs" and config.lr_schedule != "constant")}}
+    # the cosine schedule is laid over the planned epochs, so those cannot change on resume
+    sched = None
+    if config.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps, eta_min=config.lr_min)
     if resume:
         if state_path is None:
             raise ValueError("resume needs a state_path")
@@ -168,6 +173,8 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
                                   f"differ (saved {[saved.get(k) for k in diff]}, now {[ident.get(k) for k in diff]})")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(st["scheduler"])
         _set_rng_state(rng, st["numpy_rng"])
         torch.set_rng_state(st["torch_rng"])
         best, best_state, since, history = st["best"], st["best_state"], st["since"], st["history"]
@@ -176,6 +183,7 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
 
     def save_state() -> None:
         atomic_torch_save({"ident": ident, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": None if sched is None else sched.state_dict(),
                            "numpy_rng": _rng_state(rng), "torch_rng": torch.get_rng_state(), "best": best,
                            "best_state": best_state, "since": since, "history": history}, state_path)
 
@@ -195,11 +203,14 @@ def train_mlp_ensemble(train: TrajectoryDataset, val: TrajectoryDataset, config:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
         model.eval()
         mse = model.member_mse(vs, va, vs2)
         elites = torch.argsort(mse)[: config.elites]
         score = float(mse[elites].mean())
-        history.append({"epoch": epoch, "train_nll": float(loss.detach()), "val_mse_elites": score})
+        history.append({"epoch": epoch, "train_nll": float(loss.detach()), "val_mse_elites": score,
+                        "lr": opt.param_groups[0]["lr"]})
         bar.set_postfix(val_mse=f"{score:.4f}")
         if score < best - 1e-6:
             best, since = score, 0
