@@ -235,3 +235,57 @@ def test_bfloat16_falls_back_to_float32_with_a_warning_where_the_cpu_would_emula
         assert "no bfloat16 matmul units" in caplog.text and "float32" in caplog.text
         torch.testing.assert_close(dyn.rollout(s0, actions), hopper_model.rollout(s0, actions), rtol=0, atol=0)
     assert isinstance(dynamics.native_bfloat16(), bool)
+
+
+def test_disagreement_is_reported_without_changing_the_rollout_and_grows_off_the_data(hopper_model, hopper_env):
+    """The elites' disagreement comes with the same states as a plain rollout; at step 0 it is the
+    variance across elites of their normalised predicted changes (computed here by hand); it is
+    small from a state of the data and orders of magnitude larger from one no episode reached."""
+    g = torch.Generator().manual_seed(4)
+    actions = torch.rand(32, 10, 3, generator=g) * 2 - 1
+    state, _ = hopper_env.reset(seed=1)
+    s0 = torch.as_tensor(state, dtype=torch.float32)
+    d = torch.full((32, 10), float("nan"))
+    states = hopper_model.rollout(s0, actions, disagreement=d)
+    assert torch.equal(states, hopper_model.rollout(s0, actions)) and bool(torch.isfinite(d).all())
+    m = hopper_model
+    x = (torch.cat([s0.expand(32, -1)[:, m.input_state_idx], actions[:, 0]], -1) - m.in_mean) / m.in_std
+    h = x.expand(len(m.elite_idx), -1, -1)
+    for layer in m.hidden_layers:
+        h = F.silu(torch.baddbmm(layer.bias[m.elite_idx], h, layer.weight[m.elite_idx]))
+    change = torch.baddbmm(m.head.bias[m.elite_idx], h, m.head.weight[m.elite_idx])[..., : m.state_dim]
+    torch.testing.assert_close(d[:, 0], change.var(0, unbiased=False).mean(-1), rtol=1e-4, atol=1e-7)
+    far = s0.clone()
+    far[6:] += 8.0  # every joint and root velocity 8 units above a standing start
+    d_far = torch.empty(32, 10)
+    hopper_model.rollout(far, actions, disagreement=d_far)
+    assert float(d_far[:, 0].mean()) > 100 * float(d[:, 0].mean()), (d_far[:, 0].mean(), d[:, 0].mean())
+    with pytest.raises(ValueError, match="disagreement"):
+        hopper_model.rollout(s0, actions, disagreement=torch.empty(32, 9))
+
+
+def test_mppi_adds_the_weighted_disagreement_to_each_rollouts_cost(hopper_model, hopper_env):
+    """With the same seed the planner samples the same sequences; with a disagreement weight each
+    rollout's cost is the plain cost plus the weight times its summed disagreement."""
+    cost = LocomotionCost(hopper_env.task, termination_penalty=50.0)
+    cfg = MPPIConfig(horizon=10, samples=32, temperature=0.1, noise_sigma=0.5)
+    low, high = hopper_env.action_space.low, hopper_env.action_space.high
+    plain_dyn, pess_dyn = LearnedDynamics(hopper_model), LearnedDynamics(hopper_model, disagreement_weight=30.0)
+    state, _ = hopper_env.reset(seed=2)
+    plain = MPPI(plain_dyn, cost, low, high, cfg, seed=3).plan(state, 0)
+    pess = MPPI(pess_dyn, cost, low, high, cfg, seed=3).plan(state, 0)
+    assert plain_dyn.last_penalty is None and torch.equal(plain.actions, pess.actions)
+    d = torch.empty(32, 10)
+    hopper_model.rollout(torch.as_tensor(state, dtype=torch.float32), plain.actions, disagreement=d)
+    torch.testing.assert_close(pess.costs - plain.costs, 30.0 * d.sum(1), rtol=1e-4, atol=1e-4)
+    assert float(pess_dyn.last_penalty.min()) > 0
+    with pytest.raises(ValueError, match="disagreement_weight"):
+        LearnedDynamics(hopper_model, disagreement_weight=-1.0)
+    with pytest.raises(ValueError, match="disagreement_weight"):
+        LearnedDynamics(hopper_model, fused=False, disagreement_weight=1.0)
+    from ws_mppi.config import ConfigError, ControllerConfig
+
+    assert ControllerConfig.from_dict({"disagreement_weight": 3}).disagreement_weight == 3
+    for bad in (-1.0, "high", True):
+        with pytest.raises(ConfigError, match="disagreement_weight"):
+            ControllerConfig.from_dict({"disagreement_weight": bad})

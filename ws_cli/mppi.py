@@ -4,6 +4,7 @@ options that ``ws collect`` and ``ws eval control`` share with it."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .common import command, config_errors, environments, group, headless_gl, set_threads, split_list
@@ -28,13 +29,17 @@ def add_controller_args(p: argparse.ArgumentParser, learned: bool = True) -> Non
                        help="precision of a learned MLPEnsemble's matmuls in the rollouts (bfloat16: about twice as "
                             "fast at K >= 256 on CPUs with AVX512-BF16 or AMX, no faster at small K; states kept in "
                             "float32; default: the config's, float32)")
+        p.add_argument("--disagreement-weight", type=float, default=None,
+                       help="a learned MLPEnsemble's rollouts pay this times the summed variance of its elites' "
+                            "normalised predictions, keeping the plan where the model's data were (default: the "
+                            "config's disagreement_weight, 0: off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and oracle rollouts (default: all)")
 
 
 def controller_config(args):
     """The controller config of ``--config`` (or ``--env``'s built-in one) with the overrides of
     :func:`add_controller_args` applied and checked (ConfigError)."""
-    from ws_mppi.config import default_config, load_config
+    from ws_mppi.config import ConfigError, default_config, load_config
 
     cfg = load_config(args.config) if args.config else default_config(args.env)
     if args.horizon is not None:
@@ -47,7 +52,11 @@ def controller_config(args):
         cfg.reference = str(args.reference)
     if getattr(args, "model_precision", None) is not None:
         cfg.model_precision = args.model_precision
+    if getattr(args, "disagreement_weight", None) is not None:
+        cfg.disagreement_weight = args.disagreement_weight
     with config_errors():
+        if not (math.isfinite(cfg.disagreement_weight) and cfg.disagreement_weight >= 0):
+            raise ConfigError(f"--disagreement-weight must be a number >= 0, got {cfg.disagreement_weight}")
         cfg.mppi.__post_init__()  # the overrides bypassed the config's own checks
     return cfg
 

@@ -24,6 +24,7 @@ environment (:func:`ws_mppi.runner.make_controller`, :func:`default_config`, ``l
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import yaml
@@ -77,6 +78,10 @@ class ControllerConfig:
             model's matmuls in the planner's rollouts (:class:`ws_mppi.dynamics.LearnedDynamics`;
             the MLPEnsemble); bfloat16 is about twice as fast on CPUs with AVX512-BF16 or AMX.
             The oracle and trajectory world models ignore it.
+        disagreement_weight: a learned MLPEnsemble's rollouts pay this times the summed
+            disagreement of its elites (:class:`ws_mppi.dynamics.LearnedDynamics`), keeping the
+            plan where the model's data were; 0 (default): off. The oracle and trajectory world
+            models ignore it.
         cost: the weights of the environment's own cost, by name (Go1: those of
             :class:`ws_mppi.costs.Go1WalkCost`, PiPER: of :class:`~ws_mppi.costs.PiperReachCost`;
             Hopper and Walker2d take none: their settings are the fields above). Keys are checked
@@ -96,6 +101,7 @@ class ControllerConfig:
     expert_noise_scale: float | None = None
     expert_value_weight: float = 0.0
     model_precision: str = "float32"
+    disagreement_weight: float = 0.0
     cost: dict = dataclasses.field(default_factory=dict)
 
     def validate_for(self, env: str) -> "ControllerConfig":
@@ -161,6 +167,9 @@ class ControllerConfig:
                                  "or a folder)")
             if cfg.model_precision not in ("float32", "bfloat16"):
                 raise ValueError(f"model_precision must be 'float32' or 'bfloat16', got {cfg.model_precision!r}")
+            if isinstance(cfg.disagreement_weight, bool) or not isinstance(cfg.disagreement_weight, (int, float)) \
+                    or not (math.isfinite(cfg.disagreement_weight) and cfg.disagreement_weight >= 0):
+                raise ValueError(f"disagreement_weight must be a number >= 0, got {cfg.disagreement_weight!r}")
             if not isinstance(cfg.cost, dict):
                 raise ValueError(f"cost must be a mapping of weight names to numbers, got {cfg.cost!r}")
             for k, v in cfg.cost.items():

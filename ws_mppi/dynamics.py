@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -30,7 +31,9 @@ class Dynamics(Protocol):
     ``rollout(state, actions)`` takes ``state`` of shape ``(nx,)`` and ``actions`` of shape
     ``(K, H, nu)`` (float32 tensors) and returns the states ``s_1 .. s_H``, shape
     ``(K, H, nx)``. A model whose predictions depend on more than the last state may also
-    offer ``stepper(state)`` for closed-loop policy rollouts (see :class:`SequenceDynamics`).
+    offer ``stepper(state)`` for closed-loop policy rollouts (see :class:`SequenceDynamics`),
+    and ``last_penalty``: ``None``, or a ``(K,)`` cost the planner adds to the last rollout's
+    (see :class:`LearnedDynamics`'s ``disagreement_weight``).
     """
 
     state_dim: int
@@ -107,14 +110,24 @@ class LearnedDynamics:
             ``requested_precision`` what was asked.
         emulated_bfloat16: run bfloat16 even where it is emulated (benchmarks and tests of its
             numerics; never for control).
+        disagreement_weight: when positive, each rollout's summed elite disagreement
+            (``MLPEnsemble.rollout(..., disagreement=)``: the variance across elites of the
+            normalised predicted change, per step) times this weight is left in
+            :attr:`last_penalty` for the planner to add to that rollout's cost: a pessimism
+            that keeps the plan where the model's data were (MOPO, Yu et al. 2020, for offline
+            RL; here in the planner). 0: off, ``last_penalty`` stays None.
 
     Raises:
         ValueError: ``precision`` is not one of the two, or ``"bfloat16"`` for a model without
-            a fused rollout that takes it (or with ``fused=False``).
+            a fused rollout that takes it (or with ``fused=False``); a negative or non-finite
+            ``disagreement_weight``, or a positive one for a model whose fused rollout cannot
+            report disagreement.
     """
 
-    def __init__(self, model, fused: bool = True, precision: str = "float32", emulated_bfloat16: bool = False):
+    def __init__(self, model, fused: bool = True, precision: str = "float32", emulated_bfloat16: bool = False,
+                 disagreement_weight: float = 0.0):
         self.model = model
+        self.last_penalty: torch.Tensor | None = None
         self.name = getattr(model, "name", type(model).__name__)
         self.state_dim = int(model.state_dim)
         self.action_dim = int(model.action_dim)
@@ -132,13 +145,24 @@ class LearnedDynamics:
                         "AMX): emulated, it would be many times slower than float32; %s runs in float32", self.name)
             precision = "float32"
         self.precision = precision
+        w = float(disagreement_weight)
+        if not (math.isfinite(w) and w >= 0.0):
+            raise ValueError(f"disagreement_weight must be a finite number >= 0, got {disagreement_weight!r}")
+        if w and (self._fused is None or "disagreement" not in inspect.signature(self._fused).parameters):
+            raise ValueError(f"disagreement_weight needs a model whose fused rollout reports its members' "
+                             f"disagreement (the MLPEnsemble); {self.name} has none")
+        self.disagreement_weight = w
 
     @torch.inference_mode()
     def rollout(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         if self._fused is not None:
-            if self.precision != "float32":
-                return self._fused(state.to(actions.dtype), actions, precision=self.precision)
-            return self._fused(state.to(actions.dtype), actions)
+            kw = {} if self.precision == "float32" else {"precision": self.precision}
+            if self.disagreement_weight:
+                d = torch.empty(actions.shape[:2], dtype=torch.float32, device=actions.device)
+                out = self._fused(state.to(actions.dtype), actions, disagreement=d, **kw)
+                self.last_penalty = d.sum(1).mul_(self.disagreement_weight)
+                return out
+            return self._fused(state.to(actions.dtype), actions, **kw)
         k, h, _ = actions.shape
         s = state.to(actions.dtype).expand(k, -1)
         out = actions.new_empty(k, h, self.state_dim)

@@ -282,6 +282,9 @@ class MPPI:
             eps = v - nominal  # the perturbation actually applied after clipping
             states = self.dynamics.rollout(s, v)
             costs = self.cost(s, v, states, t0)
+            penalty = getattr(self.dynamics, "last_penalty", None)  # e.g. the ensemble's disagreement
+            if penalty is not None:
+                costs = costs + penalty.to(costs.dtype)
             finite = torch.isfinite(costs)  # NaN, +inf and -inf alike get zero weight
             if not bool(finite.any()):
                 raise FloatingPointError(f"every one of the {cfg.samples} MPPI rollouts has a non-finite cost "

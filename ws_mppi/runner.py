@@ -286,9 +286,10 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
         return MPPIController(f"{model.kind}:{Path(dynamics).name}",
                               MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior, policy=policy))
     model.check_matches(env.state_channels, env.action_channels, f"checkpoint {dynamics}")
-    dyn = LearnedDynamics(model, precision=config.model_precision)
+    dyn = LearnedDynamics(model, precision=config.model_precision, disagreement_weight=config.disagreement_weight)
     return MPPIController(f"learned:{Path(dynamics).name}" + ("" if config.model_precision == "float32" else
-                                                             f"@{config.model_precision}"),
+                                                             f"@{config.model_precision}")
+                          + (f"+disagreement{config.disagreement_weight:g}" if config.disagreement_weight else ""),
                           MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior, policy=policy))
 
 

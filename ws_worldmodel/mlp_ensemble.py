@@ -226,7 +226,8 @@ class MLPEnsemble(nn.Module):
         return state
 
     @torch.inference_mode()
-    def rollout(self, state: torch.Tensor, actions: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+    def rollout(self, state: torch.Tensor, actions: torch.Tensor, precision: str = "float32",
+                disagreement: torch.Tensor | None = None) -> torch.Tensor:
         """``H`` steps of :meth:`predict` at once, with the same result (the same operations
         on the same numbers, in the same order).
 
@@ -240,6 +241,13 @@ class MLPEnsemble(nn.Module):
                 a bfloat16 matmul runs about twice as fast; the predicted change per step differs by
                 about 1 % of its size (``test_fast_ensemble.py`` bounds it; docs/control.md
                 measures what it does to MPPI's reward).
+            disagreement: an optional ``(K, H)`` float32 tensor filled with the elites'
+                disagreement at each step: the variance across elites of the predicted change,
+                in the normalised units the model was trained in (each state dimension's change
+                divided by its std over the training data), averaged over the dimensions. It is
+                near the model's one-step error where the data were dense and grows where they
+                were thin (the epistemic term of PETS, Chua et al. 2018; MOPO's penalty, Yu et
+                al. 2020). The returned states are unchanged by asking for it.
 
         Returns:
             ``(K, H, nx)``: row ``t`` is the state after ``actions[:, t]``.
@@ -258,8 +266,8 @@ class MLPEnsemble(nn.Module):
         c = self._elite_tensors()
         w0 = c["w"][0]
         if actions.dtype != w0.dtype or actions.device != w0.device or nu != self.action_dim:
-            if precision != "float32":
-                raise ValueError(f"precision {precision!r} needs float32 actions of {self.action_dim} values on the "
+            if precision != "float32" or disagreement is not None:
+                raise ValueError(f"precision {precision!r} and disagreement need float32 actions of {self.action_dim} values on the "
                                  f"model's device, got {actions.dtype} {tuple(actions.shape)} on {actions.device}")
             return self._rollout_stepwise(state, actions)
         low = precision == "bfloat16"
@@ -269,6 +277,9 @@ class MLPEnsemble(nn.Module):
         s = s.expand(k, -1) if s.dim() == 1 or (s.dim() == 2 and s.shape[0] == 1) else s
         if s.shape != (k, nx):
             raise ValueError(f"state must be ({nx},) or ({k}, {nx}), got {tuple(state.shape)}")
+        if disagreement is not None and (disagreement.shape != (k, h) or disagreement.dtype != torch.float32):
+            raise ValueError(f"disagreement must be a float32 ({k}, {h}) tensor, got {disagreement.dtype} "
+                             f"{tuple(disagreement.shape)}")
         a_norm = (actions - c["in_mean_a"]) / c["in_std_a"]  # elementwise: as predict's normalisation
         out = actions.new_empty(k, h, nx)
         x = actions.new_empty(k, ns + nu)
@@ -296,6 +307,8 @@ class MLPEnsemble(nn.Module):
             for wi, bi, buf in zip(mats["w"], mats["b"], bufs):
                 z = F.silu(torch.baddbmm(bi, z, wi, out=buf), inplace=True)
             torch.baddbmm(mats["bh"], z, mats["wh"], out=head)
+            if disagreement is not None:
+                disagreement[:, t] = head.float().var(0, unbiased=False).mean(-1)
             change = head.sum(0, dtype=torch.float32).div_(e) if low else head.mean(0)
             s = torch.add(s, change.mul_(os_), out=out[:, t]).add_(om)
         return out
