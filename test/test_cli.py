@@ -180,9 +180,15 @@ def test_train_resume_extends_a_run_and_needs_its_state(tmp_path, small_datasets
     with pytest.raises(SystemExit, match="no training state"):
         main(argv + ["--out", str(tmp_path / "other.pt"), "--epochs", "2", "--resume"])
     assert main(argv + ["--out", str(tmp_path / "m.pt"), "--epochs", "1"]) == 0
+    # a budget of 0 minutes is one more epoch, then the best model so far
+    assert main(argv + ["--out", str(tmp_path / "m.pt"), "--epochs", "3", "--resume", "--time-budget-min", "0"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["epochs"] == 2 and out["stopped"] == "time budget"
     assert main(argv + ["--out", str(tmp_path / "m.pt"), "--epochs", "3", "--resume"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["epochs"] == 3 and out["stopped"] == "epochs" and out["state"] == str(tmp_path / "m.pt.state")
+    with pytest.raises(SystemExit, match="time-budget-min"):
+        main(argv + ["--out", str(tmp_path / "m.pt"), "--epochs", "4", "--resume", "--time-budget-min", "-1"])
     # several training files are joined, and --init fine-tunes the model just trained
     two = ["--train", str(tmp_path / "t.hdf5"), str(tmp_path / "v.hdf5")]
     assert main(argv + two + ["--out", str(tmp_path / "f.pt"), "--epochs", "1", "--init", str(tmp_path / "m.pt")]) == 0

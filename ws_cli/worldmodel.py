@@ -141,7 +141,10 @@ def cmd_train(args) -> int:
     if args.resume and not state.is_file():
         raise SystemExit(f"ws train: --resume: no training state {state} (a run with --out {args.out} writes it "
                          "after every epoch)")
-    budget = 60.0 * args.time_budget_min if args.time_budget_min else None
+    if args.time_budget_min is not None and not args.time_budget_min >= 0:
+        raise SystemExit(f"ws train: --time-budget-min must be >= 0 minutes, got {args.time_budget_min}")
+    # 0 is a budget too: one more epoch, then the best model so far (e.g. to write a stopped run's model)
+    budget = None if args.time_budget_min is None else 60.0 * args.time_budget_min
     model, hist = train_mlp_ensemble(train, val, cfg, seed=args.seed, device=args.device,
                                      val_subsample=args.val_subsample, state_path=state, resume=args.resume,
                                      time_budget_s=budget, init=init)
