@@ -4,7 +4,6 @@ options that ``ws collect`` and ``ws eval control`` share with it."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from .common import command, config_errors, environments, group, headless_gl, set_threads, split_list
@@ -39,7 +38,7 @@ def add_controller_args(p: argparse.ArgumentParser, learned: bool = True) -> Non
 def controller_config(args):
     """The controller config of ``--config`` (or ``--env``'s built-in one) with the overrides of
     :func:`add_controller_args` applied and checked (ConfigError)."""
-    from ws_mppi.config import ConfigError, default_config, load_config
+    from ws_mppi.config import check_disagreement_weight, default_config, load_config
 
     cfg = load_config(args.config) if args.config else default_config(args.env)
     if args.horizon is not None:
@@ -55,8 +54,7 @@ def controller_config(args):
     if getattr(args, "disagreement_weight", None) is not None:
         cfg.disagreement_weight = args.disagreement_weight
     with config_errors():
-        if not (math.isfinite(cfg.disagreement_weight) and cfg.disagreement_weight >= 0):
-            raise ConfigError(f"--disagreement-weight must be a number >= 0, got {cfg.disagreement_weight}")
+        check_disagreement_weight(cfg.disagreement_weight)
         cfg.mppi.__post_init__()  # the overrides bypassed the config's own checks
     return cfg
 

@@ -33,12 +33,19 @@ from .costs import GO1_COST_DEFAULTS, PIPER_COST_DEFAULTS
 from .mppi import MPPIConfig
 from .errors import MPPIError
 
-__all__ = ["ConfigError", "ControllerConfig", "DEFAULTS", "SHORT_HORIZON", "COST_KEYS", "IGNORED_KEYS",
+__all__ = ["ConfigError", "ControllerConfig", "check_disagreement_weight", "DEFAULTS", "SHORT_HORIZON", "COST_KEYS", "IGNORED_KEYS",
            "default_config", "short_horizon_config", "load_config", "save_config"]
 
 
 class ConfigError(MPPIError):
     """Raised for an unreadable config file or invalid settings (the message names them)."""
+
+
+def check_disagreement_weight(w) -> None:
+    """Raise ``ValueError`` unless ``w`` is a finite number >= 0 (the config file and the CLI's
+    ``--disagreement-weight`` share this check)."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"disagreement_weight must be a finite number >= 0, got {w!r}")
 
 
 @dataclasses.dataclass
@@ -167,9 +174,7 @@ class ControllerConfig:
                                  "or a folder)")
             if cfg.model_precision not in ("float32", "bfloat16"):
                 raise ValueError(f"model_precision must be 'float32' or 'bfloat16', got {cfg.model_precision!r}")
-            if isinstance(cfg.disagreement_weight, bool) or not isinstance(cfg.disagreement_weight, (int, float)) \
-                    or not (math.isfinite(cfg.disagreement_weight) and cfg.disagreement_weight >= 0):
-                raise ValueError(f"disagreement_weight must be a number >= 0, got {cfg.disagreement_weight!r}")
+            check_disagreement_weight(cfg.disagreement_weight)
             if not isinstance(cfg.cost, dict):
                 raise ValueError(f"cost must be a mapping of weight names to numbers, got {cfg.cost!r}")
             for k, v in cfg.cost.items():

@@ -267,8 +267,8 @@ class MLPEnsemble(nn.Module):
         w0 = c["w"][0]
         if actions.dtype != w0.dtype or actions.device != w0.device or nu != self.action_dim:
             if precision != "float32" or disagreement is not None:
-                raise ValueError(f"precision {precision!r} and disagreement need float32 actions of {self.action_dim} values on the "
-                                 f"model's device, got {actions.dtype} {tuple(actions.shape)} on {actions.device}")
+                raise ValueError(f"precision {precision!r} and disagreement need float32 actions of "
+                                 f"{self.action_dim} values on the model's device, got {actions.dtype} {tuple(actions.shape)} on {actions.device}")
             return self._rollout_stepwise(state, actions)
         low = precision == "bfloat16"
         mats = c["lp"] if low else c
