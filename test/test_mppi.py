@@ -629,3 +629,53 @@ def test_make_controller_builds_the_costs_from_config_weights_and_layout():
     for cls, defaults in ((Go1WalkCost, GO1_COST_DEFAULTS), (PiperReachCost, PIPER_COST_DEFAULTS)):
         params = inspect.signature(cls).parameters
         assert {k: params[k].default for k in defaults} == defaults
+
+
+def test_healthy_margin_counts_states_near_the_healthy_ranges_edge_as_falls(hopper_env):
+    """``healthy_margin=(dz, dangle)``: a torso 5 cm above Hopper's lowest healthy height, or pitched 0.05 rad
+    inside its healthy angle, is healthy to Gymnasium but a fall to a planner with a 0.1 margin, which then
+    pays the fall penalty from that step; with no margin the cost is Gymnasium's, bit for bit."""
+    task = hopper_env.task
+    s0 = torch.zeros(12, dtype=torch.float64)
+    s0[1] = 1.25
+    states = s0.repeat(3, 6, 1)
+    states[0, 2:, 1] = task.healthy_z_range[0] + 0.05  # low, still healthy to Gymnasium
+    states[1, 3:, 2] = task.healthy_angle_range[1] - 0.05  # pitched, still healthy to Gymnasium
+    acts = torch.zeros(3, 6, 3, dtype=torch.float64)
+    plain = LocomotionCost(task, fall_penalty_per_step=10.0)
+    assert plain.healthy(states).all()
+    zero = LocomotionCost(task, fall_penalty_per_step=10.0, healthy_margin=(0.0, 0.0))
+    assert torch.equal(zero(s0, acts, states), plain(s0, acts, states))
+    margin = LocomotionCost(task, fall_penalty_per_step=10.0, healthy_margin=(0.1, 0.1))
+    healthy = margin.healthy(states)
+    assert healthy[2].all() and healthy[0, :2].all() and not healthy[0, 2:].any()
+    assert healthy[1, :3].all() and not healthy[1, 3:].any()
+    extra = (margin(s0, acts, states) - plain(s0, acts, states)).numpy()
+    # the bonus stops at the narrowed fall (row 0 loses steps 2-5, row 1 steps 3-5), and 10 per remaining step is paid
+    bonus = task.healthy_reward
+    np.testing.assert_allclose(extra, [4 * bonus + 10 * 3, 3 * bonus + 10 * 2, 0.0], atol=1e-9)
+    for bad in ((-0.1, 0.0), (0.1,), (float("nan"), 0.0), "0.1 0.1"):
+        with pytest.raises(ValueError, match="healthy_margin must be two finite numbers"):
+            LocomotionCost(task, healthy_margin=bad)
+    with pytest.raises(ValueError, match="leaves no healthy state"):
+        LocomotionCost(task, healthy_margin=(0.0, 0.2))  # Hopper's pitch range is (-0.2, 0.2)
+
+
+def test_healthy_margin_in_the_config_and_on_the_command_line(tmp_path):
+    """``healthy_margin:`` in the YAML and ``ws mppi run --healthy-margin`` share one check; the Go1 refuses it."""
+    import subprocess
+    import sys
+
+    from ws_mppi.config import ConfigError
+
+    cfg = ControllerConfig.from_dict({"healthy_margin": [0.1, 0.15]})
+    assert cfg.healthy_margin == [0.1, 0.15]
+    with pytest.raises(ConfigError, match="healthy_margin must be two finite numbers"):
+        ControllerConfig.from_dict({"healthy_margin": [0.1, -1]})
+    with pytest.raises(ConfigError, match="healthy_margin"):
+        cfg.validate_for("go1")
+    r = subprocess.run([sys.executable, "-m", "ws_cli.main", "mppi", "run", "--env", "hopper", "--dynamics", "oracle",
+                        "--healthy-margin", "0.1", "inf", "--episodes", "1", "--max-steps", "1", "--no-video",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode != 0 and "healthy_margin must be two finite numbers" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

@@ -18,13 +18,14 @@ from the environment's state channels (``states[..., layout.root_vel_x]``), not 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
 
 from ws_sim.channels import StateLayout
 
-__all__ = ["LocomotionCost", "ReferenceTracking", "Go1WalkCost", "PiperReachCost", "GO1_COST_DEFAULTS",
+__all__ = ["LocomotionCost", "check_healthy_margin", "ReferenceTracking", "Go1WalkCost", "PiperReachCost", "GO1_COST_DEFAULTS",
            "PIPER_COST_DEFAULTS"]
 
 # The cost weights' built-in values (config/mppi_go1.yaml and mppi_piper.yaml's ``cost:`` mirror them).
@@ -90,6 +91,17 @@ class ReferenceTracking:
         return np.clip(np.arange(start + 1, start + 1 + horizon), 0, n - 1)
 
 
+def check_healthy_margin(margin) -> tuple[float, float]:
+    """``(dz, dangle)`` as floats, or ``ValueError`` unless ``margin`` is two finite numbers >= 0
+    (the config file, ``--healthy-margin`` and :class:`LocomotionCost` share this check)."""
+    vals = list(margin) if isinstance(margin, (list, tuple)) else None
+    if (vals is None or len(vals) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0)
+                   for v in vals)):
+        raise ValueError(f"healthy_margin must be two finite numbers >= 0 [height m, pitch rad], got {margin!r}")
+    return float(vals[0]), float(vals[1])
+
+
 class LocomotionCost:
     """Batched negative-reward cost of K predicted trajectories.
 
@@ -109,6 +121,16 @@ class LocomotionCost:
             nothing.
         layout: the environment's :class:`ws_sim.channels.StateLayout` (root x, z, pitch and the
             channels under Hopper's healthy-state range by name); ``None``: the task's indices.
+        healthy_margin: ``(dz, dangle)`` in m and rad: the planner counts a state as unhealthy
+            (no healthy bonus, a fall for the penalties) when its torso height is within ``dz``
+            of either end of Gymnasium's healthy height range, or its pitch within ``dangle`` of
+            either end of the healthy angle range. ``(0, 0)`` (default): Gymnasium's check.
+            A buffer for a learned model's error: a rollout the model predicts to pass just
+            inside the range may fall in the simulator.
+
+    Raises:
+        ValueError: an unknown ``fall_penalty_mode``, or a ``healthy_margin`` that is not two
+            finite numbers >= 0 or that leaves an empty height or angle range.
 
     Call with ``state (nx,)``, ``actions (K, H, nu)``, ``states (K, H, nx)`` (``s_1..s_H``)
     and the episode step ``t0`` of ``state`` (for the reference); returns costs ``(K,)``.
@@ -117,9 +139,17 @@ class LocomotionCost:
     def __init__(self, task, termination_penalty: float = 0.0,
                  reference: ReferenceTracking | None = None, fall_penalty_per_step: float = 0.0,
                  fall_penalty_mode: str = "linear", terminal_value=None, terminal_value_weight: float = 1.0,
-                 layout: StateLayout | None = None):
+                 layout: StateLayout | None = None, healthy_margin=(0.0, 0.0)):
         if fall_penalty_mode not in ("linear", "held"):
             raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {fall_penalty_mode!r}")
+        dz, dang = check_healthy_margin(healthy_margin)
+        self.z_range = (task.healthy_z_range[0] + dz, task.healthy_z_range[1] - dz)
+        self.angle_range = (task.healthy_angle_range[0] + dang, task.healthy_angle_range[1] - dang)
+        if not (self.z_range[0] < self.z_range[1] and self.angle_range[0] < self.angle_range[1]):
+            raise ValueError(f"healthy_margin {list(healthy_margin)} leaves no healthy state: the height range "
+                             f"{tuple(task.healthy_z_range)} and angle range {tuple(task.healthy_angle_range)} "
+                             f"would become {self.z_range} and {self.angle_range}")
+        self.healthy_margin = (dz, dang)
         self.task = task
         self.layout = _TaskLayout(task) if layout is None else layout
         self.termination_penalty = float(termination_penalty)
@@ -130,12 +160,13 @@ class LocomotionCost:
         self.terminal_value_weight = float(terminal_value_weight)
 
     def healthy(self, states: torch.Tensor) -> torch.Tensor:
-        """Gymnasium's health check, batched: ``(..., nx) -> (...)`` bool."""
+        """Gymnasium's health check, batched, narrowed by ``healthy_margin``:
+        ``(..., nx) -> (...)`` bool."""
         t, lay = self.task, self.layout
         z = states[..., lay.root_z]
         ang = states[..., lay.root_pitch]
-        ok = (z > t.healthy_z_range[0]) & (z < t.healthy_z_range[1])
-        ok &= (ang > t.healthy_angle_range[0]) & (ang < t.healthy_angle_range[1])
+        ok = (z > self.z_range[0]) & (z < self.z_range[1])
+        ok &= (ang > self.angle_range[0]) & (ang < self.angle_range[1])
         if t.healthy_state_range is not None:
             rest = states[..., lay.non_root_xz]
             ok &= ((rest > t.healthy_state_range[0]) & (rest < t.healthy_state_range[1])).all(-1)
