@@ -631,51 +631,60 @@ def test_make_controller_builds_the_costs_from_config_weights_and_layout():
         assert {k: params[k].default for k in defaults} == defaults
 
 
-def test_healthy_margin_counts_states_near_the_healthy_ranges_edge_as_falls(hopper_env):
-    """``healthy_margin=(dz, dangle)``: a torso 5 cm above Hopper's lowest healthy height, or pitched 0.05 rad
-    inside its healthy angle, is healthy to Gymnasium but a fall to a planner with a 0.1 margin, which then
-    pays the fall penalty from that step; with no margin the cost is Gymnasium's, bit for bit."""
+def test_healthy_margin_charges_states_by_their_depth_into_the_band_and_nothing_else(hopper_env):
+    """``healthy_margin=(dz, dangle)``, ``healthy_margin_weight=w``: a torso 2.5 cm into a 10 cm band above
+    Hopper's lowest healthy height pays w (1/4)^2 per step, one pitched 0.075 rad into a 0.1 rad band
+    w (3/4)^2; the states stay healthy (no fall, no penalty) and a state outside the bands pays nothing. With
+    w = 0 the cost is Gymnasium's, bit for bit."""
     task = hopper_env.task
     s0 = torch.zeros(12, dtype=torch.float64)
     s0[1] = 1.25
     states = s0.repeat(3, 6, 1)
-    states[0, 2:, 1] = task.healthy_z_range[0] + 0.05  # low, still healthy to Gymnasium
-    states[1, 3:, 2] = task.healthy_angle_range[1] - 0.05  # pitched, still healthy to Gymnasium
+    states[0, 2:, 1] = task.healthy_z_range[0] + 0.075  # 0.025 into the 0.1 band
+    states[1, 3:, 2] = task.healthy_angle_range[1] - 0.025  # 0.075 into the 0.1 band
     acts = torch.zeros(3, 6, 3, dtype=torch.float64)
     plain = LocomotionCost(task, fall_penalty_per_step=10.0)
     assert plain.healthy(states).all()
-    zero = LocomotionCost(task, fall_penalty_per_step=10.0, healthy_margin=(0.0, 0.0))
-    assert torch.equal(zero(s0, acts, states), plain(s0, acts, states))
-    margin = LocomotionCost(task, fall_penalty_per_step=10.0, healthy_margin=(0.1, 0.1))
-    healthy = margin.healthy(states)
-    assert healthy[2].all() and healthy[0, :2].all() and not healthy[0, 2:].any()
-    assert healthy[1, :3].all() and not healthy[1, 3:].any()
+    off = LocomotionCost(task, fall_penalty_per_step=10.0, healthy_margin=(0.1, 0.1))
+    assert torch.equal(off(s0, acts, states), plain(s0, acts, states))
+    margin = LocomotionCost(task, fall_penalty_per_step=10.0, healthy_margin=(0.1, 0.1), healthy_margin_weight=8.0)
+    assert torch.equal(margin.healthy(states), plain.healthy(states))
     extra = (margin(s0, acts, states) - plain(s0, acts, states)).numpy()
-    # the bonus stops at the narrowed fall (row 0 loses steps 2-5, row 1 steps 3-5), and 10 per remaining step is paid
-    bonus = task.healthy_reward
-    np.testing.assert_allclose(extra, [4 * bonus + 10 * 3, 3 * bonus + 10 * 2, 0.0], atol=1e-9)
+    np.testing.assert_allclose(extra, [4 * 8.0 * 0.25 ** 2, 3 * 8.0 * 0.75 ** 2, 0.0], atol=1e-9)
+    # a state past the range's end is a fall; its band depth is clipped to 1 at the fall step
+    states[2, 4:, 1] = task.healthy_z_range[0] - 0.5
+    np.testing.assert_allclose(margin.margin_cost(states[2, 4]).item(), 8.0)
     for bad in ((-0.1, 0.0), (0.1,), (float("nan"), 0.0), "0.1 0.1"):
         with pytest.raises(ValueError, match="healthy_margin must be two finite numbers"):
             LocomotionCost(task, healthy_margin=bad)
-    with pytest.raises(ValueError, match="leaves no healthy state"):
+    with pytest.raises(ValueError, match="angle bands of 0.2 overlap"):
         LocomotionCost(task, healthy_margin=(0.0, 0.2))  # Hopper's pitch range is (-0.2, 0.2)
+    with pytest.raises(ValueError, match="healthy_margin_weight must be a finite number"):
+        LocomotionCost(task, healthy_margin=(0.1, 0.1), healthy_margin_weight=-1.0)
 
 
 def test_healthy_margin_in_the_config_and_on_the_command_line(tmp_path):
-    """``healthy_margin:`` in the YAML and ``ws mppi run --healthy-margin`` share one check; the Go1 refuses it."""
+    """``healthy_margin(_weight):`` in the YAML and ``ws mppi run --healthy-margin(-weight)`` share one check; the
+    Go1 refuses them."""
     import subprocess
     import sys
 
     from ws_mppi.config import ConfigError
 
-    cfg = ControllerConfig.from_dict({"healthy_margin": [0.1, 0.15]})
-    assert cfg.healthy_margin == [0.1, 0.15]
+    cfg = ControllerConfig.from_dict({"healthy_margin": [0.1, 0.15], "healthy_margin_weight": 10})
+    assert cfg.healthy_margin == [0.1, 0.15] and cfg.healthy_margin_weight == 10.0
     with pytest.raises(ConfigError, match="healthy_margin must be two finite numbers"):
         ControllerConfig.from_dict({"healthy_margin": [0.1, -1]})
+    with pytest.raises(ConfigError, match="healthy_margin_weight must be a finite number"):
+        ControllerConfig.from_dict({"healthy_margin_weight": "ten"})
     with pytest.raises(ConfigError, match="healthy_margin"):
         cfg.validate_for("go1")
     r = subprocess.run([sys.executable, "-m", "ws_cli.main", "mppi", "run", "--env", "hopper", "--dynamics", "oracle",
                         "--healthy-margin", "0.1", "inf", "--episodes", "1", "--max-steps", "1", "--no-video",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode != 0 and "healthy_margin must be two finite numbers" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "ws_cli.main", "mppi", "run", "--env", "hopper", "--dynamics", "oracle",
+                        "--healthy-margin-weight", "-2", "--episodes", "1", "--max-steps", "1", "--no-video",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode != 0 and "healthy_margin_weight must be a finite number" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()

@@ -33,9 +33,13 @@ def add_controller_args(p: argparse.ArgumentParser, learned: bool = True) -> Non
                             "normalised predictions, keeping the plan where the model's data were (default: the "
                             "config's disagreement_weight, 0: off)")
     p.add_argument("--healthy-margin", type=float, nargs=2, default=None, metavar=("DZ", "DANGLE"),
-                   help="Hopper/Walker2d: plan as if Gymnasium's healthy torso height and pitch ranges were narrowed "
-                        "by DZ metres and DANGLE radians at both ends, a buffer for a learned model's error (default: "
-                        "the config's healthy_margin, 0 0: Gymnasium's ranges)")
+                   help="Hopper/Walker2d: bands of DZ metres and DANGLE radians inside each end of Gymnasium's healthy "
+                        "torso height and pitch ranges, where a planned state pays --healthy-margin-weight x its "
+                        "squared depth into the band (0 to 1), a buffer for a learned model's error (default: the "
+                        "config's healthy_margin)")
+    p.add_argument("--healthy-margin-weight", type=float, default=None, metavar="W",
+                   help="the cost per step at the end of a --healthy-margin band (default: the config's "
+                        "healthy_margin_weight, 0: off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and oracle rollouts (default: all)")
 
 
@@ -43,7 +47,7 @@ def controller_config(args):
     """The controller config of ``--config`` (or ``--env``'s built-in one) with the overrides of
     :func:`add_controller_args` applied and checked (ConfigError)."""
     from ws_mppi.config import check_disagreement_weight, default_config, load_config
-    from ws_mppi.costs import check_healthy_margin
+    from ws_mppi.costs import check_healthy_margin, check_healthy_margin_weight
 
     cfg = load_config(args.config) if args.config else default_config(args.env)
     if args.horizon is not None:
@@ -60,9 +64,12 @@ def controller_config(args):
         cfg.disagreement_weight = args.disagreement_weight
     if getattr(args, "healthy_margin", None) is not None:
         cfg.healthy_margin = args.healthy_margin
+    if getattr(args, "healthy_margin_weight", None) is not None:
+        cfg.healthy_margin_weight = args.healthy_margin_weight
     with config_errors():
         check_disagreement_weight(cfg.disagreement_weight)
         cfg.healthy_margin = list(check_healthy_margin(cfg.healthy_margin))
+        cfg.healthy_margin_weight = check_healthy_margin_weight(cfg.healthy_margin_weight)
         cfg.mppi.__post_init__()  # the overrides bypassed the config's own checks
     return cfg
 

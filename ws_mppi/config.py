@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .costs import GO1_COST_DEFAULTS, PIPER_COST_DEFAULTS, check_healthy_margin
+from .costs import GO1_COST_DEFAULTS, PIPER_COST_DEFAULTS, check_healthy_margin, check_healthy_margin_weight
 from .mppi import MPPIConfig
 from .errors import MPPIError
 
@@ -89,10 +89,11 @@ class ControllerConfig:
             disagreement of its elites (:class:`ws_mppi.dynamics.LearnedDynamics`), keeping the
             plan where the model's data were; 0 (default): off. The oracle and trajectory world
             models ignore it.
-        healthy_margin: ``[dz, dangle]`` (m, rad): Hopper and Walker2d plan as if the healthy
-            height and pitch ranges were narrowed by these at both ends
-            (:class:`ws_mppi.costs.LocomotionCost`), a buffer for a learned model's error;
-            ``[0, 0]`` (default): Gymnasium's ranges.
+        healthy_margin, healthy_margin_weight: ``[dz, dangle]`` (m, rad) and ``w``: on Hopper and
+            Walker2d a state within ``dz`` of either end of the healthy torso height range, or
+            ``dangle`` of the pitch range, pays ``w d**2`` per step, ``d`` its depth into that band
+            from 0 to 1 (:class:`ws_mppi.costs.LocomotionCost`), a buffer for a learned model's
+            error; ``w = 0`` (default): off.
         cost: the weights of the environment's own cost, by name (Go1: those of
             :class:`ws_mppi.costs.Go1WalkCost`, PiPER: of :class:`~ws_mppi.costs.PiperReachCost`;
             Hopper and Walker2d take none: their settings are the fields above). Keys are checked
@@ -114,6 +115,7 @@ class ControllerConfig:
     model_precision: str = "float32"
     disagreement_weight: float = 0.0
     healthy_margin: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0])
+    healthy_margin_weight: float = 0.0
     cost: dict = dataclasses.field(default_factory=dict)
 
     def validate_for(self, env: str) -> "ControllerConfig":
@@ -181,6 +183,7 @@ class ControllerConfig:
                 raise ValueError(f"model_precision must be 'float32' or 'bfloat16', got {cfg.model_precision!r}")
             check_disagreement_weight(cfg.disagreement_weight)
             cfg.healthy_margin = list(check_healthy_margin(cfg.healthy_margin))
+            check_healthy_margin_weight(cfg.healthy_margin_weight)
             if not isinstance(cfg.cost, dict):
                 raise ValueError(f"cost must be a mapping of weight names to numbers, got {cfg.cost!r}")
             for k, v in cfg.cost.items():
@@ -224,7 +227,7 @@ COST_KEYS: dict[str, tuple[str, ...]] = {"go1": tuple(GO1_COST_DEFAULTS), "piper
 # without them); setting them is an error. ``expert`` and ``expert_noise_scale`` (the prior) apply to all.
 _LOCOMOTION_ONLY = ("termination_penalty", "fall_penalty_per_step", "fall_penalty_mode", "reference",
                     "reference_scale", "reference_pos_weight", "reference_vel_weight", "reference_align",
-                    "expert_value_weight", "healthy_margin")
+                    "expert_value_weight", "healthy_margin", "healthy_margin_weight")
 IGNORED_KEYS: dict[str, tuple[str, ...]] = {"go1": _LOCOMOTION_ONLY, "piper": _LOCOMOTION_ONLY}
 
 DEFAULTS: dict[str, ControllerConfig] = {

@@ -25,7 +25,7 @@ import torch
 
 from ws_sim.channels import StateLayout
 
-__all__ = ["LocomotionCost", "check_healthy_margin", "ReferenceTracking", "Go1WalkCost", "PiperReachCost", "GO1_COST_DEFAULTS",
+__all__ = ["LocomotionCost", "check_healthy_margin", "check_healthy_margin_weight", "ReferenceTracking", "Go1WalkCost", "PiperReachCost", "GO1_COST_DEFAULTS",
            "PIPER_COST_DEFAULTS"]
 
 # The cost weights' built-in values (config/mppi_go1.yaml and mppi_piper.yaml's ``cost:`` mirror them).
@@ -102,6 +102,13 @@ def check_healthy_margin(margin) -> tuple[float, float]:
     return float(vals[0]), float(vals[1])
 
 
+def check_healthy_margin_weight(w) -> float:
+    """``w`` as a float, or ``ValueError`` unless it is a finite number >= 0."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"healthy_margin_weight must be a finite number >= 0, got {w!r}")
+    return float(w)
+
+
 class LocomotionCost:
     """Batched negative-reward cost of K predicted trajectories.
 
@@ -121,16 +128,18 @@ class LocomotionCost:
             nothing.
         layout: the environment's :class:`ws_sim.channels.StateLayout` (root x, z, pitch and the
             channels under Hopper's healthy-state range by name); ``None``: the task's indices.
-        healthy_margin: ``(dz, dangle)`` in m and rad: the planner counts a state as unhealthy
-            (no healthy bonus, a fall for the penalties) when its torso height is within ``dz``
-            of either end of Gymnasium's healthy height range, or its pitch within ``dangle`` of
-            either end of the healthy angle range. ``(0, 0)`` (default): Gymnasium's check.
-            A buffer for a learned model's error: a rollout the model predicts to pass just
-            inside the range may fall in the simulator.
-
+        healthy_margin: ``(dz, dangle)`` in m and rad: a band inside each end of Gymnasium's healthy
+            torso height and pitch ranges. A state in the band stays healthy but pays
+            ``healthy_margin_weight * d**2`` per step, ``d`` its depth into the band as a fraction
+            of the band (0 at the band's inner edge, 1 at the range's end), summed over height and
+            pitch; a band of 0 is off. A buffer for a learned model's error: a rollout the model
+            predicts to pass just inside the range may fall in the simulator. (Counting the band as
+            a fall instead makes the planner give up once the robot is in it: every rollout from
+            there "falls" at its first step.)
+        healthy_margin_weight: the cost per step at the end of a band (``d = 1``).
     Raises:
-        ValueError: an unknown ``fall_penalty_mode``, or a ``healthy_margin`` that is not two
-            finite numbers >= 0 or that leaves an empty height or angle range.
+        ValueError: an unknown ``fall_penalty_mode``, a ``healthy_margin`` that is not two finite
+            numbers >= 0 or whose bands overlap, or a negative or non-finite ``healthy_margin_weight``.
 
     Call with ``state (nx,)``, ``actions (K, H, nu)``, ``states (K, H, nx)`` (``s_1..s_H``)
     and the episode step ``t0`` of ``state`` (for the reference); returns costs ``(K,)``.
@@ -139,17 +148,16 @@ class LocomotionCost:
     def __init__(self, task, termination_penalty: float = 0.0,
                  reference: ReferenceTracking | None = None, fall_penalty_per_step: float = 0.0,
                  fall_penalty_mode: str = "linear", terminal_value=None, terminal_value_weight: float = 1.0,
-                 layout: StateLayout | None = None, healthy_margin=(0.0, 0.0)):
+                 layout: StateLayout | None = None, healthy_margin=(0.0, 0.0), healthy_margin_weight: float = 0.0):
         if fall_penalty_mode not in ("linear", "held"):
             raise ValueError(f"fall_penalty_mode must be 'linear' or 'held', got {fall_penalty_mode!r}")
         dz, dang = check_healthy_margin(healthy_margin)
-        self.z_range = (task.healthy_z_range[0] + dz, task.healthy_z_range[1] - dz)
-        self.angle_range = (task.healthy_angle_range[0] + dang, task.healthy_angle_range[1] - dang)
-        if not (self.z_range[0] < self.z_range[1] and self.angle_range[0] < self.angle_range[1]):
-            raise ValueError(f"healthy_margin {list(healthy_margin)} leaves no healthy state: the height range "
-                             f"{tuple(task.healthy_z_range)} and angle range {tuple(task.healthy_angle_range)} "
-                             f"would become {self.z_range} and {self.angle_range}")
+        for name, d, (lo, hi) in (("height", dz, task.healthy_z_range), ("angle", dang, task.healthy_angle_range)):
+            if not lo + d < hi - d:
+                raise ValueError(f"healthy_margin {[dz, dang]}: the {name} bands of {d:g} overlap in the healthy "
+                                 f"{name} range ({lo:g}, {hi:g})")
         self.healthy_margin = (dz, dang)
+        self.healthy_margin_weight = check_healthy_margin_weight(healthy_margin_weight)
         self.task = task
         self.layout = _TaskLayout(task) if layout is None else layout
         self.termination_penalty = float(termination_penalty)
@@ -160,17 +168,28 @@ class LocomotionCost:
         self.terminal_value_weight = float(terminal_value_weight)
 
     def healthy(self, states: torch.Tensor) -> torch.Tensor:
-        """Gymnasium's health check, batched, narrowed by ``healthy_margin``:
-        ``(..., nx) -> (...)`` bool."""
+        """Gymnasium's health check, batched: ``(..., nx) -> (...)`` bool."""
         t, lay = self.task, self.layout
         z = states[..., lay.root_z]
         ang = states[..., lay.root_pitch]
-        ok = (z > self.z_range[0]) & (z < self.z_range[1])
-        ok &= (ang > self.angle_range[0]) & (ang < self.angle_range[1])
+        ok = (z > t.healthy_z_range[0]) & (z < t.healthy_z_range[1])
+        ok &= (ang > t.healthy_angle_range[0]) & (ang < t.healthy_angle_range[1])
         if t.healthy_state_range is not None:
             rest = states[..., lay.non_root_xz]
             ok &= ((rest > t.healthy_state_range[0]) & (rest < t.healthy_state_range[1])).all(-1)
         return ok
+
+    def margin_cost(self, states: torch.Tensor) -> torch.Tensor:
+        """The healthy-margin term per state: ``(..., nx) -> (...)``, ``healthy_margin_weight`` times
+        the summed squared depths into the height and pitch bands (each clipped to 1)."""
+        t, lay = self.task, self.layout
+        out = torch.zeros(states.shape[:-1], dtype=states.dtype, device=states.device)
+        for d, (lo, hi), x in ((self.healthy_margin[0], t.healthy_z_range, states[..., lay.root_z]),
+                               (self.healthy_margin[1], t.healthy_angle_range, states[..., lay.root_pitch])):
+            if d > 0:
+                depth = torch.maximum((lo + d - x) / d, (x - (hi - d)) / d).clamp_(0.0, 1.0)
+                out += depth.square()
+        return out.mul_(self.healthy_margin_weight)
 
     def step_rewards(self, state: torch.Tensor, actions: torch.Tensor,
                      states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +223,8 @@ class LocomotionCost:
             r = torch.as_tensor(ref.reference[idx], dtype=states.dtype)
             w = torch.as_tensor(ref.weights, dtype=states.dtype)
             step_cost = step_cost + ref.scale * ((states - r).square() * w).sum(-1)
+        if self.healthy_margin_weight and any(self.healthy_margin):
+            step_cost = step_cost + self.margin_cost(states)
         cost = (step_cost * alive.to(step_cost.dtype)).sum(1)
         if self.termination_penalty or self.fall_penalty_per_step:
             healthy = self.healthy(states)

@@ -243,7 +243,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
                               fall_penalty_per_step=config.fall_penalty_per_step,
                               fall_penalty_mode=config.fall_penalty_mode,
                               terminal_value=expert_value(env, config), terminal_value_weight=config.expert_value_weight,
-                              layout=layout, healthy_margin=config.healthy_margin)
+                              layout=layout, healthy_margin=config.healthy_margin,
+                              healthy_margin_weight=config.healthy_margin_weight)
     low, high = env.action_space.low, env.action_space.high
     folder = expert_folder(env, config)
     if folder is not None:  # seed 003's code: the nominal starts from and is extended with the expert's actions
@@ -290,7 +291,8 @@ def make_controller(env: StateEnv, dynamics: str, config: ControllerConfig, seed
     return MPPIController(f"learned:{Path(dynamics).name}" + ("" if config.model_precision == "float32" else
                                                              f"@{config.model_precision}")
                           + (f"+disagreement{config.disagreement_weight:g}" if config.disagreement_weight else "")
-                          + ("+margin{:g},{:g}".format(*config.healthy_margin) if any(config.healthy_margin) else ""),
+                          + ("+margin{:g},{:g}x{:g}".format(*config.healthy_margin, config.healthy_margin_weight)
+                             if config.healthy_margin_weight and any(config.healthy_margin) else ""),
                           MPPI(dyn, cost, low, high, config.mppi, seed=seed, prior=prior, policy=policy))
 
 
