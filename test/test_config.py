@@ -108,3 +108,11 @@ def test_save_config_for_an_environment_round_trips(tmp_path, env):
 
     save_config(default_config(env), tmp_path / "c.yaml", env)
     assert load_config(tmp_path / "c.yaml", env).to_dict() == DEFAULTS[env].to_dict()
+
+
+def test_the_walker2d_margin_config_is_the_long_expert_planner_plus_its_margin():
+    """``mppi_walker2d_long_expert_margin.yaml`` differs from ``mppi_walker2d_long_expert.yaml`` in the healthy
+    margin alone, so the two rows of docs/control.md compare that and nothing else."""
+    a = load_config(CONFIG_DIR / "mppi_walker2d_long_expert_margin.yaml", "walker2d").to_dict()
+    b = load_config(CONFIG_DIR / "mppi_walker2d_long_expert.yaml", "walker2d").to_dict()
+    assert {k: a[k] for k in a if a[k] != b[k]} == {"healthy_margin": [0.15, 0.25], "healthy_margin_weight": 10.0}
