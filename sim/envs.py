@@ -173,7 +173,7 @@ class StateEnv(gym.Wrapper):
 
 
 def make_env(name: str, *, render: bool = False, width: int = 480, height: int = 360,
-             max_episode_steps: int | None = None) -> StateEnv:
+             max_episode_steps: int | None = None, terminate_when_unhealthy: bool = True) -> StateEnv:
     """Create a WorldScape environment by short name.
 
     Args:
@@ -188,11 +188,19 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
             machine without a display).
         width, height: rendered frame size in pixels.
         max_episode_steps: truncation length (Gymnasium's default, 1000, when ``None``).
+        terminate_when_unhealthy: Hopper and Walker2d only: ``False`` runs an episode to its step
+            limit after a fall (Gymnasium's option of the same name; a fallen robot still earns
+            its forward and control reward, not the healthy bonus). Seed 003's code plans this way
+            with a world model, so its Table 3 figures include reward after a fall.
 
     Raises:
         UnknownEnvironmentError: the name is not a WorldScape environment.
+        ValueError: ``terminate_when_unhealthy=False`` for an environment other than Hopper and
+            Walker2d.
     """
     key = name.lower()
+    if not terminate_when_unhealthy and key not in ("hopper", "walker2d", "hopper-v5", "walker2d-v5"):
+        raise ValueError(f"terminate_when_unhealthy=False is for Hopper and Walker2d, not {name!r}")
     if key.startswith("piper_"):
         from .piper_tasks import TASKS, PiperManipEnv
 
@@ -221,5 +229,7 @@ def make_env(name: str, *, render: bool = False, width: int = 480, height: int =
         kwargs.update(render_mode="rgb_array", width=width, height=height)
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = int(max_episode_steps)
+    if not terminate_when_unhealthy:
+        kwargs["terminate_when_unhealthy"] = False
     return StateEnv(gym.make(ENVIRONMENTS[key], **kwargs), key)
 

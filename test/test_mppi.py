@@ -688,3 +688,39 @@ def test_healthy_margin_in_the_config_and_on_the_command_line(tmp_path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode != 0 and "healthy_margin_weight must be a finite number" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_no_termination_runs_a_fallen_hopper_to_the_step_limit(tmp_path):
+    """``ws mppi run --no-termination`` (seed 003's Table 3 protocol): zero action, which falls before step 150
+    with termination on, runs all 200 steps, and report.json says termination was off; the Go1 refuses it
+    before anything is written."""
+    import json
+    import subprocess
+    import sys
+
+    from ws_sim.envs import make_env
+
+    lengths = {}
+    for term in (True, False):
+        env = make_env("hopper", max_episode_steps=200, terminate_when_unhealthy=term)
+        env.reset(seed=0)
+        n, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(np.zeros(3))
+            n, done = n + 1, terminated or truncated
+        lengths[term] = (n, terminated)
+        env.close()
+    assert lengths[True][0] < 150 and lengths[True][1]
+    assert lengths[False] == (200, False)
+    with pytest.raises(ValueError, match="terminate_when_unhealthy=False is for Hopper and Walker2d"):
+        make_env("go1", terminate_when_unhealthy=False)
+    cmd = [sys.executable, "-m", "ws_cli.main", "mppi", "run", "--dynamics", "zero", "--compare", "", "--episodes", "1",
+           "--max-steps", "200", "--no-video", "--no-termination"]
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "h")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "h" / "report.json").read_text())
+    assert rep["terminate_when_unhealthy"] is False
+    assert rep["controllers"]["zero"]["episodes_detail"][0]["length"] == 200
+    r = subprocess.run(cmd + ["--env", "go1", "--out", str(tmp_path / "g")], capture_output=True, text=True)
+    assert r.returncode != 0 and "terminate_when_unhealthy=False is for Hopper and Walker2d" in r.stderr, r.stderr
+    assert not (tmp_path / "g").exists()

@@ -81,11 +81,16 @@ def cmd_mppi_run(args) -> int:
     headless_gl()
     nthread = set_threads(args.threads)
     cfg = controller_config(args)
+    if args.no_termination:
+        from ws_sim.envs import make_env
+
+        with config_errors():
+            make_env(args.env, terminate_when_unhealthy=False).close()
     primary = args.dynamics
     compare = [c for c in split_list(args.compare) if c != primary]
     run_comparison(env_name=args.env, controllers=[primary] + compare, config=cfg, episodes=args.episodes,
                    seed=args.seed, max_steps=args.max_steps, out_dir=args.out, video=not args.no_video,
-                   nthread=nthread)
+                   nthread=nthread, terminate_when_unhealthy=not args.no_termination)
     return 0
 
 
@@ -175,6 +180,10 @@ def add_mppi(sub) -> None:
     r.add_argument("--seed", type=int, default=0, help="episode i resets with seed+i")
     r.add_argument("--out", type=Path, default=None, help="report directory (default runs/mppi-<env>-<time>)")
     r.add_argument("--no-video", action="store_true", help="skip rendering the mp4")
+    r.add_argument("--no-termination", action="store_true",
+                   help="Hopper/Walker2d: episodes go on to --max-steps after a fall (Gymnasium's "
+                        "terminate_when_unhealthy=False; seed 003's protocol for its Table 3, where a fallen robot "
+                        "keeps earning its forward reward); report.json records it")
     add_controller_args(r)
 
     e = command(msub, "estimate", cmd_mppi_estimate,

@@ -121,7 +121,7 @@ def _write_video(frames: list, path: Path, fps: float) -> None:
 
 def run_comparison(env_name: str, controllers: list[str], config: ControllerConfig, episodes: int, seed: int,
                    max_steps: int, out_dir: Path | None, video: bool = True, nthread: int | None = None,
-                   printer=tqdm.write) -> dict:
+                   printer=tqdm.write, terminate_when_unhealthy: bool = True) -> dict:
     """Run each controller for ``episodes`` episodes on seeds ``seed .. seed+episodes-1``.
 
     Args:
@@ -134,6 +134,8 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
         video: render the mp4 (needs an OpenGL backend; on failure the run goes on without it).
         nthread: oracle rollout threads.
         printer: where the per-episode lines go.
+        terminate_when_unhealthy: ``False`` (Hopper and Walker2d): episodes run to ``max_steps``
+            after a fall, seed 003's protocol for its Table 3 (:func:`ws_sim.envs.make_env`).
 
     Returns:
         the report dict (also written to ``out_dir/report.json``).
@@ -143,11 +145,12 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
     resolved = [resolve_dynamics(env_name, c) for c in controllers]
     out_dir = Path(out_dir or Path("runs") / f"mppi-{env_name}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = make_env(env_name, max_episode_steps=max_steps)
+    env = make_env(env_name, max_episode_steps=max_steps, terminate_when_unhealthy=terminate_when_unhealthy)
     render_env = None
     if video:
         try:
-            render_env = make_env(env_name, render=True, width=480, height=360, max_episode_steps=max_steps)
+            render_env = make_env(env_name, render=True, width=480, height=360, max_episode_steps=max_steps,
+                                  terminate_when_unhealthy=terminate_when_unhealthy)
             render_env.reset(seed=seed)
             render_env.render()
         except Exception as e:  # no OpenGL backend: say so, keep going
@@ -158,7 +161,8 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
     labels: dict[str, str] = {}
     frames: list = []
     printer(f"{env_name}: {episodes} episode(s) per controller, seeds {seed}..{seed + episodes - 1}, "
-            f"MPPI H={config.mppi.horizon} K={config.mppi.samples} lambda={config.mppi.temperature}")
+            f"MPPI H={config.mppi.horizon} K={config.mppi.samples} lambda={config.mppi.temperature}"
+            + ("" if terminate_when_unhealthy else ", no termination: episodes go on after a fall"))
     for ci, spec in enumerate(resolved):
         # the filmed controller runs every episode in the rendering environment, so that an
         # oracle reads the physics state of the very environment it controls
@@ -190,6 +194,7 @@ def run_comparison(env_name: str, controllers: list[str], config: ControllerConf
         per[label] = results
     report = {
         "env": env_name, "episodes": episodes, "seed": seed, "max_steps": max_steps,
+        "terminate_when_unhealthy": terminate_when_unhealthy,
         "config": config.to_dict(),
         "controllers": {k: {"dynamics": labels[k], **_aggregate(v), "episodes_detail": [r.summary() for r in v]}
                         for k, v in per.items()},
