@@ -69,6 +69,18 @@ def test_table_trains_both_variants_runs_mppi_and_resumes(tmp_path, control_data
     assert ckpt.stat().st_mtime_ns == mtime
     assert {k: v["reward_mean"] for k, v in again.items()} == {k: v["reward_mean"] for k, v in res.items()}
     assert render_table(out) == md
+    # the seed's protocol: a column without termination beside it, on the same models; zero action falls
+    # (at step 169 on seed 7) with termination and goes on to the limit without it
+    zero = {"zero action": "zero"}
+    fell = run_control_table("hopper", train, val, {}, out, tcfg, cfg, seeds=[7], max_steps=200, extra=zero,
+                             printer=lambda *_: None)
+    assert fell["zero action"]["episodes"][0]["length"] < 200 and fell["zero action"]["fell"] == 1
+    on = run_control_table("hopper", train, val, pretrained, out, tcfg, cfg, seeds=[7], max_steps=200, extra=zero,
+                           printer=lambda *_: None, terminate_when_unhealthy=False)
+    assert ckpt.stat().st_mtime_ns == mtime and not (out / "hopper-no-termination" / "models").exists()
+    assert on["zero action"]["episodes"][0]["length"] == 200 and on["zero action"]["fell"] == 0
+    assert "hopper-no-termination (1 seeds, 200 steps)" in (out / "table3.md").read_text()
+    assert json.loads((out / "hopper-no-termination" / "results.json").read_text())["terminate_when_unhealthy"] is False
 
 
 def test_table_rejects_bad_settings(tmp_path, control_data, pretrained):

@@ -251,7 +251,8 @@ def cmd_eval_control(args) -> int:
         run_control_table(args.env, train, val, pretrained, args.out, tcfg, ccfg,
                           variants=split_list(args.variants),
                           seeds=range(args.seed, args.seed + args.episodes), max_steps=args.max_steps,
-                          extra=extra, nthread=nthread, seed=args.train_seed, device=args.device)
+                          extra=extra, nthread=nthread, seed=args.train_seed, device=args.device,
+                          terminate_when_unhealthy=not args.no_termination)
     print((Path(args.out) / "table3.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'table3.md'}, table3.json and table3.png")
     return 0
@@ -421,5 +422,8 @@ def add_eval(sub) -> None:
     ct.add_argument("--stride", type=int, default=5, help="step between window starts")
     ct.add_argument("--train-seed", type=int, default=0, help="seed of weights and batches")
     ct.add_argument("--out", type=Path, required=True, help="table directory (shared by environments)")
+    ct.add_argument("--no-termination", action="store_true",
+                    help="Hopper/Walker2d: episodes go on after a fall (seed 003's protocol for its Table 3), in the "
+                         "table's column <env>-no-termination; the models of the <env> column are reused")
     add_device(ct)
     add_controller_args(ct)

@@ -101,7 +101,7 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
                       train_cfg, controller_cfg: ControllerConfig, variants: Sequence[str] = VARIANTS,
                       seeds: Sequence[int] = range(100, 105), max_steps: int = 1000,
                       extra: dict[str, str] | None = None, nthread: int | None = None, seed: int = 0,
-                      printer=tqdm.write, device: str = "cpu") -> dict:
+                      printer=tqdm.write, device: str = "cpu", terminate_when_unhealthy: bool = True) -> dict:
     """Train every model variant, run MPPI with each over ``seeds``, and write the table.
 
     Args:
@@ -118,6 +118,10 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
         nthread: oracle rollout threads.
         seed: training seed.
         device: where the models train (``"cpu"``, ``"cuda"``); MPPI then runs them on the CPU.
+        terminate_when_unhealthy: ``False`` (Hopper, Walker2d): episodes go on after a fall, seed
+            003's protocol for its Table 3; the results go to the column ``<env>-no-termination``
+            (``<out_dir>/<env>-no-termination/``) and the models are those of ``<out_dir>/<env>/models``,
+            trained once for both columns. Its "fell" counts are then 0.
 
     Returns:
         ``{controller: {"reward_mean", "reward_std", "episodes": [...], ...}}`` for this environment.
@@ -134,16 +138,17 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
     if bad:
         raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
     root = Path(out_dir)
-    env_dir = root / env_name
+    env = make_env(env_name, max_episode_steps=max_steps, terminate_when_unhealthy=terminate_when_unhealthy)
+    env_dir = root / (env_name if terminate_when_unhealthy else f"{env_name}-no-termination")
+    models_dir = root / env_name / "models"
     (env_dir / "episodes").mkdir(parents=True, exist_ok=True)
-    env = make_env(env_name, max_episode_steps=max_steps)
     controllers: dict[str, str] = {ORACLE: ORACLE}
     for kind, path in pretrained.items():
         base = load_checkpoint(path)
         if not hasattr(base, "systems"):
             raise ValueError(f"{path} is not a trajectory world model from 'ws pretrain'")
         for variant in variants:
-            ckpt = env_dir / "models" / f"{kind}-{variant}.pt"
+            ckpt = models_dir / f"{kind}-{variant}.pt"
             if not ckpt.is_file():
                 printer(f"{env_name}: training {kind} ({variant}) on the control dataset -> {ckpt}")
                 hist = train_variant(base, variant, train_ds, val_ds, env.model, train_cfg, ckpt, seed=seed,
@@ -178,7 +183,8 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
                           "episodes": [{k: v for k, v in e.items() if k != "rewards"} for e in eps]}
     bar.close()
     env.close()
-    write_json_atomic({"env": env_name, "seeds": list(map(int, seeds)), "max_steps": max_steps,
+    write_json_atomic({"env": env_name, "terminate_when_unhealthy": terminate_when_unhealthy,
+                       "seeds": list(map(int, seeds)), "max_steps": max_steps,
                        "controller": controller_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
                        "results": results}, env_dir / "results.json")
     render_table(root)
