@@ -136,7 +136,9 @@ class LocomotionCost:
             predicts to pass just inside the range may fall in the simulator. (Counting the band as
             a fall instead makes the planner give up once the robot is in it: every rollout from
             there "falls" at its first step.)
-        healthy_margin_weight: the cost per step at the end of a band (``d = 1``).
+        healthy_margin_weight: the cost per step at the end of a band (``d = 1``). The margin is
+            this project's addition, not in seed 003 or its code.
+
     Raises:
         ValueError: an unknown ``fall_penalty_mode``, a ``healthy_margin`` that is not two finite
             numbers >= 0 or whose bands overlap, or a negative or non-finite ``healthy_margin_weight``.
