@@ -69,6 +69,16 @@ def test_table_trains_both_variants_runs_mppi_and_resumes(tmp_path, control_data
     assert ckpt.stat().st_mtime_ns == mtime
     assert {k: v["reward_mean"] for k, v in again.items()} == {k: v["reward_mean"] for k, v in res.items()}
     assert render_table(out) == md
+    # another step limit or planner into the same directory redoes the episodes (same models), never reuses them
+    longer = run_control_table("hopper", train, val, pretrained, out, tcfg, cfg, seeds=[7], max_steps=9,
+                               printer=lambda *_: None)
+    assert ckpt.stat().st_mtime_ns == mtime
+    assert longer["oracle"]["episodes"][0]["length"] == 9
+    assert json.loads((out / "hopper" / "episodes" / "oracle-seed7.json").read_text())["made_by"]["max_steps"] == 9
+    other = dataclasses.replace(cfg, mppi=dataclasses.replace(cfg.mppi, samples=8))
+    run_control_table("hopper", train, val, {}, out, tcfg, other, seeds=[7], max_steps=9, printer=lambda *_: None)
+    made = json.loads((out / "hopper" / "episodes" / "oracle-seed7.json").read_text())["made_by"]
+    assert made["controller"]["mppi"]["samples"] == 8
     # the seed's protocol: a column without termination beside it, on the same models; zero action falls
     # (at step 169 on seed 7) with termination and goes on to the limit without it
     zero = {"zero action": "zero"}
@@ -81,6 +91,11 @@ def test_table_trains_both_variants_runs_mppi_and_resumes(tmp_path, control_data
     assert on["zero action"]["episodes"][0]["length"] == 200 and on["zero action"]["fell"] == 0
     assert "hopper-no-termination (1 seeds, 200 steps)" in (out / "table3.md").read_text()
     assert json.loads((out / "hopper-no-termination" / "results.json").read_text())["terminate_when_unhealthy"] is False
+    # other training settings retrain the model
+    run_control_table("hopper", train, val, {"westworld": pretrained["westworld"]}, out,
+                      dataclasses.replace(tcfg, lr=tcfg.lr / 2), cfg, variants=["scratch"], seeds=[7], max_steps=9,
+                      printer=lambda *_: None)
+    assert ckpt.stat().st_mtime_ns != mtime
 
 
 def test_table_rejects_bad_settings(tmp_path, control_data, pretrained):

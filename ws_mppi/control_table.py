@@ -16,7 +16,11 @@ progress of eq. 36), mean ± std over seeds.
 
 Everything is cached in the output directory, so an interrupted run resumes: trained
 models in ``<env>/models/<kind>-<variant>.pt`` and every episode in
-``<env>/episodes/<controller>-seed<N>.json``. After each environment, ``table3.md``,
+``<env>/episodes/<controller>-seed<N>.json``. Each cached item records what made it (a model: its
+pretrained checkpoint and training settings; an episode: the step limit, termination, the
+controller settings and the SHA-256 of the model file); one made differently is redone, never
+reused, so a rerun into the same directory with another ``--max-steps`` or ``--config`` is
+correct. After each environment, ``table3.md``,
 ``table3.json`` and ``table3.png`` are rebuilt from every environment present under the
 output directory.
 """
@@ -24,6 +28,7 @@ output directory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -149,13 +154,19 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
             raise ValueError(f"{path} is not a trajectory world model from 'ws pretrain'")
         for variant in variants:
             ckpt = models_dir / f"{kind}-{variant}.pt"
-            if not ckpt.is_file():
+            made_by = _as_json({"pretrained_from": str(path), "train": dataclasses.asdict(train_cfg),
+                                "seed": int(seed)})
+            stale = ckpt.is_file() and _made_by(ckpt.with_suffix(".json")) != made_by
+            if stale:
+                printer(f"{env_name}: {ckpt} was trained with other settings; training it again")
+            if stale or not ckpt.is_file():
                 printer(f"{env_name}: training {kind} ({variant}) on the control dataset -> {ckpt}")
                 hist = train_variant(base, variant, train_ds, val_ds, env.model, train_cfg, ckpt, seed=seed,
                                      device=device)
-                write_json_atomic({"kind": base.kind, "variant": variant, "pretrained_from": str(path),
-                                   "steps": hist["steps"], "best_val_loss": hist["best_val_loss"],
-                                   "evals": hist["evals"]}, ckpt.with_suffix(".json"))
+                write_json_atomic({"kind": base.kind, "variant": variant, "made_by": made_by,
+                                   "pretrained_from": str(path), "steps": hist["steps"],
+                                   "best_val_loss": hist["best_val_loss"], "evals": hist["evals"]},
+                                  ckpt.with_suffix(".json"))
             controllers[f"{kind} ({variant})"] = str(ckpt)
     for label, path in (extra or {}).items():
         controllers[label] = str(path)
@@ -163,13 +174,18 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
     bar = tqdm(total=len(controllers) * len(seeds) * max_steps, desc=f"MPPI {env_name}", unit="step")
     for label, spec in controllers.items():
         eps = []
+        made_by = _as_json({"max_steps": int(max_steps), "terminate_when_unhealthy": bool(terminate_when_unhealthy),
+                            "controller": controller_cfg.to_dict(), "dynamics": spec,
+                            "dynamics_sha256": _sha256(spec)})
         for s in seeds:
             f = env_dir / "episodes" / f"{_safe(label)}-seed{s}.json"
-            if f.is_file():
-                ep = json.loads(f.read_text())
+            ep = json.loads(f.read_text()) if f.is_file() else None
+            if ep is not None and ep.get("made_by") == made_by:
                 bar.update(max_steps)
             else:
-                ep = _episode(env, spec, controller_cfg, int(s), nthread, bar)
+                if ep is not None:
+                    printer(f"  {env_name} {label}: {f} was run with other settings; running it again")
+                ep = {**_episode(env, spec, controller_cfg, int(s), nthread, bar), "made_by": made_by}
                 bar.update(max_steps - ep["length"])
                 write_json_atomic(ep, f)
             eps.append(ep)
@@ -180,7 +196,8 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
                           "length_mean": float(np.mean([e["length"] for e in eps])),
                           "fell": int(sum(e["terminated"] for e in eps)),
                           "planner_ms_median": float(np.median([e["latency_ms_median"] for e in eps])),
-                          "episodes": [{k: v for k, v in e.items() if k != "rewards"} for e in eps]}
+                          "episodes": [{k: v for k, v in e.items() if k not in ("rewards", "made_by")}
+                                       for e in eps]}
     bar.close()
     env.close()
     write_json_atomic({"env": env_name, "terminate_when_unhealthy": terminate_when_unhealthy,
@@ -189,6 +206,32 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
                        "results": results}, env_dir / "results.json")
     render_table(root)
     return results
+
+
+def _as_json(obj):
+    """``obj`` as it reads back from JSON (tuples become lists), so a record compares equal to its file."""
+    return json.loads(json.dumps(obj))
+
+
+def _made_by(meta: Path):
+    """What made a cached model (``None`` for a file from before this was recorded, or none)."""
+    try:
+        return json.loads(meta.read_text()).get("made_by")
+    except (OSError, ValueError):
+        return None
+
+
+def _sha256(spec: str):
+    """SHA-256 of a model file, so an episode of a model since retrained is not reused; ``None``
+    for the oracle, zero action and other specs that are not files."""
+    p = Path(spec)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with p.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _safe(label: str) -> str:
