@@ -89,6 +89,11 @@ def test_table_trains_both_variants_runs_mppi_and_resumes(tmp_path, control_data
                            printer=lambda *_: None, terminate_when_unhealthy=False)
     assert ckpt.stat().st_mtime_ns == mtime and not (out / "hopper-no-termination" / "models").exists()
     assert on["zero action"]["episodes"][0]["length"] == 200 and on["zero action"]["fell"] == 0
+    # fallen at step 169, it went unpaid for the rest: Hopper-v2's reward pays the bonus on all 200 steps
+    z = on["zero action"]
+    assert z["healthy_steps_mean"] == fell["zero action"]["episodes"][0]["length"] - 1
+    assert z["reward_bonus_every_step_mean"] == pytest.approx(z["reward_mean"] + 200 - z["healthy_steps_mean"], abs=1e-2)
+    assert "bonus on every step" in (out / "table3.md").read_text()
     assert "hopper-no-termination (1 seeds, 200 steps)" in (out / "table3.md").read_text()
     assert json.loads((out / "hopper-no-termination" / "results.json").read_text())["terminate_when_unhealthy"] is False
     # other training settings retrain the model

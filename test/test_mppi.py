@@ -117,6 +117,8 @@ def test_oracle_mppi_beats_zero_action_on_hopper(hopper_env, small_controller_co
         assert m.reward > z.reward + 20, (m.summary(), z.summary())
         assert m.forward_distance > z.forward_distance + 0.3
         assert len(m.latencies_s) == m.length
+        # every step of these 80 was healthy (Gymnasium's info["reward_survive"]), and the summary says so
+        assert m.healthy_steps == z.healthy_steps == 80 and m.summary()["healthy_steps"] == 80
 
 
 def test_nan_state_never_reaches_the_planner():

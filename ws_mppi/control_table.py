@@ -99,7 +99,12 @@ def _episode(env, spec: str, config: ControllerConfig, seed: int, nthread: int |
         res = run_episode(env, ctrl, seed, progress=bar)
     finally:
         ctrl.close()
-    return {**res.summary(), "rewards": [round(r, 5) for r in res.rewards]}
+    ep = {**res.summary(), "rewards": [round(r, 5) for r in res.rewards]}
+    bonus = getattr(getattr(env, "task", None), "healthy_reward", None)
+    if res.healthy_steps is not None and bonus is not None:
+        # Hopper-v2's reward (seed 003's code): the healthy bonus on every step, fallen or not
+        ep["reward_bonus_every_step"] = round(res.reward + bonus * (res.length - res.healthy_steps), 3)
+    return ep
 
 
 def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str], out_dir: str | Path,
@@ -176,7 +181,9 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
         eps = []
         made_by = _as_json({"max_steps": int(max_steps), "terminate_when_unhealthy": bool(terminate_when_unhealthy),
                             "controller": controller_cfg.to_dict(), "dynamics": spec,
-                            "dynamics_sha256": _sha256(spec)})
+                            "dynamics_sha256": _sha256(spec),
+                            # without termination an episode must also record its healthy steps
+                            **({} if terminate_when_unhealthy else {"records": "healthy_steps"})})
         for s in seeds:
             f = env_dir / "episodes" / f"{_safe(label)}-seed{s}.json"
             ep = json.loads(f.read_text()) if f.is_file() else None
@@ -192,7 +199,13 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
             printer(f"  {env_name} {label:<26} seed {s:>4}  reward {ep['reward']:9.2f}  length {ep['length']:5d}"
                     f"  planner p50 {ep['latency_ms_median']:.1f} ms")
         r = np.array([e["reward"] for e in eps])
+        extra_stats = {}
+        if not terminate_when_unhealthy and all("reward_bonus_every_step" in e for e in eps):
+            rb = np.array([e["reward_bonus_every_step"] for e in eps])
+            extra_stats = {"reward_bonus_every_step_mean": float(rb.mean()), "reward_bonus_every_step_std": float(rb.std()),
+                           "healthy_steps_mean": float(np.mean([e["healthy_steps"] for e in eps]))}
         results[label] = {"checkpoint": spec, "reward_mean": float(r.mean()), "reward_std": float(r.std()),
+                          **extra_stats,
                           "length_mean": float(np.mean([e["length"] for e in eps])),
                           "fell": int(sum(e["terminated"] for e in eps)),
                           "planner_ms_median": float(np.median([e["latency_ms_median"] for e in eps])),
@@ -240,7 +253,9 @@ def _safe(label: str) -> str:
 
 def render_table(root: str | Path) -> str:
     """Rebuild ``table3.md``, ``table3.json`` and ``table3.png`` from every ``<env>/results.json``
-    under ``root``; returns the markdown."""
+    under ``root``; returns the markdown. A column without termination also gives the reward with
+    the healthy bonus paid on every step (``Hopper-v2``'s reward, which seed 003's code runs) and the
+    mean number of healthy steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,7 +283,10 @@ def render_table(root: str | Path) -> str:
             r = per_env[e]["results"].get(label)
             digits = 2 if r is not None and abs(r["reward_mean"]) < 10 else 1  # Go1 progress is metres
             cells.append("-" if r is None else f"{r['reward_mean']:.{digits}f} ± {r['reward_std']:.{digits}f}"
-                         + (f" ({r['fell']} fell)" if r["fell"] else ""))
+                         + (f" ({r['fell']} fell)" if r["fell"] else "")
+                         + (f"; bonus on every step {r['reward_bonus_every_step_mean']:.1f} ± "
+                            f"{r['reward_bonus_every_step_std']:.1f}, healthy {r['healthy_steps_mean']:.0f} steps"
+                            if "reward_bonus_every_step_mean" in r else ""))
         name = "oracle MPPI (upper bound)" if label == ORACLE else label
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     md = "\n".join(lines) + "\n"

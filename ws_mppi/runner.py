@@ -312,6 +312,10 @@ class EpisodeResult:
         states: ``(length + 1, nx)`` visited states.
         actions: ``(length, nu)`` executed actions.
         frames: rendered RGB frames (when rendering).
+        healthy_steps: steps that paid Gymnasium's healthy bonus (its ``info["reward_survive"]``
+            above 0; Hopper, Walker2d), ``None`` where the environment has none. Without termination
+            a fallen robot goes on unpaid; ``Hopper-v2``, which seed 003's code runs, pays the bonus on
+            every step, so its reward is this one plus the bonus times ``length - healthy_steps``.
     """
 
     controller: str
@@ -325,12 +329,14 @@ class EpisodeResult:
     states: np.ndarray | None = dataclasses.field(default=None, repr=False)
     actions: np.ndarray | None = dataclasses.field(default=None, repr=False)
     frames: list = dataclasses.field(default_factory=list, repr=False)
+    healthy_steps: int | None = None
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_s) * 1e3
         return {"controller": self.controller, "seed": self.seed, "reward": round(self.reward, 3),
                 "length": self.length, "terminated": self.terminated,
                 **({} if self.forward_distance is None else {"forward_distance_m": round(self.forward_distance, 4)}),
+                **({} if self.healthy_steps is None else {"healthy_steps": self.healthy_steps}),
                 "latency_ms_median": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None}
 
@@ -356,6 +362,7 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
     rewards, lat, frames, states, actions = [], [], [], [state], []
     terminated = False
     t = 0
+    healthy = None  # steps that paid the healthy bonus; None where the environment reports none
     while True:
         state = check_state(state, nstate)
         tic = time.perf_counter()
@@ -363,7 +370,9 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
         lat.append(time.perf_counter() - tic)
         if hasattr(controller, "observe"):
             controller.observe(state, action)
-        state, reward, terminated, truncated, _ = env.step(action)
+        state, reward, terminated, truncated, info = env.step(action)
+        if "reward_survive" in info:
+            healthy = (healthy or 0) + int(info["reward_survive"] > 0)
         rewards.append(reward)
         states.append(state)
         actions.append(np.asarray(action, dtype=np.float64))
@@ -376,4 +385,4 @@ def run_episode(env: StateEnv, controller, seed: int, render_every: int = 0, pro
             break
     return EpisodeResult(controller.name, int(seed), float(np.sum(rewards)), t, bool(terminated),
                          float(state[x_index]) - x0 if x_index is not None else None, lat, [float(r) for r in rewards],
-                         np.asarray(states), np.asarray(actions), frames)
+                         np.asarray(states), np.asarray(actions), frames, healthy)
