@@ -96,11 +96,15 @@ def test_table_trains_both_variants_runs_mppi_and_resumes(tmp_path, control_data
     assert "bonus on every step" in (out / "table3.md").read_text()
     assert "hopper-no-termination (1 seeds, 200 steps)" in (out / "table3.md").read_text()
     assert json.loads((out / "hopper-no-termination" / "results.json").read_text())["terminate_when_unhealthy"] is False
-    # other training settings retrain the model
+    # other training settings retrain the model, and its episodes are run again on the new weights
+    ep_file = out / "hopper" / "episodes" / "westworld__scratch_-seed7.json"
+    old_sha = json.loads(ep_file.read_text())["made_by"]["dynamics_sha256"]
     run_control_table("hopper", train, val, {"westworld": pretrained["westworld"]}, out,
                       dataclasses.replace(tcfg, lr=tcfg.lr / 2), cfg, variants=["scratch"], seeds=[7], max_steps=9,
                       printer=lambda *_: None)
     assert ckpt.stat().st_mtime_ns != mtime
+    new_sha = json.loads(ep_file.read_text())["made_by"]["dynamics_sha256"]
+    assert old_sha is not None and new_sha != old_sha
 
 
 def test_table_rejects_bad_settings(tmp_path, control_data, pretrained):

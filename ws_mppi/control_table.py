@@ -135,6 +135,9 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
 
     Returns:
         ``{controller: {"reward_mean", "reward_std", "episodes": [...], ...}}`` for this environment.
+        Without termination each controller also has ``reward_bonus_every_step_mean`` / ``_std``
+        (``Hopper-v2``'s reward: Gymnasium's plus the healthy bonus on every unhealthy step, as seed
+        003's code runs it) and ``healthy_steps_mean``.
 
     Raises:
         ValueError: the model horizon is shorter than the MPPI horizon, or an unknown variant.
@@ -181,9 +184,7 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
         eps = []
         made_by = _as_json({"max_steps": int(max_steps), "terminate_when_unhealthy": bool(terminate_when_unhealthy),
                             "controller": controller_cfg.to_dict(), "dynamics": spec,
-                            "dynamics_sha256": _sha256(spec),
-                            # without termination an episode must also record its healthy steps
-                            **({} if terminate_when_unhealthy else {"records": "healthy_steps"})})
+                            "dynamics_sha256": _sha256(spec), "records": "healthy_steps"})
         for s in seeds:
             f = env_dir / "episodes" / f"{_safe(label)}-seed{s}.json"
             ep = json.loads(f.read_text()) if f.is_file() else None
