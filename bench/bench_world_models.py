@@ -12,8 +12,10 @@ before 2026-12-05) and its ratio; and with ``--train-steps N`` each model's trai
 steps), WestWorld's also unfused. With ``--shared-history`` every sample of the batch has the
 same history (MPPI's ``K`` futures from one past) and WestWorld and TrajWorld are also timed
 running that history once (``westworld_shared``, ``trajworld_shared``: its SSM states or its
-KV cache carried to every sample; the same predictions), with ratios against both. Not a
-test: nothing is asserted.
+KV cache carried to every sample; the same predictions), with ratios against both, and
+both also in one chunk (``westworld_shared_one_chunk``, ``trajworld_shared_one_chunk``: the whole
+batch's future tokens in one pass, what ran before 2026-12-07; the ``_shared`` rows run chunks of samples
+of at most ``SHARED_CHUNK_TOKENS`` tokens of each model). Not a test: nothing is asserted.
 
     .venv/bin/python bench/bench_world_models.py [--batch 8] [--state-dim 18] [--action-dim 6] [--repeats 5]
         [--horizons 20,50,100] [--train-steps 3] [--shared-history] [--skip tdm,westworld_unfused]
@@ -120,17 +122,27 @@ def main() -> None:
         if args.shared_history:
             timed["westworld_shared"] = lambda: models["westworld"].predict(batch, shared_history=True)
             timed["trajworld_shared"] = lambda: models["trajworld"].predict(batch, shared_history=True)
+            timed["westworld_shared_one_chunk"] = timed["westworld_shared"]
+            timed["trajworld_shared_one_chunk"] = timed["trajworld_shared"]
         with torch.inference_mode():
             for name, fn in timed.items():
                 if name in skip:
                     continue
                 unfused(name == "westworld_unfused")
+                one_chunk = name.endswith("one_chunk")
+                models["westworld"].SHARED_CHUNK_TOKENS = 2 ** 62 if one_chunk else WestWorld.SHARED_CHUNK_TOKENS
+                models["trajworld"].SHARED_CHUNK_TOKENS = 2 ** 62 if one_chunk else TrajWorld.SHARED_CHUNK_TOKENS
                 mean, std = _time(fn, args.repeats, args.device)
                 row[name] = {"mean_ms": round(mean, 2), "std_ms": round(std, 2)}
             unfused(False)
+            models["westworld"].SHARED_CHUNK_TOKENS = WestWorld.SHARED_CHUNK_TOKENS
+            models["trajworld"].SHARED_CHUNK_TOKENS = TrajWorld.SHARED_CHUNK_TOKENS
         for ref in ("westworld", "westworld_shared"):
             for name in [n for n in timed if n in row and n != ref and ref in row]:
                 row[f"{name}_over_{ref}"] = round(row[name]["mean_ms"] / row[ref]["mean_ms"], 2)
+        if "trajworld_shared" in row and "trajworld_shared_one_chunk" in row:
+            row["trajworld_shared_one_chunk_over_trajworld_shared"] = round(
+                row["trajworld_shared_one_chunk"]["mean_ms"] / row["trajworld_shared"]["mean_ms"], 2)
         if args.train_steps > 0:
             row["train_windows_per_s"] = {name: _train_rate(m, batch, args.train_steps, args.device)
                                           for name, m in models.items() if name not in skip}

@@ -296,8 +296,9 @@ def test_an_ssm_run_in_two_parts_with_its_carried_state_equals_one_run(scan, spl
 def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(target, tokens, th):
     """MPPI's K futures from one past: ``shared_history`` runs the history once and carries its SSM states
     and expert gates to every sample; logits equal the full forward's to 1e-5 (Sys-MoE and dense, delta and
-    absolute targets), the model and ``TrajectoryWorldModel.predict`` choose it for equal histories, and
-    differing histories are refused."""
+    absolute targets), also when a large batch runs in chunks of samples (``SHARED_CHUNK_TOKENS``), the
+    model and ``TrajectoryWorldModel.predict`` choose it for equal histories, and differing histories are
+    refused."""
     import dataclasses
 
     for moe in (True, False):
@@ -313,6 +314,13 @@ def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(targe
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         for r_got, r_want in zip(got_routing, want_routing):
             torch.testing.assert_close(r_got, r_want, rtol=1e-5, atol=1e-5)
+        whole = net.predict(b, shared_history=True)
+        net.SHARED_CHUNK_TOKENS = 2 * 7 * (1 if tokens == "step" else b.states.shape[2])  # chunks of 2, 2 and 1
+        with torch.no_grad():
+            assert [sl.stop - sl.start for sl, _, _ in net._shared_chunks(b)] == [2, 2, 1]
+            torch.testing.assert_close(net(b, shared_history=True)[0], got, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(net.predict(b, shared_history=True), whole, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(whole, net.decode(want, b) * b.state_mask[:, None, :], rtol=1e-5, atol=1e-5)
     b.states[1, 0] += 0.1
     with pytest.raises(ValueError, match="same history"):
         net(b, shared_history=True)
@@ -321,7 +329,8 @@ def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(targe
 @pytest.mark.parametrize("th", [1, 2, 6])
 def test_trajworld_runs_a_shared_history_once_with_the_same_rollout(th):
     """TrajWorld's KV-cached rollout with ``shared_history``: the history's keys and values are computed once
-    and copied to every sample; the rollout equals the per-sample one, and differing histories are refused."""
+    and copied to every sample; the rollout equals the per-sample one, also decoded in chunks of samples, and
+    differing histories are refused."""
     from ws_worldmodel.trajworld import TrajWorld, TrajWorldConfig
 
     torch.manual_seed(th)
@@ -329,7 +338,10 @@ def test_trajworld_runs_a_shared_history_once_with_the_same_rollout(th):
     b = _batch(b=5, t=th + 6, th=th, seed=th)
     b.states[:, :th] = b.states[:1, :th]
     b.actions[:, :th - 1] = b.actions[:1, :th - 1]
-    torch.testing.assert_close(net.predict(b, shared_history=True), net.predict(b), rtol=1e-5, atol=1e-5)
+    want = net.predict(b)
+    torch.testing.assert_close(net.predict(b, shared_history=True), want, rtol=1e-5, atol=1e-5)
+    net.SHARED_CHUNK_TOKENS = 2 * 6 * (b.states.shape[2] + b.actions.shape[2])  # chunks of 2, 2 and 1 samples
+    torch.testing.assert_close(net.predict(b, shared_history=True), want, rtol=1e-5, atol=1e-5)
     if th > 1:
         b.actions[2, 0] += 0.1
         with pytest.raises(ValueError, match="same history"):

@@ -162,6 +162,12 @@ class TrajWorld(nn.Module):
         self.blocks = nn.ModuleList(TemporalVariateBlock(cfg) for _ in range(cfg.n_blocks))
         self.name = "trajworld"
 
+    #: largest number of decoded tokens (samples x predicted steps x state and action channels) one chunk of a
+    #: shared-history rollout holds (:meth:`predict`). Each decoded step grows every chunk's KV cache; small
+    #: chunks keep it cache-sized, large ones keep a step's operators busy (``bench/bench_world_models.py`` times
+    #: the whole batch in one chunk beside it: docs/westworld.md)
+    SHARED_CHUNK_TOKENS = 32768
+
     def _embed(self, values: torch.Tensor, steps: torch.Tensor, modality: int) -> torch.Tensor:
         """``values (B, n, C)`` at ``steps (n,)`` -> tokens ``(B, n, C, d)``."""
         d = self.cfg.d_model
@@ -205,7 +211,9 @@ class TrajWorld(nn.Module):
         every step (the same numbers, slower). ``shared_history`` (with the cache): every sample
         has the same history (states ``[:, :Th]``, actions ``[:, :Th - 1]``, masks; MPPI's ``K``
         futures from one past), so steps ``0 .. Th - 2`` run once and their keys and values are
-        copied to every sample (the same predictions). Raises ValueError if the histories differ.
+        copied to every sample (the same predictions), and a large batch is decoded in chunks of samples of
+        at most :attr:`SHARED_CHUNK_TOKENS` decoded tokens each (every chunk's KV cache stays cache-sized; the
+        same predictions). Raises ValueError if the histories differ.
         """
         th, t_len = batch.history, batch.states.shape[1]
         smask = batch.state_mask
@@ -215,17 +223,28 @@ class TrajWorld(nn.Module):
             if not all(torch.equal(v, v[:1].expand_as(v)) for v in (batch.states[:, :th], batch.actions[:, :th - 1],
                                                                      batch.state_mask, batch.action_mask)):
                 raise ValueError("shared_history needs the same history (states, actions, masks) in every sample")
-            caches = [{} for _ in self.blocks]
-            one = TrajectoryBatch(*(getattr(batch, f.name)[:1] for f in dataclasses.fields(batch)[:6]), th)
-            self._run(one, states[:1, :th - 1], batch.actions[:1, :th - 1], 0, caches)
+            hist = [{} for _ in self.blocks]
+            fields = [f.name for f in dataclasses.fields(batch)[:6]]
+            one = TrajectoryBatch(*(getattr(batch, f)[:1] for f in fields), th)
+            self._run(one, states[:1, :th - 1], batch.actions[:1, :th - 1], 0, hist)
             b = states.shape[0]
-            for cache in caches:  # (C, heads, Th - 1, dh) -> (B * C, ...), sample-major like the batch
-                cache["k"], cache["v"] = cache["k"].repeat(b, 1, 1, 1), cache["v"].repeat(b, 1, 1, 1)
-            logits = self._run(batch, states[:, th - 1:], batch.actions[:, th - 1:th], th - 1, caches)[:, -1]
-            preds.append(self._decode(logits, smask))
-            for t in range(th, t_len - 1):
-                logits = self._run(batch, preds[-1][:, None], batch.actions[:, t:t + 1], t, caches)[:, -1]
-                preds.append(self._decode(logits, smask))
+            tokens = (t_len - th) * (states.shape[2] + batch.actions.shape[2])  # per sample, decoded steps
+            per = b if torch.jit.is_tracing() else max(1, self.SHARED_CHUNK_TOKENS // max(1, tokens))
+            parts = []
+            for i in range(0, b, per):  # chunks of samples: each keeps its own, cache-sized KV cache
+                sl = slice(i, min(b, i + per))
+                n = sl.stop - sl.start
+                sub = TrajectoryBatch(*(getattr(batch, f)[sl] for f in fields), th)
+                # (C, heads, Th - 1, dh) -> (n * C, ...), sample-major like the batch
+                caches = [{"k": c["k"].repeat(n, 1, 1, 1), "v": c["v"].repeat(n, 1, 1, 1)} for c in hist]
+                chunk = []
+                logits = self._run(sub, states[sl, th - 1:], sub.actions[:, th - 1:th], th - 1, caches)[:, -1]
+                chunk.append(self._decode(logits, sub.state_mask))
+                for t in range(th, t_len - 1):
+                    logits = self._run(sub, chunk[-1][:, None], sub.actions[:, t:t + 1], t, caches)[:, -1]
+                    chunk.append(self._decode(logits, sub.state_mask))
+                parts.append(torch.stack(chunk, dim=1))
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
         elif use_cache:
             caches = [{} for _ in self.blocks]
             logits = self._run(batch, states, batch.actions[:, :th], 0, caches)[:, -1]

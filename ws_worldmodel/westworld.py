@@ -364,17 +364,38 @@ class SysMoEBlock(nn.Module):
 
         Returns:
             ``(x_hist', x_fut', routing (1, Cs, E) or None)``, equal to :meth:`forward` on the whole batch
-            (the history's part once, its SSM state and gates carried to every sample).
+            (the history's part once, its SSM state and gates carried to every sample): :meth:`history_shared`
+            then :meth:`future_shared`.
         """
-        th, cs, d = x_hist.shape[1:]
-        b = x_fut.shape[0]
-        prev_hist = torch.cat([act.new_zeros(1, 1, act.shape[2], d), act[:1, :th - 1]], dim=1)
+        th, cs = x_hist.shape[1:3]
+        yh, carry = self.history_shared(x_hist, act[:1], state_mask, action_mask)
+        yf = self.future_shared(x_fut, act[:, th - 1:-1], carry, state_mask, action_mask)
+        g = carry[1]
+        return yh, yf, (g.reshape(1, cs, -1) if g is not None else None)
+
+    def history_shared(self, x_hist: torch.Tensor, act: torch.Tensor, state_mask: torch.Tensor,
+                       action_mask: torch.Tensor) -> tuple[torch.Tensor, tuple[SSMState, torch.Tensor | None]]:
+        """The shared history's part of :meth:`forward_shared`: ``x_hist (1, Th, Cs, d)`` and the history's
+        action tokens ``act (1, >= Th - 1, Ca, d)`` (masks: their first row is read) -> ``(x_hist', carry)``,
+        ``carry`` = (the SSM state after the history ``(Cs, ...)``, the expert gates ``(Cs, E)`` or None)."""
+        th = x_hist.shape[1]
+        prev_hist = torch.cat([act.new_zeros(1, 1, act.shape[2], act.shape[3]), act[:1, :th - 1]], dim=1)
         hh = self._attend(x_hist, prev_hist, state_mask[:1], action_mask[:1], first_has_action=False)
-        hf = self._attend(x_fut, act[:, th - 1:-1], state_mask, action_mask, first_has_action=True)
         yh, g, st = self._along_time(hh, th, return_state=True)
+        return yh, (st, g)
+
+    def future_shared(self, x_fut: torch.Tensor, prev: torch.Tensor, carry: tuple[SSMState, torch.Tensor | None],
+                      state_mask: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+        """The futures' part of :meth:`forward_shared`: ``x_fut (B, H, Cs, d)``, ``prev (B, H, Ca, d)`` the action
+        token that leads into each future step, ``carry`` from :meth:`history_shared` (carried to every sample),
+        masks ``(B, Cs)``, ``(B, Ca)`` -> ``x_fut' (B, H, Cs, d)``. Samples are independent here, so any split of
+        the batch gives the same rows."""
+        b = x_fut.shape[0]
+        st, g = carry
+        hf = self._attend(x_fut, prev, state_mask, action_mask, first_has_action=True)
         st = SSMState(*(v.repeat(b, 1, 1) for v in st))  # (Cs, ...) -> (B * Cs, ...), sample-major like the batch
         yf, _, _ = self._along_time(hf, None, state=st, gates=None if g is None else g.repeat(b, 1))
-        return yh, yf, (g.reshape(1, cs, -1) if g is not None else None)
+        return yf
 
 
 class WestWorld(nn.Module):
@@ -498,7 +519,22 @@ class WestWorld(nn.Module):
                 routing.append(g)
         return self._channel_logits(x[:, th:], batch.state_struct, cs), routing
 
+    #: largest number of future tokens (samples x steps x channel tokens) one pass of a shared-history prediction
+    #: holds in inference: a larger batch runs in chunks of samples, so that the expert layer's hidden units
+    #: (``tokens x n_experts x expert_hidden`` floats) stay cache-sized instead of being allocated, page by page,
+    #: at every call (at batch 256 and H = 100, half the time went to the kernel's page faults)
+    SHARED_CHUNK_TOKENS = 4096
+
     def _forward_shared(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        chunks = list(self._shared_chunks(batch))
+        logits = chunks[0][1] if len(chunks) == 1 else torch.cat([c[1] for c in chunks])
+        return logits, chunks[0][2]
+
+    def _shared_chunks(self, batch: TrajectoryBatch):
+        """The shared-history forward (see :meth:`forward`), chunk by chunk of samples: yields
+        ``(samples slice, logits (n, H, Cs, bins), routing)`` (routing over the whole batch, in the first chunk's
+        tuple and every other). Without autograd, tracing or export, chunks hold at most
+        :attr:`SHARED_CHUNK_TOKENS` future tokens (at least one sample); otherwise the batch is one chunk."""
         th = batch.history
         b, t, cs = batch.states.shape
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
@@ -515,23 +551,33 @@ class WestWorld(nn.Module):
         if self.step_tokens:
             x_hist, x_fut = self._pool(x_hist, state_mask[:1]), self._pool(x_fut, state_mask[:1])
             state_mask = state_mask.new_ones(b, 1)
-        x_fut = x_fut.expand(b, -1, -1, -1)
         # the history's actions (all but the last, which leads into the first predicted step) are shared: once
         ca = batch.actions.shape[2]
         act = self._embed(batch.actions[:, th - 1:], batch.action_struct[:1], steps[th - 1:], 1, ca)  # one structure
         if self.step_tokens:
             act = self._pool(act, batch.action_mask, actions=True)
+        past = None
         if th > 1:
             past = self._embed(batch.actions[:1, :th - 1], batch.action_struct[:1], steps[:th - 1], 1, ca)
             if self.step_tokens:
                 past = self._pool(past, batch.action_mask[:1], actions=True)
-            act = torch.cat([past.expand(b, -1, -1, -1), act], dim=1)
-        routing = []
+        hist_act = torch.cat([past, act[:1, :1]], dim=1) if past is not None else act[:1, :1]
+        carries, routing = [], []
         for blk in self.blocks:
-            x_hist, x_fut, g = blk.forward_shared(x_hist, x_fut, act, state_mask, batch.action_mask)
-            if g is not None:
-                routing.append(g.expand(b, -1, -1))
-        return self._channel_logits(x_fut, batch.state_struct[:1], cs), routing
+            x_hist, carry = blk.history_shared(x_hist, hist_act, state_mask, batch.action_mask)
+            carries.append(carry)
+            if carry[1] is not None:
+                routing.append(carry[1].reshape(1, x_hist.shape[2], -1).expand(b, -1, -1))
+        whole = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.is_grad_enabled()
+        per = b if whole else max(1, self.SHARED_CHUNK_TOKENS // (x_fut.shape[1] * x_fut.shape[2]))
+        for i in range(0, b, per):
+            sl = slice(i, min(b, i + per))
+            n = sl.stop - sl.start
+            x = x_fut.expand(n, -1, -1, -1)
+            prev = act[sl, :-1]  # the action into each future step: a_{Th-1} .. a_{Th+H-2}
+            for blk, carry in zip(self.blocks, carries):
+                x = blk.future_shared(x, prev, carry, state_mask[sl], batch.action_mask[sl])
+            yield sl, self._channel_logits(x, batch.state_struct[:1], cs), routing
 
     def loss(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Eq. (11): soft cross-entropy over bins on the real state channels of future steps."""
@@ -555,17 +601,25 @@ class WestWorld(nn.Module):
         expected bin position in [0, 1] (``"absolute"``: the value itself, as the seed's code decodes;
         ``"delta"``: mapped back through :func:`unit_to_delta` to a change, which is added to the last
         observed state)."""
+        return self._decode(logits, batch.states[:, batch.history - 1:batch.history])
+
+    def _decode(self, logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` with ``last (B, 1, Cs)``, the last observed state (read only for ``"delta"``)."""
         # a (bins, 1) matrix, not a vector: ONNX Runtime runs the product as a GEMM (its matrix-vector
         # MatMul was a tenth of a small student's MPPI cycle)
         u = (torch.softmax(logits.float(), dim=-1) @ self.bin_centers[:, None]).squeeze(-1)
         if not self.delta:
             return u
-        change = unit_to_delta(u, self.cfg.delta_eps, self.cfg.delta_range)
-        return batch.states[:, batch.history - 1:batch.history] + change
+        return last + unit_to_delta(u, self.cfg.delta_eps, self.cfg.delta_range)
 
     @torch.no_grad()
     def predict(self, batch: TrajectoryBatch, shared_history: bool = False) -> torch.Tensor:
         """Expected normalised future states ``(B, H, Cs)`` (padding channels are zero); ``shared_history``
-        as in :meth:`forward`."""
-        logits, _ = self(batch, shared_history=shared_history)
-        return self.decode(logits, batch) * batch.state_mask[:, None, :]
+        as in :meth:`forward` (decoded chunk by chunk of samples, see :meth:`_shared_chunks`)."""
+        if not shared_history:
+            logits, _ = self(batch)
+            return self.decode(logits, batch) * batch.state_mask[:, None, :]
+        last = batch.states[:, batch.history - 1:batch.history]
+        parts = [self._decode(logits, last[sl]) * batch.state_mask[sl, None, :]
+                 for sl, logits, _ in self._shared_chunks(batch)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
