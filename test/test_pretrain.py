@@ -293,22 +293,26 @@ def test_trajectory_world_model_drives_mppi_with_its_history(small_datasets, tmp
 
 
 def test_the_expert_sample_on_a_sequence_model_reads_the_states_it_imagined(small_datasets, tmp_path):
-    """The policy sample's closed loop through a trajectory world model: step t's history ends with the
-    state predicted at step t - 1 and the action taken in it; the executed history is left as it was. An
-    ONNX export at a longer horizon serves both the one-step imagination and shorter rollouts."""
+    """The policy sample's closed loop through an autoregressive world model (TrajWorld): step t's history
+    ends with the state predicted at step t - 1 and the action taken in it; the executed history is left as
+    it was. An ONNX export of WestWorld at a longer horizon serves both the one-step imagination and shorter
+    rollouts."""
     from ws_distill.export import export_onnx
     from ws_mppi.dynamics import SequenceDynamics
     from ws_mppi.mppi import MPPI, MPPIConfig
     from ws_sim.envs import make_env
     from ws_worldmodel.onnx_model import OnnxSequenceModel
     from ws_worldmodel.pretrain import windows_from_splits
+    from ws_worldmodel.trajworld import TrajWorldConfig
 
     train_ds, val_ds = small_datasets
     env = make_env("hopper")
     tr, va = windows_from_splits(train_ds, [val_ds], env.model, 8, 2)
-    pretrain([tr], [va], TINY, PretrainConfig(history=4, horizon=4, batch_size=4, steps=2, warmup=1, eval_every=2,
-                                              stride=2), tmp_path / "ww.pt", progress=False)
-    model = load_checkpoint(tmp_path / "ww.pt")
+    cfg = PretrainConfig(history=4, horizon=4, batch_size=4, steps=2, warmup=1, eval_every=2, stride=2)
+    pretrain([tr], [va], TrajWorldConfig(d_model=16, n_heads=2, n_blocks=1, bins=16), cfg, tmp_path / "tw.pt",
+             progress=False)
+    model = load_checkpoint(tmp_path / "tw.pt")
+    assert not model.can_imagine
     dyn = SequenceDynamics(model, "hopper")
     s0, _ = env.reset(seed=0)
     for _ in range(2):  # two executed steps: the window is padded before them
@@ -336,14 +340,57 @@ def test_the_expert_sample_on_a_sequence_model_reads_the_states_it_imagined(smal
         np.testing.assert_allclose(acts[t].numpy(), np.clip(policy(calls[t - 1][2][0]), -1, 1), rtol=1e-5)
     assert all(np.array_equal(a, b) for a, b in zip(dyn._states, executed))
 
-    model.predict = real_predict
-    onnx_dyn = SequenceDynamics(OnnxSequenceModel(export_onnx(model, "hopper", 4, tmp_path / "ww.onnx")), "hopper")
+    pretrain([tr], [va], TINY, cfg, tmp_path / "ww.pt", progress=False)
+    ww = load_checkpoint(tmp_path / "ww.pt")
+    onnx_dyn = SequenceDynamics(OnnxSequenceModel(export_onnx(ww, "hopper", 4, tmp_path / "ww.onnx")), "hopper")
     a = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (5, 2, 3)), dtype=torch.float32)
     s = torch.as_tensor(s0, dtype=torch.float32)
-    np.testing.assert_allclose(onnx_dyn.rollout(s, a).numpy(), SequenceDynamics(model, "hopper").rollout(s, a).numpy(),
+    np.testing.assert_allclose(onnx_dyn.rollout(s, a).numpy(), SequenceDynamics(ww, "hopper").rollout(s, a).numpy(),
                                atol=1e-3)
     step = onnx_dyn.stepper(s)
     assert torch.isfinite(step(a[0, 0])).all() and torch.isfinite(step(a[0, 1])).all()
+
+
+@pytest.mark.parametrize("executed", [0, 2, 6])
+def test_westworlds_expert_sample_continues_its_one_pass_prediction(small_datasets, tmp_path, executed):
+    """WestWorld's policy sample: each imagined step continues the one-pass prediction by one query step
+    (``imagine``), so the closed loop predicts what ``rollout`` predicts for the actions it took (to float
+    rounding), with no call of ``predict``, before and after the history window is full (4 steps); the
+    executed history is left as it was. Bad shapes are refused."""
+    from ws_mppi.dynamics import SequenceDynamics
+    from ws_mppi.mppi import MPPI, MPPIConfig
+    from ws_sim.envs import make_env
+    from ws_worldmodel.pretrain import windows_from_splits
+
+    train_ds, val_ds = small_datasets
+    env = make_env("hopper")
+    tr, va = windows_from_splits(train_ds, [val_ds], env.model, 8, 2)
+    cfg = PretrainConfig(history=4, horizon=6, batch_size=4, steps=2, warmup=1, eval_every=2, stride=2)
+    pretrain([tr], [va], WestWorldConfig(**{**TINY.__dict__, "target": "delta"}), cfg, tmp_path / "ww.pt",
+             progress=False)
+    model = load_checkpoint(tmp_path / "ww.pt")
+    assert model.can_imagine
+    dyn = SequenceDynamics(model, "hopper")
+    s0, _ = env.reset(seed=0)
+    rng = np.random.default_rng(executed)
+    for _ in range(executed):
+        dyn.observe(s0 + rng.normal(0, 0.05, s0.shape), rng.uniform(-1, 1, 3))
+    executed_states = [x.copy() for x in dyn._states]
+    real_predict, calls = model.predict, []
+    model.predict = lambda *args: calls.append(args) or real_predict(*args)
+    policy = lambda s: np.tanh(3 * s[2:5])  # noqa: E731  (acts on the state it is given)
+    mppi = MPPI(dyn, lambda s, a: torch.zeros(s.shape[0]), -np.ones(3), np.ones(3),
+                MPPIConfig(horizon=6, samples=4, policy_samples=1), policy=policy)
+    s = torch.as_tensor(s0, dtype=torch.float32)
+    acts = mppi.policy_rollout(s)
+    assert calls == [] and acts.shape == (6, 3)
+    model.predict = real_predict
+    pred = dyn.rollout(s, acts[None]).numpy()[0]  # (6, nx): what the one pass predicts for those actions
+    for t in range(1, 6):  # each action was the policy's in the state imagined before it
+        np.testing.assert_allclose(acts[t].numpy(), np.clip(policy(pred[t - 1]), -1, 1), rtol=1e-4, atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(dyn._states, executed_states))
+    with pytest.raises(ValueError, match="imagine needs states"):
+        model.imagine("hopper", np.zeros((3, 12)), np.zeros((2, 3)))
 
 
 def test_zero_shot_normalises_by_the_observed_histories_not_the_targets(small_datasets):

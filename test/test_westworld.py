@@ -326,6 +326,27 @@ def test_a_shared_history_runs_once_and_predicts_what_the_whole_batch_does(targe
         net(b, shared_history=True)
 
 
+@pytest.mark.parametrize("target,tokens", [("absolute", "channel"), ("delta", "channel"), ("delta", "step")])
+@pytest.mark.parametrize("th", [1, 2, 6])
+def test_an_imagination_continues_the_one_pass_prediction_step_by_step(target, tokens, th):
+    """``WestWorld.imagine``: the history once, then one query step per call, each given the action into it;
+    step j equals the one-pass prediction of step j (Sys-MoE and dense, delta and absolute targets, channel and
+    step tokens, histories of 1, 2 and 6 steps) to 1e-5, and later actions do not change earlier steps."""
+    import dataclasses
+
+    for moe in (True, False):
+        torch.manual_seed(th)
+        net = WestWorld(dataclasses.replace(TINY, target=target, use_moe=moe, tokens=tokens)).eval()
+        b = _batch(b=1, t=th + 7, th=th, seed=th)
+        want = net.predict(b)
+        im = net.imagine(b)
+        got = torch.stack([im.step(b.actions[:, th - 1 + j]) for j in range(7)], dim=1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert im.steps == 7
+    with pytest.raises(ValueError, match="one sample"):
+        net.imagine(_batch(b=2, t=th + 3, th=th))
+
+
 @pytest.mark.parametrize("th", [1, 2, 6])
 def test_trajworld_runs_a_shared_history_once_with_the_same_rollout(th):
     """TrajWorld's KV-cached rollout with ``shared_history``: the history's keys and values are computed once

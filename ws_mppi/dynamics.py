@@ -179,8 +179,9 @@ class SequenceDynamics:
     then conditions on the last ``history`` states and actions (the first state repeated,
     with the first action, while fewer have been seen) and predicts ``s_{t+1} .. s_{t+H}``
     for all ``K`` action sequences in one call of the model. A policy acting on each predicted
-    state (the planner's expert sample) imagines through :meth:`stepper`, one call per step,
-    each reading the states imagined before it. A model exported for a fixed horizon
+    state (the planner's expert sample) imagines through :meth:`stepper`, one call per step:
+    WestWorld continues its one pass (the same predictions as :meth:`rollout` for the actions taken),
+    other models read the states imagined before as history. A model exported for a fixed horizon
     (``fixed_horizon``, an ONNX export) also serves shorter horizons: their actions are
     padded with the last one, which the causal model never reads for the steps returned.
 
@@ -250,11 +251,23 @@ class SequenceDynamics:
     def stepper(self, state: torch.Tensor):
         """A closed-loop imagination from ``state`` for a policy that acts on each predicted state.
 
-        Returns a callable ``step(action (nu,)) -> next state (nx,)``: each call predicts one step from the
+        Returns a callable ``step(action (nu,)) -> next state (nx,)``. A model that can continue its one-pass
+        prediction (``can_imagine``: WestWorld) predicts step ``j`` exactly as :meth:`rollout` would for the
+        actions stepped so far, at the cost of one step a call. Otherwise each call predicts one step from the
         executed history followed by the states predicted so far and the actions taken in them, as the
         model would see them had they been executed (the executed history itself is not changed).
         """
         s_now = state.detach().cpu().double().numpy()
+        if getattr(self.model, "can_imagine", False):  # WestWorld: its one pass, continued one query step a call
+            imagined: list = []
+
+            def step_one_pass(action: torch.Tensor) -> torch.Tensor:
+                a = np.asarray(action.detach().cpu().double().numpy(), dtype=np.float64).reshape(self.action_dim)
+                if not imagined:
+                    imagined.append(self.model.imagine(self.system, *self._window(s_now, a)))
+                return torch.as_tensor(imagined[0](a), dtype=torch.float32)
+
+            return step_one_pass
         base: list = []  # the executed window, made at the first step (its padding uses the first action)
         imagined_s: list[np.ndarray] = []
         imagined_a: list[np.ndarray] = []

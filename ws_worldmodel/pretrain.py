@@ -263,6 +263,56 @@ class TrajectoryWorldModel:
         return denormalise(pred, meta["state_channels"]).numpy()
 
 
+    @property
+    def can_imagine(self) -> bool:
+        """Whether :meth:`imagine` runs for this kind (WestWorld: its one pass continued step by step)."""
+        return self.kind == "westworld"
+
+    @torch.no_grad()
+    def imagine(self, system: str, states: np.ndarray, actions: np.ndarray):
+        """A closed-loop imagination from one history, in physical units (a policy acting on each state
+        the model predicts, as MPPI's expert sample does).
+
+        Args:
+            system: a system name the model was trained on.
+            states: ``(Th, Cs)`` observed states, the last one now.
+            actions: ``(Th - 1, Ca)`` the actions between them.
+
+        Returns:
+            ``step(action (Ca,)) -> (Cs,)``: the state that the action taken in the newest state leads to.
+            Step ``j`` equals :meth:`predict`'s future step ``j`` given the actions stepped so far, at the
+            cost of one step (``WestWorld.imagine``).
+
+        Raises:
+            KeyError: unknown system. TypeError: a kind without it (:attr:`can_imagine`). ValueError: shapes.
+        """
+        if not self.can_imagine:
+            raise TypeError(f"{self.kind} has no one-pass imagination; predict step by step instead")
+        meta = self.systems[system]
+        states, actions = np.asarray(states, dtype=np.float64), np.asarray(actions, dtype=np.float64)
+        th, cs = states.shape
+        ca = len(meta["action_channels"])
+        if th != self.history or cs != len(meta["state_channels"]) or actions.shape != (th - 1, ca):
+            raise ValueError(f"imagine needs states ({self.history}, {len(meta['state_channels'])}) and actions "
+                             f"({self.history - 1}, {ca}), got {states.shape} and {actions.shape}")
+        s = torch.zeros(1, th + 1, cs)
+        s[:, :th] = torch.as_tensor(normalise(states[None], meta["state_channels"]), dtype=torch.float32)
+        a = torch.zeros(1, th + 1, ca)  # the history's actions, then placeholders (each step brings its own)
+        if th > 1:
+            a[:, :th - 1] = torch.as_tensor(normalise(actions[None], meta["action_channels"]), dtype=torch.float32)
+        batch = TrajectoryBatch(s, a, torch.ones(1, cs, dtype=torch.bool), torch.ones(1, ca, dtype=torch.bool),
+                                torch.as_tensor(meta["state_struct"])[None], torch.as_tensor(meta["action_struct"])[None],
+                                th)
+        im = self.net.imagine(batch)
+
+        def step(action: np.ndarray) -> np.ndarray:
+            act = np.asarray(action, dtype=np.float64).reshape(1, 1, ca)
+            nxt = im.step(torch.as_tensor(normalise(act, meta["action_channels"]), dtype=torch.float32)[0])
+            return denormalise(nxt[:, None], meta["state_channels"]).numpy()[0, 0]
+
+        return step
+
+
 def _ddp(device: str) -> tuple[int, int, bool]:
     """``(rank, world size, data-parallel?)`` under torchrun (NCCL for a CUDA ``device``, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -375,8 +375,12 @@ class SelectiveSSM(nn.Module):
             if state.conv.shape != (n, width - 1, self.d_inner) or state.h.shape != (n, self.d_inner, self.d_state):
                 raise ValueError(f"state of shapes {tuple(state.conv.shape)}, {tuple(state.h.shape)} does not continue "
                                  f"{n} sequences of width {self.d_inner} and state size {self.d_state}")
-            u_conv = F.conv1d(torch.cat([state.conv, u_pre], dim=1).transpose(1, 2), self.conv.weight, self.conv.bias,
-                              groups=self.d_inner)
+            past = torch.cat([state.conv, u_pre], dim=1)  # (n, width - 1 + L, d_inner)
+            if length <= width and not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+                # a few steps (a step-by-step continuation): the taps as one product, no conv kernel
+                u_conv = (past.unfold(1, width, 1) * self.conv.weight[:, 0]).sum(-1).transpose(1, 2) + self.conv.bias[:, None]
+            else:
+                u_conv = F.conv1d(past.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.d_inner)
             h0 = state.h
         u = F.silu(u_conv.transpose(1, 2))
         k = int(extra_after)

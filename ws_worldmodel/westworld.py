@@ -444,16 +444,23 @@ class WestWorld(nn.Module):
                 self.head.bias.copy_(-0.5 * ((centers - 0.5) / 0.15).square())
         self.name = "westworld"
 
-    def _embed(self, values: torch.Tensor | None, struct: torch.Tensor, steps: torch.Tensor, modality: int,
-               n_chan: int) -> torch.Tensor:
-        """Token embeddings ``(B, len(steps), C, d)``; ``values`` None means query tokens."""
+    def _static_embed(self, struct: torch.Tensor, modality: int, n_chan: int) -> torch.Tensor:
+        """The part of a token's embedding that does not depend on its step or value: channel index,
+        modality and structure, ``(B or 1, 1, C, d)``."""
         d = self.cfg.d_model
-        dev = struct.device
-        time = self.time_proj(sinusoidal(steps, d))[None, :, None]
-        chan = self.chan_proj(sinusoidal(torch.arange(n_chan, device=dev), d))[None, None]
-        base = time + chan + self.modality.weight[modality]
+        base = self.chan_proj(sinusoidal(torch.arange(n_chan, device=struct.device), d))[None, None] + \
+            self.modality.weight[modality]
         if self.struct is not None:
             base = base + self.struct(struct)[:, None]
+        return base
+
+    def _embed(self, values: torch.Tensor | None, struct: torch.Tensor, steps: torch.Tensor, modality: int,
+               n_chan: int, static: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings ``(B, len(steps), C, d)``; ``values`` None means query tokens. ``static``: the
+        :meth:`_static_embed` of ``struct``, ``modality`` and ``n_chan`` if already at hand."""
+        d = self.cfg.d_model
+        time = self.time_proj(sinusoidal(steps, d))[None, :, None]
+        base = time + (self._static_embed(struct, modality, n_chan) if static is None else static)
         if values is None:
             return base + self.query
         if self.step_tokens and modality == 1:  # K x T x Ca action tokens per MPPI cycle: a linear value encoding
@@ -579,6 +586,20 @@ class WestWorld(nn.Module):
                 x = blk.future_shared(x, prev, carry, state_mask[sl], batch.action_mask[sl])
             yield sl, self._channel_logits(x, batch.state_struct[:1], cs), routing
 
+    @torch.no_grad()
+    def imagine(self, batch: TrajectoryBatch) -> "OnePassImagination":
+        """A closed-loop imagination in the one-pass model: the history of ``batch`` (its first ``Th`` states
+        and ``Th - 1`` actions; one sample) is run once, and then each :meth:`OnePassImagination.step` takes
+        the action taken in the newest predicted state and returns the state it leads to, continuing every
+        block's SSM state by one query step. ``step`` ``j`` returns exactly what :meth:`predict` gives for
+        future step ``j`` given the actions stepped so far (the model is causal in the actions), at the cost
+        of one step, where asking :meth:`predict` each time would rerun the history and every earlier step.
+
+        Raises:
+            ValueError: a batch of more than one sample.
+        """
+        return OnePassImagination(self, batch)
+
     def loss(self, batch: TrajectoryBatch) -> torch.Tensor:
         """Eq. (11): soft cross-entropy over bins on the real state channels of future steps."""
         return self.loss_from_logits(self(batch)[0], batch)
@@ -623,3 +644,59 @@ class WestWorld(nn.Module):
         parts = [self._decode(logits, last[sl]) * batch.state_mask[sl, None, :]
                  for sl, logits, _ in self._shared_chunks(batch)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class OnePassImagination:
+    """See :meth:`WestWorld.imagine`. ``step(action (1, Ca) normalised) -> (1, Cs)`` the next normalised state
+    (padding channels zero); ``steps`` counts the steps taken."""
+
+    def __init__(self, net: WestWorld, batch: TrajectoryBatch):
+        if batch.states.shape[0] != 1:
+            raise ValueError(f"imagine takes one sample, got a batch of {batch.states.shape[0]}")
+        self.net, self.th = net, batch.history
+        th, cs = self.th, batch.states.shape[2]
+        self.cs, self.ca = cs, batch.actions.shape[2]
+        self.state_mask, self.action_mask = batch.state_mask[:1], batch.action_mask[:1]
+        self.state_struct, self.action_struct = batch.state_struct[:1], batch.action_struct[:1]
+        self.last = batch.states[:1, th - 1:th]
+        dev = batch.states.device
+        x_hist = net._embed(batch.states[:1, :th], self.state_struct, torch.arange(th, device=dev), 0, cs)
+        if net.step_tokens:
+            x_hist = net._pool(x_hist, self.state_mask)
+        self.mask = self.state_mask.new_ones(1, 1) if net.step_tokens else self.state_mask
+        hist_act = batch.actions.new_zeros(1, 1, self.ca, net.cfg.d_model)  # a placeholder: history_shared reads :Th - 1
+        if th > 1:
+            past = net._embed(batch.actions[:1, :th - 1], self.action_struct, torch.arange(th - 1, device=dev), 1,
+                              self.ca)
+            if net.step_tokens:
+                past = net._pool(past, self.action_mask, actions=True)
+                hist_act = hist_act[:, :, :1]
+            hist_act = torch.cat([past, hist_act], dim=1)
+        elif net.step_tokens:
+            hist_act = hist_act[:, :, :1]
+        self.static_state = net._static_embed(self.state_struct, 0, cs)
+        self.static_action = net._static_embed(self.action_struct, 1, self.ca)
+        self.carries = []
+        for blk in net.blocks:
+            x_hist, carry = blk.history_shared(x_hist, hist_act, self.mask, self.action_mask)
+            self.carries.append(carry)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, action: torch.Tensor) -> torch.Tensor:
+        net, j = self.net, self.steps
+        dev = self.last.device
+        t = torch.tensor([self.th + j], device=dev)
+        x = net._embed(None, self.state_struct, t, 0, self.cs, self.static_state)  # the query of future step j
+        a = net._embed(action.reshape(1, 1, self.ca).to(self.last.dtype), self.action_struct, t - 1, 1, self.ca,
+                       self.static_action)
+        if net.step_tokens:
+            x, a = net._pool(x, self.state_mask), net._pool(a, self.action_mask, actions=True)
+        for k, blk in enumerate(net.blocks):
+            st, g = self.carries[k]
+            h = blk._attend(x, a, self.mask, self.action_mask, first_has_action=True)
+            x, _, st = blk._along_time(h, None, state=st, gates=g, return_state=True)
+            self.carries[k] = (st, g)
+        self.steps += 1
+        logits = net._channel_logits(x, self.state_struct, self.cs)  # (1, 1, Cs, bins)
+        return (net._decode(logits, self.last) * self.state_mask[:, None, :])[:, 0]
