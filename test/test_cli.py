@@ -83,6 +83,8 @@ def test_main_job_default_prints_learned_oracle_and_zero(tmp_path):
      "--pretrained entries are KIND=PATH"),
     (["eval", "control", "--train", "/nonexistent/t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero"],
      "dataset /nonexistent/t.hdf5 does not exist"),
+    (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero",
+      "--time-budget-min", "0"], "--time-budget-min must be > 0 minutes, got 0.0"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, capsys):
     assert main(argv + ["--no-video"] if argv[0] == "mppi" else argv) == 2

@@ -107,6 +107,38 @@ def test_table_trains_both_variants_runs_mppi_and_resumes(tmp_path, control_data
     assert old_sha is not None and new_sha != old_sha
 
 
+def test_an_interrupted_training_resumes_from_its_state(tmp_path, control_data, pretrained):
+    train, val, cfg = control_data
+    tcfg = PretrainConfig(history=TH, horizon=H, steps=6, eval_every=3, batch_size=4, stride=2, warmup=1)
+    out, said = tmp_path / "t3", []
+    pre = {"westworld": pretrained["westworld"]}
+    run_control_table("hopper", train, val, pre, out, tcfg, cfg, variants=["scratch"], seeds=[7], max_steps=3,
+                      printer=said.append)
+    models = out / "hopper" / "models"
+    ckpt, meta = models / "westworld-scratch.pt", models / "westworld-scratch.json"
+    assert any(m.startswith("hopper: training westworld (scratch)") for m in said)
+    first = json.loads(meta.read_text())
+    assert first["steps"] == 6 and [e["step"] for e in first["evals"]] == [3, 6]
+    # killed after its last checkpoint, before the model's record was written: the rerun picks up the
+    # optimiser state at step 6 instead of training again from random weights
+    meta.unlink()
+    mtime, said = ckpt.stat().st_mtime_ns, []
+    run_control_table("hopper", train, val, pre, out, tcfg, cfg, variants=["scratch"], seeds=[7], max_steps=3,
+                      printer=said.append)
+    assert any(m.startswith("hopper: resuming westworld (scratch)") for m in said)
+    assert ckpt.stat().st_mtime_ns == mtime
+    again = json.loads(meta.read_text())
+    assert again["steps"] == 6 and again["evals"] == first["evals"]
+    # other settings never resume another run's state: training starts over (and runs 9 steps, not 3 more)
+    meta.unlink()
+    longer, said = dataclasses.replace(tcfg, steps=9), []
+    run_control_table("hopper", train, val, pre, out, longer, cfg, variants=["scratch"], seeds=[7], max_steps=3,
+                      printer=said.append)
+    assert any(m.startswith("hopper: training westworld (scratch)") for m in said)
+    assert [e["step"] for e in json.loads(meta.read_text())["evals"]] == [3, 6, 9]
+    assert len(json.loads(meta.read_text())["evals"]) == 3
+
+
 def test_table_rejects_bad_settings(tmp_path, control_data, pretrained):
     train, val, cfg = control_data
     tcfg = PretrainConfig(history=TH, horizon=H, steps=1, eval_every=1, batch_size=2, stride=2, warmup=1)

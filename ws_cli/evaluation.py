@@ -238,6 +238,8 @@ def cmd_eval_control(args) -> int:
     pretrained, extra = _name_paths(args.pretrained, "--pretrained", "KIND"), _name_paths(args.extra, "--extra", "LABEL")
     if not pretrained and not extra:
         raise ConfigError("nothing to evaluate: give --pretrained and/or --extra")
+    if args.time_budget_min is not None and not args.time_budget_min > 0:
+        raise ConfigError(f"--time-budget-min must be > 0 minutes, got {args.time_budget_min}")
     history = args.history
     if history is None:
         history = load_checkpoint(next(iter(pretrained.values()))).history if pretrained else 10
@@ -422,6 +424,14 @@ def add_eval(sub) -> None:
     ct.add_argument("--stride", type=int, default=5, help="step between window starts")
     ct.add_argument("--train-seed", type=int, default=0, help="seed of weights and batches")
     ct.add_argument("--out", type=Path, required=True, help="table directory (shared by environments)")
+    ct.add_argument("--time-budget-min", type=float, default=None,
+                    help="stop each model's training after this many minutes (summed over interrupted and rerun "
+                         "runs: a rerun into the same --out resumes a model's training from <model>.pt.state), "
+                         "after a last validation; the learning-rate decay follows the time when it is further "
+                         "along than --steps (default: no limit)")
+    ct.add_argument("--budget-clock", choices=["wall", "cpu"], default="wall",
+                    help="what --time-budget-min counts: wall-clock, or the process's CPU time over its threads "
+                         "(other jobs on the cores do not spend the budget)")
     ct.add_argument("--no-termination", action="store_true",
                     help="Hopper/Walker2d: episodes go on after a fall (seed 003's protocol for its Table 3), in the "
                          "table's column <env>-no-termination; the models of the <env> column are reused")

@@ -20,7 +20,10 @@ models in ``<env>/models/<kind>-<variant>.pt`` and every episode in
 pretrained checkpoint and training settings; an episode: the step limit, termination, the
 controller settings and the SHA-256 of the model file); one made differently is redone, never
 reused, so a rerun into the same directory with another ``--max-steps`` or ``--config`` is
-correct. After each environment, ``table3.md``,
+correct. A model's training interrupted part-way (``<kind>-<variant>.training.json`` records the
+settings it began with, ``<kind>-<variant>.pt.state`` its optimiser) resumes from where it stopped
+when rerun with the same settings, so a long, time-budgeted fine-tuning can span sessions. After each
+environment, ``table3.md``,
 ``table3.json`` and ``table3.png`` are rebuilt from every environment present under the
 output directory.
 """
@@ -50,7 +53,7 @@ ORACLE = "oracle"
 
 
 def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cfg, out: Path, seed: int = 0,
-                  progress: bool = True, device: str = "cpu") -> dict:
+                  progress: bool = True, device: str = "cpu", resume: bool = False) -> dict:
     """Train one model on a control dataset, from the pretrained weights or from scratch.
 
     Args:
@@ -64,6 +67,8 @@ def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cf
         out: checkpoint path (written atomically, best validation loss).
         seed: weights and batch stream.
         device: torch device of the training (``"cpu"``, ``"cuda"``); the checkpoint is device-free.
+        resume: continue from ``out``'s training state (``<out>.state``) if there is one; the caller
+            makes sure it was written with the same settings.
 
     Returns:
         the training history of ``ws_worldmodel.pretrain.pretrain``.
@@ -90,7 +95,7 @@ def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cf
                          "(pretrain it with larger --max-state-dim / --max-action-dim)")
     out.parent.mkdir(parents=True, exist_ok=True)
     return pretrain([train_w], [val_w], dataclasses.replace(cfg), train_cfg, out, seed=seed, progress=progress,
-                    device=device, init_from=pretrained if variant == "pretrained" else None)
+                    device=device, init_from=pretrained if variant == "pretrained" else None, resume=resume)
 
 
 def _episode(env, spec: str, config: ControllerConfig, seed: int, nthread: int | None, bar) -> dict:
@@ -168,9 +173,17 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
             if stale:
                 printer(f"{env_name}: {ckpt} was trained with other settings; training it again")
             if stale or not ckpt.is_file():
-                printer(f"{env_name}: training {kind} ({variant}) on the control dataset -> {ckpt}")
+                # a training interrupted with these settings resumes from its state; one from other settings restarts
+                started = ckpt.with_suffix(".training.json")
+                resume = _made_by(started) == made_by and Path(f"{ckpt}.state").is_file()
+                if not resume:
+                    models_dir.mkdir(parents=True, exist_ok=True)
+                    Path(f"{ckpt}.state").unlink(missing_ok=True)
+                    write_json_atomic({"made_by": made_by}, started)
+                printer(f"{env_name}: {'resuming' if resume else 'training'} {kind} ({variant}) on the control "
+                        f"dataset -> {ckpt}")
                 hist = train_variant(base, variant, train_ds, val_ds, env.model, train_cfg, ckpt, seed=seed,
-                                     device=device)
+                                     device=device, resume=resume)
                 write_json_atomic({"kind": base.kind, "variant": variant, "made_by": made_by,
                                    "pretrained_from": str(path), "steps": hist["steps"],
                                    "best_val_loss": hist["best_val_loss"], "evals": hist["evals"]},
