@@ -14,7 +14,7 @@ from ws_cli.main import build_parser, main
 
 def _subcommands():
     return [["collect"], ["train"], ["mppi"], ["mppi", "run"], ["mppi", "estimate"], ["mppi", "randomised"], ["corpus"], ["corpus", "build"], ["pretrain"],
-            ["eval"], ["eval", "zero-shot"], ["eval", "few-shot"], ["eval", "routing"], ["eval", "control"], ["eval", "curves"],
+            ["eval"], ["eval", "zero-shot"], ["eval", "few-shot"], ["eval", "routing"], ["eval", "control"], ["eval", "open-loop"], ["eval", "curves"],
             ["launch"], ["video"], ["video", "clips"], ["video", "experts"], ["video", "experts", "train"],
             ["video", "revisit"], ["video", "revisit", "train"], ["video", "distill"]]
 
@@ -83,6 +83,10 @@ def test_main_job_default_prints_learned_oracle_and_zero(tmp_path):
      "--pretrained entries are KIND=PATH"),
     (["eval", "control", "--train", "/nonexistent/t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero"],
      "dataset /nonexistent/t.hdf5 does not exist"),
+    (["eval", "open-loop", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--checkpoints", "a.pt"],
+     "--checkpoints entries are LABEL=PATH"),
+    (["eval", "open-loop", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--checkpoints", "a=a.pt",
+      "--horizon", "0"], "--horizon must be >= 1, got 0"),
     (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero",
       "--time-budget-min", "0"], "--time-budget-min must be > 0 minutes, got 0.0"),
 ])

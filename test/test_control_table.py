@@ -154,3 +154,52 @@ def test_table_rejects_bad_settings(tmp_path, control_data, pretrained):
                           dataclasses.replace(tcfg, history=30), cfg, seeds=[0], max_steps=2)
     with pytest.raises(FileNotFoundError):
         render_table(tmp_path / "empty")
+
+
+def test_open_loop_scores_a_rolled_out_mlp_ensemble_and_a_trajectory_model_on_the_same_windows(
+        tmp_path, control_data, pretrained, hopper_env):
+    """``ws eval open-loop``: the MLPEnsemble's row is its own step-by-step prediction rolled out from the last
+    observed state, the trajectory model's its one prediction, both scored against the same windows in the
+    training split's range units; a model of another system or a longer history is refused by name."""
+    import numpy as np
+    import torch
+
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.data import denormalise, normalise
+    from ws_worldmodel.mlp_ensemble import MLPEnsembleConfig
+    from ws_worldmodel.protocols import open_loop
+    from ws_worldmodel.train import train_mlp_ensemble
+
+    train, val, _ = control_data
+    mlp, _ = train_mlp_ensemble(train, val, MLPEnsembleConfig(ensemble_size=2, elites=1, hidden=16, layers=2, epochs=2,
+                                                              batch_size=64, max_steps_per_epoch=5), progress=False)
+    ww = load_checkpoint(pretrained["westworld"])
+    res = open_loop({"mlp": mlp, "ww": ww}, train, val, hopper_env.model, tmp_path, history=TH, horizon=H, stride=2,
+                    max_windows=4)
+    assert set(res) == {"hold last state", "mlp", "ww"}
+    assert all(len(r["mae_per_step"]) == H for r in res.values())
+    # recompute both rows on the first window (windows are spread evenly: the first is window 0)
+    _, win = windows_from_splits(train, [val], hopper_env.model, TH + H, 2)
+    s = denormalise(win.states[0], win.state_channels)
+    a = denormalise(win.actions[0], win.action_channels)
+    x, mlp_pred = torch.as_tensor(s[TH - 1], dtype=torch.float32), []
+    for j in range(H):
+        x = mlp.predict(x[None], torch.as_tensor(a[TH - 1 + j], dtype=torch.float32)[None])[0]
+        mlp_pred.append(x.numpy())
+    ww_pred = ww.predict("hopper", s[None, :TH], a[None])[0]
+    truth = win.states[0, TH:]
+    for label, pred in (("mlp", np.stack(mlp_pred)), ("ww", ww_pred)):
+        one = np.abs(normalise(pred, win.state_channels) - truth).mean(-1)
+        again = open_loop({label: mlp if label == "mlp" else ww}, train, val, hopper_env.model, tmp_path / label,
+                          history=TH, horizon=H, stride=2, max_windows=1)
+        np.testing.assert_allclose(again[label]["mae_per_step"], one, rtol=1e-4, atol=1e-6)
+    hold = np.abs(win.states[0, TH - 1:TH] - truth).mean(-1)
+    np.testing.assert_allclose(again["hold last state"]["mae_per_step"], hold, rtol=1e-6)
+    for f in ("open_loop.md", "open_loop.json", "open_loop.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert "| ww |" in (tmp_path / "open_loop.md").read_text()
+    with pytest.raises(ValueError, match="observes 3 steps, more than the windows' history of 2"):
+        open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path, history=2, horizon=H, stride=2)
+    ww.systems = {"walker2d": ww.systems["hopper"], "go1": ww.systems["hopper"]}
+    with pytest.raises(ValueError, match=r"trained on \['walker2d', 'go1'\], not on 'hopper'"):
+        open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path, history=TH, horizon=H, stride=2)

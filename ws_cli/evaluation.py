@@ -260,6 +260,34 @@ def cmd_eval_control(args) -> int:
     return 0
 
 
+def cmd_eval_open_loop(args) -> int:
+    """The open-loop error at every step ahead of dynamics checkpoints on one system's control data."""
+    from ws_mppi.config import ConfigError
+    from ws_sim.dataset import read_dataset
+    from ws_sim.envs import make_env
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.protocols import open_loop
+
+    set_threads(args.threads)
+    named = _name_paths(args.checkpoints, "--checkpoints", "LABEL")
+    if not named:
+        raise ConfigError("nothing to score: give --checkpoints LABEL=PATH,...")
+    for flag in ("history", "horizon", "stride", "max_windows"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    models = {label: load_checkpoint(path) for label, path in named.items()}
+    env = make_env(args.env)
+    train, val = read_dataset(args.train), read_dataset(args.val)
+    for name, ds in (("train", train), ("val", val)):
+        ds.check_matches(env.state_channels, env.action_channels, f"--{name} dataset {getattr(args, name)}")
+    with config_errors():
+        open_loop(models, train, val, env.model, args.out, history=args.history, horizon=args.horizon,
+                  stride=args.stride, max_windows=args.max_windows)
+    print((Path(args.out) / "open_loop.md").read_text(), end="")
+    print(f"wrote {Path(args.out) / 'open_loop.md'}, open_loop.json and open_loop.png")
+    return 0
+
+
 def cmd_eval_one_step(args) -> int:
     """One-step errors of MLPEnsemble checkpoints on datasets, as JSON."""
     import json
@@ -396,6 +424,28 @@ def add_eval(sub) -> None:
     os_.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="MLPEnsemble checkpoints (ws train)")
     os_.add_argument("--data", type=Path, nargs="+", required=True, help="datasets (ws collect; HDF5 or Minari)")
     add_threads(os_)
+
+    ol = command(esub, "open-loop", cmd_eval_open_loop,
+                 help="error at every step ahead of dynamics checkpoints on a control dataset (table, JSON, plot)",
+                 description="Each checkpoint predicts the next --horizon states of the same validation windows "
+                             "from --history observed states and the actions, without seeing the states it "
+                             "predicts: a one-step MLPEnsemble (ws train) rolled out on its mean, a trajectory "
+                             "model (ws pretrain, ws eval control's models/) in one call. The MAE at each step "
+                             "ahead is in fractions of each channel's training range (the units ws eval control "
+                             "trains and validates in), beside holding the last observed state. Writes "
+                             "open_loop.md, open_loop.json and open_loop.png (MAE against steps ahead).")
+    ol.add_argument("--env", default="hopper", help=f"environment: {environments()}")
+    ol.add_argument("--train", type=Path, required=True, help="control dataset (ws collect): the channel ranges")
+    ol.add_argument("--val", type=Path, required=True, help="its validation split: the windows scored")
+    ol.add_argument("--checkpoints", required=True,
+                    help="comma-separated LABEL=PATH of MLPEnsemble (ws train) and trajectory-model checkpoints "
+                         "trained on this system")
+    ol.add_argument("--history", type=int, default=10, help="observed steps per window (at least every model's)")
+    ol.add_argument("--horizon", type=int, default=40, help="steps predicted")
+    ol.add_argument("--stride", type=int, default=5, help="step between window starts")
+    ol.add_argument("--max-windows", type=int, default=256, help="windows scored, spread evenly over all")
+    ol.add_argument("--out", type=Path, required=True, help="report directory")
+    add_threads(ol)
 
     ct = command(esub, "control", cmd_eval_control,
                  help="Table 3: MPPI with each world model, pretrained and from scratch",

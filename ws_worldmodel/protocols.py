@@ -12,6 +12,10 @@ budget per environment and report the validation error against N.
 Few-shot (Table 2, App. C.3, E): fine-tune on a few episodes of an unseen system with early
 stopping on validation episodes, test on held-back episodes, against the same training
 from random weights.
+
+Open loop (not in the seed): the error at each step ahead of any dynamics checkpoints (a one-step
+MLPEnsemble rolled out, a trajectory model's one prediction) on the same windows of one system's
+control data, normalised by its training split's ranges, as ``ws eval control`` trains and scores.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ws_sim.dataset import TrajectoryDataset
 
 from .data import SystemData, collate
 
-__all__ = ["zero_shot", "few_shot", "routing", "scalability", "format_table"]
+__all__ = ["zero_shot", "few_shot", "routing", "scalability", "format_table", "open_loop"]
 
 
 NORMALISATIONS = ("history", "dataset")
@@ -438,3 +442,125 @@ def learning_curves(runs: dict, out_dir: str | os.PathLike) -> dict:
     plt.close(fig)
     (out_dir / "curves.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
     return summary
+
+
+def _system_of(model, env: str) -> str:
+    systems = list(model.systems)
+    if env in systems:
+        return env
+    if len(systems) == 1:
+        return systems[0]
+    raise ValueError(f"the model was trained on {systems}, not on {env!r}: fine-tune it on this system first")
+
+
+@torch.no_grad()
+def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj_model, out_dir: str | os.PathLike,
+              history: int = 10, horizon: int = 40, stride: int = 5, max_windows: int = 256,
+              batch_size: int = 64) -> dict:
+    """The open-loop error of dynamics models at every step ahead, on the same validation windows.
+
+    Each window of ``val`` holds ``history`` observed states and the actions of history and horizon; every
+    model predicts the ``horizon`` states that follow from them without seeing any of those states: a
+    one-step ``MLPEnsemble`` (``ws train``) is rolled out from the last observed state on its mean
+    prediction (as MPPI rolls it out), a trajectory model (``ws pretrain`` or ``ws eval control``: WestWorld,
+    TrajWorld, TDM, the padded MLPEnsemble) predicts from its own last ``model.history`` states. Errors are
+    in the units the sequence models train in: each channel min-max normalised by the ranges of ``train``
+    (states and next states; ``ws eval control``'s normalisation), so a value of 0.01 is 1 % of a channel's
+    training range. Holding the last observed state is scored beside them.
+
+    Args:
+        models: label -> a loaded checkpoint (``ws_worldmodel.checkpoint.load_checkpoint``).
+        train, val: one system's control dataset (``ws collect --history``): the ranges and the windows.
+        mj_model: the system's ``MjModel`` (the structural embedding's input).
+        out_dir: where ``open_loop.json``, ``open_loop.md`` and ``open_loop.png`` go.
+        history, horizon: observed and predicted steps of a window.
+        stride: step between window starts; ``max_windows``: windows scored, spread evenly over all.
+        batch_size: windows per model call.
+
+    Returns:
+        ``{label: {"mae", "mse", "mae_per_step": [horizon floats], "first_step_worse_than": [...]}}``
+        with ``"hold last state"`` among the labels; ``mae``/``mse`` average over steps and channels.
+
+    Raises:
+        ValueError: no models, a trajectory model with a longer history than ``history`` or without this
+            system, a model of other channels, or no window of ``history + horizon`` steps.
+        TypeError: a checkpoint that is neither kind.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data import denormalise, normalise
+    from .mlp_ensemble import MLPEnsemble
+    from .pretrain import windows_from_splits
+
+    if not models:
+        raise ValueError("no models to score")
+    _, win = windows_from_splits(train, [val], mj_model, history + horizon, stride)
+    if len(win) == 0:
+        raise ValueError(f"no window of {history} + {horizon} steps in the validation data")
+    idx = np.linspace(0, len(win) - 1, min(len(win), max_windows)).astype(int)
+    s_norm, a_norm = win.states[idx], win.actions[idx]
+    sc, ac = win.state_channels, win.action_channels
+    s_phys, a_phys = denormalise(s_norm, sc), denormalise(a_norm, ac)
+    truth = s_norm[:, history:]
+    errors = {"hold last state": s_norm[:, history - 1:history] - truth}
+    for label, model in models.items():
+        preds = []
+        if isinstance(model, MLPEnsemble):
+            model.check_matches(train.state_channels, train.action_channels, f"{label}'s data")
+            for k in range(0, len(idx), batch_size):
+                st = torch.as_tensor(s_phys[k:k + batch_size, history - 1], dtype=torch.float32)
+                act = torch.as_tensor(a_phys[k:k + batch_size, history - 1:history - 1 + horizon], dtype=torch.float32)
+                preds.append(model.rollout(st, act).double().numpy())
+        elif hasattr(model, "systems"):
+            system = _system_of(model, train.env)
+            th = model.history
+            if th > history:
+                raise ValueError(f"{label} observes {th} steps, more than the windows' history of {history}")
+            channels = [c.name for c in model.systems[system]["state_channels"]]
+            if channels != [c.name for c in sc]:
+                raise ValueError(f"{label}'s {system} has state channels {channels}, the data {[c.name for c in sc]}")
+            for k in range(0, len(idx), batch_size):
+                preds.append(model.predict(system, s_phys[k:k + batch_size, history - th:history],
+                                           a_phys[k:k + batch_size, history - th:]))
+        else:
+            raise TypeError(f"{label} is a {type(model).__name__}: neither an MLPEnsemble nor a trajectory model")
+        errors[label] = normalise(np.concatenate(preds), sc) - truth
+    results = {}
+    for label, err in errors.items():
+        per_step = np.abs(err).mean(axis=(0, 2))
+        results[label] = {"mae": float(np.abs(err).mean()), "mse": float(np.square(err).mean()),
+                          "mae_per_step": [float(v) for v in per_step]}
+    hold = np.array(results["hold last state"]["mae_per_step"])
+    for r in results.values():
+        worse = np.array(r["mae_per_step"]) > hold
+        r["steps_worse_than_holding"] = int(worse.sum())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = sorted({1, 5, 10, 20, horizon} & set(range(1, horizon + 1)))
+    lines = ["| model | MAE over the horizon | " + " | ".join(f"step {j}" for j in shown)
+             + " | steps worse than holding |", "|---|---|" + "---|" * len(shown) + "---|"]
+    for label, r in results.items():
+        lines.append(f"| {label} | {r['mae']:.4f} | " + " | ".join(f"{r['mae_per_step'][j - 1]:.4f}" for j in shown)
+                     + f" | {r['steps_worse_than_holding'] if label != 'hold last state' else '-'} |")
+    (out_dir / "open_loop.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "open_loop.json").write_text(json.dumps({"env": train.env, "history": history, "horizon": horizon,
+                                                        "stride": stride, "windows": int(len(idx)),
+                                                        "results": results}, indent=1))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    steps = np.arange(1, horizon + 1)
+    for label, r in results.items():
+        ax.plot(steps, r["mae_per_step"], ls="--" if label == "hold last state" else "-",
+                c="grey" if label == "hold last state" else None, label=label)
+    ax.set_xlabel("steps ahead")
+    ax.set_ylabel("MAE (fraction of the training range)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{train.env}: open-loop error on {len(idx)} validation windows")
+    fig.tight_layout()
+    fig.savefig(out_dir / "open_loop.png", dpi=120)
+    plt.close(fig)
+    return results
