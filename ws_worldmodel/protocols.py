@@ -478,8 +478,9 @@ def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj
         batch_size: windows per model call.
 
     Returns:
-        ``{label: {"mae", "mse", "mae_per_step": [horizon floats], "first_step_worse_than": [...]}}``
-        with ``"hold last state"`` among the labels; ``mae``/``mse`` average over steps and channels.
+        ``{label: {"mae", "mse", "mae_per_step": [horizon floats], "steps_worse_than_holding": int}}``
+        with ``"hold last state"`` among the labels; ``mae``/``mse`` average over steps and channels, and
+        ``steps_worse_than_holding`` counts the steps ahead where the model misses by more than holding does.
 
     Raises:
         ValueError: no models, a trajectory model with a longer history than ``history`` or without this
