@@ -224,12 +224,30 @@ def cmd_eval_ablation(args) -> int:
     return 0
 
 
+def _add_control_data(p, train_help: str, val_help: str) -> None:
+    """``--env``, ``--train`` and ``--val``: one system's control dataset (``ws collect``)."""
+    p.add_argument("--env", default="hopper", help=f"environment: {environments()}")
+    p.add_argument("--train", type=Path, required=True, help=train_help)
+    p.add_argument("--val", type=Path, required=True, help=val_help)
+
+
+def _control_data(args):
+    """``(env, train, val)`` from :func:`_add_control_data`'s flags, each split checked against the environment's
+    channels (a mismatch is an error naming the file)."""
+    from ws_sim.dataset import read_dataset
+    from ws_sim.envs import make_env
+
+    env = make_env(args.env)
+    train, val = read_dataset(args.train), read_dataset(args.val)
+    for name, ds in (("train", train), ("val", val)):
+        ds.check_matches(env.state_channels, env.action_channels, f"--{name} dataset {getattr(args, name)}")
+    return env, train, val
+
+
 def cmd_eval_control(args) -> int:
     """MPPI with each world model, fine-tuned and from scratch, on the same seeds (Table 3)."""
     from ws_mppi.config import ConfigError
     from ws_mppi.control_table import run_control_table
-    from ws_sim.dataset import read_dataset
-    from ws_sim.envs import make_env
     from ws_worldmodel.checkpoint import load_checkpoint
 
     headless_gl()
@@ -243,10 +261,7 @@ def cmd_eval_control(args) -> int:
     history = args.history
     if history is None:
         history = load_checkpoint(next(iter(pretrained.values()))).history if pretrained else 10
-    env = make_env(args.env)
-    train, val = read_dataset(args.train), read_dataset(args.val)
-    for name, ds in (("train", train), ("val", val)):
-        ds.check_matches(env.state_channels, env.action_channels, f"--{name} dataset {getattr(args, name)}")
+    env, train, val = _control_data(args)
     tcfg = pretrain_config(args, history=history, horizon=ccfg.mppi.horizon, warmup=min(100, max(1, args.steps // 10)),
                            val_fraction=0.0)
     with config_errors():
@@ -263,8 +278,6 @@ def cmd_eval_control(args) -> int:
 def cmd_eval_open_loop(args) -> int:
     """The open-loop error at every step ahead of dynamics checkpoints on one system's control data."""
     from ws_mppi.config import ConfigError
-    from ws_sim.dataset import read_dataset
-    from ws_sim.envs import make_env
     from ws_worldmodel.checkpoint import load_checkpoint
     from ws_worldmodel.protocols import open_loop
 
@@ -276,10 +289,7 @@ def cmd_eval_open_loop(args) -> int:
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     models = {label: load_checkpoint(path) for label, path in named.items()}
-    env = make_env(args.env)
-    train, val = read_dataset(args.train), read_dataset(args.val)
-    for name, ds in (("train", train), ("val", val)):
-        ds.check_matches(env.state_channels, env.action_channels, f"--{name} dataset {getattr(args, name)}")
+    env, train, val = _control_data(args)
     with config_errors():
         open_loop(models, train, val, env.model, args.out, history=args.history, horizon=args.horizon,
                   stride=args.stride, max_windows=args.max_windows)
@@ -434,9 +444,7 @@ def add_eval(sub) -> None:
                              "ahead is in fractions of each channel's training range (the units ws eval control "
                              "trains and validates in), beside holding the last observed state. Writes "
                              "open_loop.md, open_loop.json and open_loop.png (MAE against steps ahead).")
-    ol.add_argument("--env", default="hopper", help=f"environment: {environments()}")
-    ol.add_argument("--train", type=Path, required=True, help="control dataset (ws collect): the channel ranges")
-    ol.add_argument("--val", type=Path, required=True, help="its validation split: the windows scored")
+    _add_control_data(ol, "control dataset (ws collect): the channel ranges", "its validation split: the windows scored")
     ol.add_argument("--checkpoints", required=True,
                     help="comma-separated LABEL=PATH of MLPEnsemble (ws train) and trajectory-model checkpoints "
                          "trained on this system")
@@ -454,9 +462,7 @@ def add_eval(sub) -> None:
                              "MPPI with each (and oracle MPPI, the upper bound) on the same seeds, and "
                              "write OUT/table3.md, table3.json and table3.png combining every environment "
                              "run into OUT. Trained models and episodes are cached: rerunning resumes.")
-    ct.add_argument("--env", default="hopper", help=f"environment: {environments()}")
-    ct.add_argument("--train", type=Path, required=True, help="control dataset (ws collect --history TH)")
-    ct.add_argument("--val", type=Path, required=True, help="its validation split")
+    _add_control_data(ct, "control dataset (ws collect --history TH)", "its validation split")
     ct.add_argument("--pretrained", default="",
                     help="comma-separated KIND=PATH of ws pretrain checkpoints (kinds: westworld, trajworld, tdm, "
                          "mlp_ensemble)")
