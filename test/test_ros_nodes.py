@@ -173,8 +173,8 @@ def test_hopper_sim_graph_in_sim_time_keeps_hopper_upright(ros_context):
     first 0.5 s was 0.10-0.17 rad over 14 runs here (loaded and not) but 0.22 once on a CI machine, where
     synchronous MPPI with the same planner reaches 0.11-0.14 (12 planner seeds); the graph's command
     period (90 Hz ticks on a 2 ms clock) makes its tail wider, and a test must not fail on that tail.
-    The graph runs in lockstep (the controller pauses the simulation whenever its plan is older than one 8 ms control step): without it, a busy machine let the plans grow stale
-    and Hopper fell at 0.4 s; with it, and with readings past the soft joint limits accepted (the foot overshoots
+    The graph runs in lockstep (the controller pauses the simulation whenever its plan is older than one
+    8 ms control step): without it, a busy machine let the plans grow stale and Hopper fell at 0.4 s; with it, and with readings past the soft joint limits accepted (the foot overshoots
     by up to 0.11 rad on landing), Hopper stayed healthy over 0.5 s in 6 of 6 runs and to 1.2 s in 5 of 6
     (synchronous MPPI with the same planner: 1.2 s in 6 of 6). The command rate in simulated time is printed
     (target 90 Hz); SIGINT stops both processes and leaves none behind."""
