@@ -171,8 +171,10 @@ def test_hopper_sim_graph_in_sim_time_keeps_hopper_upright(ros_context):
     above 0.7 m, tilted under 0.4 rad) and moves forward at least 0.25 m (doing nothing moves it ~0 m).
     Gymnasium's stricter tilt bound of 0.2 rad is printed, not asserted: the graph's largest tilt in the
     first 0.5 s was 0.10-0.17 rad over 14 runs here (loaded and not) but 0.22 once on a CI machine, where
-    synchronous MPPI with the same planner reaches 0.11-0.14 (12 planner seeds); the graph's command
-    period (90 Hz ticks on a 2 ms clock) makes its tail wider, and a test must not fail on that tail.
+    synchronous MPPI with the same planner reaches 0.11-0.14 (12 planner seeds) and 0.12-0.18 when it
+    replans three times on each state (9 seeds), as the lockstep graph does on the state a paused
+    simulation republishes: more optimisation leans Hopper closer to the 0.2 rad edge its cost allows,
+    and a test must not fail on that tail.
     The graph runs in lockstep (the controller pauses the simulation whenever its plan is older than one
     8 ms control step): without it, a busy machine let the plans grow stale and Hopper fell at 0.4 s; with it, and with readings past the soft joint limits accepted (the foot overshoots
     by up to 0.11 rad on landing), Hopper stayed healthy over 0.5 s in 6 of 6 runs and to 1.2 s in 5 of 6
