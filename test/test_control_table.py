@@ -203,3 +203,51 @@ def test_open_loop_scores_a_rolled_out_mlp_ensemble_and_a_trajectory_model_on_th
     ww.systems = {"walker2d": ww.systems["hopper"], "go1": ww.systems["hopper"]}
     with pytest.raises(ValueError, match=r"trained on \['walker2d', 'go1'\], not on 'hopper'"):
         open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path, history=TH, horizon=H, stride=2)
+
+
+def test_the_action_effect_error_replays_each_window_in_mujoco_with_perturbed_actions(
+        tmp_path, control_data, pretrained, hopper_env):
+    """``ws eval open-loop --action-noise``: MuJoCo started in a window's last observed state reproduces the
+    window's logged future (so the true change a perturbation makes is the simulator's), the perturbed actions
+    stay in the control range and differ from the logged ones only in the future, holding the last state (which
+    ignores the actions) scores exactly 1, a model's score is recomputed by hand from its two predictions, the
+    same seed gives the same figures, and what the measure cannot use is refused by name."""
+    import numpy as np
+
+    from ws_worldmodel.checkpoint import load_checkpoint
+    from ws_worldmodel.data import denormalise, normalise
+    from ws_worldmodel.protocols import _perturbed_futures, open_loop
+
+    train, val, _ = control_data
+    ww = load_checkpoint(pretrained["westworld"])
+    fs = hopper_env.frame_skip
+    _, win = windows_from_splits(train, [val], hopper_env.model, TH + H, 2)
+    idx = np.linspace(0, len(win) - 1, 3).astype(int)  # the windows open_loop scores with max_windows=3
+    s = denormalise(win.states[idx], win.state_channels)
+    a = denormalise(win.actions[idx], win.action_channels)
+    a_pert, x_nom, x_pert = _perturbed_futures(hopper_env.model, fs, s[:, TH - 1], a, TH, H, 0.3, 0,
+                                               win.state_channels, win.action_channels)
+    np.testing.assert_allclose(x_nom, win.states[idx, TH:], atol=1e-5)  # the replay is the logged future (float32 data)
+    lo, hi = hopper_env.model.actuator_ctrlrange.T
+    assert np.all(a_pert >= lo) and np.all(a_pert <= hi)
+    np.testing.assert_array_equal(a_pert[:, :TH - 1], a[:, :TH - 1])
+    assert (a_pert[:, TH - 1:TH - 1 + H] != a[:, TH - 1:TH - 1 + H]).mean() > 0.5  # (equal where both sit at a bound)
+    assert np.abs(x_pert - x_nom).mean() > 1e-3  # the perturbation changes the future
+    res = open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path, history=TH, horizon=H, stride=2,
+                    max_windows=3, action_noise=0.3, frame_skip=fs, seed=0)
+    assert res["hold last state"]["effect_error"] == pytest.approx(1.0)
+    assert res["hold last state"]["effect_error_per_step"] == pytest.approx([1.0] * H)
+    p_nom = normalise(ww.predict("hopper", s[:, :TH], a), win.state_channels)
+    p_pert = normalise(ww.predict("hopper", s[:, :TH], a_pert), win.state_channels)
+    by_hand = np.abs((p_pert - p_nom) - (x_pert - x_nom)).mean() / np.abs(x_pert - x_nom).mean()
+    assert res["ww"]["effect_error"] == pytest.approx(by_hand, rel=1e-4)
+    assert res["ww"]["mae_perturbed"] == pytest.approx(np.abs(p_pert - x_pert).mean(), rel=1e-4)
+    again = open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path / "again", history=TH, horizon=H, stride=2,
+                      max_windows=3, action_noise=0.3, frame_skip=fs, seed=0)
+    assert again["ww"]["effect_error"] == res["ww"]["effect_error"]
+    assert "action-effect error" in (tmp_path / "open_loop.md").read_text()
+    with pytest.raises(ValueError, match="needs the environment's frame_skip"):
+        open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path, history=TH, horizon=H, stride=2, action_noise=0.3)
+    with pytest.raises(ValueError, match="must be qpos, qvel"):
+        _perturbed_futures(hopper_env.model, fs, s[:, TH - 1, :-1], a, TH, H, 0.3, 0, win.state_channels,
+                           win.action_channels)

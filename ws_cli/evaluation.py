@@ -3,6 +3,7 @@ routing, scalability, ablation) and the control table (MPPI with each world mode
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .common import add_device, add_threads, command, config_errors, device_of, environments, group, headless_gl, set_threads, \
@@ -288,11 +289,14 @@ def cmd_eval_open_loop(args) -> int:
     for flag in ("history", "horizon", "stride", "max_windows"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not (args.action_noise >= 0 and math.isfinite(args.action_noise)):
+        raise ConfigError(f"--action-noise must be a finite number >= 0, got {args.action_noise}")
     models = {label: load_checkpoint(path) for label, path in named.items()}
     env, train, val = _control_data(args)
     with config_errors():
         open_loop(models, train, val, env.model, args.out, history=args.history, horizon=args.horizon,
-                  stride=args.stride, max_windows=args.max_windows)
+                  stride=args.stride, max_windows=args.max_windows, action_noise=args.action_noise,
+                  frame_skip=env.frame_skip, seed=args.seed)
     print((Path(args.out) / "open_loop.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'open_loop.md'}, open_loop.json and open_loop.png")
     return 0
@@ -443,7 +447,8 @@ def add_eval(sub) -> None:
                              "model (ws pretrain, ws eval control's models/) in one call. The MAE at each step "
                              "ahead is in fractions of each channel's training range (the units ws eval control "
                              "trains and validates in), beside holding the last observed state. Writes "
-                             "open_loop.md, open_loop.json and open_loop.png (MAE against steps ahead).")
+                             "open_loop.md, open_loop.json and open_loop.png (MAE against steps ahead; with "
+                             "--action-noise, also the action-effect error against steps ahead).")
     _add_control_data(ol, "control dataset (ws collect): the channel ranges", "its validation split: the windows scored")
     ol.add_argument("--checkpoints", required=True,
                     help="comma-separated LABEL=PATH of MLPEnsemble (ws train) and trajectory-model checkpoints "
@@ -452,6 +457,13 @@ def add_eval(sub) -> None:
     ol.add_argument("--horizon", type=int, default=40, help="steps predicted")
     ol.add_argument("--stride", type=int, default=5, help="step between window starts")
     ol.add_argument("--max-windows", type=int, default=256, help="windows scored, spread evenly over all")
+    ol.add_argument("--action-noise", type=float, default=0.0,
+                    help="also replay every window with its future actions perturbed by Gaussian noise of this "
+                         "many half control ranges, the true futures from MuJoCo, and report each model's "
+                         "action-effect error: how far its predicted change from the perturbation is from the "
+                         "true change, over the true change (0 exact, 1 for a model that ignores its actions). "
+                         "0 (default): off")
+    ol.add_argument("--seed", type=int, default=0, help="random seed of the perturbations (--action-noise)")
     ol.add_argument("--out", type=Path, required=True, help="report directory")
     add_threads(ol)
 

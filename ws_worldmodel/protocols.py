@@ -454,9 +454,74 @@ def _system_of(model, env: str) -> str:
 
 
 @torch.no_grad()
+def _predict_windows(label: str, model, train, s_phys: np.ndarray, a_phys: np.ndarray, history: int, horizon: int,
+                     batch_size: int) -> np.ndarray:
+    """One model's prediction of every window's ``horizon`` future states ``(N, horizon, Cs)``, physical units,
+    from the windows' states ``s_phys (N, history + horizon, Cs)`` and actions ``a_phys`` (see :func:`open_loop`)."""
+    from .mlp_ensemble import MLPEnsemble
+
+    preds = []
+    if isinstance(model, MLPEnsemble):
+        model.check_matches(train.state_channels, train.action_channels, f"{label}'s data")
+        for k in range(0, len(s_phys), batch_size):
+            st = torch.as_tensor(s_phys[k:k + batch_size, history - 1], dtype=torch.float32)
+            act = torch.as_tensor(a_phys[k:k + batch_size, history - 1:history - 1 + horizon], dtype=torch.float32)
+            preds.append(model.rollout(st, act).double().numpy())
+    elif hasattr(model, "systems"):
+        system = _system_of(model, train.env)
+        th = model.history
+        if th > history:
+            raise ValueError(f"{label} observes {th} steps, more than the windows' history of {history}")
+        channels = [c.name for c in model.systems[system]["state_channels"]]
+        if channels != [c.name for c in train.state_channels]:
+            raise ValueError(f"{label}'s {system} has state channels {channels}, the data "
+                             f"{[c.name for c in train.state_channels]}")
+        for k in range(0, len(s_phys), batch_size):
+            preds.append(model.predict(system, s_phys[k:k + batch_size, history - th:history],
+                                       a_phys[k:k + batch_size, history - th:]))
+    else:
+        raise TypeError(f"{label} is a {type(model).__name__}: neither an MLPEnsemble nor a trajectory model")
+    return np.concatenate(preds)
+
+
+def _perturbed_futures(mj_model, frame_skip, start: np.ndarray, a_phys: np.ndarray, history: int, horizon: int,
+                       action_noise: float, seed: int, sc, ac):
+    """The windows' actions with their futures perturbed ``(N, history + horizon, Ca)``, and the true futures
+    under the logged and the perturbed actions, normalised ``(N, horizon, Cs)`` each, from MuJoCo started in
+    each window's last observed state ``start (N, Cs)``."""
+    from ws_sim.oracle import MuJoCoOracle
+
+    from .data import normalise
+
+    if not action_noise > 0:
+        raise ValueError(f"action_noise must be > 0, got {action_noise}")
+    if frame_skip is None or int(frame_skip) < 1:
+        raise ValueError(f"the action-effect measure needs the environment's frame_skip (>= 1), got {frame_skip}")
+    if start.shape[1] != mj_model.nq + mj_model.nv:
+        raise ValueError(f"the action-effect measure replays the data in MuJoCo: its states must be qpos, qvel "
+                         f"({mj_model.nq} + {mj_model.nv} channels), the data have {start.shape[1]}")
+    oracle = MuJoCoOracle(mj_model, int(frame_skip))
+    try:
+        lo, hi = mj_model.actuator_ctrlrange.T
+        rng = np.random.default_rng(seed)
+        a_pert = a_phys.copy()
+        fut = slice(history - 1, history - 1 + horizon)
+        noise = rng.normal(0.0, action_noise, a_pert[:, fut].shape) * (hi - lo) / 2
+        a_pert[:, fut] = np.clip(a_pert[:, fut] + noise, lo, hi)
+        x_nom, x_pert = [], []
+        for i in range(len(start)):
+            both = oracle.rollout(start[i], np.stack([a_phys[i, fut], a_pert[i, fut]]))
+            x_nom.append(both[0])
+            x_pert.append(both[1])
+    finally:
+        oracle.close()
+    return a_pert, normalise(np.stack(x_nom), sc), normalise(np.stack(x_pert), sc)
+
+
 def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj_model, out_dir: str | os.PathLike,
               history: int = 10, horizon: int = 40, stride: int = 5, max_windows: int = 256,
-              batch_size: int = 64) -> dict:
+              batch_size: int = 64, action_noise: float = 0.0, frame_skip: int | None = None,
+              seed: int = 0) -> dict:
     """The open-loop error of dynamics models at every step ahead, on the same validation windows.
 
     Each window of ``val`` holds ``history`` observed states and the actions of history and horizon; every
@@ -468,6 +533,16 @@ def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj
     (states and next states; ``ws eval control``'s normalisation), so a value of 0.01 is 1 % of a channel's
     training range. Holding the last observed state is scored beside them.
 
+    A low error on the logged actions does not show that a model answers to its actions, and MPPI ranks
+    action sequences by what the model says they change. With ``action_noise > 0`` every window is also
+    replayed with its future actions perturbed (Gaussian, ``action_noise`` times half of each actuator's
+    control range, clipped to it), the true futures of both action sequences come from MuJoCo started in
+    the window's last observed state (``ws_sim.oracle.MuJoCoOracle``; the data must hold the full ``qpos,
+    qvel``), and each model predicts both. Its **action-effect error** is ``mean |(p' - p) - (x' - x)| /
+    mean |x' - x|`` over windows and channels (per step ahead and overall): ``x, x'`` the true futures under
+    the logged and the perturbed actions, ``p, p'`` the model's. 0 is a model that gets the change every
+    action makes exactly; holding the last state, which ignores the actions, scores 1.
+
     Args:
         models: label -> a loaded checkpoint (``ws_worldmodel.checkpoint.load_checkpoint``).
         train, val: one system's control dataset (``ws collect --history``): the ranges and the windows.
@@ -476,15 +551,21 @@ def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj
         history, horizon: observed and predicted steps of a window.
         stride: step between window starts; ``max_windows``: windows scored, spread evenly over all.
         batch_size: windows per model call.
+        action_noise: the perturbation's standard deviation in half control ranges (0: no action-effect
+            measure); ``frame_skip``: the environment's physics steps per control step (needed with it);
+            ``seed``: the perturbations' random seed.
 
     Returns:
         ``{label: {"mae", "mse", "mae_per_step": [horizon floats], "steps_worse_than_holding": int}}``
         with ``"hold last state"`` among the labels; ``mae``/``mse`` average over steps and channels, and
         ``steps_worse_than_holding`` counts the steps ahead where the model misses by more than holding does.
+        With ``action_noise > 0`` each also has ``"effect_error"``, ``"effect_error_per_step"`` and
+        ``"mae_perturbed"`` (the MAE against the true future under the perturbed actions).
 
     Raises:
         ValueError: no models, a trajectory model with a longer history than ``history`` or without this
-            system, a model of other channels, or no window of ``history + horizon`` steps.
+            system, a model of other channels, or no window of ``history + horizon`` steps; with
+            ``action_noise``: a negative one, no ``frame_skip``, or data whose states are not ``qpos, qvel``.
         TypeError: a checkpoint that is neither kind.
     """
     import matplotlib
@@ -493,7 +574,6 @@ def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj
     import matplotlib.pyplot as plt
 
     from .data import denormalise, normalise
-    from .mlp_ensemble import MLPEnsemble
     from .pretrain import windows_from_splits
 
     if not models:
@@ -507,33 +587,36 @@ def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj
     s_phys, a_phys = denormalise(s_norm, sc), denormalise(a_norm, ac)
     truth = s_norm[:, history:]
     errors = {"hold last state": s_norm[:, history - 1:history] - truth}
+    perturbed = None
+    if action_noise:
+        perturbed = _perturbed_futures(mj_model, frame_skip, s_phys[:, history - 1], a_phys, history, horizon,
+                                       action_noise, seed, sc, ac)
+    effects, errors_perturbed = {}, {}
     for label, model in models.items():
-        preds = []
-        if isinstance(model, MLPEnsemble):
-            model.check_matches(train.state_channels, train.action_channels, f"{label}'s data")
-            for k in range(0, len(idx), batch_size):
-                st = torch.as_tensor(s_phys[k:k + batch_size, history - 1], dtype=torch.float32)
-                act = torch.as_tensor(a_phys[k:k + batch_size, history - 1:history - 1 + horizon], dtype=torch.float32)
-                preds.append(model.rollout(st, act).double().numpy())
-        elif hasattr(model, "systems"):
-            system = _system_of(model, train.env)
-            th = model.history
-            if th > history:
-                raise ValueError(f"{label} observes {th} steps, more than the windows' history of {history}")
-            channels = [c.name for c in model.systems[system]["state_channels"]]
-            if channels != [c.name for c in sc]:
-                raise ValueError(f"{label}'s {system} has state channels {channels}, the data {[c.name for c in sc]}")
-            for k in range(0, len(idx), batch_size):
-                preds.append(model.predict(system, s_phys[k:k + batch_size, history - th:history],
-                                           a_phys[k:k + batch_size, history - th:]))
-        else:
-            raise TypeError(f"{label} is a {type(model).__name__}: neither an MLPEnsemble nor a trajectory model")
-        errors[label] = normalise(np.concatenate(preds), sc) - truth
+        errors[label] = normalise(_predict_windows(label, model, train, s_phys, a_phys, history, horizon,
+                                                   batch_size), sc) - truth
+        if perturbed is not None:
+            a_pert, x_nom, x_pert = perturbed
+            p_nom = errors[label] + truth
+            p_pert = normalise(_predict_windows(label, model, train, s_phys, a_pert, history, horizon, batch_size), sc)
+            effects[label] = (p_pert - p_nom) - (x_pert - x_nom)
+            errors_perturbed[label] = p_pert - x_pert
+    if perturbed is not None:
+        _, x_nom, x_pert = perturbed
+        effects["hold last state"] = -(x_pert - x_nom)
+        errors_perturbed["hold last state"] = s_norm[:, history - 1:history] - x_pert
+        true_effect = np.abs(x_pert - x_nom)
     results = {}
     for label, err in errors.items():
         per_step = np.abs(err).mean(axis=(0, 2))
         results[label] = {"mae": float(np.abs(err).mean()), "mse": float(np.square(err).mean()),
                           "mae_per_step": [float(v) for v in per_step]}
+        if perturbed is not None:
+            miss = np.abs(effects[label])
+            results[label].update(
+                effect_error=float(miss.mean() / true_effect.mean()),
+                effect_error_per_step=[float(v) for v in miss.mean(axis=(0, 2)) / np.maximum(true_effect.mean(axis=(0, 2)), 1e-12)],
+                mae_perturbed=float(np.abs(errors_perturbed[label]).mean()))
     hold = np.array(results["hold last state"]["mae_per_step"])
     for r in results.values():
         worse = np.array(r["mae_per_step"]) > hold
@@ -541,20 +624,35 @@ def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = sorted({1, 5, 10, 20, horizon} & set(range(1, horizon + 1)))
+    eff = perturbed is not None
     lines = ["| model | MAE over the horizon | " + " | ".join(f"step {j}" for j in shown)
-             + " | steps worse than holding |", "|---|---|" + "---|" * len(shown) + "---|"]
+             + " | steps worse than holding |" + (" action-effect error (step 1 / all) | MAE, perturbed actions |" if eff else ""),
+             "|---|---|" + "---|" * len(shown) + "---|" + ("---|---|" if eff else "")]
     for label, r in results.items():
         lines.append(f"| {label} | {r['mae']:.4f} | " + " | ".join(f"{r['mae_per_step'][j - 1]:.4f}" for j in shown)
-                     + f" | {r['steps_worse_than_holding'] if label != 'hold last state' else '-'} |")
+                     + f" | {r['steps_worse_than_holding'] if label != 'hold last state' else '-'} |"
+                     + (f" {r['effect_error_per_step'][0]:.3f} / {r['effect_error']:.3f} | {r['mae_perturbed']:.4f} |"
+                        if eff else ""))
     (out_dir / "open_loop.md").write_text("\n".join(lines) + "\n")
     (out_dir / "open_loop.json").write_text(json.dumps({"env": train.env, "history": history, "horizon": horizon,
                                                         "stride": stride, "windows": int(len(idx)),
+                                                        "action_noise": action_noise, "seed": seed,
                                                         "results": results}, indent=1))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, axes = plt.subplots(1, 2 if eff else 1, figsize=(11.0 if eff else 6.4, 4.0), squeeze=False)
+    ax = axes[0, 0]
     steps = np.arange(1, horizon + 1)
     for label, r in results.items():
         ax.plot(steps, r["mae_per_step"], ls="--" if label == "hold last state" else "-",
                 c="grey" if label == "hold last state" else None, label=label)
+    if eff:
+        ax2 = axes[0, 1]
+        for label, r in results.items():
+            ax2.plot(steps, r["effect_error_per_step"], ls="--" if label == "hold last state" else "-",
+                     c="grey" if label == "hold last state" else None, label=label)
+        ax2.set_xlabel("steps ahead")
+        ax2.set_ylabel("action-effect error (1 = ignores the actions)")
+        ax2.set_title(f"actions perturbed by {action_noise:g} x half their range")
+        ax2.grid(alpha=0.3)
     ax.set_xlabel("steps ahead")
     ax.set_ylabel("MAE (fraction of the training range)")
     ax.set_yscale("log")
