@@ -251,3 +251,55 @@ def test_the_action_effect_error_replays_each_window_in_mujoco_with_perturbed_ac
     with pytest.raises(ValueError, match="must be qpos, qvel"):
         _perturbed_futures(hopper_env.model, fs, s[:, TH - 1, :-1], a, TH, H, 0.3, 0, win.state_channels,
                            win.action_channels)
+
+
+def test_perturbed_replays_keep_the_history_and_let_mujoco_say_what_the_perturbed_actions_do(
+        tmp_path, control_data, hopper_env):
+    """``ws perturbed-replays``: each replayed segment starts with its executed history unchanged, its later
+    actions differ from the logged ones within the control range, and every transition after them is MuJoCo's
+    (stepping the environment from the recorded state with the recorded action gives the next state); the
+    original data come first, the channel ranges cover both, the same seed gives the same data, and data that
+    are not full states, or a noise that is not positive, are refused by name."""
+    import mujoco
+    import numpy as np
+
+    from ws_mppi.collect import perturbed_replays
+    from ws_mppi.config import ConfigError
+    from ws_sim.dataset import TrajectoryDataset
+
+    train, _, _ = control_data
+    out = perturbed_replays(train, hopper_env, 0.3, history=TH, seed=0)
+    n0 = len(train)
+    np.testing.assert_allclose(out.observations[:n0], train.observations)  # the original first
+    assert out.num_segments == 2 * train.num_segments
+    assert out.attrs["perturbed_replays"]["segments"] == train.num_segments
+    lo, hi = hopper_env.model.actuator_ctrlrange.T
+    changed = 0
+    for (a, b), (c, d) in zip(train.segment_bounds(), out.segment_bounds()[train.num_segments:]):
+        p = min(TH, b - a - 1)
+        np.testing.assert_allclose(out.observations[c:c + p + 1], train.observations[a:a + p + 1], atol=1e-6)
+        np.testing.assert_allclose(out.actions[c:c + p], train.actions[a:a + p], atol=1e-6)
+        assert np.all(out.actions[c:d] >= lo - 1e-6) and np.all(out.actions[c:d] <= hi + 1e-6)
+        changed += int(np.any(np.abs(out.actions[c + p:d] - train.actions[a + p:a + p + (d - c - p)]) > 1e-6))
+        for t in (c + p, d - 1):  # the first perturbed transition and the last: mujoco.mj_step's, frame by frame
+            data = mujoco.MjData(hopper_env.model)
+            nq = hopper_env.model.nq
+            data.qpos[:], data.qvel[:] = out.observations[t, :nq], out.observations[t, nq:]
+            data.ctrl[:] = out.actions[t]
+            for _ in range(hopper_env.frame_skip):
+                mujoco.mj_step(hopper_env.model, data)
+            np.testing.assert_allclose(out.next_observations[t], np.concatenate([data.qpos, data.qvel]), atol=1e-4)
+    assert changed == train.num_segments
+    for ch in out.state_channels:
+        j = [c.name for c in out.state_channels].index(ch.name)
+        both = np.concatenate([out.observations[:, j], out.next_observations[:, j]])
+        assert ch.min == pytest.approx(both.min(), abs=1e-5) and ch.max == pytest.approx(both.max(), abs=1e-5)
+    again = perturbed_replays(train, hopper_env, 0.3, history=TH, seed=0, include_original=False)
+    np.testing.assert_array_equal(again.actions, out.actions[n0:])
+    with pytest.raises(ConfigError, match="noise must be a positive number"):
+        perturbed_replays(train, hopper_env, 0.0)
+    partial = TrajectoryDataset(train.observations[:, :-1], train.actions, train.rewards, train.next_observations[:, :-1],
+                                train.terminals, train.timeouts, train.state_channels[:-1], train.action_channels,
+                                train.env)
+    with pytest.raises(Exception, match="channel|qpos, qvel"):
+        perturbed_replays(partial, hopper_env, 0.3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import add_seed, command, environments, group, headless_gl, set_threads, split_list
+from .common import add_seed, add_threads, command, environments, group, headless_gl, set_threads, split_list
 from .mppi import add_controller_args, controller_config
 
 
@@ -40,6 +40,27 @@ def cmd_collect(args) -> int:
     print(f"wrote {vp} ({len(val)} transitions in {val.num_segments} segments)")
     print(f"{'oracle' if args.dynamics == 'oracle' else 'planner'} episode returns: "
           f"{[round(r, 1) for r in stats['oracle_returns_train'] + stats['oracle_returns_full']]}")
+    return 0
+
+
+def cmd_perturbed_replays(args) -> int:
+    """Replay a dataset's segments in MuJoCo with perturbed actions and write them (with the original)."""
+    from ws_mppi.collect import perturbed_replays
+    from ws_sim.dataset import read_dataset, write_dataset
+    from ws_sim.envs import make_env
+
+    nthread = set_threads(args.threads)
+    env = make_env(args.env)
+    data = read_dataset(args.data)
+    history = args.history
+    if history is None:
+        history = int(data.attrs.get("collect", {}).get("history", 0))
+    out = perturbed_replays(data, env, args.action_noise, history=history, segments=args.segments, seed=args.seed,
+                            include_original=not args.replays_only, nthread=nthread)
+    path = write_dataset(out, args.out)
+    print(f"wrote {path} ({len(out)} transitions in {out.num_segments} segments: "
+          f"{out.attrs['perturbed_replays']['segments']} replayed with actions perturbed by {args.action_noise:g} half "
+          f"control ranges after {history} executed steps{'' if args.replays_only else ', after the original data'})")
     return 0
 
 
@@ -90,6 +111,27 @@ def add_collect(sub) -> None:
                         "action sequences MuJoCo then re-simulates from the true state (the data hold the "
                         "simulator's states, never the model's predictions)")
     add_controller_args(c)
+
+    r = command(sub, "perturbed-replays", cmd_perturbed_replays,
+                help="replay a dynamics dataset's segments in MuJoCo with perturbed actions (action diversity)",
+                description="A planner's data let a trajectory model predict the future from the history alone, "
+                            "ignoring the actions (ws eval open-loop --action-noise measures it). This keeps each "
+                            "segment's executed history, perturbs the actions after it with Gaussian noise, and "
+                            "lets MuJoCo say what follows (cut after the first unhealthy state, the task's "
+                            "rewards): every transition is the simulator's. Writes the original data followed by "
+                            "the replays (--replays-only: the replays) to --out, ready for ws eval control --train "
+                            "or ws train --train.")
+    r.add_argument("--env", default="hopper", help=f"environment that made the data: {environments()}")
+    r.add_argument("--data", type=Path, required=True, help="full-state dataset (ws collect's train split)")
+    r.add_argument("--out", type=Path, required=True, help="output dataset (.hdf5, or a directory for Minari)")
+    r.add_argument("--action-noise", type=float, default=0.3, help="noise standard deviation in half control ranges")
+    r.add_argument("--history", type=int, default=None,
+                   help="executed steps kept unperturbed at the start of each segment (default: the data's "
+                        "ws collect --history)")
+    r.add_argument("--segments", type=int, default=None, help="segments replayed, drawn at random (default: all)")
+    r.add_argument("--replays-only", action="store_true", help="write only the replays, not the original data first")
+    add_seed(r, "random seed of the draw and the noise")
+    add_threads(r)
 
 
 def add_corpus(sub) -> None:

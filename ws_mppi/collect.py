@@ -44,7 +44,7 @@ from .config import ConfigError, ControllerConfig
 from .dynamics import OracleDynamics
 from .runner import make_controller
 
-__all__ = ["CollectConfig", "collect", "corpus_mppi_policy", "randomised_go1_episodes"]
+__all__ = ["CollectConfig", "collect", "corpus_mppi_policy", "perturbed_replays", "randomised_go1_episodes"]
 
 
 @dataclasses.dataclass
@@ -221,6 +221,82 @@ def collect(env: StateEnv, config: CollectConfig, controller_config: ControllerC
     val = _to_dataset(env, va, {**attrs, "split": "val", "seeds": val_seeds})
     stats = {"oracle_returns_train": r1, "oracle_returns_full": r2, "oracle_returns_val": r3}
     return train, val, stats
+
+
+def perturbed_replays(data: TrajectoryDataset, env: StateEnv, noise: float, history: int = 0,
+                      segments: int | None = None, seed: int = 0, include_original: bool = True,
+                      nthread: int | None = None) -> TrajectoryDataset:
+    """Each segment replayed in MuJoCo with its actions perturbed after the first ``history`` transitions.
+
+    Data from a closed-loop planner let a trajectory model predict a segment's future from its history
+    alone: the actions that follow are nearly a function of the states (the planner's), so a model can
+    score well while ignoring them, and MPPI, which ranks action sequences by what the model says they
+    change, then plans on noise (``ws eval open-loop --action-noise`` measures it). Replays break the
+    tie: a segment keeps its first ``history`` transitions (the executed prefix ``ws collect --history``
+    writes), and from the state after them its actions get Gaussian noise of ``noise`` half control
+    ranges (clipped to the range) and MuJoCo says what follows, cut after the first unhealthy state
+    like the collected rollouts (with the task's rewards). Every transition is the simulator's. A cheap
+    stand-in for collecting with more exploration noise (DART, Laskey et al. 2017, perturbs a
+    demonstrator's actions for the same reason).
+
+    Args:
+        data: full-state segments (``qpos, qvel``) of ``env``, e.g. ``ws collect``'s train split.
+        env: the environment that made them (its model, frame skip, control range and task).
+        noise: the noise's standard deviation in half control ranges (> 0).
+        history: executed transitions kept unperturbed at the start of each segment (fewer if it is
+            shorter; at least one perturbed action is left).
+        segments: how many segments to replay, drawn without replacement (None: all).
+        seed: the draw's and the noise's random seed.
+        include_original: the result holds ``data`` followed by the replays (else the replays only);
+            channel ranges are those seen in the result.
+        nthread: MuJoCo rollout threads.
+
+    Returns:
+        A :class:`TrajectoryDataset` with ``attrs["perturbed_replays"]`` recording the settings.
+
+    Raises:
+        ConfigError: ``noise`` not a positive finite number, a negative ``history`` or ``segments`` below
+            1, or data whose states are not ``env``'s ``qpos, qvel``. ChannelMismatchError: data of
+            other channels.
+    """
+    if not (noise > 0 and math.isfinite(noise)):
+        raise ConfigError(f"noise must be a positive number of half control ranges, got {noise}")
+    if history < 0:
+        raise ConfigError(f"history must be >= 0, got {history}")
+    if segments is not None and segments < 1:
+        raise ConfigError(f"segments must be >= 1, got {segments}")
+    data.check_matches(env.state_channels, env.action_channels, "dataset")
+    nx = env.model.nq + env.model.nv
+    if data.observations.shape[1] != nx:
+        raise ConfigError(f"replays restart MuJoCo from the data's states, which must be qpos, qvel ({nx} values); "
+                          f"these have {data.observations.shape[1]}")
+    bounds = data.segment_bounds()
+    rng = np.random.default_rng(seed)
+    chosen = (np.arange(len(bounds)) if segments is None or segments >= len(bounds)
+              else np.sort(rng.choice(len(bounds), segments, replace=False)))
+    lo, hi = env.model.actuator_ctrlrange.T
+    parts = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
+    oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
+    try:
+        for i in tqdm(chosen, desc="perturbed replays", unit="segment", leave=False):
+            a, b = bounds[i]
+            obs = data.observations[a:b].astype(np.float64)
+            act = data.actions[a:b].astype(np.float64)
+            p = min(history, len(act) - 1)
+            acts = np.clip(act[p:] + rng.normal(0.0, noise, act[p:].shape) * (hi - lo) / 2, lo, hi)
+            states = oracle.rollout(obs[p], acts[None])
+            seg = _segments_from_plan(env, obs[p], acts[None], states, np.zeros(1, int), list(obs[:p]), list(act[:p]))
+            for k in parts:
+                parts[k].extend(seg[k])
+    finally:
+        oracle.close()
+    if include_original:
+        for k, v in (("obs", data.observations), ("act", data.actions), ("rew", data.rewards),
+                     ("nxt", data.next_observations), ("term", data.terminals), ("tout", data.timeouts)):
+            parts[k].insert(0, np.asarray(v, dtype=np.float64 if k != "term" and k != "tout" else bool))
+    settings = {"noise": noise, "history": history, "segments": int(len(chosen)), "seed": seed,
+                "include_original": include_original, "from_segments": len(bounds)}
+    return _to_dataset(env, parts, {**data.attrs, "perturbed_replays": settings})
 
 
 def randomised_go1_episodes(randomisation=None, max_episode_steps: int | None = None):
