@@ -13,9 +13,26 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
-__all__ = ["MuJoCoOracle"]
+__all__ = ["MuJoCoOracle", "perturb_actions"]
 
 _SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
+
+
+def perturb_actions(model: mujoco.MjModel, actions: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """``actions (..., nu)`` plus Gaussian noise of standard deviation ``noise`` half control ranges, clipped
+    to the actuators' control range (a new array). The perturbation of ``ws perturbed-replays`` and of
+    ``ws eval open-loop --action-noise``.
+
+    Raises:
+        ValueError: ``noise`` not a positive finite number, or ``actions`` whose last axis is not ``nu``.
+    """
+    if not (noise > 0 and np.isfinite(noise)):
+        raise ValueError(f"noise must be a positive number of half control ranges, got {noise}")
+    a = np.asarray(actions, dtype=np.float64)
+    if a.shape[-1:] != (model.nu,):
+        raise ValueError(f"actions have shape {a.shape}, expected (..., {model.nu})")
+    lo, hi = model.actuator_ctrlrange.T
+    return np.clip(a + rng.normal(0.0, noise, a.shape) * (hi - lo) / 2, lo, hi)
 
 
 class MuJoCoOracle:

@@ -226,7 +226,7 @@ def test_the_action_effect_error_replays_each_window_in_mujoco_with_perturbed_ac
     s = denormalise(win.states[idx], win.state_channels)
     a = denormalise(win.actions[idx], win.action_channels)
     a_pert, x_nom, x_pert = _perturbed_futures(hopper_env.model, fs, s[:, TH - 1], a, TH, H, 0.3, 0,
-                                               win.state_channels, win.action_channels)
+                                               win.state_channels)
     np.testing.assert_allclose(x_nom, win.states[idx, TH:], atol=1e-5)  # the replay is the logged future (float32 data)
     lo, hi = hopper_env.model.actuator_ctrlrange.T
     assert np.all(a_pert >= lo) and np.all(a_pert <= hi)
@@ -248,9 +248,11 @@ def test_the_action_effect_error_replays_each_window_in_mujoco_with_perturbed_ac
     assert "action-effect error" in (tmp_path / "open_loop.md").read_text()
     with pytest.raises(ValueError, match="needs the environment's frame_skip"):
         open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path, history=TH, horizon=H, stride=2, action_noise=0.3)
+    with pytest.raises(ValueError, match="noise must be a positive number"):
+        open_loop({"ww": ww}, train, val, hopper_env.model, tmp_path, history=TH, horizon=H, stride=2,
+                  action_noise=-0.1, frame_skip=fs)
     with pytest.raises(ValueError, match="must be qpos, qvel"):
-        _perturbed_futures(hopper_env.model, fs, s[:, TH - 1, :-1], a, TH, H, 0.3, 0, win.state_channels,
-                           win.action_channels)
+        _perturbed_futures(hopper_env.model, fs, s[:, TH - 1, :-1], a, TH, H, 0.3, 0, win.state_channels)
 
 
 def test_perturbed_replays_keep_the_history_and_let_mujoco_say_what_the_perturbed_actions_do(
@@ -265,6 +267,7 @@ def test_perturbed_replays_keep_the_history_and_let_mujoco_say_what_the_perturbe
 
     from ws_mppi.collect import perturbed_replays
     from ws_mppi.config import ConfigError
+    from ws_sim.channels import ChannelMismatchError
     from ws_sim.dataset import TrajectoryDataset
 
     train, _, _ = control_data
@@ -301,5 +304,5 @@ def test_perturbed_replays_keep_the_history_and_let_mujoco_say_what_the_perturbe
     partial = TrajectoryDataset(train.observations[:, :-1], train.actions, train.rewards, train.next_observations[:, :-1],
                                 train.terminals, train.timeouts, train.state_channels[:-1], train.action_channels,
                                 train.env)
-    with pytest.raises(Exception, match="channel|qpos, qvel"):
+    with pytest.raises(ChannelMismatchError, match="state"):
         perturbed_replays(partial, hopper_env, 0.3)

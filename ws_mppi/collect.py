@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ws_sim.channels import data_ranges
 from ws_sim.dataset import TrajectoryDataset
 from ws_sim.envs import StateEnv
-from ws_sim.oracle import MuJoCoOracle
+from ws_sim.oracle import MuJoCoOracle, perturb_actions
 
 from .config import ConfigError, ControllerConfig
 from .dynamics import OracleDynamics
@@ -274,7 +274,6 @@ def perturbed_replays(data: TrajectoryDataset, env: StateEnv, noise: float, hist
     rng = np.random.default_rng(seed)
     chosen = (np.arange(len(bounds)) if segments is None or segments >= len(bounds)
               else np.sort(rng.choice(len(bounds), segments, replace=False)))
-    lo, hi = env.model.actuator_ctrlrange.T
     parts = {k: [] for k in ("obs", "act", "rew", "nxt", "term", "tout")}
     oracle = MuJoCoOracle(env.model, env.frame_skip, nthread=nthread)
     try:
@@ -283,7 +282,7 @@ def perturbed_replays(data: TrajectoryDataset, env: StateEnv, noise: float, hist
             obs = data.observations[a:b].astype(np.float64)
             act = data.actions[a:b].astype(np.float64)
             p = min(history, len(act) - 1)
-            acts = np.clip(act[p:] + rng.normal(0.0, noise, act[p:].shape) * (hi - lo) / 2, lo, hi)
+            acts = perturb_actions(env.model, act[p:], noise, rng)
             states = oracle.rollout(obs[p], acts[None])
             seg = _segments_from_plan(env, obs[p], acts[None], states, np.zeros(1, int), list(obs[:p]), list(act[:p]))
             for k in parts:
@@ -293,7 +292,7 @@ def perturbed_replays(data: TrajectoryDataset, env: StateEnv, noise: float, hist
     if include_original:
         for k, v in (("obs", data.observations), ("act", data.actions), ("rew", data.rewards),
                      ("nxt", data.next_observations), ("term", data.terminals), ("tout", data.timeouts)):
-            parts[k].insert(0, np.asarray(v, dtype=np.float64 if k != "term" and k != "tout" else bool))
+            parts[k].insert(0, np.asarray(v, dtype=bool if k in ("term", "tout") else np.float64))
     settings = {"noise": noise, "history": history, "segments": int(len(chosen)), "seed": seed,
                 "include_original": include_original, "from_segments": len(bounds)}
     return _to_dataset(env, parts, {**data.attrs, "perturbed_replays": settings})

@@ -485,16 +485,14 @@ def _predict_windows(label: str, model, train, s_phys: np.ndarray, a_phys: np.nd
 
 
 def _perturbed_futures(mj_model, frame_skip, start: np.ndarray, a_phys: np.ndarray, history: int, horizon: int,
-                       action_noise: float, seed: int, sc, ac):
+                       action_noise: float, seed: int, sc):
     """The windows' actions with their futures perturbed ``(N, history + horizon, Ca)``, and the true futures
     under the logged and the perturbed actions, normalised ``(N, horizon, Cs)`` each, from MuJoCo started in
     each window's last observed state ``start (N, Cs)``."""
-    from ws_sim.oracle import MuJoCoOracle
+    from ws_sim.oracle import MuJoCoOracle, perturb_actions
 
     from .data import normalise
 
-    if not action_noise > 0:
-        raise ValueError(f"action_noise must be > 0, got {action_noise}")
     if frame_skip is None or int(frame_skip) < 1:
         raise ValueError(f"the action-effect measure needs the environment's frame_skip (>= 1), got {frame_skip}")
     if start.shape[1] != mj_model.nq + mj_model.nv:
@@ -502,12 +500,9 @@ def _perturbed_futures(mj_model, frame_skip, start: np.ndarray, a_phys: np.ndarr
                          f"({mj_model.nq} + {mj_model.nv} channels), the data have {start.shape[1]}")
     oracle = MuJoCoOracle(mj_model, int(frame_skip))
     try:
-        lo, hi = mj_model.actuator_ctrlrange.T
-        rng = np.random.default_rng(seed)
         a_pert = a_phys.copy()
         fut = slice(history - 1, history - 1 + horizon)
-        noise = rng.normal(0.0, action_noise, a_pert[:, fut].shape) * (hi - lo) / 2
-        a_pert[:, fut] = np.clip(a_pert[:, fut] + noise, lo, hi)
+        a_pert[:, fut] = perturb_actions(mj_model, a_pert[:, fut], action_noise, np.random.default_rng(seed))
         x_nom, x_pert = [], []
         for i in range(len(start)):
             both = oracle.rollout(start[i], np.stack([a_phys[i, fut], a_pert[i, fut]]))
@@ -590,7 +585,7 @@ def open_loop(models: dict, train: TrajectoryDataset, val: TrajectoryDataset, mj
     perturbed = None
     if action_noise:
         perturbed = _perturbed_futures(mj_model, frame_skip, s_phys[:, history - 1], a_phys, history, horizon,
-                                       action_noise, seed, sc, ac)
+                                       action_noise, seed, sc)
     effects, errors_perturbed = {}, {}
     for label, model in models.items():
         errors[label] = normalise(_predict_windows(label, model, train, s_phys, a_phys, history, horizon,
