@@ -83,10 +83,10 @@ class MuJoCoOracle:
 
     def rollout(self, state: np.ndarray, actions: np.ndarray,
                 physics_state: np.ndarray | None = None) -> np.ndarray:
-        """Roll out ``K`` action sequences from one state.
+        """Roll out ``K`` action sequences from one state, or each from its own.
 
         Args:
-            state: ``(nq + nv,)`` start state.
+            state: ``(nq + nv,)`` start state, or ``(K, nq + nv)``: one start per sequence.
             actions: ``(K, H, nu)`` controls; clipped to the actuator control range.
             physics_state: optional exact ``mjSTATE_FULLPHYSICS`` start (overrides ``state``).
 
@@ -102,9 +102,12 @@ class MuJoCoOracle:
         k, h, _ = a.shape
         if physics_state is None:
             s = np.asarray(state, dtype=np.float64)
-            if s.shape != (self.nq + self.nv,):
-                raise ValueError(f"state has shape {s.shape}, expected ({self.nq + self.nv},)")
-            physics_state = self.physics_from_state(s)
+            if s.shape == (k, self.nq + self.nv):
+                physics_state = np.stack([self.physics_from_state(x) for x in s])
+            elif s.shape == (self.nq + self.nv,):
+                physics_state = self.physics_from_state(s)
+            else:
+                raise ValueError(f"state has shape {s.shape}, expected ({self.nq + self.nv},) or ({k}, {self.nq + self.nv})")
         a = np.clip(a, self._ctrl_lo, self._ctrl_hi)
         ctrl = np.repeat(a, self.frame_skip, axis=1)
         init = np.broadcast_to(physics_state, (k, self._nphys))

@@ -89,6 +89,12 @@ def test_main_job_default_prints_learned_oracle_and_zero(tmp_path):
       "--horizon", "0"], "--horizon must be >= 1, got 0"),
     (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero",
       "--time-budget-min", "0"], "--time-budget-min must be > 0 minutes, got 0.0"),
+    (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero",
+      "--action-effect-weight", "-1"], "--action-effect-weight must be a finite number >= 0, got -1.0"),
+    (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero",
+      "--action-effect-weight", "1", "--action-effect-noise", "0"], "--action-effect-noise must be a positive number"),
+    (["eval", "control", "--train", "t.hdf5", "--val", "v.hdf5", "--out", "/tmp/x", "--extra", "z=zero",
+      "--action-effect-weight", "1"], "--action-effect-weight trains WestWorld: give --pretrained westworld=PATH"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, capsys):
     assert main(argv + ["--no-video"] if argv[0] == "mppi" else argv) == 2

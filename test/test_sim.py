@@ -68,6 +68,14 @@ def test_oracle_rollout_reproduces_environment_steps(hopper_env):
     assert np.abs(pred[0, -1] - pred[1, -1]).max() > 1e-3
     with pytest.raises(ValueError, match="actions have shape"):
         oracle.rollout(s, acts[..., :2])
+    # one start per sequence: each row as if rolled out alone from its own start
+    starts = np.stack([s, pred[0, 4], pred[1, 9], pred[3, 2]])
+    each = oracle.rollout(starts, acts)
+    for k in range(4):
+        np.testing.assert_allclose(each[k], oracle.rollout(starts[k], acts[k:k + 1])[0], atol=1e-12)
+    np.testing.assert_allclose(each[0], pred[0], atol=1e-12)
+    with pytest.raises(ValueError, match=r"state has shape \(3, 12\), expected \(12,\) or \(4, 12\)"):
+        oracle.rollout(starts[:3], acts)
     oracle.close()
 
 

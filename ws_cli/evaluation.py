@@ -262,6 +262,16 @@ def cmd_eval_control(args) -> int:
     history = args.history
     if history is None:
         history = load_checkpoint(next(iter(pretrained.values()))).history if pretrained else 10
+    action_effect = None
+    if args.action_effect_weight is not None:
+        if not (args.action_effect_weight >= 0 and math.isfinite(args.action_effect_weight)):
+            raise ConfigError(f"--action-effect-weight must be a finite number >= 0, got {args.action_effect_weight}")
+        if not (args.action_effect_noise > 0 and math.isfinite(args.action_effect_noise)):
+            raise ConfigError(f"--action-effect-noise must be a positive number of half control ranges, "
+                              f"got {args.action_effect_noise}")
+        if "westworld" not in pretrained:
+            raise ConfigError("--action-effect-weight trains WestWorld: give --pretrained westworld=PATH")
+        action_effect = {"weight": args.action_effect_weight, "noise": args.action_effect_noise}
     env, train, val = _control_data(args)
     tcfg = pretrain_config(args, history=history, horizon=ccfg.mppi.horizon, warmup=min(100, max(1, args.steps // 10)),
                            val_fraction=0.0)
@@ -270,7 +280,7 @@ def cmd_eval_control(args) -> int:
                           variants=split_list(args.variants),
                           seeds=range(args.seed, args.seed + args.episodes), max_steps=args.max_steps,
                           extra=extra, nthread=nthread, seed=args.train_seed, device=args.device,
-                          terminate_when_unhealthy=not args.no_termination)
+                          terminate_when_unhealthy=not args.no_termination, action_effect=action_effect)
     print((Path(args.out) / "table3.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'table3.md'}, table3.json and table3.png")
     return 0
@@ -503,5 +513,13 @@ def add_eval(sub) -> None:
     ct.add_argument("--no-termination", action="store_true",
                     help="Hopper/Walker2d: episodes go on after a fall (seed 003's protocol for its Table 3), in the "
                          "table's column <env>-no-termination; the models of the <env> column are reused")
+    ct.add_argument("--action-effect-weight", type=float, default=None,
+                    help="train WestWorlds on every window and a MuJoCo twin of it with the future actions "
+                         "perturbed, plus this weight times their action-effect error (the measure of 'ws eval "
+                         "open-loop --action-noise'; ws_worldmodel.action_effect). 0: the twins' cross-entropy "
+                         "only. Default: off, the model's own loss (seed 003's). The data's states must be "
+                         "qpos, qvel")
+    ct.add_argument("--action-effect-noise", type=float, default=0.3,
+                    help="the twins' perturbation: Gaussian, in half control ranges")
     add_device(ct)
     add_controller_args(ct)

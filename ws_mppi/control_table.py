@@ -53,7 +53,8 @@ ORACLE = "oracle"
 
 
 def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cfg, out: Path, seed: int = 0,
-                  progress: bool = True, device: str = "cpu", resume: bool = False) -> dict:
+                  progress: bool = True, device: str = "cpu", resume: bool = False,
+                  action_effect: dict | None = None, frame_skip: int | None = None) -> dict:
     """Train one model on a control dataset, from the pretrained weights or from scratch.
 
     Args:
@@ -69,18 +70,26 @@ def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cf
         device: torch device of the training (``"cpu"``, ``"cuda"``); the checkpoint is device-free.
         resume: continue from ``out``'s training state (``<out>.state``) if there is one; the caller
             makes sure it was written with the same settings.
+        action_effect: ``{"weight": w, "noise": s}`` trains a WestWorld with
+            ``ws_worldmodel.action_effect.ActionEffectLoss`` (every window and its MuJoCo twin with future
+            actions perturbed by ``s`` half control ranges, plus ``w`` times their action-effect error);
+            None: the model's own loss. Needs ``frame_skip``, the environment's.
 
     Returns:
         the training history of ``ws_worldmodel.pretrain.pretrain``.
 
     Raises:
-        ValueError: unknown variant, windows too long for the dataset's segments, or a padded
-            MLPEnsemble too small for the environment.
+        ValueError: unknown variant, windows too long for the dataset's segments, a padded
+            MLPEnsemble too small for the environment, or the action-effect loss for a model other
+            than WestWorld, without ``frame_skip`` or with bad settings.
     """
     from ws_worldmodel.pretrain import pretrain, windows_from_splits
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if action_effect is not None and (pretrained.kind != "westworld" or frame_skip is None):
+        raise ValueError(f"the action-effect loss trains a WestWorld given the environment's frame_skip; got a "
+                         f"{pretrained.kind} and frame_skip {frame_skip}")
     length = train_cfg.history + train_cfg.horizon
     try:
         train_w, val_w = windows_from_splits(train_ds, [val_ds], mj_model, length, train_cfg.stride)
@@ -93,9 +102,20 @@ def train_variant(pretrained, variant: str, train_ds, val_ds, mj_model, train_cf
         raise ValueError(f"the padded MLPEnsemble takes {cfg.max_state_dim} state / {cfg.max_action_dim} action "
                          f"channels; {train_ds.env} has {train_w.states.shape[2]} / {train_w.actions.shape[2]} "
                          "(pretrain it with larger --max-state-dim / --max-action-dim)")
+    loss_fn = None
+    if action_effect is not None:
+        from ws_worldmodel.action_effect import ActionEffectLoss
+
+        loss_fn = ActionEffectLoss(mj_model, frame_skip, train_w.state_channels, train_w.action_channels,
+                                   noise=action_effect["noise"], weight=action_effect["weight"], seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return pretrain([train_w], [val_w], dataclasses.replace(cfg), train_cfg, out, seed=seed, progress=progress,
-                    device=device, init_from=pretrained if variant == "pretrained" else None, resume=resume)
+    try:
+        return pretrain([train_w], [val_w], dataclasses.replace(cfg), train_cfg, out, seed=seed, progress=progress,
+                        device=device, init_from=pretrained if variant == "pretrained" else None, resume=resume,
+                        loss_fn=loss_fn)
+    finally:
+        if loss_fn is not None:
+            loss_fn.close()
 
 
 def _episode(env, spec: str, config: ControllerConfig, seed: int, nthread: int | None, bar) -> dict:
@@ -116,7 +136,8 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
                       train_cfg, controller_cfg: ControllerConfig, variants: Sequence[str] = VARIANTS,
                       seeds: Sequence[int] = range(100, 105), max_steps: int = 1000,
                       extra: dict[str, str] | None = None, nthread: int | None = None, seed: int = 0,
-                      printer=tqdm.write, device: str = "cpu", terminate_when_unhealthy: bool = True) -> dict:
+                      printer=tqdm.write, device: str = "cpu", terminate_when_unhealthy: bool = True,
+                      action_effect: dict | None = None) -> dict:
     """Train every model variant, run MPPI with each over ``seeds``, and write the table.
 
     Args:
@@ -137,6 +158,8 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
             003's protocol for its Table 3; the results go to the column ``<env>-no-termination``
             (``<out_dir>/<env>-no-termination/``) and the models are those of ``<out_dir>/<env>/models``,
             trained once for both columns. Its "fell" counts are then 0.
+        action_effect: ``{"weight": w, "noise": s}``: WestWorlds train with the action-effect loss (see
+            :func:`train_variant`); other kinds with their own loss. None: every model with its own.
 
     Returns:
         ``{controller: {"reward_mean", "reward_std", "episodes": [...], ...}}`` for this environment.
@@ -167,8 +190,9 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
             raise ValueError(f"{path} is not a trajectory world model from 'ws pretrain'")
         for variant in variants:
             ckpt = models_dir / f"{kind}-{variant}.pt"
+            ae = action_effect if base.kind == "westworld" else None
             made_by = _as_json({"pretrained_from": str(path), "train": dataclasses.asdict(train_cfg),
-                                "seed": int(seed)})
+                                "seed": int(seed), **({"action_effect": ae} if ae else {})})
             stale = ckpt.is_file() and _made_by(ckpt.with_suffix(".json")) != made_by
             if stale:
                 printer(f"{env_name}: {ckpt} was trained with other settings; training it again")
@@ -183,7 +207,7 @@ def run_control_table(env_name: str, train_ds, val_ds, pretrained: dict[str, str
                 printer(f"{env_name}: {'resuming' if resume else 'training'} {kind} ({variant}) on the control "
                         f"dataset -> {ckpt}")
                 hist = train_variant(base, variant, train_ds, val_ds, env.model, train_cfg, ckpt, seed=seed,
-                                     device=device, resume=resume)
+                                     device=device, resume=resume, action_effect=ae, frame_skip=env.frame_skip)
                 write_json_atomic({"kind": base.kind, "variant": variant, "made_by": made_by,
                                    "pretrained_from": str(path), "steps": hist["steps"],
                                    "best_val_loss": hist["best_val_loss"], "evals": hist["evals"]},
