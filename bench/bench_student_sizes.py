@@ -8,7 +8,8 @@ median and p99 over ``--iters`` cycles after warm-up. The teacher's size runs fi
 per sample (``teacher_per_sample``: what every sequence model ran before 2026-12-06), and every row has
 its ratio to the teacher's shared-history PyTorch cycle in the same run. Each cycle is also split into the
 time inside the model's ``rollout`` and the rest (sampling, costs, weighting); ``--scans`` times the ONNX
-export with each way of writing the selective scan (``ws export --scan``) and counts its nodes. Prints one JSON object; asserts
+export with each way of writing the selective scan (``ws export --scan``) and counts its nodes, and
+``--fixed-batch`` the export with its batch fixed at K (``ws export --batch``). Prints one JSON object; asserts
 nothing. Controller: ``config/mppi_short_horizon.yaml`` (the Go1's own config on the Go1) with ``--samples``
 and ``--horizon`` (64 and 20 by default) and no policy samples.
 
@@ -138,6 +139,9 @@ def main() -> None:
     p.add_argument("--budget-ms", type=float, default=1000 / 90, help="the cycle that fits 90 Hz")
     p.add_argument("--scans", default="unrolled", help="comma-separated ONNX scans to time for every size "
                                                          "(ws export --scan): unrolled, vectorised, parallel")
+    p.add_argument("--fixed-batch", action="store_true",
+                   help="also time each size exported with its batch fixed at K (ws export --batch K; row "
+                        "onnxruntime_fixed_batch), beside the dynamic-batch export in the same run")
     args = p.parse_args()
     from ws_distill.export import SCANS
 
@@ -167,6 +171,10 @@ def main() -> None:
                 onnx = export_onnx(model, env.name, args.horizon, Path(tmp) / f"{label}_{scan}.onnx", scan=scan)
                 key = "onnxruntime" if scan == "unrolled" else f"onnxruntime_{scan}"
                 row[key] = {**_cycle(env, str(onnx), cfg, args.iters, threads), "onnx_nodes": _onnx_nodes(onnx)}
+            if args.fixed_batch:
+                onnx = export_onnx(model, env.name, args.horizon, Path(tmp) / f"{label}_fixed.onnx", batch=args.samples)
+                row["onnxruntime_fixed_batch"] = {**_cycle(env, str(onnx), cfg, args.iters, threads),
+                                                  "onnx_nodes": _onnx_nodes(onnx)}
             if label == "teacher":
                 row["torch_per_sample_history"] = _cycle(env, str(pt), cfg, args.iters, threads, shared=False)
             rows[label] = row

@@ -14,9 +14,10 @@ system, in physical units, with min-max normalisation and decoding inside the gr
 * output ``pred_states``: float32 ``(batch, H, Cs)``, the expected states ``Th .. Th + H - 1``
   after the history (one forward pass, seed 003 sec. 4.3).
 
-``batch`` is dynamic (the MPPI samples); ``Th`` and ``H`` are fixed at export. The metadata
-(``metadata_props``) records the system, ``Th``, ``H``, whether the history is shared, the
-channel records and the code version, so :class:`OnnxSequenceModel` serves the graph without
+``batch`` is dynamic (the MPPI samples) unless the export fixes it (``batch=K``, ``ws export --batch K``:
+the runtime then folds the shape arithmetic into constants); ``Th`` and ``H`` are fixed at export. The
+metadata (``metadata_props``) records the system, ``Th``, ``H``, whether the history is shared, a fixed
+batch, the channel records and the code version, so :class:`OnnxSequenceModel` serves the graph without
 the checkpoint. With a shared history, ``actions[:, :Th - 1]`` must be the same in every sample.
 
 Export traces the model with PyTorch's fused attention fast path off, so every operator is a
@@ -110,16 +111,19 @@ def _export_mode(net: nn.Module, scan: str):
 
 
 def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                shared_history: bool = True, scan: str = "unrolled") -> Path:
+                shared_history: bool = True, scan: str = "unrolled", batch: int | None = None) -> Path:
     """Export ``model`` (a WestWorld ``TrajectoryWorldModel``) for ``system`` with ``horizon`` predicted steps.
 
     ``shared_history``: one history ``(1, Th, Cs)`` for the whole batch (MPPI; the default), or one per
     sample (False). ``scan``: how the selective scan is written, one of :data:`SCANS` (see the module
-    docstring; equal outputs to float rounding). See the module docstring for the graph.
+    docstring; equal outputs to float rounding). ``batch``: None (the default) leaves the batch axis
+    dynamic; a number fixes it (the planner's ``K``), so that ONNX Runtime folds the graph's shape arithmetic
+    into constants (fewer operators a call); :class:`OnnxSequenceModel` still serves any batch, padding a
+    smaller one and running a larger one in pieces of ``batch``. See the module docstring for the graph.
 
     Raises:
         ValueError: not a WestWorld (TrajWorld and TDM decode step by step with a KV cache and
-            are not exported), unknown system, a horizon below 1, or an unknown scan.
+            are not exported), unknown system, a horizon below 1, an unknown scan, or a batch below 1.
     """
     import onnx
 
@@ -134,21 +138,26 @@ def export_onnx(model, system: str, horizon: int, path: str | os.PathLike, opset
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if scan not in SCANS:
         raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
+    if batch is not None and int(batch) < 1:
+        raise ValueError(f"batch must be >= 1 (or None: dynamic), got {batch}")
     meta = model.systems[system]
     cs, ca, th = len(meta["state_channels"]), len(meta["action_channels"]), model.history
     wrapper = _PhysicalPredict(model, system, shared_history).eval()
-    example = (torch.zeros(1 if shared_history else 2, th, cs), torch.zeros(2, th + horizon, ca))
+    n = 2 if batch is None else int(batch)
+    example = (torch.zeros(1 if shared_history else n, th, cs), torch.zeros(n, th + horizon, ca))
+    dynamic = ({} if batch is not None else
+               {**({} if shared_history else {"hist_states": {0: "batch"}}), "actions": {0: "batch"},
+                "pred_states": {0: "batch"}})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with _export_mode(wrapper, scan), torch.no_grad():
         torch.onnx.export(wrapper, example, str(tmp), input_names=["hist_states", "actions"],
-                          output_names=["pred_states"], opset_version=opset, dynamo=False,
-                          dynamic_axes={**({} if shared_history else {"hist_states": {0: "batch"}}),
-                                        "actions": {0: "batch"}, "pred_states": {0: "batch"}})
+                          output_names=["pred_states"], opset_version=opset, dynamo=False, dynamic_axes=dynamic)
     graph = onnx.load(str(tmp))
     props = {"worldscape.system": system, "worldscape.history": str(th), "worldscape.horizon": str(horizon),
              "worldscape.shared_history": "1" if shared_history else "0", "worldscape.scan": scan,
+             **({} if batch is None else {"worldscape.batch": str(int(batch))}),
              "worldscape.kind": model.kind, "worldscape.code_version": code_version(),
              "worldscape.state_channels": json.dumps(channels_to_records(meta["state_channels"])),
              "worldscape.action_channels": json.dumps(channels_to_records(meta["action_channels"]))}

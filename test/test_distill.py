@@ -170,6 +170,49 @@ def test_onnx_export_parity_dynamic_batch_and_mppi(tmp_path, teacher, hopper_env
     assert not (tmp_path / "tw.onnx").exists()
 
 
+def test_an_export_with_a_fixed_batch_has_fewer_operators_and_serves_any_batch(tmp_path, teacher, hopper_env):
+    """``ws export --batch K``: the graph takes exactly K samples (its shape arithmetic folded into constants:
+    fewer nodes once ONNX Runtime has optimised it), predicts what the dynamic export predicts, and still
+    serves a smaller batch (padded) and a larger one (in pieces of K), also with a history per sample; MPPI
+    runs it at its K. A batch below 1 is refused."""
+    import onnx
+    import onnxruntime as ort
+
+    model, _, _ = teacher
+    k = 16
+    dyn = OnnxSequenceModel(export_onnx(model, "hopper", H, tmp_path / "dyn.onnx"))
+    fixed_path = export_onnx(model, "hopper", H, tmp_path / "fixed.onnx", batch=k)
+    fixed = OnnxSequenceModel(fixed_path)
+    assert (dyn.batch, fixed.batch) == (None, k)
+    assert [d.dim_value for d in onnx.load(str(fixed_path)).graph.input[1].type.tensor_type.shape.dim][0] == k
+    nodes = {}
+    for name in ("dyn", "fixed"):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / f"{name}_opt.onnx")
+        ort.InferenceSession(str(tmp_path / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+        nodes[name] = len(onnx.load(str(tmp_path / f"{name}_opt.onnx")).graph.node)
+    assert nodes["fixed"] < nodes["dyn"], nodes
+    rng = np.random.default_rng(1)
+    for b in (k, 3, 2 * k + 5):
+        s = np.repeat(rng.uniform(0, 0.5, size=(1, TH, 12)), b, axis=0)
+        a = rng.uniform(-1, 1, size=(b, TH + H, 3))
+        a[:, :TH - 1] = a[:1, :TH - 1]
+        np.testing.assert_allclose(fixed.predict("hopper", s, a), dyn.predict("hopper", s, a), rtol=1e-4, atol=1e-4)
+    per_sample = OnnxSequenceModel(export_onnx(model, "hopper", H, tmp_path / "ps.onnx", shared_history=False, batch=k))
+    s, a = rng.uniform(0, 0.5, size=(k + 3, TH, 12)), rng.uniform(-1, 1, size=(k + 3, TH + H, 3))
+    np.testing.assert_allclose(per_sample.predict("hopper", s, a), model.predict("hopper", s, a), rtol=1e-3, atol=1e-3)
+    ctrl = make_controller(hopper_env, str(fixed_path), ControllerConfig(
+        mppi=MPPIConfig(horizon=H, samples=k, temperature=0.1, noise_sigma=0.5)), seed=0)
+    calls = []
+    run = ctrl.mppi.dynamics.model.session.run
+    ctrl.mppi.dynamics.model.session.run = lambda *x: calls.append(x[1]["actions"].shape) or run(*x)
+    state, _ = hopper_env.reset(seed=0)
+    assert np.all(np.isfinite(ctrl.plan(state, 0)))
+    assert calls and all(c[0] == k for c in calls)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        export_onnx(model, "hopper", H, tmp_path / "zero.onnx", batch=0)
+
+
 def test_ws_export_cli_writes_a_checked_onnx_and_reports_parity(tmp_path, capsys):
     """`ws export` on the shipped Hopper WestWorld: the file, its metadata and the parity line."""
     import json

@@ -51,11 +51,13 @@ def cmd_export(args) -> int:
     if system is None:
         raise ConfigError(f"the checkpoint knows {sorted(model.systems)}: choose one with --system")
     with config_errors():
+        if args.batch is not None and args.batch < 1:
+            raise ConfigError(f"--batch must be >= 1 (the planner's samples K), got {args.batch}")
         path = export_onnx(model, system, args.horizon, args.out, opset=args.opset,
-                           shared_history=not args.per_sample_history, scan=args.scan)
+                           shared_history=not args.per_sample_history, scan=args.scan, batch=args.batch)
     res = parity(model, OnnxSequenceModel(path), batch_sizes=(1, 64))
     print(json.dumps({"onnx": str(path), "system": system, "history": model.history, "horizon": args.horizon,
-                      "shared_history": not args.per_sample_history, "scan": args.scan, "opset": args.opset, "parity_max_abs_diff": res["max_abs_diff"], "per_batch": res["per_batch"]}))
+                      "shared_history": not args.per_sample_history, "scan": args.scan, "batch": args.batch, "opset": args.opset, "parity_max_abs_diff": res["max_abs_diff"], "per_batch": res["per_batch"]}))
     return 0
 
 
@@ -92,7 +94,7 @@ def add_distill(sub) -> None:
 def add_export(sub) -> None:
     """``ws export``."""
     ex = command(sub, "export", cmd_export,
-                 help="export a WestWorld to ONNX (dynamic batch) and check parity with ONNX Runtime",
+                 help="export a WestWorld to ONNX (dynamic or fixed batch) and check parity with ONNX Runtime",
                  description="Write an ONNX graph (opset 17; inputs hist_states (1, Th, Cs), one history "
                              "shared by the batch, and actions (batch, Th+H, Ca), output pred_states "
                              "(batch, H, Cs), physical units; see ws_distill/export.py), check it with "
@@ -110,4 +112,8 @@ def add_export(sub) -> None:
                     help="how the selective scan is written: one step's state at a time (unrolled, 14 operators a "
                          "step), every step's decay and input at once and 2 operators a step (vectorised: fastest for "
                          "small students on ONNX Runtime), or log-depth (parallel); the outputs agree to float rounding")
+    ex.add_argument("--batch", type=int, default=None,
+                    help="fix the batch at the planner's samples K, so that ONNX Runtime folds the graph's shape "
+                         "arithmetic (fewer operators per call); other batches are still served, padded or in "
+                         "pieces (default: a dynamic batch)")
     ex.add_argument("--out", type=Path, required=True, help="ONNX file")

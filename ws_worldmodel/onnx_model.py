@@ -55,6 +55,8 @@ class OnnxSequenceModel:
         self.fixed_horizon = self.horizon  # predict() takes exactly this many future steps
         #: one history for the whole batch (inputs hist_states (1, Th, Cs)); exports older than this flag take one per sample
         self.shared_history = props.get("worldscape.shared_history", "0") == "1"
+        #: the batch the graph was exported with (None: dynamic); other batches are padded or cut into pieces
+        self.batch = int(props["worldscape.batch"]) if "worldscape.batch" in props else None
         self.kind = "westworld-onnx"
         self.name = f"onnx:{path.name}"
         self.systems = {self.system: {
@@ -66,7 +68,9 @@ class OnnxSequenceModel:
         ``actions (B, Th + H, Ca)`` -> ``(B, H, Cs)``, physical units.
 
         A shared-history export (:attr:`shared_history`) takes ``states`` with one row or ``B`` equal rows,
-        and ``actions[:, :Th - 1]`` equal in every sample (one past, ``B`` futures, as MPPI asks).
+        and ``actions[:, :Th - 1]`` equal in every sample (one past, ``B`` futures, as MPPI asks). An export
+        with a fixed :attr:`batch` serves any ``B``: a smaller batch is padded with copies of its last sample,
+        a larger one runs in pieces of :attr:`batch` (the same predictions; one call when ``B`` is the batch).
 
         Raises:
             KeyError: another system. ValueError: shapes other than the exported ``Th``/``H``, or
@@ -83,5 +87,17 @@ class OnnxSequenceModel:
                 raise ValueError("this export shares one history across the batch, but the samples' histories differ "
                                  "(re-export with 'ws export --per-sample-history')")
             states = states[:1]
+        if self.batch is None or len(actions) == self.batch:
+            return self._run(states, actions)
+        b, n = len(actions), self.batch
+        pad = -b % n
+        actions = np.concatenate([actions, np.repeat(actions[-1:], pad, axis=0)])
+        if not self.shared_history:
+            states = np.concatenate([states, np.repeat(states[-1:], pad, axis=0)])
+        out = [self._run(states if self.shared_history else states[k:k + n], actions[k:k + n])
+               for k in range(0, len(actions), n)]
+        return np.concatenate(out)[:b]
+
+    def _run(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"hist_states": np.ascontiguousarray(states, dtype=np.float32),
                                        "actions": np.ascontiguousarray(actions, dtype=np.float32)})[0]
