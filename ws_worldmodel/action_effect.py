@@ -115,6 +115,10 @@ class ActionEffectLoss:
         return twin
 
     def __call__(self, net, batch: TrajectoryBatch) -> torch.Tensor:
+        """The scalar loss of ``net`` (a WestWorld) on ``batch`` (``B`` windows of one system, normalised,
+        ``history`` observed steps) and its ``B`` twins: the mean cross-entropy over the ``2B`` windows (eq. 11 of
+        seed 003) plus ``weight`` times :func:`action_effect_error` of the decoded predictions. :attr:`last` keeps
+        both parts of the latest call. Raises ValueError (see the class)."""
         if not (hasattr(net, "loss_from_logits") and hasattr(net, "decode")):
             raise ValueError(f"the action-effect loss needs a model that decodes its logits (WestWorld); "
                              f"got a {type(net).__name__}")
