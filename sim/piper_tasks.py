@@ -374,17 +374,21 @@ class ScriptedExpert:
         e = self.env
         self.failure = self.rng.choice(self.FAILURES) if self.failure_arg == "random" else self.failure_arg
         a, b, t = e._obj_pose("cube_a"), e._obj_pose("cube_b"), e.target
-        yaw = _yaw_of(a[3:]) % (np.pi / 2)
-        yaw = self._reachable_yaw(a[:3], [yaw, yaw - np.pi / 2])  # a cube is gripped across either pair of faces
         open_, closed = 0.035, 0.0
         hi, grasp_z = 0.085, CUBE_HALF
+        goal = np.r_[t[:2], CUBE_HALF + 0.008] if e.task_name == "pick_place" else np.r_[b[:2], 3 * CUBE_HALF + 0.006]
+        yaw = _yaw_of(a[3:]) % (np.pi / 2)
+        # A cube is gripped across either pair of faces, and the two-finger gripper is the same turned half a turn:
+        # four finger yaws grip it. The fingers keep their yaw from the grasp to the goal, so the yaw must be
+        # holdable at both: with the grasp point alone, a cube on one side carried to a target on the other side
+        # turned J6 past its range on the way, and the expert failed 16 of 100 full-workspace layouts.
+        points = [a[:3]] if e.task_name == "push" else [a[:3], goal]
+        yaw = self._reachable_yaw(points, [yaw, yaw - np.pi / 2, yaw + np.pi / 2, yaw - np.pi])
         pa = a[:3].copy()
         if self.failure == "misgrasp":
             pa[:2] += 0.035 * np.array([np.cos(yaw), np.sin(yaw)])  # beside the cube, across the closing axis
         wp = []  # (tool position, finger target, dwell s, yaw)
         if e.task_name in ("pick_place", "stack"):
-            goal = np.r_[t[:2], CUBE_HALF + 0.008] if e.task_name == "pick_place" else \
-                np.r_[b[:2], 3 * CUBE_HALF + 0.006]
             wp += [(np.r_[pa[:2], hi], open_, 0.0), (np.r_[pa[:2], grasp_z], open_, 0.0),
                    (np.r_[pa[:2], grasp_z], closed, self.dwell), (np.r_[pa[:2], hi], closed, 0.0)]
             if self.failure == "early_release":
@@ -401,9 +405,10 @@ class ScriptedExpert:
             d = d / max(np.linalg.norm(d), 1e-6)
             yaw = float(np.arctan2(d[1], d[0]))  # fingers across the pushing direction: a flat paddle
             yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
-            yaw = self._reachable_yaw(np.r_[a[:2] - d * (CUBE_HALF + 0.03), CUBE_HALF], [yaw, yaw - np.sign(yaw) * np.pi])
             start = a[:2] - d * (CUBE_HALF + 0.03)
             stop = t[:2] - d * (CUBE_HALF + 0.008)
+            yaw = self._reachable_yaw([np.r_[start, CUBE_HALF], np.r_[stop, CUBE_HALF]],
+                                      [yaw, yaw - np.sign(yaw) * np.pi])
             if self.failure == "short":
                 stop = stop - d * 0.06
             if self.failure == "misgrasp":  # push off-centre: the cube turns away
@@ -418,18 +423,26 @@ class ScriptedExpert:
         self._cursor = e.tcp
         self._start = e.tcp
 
-    def _reachable_yaw(self, point, candidates) -> float:
-        """The first finger yaw of ``candidates`` the arm can hold at ``point`` pointing down (J6 spans
-        only +-120 degrees), else the first."""
+    def _reachable_yaw(self, points, candidates) -> float:
+        """The first finger yaw of ``candidates`` (rad) the arm can hold pointing down at every one of ``points``
+        (tool positions, m; J6 spans only +-120 degrees), else the first held at the most of them, earlier points
+        first."""
+        best, best_n = float(candidates[0]), -1
         for y in candidates:
-            q0 = READY_JOINTS.copy()
-            q0[5] = np.clip(READY_JOINTS[5] + y, -2.0, 2.0)
-            try:
-                solve_ik(self.env.model, point, approach=[0, 0, -1], yaw=y, q0=q0, tol=2e-3, max_iter=100)
+            n = 0
+            for point in points:
+                q0 = READY_JOINTS.copy()
+                q0[5] = np.clip(READY_JOINTS[5] + y, -2.0, 2.0)
+                try:
+                    solve_ik(self.env.model, point, approach=[0, 0, -1], yaw=y, q0=q0, tol=2e-3, max_iter=100)
+                except IKError:
+                    break
+                n += 1
+            if n == len(points):
                 return float(y)
-            except IKError:
-                continue
-        return float(candidates[0])
+            if n > best_n:
+                best, best_n = float(y), n
+        return best
 
     @property
     def done(self) -> bool:

@@ -33,6 +33,26 @@ def test_the_scripted_expert_solves_each_task_and_success_is_detected(task):
         assert task.split("_")[0] in words and sum(w in COLORS for w in words) == 2
 
 
+@pytest.mark.parametrize("task", ["pick_place", "stack"])
+def test_the_expert_carries_a_cube_across_the_workspace_with_a_finger_yaw_it_can_hold_there(task):
+    """A cube on the left, turned so that its nearest finger yaw is 15-45 degrees, carried to a goal on the
+    right: J6 cannot hold that yaw at the goal, so the expert must grip the cube across the other faces or
+    with the gripper turned half a turn (it used to choose by the grasp point alone and missed these goals)."""
+    env = PiperManipEnv(task, workspace="full")
+    expert = ScriptedExpert(env)
+    seeds, seed = [], 0
+    while len(seeds) < 6:
+        env.reset(seed=seed)
+        o = env.objects
+        goal = o[14:16] if task == "pick_place" else o[7:9]
+        yaw = np.degrees(2 * np.arctan2(o[6], o[3])) % 90
+        if o[1] > 0.05 and goal[1] < -0.05 and 15 < yaw < 45:
+            seeds.append(seed)
+        seed += 1
+    wins = [_run(env, expert, s)[1]["success"] for s in seeds]
+    assert all(wins), dict(zip(seeds, wins))
+
+
 @pytest.mark.parametrize("failure", ScriptedExpert.FAILURES)
 def test_a_failing_expert_fails_and_is_not_counted_a_success(failure):
     env = PiperManipEnv("pick_place")
