@@ -379,11 +379,14 @@ class ScriptedExpert:
         goal = np.r_[t[:2], CUBE_HALF + 0.008] if e.task_name == "pick_place" else np.r_[b[:2], 3 * CUBE_HALF + 0.006]
         yaw = _yaw_of(a[3:]) % (np.pi / 2)
         # A cube is gripped across either pair of faces, and the two-finger gripper is the same turned half a turn:
-        # four finger yaws grip it. The fingers keep their yaw from the grasp to the goal, so the yaw must be
-        # holdable at both: with the grasp point alone, a cube on one side carried to a target on the other side
-        # turned J6 past its range on the way, and the expert failed 16 of 100 full-workspace layouts.
+        # four finger yaws grip it. The fingers keep their yaw from the grasp to the goal, so J6 turns by the
+        # difference of the two points' bearings on the way (up to 69 degrees across the band). The expert grips
+        # with the yaw that puts J6 nearest the middle of its range at the cube (within 45 degrees of it), which
+        # leaves room for any carry; it used to take the yaw in [0, 90) degrees, which ran J6 past its limit on
+        # the way across the band and missed 50 of 300 full-workspace goals.
+        candidates = self._centred_yaws(a[:3], [yaw + k * np.pi / 2 for k in (0, -1, 1, -2)])
         points = [a[:3]] if e.task_name == "push" else [a[:3], goal]
-        yaw = self._reachable_yaw(points, [yaw, yaw - np.pi / 2, yaw + np.pi / 2, yaw - np.pi])
+        yaw = self._reachable_yaw(points, candidates)
         pa = a[:3].copy()
         if self.failure == "misgrasp":
             pa[:2] += 0.035 * np.array([np.cos(yaw), np.sin(yaw)])  # beside the cube, across the closing axis
@@ -422,6 +425,22 @@ class ScriptedExpert:
         self._q = e.data.qpos[:6].copy()
         self._cursor = e.tcp
         self._start = e.tcp
+
+    def _centred_yaws(self, point, candidates) -> list[float]:
+        """``candidates`` (finger yaws, rad) ordered by how near the middle of J6's range the arm holds each at
+        ``point`` pointing down (those it cannot hold last, in their given order)."""
+        j6 = self.env.model.jnt_range[5]
+        mid = float(j6.mean())
+        keyed = []
+        for i, y in enumerate(candidates):
+            q0 = READY_JOINTS.copy()
+            q0[5] = np.clip(READY_JOINTS[5] + y, -2.0, 2.0)
+            try:
+                q = solve_ik(self.env.model, point, approach=[0, 0, -1], yaw=y, q0=q0, tol=2e-3, max_iter=100)
+                keyed.append((abs(float(q[5]) - mid), i, float(y)))
+            except IKError:
+                keyed.append((np.inf, i, float(y)))
+        return [y for _, _, y in sorted(keyed)]
 
     def _reachable_yaw(self, points, candidates) -> float:
         """The first finger yaw of ``candidates`` (rad) the arm can hold pointing down at every one of ``points``
