@@ -16,7 +16,7 @@ from ws_policy.model import default_vocabulary, object_targets
 from ws_policy.perception import (ObjectPerception, PerceptionConfig, PosePolicy, PosePolicyConfig, perception_errors,
                                   reset_frames, train_perception)
 from ws_policy.state_policy import StatePolicyConfig, state_features, train_state_policy
-from ws_policy.train import Normalizer, PolicyRunner, load_policy, save_policy
+from ws_policy.train import Normalizer, PolicyCheckpointError, PolicyRunner, load_policy, save_policy
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,13 @@ def test_the_pose_policy_chains_perception_and_actor_and_round_trips(demos, tmp_
     assert where["cube"].shape == (3,) and where["target"].shape == (3,)
     assert isinstance(PosePolicyConfig(perception.cfg, actor.cfg).vocab, tuple)
     assert isinstance(back.perception, ObjectPerception)
+    assert back.object_memory == 0 and payload["extra"]["object_memory"] == 0
+    with pytest.raises(ValueError, match="object_memory"):
+        PosePolicy(perception, actor, object_memory=-2)
+    payload["extra"]["object_memory"] = "2; import os"  # not a number: refused by name, nothing run
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(PolicyCheckpointError, match="object_memory"):
+        load_policy(tmp_path / "bad.pt")
 
 
 def test_ws_policy_train_pose_and_eval(demos, tmp_path, capsys):
@@ -128,6 +135,24 @@ def test_ws_policy_train_pose_and_eval(demos, tmp_path, capsys):
     assert main([*common, "--model", "state", "--state-inputs", "targets", "--steps", "5",
                  "--out", str(tmp_path / "s.pt")]) == 0
     assert load_policy(tmp_path / "s.pt")[0].cfg.inputs == "targets"
+    # how the policy runs travels with it: --init P --perception-steps 0 --object-memory N re-saves P with N
+    assert model.object_memory == 0 and PolicyRunner(model).memory is None
+    kept = tmp_path / "pose_mem.pt"
+    assert main([*common, "--model", "pose", "--init", str(out), "--perception-steps", "0", "--object-memory", "2",
+                 "--out", str(kept)]) == 0
+    back, payload = load_policy(kept)
+    assert back.object_memory == 2 and payload["extra"]["object_memory"] == 2
+    for a, b in zip(back.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)  # the same weights
+    assert PolicyRunner(back).memory.frames == 2 and PolicyRunner(back, object_memory=0).memory is None
+    again = tmp_path / "pose_mem2.pt"  # an --init that has a memory passes it on
+    assert main([*common, "--model", "pose", "--init", str(kept), "--perception-steps", "0", "--out", str(again)]) == 0
+    assert load_policy(again)[0].object_memory == 2
+    for bad in (["--model", "pose", "--init", str(out), "--perception-steps", "0", "--object-memory", "-1"],
+                ["--model", "state", "--state-inputs", "targets", "--object-memory", "2"]):
+        assert main([*common, *bad, "--steps", "1", "--out", str(tmp_path / "y.pt")]) == 2
+        assert "--object-memory" in capsys.readouterr().err
+    assert not (tmp_path / "y.pt").exists()
 
 
 def test_reset_frames_are_first_frames_of_new_stratified_layouts(demos):
@@ -395,8 +420,8 @@ def test_the_shipped_pose_policy_with_object_memory_acts_on_what_it_saw_first():
         env.close()
     assert np.linalg.norm(first["objects"][:2] - other["objects"][:2]) > 0.05
     second = {**first, **{k: other[k] for k in ("rgb", "depth", "wrist_rgb", "wrist_depth")}}
-    remembering, plain, live = (PolicyRunner(model, seed=0, object_memory=1), PolicyRunner(model, seed=0),
-                                PolicyRunner(model, seed=0))
+    remembering, plain, live = (PolicyRunner(model, seed=0, object_memory=1), PolicyRunner(model, seed=0, object_memory=0),
+                                PolicyRunner(model, seed=0, object_memory=0))
     remembering(first), plain(first), live(first)
     kept, again, seen = remembering(second), plain(first), live(second)
     assert np.allclose(kept, again, atol=1e-6)

@@ -76,6 +76,9 @@ def cmd_policy_train(args) -> int:
                           "estimate)")
     if not (math.isfinite(args.actor_noise) and args.actor_noise >= 0):
         raise ConfigError(f"--actor-noise must be a finite number of metres >= 0, got {args.actor_noise}")
+    if args.object_memory is not None and (args.model != "pose" or args.object_memory < 0):
+        raise ConfigError(f"--object-memory is how a --model pose policy runs, a number of frames >= 0; got "
+                          f"{args.object_memory} for --model {args.model}")
     episodes, attrs = read_episode_files(args.demos)
     if args.actor_demos and args.model != "pose":
         raise ConfigError("--actor-demos trains the actor of --model pose on other demonstrations than its perception")
@@ -457,7 +460,8 @@ def _train_pose_policy(args, episodes, attrs) -> int:
                                               input_noise_m=args.actor_noise, noise_when=args.actor_noise_when,
                                               noise_objects=args.actor_noise_objects)
             bar.close()
-    model = PosePolicy(perception, actor)
+    memory = args.object_memory if args.object_memory is not None else (init.object_memory if init is not None else 0)
+    model = PosePolicy(perception, actor, object_memory=memory)
     model.normalizer = actor.normalizer
     errors = perception_errors(perception, episodes, first_only=True)
 
@@ -553,6 +557,11 @@ def add_policy(sub) -> None:
                          "std, metres (e.g. 0.01, about the perception's error while carrying), not on exact ones")
     pt.add_argument("--actor-noise-when", choices=["always", "lifted"], default="always",
                     help="with --actor-noise: perturb every window, or only those whose cube is lifted (the carry)")
+    pt.add_argument("--object-memory", type=int, default=None, metavar="FRAMES",
+                    help="with --model pose: how the policy runs, saved in its checkpoint: its actor reads the target, "
+                         "and the cube until the estimate says it is lifted, as the mean of the episode's first FRAMES "
+                         "estimates (ws_policy.perception.ObjectMemory; 0: the live estimate at every call; default: "
+                         "--init's, else 0). '--init P --perception-steps 0 --object-memory N' re-saves P with it")
     pt.add_argument("--actor-noise-objects", choices=["both", "cube"], default="both",
                     help="with --actor-noise: perturb the cube's and the target's positions, or the cube's only")
     pt.add_argument("--actor-demos", default=None, metavar="FILES",
@@ -666,8 +675,9 @@ def add_policy(sub) -> None:
                     help="what an advantage-conditioned policy (ws hitl dagger/retrain) is asked for: 'improvement' "
                          "is deployment; 'not-improvement' and 'unknown' (the unconditioned policy) show how much it "
                          "reads its indicator")
-    pe.add_argument("--object-memory", type=int, default=0, metavar="FRAMES",
+    pe.add_argument("--object-memory", type=int, default=None, metavar="FRAMES",
                     help="a pose policy's actor reads the target, and the cube until the estimate says it is lifted, "
                          "as the mean of the episode's first FRAMES estimates (ws_policy.perception.ObjectMemory; "
-                         "0: the live estimate at every call)")
+                         "0: the live estimate at every call; default: what the checkpoint says, set by "
+                         "'ws policy train --object-memory')")
     add_threads(pe, help=None)

@@ -333,10 +333,15 @@ class PosePolicy(nn.Module):
     Both parts share the actor's :class:`ws_policy.normalizer.Normalizer` (the joints' and actions' ranges).
     """
 
-    def __init__(self, perception: ObjectPerception, actor: nn.Module):
+    def __init__(self, perception: ObjectPerception, actor: nn.Module, object_memory: int = 0):
         super().__init__()
+        if isinstance(object_memory, bool) or int(object_memory) != object_memory or object_memory < 0:
+            raise ValueError(f"object_memory must be a whole number >= 0, got {object_memory!r}")
         self.perception, self.actor = perception, actor
         self.cfg = PosePolicyConfig(perception.cfg, actor.cfg)
+        #: how many first estimates :class:`ObjectMemory` averages when this policy runs (0: none); saved
+        #: in its checkpoint and used by :class:`ws_policy.train.PolicyRunner` unless it is told otherwise
+        self.object_memory = int(object_memory)
 
     @property
     def normalizer(self) -> Normalizer | None:
@@ -387,9 +392,11 @@ class ObjectMemory:
       estimate puts the cube higher (it is in the gripper), the live estimate, for the rest of the episode.
 
     A cube pushed along the table before it is grasped is not followed (the policy aims at where it was).
-    Call :meth:`reset` at each new episode (:class:`ws_policy.executor.ChunkExecutor` does). Measured on
-    the 90 development episodes of docs/policy.md: 77/90 with ``frames=2`` against 78/90 without, no gain
-    (so ``ws policy eval`` leaves it off by default).
+    Call :meth:`reset` at each new episode (:class:`ws_policy.executor.ChunkExecutor` does). Measured in
+    docs/policy.md: on development seeds 3000-3089, 77/90 with ``frames=2`` against 78/90 without; on seeds
+    6000-6099, 81/100 against 68/100 for the policy shipped until 2026-12-08 and 84/100 against 72/100 for
+    its successor. A pose policy's checkpoint says how many frames it runs with
+    (:attr:`PosePolicy.object_memory`, ``ws policy train --object-memory``).
 
     Args:
         frames: how many first estimates are averaged (>= 1).

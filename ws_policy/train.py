@@ -452,6 +452,7 @@ def save_policy(model: WorldScapePolicy, path: str | os.PathLike, extra: dict | 
         payload = {"format": FORMAT_TAG, "kind": "pose", "config": _init_fields(model.actor.cfg),
                    "state_dict": model.actor.state_dict(), "perception_config": perception,
                    "perception_state_dict": model.perception.state_dict()}
+        extra = {**(extra or {}), "object_memory": int(getattr(model, "object_memory", 0))}
     elif isinstance(model, TwoStagePolicy):
         payload = {"format": FORMAT_TAG, "kind": "two_stage", "config": dataclasses.asdict(model.world.cfg),
                    "state_dict": model.world.state_dict(), "idm_config": dataclasses.asdict(model.idm.cfg),
@@ -509,6 +510,10 @@ def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
             net = PosePolicy(perception, actor)
         except (TypeError, ValueError, RuntimeError, KeyError) as e:
             raise PolicyCheckpointError(f"{path}: not a readable pose policy ({e})") from e
+        memory = (payload.get("extra") or {}).get("object_memory", 0)
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise PolicyCheckpointError(f"{path}: its object_memory must be a whole number >= 0, got {memory!r}")
+        net.object_memory = memory
         net.normalizer = Normalizer.from_dict(payload["normalizer"])
         return net.eval(), payload
     model = build(payload["config"], payload["state_dict"])
@@ -533,7 +538,8 @@ class PolicyRunner:
             default, deployment), 0 or 2 (unknown) as diagnostics (:func:`sample`).
         object_memory: a pose policy's actor reads what :class:`ws_policy.perception.ObjectMemory` keeps
             of the estimates, averaged over this many first calls of the episode (0: the live estimate
-            at every call). Call :meth:`reset` at each new episode; a new instruction resets it too.
+            at every call; ``None``, the default: the policy's own ``object_memory``, which its checkpoint
+            carries, else 0). Call :meth:`reset` at each new episode; a new instruction resets it too.
 
     Raises:
         ValueError: the model does not predict actions (a ``mode="world"`` network); guidance or
@@ -542,7 +548,7 @@ class PolicyRunner:
     """
 
     def __init__(self, model, steps: int | None = None, seed: int = 0, guidance: float = 1.0, indicator: int = 1,
-                 object_memory: int = 0):
+                 object_memory: int | None = None):
         if not model.cfg.predicts_actions:
             raise ValueError("this network predicts no actions (mode 'world'); fine-tune it into a policy first")
         if model.cfg.mode == "idm" and not isinstance(model, TwoStagePolicy):
@@ -557,6 +563,8 @@ class PolicyRunner:
         self.gen = torch.Generator().manual_seed(seed)
         _check_guidance(model.cfg, guidance, indicator)  # at construction, not at the first observation
         self.guidance, self.indicator = float(guidance), int(indicator)
+        if object_memory is None:
+            object_memory = int(getattr(model, "object_memory", 0)) if self.pose else 0
         if int(object_memory) < 0 or (int(object_memory) > 0 and not self.pose):
             raise ValueError(f"object_memory must be >= 0, and > 0 only for a pose policy (this one is "
                              f"{model.cfg.mode!r}), got {object_memory}")
