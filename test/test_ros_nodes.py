@@ -341,6 +341,14 @@ def test_piper_policy_graph_runs_the_policy_and_rejects_malformed_images(ros_con
             instr.publish(String(data="juggle the red cube"))
             _spin_until(ex, lambda: False, 0.5)
         assert "juggle" in policy_diag()[2]["last_input_error"], policy_diag()
+        # the shipped pose policy runs with the object memory its checkpoint carries, and the same instruction
+        # again starts a new episode (the memory forgets the last layout)
+        assert int(policy_diag()[2]["object_memory"]) == shipped.object_memory > 0
+        first = int(policy_diag()[2]["episodes"])
+        assert first >= 1
+        task = policy_diag()[2]["instruction"]
+        instr.publish(String(data=task))
+        assert _spin_until(ex, lambda: int(policy_diag()[2]["episodes"]) > first, 30), policy_diag()
     finally:
         output = _stop(proc)
     assert proc.returncode == 0, output[-3000:]

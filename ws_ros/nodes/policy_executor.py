@@ -24,6 +24,11 @@ whoever sent it) by ``handover_max_step`` per tick until they meet the policy's:
 never jumps the commanded positions. Until its first chunk is ready it holds that last command
 (not the measured joints, which lag a moving arm).
 
+Episodes: every message on ``instruction`` starts a new one, the same words again included (a new
+executor; a pose policy's object memory, which its checkpoint sets, forgets the last layout);
+``episodes`` and ``object_memory`` on ``/diagnostics`` count them and say how many first estimates the
+memory keeps.
+
 Parameters: ``checkpoint`` (a ``ws policy train`` checkpoint), ``rate_hz``, ``replan_every``
 (0: half a chunk), ``ensemble_m`` (negative: newest chunk only), ``euler_steps`` (0: the
 checkpoint's), ``state_timeout_s``, ``max_state_age_s``, ``image_timeout_s``, ``threads``,
@@ -104,6 +109,8 @@ class PolicyExecutorNode(LifecycleNode):
         self._step = 0
         self.human = False
         self._handback = False
+        self._new_episode = False  # an instruction arrived: start afresh at the next tick
+        self.episodes = 0
         self._mode = None
         self._last_seen = None
         self.handover = None
@@ -251,6 +258,7 @@ class PolicyExecutorNode(LifecycleNode):
             return
         with self._lock:
             self._instruction = msg.data
+            self._new_episode = True
         self.get_logger().info(f"instruction: {msg.data!r}")
 
     def _on_command(self, msg: JointTrajectory) -> None:
@@ -291,13 +299,19 @@ class PolicyExecutorNode(LifecycleNode):
     def _tick(self) -> None:
         now = self._now()
         with self._lock:
-            human, handback = self.human, self._handback
+            human, handback, new_episode = self.human, self._handback, self._new_episode
             self._handback = False
+            if not human:
+                self._new_episode = False
         if human:
             self._last = None
             self._mode = "human"
             return
         self._mode = None
+        if new_episode:  # a new task, or the same one again: nothing carries over from the last episode
+            self.episodes += 1
+            if not handback:
+                self._new_executor()
         if handback:
             self._new_executor()
             with self._lock:
@@ -374,6 +388,8 @@ class PolicyExecutorNode(LifecycleNode):
                   "handover": bool(self.handover is not None and self.handover.active),
                   "steps": self._step, "image_rejections": self.image_rejections,
                   "last_input_error": self.last_image_error, "instruction": self._instruction,
+                  "episodes": self.episodes,
+                  "object_memory": getattr(getattr(getattr(self, "runner", None), "memory", None), "frames", 0),
                   **{f"rejected_{k}": v for k, v in self.supervisor.validator.rejected.items() if v}}
         if self.executor_ is not None:
             values.update({f"inference_{k}": v for k, v in self.executor_.latency_percentiles().items()})
