@@ -426,35 +426,34 @@ class ScriptedExpert:
         self._cursor = e.tcp
         self._start = e.tcp
 
+    def _hold(self, point, yaw: float) -> np.ndarray | None:
+        """The arm's joints ``(6,)`` holding the tool at ``point`` (m) pointing down with the fingers at ``yaw``
+        (rad), or None where it cannot (J6 spans only +-120 degrees)."""
+        q0 = READY_JOINTS.copy()
+        q0[5] = np.clip(READY_JOINTS[5] + yaw, -2.0, 2.0)
+        try:
+            return solve_ik(self.env.model, point, approach=[0, 0, -1], yaw=yaw, q0=q0, tol=2e-3, max_iter=100)
+        except IKError:
+            return None
+
     def _centred_yaws(self, point, candidates) -> list[float]:
         """``candidates`` (finger yaws, rad) ordered by how near the middle of J6's range the arm holds each at
         ``point`` pointing down (those it cannot hold last, in their given order)."""
-        j6 = self.env.model.jnt_range[5]
-        mid = float(j6.mean())
+        mid = float(self.env.model.jnt_range[5].mean())
         keyed = []
         for i, y in enumerate(candidates):
-            q0 = READY_JOINTS.copy()
-            q0[5] = np.clip(READY_JOINTS[5] + y, -2.0, 2.0)
-            try:
-                q = solve_ik(self.env.model, point, approach=[0, 0, -1], yaw=y, q0=q0, tol=2e-3, max_iter=100)
-                keyed.append((abs(float(q[5]) - mid), i, float(y)))
-            except IKError:
-                keyed.append((np.inf, i, float(y)))
+            q = self._hold(point, y)
+            keyed.append((np.inf if q is None else abs(float(q[5]) - mid), i, float(y)))
         return [y for _, _, y in sorted(keyed)]
 
     def _reachable_yaw(self, points, candidates) -> float:
         """The first finger yaw of ``candidates`` (rad) the arm can hold pointing down at every one of ``points``
-        (tool positions, m; J6 spans only +-120 degrees), else the first held at the most of them, earlier points
-        first."""
+        (tool positions, m), else the first held at the most of them, earlier points first."""
         best, best_n = float(candidates[0]), -1
         for y in candidates:
             n = 0
             for point in points:
-                q0 = READY_JOINTS.copy()
-                q0[5] = np.clip(READY_JOINTS[5] + y, -2.0, 2.0)
-                try:
-                    solve_ik(self.env.model, point, approach=[0, 0, -1], yaw=y, q0=q0, tol=2e-3, max_iter=100)
-                except IKError:
+                if self._hold(point, y) is None:
                     break
                 n += 1
             if n == len(points):

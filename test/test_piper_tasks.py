@@ -143,3 +143,27 @@ def test_bad_actions_and_tasks_are_refused():
         env.step(np.full(7, np.nan))
     with pytest.raises(ValueError, match="unknown failure"):
         ScriptedExpert(env, failure="sneeze")
+
+
+def test_the_evaluation_reports_each_layout_and_where_the_fingers_closed():
+    """``evaluate_policy`` gives each episode's layout (the cube's yaw, its and the goal's bearings, as the reset put
+    them) and, for a grasping task, the fingers' offset and yaw error as the first grasp closes: the expert closes
+    on the cube's centre, square to its faces. ``successes_by_layout`` counts every episode once; a push, which
+    never opens the gripper, has no grasp figures."""
+    from ws_policy.evaluate import evaluate_policy
+
+    rep = evaluate_policy("scripted", "pick_place", 6, seed=6000, size=32, video=False, workspace="full")
+    env = PiperManipEnv("pick_place", workspace="full")
+    for r in rep["episodes_detail"]:
+        env.reset(seed=r["seed"])
+        o = env.objects
+        assert r["cube_yaw_deg"] == pytest.approx(np.degrees(2 * np.arctan2(o[6], o[3])), abs=0.01)
+        assert r["goal_bearing_deg"] == pytest.approx(np.degrees(np.arctan2(o[15], o[14])), abs=0.01)
+        assert r["cube_bearing_deg"] == pytest.approx(np.degrees(np.arctan2(o[1], o[0])), abs=0.01)
+        assert 0 <= r["grasp_offset_m"] < 0.01 and abs(r["grasp_yaw_error_deg"]) < 5
+    cells = rep["successes_by_layout"]
+    assert len(cells) == 4 and sum(n for _, n in cells.values()) == 6
+    assert sum(w for w, _ in cells.values()) == rep["successes"]
+    assert rep["grasp_offset_m"]["median_all"] < 0.01
+    push = evaluate_policy("scripted", "push", 1, seed=6000, size=32, video=False, workspace="full")
+    assert "grasp_offset_m" not in push["episodes_detail"][0] and "successes_by_layout" not in push

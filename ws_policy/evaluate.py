@@ -36,6 +36,7 @@ def _write_video(frames, path: Path, fps: float) -> None:
 
 
 LIFTED_M = 0.03  # a cube raised this far off the table was grasped (the experts carry it 6-7 cm up)
+CLOSING_M = 0.02  # a finger command below this (m; open is 0.035) is a grasp being closed
 APPROACH_EVERY = 4  # steps between two checks of where the object head places the cube as the arm approaches
 
 
@@ -62,7 +63,11 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         did), and for pick and place
         the medians of its target and cube errors as often while the cube is lifted (``carry_target_error_m``,
         ``carry_cube_error_m``: per episode that lifted it, then the median and maximum over them and the
-        medians of the placed and the not placed ones); also written to
+        medians of the placed and the not placed ones). Per episode also its layout (``cube_yaw_deg``,
+        ``cube_bearing_deg``, ``goal_bearing_deg``) and, for pick-and-place and stack, where the fingers were
+        as the first grasp closed (``grasp_offset_m``, ``grasp_yaw_error_deg``); over the episodes
+        ``successes_by_layout`` (``[successes, episodes]`` by the sign of the cube's yaw and the goal's side
+        of the arm) and the medians of the grasp figures (all, lifted, never lifted). Also written to
         ``out_dir/report.json``.
 
     ``record``: a list that gets every ``record_every``-th frame the policy saw, labelled with the true object
@@ -103,6 +108,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
             frames = [obs["rgb"]] if images else []
             z0, z_max = obs["objects"][2], obs["objects"][2]  # cube A's height (objects: env.objects)
             located = _locate(policy, obs)  # where the object head places the cube and target in the first frame
+            layout = _layout(obs["objects"], task)
+            grasp = None  # where the fingers are when the first grasp closes
             approach = []  # the head's cube error every APPROACH_EVERY steps until the cube is lifted
             carry, carry_cube = [], []  # and its target and cube errors every APPROACH_EVERY steps while lifted
             for step in range(env.max_episode_steps):
@@ -116,6 +123,9 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                         carry.append(seen["start_target_error_m"])
                         carry_cube.append(seen["start_cube_error_m"])
                 action = expert.act() if expert is not None else executor.act(step, obs)
+                if (grasp is None and task != "push" and action is not None and action[6] < CLOSING_M
+                        and obs["objects"][2] - z0 < LIFTED_M):
+                    grasp = _grasp(env)
                 obs, _, terminated, truncated, info = env.step(action)
                 if images:
                     frames.append(obs["rgb"])
@@ -128,7 +138,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
             results.append({"seed": seed + i, "success": ok, "steps": step + 1, "instruction": info["instruction"],
                             "cube_lift_m": round(float(z_max - z0), 4),
                             "cube_to_target_m": None if task == "stack"  # no target disc: cube B is the goal
-                            else round(float(np.linalg.norm(o[:2] - o[14:16])), 4), **located})
+                            else round(float(np.linalg.norm(o[:2] - o[14:16])), 4), **layout, **(grasp or {}),
+                            **located})
             if approach:
                 results[-1]["approach_cube_error_m"] = round(float(np.median(approach)), 4)
             if carry:
@@ -157,6 +168,18 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         misses = [r["cube_to_target_m"] for r in failed if r["cube_lift_m"] >= LIFTED_M]
         modes = {"cube_not_lifted": lost, "lifted_not_placed": len(failed) - lost,
                  "median_miss_m": round(float(np.median(misses)), 4) if misses else None}
+    where = {}
+    if task != "push" and results:  # where in the band it fails, and how far off the fingers closed
+        where["successes_by_layout"] = {
+            f"cube_yaw_{ys}_goal_{side}": [sum(r["success"] for r in cell), len(cell)]
+            for ys, yf in (("below_0", lambda y: y < 0), ("0_or_more", lambda y: y >= 0))
+            for side, sf in (("left", lambda b: b >= 0), ("right", lambda b: b < 0))
+            for cell in ([r for r in results if yf(r["cube_yaw_deg"]) and sf(r["goal_bearing_deg"])],)}
+        closed = [r for r in results if "grasp_offset_m" in r]
+        for key in ("grasp_offset_m", "grasp_yaw_error_deg") if closed else ():
+            where[key] = {f"median_{k}": round(float(np.median([abs(r[key]) for r in v])), 4) for k, v in (
+                ("all", closed), ("lifted", [r for r in closed if r["cube_lift_m"] >= LIFTED_M]),
+                ("never_lifted", [r for r in closed if r["cube_lift_m"] < LIFTED_M])) if v}
     start = {}
     if results and "start_cube_error_m" in results[0]:  # the object head's localisation at each episode's start
         start = {f"start_{k}_error_m": {"median": round(float(np.median([r[f"start_{k}_error_m"] for r in results])), 4),
@@ -178,7 +201,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
                               ("placed", [r[key] for r in carried if r["success"]]),
                               ("not_placed", [r[key] for r in carried if not r["success"]])) if v}}
     report = {"policy": name, "task": task, "workspace": workspace, "episodes": len(results), "seed": seed,
-              "successes": wins, "failure_modes": modes, **start,
+              "successes": wins, "failure_modes": modes, **where, **start,
               "success_rate": wins / len(results), "ci95": [round(lo, 3), round(hi, 3)],
               "latency": executor.latency_percentiles() if executor is not None else {},
               "gaps": gaps, "wall_s": round(time.perf_counter() - t_start, 1),
@@ -189,6 +212,31 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int, size: int, came
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, Path(out_dir) / "report.json")
     return report
+
+
+def _layout(objects, task: str) -> dict:
+    """The episode's layout from the first ``objects`` ((17,), :attr:`ws_sim.piper_tasks.PiperManipEnv.objects`):
+    cube A's yaw and bearing from the arm's base, and the goal's bearing (the target disc; cube B for stack),
+    degrees (bearing > 0: left of the arm). The expert's finger yaw and J6's travel depend on these."""
+    o = np.asarray(objects, dtype=np.float64)
+    goal = o[7:9] if task == "stack" else o[14:16]
+    return {"cube_yaw_deg": round(float(np.degrees(2.0 * np.arctan2(o[6], o[3]))), 2),
+            "cube_bearing_deg": round(float(np.degrees(np.arctan2(o[1], o[0]))), 2),
+            "goal_bearing_deg": round(float(np.degrees(np.arctan2(goal[1], goal[0]))), 2)}
+
+
+def _grasp(env) -> dict:
+    """Where the fingers are as the first grasp closes: ``grasp_offset_m``, the tool centre's horizontal distance
+    from cube A's centre (m), and ``grasp_yaw_error_deg``, the fingers' yaw minus the cube's, wrapped to
+    [-45, 45) degrees (a cube looks the same every 90; 0: fingers square to its faces). The fingers' yaw is
+    that of the tool's y axis, ``(-sin yaw, cos yaw, 0)`` as in :func:`ws_sim.piper.solve_ik`."""
+    e = env.unwrapped
+    cube = e.objects[:7]
+    y_axis = e.data.site("tcp").xmat.reshape(3, 3)[:, 1]
+    fingers = np.degrees(np.arctan2(-y_axis[0], y_axis[1]))
+    yaw = np.degrees(2.0 * np.arctan2(cube[6], cube[3]))
+    return {"grasp_offset_m": round(float(np.linalg.norm(e.tcp[:2] - cube[:2])), 4),
+            "grasp_yaw_error_deg": round(float((fingers - yaw + 45.0) % 90.0 - 45.0), 2)}
 
 
 def _locate(policy, obs: dict) -> dict:

@@ -335,7 +335,7 @@ class PosePolicy(nn.Module):
 
     def __init__(self, perception: ObjectPerception, actor: nn.Module, object_memory: int = 0):
         super().__init__()
-        if isinstance(object_memory, bool) or int(object_memory) != object_memory or object_memory < 0:
+        if isinstance(object_memory, bool) or not isinstance(object_memory, (int, np.integer)) or object_memory < 0:
             raise ValueError(f"object_memory must be a whole number >= 0, got {object_memory!r}")
         self.perception, self.actor = perception, actor
         self.cfg = PosePolicyConfig(perception.cfg, actor.cfg)

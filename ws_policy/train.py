@@ -507,13 +507,9 @@ def load_policy(path: str | os.PathLike) -> tuple[WorldScapePolicy, dict]:
             pcfg = {**payload["perception_config"], "vocab": tuple(payload["perception_config"]["vocab"])}
             perception = ObjectPerception(PerceptionConfig(**pcfg))
             perception.load_state_dict(payload["perception_state_dict"])
-            net = PosePolicy(perception, actor)
+            net = PosePolicy(perception, actor, object_memory=(payload.get("extra") or {}).get("object_memory", 0))
         except (TypeError, ValueError, RuntimeError, KeyError) as e:
             raise PolicyCheckpointError(f"{path}: not a readable pose policy ({e})") from e
-        memory = (payload.get("extra") or {}).get("object_memory", 0)
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-            raise PolicyCheckpointError(f"{path}: its object_memory must be a whole number >= 0, got {memory!r}")
-        net.object_memory = memory
         net.normalizer = Normalizer.from_dict(payload["normalizer"])
         return net.eval(), payload
     model = build(payload["config"], payload["state_dict"])
